@@ -1,0 +1,1 @@
+"""Compiled Cython extensions, built at install from ``src_cython/``."""

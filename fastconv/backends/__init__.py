@@ -1,0 +1,8 @@
+"""Backends: sibling modules with identical kernel signatures (see ``reference``), chosen by ``dispatch``.
+
+- ``reference`` (``"numpy"``): the NumPy definition every other backend is tested against.
+- ``numba_cpu`` (``"numba"``): ``@njit(parallel=True)`` loops.
+- ``cython_cpu`` (``"cython"``): OpenMP kernels compiled from ``src_cython/``.
+- ``fft`` (``"fft"``): convolution through ``scipy.fft``.
+- ``cuda`` (``"cuda"``): Numba CUDA kernels on device arrays.
+"""

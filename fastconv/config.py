@@ -1,0 +1,83 @@
+"""Threads and build facts: ``fc.set_num_threads``, ``fc.show_config()`` (``fastconv info``)."""
+import os
+import platform
+import sys
+
+import numpy as np
+
+
+def _cython_omp():
+    try:
+        from ._cy import _omp
+        return _omp
+    except ImportError:
+        return None
+
+
+def set_num_threads(n):
+    """Use ``n`` threads in the Numba and Cython kernels (default: ``NUMBA_NUM_THREADS`` /
+    ``OMP_NUM_THREADS``, else every core)."""
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    import numba
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    omp = _cython_omp()
+    if omp is not None:
+        omp.set_num_threads(n)
+
+
+def get_num_threads():
+    import numba
+    return numba.get_num_threads()
+
+
+def _blas():
+    """Name of the BLAS numpy calls, from numpy's build configuration."""
+    try:
+        info = np.show_config(mode="dicts")
+        blas = info["Build Dependencies"]["blas"]
+        return f"{blas.get('name')} {blas.get('version', '')}".strip()
+    except Exception:
+        return "unknown"
+
+
+def config():
+    """The facts ``show_config`` prints, as a dict."""
+    import numba
+    import scipy
+
+    from . import __version__, cuda
+    from .backends import dispatch
+    omp = _cython_omp()
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # no parallel kernel has run yet: say what Numba will pick
+        layer = f"not started (NUMBA_THREADING_LAYER={numba.config.THREADING_LAYER})"
+    return {
+        "fastconv": __version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "numba": numba.__version__,
+        "blas": _blas(),
+        "cython extension": "built" if omp is not None else "missing (reinstall with a C compiler)",
+        "cython openmp": (("yes" if omp.openmp_enabled() else "NO: serial build, kernels use one thread")
+                          if omp is not None else "n/a"),
+        "cython threads": omp.max_threads() if omp is not None else "n/a",
+        "numba threads": numba.get_num_threads(),
+        "numba threading layer": layer,
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "unset"),
+        "NUMBA_NUM_THREADS": os.environ.get("NUMBA_NUM_THREADS", "unset"),
+        "cuda": (f"available ({cuda.device_name()})" if cuda.is_available() else "not available"),
+        "backends": ", ".join(dispatch.available()),
+        "default backend": dispatch.get_backend(),
+    }
+
+
+def show_config(file=None):
+    """Print versions, OpenMP and thread counts, Numba's threading layer, the BLAS, and CUDA."""
+    facts = config()
+    width = max(map(len, facts))
+    for key, value in facts.items():
+        print(f"{key:<{width}}  {value}", file=file or sys.stdout)

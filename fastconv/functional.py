@@ -1,0 +1,457 @@
+"""The public ops, with PyTorch's names and semantics (``torch.nn.functional``).
+
+Each op: turn its arguments into Tensors, validate them through ``fastconv.shapes`` (before any work),
+pick a backend through ``dispatch``, compute, and record its backward beside the forward. Inputs may be
+Tensors or arrays; the graph is recorded when an input requires grad. 1-D ops run as 2-D ops on a unit
+height, so every kernel exists once.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import shapes
+from .backends import dispatch
+from .random import generator
+from .tensor import Tensor, as_tensor, make
+
+__all__ = [
+    "conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d",
+    "max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d", "lp_pool1d", "lp_pool2d",
+    "max_unpool1d", "max_unpool2d", "adaptive_avg_pool1d", "adaptive_avg_pool2d", "interpolate",
+    "linear", "relu", "tanh", "sigmoid", "flatten", "reshape", "softmax", "log_softmax",
+    "cross_entropy", "nll_loss", "mse_loss", "dropout",
+]
+
+
+# ------------------------------------------------------------------------------- helpers
+def _tensors(**named):
+    """Wrap arrays as Tensors and check they share one device; ``None`` passes through."""
+    out, device = [], None
+    for name, value in named.items():
+        if value is None:
+            out.append(None)
+            continue
+        t = as_tensor(value)
+        if device is None:
+            device = t.device
+        elif t.device != device:
+            raise ValueError(f"{name} is on {t.device} but the input is on {device}: move it with .to()")
+        out.append(t)
+    return out
+
+
+def _floats(**tensors):
+    shapes.check_float(**{k: (None if t is None else t.dtype) for k, t in tensors.items()})
+
+
+def _as4(array, shape4):
+    """The 4-D, C-contiguous array a kernel wants (a view for contiguous input)."""
+    array = array.reshape(shape4)
+    return array if array.flags.c_contiguous else array.copy()
+
+
+def _bias_grad(xp, g4):
+    return xp.sum(g4, axis=(0, 2, 3))
+
+
+# ---------------------------------------------------------------------------- convolution
+def _conv(input, weight, bias, dims, stride, padding, dilation, groups, backend):
+    x, w, b = _tensors(input=input, weight=weight, bias=bias)
+    _floats(input=x, weight=w, bias=b)
+    spec = shapes.conv_spec(x.shape, w.shape, None if b is None else b.shape,
+                            stride, padding, dilation, groups, dims)
+    device = x.device
+    x4, w4 = _as4(x.data, spec.x_shape), _as4(w.data, spec.w_shape)
+    y = dispatch.select("conv2d", backend, spec, device).conv2d(x4, w4, None if b is None else b.data, spec)
+
+    def backward(g):
+        g4 = _as4(g, spec.y_shape)
+        gx = gw = gb = None
+        if x.requires_grad:
+            impl = dispatch.select("conv2d_grad_input", backend, spec, device)
+            gx = impl.conv2d_grad_input(g4, w4, spec).reshape(x.shape)
+        if w.requires_grad:
+            impl = dispatch.select("conv2d_grad_weight", backend, spec, device)
+            gw = impl.conv2d_grad_weight(g4, x4, spec).reshape(w.shape)
+        if b is not None and b.requires_grad:
+            gb = _bias_grad(x.xp, g4)
+        return gx, gw, gb
+    return make(y.reshape(spec.user_shape(spec.y_shape)), (x, w) + ((b,) if b is not None else ()), backward)
+
+
+def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, backend="auto"):
+    """1-D cross-correlation of ``input (N, C_in, L)`` with ``weight (C_out, C_in/groups, K)``."""
+    return _conv(input, weight, bias, 1, stride, padding, dilation, groups, backend)
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, backend="auto"):
+    """2-D cross-correlation of ``input (N, C_in, H, W)`` with ``weight (C_out, C_in/groups, KH, KW)``.
+
+    ``padding``: an int, a pair, ``"valid"`` (none) or ``"same"`` (output size = input size, stride 1).
+    """
+    return _conv(input, weight, bias, 2, stride, padding, dilation, groups, backend)
+
+
+def _conv_transpose(input, weight, bias, dims, stride, padding, output_padding, groups, dilation, backend):
+    x, w, b = _tensors(input=input, weight=weight, bias=bias)
+    _floats(input=x, weight=w, bias=b)
+    spec = shapes.conv_transpose_spec(x.shape, w.shape, None if b is None else b.shape, stride, padding,
+                                      output_padding, groups, dilation, dims)
+    # ``spec`` is the convolution this op is the adjoint of: its output has x's shape, its input y's.
+    device = x.device
+    x4, w4 = _as4(x.data, spec.y_shape), _as4(w.data, spec.w_shape)
+    y = dispatch.select("conv2d_grad_input", backend, spec, device).conv2d_grad_input(x4, w4, spec)
+    if b is not None:
+        y += b.data.reshape(1, -1, 1, 1)
+
+    def backward(g):
+        g4 = _as4(g, spec.x_shape)
+        gx = gw = gb = None
+        if x.requires_grad:
+            gx = dispatch.select("conv2d", backend, spec, device).conv2d(g4, w4, None, spec).reshape(x.shape)
+        if w.requires_grad:
+            impl = dispatch.select("conv2d_grad_weight", backend, spec, device)
+            gw = impl.conv2d_grad_weight(x4, g4, spec).reshape(w.shape)
+        if b is not None and b.requires_grad:
+            gb = _bias_grad(x.xp, g4)
+        return gx, gw, gb
+    return make(y.reshape(spec.user_shape(spec.x_shape)), (x, w) + ((b,) if b is not None else ()), backward)
+
+
+def conv_transpose1d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
+                     dilation=1, backend="auto"):
+    """Transposed 1-D convolution (the adjoint of conv1d); ``weight (C_in, C_out/groups, K)``."""
+    return _conv_transpose(input, weight, bias, 1, stride, padding, output_padding, groups, dilation, backend)
+
+
+def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
+                     dilation=1, backend="auto"):
+    """Transposed 2-D convolution (the adjoint of conv2d); ``weight (C_in, C_out/groups, KH, KW)``."""
+    return _conv_transpose(input, weight, bias, 2, stride, padding, output_padding, groups, dilation, backend)
+
+
+# -------------------------------------------------------------------------------- pooling
+def _pool_input(input, dims, **spec_args):
+    (x,) = _tensors(input=input)
+    _floats(input=x)
+    spec = shapes.pool_spec(x.shape, dims=dims, **spec_args)
+    return x, spec, _as4(x.data, spec.x_shape)
+
+
+def _max_pool(input, dims, kernel_size, stride, padding, dilation, ceil_mode, return_indices, backend):
+    x, spec, x4 = _pool_input(input, dims, kernel_size=kernel_size, stride=stride, padding=padding,
+                              dilation=dilation, ceil_mode=ceil_mode)
+    device = x.device
+    y, indices = dispatch.select("max_pool2d", backend, spec, device).max_pool2d(x4, spec)
+
+    def backward(g):
+        impl = dispatch.select("max_pool2d_grad", backend, spec, device)
+        return (impl.max_pool2d_grad(_as4(g, spec.y_shape), indices, spec).reshape(x.shape),)
+    out = make(y.reshape(spec.user_shape(spec.y_shape)), (x,), backward)
+    if return_indices:
+        return out, Tensor(indices.reshape(out.shape))
+    return out
+
+
+def max_pool1d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+               return_indices=False, backend="auto"):
+    """Max over sliding windows of ``(N, C, L)``; with ``return_indices`` also the argmax positions."""
+    return _max_pool(input, 1, kernel_size, stride, padding, dilation, ceil_mode, return_indices, backend)
+
+
+def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+               return_indices=False, backend="auto"):
+    """Max over sliding windows of ``(N, C, H, W)``; indices are flat (``row * W + col``) per plane."""
+    return _max_pool(input, 2, kernel_size, stride, padding, dilation, ceil_mode, return_indices, backend)
+
+
+def _avg_pool(input, dims, kernel_size, stride, padding, ceil_mode, count_include_pad, backend):
+    x, spec, x4 = _pool_input(input, dims, kernel_size=kernel_size, stride=stride, padding=padding,
+                              ceil_mode=ceil_mode, count_include_pad=count_include_pad)
+    device = x.device
+    y = dispatch.select("avg_pool2d", backend, spec, device).avg_pool2d(x4, spec)
+
+    def backward(g):
+        impl = dispatch.select("avg_pool2d_grad", backend, spec, device)
+        return (impl.avg_pool2d_grad(_as4(g, spec.y_shape), spec).reshape(x.shape),)
+    return make(y.reshape(spec.user_shape(spec.y_shape)), (x,), backward)
+
+
+def avg_pool1d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+               backend="auto"):
+    """Mean over sliding windows of ``(N, C, L)``."""
+    return _avg_pool(input, 1, kernel_size, stride, padding, ceil_mode, count_include_pad, backend)
+
+
+def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+               backend="auto"):
+    """Mean over sliding windows of ``(N, C, H, W)``; ``count_include_pad`` counts zero padding."""
+    return _avg_pool(input, 2, kernel_size, stride, padding, ceil_mode, count_include_pad, backend)
+
+
+def _lp_pool(input, dims, norm_type, kernel_size, stride, ceil_mode, backend):
+    if not isinstance(norm_type, (int, float)) or norm_type <= 0:
+        raise ValueError(f"norm_type must be a positive number, got {norm_type!r}")
+    kernel = shapes.ints("kernel_size", kernel_size, dims, 1)
+    x = as_tensor(input)
+    # As in PyTorch: the p-th root of the window sum of x**p (an average times the window size).
+    pooled = _avg_pool(x ** norm_type, dims, kernel, stride, 0, ceil_mode, True, backend)
+    return (pooled * float(np.prod(kernel))) ** (1.0 / norm_type)
+
+
+def lp_pool1d(input, norm_type, kernel_size, stride=None, ceil_mode=False, backend="auto"):
+    """Power-average pooling ``(sum x**p)**(1/p)`` over windows; ``norm_type=2`` is L2 pooling."""
+    return _lp_pool(input, 1, norm_type, kernel_size, stride, ceil_mode, backend)
+
+
+def lp_pool2d(input, norm_type, kernel_size, stride=None, ceil_mode=False, backend="auto"):
+    """Power-average pooling ``(sum x**p)**(1/p)`` over windows; ``norm_type=2`` is L2 pooling."""
+    return _lp_pool(input, 2, norm_type, kernel_size, stride, ceil_mode, backend)
+
+
+def _max_unpool(input, indices, dims, kernel_size, stride, padding, output_size, backend):
+    x, idx = _tensors(input=input, indices=indices)
+    _floats(input=x)
+    kernel = shapes.ints("kernel_size", kernel_size, dims, 1)
+    stride = kernel if stride is None else shapes.ints("stride", stride, dims, 1)
+    padding = shapes.ints("padding", padding, dims, 0)
+    if x.ndim != dims + 2:
+        raise ValueError(f"input must be {dims + 2}-D, got shape {x.shape}")
+    if idx.shape != x.shape:
+        raise ValueError(f"indices must have the input's shape {x.shape}, got {idx.shape}")
+    if idx.dtype.kind not in "iu":
+        raise TypeError(f"indices must be an integer array (from max_pool with return_indices), got {idx.dtype}")
+    out = shapes.unpool_output_size(x.shape, kernel, stride, padding, output_size, dims)
+    out_hw = (1,) + out if dims == 1 else out
+    if idx.size and (int(idx.numpy().min()) < 0 or int(idx.numpy().max()) >= out_hw[0] * out_hw[1]):
+        raise ValueError(f"indices must lie in [0, {out_hw[0] * out_hw[1]}) for output size {out}")
+    shape4 = shapes.as_4d(x.shape, dims)
+    x4, i4 = _as4(x.data, shape4), _as4(idx.data, shape4)
+    impl = dispatch.select("max_unpool2d", backend, None, x.device)
+    y = impl.max_unpool2d(x4, i4, out_hw)
+    return make(y.reshape(x.shape[:2] + out), (x,),
+                lambda g: (impl.max_unpool2d_grad(_as4(g, (x.shape[0], x.shape[1]) + out_hw), i4).reshape(x.shape),))
+
+
+def max_unpool1d(input, indices, kernel_size, stride=None, padding=0, output_size=None, backend="auto"):
+    """Inverse of max_pool1d: each value goes back to its argmax position, zeros elsewhere."""
+    return _max_unpool(input, indices, 1, kernel_size, stride, padding, output_size, backend)
+
+
+def max_unpool2d(input, indices, kernel_size, stride=None, padding=0, output_size=None, backend="auto"):
+    """Inverse of max_pool2d: each value goes back to its argmax position, zeros elsewhere."""
+    return _max_unpool(input, indices, 2, kernel_size, stride, padding, output_size, backend)
+
+
+# ------------------------------------------------------------ resampling (linear per axis)
+def _resample(x, matrices):
+    """Apply one (out, in) matrix per spatial axis: ``y = A_h @ x @ A_w.T`` (a linear map, so its
+    backward is the transposed map). Interpolation and adaptive pooling are both of this form."""
+    xp = x.xp
+    mats = [m.astype(x.dtype) if x.device == "cpu" else xp.asarray(m.astype(x.dtype)) for m in matrices]
+    if len(mats) == 1:
+        (aw,) = mats
+        return make(xp.matmul(x.data, aw.T), (x,), lambda g: (xp.matmul(g, aw),))
+    ah, aw = mats
+    return make(xp.matmul(xp.matmul(ah, x.data), aw.T), (x,),
+                lambda g: (xp.matmul(xp.matmul(ah.T, g), aw),))
+
+
+def _adaptive_matrix(size, out):
+    """Row k averages input cells ``[floor(k*size/out), ceil((k+1)*size/out))``, as in PyTorch."""
+    m = np.zeros((out, size))
+    for k in range(out):  # one row per output cell (a handful), not per pixel
+        start, end = (k * size) // out, -(-((k + 1) * size) // out)
+        m[k, start:end] = 1.0 / (end - start)
+    return m
+
+
+def _adaptive_avg_pool(input, output_size, dims):
+    (x,) = _tensors(input=input)
+    _floats(input=x)
+    if x.ndim != dims + 2:
+        raise ValueError(f"input must be {dims + 2}-D, got shape {x.shape}")
+    out = shapes.ints("output_size", output_size, dims, 1)
+    return _resample(x, [_adaptive_matrix(s, o) for s, o in zip(x.shape[2:], out)])
+
+
+def adaptive_avg_pool1d(input, output_size):
+    """Average pooling to a fixed output length (``output_size=1`` is global average pooling)."""
+    return _adaptive_avg_pool(input, output_size, 1)
+
+
+def adaptive_avg_pool2d(input, output_size):
+    """Average pooling to a fixed output size (``output_size=1`` is global average pooling)."""
+    return _adaptive_avg_pool(input, output_size, 2)
+
+
+def _interp_matrix(size, out, scale, mode, align_corners):
+    """(out, size) matrix of nearest or linear interpolation along one axis, PyTorch's coordinates."""
+    dst = np.arange(out, dtype=np.float64)
+    m = np.zeros((out, size))
+    if mode == "nearest":
+        src = np.minimum(np.floor(dst * scale).astype(np.int64), size - 1)
+        m[np.arange(out), src] = 1.0
+        return m
+    if align_corners:
+        src = dst * ((size - 1) / (out - 1)) if out > 1 else np.zeros(out)
+    else:
+        src = np.maximum((dst + 0.5) * scale - 0.5, 0.0)
+    lo = np.minimum(np.floor(src).astype(np.int64), size - 1)
+    hi = np.minimum(lo + 1, size - 1)
+    frac = src - lo
+    np.add.at(m, (np.arange(out), lo), 1.0 - frac)
+    np.add.at(m, (np.arange(out), hi), frac)
+    return m
+
+
+def interpolate(input, size=None, scale_factor=None, mode="nearest", align_corners=None):
+    """Resize ``(N, C, L)`` or ``(N, C, H, W)``: modes ``nearest``, ``linear`` (1-D), ``bilinear`` (2-D)."""
+    (x,) = _tensors(input=input)
+    _floats(input=x)
+    dims = x.ndim - 2
+    if dims not in (1, 2):
+        raise ValueError(f"input must be 3-D (N, C, L) or 4-D (N, C, H, W), got shape {x.shape}")
+    linear_mode = {1: "linear", 2: "bilinear"}[dims]
+    if mode not in ("nearest", linear_mode):
+        raise ValueError(f"mode must be 'nearest' or '{linear_mode}' for {x.ndim}-D input, got {mode!r}")
+    if mode == "nearest" and align_corners is not None:
+        raise ValueError("align_corners can only be set with a linear mode")
+    if (size is None) == (scale_factor is None):
+        raise ValueError("give exactly one of size and scale_factor")
+    in_sizes = x.shape[2:]
+    if size is not None:
+        out = shapes.ints("size", size, dims, 1)
+        scales = [s / o for s, o in zip(in_sizes, out)]
+    else:
+        factors = (scale_factor,) * dims if isinstance(scale_factor, (int, float)) else tuple(scale_factor)
+        if len(factors) != dims or any(f <= 0 for f in factors):
+            raise ValueError(f"scale_factor must be a positive number or {dims} of them, got {scale_factor!r}")
+        out = tuple(int(np.floor(s * f)) for s, f in zip(in_sizes, factors))
+        scales = [1.0 / f for f in factors]
+    return _resample(x, [_interp_matrix(s, o, sc, mode, bool(align_corners))
+                         for s, o, sc in zip(in_sizes, out, scales)])
+
+
+# ------------------------------------------------------------------ layers' glue
+def linear(input, weight, bias=None):
+    """``input @ weight.T + bias`` with ``weight (out_features, in_features)``."""
+    x, w, b = _tensors(input=input, weight=weight, bias=bias)
+    _floats(input=x, weight=w, bias=b)
+    if w.ndim != 2 or x.ndim < 1 or x.shape[-1] != w.shape[1]:
+        raise ValueError(f"linear: input's last dim ({x.shape[-1] if x.ndim else None}) must equal "
+                         f"weight.shape[1] of a 2-D weight, got input {x.shape} and weight {w.shape}")
+    if b is not None and b.shape != (w.shape[0],):
+        raise ValueError(f"bias must have shape ({w.shape[0]},), got {b.shape}")
+    xp = x.xp
+    x2 = x.data.reshape(-1, w.shape[1])
+    y = xp.matmul(x2, w.data.T)
+    if b is not None:
+        y += b.data
+
+    def backward(g):
+        g2 = g.reshape(-1, w.shape[0])
+        gx = xp.matmul(g2, w.data).reshape(x.shape) if x.requires_grad else None
+        gw = xp.matmul(g2.T, x2) if w.requires_grad else None
+        gb = xp.sum(g2, axis=0) if b is not None and b.requires_grad else None
+        return gx, gw, gb
+    return make(y.reshape(x.shape[:-1] + (w.shape[0],)), (x, w) + ((b,) if b is not None else ()), backward)
+
+
+def relu(input):
+    return as_tensor(input).relu()
+
+
+def tanh(input):
+    return as_tensor(input).tanh()
+
+
+def sigmoid(input):
+    return as_tensor(input).sigmoid()
+
+
+def flatten(input, start_dim=1):
+    return as_tensor(input).flatten(start_dim)
+
+
+def reshape(input, shape):
+    return as_tensor(input).reshape(shape)
+
+
+def log_softmax(input, dim=-1):
+    """``x - logsumexp(x)`` along ``dim``, computed stably."""
+    x = as_tensor(input)
+    _floats(input=x)
+    xp = x.xp
+    shifted = x.data - xp.max(x.data, axis=dim, keepdims=True)
+    out = shifted - xp.log(xp.sum(xp.exp(shifted), axis=dim, keepdims=True))
+    return make(out, (x,), lambda g: (g - xp.exp(out) * xp.sum(g, axis=dim, keepdims=True),))
+
+
+def softmax(input, dim=-1):
+    return log_softmax(input, dim).exp()
+
+
+def _targets(target, n, classes):
+    t = as_tensor(target)
+    if t.dtype.kind not in "iu":
+        raise TypeError(f"target must hold integer class labels, got dtype {t.dtype}")
+    if t.shape != (n,):
+        raise ValueError(f"target must have shape ({n},), got {t.shape}")
+    return t
+
+
+def _check_reduction(reduction):
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+
+def nll_loss(input, target, reduction="mean"):
+    """Negative log-likelihood of integer ``target`` under log-probabilities ``input (N, classes)``."""
+    logp = as_tensor(input)
+    if logp.ndim != 2:
+        raise ValueError(f"input must be 2-D (N, classes), got shape {logp.shape}")
+    _check_reduction(reduction)
+    t = _targets(target, *logp.shape)
+    xp = logp.xp
+    picked = xp.take_along_axis(logp.data, t.data.reshape(-1, 1).astype(np.int64), axis=1)[:, 0]
+    n = logp.shape[0]
+    scale = {"mean": 1.0 / max(n, 1), "sum": 1.0, "none": None}[reduction]
+    loss = -picked if scale is None else -xp.sum(picked) * scale
+
+    def backward(g):
+        full = xp.zeros(logp.shape, dtype=logp.dtype)
+        rows = -(g if scale is None else g * scale) * xp.ones((n,), dtype=logp.dtype)
+        xp.put_along_axis(full, t.data.reshape(-1, 1).astype(np.int64), rows.reshape(-1, 1), axis=1)
+        return (full,)
+    return make(xp.asarray(loss, dtype=logp.dtype), (logp,), backward)
+
+
+def cross_entropy(input, target, reduction="mean"):
+    """Softmax cross-entropy of ``logits (N, classes)`` against integer labels ``target (N,)``."""
+    return nll_loss(log_softmax(input, dim=1), target, reduction)
+
+
+def mse_loss(input, target, reduction="mean"):
+    """Mean (or summed) squared error; shapes must match."""
+    x, y = _tensors(input=input, target=target)
+    _floats(input=x, target=y)
+    if x.shape != y.shape:
+        raise ValueError(f"input and target must have the same shape, got {x.shape} and {y.shape}")
+    _check_reduction(reduction)
+    sq = (x - y) ** 2
+    return {"mean": lambda: sq.mean(), "sum": lambda: sq.sum(), "none": lambda: sq}[reduction]()
+
+
+def dropout(input, p=0.5, training=True):
+    """Zero each element with probability ``p`` and scale the rest by ``1/(1-p)`` (training only)."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability p must be in [0, 1], got {p}")
+    x = as_tensor(input)
+    if not training or p == 0.0:
+        return x
+    keep = (generator().random(x.shape) >= p).astype(x.dtype) * (1.0 / (1.0 - p) if p < 1 else 0.0)
+    if x.device == "cuda":
+        keep = x.xp.asarray(keep)
+    return make(x.data * keep, (x,), lambda g: (g * keep,))
+

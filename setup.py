@@ -1,0 +1,60 @@
+"""Builds the Cython kernels in ``src_cython/`` with OpenMP where the compiler supports it.
+
+Metadata lives in setup.cfg. A compiler without OpenMP (e.g. Apple clang) still gets a working,
+serial build: a warning is printed here and ``fastconv.show_config()`` reports it at run time.
+"""
+import glob
+import os
+import sys
+import tempfile
+import warnings
+
+import numpy
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+
+def _compiler_has_openmp(compiler):
+    """Compile and link a one-line OpenMP program; True when it works."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "omp_probe.c")
+        with open(src, "w") as f:
+            f.write("#include <omp.h>\nint main(void){return omp_get_max_threads() < 1;}\n")
+        try:
+            objs = compiler.compile([src], output_dir=tmp, extra_postargs=["-fopenmp"])
+            compiler.link_executable(objs, os.path.join(tmp, "omp_probe"), extra_postargs=["-fopenmp"])
+        except Exception:
+            return False
+    return True
+
+
+class BuildExt(build_ext):
+    def build_extensions(self):
+        openmp = os.environ.get("FASTCONV_NO_OPENMP") != "1" and _compiler_has_openmp(self.compiler)
+        if not openmp:
+            warnings.warn("fastconv: the C compiler has no OpenMP; Cython kernels will run on one thread")
+        for ext in self.extensions:
+            if openmp:
+                ext.extra_compile_args += ["-fopenmp"]
+                ext.extra_link_args += ["-fopenmp"]
+        super().build_extensions()
+
+
+def _extensions():
+    from Cython.Build import cythonize
+
+    exts = [
+        Extension(
+            f"fastconv._cy.{os.path.splitext(os.path.basename(path))[0]}",
+            [path],
+            include_dirs=[numpy.get_include()],
+            extra_compile_args=["-O3"] if sys.platform != "win32" else ["/O2"],
+            define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+        )
+        for path in sorted(glob.glob("src_cython/*.pyx"))
+    ]
+    return cythonize(exts, language_level=3, compiler_directives={
+        "boundscheck": False, "wraparound": False, "cdivision": True, "initializedcheck": False})
+
+
+setup(ext_modules=_extensions(), cmdclass={"build_ext": BuildExt})
