@@ -285,9 +285,9 @@ def pool_spec(x_shape, kernel_size, stride=None, padding=0, dilation=1, ceil_mod
     stride = kernel if stride is None or stride == () else _ints("stride", stride, dims, 1)
     pads = _ints("padding", padding, dims, 0)
     dilation = _ints("dilation", dilation, dims, 1)
-    for k, p, d in zip(kernel, pads, dilation):
-        if p > (d * (k - 1) + 1) // 2:
-            raise ValueError(f"padding must be at most half the (dilated) kernel size, got padding={pads}"
+    for k, p in zip(kernel, pads):
+        if p > k // 2:
+            raise ValueError(f"padding must be at most half the kernel size, got padding={pads}"
                              f" for kernel_size={kernel}")
     spatial = tuple(x_shape[2:])
     out = []
