@@ -290,7 +290,12 @@ def _interp_matrix(size, out, scale, mode, align_corners):
     dst = np.arange(out, dtype=np.float64)
     m = np.zeros((out, size))
     if mode == "nearest":
-        src = np.minimum(np.floor(dst * scale).astype(np.int64), size - 1)
+        # PyTorch's rule: same size and exact doubling are index maps, otherwise floor(dst * scale) in float32
+        if out == size or out == 2 * size:
+            src = np.arange(out) * size // out
+        else:
+            src = np.floor(dst.astype(np.float32) * np.float32(scale)).astype(np.int64)
+        src = np.minimum(src, size - 1)
         m[np.arange(out), src] = 1.0
         return m
     if align_corners:
