@@ -48,7 +48,8 @@ def tensor(data, requires_grad=False, dtype=None, device="cpu"):
         array = np.asarray(data, dtype=dtype)
         if dtype is None and from_python and array.dtype == np.float64:
             array = array.astype(np.float32)
-        array = np.ascontiguousarray(array)
+        if not array.flags.c_contiguous:  # (np.ascontiguousarray would turn 0-d into shape (1,))
+            array = array.copy(order="C")
     if requires_grad and np.dtype(array.dtype).kind != "f":
         raise TypeError(f"only float tensors can require grad, got dtype {array.dtype}")
     return Tensor(to_device(array, check_device(device)), requires_grad=requires_grad)
@@ -305,6 +306,8 @@ class Tensor:
     def abs(self):
         xp, x = self.xp, self
         return make(xp.abs(x.data), (x,), lambda g: (g * xp.sign(x.data),))
+
+    __abs__ = abs
 
     # ------------------------------------------------------------------ reductions
     def sum(self, axis=None, keepdims=False):
