@@ -1,0 +1,13 @@
+"""Layers and modules in the style of ``torch.nn``: ``Module``, ``Parameter``, convolutions, pooling,
+``Linear``, activations, containers and losses. ``fastconv.nn.functional`` is ``fastconv.functional``."""
+from .. import functional
+from . import init
+from .layers import (AdaptiveAvgPool1d, AdaptiveAvgPool2d, AvgPool1d, AvgPool2d, Conv1d, Conv2d,
+                     ConvTranspose1d, ConvTranspose2d, CrossEntropyLoss, Dropout, Flatten, Identity, Linear,
+                     MaxPool1d, MaxPool2d, ModuleList, MSELoss, ReLU, Sequential, Sigmoid, Tanh)
+from .module import Module, Parameter
+
+__all__ = ["Module", "Parameter", "init", "functional", "Conv1d", "Conv2d", "ConvTranspose1d",
+           "ConvTranspose2d", "Linear", "MaxPool1d", "MaxPool2d", "AvgPool1d", "AvgPool2d",
+           "AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "ReLU", "Tanh", "Sigmoid", "Flatten", "Dropout",
+           "Identity", "Sequential", "ModuleList", "CrossEntropyLoss", "MSELoss"]

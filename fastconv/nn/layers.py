@@ -1,0 +1,337 @@
+"""Layers with PyTorch's names, arguments, weight shapes and default initialisation.
+
+Each layer is a thin holder of its parameters and arguments around one op of ``fastconv.functional``.
+Layers that run a convolution or pooling kernel take ``backend`` (default ``"auto"``) and pass it on.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+
+from .. import functional as F
+from .. import shapes
+from . import init
+from .module import Module, Parameter
+
+__all__ = ["Conv1d", "Conv2d", "ConvTranspose1d", "ConvTranspose2d", "Linear", "MaxPool1d", "MaxPool2d",
+           "AvgPool1d", "AvgPool2d", "AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "ReLU", "Tanh", "Sigmoid",
+           "Flatten", "Dropout", "Identity", "Sequential", "ModuleList", "CrossEntropyLoss", "MSELoss"]
+
+
+def _dtype(dtype):
+    dtype = np.dtype(dtype)
+    if dtype not in shapes.FLOAT_DTYPES:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+    return dtype
+
+
+def _channels(in_channels, out_channels, groups):
+    for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if in_channels % groups or out_channels % groups:
+        raise ValueError(f"in_channels ({in_channels}) and out_channels ({out_channels}) must be divisible "
+                         f"by groups ({groups})")
+
+
+# ----------------------------------------------------------------------------- convolutions
+class _ConvNd(Module):
+    """Shared body of Conv1d/2d and ConvTranspose1d/2d: arguments, parameters, initialisation."""
+    dims = 2
+    transposed = False
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 bias=True, output_padding=0, dtype=np.float32, backend="auto"):
+        _channels(in_channels, out_channels, groups)
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size = shapes.ints("kernel_size", kernel_size, self.dims, 1)
+        self.stride = shapes.ints("stride", stride, self.dims, 1)
+        self.padding = padding if isinstance(padding, str) else shapes.ints("padding", padding, self.dims, 0)
+        self.dilation = shapes.ints("dilation", dilation, self.dims, 1)
+        self.output_padding = shapes.ints("output_padding", output_padding, self.dims, 0)
+        self.backend = backend
+        dtype = _dtype(dtype)
+        lead = (in_channels, out_channels // groups) if self.transposed else (out_channels, in_channels // groups)
+        self.weight = Parameter(np.empty(lead + self.kernel_size, dtype=dtype))
+        self.bias = Parameter(np.empty(out_channels, dtype=dtype)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        init.default_init_(self.weight, self.bias)
+
+    def extra_repr(self):
+        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+             f"stride={self.stride}, padding={self.padding}")
+        if self.dilation != (1,) * self.dims:
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        return s + ("" if self.bias is not None else ", bias=False")
+
+
+class Conv1d(_ConvNd):
+    """1-D convolution of ``(N, C_in, L)``; weight ``(C_out, C_in/groups, K)``."""
+    dims = 1
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 bias=True, dtype=np.float32, backend="auto"):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                         dtype=dtype, backend=backend)
+
+    def forward(self, x):
+        return F.conv1d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
+                        backend=self.backend)
+
+
+class Conv2d(_ConvNd):
+    """2-D convolution of ``(N, C_in, H, W)``; weight ``(C_out, C_in/groups, KH, KW)``."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 bias=True, dtype=np.float32, backend="auto"):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                         dtype=dtype, backend=backend)
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
+                        backend=self.backend)
+
+
+class ConvTranspose1d(_ConvNd):
+    """Transposed 1-D convolution; weight ``(C_in, C_out/groups, K)``."""
+    dims, transposed = 1, True
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, output_padding=0,
+                 groups=1, bias=True, dilation=1, dtype=np.float32, backend="auto"):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                         output_padding, dtype, backend)
+
+    def forward(self, x):
+        return F.conv_transpose1d(x, self.weight, self.bias, self.stride, self.padding, self.output_padding,
+                                  self.groups, self.dilation, backend=self.backend)
+
+
+class ConvTranspose2d(_ConvNd):
+    """Transposed 2-D convolution; weight ``(C_in, C_out/groups, KH, KW)``."""
+    transposed = True
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, output_padding=0,
+                 groups=1, bias=True, dilation=1, dtype=np.float32, backend="auto"):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                         output_padding, dtype, backend)
+
+    def forward(self, x):
+        return F.conv_transpose2d(x, self.weight, self.bias, self.stride, self.padding, self.output_padding,
+                                  self.groups, self.dilation, backend=self.backend)
+
+
+class Linear(Module):
+    """``x @ weight.T + bias``; weight ``(out_features, in_features)``."""
+
+    def __init__(self, in_features, out_features, bias=True, dtype=np.float32):
+        for name, value in (("in_features", in_features), ("out_features", out_features)):
+            if not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        self.in_features, self.out_features = in_features, out_features
+        dtype = _dtype(dtype)
+        self.weight = Parameter(np.empty((out_features, in_features), dtype=dtype))
+        self.bias = Parameter(np.empty(out_features, dtype=dtype)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        init.default_init_(self.weight, self.bias)
+
+    def forward(self, x):
+        return F.linear(x, self.weight, self.bias)
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+# ---------------------------------------------------------------------------------- pooling
+class _MaxPool(Module):
+    op = None
+
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False,
+                 backend="auto"):
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.dilation, self.ceil_mode, self.return_indices = dilation, ceil_mode, return_indices
+        self.backend = backend
+
+    def forward(self, x):
+        return type(self).op(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
+                             self.return_indices, backend=self.backend)
+
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+class MaxPool1d(_MaxPool):
+    op = staticmethod(F.max_pool1d)
+
+
+class MaxPool2d(_MaxPool):
+    op = staticmethod(F.max_pool2d)
+
+
+class _AvgPool(Module):
+    op = None
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+                 backend="auto"):
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.ceil_mode, self.count_include_pad = ceil_mode, count_include_pad
+        self.backend = backend
+
+    def forward(self, x):
+        return type(self).op(x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
+                             self.count_include_pad, backend=self.backend)
+
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+class AvgPool1d(_AvgPool):
+    op = staticmethod(F.avg_pool1d)
+
+
+class AvgPool2d(_AvgPool):
+    op = staticmethod(F.avg_pool2d)
+
+
+class AdaptiveAvgPool1d(Module):
+    """Average pooling to a fixed length; ``AdaptiveAvgPool1d(1)`` is global average pooling."""
+
+    def __init__(self, output_size):
+        self.output_size = output_size
+
+    def forward(self, x):
+        return F.adaptive_avg_pool1d(x, self.output_size)
+
+    def extra_repr(self):
+        return f"output_size={self.output_size}"
+
+
+class AdaptiveAvgPool2d(AdaptiveAvgPool1d):
+    """Average pooling to a fixed size; ``AdaptiveAvgPool2d(1)`` is global average pooling."""
+
+    def forward(self, x):
+        return F.adaptive_avg_pool2d(x, self.output_size)
+
+
+# ------------------------------------------------------------------------- elementwise and glue
+class ReLU(Module):
+    def forward(self, x):
+        return F.relu(x)
+
+
+class Tanh(Module):
+    def forward(self, x):
+        return F.tanh(x)
+
+
+class Sigmoid(Module):
+    def forward(self, x):
+        return F.sigmoid(x)
+
+
+class Identity(Module):
+    def forward(self, x):
+        return x
+
+
+class Flatten(Module):
+    """Merge every dimension from ``start_dim`` on: ``(N, C, H, W) -> (N, C*H*W)``."""
+
+    def __init__(self, start_dim=1):
+        self.start_dim = start_dim
+
+    def forward(self, x):
+        return F.flatten(x, self.start_dim)
+
+
+class Dropout(Module):
+    """Zero each element with probability ``p`` in training mode (scaling the rest by ``1/(1-p)``)."""
+
+    def __init__(self, p=0.5):
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"dropout probability p must be in [0, 1], got {p}")
+        self.p = p
+
+    def forward(self, x):
+        return F.dropout(x, self.p, training=self.training)
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+
+# -------------------------------------------------------------------------------- containers
+class Sequential(Module):
+    """Run modules in order. ``Sequential(a, b)`` names them "0", "1"; an OrderedDict gives names."""
+
+    def __init__(self, *modules):
+        items = modules[0].items() if len(modules) == 1 and isinstance(modules[0], OrderedDict) \
+            else ((str(i), m) for i, m in enumerate(modules))
+        for name, module in items:
+            if not isinstance(module, Module):
+                raise TypeError(f"Sequential takes Modules, got {type(module).__name__} for {name!r}")
+            setattr(self, name, module)
+
+    def __iter__(self):
+        return iter(self.children())
+
+    def __len__(self):
+        return sum(1 for _ in self.children())
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return Sequential(*list(self.children())[index])
+        return list(self.children())[index]
+
+    def forward(self, x):
+        for module in self.children():
+            x = module(x)
+        return x
+
+
+class ModuleList(Module):
+    """A list of modules whose parameters belong to the owner (names "0", "1", ...)."""
+
+    def __init__(self, modules=()):
+        self._count = 0
+        for module in modules:
+            self.append(module)
+
+    def append(self, module):
+        if not isinstance(module, Module):
+            raise TypeError(f"ModuleList takes Modules, got {type(module).__name__}")
+        setattr(self, str(self._count), module)
+        self._count += 1
+        return self
+
+    def __iter__(self):
+        return iter(self.children())
+
+    def __len__(self):
+        return self._count
+
+    def __getitem__(self, index):
+        return list(self.children())[index]
+
+
+# ------------------------------------------------------------------------------------ losses
+class CrossEntropyLoss(Module):
+    def __init__(self, reduction="mean"):
+        self.reduction = reduction
+
+    def forward(self, logits, target):
+        return F.cross_entropy(logits, target, self.reduction)
+
+
+class MSELoss(Module):
+    def __init__(self, reduction="mean"):
+        self.reduction = reduction
+
+    def forward(self, input, target):
+        return F.mse_loss(input, target, self.reduction)
+
