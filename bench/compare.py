@@ -1,0 +1,377 @@
+"""fastconv against PyTorch on the CPU, side by side in one process (``fastconv bench``).
+
+For every shape in ``bench/benchmarks/common.py`` and every implementation (PyTorch, fastconv ``"auto"``
+and each fastconv CPU backend that can run here) this times the forward pass and forward + backward
+(input, weight and bias gradients through each library's autograd). Both libraries run in the same
+process, under the same allocator and the same thread count, after a warm-up (Numba compilation is not
+timed), and the repetitions are interleaved: each repetition runs every implementation once, in a rotating
+order, so that drift in the machine's speed hits all of them alike. Reported: median ms, GFLOP/s and the
+ratio ``torch_ms / fastconv_ms`` (above 1: fastconv is faster), the machine's float32 GEMM rate, and for
+the GEMM-bound shapes the share of it each implementation reaches.
+
+    python bench/compare.py                       # every shape, 2 threads
+    python bench/compare.py --shapes vgg_3x3,pointwise --backends auto,numba --repeat 11
+    python bench/compare.py --markdown --json results.json
+    python bench/compare.py --tiny                # tiny shapes, seconds (the smoke test)
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchmarks import common  # noqa: E402  (bench/benchmarks: the one shape table)
+
+MODES = (("fwd", False), ("fwd+bwd", True))
+
+
+# --------------------------------------------------------------------------------- timing
+def _sample(fn, number):
+    """Seconds per call of ``fn``, over ``number`` back-to-back calls with the garbage collector off."""
+    gc.disable()
+    try:
+        start = time.perf_counter()
+        for _ in range(number):
+            fn()
+        return (time.perf_counter() - start) / number
+    finally:
+        gc.enable()
+
+
+def time_interleaved(calls, repeat, min_time):
+    """``{name: [seconds per call, one per repetition]}`` for already warm no-argument ``calls``.
+
+    Each sample loops a call often enough to last ``min_time`` (short ops are otherwise all timer noise);
+    repetition ``r`` runs the implementations starting from the ``r``-th, so none always goes first.
+    """
+    number = {name: max(1, min(10_000, math.ceil(min_time / max(_sample(fn, 1), 1e-7))))
+              for name, fn in calls.items()}
+    names = list(calls)
+    samples = {name: [] for name in names}
+    for r in range(repeat):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            samples[name].append(_sample(calls[name], number[name]))
+    return samples
+
+
+def gemm_rate(n, repeat=5):
+    """float32 GEMM GFLOP/s of ``numpy.matmul`` (and ``torch.mm``) on ``n x n`` matrices: median of runs."""
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((2, n, n), dtype=np.float32)
+    calls = {"numpy": lambda: np.matmul(a, b)}
+    if common.has_torch():
+        import torch
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+        calls["torch"] = lambda: torch.mm(ta, tb)
+    for fn in calls.values():
+        fn()
+    samples = time_interleaved(calls, repeat, min_time=0.0)
+    return {name: 2 * n ** 3 / statistics.median(s) / 1e9 for name, s in samples.items()}
+
+
+# ------------------------------------------------------------------------------- one shape
+def _as_numpy(out):
+    return np.asarray(out.numpy() if hasattr(out, "numpy") else out)
+
+
+def _warm(impls, shape, grad):
+    """Build and warm every implementation's runner; returns (calls, errors, mismatches).
+
+    The first call compiles (Numba); the second settles caches and allocations. For the forward pass the
+    output is also checked against PyTorch's, so that no wrong kernel is ever reported as fast.
+    """
+    calls, errors, outputs = {}, {}, {}
+    for impl in impls:
+        try:
+            fn = common.runner(impl, shape, grad)
+            out = fn()
+            fn()
+        except Exception as err:  # a backend that rejects this geometry: report it and go on
+            errors[impl] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            continue
+        calls[impl] = fn
+        if not grad:
+            outputs[impl] = _as_numpy(out)
+    mismatches = {}
+    ref = outputs.get(common.TORCH)
+    for impl, out in outputs.items():
+        if ref is not None and impl != common.TORCH:
+            scale = float(np.abs(ref).max()) or 1.0
+            err = float(np.abs(out - ref).max()) / scale
+            if out.shape != ref.shape or not err < 1e-4:
+                mismatches[impl] = err
+    return calls, errors, mismatches
+
+
+def bench_shape(shape, impls, repeat, min_time, gemm_gflops):
+    """Rows (dicts) for one shape: one per implementation and mode."""
+    rows = []
+    for mode, grad in MODES:
+        calls, errors, mismatches = _warm(impls, shape, grad)
+        samples = time_interleaved(calls, repeat, min_time) if calls else {}
+        flops = shape.flops(grad)
+        torch_s = statistics.median(samples[common.TORCH]) if common.TORCH in samples else None
+        for impl in impls:
+            row = {"shape": shape.name, "kind": shape.kind, "dims": shape.dims, "impl": impl, "mode": mode}
+            if impl in errors:
+                rows.append({**row, "error": errors[impl]})
+                continue
+            seconds = statistics.median(samples[impl])
+            gflops = flops / seconds / 1e9 if flops else None
+            rows.append({
+                **row,
+                "ms": seconds * 1e3,
+                "samples_ms": [s * 1e3 for s in samples[impl]],
+                "gflops": gflops,
+                "ratio": (torch_s / seconds) if torch_s is not None and impl != common.TORCH else None,
+                "pct_gemm": (100 * gflops / gemm_gflops) if shape.gemm_bound and gflops else None,
+                "mismatch": mismatches.get(impl),
+            })
+    return rows
+
+
+# ------------------------------------------------------------------------------ reporting
+def _fmt(value, spec, missing="-"):
+    return missing if value is None else format(value, spec)
+
+
+def _cells(row):
+    if row is None:
+        return ["-"] * 4
+    if "error" in row:
+        return ["n/a", "", "", ""]
+    ratio = _fmt(row["ratio"], ".2f") + ("!" if row.get("mismatch") is not None else "")
+    return [_fmt(row["ms"], ".3f"), _fmt(row["gflops"], ".1f"), ratio, _fmt(row["pct_gemm"], ".0f")]
+
+
+def print_shape(shape, rows, out):
+    by = {(r["impl"], r["mode"]): r for r in rows}
+    impls = list(dict.fromkeys(r["impl"] for r in rows))
+    print(f"\n{shape.name}: {shape.describe()}", file=out)
+    head = ["impl", "fwd ms", "GFLOP/s", "torch/fc", "%gemm", "f+b ms", "GFLOP/s", "torch/fc", "%gemm"]
+    widths = [8, 10, 9, 9, 6, 10, 9, 9, 6]
+    print("  " + "".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(head, widths))), file=out)
+    for impl in impls:
+        cells = [impl] + _cells(by.get((impl, "fwd"))) + _cells(by.get((impl, "fwd+bwd")))
+        print("  " + "".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))),
+              file=out)
+    for r in rows:
+        if "error" in r:
+            print(f"  note: {r['impl']} {r['mode']} not run: {r['error']}", file=out)
+        elif r.get("mismatch") is not None:
+            print(f"  WARNING: {r['impl']} {r['mode']} output differs from torch (max rel err "
+                  f"{r['mismatch']:.1e}); marked '!'", file=out)
+
+
+def _geomean(values):
+    values = [v for v in values if v]
+    return math.exp(sum(map(math.log, values)) / len(values)) if values else None
+
+
+def summarize(rows):
+    """Per fastconv implementation: geometric-mean ratios over the 2-D conv, 1-D conv and pooling shapes
+    (forward and forward + backward), and the smallest 2-D conv ratio with its shape."""
+    summary = {}
+    impls = dict.fromkeys(r["impl"] for r in rows if r["impl"] != common.TORCH)
+    for impl in impls:
+        mine = [r for r in rows if r["impl"] == impl and r.get("ratio")]
+        entry = {}
+        for group, keep in (("conv2d", lambda r: r["kind"] == "conv" and r["dims"] == 2),
+                            ("conv1d", lambda r: r["kind"] == "conv" and r["dims"] == 1),
+                            ("pool", lambda r: r["kind"] == "pool")):
+            for mode, _ in MODES:
+                chosen = [r for r in mine if keep(r) and r["mode"] == mode]
+                entry[f"{group} {mode}"] = _geomean(r["ratio"] for r in chosen)
+                entry[f"{group} {mode} n"] = len(chosen)
+        convs = [r for r in mine if r["kind"] == "conv" and r["dims"] == 2]
+        if convs:
+            worst = min(convs, key=lambda r: r["ratio"])
+            entry["min conv2d"] = {"ratio": worst["ratio"], "shape": worst["shape"], "mode": worst["mode"]}
+        summary[impl] = entry
+    return summary
+
+
+def print_summary(summary, out):
+    print("\nSummary: torch_ms / fastconv_ms, geometric mean over shapes (above 1: fastconv is faster)",
+          file=out)
+    for impl, e in summary.items():
+        parts = []
+        for group in ("conv2d", "conv1d", "pool"):
+            if e[f"{group} fwd n"] or e[f"{group} fwd+bwd n"]:
+                parts.append(f"{group} fwd {_fmt(e[f'{group} fwd'], '.2f')}x, "
+                             f"fwd+bwd {_fmt(e[f'{group} fwd+bwd'], '.2f')}x")
+        worst = e.get("min conv2d")
+        if worst:
+            parts.append(f"min conv2d {worst['ratio']:.2f}x ({worst['shape']} {worst['mode']})")
+        print(f"  {impl:<8}" + ("; ".join(parts) if parts else "no ratio (torch missing?)"), file=out)
+
+
+def markdown(rows, summary, info):
+    """A Markdown table of every row plus the summary, for the README."""
+    lines = [f"fastconv vs PyTorch {info.get('torch', '?')} on {info['cpu']}, {info['threads']} threads, "
+             f"{info['allocator']}; float32 GEMM (numpy) {info['gemm_gflops']['numpy']:.0f} GFLOP/s.",
+             "Ratio = torch ms / fastconv ms (above 1: fastconv is faster).", "",
+             "| shape | impl | fwd ms | fwd GFLOP/s | fwd ratio | fwd+bwd ms | fwd+bwd GFLOP/s | fwd+bwd ratio |",
+             "|---|---|--:|--:|--:|--:|--:|--:|"]
+    by = {(r["shape"], r["impl"], r["mode"]): r for r in rows}
+    for shape, impl in dict.fromkeys((r["shape"], r["impl"]) for r in rows):
+        cells = []
+        for mode, _ in MODES:
+            c = _cells(by.get((shape, impl, mode)))
+            cells += c[:3]
+        lines.append(f"| {shape} | {impl} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for impl, e in summary.items():
+        text = ", ".join(f"{k} {_fmt(v, '.2f')}x" for k, v in e.items()
+                         if not k.endswith(" n") and k != "min conv2d" and e[f"{k} n"])
+        worst = e.get("min conv2d")
+        if worst:
+            text += f", min conv2d {worst['ratio']:.2f}x ({worst['shape']} {worst['mode']})"
+        lines.append(f"- **{impl}** (geometric mean): {text}")
+    return "\n".join(lines)
+
+
+def machine_info(threads, set_to, gemm):
+    import fastconv
+    info = {"cpu": _cpu_name(), "cores": os.cpu_count(), "threads": threads, "threads_set": set_to,
+            "allocator": common.allocator(), "python": platform.python_version(),
+            "numpy": np.__version__, "fastconv": fastconv.__version__, "gemm_gflops": gemm}
+    try:
+        info["fastconv_config"] = {k: str(v) for k, v in fastconv.config.config().items()}
+    except Exception as err:  # show_config is informative only
+        info["fastconv_config"] = {"error": str(err)}
+    if common.has_torch():
+        import torch
+        info["torch"] = torch.__version__
+    return info
+
+
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+# ----------------------------------------------------------------------------------- main
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="fastconv bench", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shapes", help="comma-separated shape names (default: all); see --list")
+    p.add_argument("--backends", help="comma-separated fastconv backends, 'auto' included "
+                   "(default: auto and every available CPU backend)")
+    p.add_argument("--repeat", type=int, help="timed repetitions per implementation (default 7)")
+    p.add_argument("--threads", type=int, default=2, help="threads for fastconv, torch and BLAS (default 2)")
+    p.add_argument("--min-time", type=float, help="seconds each timed sample lasts at least (default 0.02)")
+    p.add_argument("--gemm-size", type=int, help="n of the n x n x n GEMM rate check (default 2048)")
+    p.add_argument("--quick", action="store_true", help="every shape, 3 repetitions, short samples")
+    p.add_argument("--tiny", action="store_true", help="tiny shapes, 3 repetitions: runs in seconds")
+    p.add_argument("--markdown", action="store_true", help="also print a Markdown table")
+    p.add_argument("--json", metavar="FILE", help="write every number to FILE")
+    p.add_argument("--list", action="store_true", help="list the shapes and exit")
+    args = p.parse_args(argv)
+    fast = args.quick or args.tiny
+    args.repeat = args.repeat or (3 if fast else 7)
+    args.min_time = args.min_time if args.min_time is not None else (0.0 if args.tiny else 0.005 if fast else 0.02)
+    args.gemm_size = args.gemm_size or (256 if args.tiny else 1024 if fast else 2048)
+    for name in ("repeat", "threads", "gemm_size"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    table = common.TINY if args.tiny else common.FULL
+    if args.shapes:
+        wanted = [s.strip() for s in args.shapes.split(",") if s.strip()]
+        unknown = [s for s in wanted if s not in common.SHAPES]
+        if unknown:
+            p.error(f"unknown shape(s) {unknown}; known: {', '.join(common.SHAPES)}")
+        args.shape_list = [common.SHAPES[s] for s in wanted]
+    else:
+        args.shape_list = list(table)
+    return args, p
+
+
+def choose_impls(requested, out):
+    """Implementations to time: torch first (the reference), then the fastconv backends that can run;
+    every backend left out is named with the reason."""
+    status = common.backend_status()
+    cpu = [name for name in common.CPU_BACKENDS if status.get(name) is None]
+    wanted = ["auto"] + cpu if requested is None else [b.strip() for b in requested.split(",") if b.strip()]
+    impls = [common.TORCH] if common.has_torch() else []
+    if not impls:
+        print("note: PyTorch is not installed: times only, no ratios (pip install torch)", file=out)
+    for name in wanted:
+        if name == common.TORCH:
+            continue
+        if name != "auto" and name not in status:
+            raise SystemExit(f"--backends: unknown backend {name!r}; known: auto, {', '.join(status)}")
+        if name == "cuda":
+            print("note: cuda skipped: this compares CPU implementations", file=out)
+        elif name != "auto" and status[name] is not None:
+            print(f"note: backend {name} skipped: {status[name]}", file=out)
+        else:
+            impls.append(name)
+    if requested is None:
+        for name in common.CPU_BACKENDS:
+            if status.get(name) is not None:
+                print(f"note: backend {name} not available: {status[name]}", file=out)
+    return impls
+
+
+def compare(args, out=sys.stdout):
+    """Run the comparison that ``args`` describes; returns ``{"info", "rows", "summary"}``."""
+    set_to = common.set_threads(args.threads)
+    impls = choose_impls(args.backends, out)
+    gemm = gemm_rate(args.gemm_size)
+    info = machine_info(args.threads, set_to, gemm)
+    print(f"CPU: {info['cpu']} ({info['cores']} cores); threads: {set_to}; malloc: {info['allocator']}",
+          file=out)
+    print(f"fastconv {info['fastconv']}, torch {info.get('torch', 'missing')}, numpy {info['numpy']}; "
+          f"implementations: {', '.join(impls)}", file=out)
+    print("float32 GEMM {0}^3: ".format(args.gemm_size)
+          + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in gemm.items()), file=out)
+    print(f"median of {args.repeat} interleaved repetitions; ratio = torch ms / fastconv ms; "
+          f"%gemm = GFLOP/s as a share of numpy's GEMM (GEMM-bound shapes)", file=out)
+    rows = []
+    for shape in args.shape_list:
+        here = [i for i in impls if common.supports(i, shape)]
+        shape_rows = bench_shape(shape, here, args.repeat, args.min_time, gemm["numpy"])
+        print_shape(shape, shape_rows, out)
+        out.flush()
+        rows += shape_rows
+    summary = summarize(rows)
+    print_summary(summary, out)
+    result = {"info": info, "rows": rows, "summary": summary}
+    if args.markdown:
+        print("\n" + markdown(rows, summary, info), file=out)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+        print(f"\nwrote {args.json}", file=out)
+    return result
+
+
+def main(argv=None):
+    args, _ = parse_args(argv)
+    if args.list:
+        for shape in common.SHAPES.values():
+            print(f"{shape.name:<14} {shape.describe()}")
+        return 0
+    compare(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
