@@ -1,0 +1,315 @@
+"""The compiled loops of the Numba backend: ``@njit(parallel=True, cache=True)`` kernels.
+
+One window geometry serves every kernel. Along each spatial axis, output ``o`` and kernel tap ``t`` meet
+input pixel ``o*s - p + t*d``; :func:`tap_range` gives the taps of an output that land inside the input
+and :func:`out_range` the outputs a tap reaches inside the input. Convolution, its gradients, im2col /
+col2im and pooling are loop nests over these two ranges, with the output column ``ox`` innermost so that
+LLVM vectorises the row (every kernel skips the padding instead of testing each pixel).
+
+Kernels write into arrays the caller allocates (outputs, gradients, workspaces), so the wrappers in
+``numba_cpu`` choose the memory and the algorithm. Nothing is compiled at import: each kernel compiles on
+its first call (per dtype) and is then loaded from Numba's cache. ``prange`` runs over independent
+outputs only (``n*c`` planes, or weight entries for the weight gradient), so no two threads write the same
+element. Reductions may be reordered (``reassoc``) but NaN and inf propagate (no ``nnan``/``ninf``).
+"""
+import numpy as np
+from numba import njit, prange
+
+_FAST = {"reassoc", "contract", "nsz"}  # vectorised sums; NaN/inf semantics kept
+_CONV = dict(parallel=True, cache=True, fastmath=_FAST)
+_EXACT = dict(parallel=True, cache=True)  # pooling and copies: comparisons and order as written
+
+
+# ------------------------------------------------------------------------------- geometry
+@njit(inline="always", cache=True)
+def tap_range(o, s, p, d, k, size):
+    """Taps ``t`` in ``[lo, hi)`` of output ``o`` whose pixel ``o*s - p + t*d`` lies in ``[0, size)``."""
+    start = o * s - p
+    lo = 0 if start >= 0 else (d - 1 - start) // d
+    hi = min(k, (size - start + d - 1) // d) if size > start else 0
+    return lo, max(lo, hi)
+
+
+@njit(inline="always", cache=True)
+def out_range(t, s, p, d, size, n_out):
+    """Outputs ``o`` in ``[lo, hi)`` whose tap ``t`` lands on a pixel ``o*s - p + t*d`` in ``[0, size)``."""
+    off = t * d - p
+    lo = 0 if off >= 0 else (s - 1 - off) // s
+    hi = min(n_out, (size - off - 1) // s + 1) if size > off else 0
+    return lo, max(lo, hi)
+
+
+# ---------------------------------------------------------------------------- convolution
+@njit(**_CONV)
+def conv_direct(x, w, b, y, sh, sw, pt, pl, dh, dw):
+    """``y = conv(x, w) + b`` by direct loops, one ``(n, c_out)`` output plane per task."""
+    n, c_in, h, wd = x.shape
+    c_out, cig, kh, kw = w.shape
+    oh, ow = y.shape[2], y.shape[3]
+    cog = c_out // (c_in // cig)
+    for task in prange(n * c_out):
+        m, o = task // c_out, task % c_out
+        c0 = (o // cog) * cig
+        for oy in range(oh):
+            for ox in range(ow):
+                y[m, o, oy, ox] = b[o]
+            ilo, ihi = tap_range(oy, sh, pt, dh, kh, h)
+            for c in range(cig):
+                for i in range(ilo, ihi):
+                    iy = oy * sh - pt + i * dh
+                    for j in range(kw):
+                        wv = w[o, c, i, j]
+                        lo, hi = out_range(j, sw, pl, dw, wd, ow)
+                        off = j * dw - pl
+                        for ox in range(lo, hi):
+                            y[m, o, oy, ox] += wv * x[m, c0 + c, iy, ox * sw + off]
+
+
+@njit(**_CONV)
+def conv_grad_input_direct(gy, w, gx, sh, sw, pt, pl, dh, dw):
+    """``gx`` = the adjoint of :func:`conv_direct` applied to ``gy``: every output gradient is scattered
+    back onto the pixels its window read, one ``(n, c_in)`` input plane per task."""
+    n, c_in, h, wd = gx.shape
+    c_out, cig, kh, kw = w.shape
+    oh, ow = gy.shape[2], gy.shape[3]
+    cog = c_out // (c_in // cig)
+    for task in prange(n * c_in):
+        m, ci = task // c_in, task % c_in
+        g, c = ci // cig, ci % cig
+        for iy in range(h):
+            for ix in range(wd):
+                gx[m, ci, iy, ix] = 0
+        for o in range(g * cog, (g + 1) * cog):
+            for oy in range(oh):
+                ilo, ihi = tap_range(oy, sh, pt, dh, kh, h)
+                for i in range(ilo, ihi):
+                    iy = oy * sh - pt + i * dh
+                    for j in range(kw):
+                        wv = w[o, c, i, j]
+                        lo, hi = out_range(j, sw, pl, dw, wd, ow)
+                        off = j * dw - pl
+                        for ox in range(lo, hi):
+                            gx[m, ci, iy, ox * sw + off] += wv * gy[m, o, oy, ox]
+
+
+@njit(**_CONV)
+def conv_grad_weight_direct(gy, x, gw, sh, sw, pt, pl, dh, dw):
+    """``gw[o, c, i, j] = sum over n, oy, ox of gy * x`` at the pixel the tap read; one ``(c_out, c)``
+    kernel per task, the sum over the batch inside it."""
+    n, c_in, h, wd = x.shape
+    c_out, cig, kh, kw = gw.shape
+    oh, ow = gy.shape[2], gy.shape[3]
+    cog = c_out // (c_in // cig)
+    zero = gw.dtype.type(0)
+    for task in prange(c_out * cig):
+        o, c = task // cig, task % cig
+        ci = (o // cog) * cig + c
+        for i in range(kh):
+            for j in range(kw):
+                gw[o, c, i, j] = 0
+        for m in range(n):
+            for oy in range(oh):
+                ilo, ihi = tap_range(oy, sh, pt, dh, kh, h)
+                for i in range(ilo, ihi):
+                    iy = oy * sh - pt + i * dh
+                    for j in range(kw):
+                        lo, hi = out_range(j, sw, pl, dw, wd, ow)
+                        off = j * dw - pl
+                        acc = zero  # summed in the array's dtype, vectorised
+                        for ox in range(lo, hi):
+                            acc += gy[m, o, oy, ox] * x[m, ci, iy, ox * sw + off]
+                        gw[o, c, i, j] += acc
+
+
+# ------------------------------------------------------------------------------ im2col / col2im
+@njit(**_EXACT)
+def im2col(x, n0, cols, sh, sw, pt, pl, dh, dw):
+    """``cols[c, i, j, m, oy, ox] = x[n0 + m, c, oy*sh - pt + i*dh, ox*sw - pl + j*dw]`` (0 outside):
+    the columns of samples ``n0 .. n0 + nb`` side by side, so one GEMM per group covers them all."""
+    c_in, h, wd = x.shape[1], x.shape[2], x.shape[3]
+    kh, kw, nb, oh, ow = cols.shape[1], cols.shape[2], cols.shape[3], cols.shape[4], cols.shape[5]
+    for task in prange(c_in * nb):
+        c, m = task // nb, task % nb
+        for i in range(kh):
+            for oy in range(oh):
+                iy = oy * sh - pt + i * dh
+                inside = 0 <= iy < h
+                for j in range(kw):
+                    lo, hi = out_range(j, sw, pl, dw, wd, ow)
+                    if not inside:
+                        lo, hi = 0, 0
+                    off = j * dw - pl
+                    for ox in range(lo):
+                        cols[c, i, j, m, oy, ox] = 0
+                    for ox in range(lo, hi):
+                        cols[c, i, j, m, oy, ox] = x[n0 + m, c, iy, ox * sw + off]
+                    for ox in range(max(lo, hi), ow):
+                        cols[c, i, j, m, oy, ox] = 0
+
+
+@njit(**_CONV)
+def col2im(cols, n0, gx, sh, sw, pt, pl, dh, dw):
+    """The adjoint of :func:`im2col`: ``gx[n0 + m, c]`` is zeroed, then every column entry is added to the
+    pixel it came from."""
+    c_in, h, wd = gx.shape[1], gx.shape[2], gx.shape[3]
+    kh, kw, nb, oh, ow = cols.shape[1], cols.shape[2], cols.shape[3], cols.shape[4], cols.shape[5]
+    for task in prange(c_in * nb):
+        c, m = task // nb, task % nb
+        for iy in range(h):
+            for ix in range(wd):
+                gx[n0 + m, c, iy, ix] = 0
+        for i in range(kh):
+            for oy in range(oh):
+                iy = oy * sh - pt + i * dh
+                if not 0 <= iy < h:
+                    continue
+                for j in range(kw):
+                    lo, hi = out_range(j, sw, pl, dw, wd, ow)
+                    off = j * dw - pl
+                    for ox in range(lo, hi):
+                        gx[n0 + m, c, iy, ox * sw + off] += cols[c, i, j, m, oy, ox]
+
+
+@njit(**_EXACT)
+def unmerge(src, n0, b, y):
+    """``y[n0 + m, o, p] = src[o, m, p] + b[o]``: a GEMM result over merged samples back to NCHW."""
+    c_out, nb, size = src.shape
+    for task in prange(nb * c_out):
+        m, o = task // c_out, task % c_out
+        for q in range(size):
+            y[n0 + m, o, q] = src[o, m, q] + b[o]
+
+
+@njit(**_EXACT)
+def merge(src, n0, dst):
+    """``dst[o, m, p] = src[n0 + m, o, p]``: samples side by side, the layout of merged columns."""
+    c, nb, size = dst.shape
+    for task in prange(nb * c):
+        m, o = task // c, task % c
+        for q in range(size):
+            dst[o, m, q] = src[n0 + m, o, q]
+
+
+@njit(**_EXACT)
+def add_bias(y, b):
+    """``y[n, o, :] += b[o]`` in place."""
+    n, c, size = y.shape
+    for task in prange(n * c):
+        m, o = task // c, task % c
+        for q in range(size):
+            y[m, o, q] += b[o]
+
+
+# -------------------------------------------------------------------------------------- pooling
+@njit(**_EXACT)
+def max_pool(x, y, idx, kh, kw, sh, sw, pt, pl, dh, dw):
+    """Max of every window and the flat index ``iy*W + ix`` of its first maximum in row-major tap order;
+    a NaN wins over numbers (the first NaN)."""
+    n, c, h, wd = x.shape
+    oh, ow = y.shape[2], y.shape[3]
+    for task in prange(n * c):
+        m, ch = task // c, task % c
+        for oy in range(oh):
+            ilo, ihi = tap_range(oy, sh, pt, dh, kh, h)
+            iy0 = oy * sh - pt + ilo * dh
+            for ox in range(ow):  # -inf at the first pixel inside the window, as PyTorch starts
+                jlo, _ = tap_range(ox, sw, pl, dw, kw, wd)
+                y[m, ch, oy, ox] = -np.inf
+                idx[m, ch, oy, ox] = iy0 * wd + ox * sw - pl + jlo * dw
+            for i in range(ilo, ihi):
+                iy = oy * sh - pt + i * dh
+                for j in range(kw):
+                    lo, hi = out_range(j, sw, pl, dw, wd, ow)
+                    off = j * dw - pl
+                    for ox in range(lo, hi):
+                        v = x[m, ch, iy, ox * sw + off]
+                        best = y[m, ch, oy, ox]
+                        if v > best or (v != v and best == best):
+                            y[m, ch, oy, ox] = v
+                            idx[m, ch, oy, ox] = iy * wd + ox * sw + off
+
+
+@njit(inline="always", cache=True)
+def _avg_extent(o, s, p, k, size, count_pad):
+    """Divisor of output ``o`` along one axis, PyTorch's rule: the window clipped to the padded input
+    (``count_pad``) or to the input itself."""
+    start = o * s - p
+    end = min(start + k, size + p)
+    if count_pad:
+        return end - start
+    return min(end, size) - max(start, 0)
+
+
+@njit(**_EXACT)
+def avg_pool(x, y, kh, kw, sh, sw, pt, pl, count_pad):
+    """Mean of every window (``sum / divisor``)."""
+    n, c, h, wd = x.shape
+    oh, ow = y.shape[2], y.shape[3]
+    for task in prange(n * c):
+        m, ch = task // c, task % c
+        for oy in range(oh):
+            for ox in range(ow):
+                y[m, ch, oy, ox] = 0
+            ilo, ihi = tap_range(oy, sh, pt, 1, kh, h)
+            for i in range(ilo, ihi):
+                iy = oy * sh - pt + i
+                for j in range(kw):
+                    lo, hi = out_range(j, sw, pl, 1, wd, ow)
+                    for ox in range(lo, hi):
+                        y[m, ch, oy, ox] += x[m, ch, iy, ox * sw - pl + j]
+            dy = _avg_extent(oy, sh, pt, kh, h, count_pad)
+            for ox in range(ow):
+                y[m, ch, oy, ox] /= dy * _avg_extent(ox, sw, pl, kw, wd, count_pad)
+
+
+@njit(**_EXACT)
+def avg_pool_grad(gy, gx, kh, kw, sh, sw, pt, pl, count_pad):
+    """The adjoint of :func:`avg_pool`: each output gradient / divisor added to its window's pixels."""
+    n, c, h, wd = gx.shape
+    oh, ow = gy.shape[2], gy.shape[3]
+    for task in prange(n * c):
+        m, ch = task // c, task % c
+        g = np.empty(ow, gy.dtype)
+        for iy in range(h):
+            for ix in range(wd):
+                gx[m, ch, iy, ix] = 0
+        for oy in range(oh):
+            dy = _avg_extent(oy, sh, pt, kh, h, count_pad)
+            for ox in range(ow):
+                g[ox] = gy[m, ch, oy, ox] / (dy * _avg_extent(ox, sw, pl, kw, wd, count_pad))
+            ilo, ihi = tap_range(oy, sh, pt, 1, kh, h)
+            for i in range(ilo, ihi):
+                iy = oy * sh - pt + i
+                for j in range(kw):
+                    lo, hi = out_range(j, sw, pl, 1, wd, ow)
+                    for ox in range(lo, hi):
+                        gx[m, ch, iy, ox * sw - pl + j] += g[ox]
+
+
+# ---------------------------------------------------- index scatter / gather (planes x pixels)
+@njit(**_EXACT)
+def scatter_add(values, idx, out):
+    """``out[p] = 0; out[p, idx[p, k]] += values[p, k]`` for every plane ``p`` (max-pool gradient)."""
+    for p in prange(out.shape[0]):
+        for q in range(out.shape[1]):
+            out[p, q] = 0
+        for k in range(idx.shape[1]):
+            out[p, idx[p, k]] += values[p, k]
+
+
+@njit(**_EXACT)
+def scatter(values, idx, out):
+    """``out[p] = 0; out[p, idx[p, k]] = values[p, k]`` (max-unpool; a repeated index keeps the last)."""
+    for p in prange(out.shape[0]):
+        for q in range(out.shape[1]):
+            out[p, q] = 0
+        for k in range(idx.shape[1]):
+            out[p, idx[p, k]] = values[p, k]
+
+
+@njit(**_EXACT)
+def gather(src, idx, out):
+    """``out[p, k] = src[p, idx[p, k]]`` (max-unpool gradient)."""
+    for p in prange(out.shape[0]):
+        for k in range(idx.shape[1]):
+            out[p, k] = src[p, idx[p, k]]

@@ -1,0 +1,167 @@
+"""What is specific to the Numba backend: each conv algorithm forced on shapes where it would not be chosen
+(with and without merged samples), workspace reuse across shapes, NaN propagation and max-pool ties.
+The backend-vs-reference sweep over random cases lives in test_backends.py."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fastconv import shapes
+from fastconv.backends import numba_cpu as nb
+from fastconv.backends import reference as ref
+
+import cases
+from helpers import assert_close
+
+
+def _conv_spec(case):
+    dims = case["dims"]
+    x_shape = (case["n"], case["c_in"]) + case["size"]
+    w_shape = (case["c_out"], case["c_in"] // case["groups"]) + case["kernel"]
+    spec = shapes.conv_spec(x_shape, w_shape, None, case["stride"], case["padding"], case["dilation"],
+                            case["groups"], dims)
+    return spec
+
+
+def _conv_arrays(spec, dtype, rng):
+    x = rng.standard_normal(spec.x_shape).astype(dtype)
+    w = rng.standard_normal(spec.w_shape).astype(dtype)
+    b = rng.standard_normal(spec.c_out).astype(dtype)
+    gy = rng.standard_normal(spec.y_shape).astype(dtype)
+    return x, w, b, gy
+
+
+def _check_conv(spec, dtype, algorithm, seed=0):
+    """Forward (with bias), input gradient and weight gradient against the reference."""
+    x, w, b, gy = _conv_arrays(spec, dtype, np.random.default_rng(seed))
+    assert_close(nb.conv2d(x, w, b, spec, algorithm=algorithm), ref.conv2d(x, w, b, spec), dtype,
+                 f"{algorithm} forward")
+    assert_close(nb.conv2d_grad_input(gy, w, spec, algorithm=algorithm),
+                 ref.conv2d_grad_input(gy, w, spec), dtype, f"{algorithm} grad input")
+    assert_close(nb.conv2d_grad_weight(gy, x, spec, algorithm=algorithm),
+                 ref.conv2d_grad_weight(gy, x, spec), dtype, f"{algorithm} grad weight")
+
+
+@pytest.fixture(params=["one sample per GEMM", "merged samples"])
+def chunking(request, monkeypatch):
+    """Force GEMM chunks of one sample, or as many samples merged as there are."""
+    if request.param == "merged samples":
+        monkeypatch.setattr(nb, "MIN_GEMM_WIDTH", 1 << 30)
+        monkeypatch.setattr(nb, "MAX_COLUMN_BYTES", 1 << 40)
+    else:
+        monkeypatch.setattr(nb, "MAX_COLUMN_BYTES", 1)
+    return request.param
+
+
+@pytest.mark.parametrize("algorithm", nb.ALGORITHMS)
+@settings(max_examples=25, deadline=None)
+@given(case=st.one_of(cases.conv_cases(2), cases.conv_cases(1)), seed=st.integers(0, 2**16))
+def test_forced_algorithm_matches_reference(algorithm, case, seed):
+    """Random small cases (where the automatic choice is mostly "direct"), each algorithm forced."""
+    _check_conv(_conv_spec(case), case["dtype"], algorithm, seed)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemm_chunking(chunking, dtype):
+    """Columns of one sample per GEMM and of several samples side by side, with groups and padding."""
+    spec = shapes.conv_spec((3, 4, 7, 6), (6, 2, 3, 2), None, stride=(2, 1), padding=(1, 2), groups=2)
+    _check_conv(spec, dtype, "gemm")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pointwise_gemm(chunking, dtype):
+    """1x1 stride-1 unpadded convolution: the input is its own columns (no im2col, no col2im)."""
+    assert nb._is_pointwise(shapes.conv_spec((3, 6, 5, 4), (4, 3, 1, 1), groups=2))
+    _check_conv(shapes.conv_spec((3, 6, 5, 4), (4, 3, 1, 1), groups=2), dtype, "gemm")
+    _check_conv(shapes.conv_spec((3, 6, 5, 4), (6, 6, 1, 1), stride=2), dtype, "gemm")  # not pointwise
+
+
+def test_automatic_choice():
+    """Big channel counts go to GEMM; depthwise, tiny channel counts and 1-D stay direct."""
+    gemm = shapes.conv_spec((8, 64, 56, 56), (64, 64, 3, 3), padding=1)
+    depthwise = shapes.conv_spec((8, 128, 56, 56), (128, 1, 3, 3), padding=1, groups=128)
+    tiny = shapes.conv_spec((64, 1, 32, 32), (6, 1, 5, 5))
+    one_d = shapes.conv_spec((100, 15, 19), (15, 15, 3), stride=2, dims=1)
+    assert nb.conv_algorithm(gemm) == "gemm"
+    assert [nb.conv_algorithm(s) for s in (depthwise, tiny, one_d)] == ["direct"] * 3
+
+
+def test_workspaces_do_not_leak_between_shapes():
+    """A smaller call after a bigger one (same buffers, stale data beyond the view) and the bigger one
+    again; results never alias a workspace."""
+    big = shapes.conv_spec((2, 5, 9, 9), (4, 5, 3, 3), padding=1)
+    small = shapes.conv_spec((1, 3, 4, 5), (2, 3, 2, 2), stride=2, padding=1)
+    rng = np.random.default_rng(1)
+    first = _conv_arrays(big, np.float32, rng)
+    y_first = nb.conv2d(first[0], first[1], None, big, algorithm="gemm")
+    kept = y_first.copy()
+    for spec in (small, big, small):
+        _check_conv(spec, np.float32, "gemm", seed=3)
+    assert np.array_equal(y_first, kept)
+    nb.clear_workspaces()
+    _check_conv(small, np.float32, "gemm", seed=4)
+
+
+def test_workspace_views():
+    a = nb.workspace("test", (2, 3), np.float64)
+    b = nb.workspace("test", (1, 2), np.float64)
+    assert a.shape == (2, 3) and b.shape == (1, 2) and np.shares_memory(a, b)
+    assert not np.shares_memory(nb.workspace("test", (100,), np.float64), a)  # grown: a new buffer
+
+
+@pytest.mark.parametrize("algorithm", nb.ALGORITHMS)
+def test_conv_propagates_nan_and_inf(algorithm):
+    """fastmath flags reorder sums but keep NaN and inf: the non-finite outputs are the reference's.
+    (Unpadded: direct loops skip padding, so a NaN gradient meets no padded zero there, unlike im2col.)"""
+    spec = shapes.conv_spec((2, 3, 7, 6), (4, 3, 3, 3), stride=(2, 1))
+    x, w, b, gy = _conv_arrays(spec, np.float32, np.random.default_rng(2))
+    x[0, 1, 2, 3] = np.nan
+    x[1, 0, 5, 5] = np.inf
+    gy[1, 2, 0, 0] = np.nan
+    for got, want in [(nb.conv2d(x, w, b, spec, algorithm=algorithm), ref.conv2d(x, w, b, spec)),
+                      (nb.conv2d_grad_input(gy, w, spec, algorithm=algorithm), ref.conv2d_grad_input(gy, w, spec)),
+                      (nb.conv2d_grad_weight(gy, x, spec, algorithm=algorithm),
+                       ref.conv2d_grad_weight(gy, x, spec))]:
+        assert np.array_equal(np.isnan(got), np.isnan(want))
+        assert np.array_equal(np.isposinf(got), np.isposinf(want))
+        finite = np.isfinite(want)
+        assert np.allclose(got[finite], want[finite], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_max_pool_ties_and_nan_match_reference_indices(dtype):
+    """Few distinct values (many ties: the first maximum wins) and NaNs (the first NaN wins)."""
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 3, (2, 3, 9, 8)).astype(dtype)
+    x[0, 0, 1, 1] = x[0, 0, 2, 2] = x[1, 2, 4, 5] = np.nan
+    for args in [dict(kernel_size=3, stride=1, padding=1), dict(kernel_size=(2, 3), stride=2, dilation=2),
+                 dict(kernel_size=3, stride=2, padding=1, ceil_mode=True)]:
+        spec = shapes.pool_spec(x.shape, **args)
+        y, idx = nb.max_pool2d(x, spec)
+        y_ref, idx_ref = ref.max_pool2d(x, spec)
+        assert idx.dtype == np.int64
+        assert np.array_equal(idx, idx_ref), args
+        assert np.array_equal(y, y_ref, equal_nan=True), args
+        gy = rng.standard_normal(y.shape).astype(dtype)
+        assert_close(nb.max_pool2d_grad(gy, idx, spec), ref.max_pool2d_grad(gy, idx_ref, spec), dtype, "grad")
+
+
+def test_max_pool_all_minus_inf_window_points_inside():
+    """A window of -inf only: the index is its first pixel inside the input (PyTorch's choice)."""
+    x = np.full((1, 1, 4, 4), -np.inf, np.float32)
+    spec = shapes.pool_spec(x.shape, kernel_size=3, stride=2, padding=1)
+    y, idx = nb.max_pool2d(x, spec)
+    assert np.all(np.isneginf(y))
+    assert idx.tolist() == [[[[0, 1], [4, 5]]]]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_unpool_round_trip(dtype):
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 3, 6, 6)).astype(dtype)
+    spec = shapes.pool_spec(x.shape, kernel_size=2)
+    y, idx = nb.max_pool2d(x, spec)
+    up = nb.max_unpool2d(y, idx, (6, 6))
+    assert np.array_equal(up, ref.max_unpool2d(y, idx, (6, 6)))
+    g = rng.standard_normal(up.shape).astype(dtype)
+    assert np.array_equal(nb.max_unpool2d_grad(g, idx), ref.max_unpool2d_grad(g, idx))
