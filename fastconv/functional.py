@@ -288,11 +288,13 @@ def adaptive_avg_pool2d(input, output_size):
 def _interp_matrix(size, out, scale, mode, align_corners):
     """(out, size) matrix of nearest or linear interpolation along one axis, PyTorch's coordinates."""
     dst = np.arange(out, dtype=np.float64)
+    if out == size:  # PyTorch copies an axis whose size does not change, whatever scale_factor says
+        return np.eye(size)
     m = np.zeros((out, size))
     if mode == "nearest":
-        # PyTorch's rule: same size and exact doubling are index maps, otherwise floor(dst * scale) in float32
-        if out == size or out == 2 * size:
-            src = np.arange(out) * size // out
+        # PyTorch's rule: exact doubling is an index map, otherwise floor(dst * scale) in float32
+        if out == 2 * size:
+            src = np.arange(out) // 2
         else:
             src = np.floor(dst.astype(np.float32) * np.float32(scale)).astype(np.int64)
         src = np.minimum(src, size - 1)
