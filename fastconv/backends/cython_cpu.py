@@ -1,0 +1,246 @@
+"""The Cython/OpenMP CPU backend (``"cython"``): wraps the extension modules built from ``src_cython/``.
+
+Convolutions run one of two algorithms, chosen per shape by :func:`conv_algorithm` (or forced with
+``algorithm=``):
+
+- ``"direct"``: loops over kernel taps (``_cy._conv``), for few channels per group: depthwise, LeNet's
+  first layer, 1-D signals, where a matrix product would be too thin to pay for unfolding the input;
+- ``"gemm"``: im2col of a few output rows at a time into a per-thread workspace, then BLAS ``?gemm``
+  (``_cy._im2col``); a 1x1, stride-1, unpadded convolution multiplies the input planes directly.
+
+Pooling and unpooling run ``_cy._pool``. Every kernel is parallel over OpenMP threads
+(``fastconv.set_num_threads`` / ``OMP_NUM_THREADS``). The GEMM kernels either run tiles in parallel with
+a one-thread BLAS, or, with fewer tiles than threads, one tile at a time with a threaded BLAS, so the
+two thread pools never compete. Workspaces are cached per Python thread and dtype, and grow as needed.
+"""
+import contextlib
+import ctypes
+import glob
+import os
+import sys
+import threading
+
+import numpy as np
+
+try:
+    from .._cy import _conv, _im2col, _omp, _pool
+except ImportError as err:  # extension not compiled (no C compiler at install time)
+    _IMPORT_ERROR = err
+else:
+    _IMPORT_ERROR = None
+
+ALGORITHMS = ("direct", "gemm")
+_TILE_BYTES = 1 << 19  # im2col tile per thread: stays in a core's L2
+
+
+def check_available():
+    """Raise ImportError naming the fix when the compiled extension is missing."""
+    if _IMPORT_ERROR is not None:
+        raise ImportError(f"fastconv's Cython extension is not built ({_IMPORT_ERROR}); reinstall fastconv "
+                          f"with a C compiler available, e.g. `pip install --no-build-isolation -e .`")
+
+
+def num_threads():
+    """OpenMP threads the kernels use."""
+    return _omp.max_threads()
+
+
+# ------------------------------------------------------------------------------- geometry
+def conv_geo(spec):
+    """The tuple the kernels turn into their ``Geo`` struct (``src_cython/_loops.pxi``)."""
+    return (spec.n, spec.c_in, spec.h, spec.w, spec.c_out, spec.kh, spec.kw, spec.oh, spec.ow,
+            *spec.stride, spec.padding[0], spec.padding[2], *spec.dilation, spec.groups)
+
+
+def pool_geo(spec):
+    """A pooling op as a depthwise convolution: one channel per group."""
+    return (spec.n, spec.c, spec.h, spec.w, spec.c, spec.kh, spec.kw, spec.oh, spec.ow,
+            *spec.stride, *spec.padding, *spec.dilation, max(spec.c, 1))
+
+
+def is_pointwise(spec):
+    """1x1, stride 1, no padding: a convolution that is a plain matrix product."""
+    return (spec.kh == spec.kw == 1 and spec.stride == (1, 1) and not any(spec.padding))
+
+
+def conv_algorithm(spec):
+    """``"direct"`` or ``"gemm"`` for this convolution: GEMM once the matrix product is thick enough
+    (output channels per group and reduction length both reach a few SIMD widths)."""
+    cig, cog = spec.c_in // spec.groups, spec.c_out // spec.groups
+    if is_pointwise(spec):
+        return "gemm"
+    if cog < 8 or cig * spec.kh * spec.kw < 32:
+        return "direct"
+    return "gemm"
+
+
+def _algorithm(spec, algorithm):
+    if algorithm is None:
+        return conv_algorithm(spec)
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm must be None or one of {ALGORITHMS}, got {algorithm!r}")
+    return algorithm
+
+
+# ------------------------------------------------------------------------------ workspaces
+_local = threading.local()
+
+
+def workspace(name, rows, cols, dtype):
+    """A ``(rows, cols)`` scratch array, reused across calls of this Python thread (grown when needed)."""
+    cache = _local.__dict__.setdefault("buffers", {})
+    key = (name, np.dtype(dtype))
+    size = rows * max(cols, 1)
+    buf = cache.get(key)
+    if buf is None or buf.size < size:
+        buf = cache[key] = np.empty(size, dtype)
+    return buf[:size].reshape(rows, max(cols, 1))
+
+
+def clear_workspaces():
+    """Free this thread's cached workspaces."""
+    _local.__dict__.pop("buffers", None)
+
+
+# ------------------------------------------------------------------------------ BLAS threads
+def _openblas_library():
+    """SciPy's OpenBLAS, loaded with ctypes, if SciPy's BLAS is one (Linux/macOS wheels)."""
+    import scipy
+    root = os.path.dirname(os.path.dirname(scipy.__file__))
+    patterns = [os.path.join(root, "scipy.libs", "*openblas*"),
+                os.path.join(os.path.dirname(scipy.__file__), ".dylibs", "*openblas*")]
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError), open("/proc/self/maps") as maps:
+            patterns = sorted({line.split()[-1] for line in maps
+                               if "openblas" in line and "scipy" in line and "numpy" not in line}) + patterns
+    for pattern in patterns:
+        for path in glob.glob(pattern):
+            with contextlib.suppress(OSError):
+                lib = ctypes.CDLL(path)
+                for prefix in ("scipy_openblas", "openblas"):
+                    get = getattr(lib, f"{prefix}_get_num_threads", None)
+                    set_ = getattr(lib, f"{prefix}_set_num_threads", None)
+                    if get is not None and set_ is not None:
+                        get.restype, set_.argtypes = ctypes.c_int, [ctypes.c_int]
+                        return get, set_
+    return None
+
+
+_blas_threads = None if _IMPORT_ERROR is not None else _openblas_library()
+
+
+@contextlib.contextmanager
+def blas_threads(n):
+    """Run the block with SciPy's BLAS on ``n`` threads (a no-op if its thread count is unknown)."""
+    if _blas_threads is None:
+        yield
+        return
+    get, set_ = _blas_threads
+    old = get()
+    if old != n:
+        set_(n)
+    try:
+        yield
+    finally:
+        if old != n:
+            set_(old)
+
+
+def _gemm_plan(spec, tasks_per_tile, itemsize):
+    """``(rows, threads, blas)``: output rows per im2col tile, OpenMP threads for the tile loop and
+    BLAS threads inside each tile."""
+    threads = num_threads()
+    taps = spec.c_in // spec.groups * spec.kh * spec.kw
+    rows = max(1, min(spec.oh, _TILE_BYTES // (taps * itemsize * spec.ow)))
+    tiles = -(-spec.oh // rows) if tasks_per_tile else 1
+    if spec.n * spec.groups * tiles >= threads and _blas_threads is not None:
+        return rows, threads, 1
+    if tasks_per_tile and _blas_threads is not None:  # too few tiles: cut rows to feed every thread
+        rows = max(1, spec.oh * spec.n * spec.groups // threads)
+        if spec.n * spec.groups * -(-spec.oh // rows) >= threads:
+            return rows, threads, 1
+    return rows, 1, threads
+
+
+def _cols_workspace(spec, rows, threads, dtype):
+    taps = spec.c_in // spec.groups * spec.kh * spec.kw
+    return workspace("cols", threads, 0 if is_pointwise(spec) else taps * rows * spec.ow, dtype)
+
+
+# ----------------------------------------------------------------------------- convolution
+def conv2d(x, w, b, spec, algorithm=None):
+    y = np.empty(spec.y_shape, x.dtype)
+    b = None if b is None else np.ascontiguousarray(b, x.dtype)
+    if _algorithm(spec, algorithm) == "direct":
+        _conv.conv2d(x, w, b, y, conv_geo(spec))
+        return y
+    rows, threads, blas = _gemm_plan(spec, True, x.itemsize)
+    with blas_threads(blas):
+        _im2col.conv2d_gemm(x, w, b, y, _cols_workspace(spec, rows, threads, x.dtype), conv_geo(spec),
+                            rows, threads)
+    return y
+
+
+def conv2d_grad_input(gy, w, spec, algorithm=None):
+    gx = np.empty(spec.x_shape, gy.dtype)
+    if _algorithm(spec, algorithm) == "direct":
+        _conv.conv2d_grad_input(gy, w, gx, conv_geo(spec))
+        return gx
+    rows, threads, blas = _gemm_plan(spec, False, gy.itemsize)
+    with blas_threads(blas):
+        _im2col.conv2d_grad_input_gemm(gy, w, gx, _cols_workspace(spec, rows, threads, gy.dtype),
+                                       conv_geo(spec), rows, threads)
+    return gx
+
+
+def conv2d_grad_weight(gy, x, spec, algorithm=None):
+    if _algorithm(spec, algorithm) == "direct":
+        gw = np.empty(spec.w_shape, gy.dtype)
+        _conv.conv2d_grad_weight(gy, x, gw, conv_geo(spec))
+        return gw
+    rows, threads, blas = _gemm_plan(spec, True, gy.itemsize)
+    acc = workspace("grad_weight", threads, int(np.prod(spec.w_shape)), gy.dtype)
+    acc.fill(0)
+    with blas_threads(blas):
+        _im2col.conv2d_grad_weight_gemm(gy, x, acc, _cols_workspace(spec, rows, threads, gy.dtype),
+                                        conv_geo(spec), rows, threads)
+    return acc.sum(axis=0).reshape(spec.w_shape)
+
+
+# -------------------------------------------------------------------------------- pooling
+def max_pool2d(x, spec):
+    y = np.empty(spec.y_shape, x.dtype)
+    indices = np.empty(spec.y_shape, np.int64)
+    _pool.max_pool2d(x, y, indices, pool_geo(spec))
+    return y, indices
+
+
+def max_pool2d_grad(gy, indices, spec):
+    gx = np.empty(spec.x_shape, gy.dtype)
+    _pool.max_pool2d_grad(gy, np.ascontiguousarray(indices, np.int64), gx)
+    return gx
+
+
+def avg_pool2d(x, spec):
+    y = np.empty(spec.y_shape, x.dtype)
+    _pool.avg_pool2d(x, y, pool_geo(spec), spec.count_include_pad)
+    return y
+
+
+def avg_pool2d_grad(gy, spec):
+    gx = np.empty(spec.x_shape, gy.dtype)
+    scratch = workspace("avg_grad", num_threads(), spec.oh * spec.ow, gy.dtype)
+    _pool.avg_pool2d_grad(gy, gx, scratch, pool_geo(spec), spec.count_include_pad)
+    return gx
+
+
+def max_unpool2d(x, indices, out_hw):
+    y = np.empty(x.shape[:2] + tuple(out_hw), x.dtype)
+    _pool.max_unpool2d(x, np.ascontiguousarray(indices, np.int64), y)
+    return y
+
+
+def max_unpool2d_grad(gy, indices):
+    gx = np.empty(indices.shape, gy.dtype)
+    _pool.max_unpool2d_grad(gy, np.ascontiguousarray(indices, np.int64), gx)
+    return gx

@@ -1,0 +1,170 @@
+# cython: language_level=3
+"""Max / average pooling, their gradients, and max unpooling: one parallel task per (n, c) plane.
+
+Pooling windows are convolution taps with one channel (``_loops.pxi``): the forward kernels visit the
+taps in row-major window order and reduce into the output plane, the gradients scatter back through the
+same taps (average) or through the recorded flat indices (max).
+"""
+from cython.parallel cimport parallel, prange, threadid
+from libc.math cimport INFINITY
+from libc.stdint cimport int64_t
+
+include "_loops.pxi"
+
+
+cdef inline void row_max(real* y, int64_t* idx, const real* xp, Py_ssize_t start, Py_ssize_t n,
+                         Py_ssize_t sx) noexcept nogil:
+    """Running max over one output row; ``xp`` is the input plane, ``start`` the offset output k=0
+    reads. The first maximum in window order wins, a NaN beats any number (as ``numpy.argmax``)."""
+    cdef Py_ssize_t k, off
+    cdef real v, best
+    for k in range(n):
+        off = start + k * sx
+        v = xp[off]
+        best = y[k]
+        if idx[k] < 0 or v > best or (v != v and best == best):
+            y[k] = v
+            idx[k] = off
+
+
+cdef inline Py_ssize_t window_count(Py_ssize_t o, Py_ssize_t stride, Py_ssize_t pad, Py_ssize_t k,
+                                    Py_ssize_t size, bint include_pad) noexcept nogil:
+    """Pixels of window ``o`` along one axis that an average divides by (PyTorch's rule: padding
+    counts when ``include_pad``, the ceil_mode overhang past the padding never does)."""
+    cdef Py_ssize_t start = o * stride - pad
+    cdef Py_ssize_t end = min(start + k, size + pad)
+    if include_pad:
+        return end - start
+    return min(end, size) - max(start, 0)
+
+
+cdef void scale_by_divisor(const real* src, real* dst, Geo* g, bint include_pad) noexcept nogil:
+    """``dst = src / divisor`` over one output plane."""
+    cdef Py_ssize_t oy, ox, cy
+    for oy in range(g.oh):
+        cy = window_count(oy, g.sh, g.pt, g.kh, g.h, include_pad)
+        for ox in range(g.ow):
+            dst[oy * g.ow + ox] = src[oy * g.ow + ox] / <real>(
+                cy * window_count(ox, g.sw, g.pl, g.kw, g.w, include_pad))
+
+
+def max_pool2d(const real[:, :, :, ::1] x, real[:, :, :, ::1] y, int64_t[:, :, :, ::1] idx, tuple geo):
+    cdef Geo g = make_geo(geo)
+    cdef Py_ssize_t p, i, j, oy
+    cdef Tap t
+    cdef const real* xp
+    cdef real* yp
+    cdef int64_t* ip
+    if y.size == 0:
+        return
+    for p in prange(g.n * g.c_in, nogil=True, schedule="static"):
+        xp = &x[0, 0, 0, 0] + p * g.hw
+        yp = &y[0, 0, 0, 0] + p * g.ohw
+        ip = &idx[0, 0, 0, 0] + p * g.ohw
+        row_fill(yp, <real>-INFINITY, g.ohw)
+        for i in range(g.ohw):
+            ip[i] = -1
+        for i in range(g.kh):
+            for j in range(g.kw):
+                t = make_tap(&g, i, j)
+                for oy in range(t.oy0, t.oy1):
+                    row_max(yp + oy * g.ow + t.ox0, ip + oy * g.ow + t.ox0, xp, tap_in(&g, &t, oy),
+                            t.ox1 - t.ox0, g.sw)
+
+
+def max_pool2d_grad(const real[:, :, :, ::1] gy, const int64_t[:, :, :, ::1] idx,
+                    real[:, :, :, ::1] gx):
+    """``gx[n, c, idx[n, c, k]] += gy[n, c, k]``."""
+    cdef Py_ssize_t planes = gx.shape[0] * gx.shape[1], hw = gx.shape[2] * gx.shape[3]
+    cdef Py_ssize_t ohw = gy.shape[2] * gy.shape[3], p, k
+    cdef real* gxp
+    cdef const real* gyp
+    cdef const int64_t* ip
+    if gx.size == 0:
+        return
+    for p in prange(planes, nogil=True, schedule="static"):
+        gxp = &gx[0, 0, 0, 0] + p * hw
+        gyp = &gy[0, 0, 0, 0] + p * ohw
+        ip = &idx[0, 0, 0, 0] + p * ohw
+        row_fill(gxp, <real>0, hw)
+        for k in range(ohw):
+            gxp[ip[k]] += gyp[k]
+
+
+def avg_pool2d(const real[:, :, :, ::1] x, real[:, :, :, ::1] y, tuple geo, bint count_include_pad):
+    cdef Geo g = make_geo(geo)
+    cdef Py_ssize_t p, i, j, oy
+    cdef Tap t
+    cdef const real* xp
+    cdef real* yp
+    if y.size == 0:
+        return
+    for p in prange(g.n * g.c_in, nogil=True, schedule="static"):
+        xp = &x[0, 0, 0, 0] + p * g.hw
+        yp = &y[0, 0, 0, 0] + p * g.ohw
+        row_fill(yp, <real>0, g.ohw)
+        for i in range(g.kh):
+            for j in range(g.kw):
+                t = make_tap(&g, i, j)
+                for oy in range(t.oy0, t.oy1):
+                    row_gather_axpy(yp + oy * g.ow + t.ox0, xp + tap_in(&g, &t, oy), <real>1,
+                                    t.ox1 - t.ox0, g.sw)
+        scale_by_divisor(yp, yp, &g, count_include_pad)
+
+
+def avg_pool2d_grad(const real[:, :, :, ::1] gy, real[:, :, :, ::1] gx, real[:, ::1] ws, tuple geo,
+                    bint count_include_pad):
+    """``ws``: one output plane of scratch per thread (the divided gradient)."""
+    cdef Geo g = make_geo(geo)
+    cdef Py_ssize_t p, i, j, oy
+    cdef Tap t
+    cdef real* gxp
+    cdef real* s
+    if gx.size == 0:
+        return
+    with nogil, parallel():
+        for p in prange(g.n * g.c_in, schedule="static"):
+            s = &ws[threadid(), 0]
+            scale_by_divisor(&gy[0, 0, 0, 0] + p * g.ohw, s, &g, count_include_pad)
+            gxp = &gx[0, 0, 0, 0] + p * g.hw
+            row_fill(gxp, <real>0, g.hw)
+            for i in range(g.kh):
+                for j in range(g.kw):
+                    t = make_tap(&g, i, j)
+                    for oy in range(t.oy0, t.oy1):
+                        row_scatter_axpy(gxp + tap_in(&g, &t, oy), s + oy * g.ow + t.ox0, <real>1,
+                                         t.ox1 - t.ox0, g.sw)
+
+
+def max_unpool2d(const real[:, :, :, ::1] x, const int64_t[:, :, :, ::1] idx, real[:, :, :, ::1] y):
+    """``y[n, c, idx[n, c, k]] = x[n, c, k]`` on zeroed planes (the last write wins)."""
+    cdef Py_ssize_t planes = y.shape[0] * y.shape[1], hw = y.shape[2] * y.shape[3]
+    cdef Py_ssize_t m = x.shape[2] * x.shape[3], p, k
+    cdef real* yp
+    cdef const real* xp
+    cdef const int64_t* ip
+    if y.size == 0:
+        return
+    for p in prange(planes, nogil=True, schedule="static"):
+        yp = &y[0, 0, 0, 0] + p * hw
+        xp = &x[0, 0, 0, 0] + p * m
+        ip = &idx[0, 0, 0, 0] + p * m
+        row_fill(yp, <real>0, hw)
+        for k in range(m):
+            yp[ip[k]] = xp[k]
+
+
+def max_unpool2d_grad(const real[:, :, :, ::1] gy, const int64_t[:, :, :, ::1] idx,
+                      real[:, :, :, ::1] gx):
+    """``gx[n, c, k] = gy[n, c, idx[n, c, k]]``."""
+    cdef Py_ssize_t planes = gx.shape[0] * gx.shape[1], hw = gy.shape[2] * gy.shape[3]
+    cdef Py_ssize_t m = gx.shape[2] * gx.shape[3], p, k
+    cdef const real* gyp
+    cdef const int64_t* ip
+    if gx.size == 0:
+        return
+    for p in prange(planes, nogil=True, schedule="static"):
+        gyp = &gy[0, 0, 0, 0] + p * hw
+        ip = &idx[0, 0, 0, 0] + p * m
+        for k in range(m):
+            (&gx[0, 0, 0, 0])[p * m + k] = gyp[ip[k]]
