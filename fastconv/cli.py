@@ -1,0 +1,125 @@
+"""The ``fastconv`` command.
+
+    fastconv train mnist1d                    # the MNIST-1D paper's CNN and recipe, offline, seconds
+    fastconv train lenet5 --epochs 10         # LeNet-5 on MNIST ($FASTCONV_DATA or --data-dir)
+    fastconv info                             # versions, threads, OpenMP, BLAS, CUDA, backends
+    fastconv bench [args]                     # bench/compare.py: fastconv vs PyTorch, per op
+    fastconv compare [args]                   # bench/compare_training.py: training, fastconv vs PyTorch
+
+``bench`` and ``compare`` run scripts of the repository's ``bench/`` folder (not part of the installed
+package): they are found beside the package (editable installs) or in the current directory.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+
+# Subcommands that hand their arguments to a script of bench/: name -> (file, what it does)
+SCRIPTS = {
+    "bench": ("compare.py", "time every op against PyTorch (bench/compare.py)"),
+    "compare": ("compare_training.py", "compare training runs against PyTorch (bench/compare_training.py)"),
+}
+
+
+def _bench_script(filename):
+    """Path of ``bench/<filename>``: beside the package's source tree, else under the current directory."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for root in (here, os.getcwd()):
+        path = os.path.join(root, "bench", filename)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def run_script(command, argv):
+    """Import ``bench/<script>`` and return its ``main(argv)`` (0 when it returns None)."""
+    filename, _ = SCRIPTS[command]
+    path = _bench_script(filename)
+    if path is None:
+        print(f"fastconv {command}: bench/{filename} not found. It ships with the source repository, not "
+              f"the installed package: run this from a checkout of fastconv (or its root directory).",
+              file=sys.stderr)
+        return 2
+    spec = importlib.util.spec_from_file_location(f"fastconv_bench_{command}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "main"):
+        print(f"fastconv {command}: {path} defines no main(argv)", file=sys.stderr)
+        return 2
+    result = module.main(list(argv))
+    return 0 if result is None else int(result)
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="fastconv", description="fastconv: convolution engine for Python")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,info,bench,compare}")
+
+    from .models import MODELS
+    from .train import OPTIMIZERS, SCHEDULES
+    t = sub.add_parser("train", help="train LeNet-5 on MNIST or a CNN on MNIST-1D",
+                       description="Train a reference model. Options left out take the model's recipe "
+                                   "(fastconv.train.RECIPES).")
+    t.add_argument("task", choices=["lenet5", "mnist1d"])
+    t.add_argument("--model", choices=sorted(MODELS),
+                   help="lenet5: lenet5 (ReLU, max pool) or lenet5-classic (tanh, avg pool); "
+                        "mnist1d: paper (default), book or wide")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--steps", type=int, help="total optimizer steps (overrides --epochs)")
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--optimizer", choices=OPTIMIZERS)
+    t.add_argument("--schedule", choices=SCHEDULES, help="lr schedule over optimizer steps")
+    t.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
+    t.add_argument("--weight-decay", type=float)
+    t.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="random shifts of the training batches (default: on for lenet5, off for mnist1d)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="cpu", help="cpu or cuda")
+    t.add_argument("--backend", default="auto", help="auto, numpy, numba, cython, fft or cuda")
+    t.add_argument("--data-dir", help="folder holding mnist/ (default $FASTCONV_DATA, else "
+                                      "~/.cache/fastconv/data)")
+    t.add_argument("--download", action="store_true", help="fetch missing MNIST files")
+    t.add_argument("--out", help="output folder (default runs/<task>-<model>)")
+    t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
+    t.add_argument("--eval-every", type=int, help="evaluate on the test set every N epochs")
+    t.add_argument("--subset", type=int, help="use the first N training and test samples (quick checks)")
+    t.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+    sub.add_parser("info", help="versions, threads, OpenMP, BLAS, CUDA and backends")
+    for name, (_, text) in SCRIPTS.items():
+        sub.add_parser(name, help=text, add_help=False)
+    return parser
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SCRIPTS:  # everything after the subcommand belongs to the script
+        return run_script(argv[0], argv[1:])
+    args = _parser().parse_args(argv)
+    if args.command == "info":
+        from .config import show_config
+        show_config()
+        return 0
+    from .data import DatasetError
+    from .train import TrainConfig, train
+    fields = {k: v for k, v in vars(args).items() if k != "command"}
+    try:
+        log = train(TrainConfig(**fields))
+    except (ValueError, TypeError, RuntimeError, FileNotFoundError, DatasetError, ImportError) as err:
+        print(f"fastconv train: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: the last completed epoch is in the checkpoint; continue with --resume",
+              file=sys.stderr)
+        return 130
+    final = log.get("final") or {}
+    if final.get("test_acc") is not None:
+        print(f"final test accuracy {100 * final['test_acc']:.2f}% after {log['epochs'][-1]['step']} steps; "
+              f"training {final['train_time_s']:.1f} s ({final['epoch_time_s']:.2f} s per epoch)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
