@@ -402,7 +402,7 @@ def train(config=None, callback=None, stream=None, **overrides):
             print(line + f"  {seconds:.2f} s ({metrics['images_per_s']:,.0f} img/s)", flush=True)
         log["epochs"].append(metrics)
         meta = {"epoch": epoch + 1, "log": log,
-                "rng": {"fastconv": generator().bit_generator.state, "loader": loader.state_dict()["rng"],
+                "rng": {"fastconv": generator().bit_generator.state, "loader": loader.state_dict(),
                         "augment": augment.rng.bit_generator.state if augment is not None else None}}
         save_checkpoint(ckpt_path, model, optimizer, scheduler, meta)
         _write_json(log_path, log)

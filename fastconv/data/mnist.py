@@ -116,6 +116,9 @@ def _download(name, folder, mirrors):
                 payload = response.read()
                 out.write(payload)
             _decode(gzip.decompress(payload), name, url)
+            mask = os.umask(0)
+            os.umask(mask)
+            os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600 files
             os.replace(tmp, os.path.join(folder, name))
             return
         except Exception as err:  # any failure: note it, try the next mirror
