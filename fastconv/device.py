@@ -28,8 +28,8 @@ def device_of(data):
 
 
 def _is_cuda_array(data):
-    from numba import cuda as nbcuda
-    return nbcuda.is_cuda_array(data)
+    from .backends import cuda_array  # CudaArray (also under the simulator), Numba device arrays
+    return cuda_array.is_device_array(data)
 
 
 def array_module(device):
@@ -43,10 +43,7 @@ def array_module(device):
 def to_device(data, device):
     """Copy ``data`` to ``device`` (no copy when it is already there)."""
     device = check_device(device)
-    here = device_of(data)
-    if here == device:
+    if device_of(data) == "cpu" and device == "cpu":
         return data
-    if device == "cpu":
-        return data.copy_to_host()
-    from numba import cuda as nbcuda
-    return nbcuda.to_device(np.ascontiguousarray(data))
+    from .backends import cuda_array  # device arrays are wrapped as CudaArrays without a copy
+    return cuda_array.asarray(data) if device == "cuda" else cuda_array.asarray(data).copy_to_host()
