@@ -298,10 +298,9 @@ class Tensor:
         return make(out, (self,), lambda g: (g * out * (1 - out),))
 
     def relu(self):
-        xp = self.xp
+        # maximum keeps the dtype (0 is a weak scalar) and NaN, as torch.relu; ~10x faster than where + astype
         mask = self.data > 0
-        return make(xp.where(mask, self.data, 0).astype(self.dtype), (self,),
-                    lambda g: (xp.where(mask, g, 0).astype(g.dtype),))
+        return make(self.xp.maximum(self.data, 0), (self,), lambda g: (g * mask,))
 
     def abs(self):
         xp, x = self.xp, self
@@ -334,7 +333,7 @@ class Tensor:
     view = reshape
 
     def flatten(self, start_dim=1):
-        return self.reshape(self.shape[:start_dim] + (-1,))
+        return self.reshape(self.shape[:start_dim] + (int(np.prod(self.shape[start_dim:])),))  # -1: not if empty
 
     def transpose(self, *axes):
         axes = axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes
