@@ -62,16 +62,16 @@ def _conv(input, weight, bias, dims, stride, padding, dilation, groups, backend)
                             stride, padding, dilation, groups, dims)
     device = x.device
     x4, w4 = _as4(x.data, spec.x_shape), _as4(w.data, spec.w_shape)
-    y = dispatch.select("conv2d", backend, spec, device).conv2d(x4, w4, None if b is None else b.data, spec)
+    y = dispatch.select("conv2d", backend, spec, device, x.dtype).conv2d(x4, w4, None if b is None else b.data, spec)
 
     def backward(g):
         g4 = _as4(g, spec.y_shape)
         gx = gw = gb = None
         if x.requires_grad:
-            impl = dispatch.select("conv2d_grad_input", backend, spec, device)
+            impl = dispatch.select("conv2d_grad_input", backend, spec, device, x.dtype)
             gx = impl.conv2d_grad_input(g4, w4, spec).reshape(x.shape)
         if w.requires_grad:
-            impl = dispatch.select("conv2d_grad_weight", backend, spec, device)
+            impl = dispatch.select("conv2d_grad_weight", backend, spec, device, x.dtype)
             gw = impl.conv2d_grad_weight(g4, x4, spec).reshape(w.shape)
         if b is not None and b.requires_grad:
             gb = _bias_grad(x.xp, g4)
@@ -100,7 +100,7 @@ def _conv_transpose(input, weight, bias, dims, stride, padding, output_padding, 
     # ``spec`` is the convolution this op is the adjoint of: its output has x's shape, its input y's.
     device = x.device
     x4, w4 = _as4(x.data, spec.y_shape), _as4(w.data, spec.w_shape)
-    y = dispatch.select("conv2d_grad_input", backend, spec, device).conv2d_grad_input(x4, w4, spec)
+    y = dispatch.select("conv2d_grad_input", backend, spec, device, x.dtype).conv2d_grad_input(x4, w4, spec)
     if b is not None:
         y += b.data.reshape(1, -1, 1, 1)
 
@@ -108,9 +108,9 @@ def _conv_transpose(input, weight, bias, dims, stride, padding, output_padding, 
         g4 = _as4(g, spec.x_shape)
         gx = gw = gb = None
         if x.requires_grad:
-            gx = dispatch.select("conv2d", backend, spec, device).conv2d(g4, w4, None, spec).reshape(x.shape)
+            gx = dispatch.select("conv2d", backend, spec, device, x.dtype).conv2d(g4, w4, None, spec).reshape(x.shape)
         if w.requires_grad:
-            impl = dispatch.select("conv2d_grad_weight", backend, spec, device)
+            impl = dispatch.select("conv2d_grad_weight", backend, spec, device, x.dtype)
             gw = impl.conv2d_grad_weight(x4, g4, spec).reshape(w.shape)
         if b is not None and b.requires_grad:
             gb = _bias_grad(x.xp, g4)
@@ -142,10 +142,10 @@ def _max_pool(input, dims, kernel_size, stride, padding, dilation, ceil_mode, re
     x, spec, x4 = _pool_input(input, dims, kernel_size=kernel_size, stride=stride, padding=padding,
                               dilation=dilation, ceil_mode=ceil_mode)
     device = x.device
-    y, indices = dispatch.select("max_pool2d", backend, spec, device).max_pool2d(x4, spec)
+    y, indices = dispatch.select("max_pool2d", backend, spec, device, x.dtype).max_pool2d(x4, spec)
 
     def backward(g):
-        impl = dispatch.select("max_pool2d_grad", backend, spec, device)
+        impl = dispatch.select("max_pool2d_grad", backend, spec, device, x.dtype)
         return (impl.max_pool2d_grad(_as4(g, spec.y_shape), indices, spec).reshape(x.shape),)
     out = make(y.reshape(spec.user_shape(spec.y_shape)), (x,), backward)
     if return_indices:
@@ -169,10 +169,10 @@ def _avg_pool(input, dims, kernel_size, stride, padding, ceil_mode, count_includ
     x, spec, x4 = _pool_input(input, dims, kernel_size=kernel_size, stride=stride, padding=padding,
                               ceil_mode=ceil_mode, count_include_pad=count_include_pad)
     device = x.device
-    y = dispatch.select("avg_pool2d", backend, spec, device).avg_pool2d(x4, spec)
+    y = dispatch.select("avg_pool2d", backend, spec, device, x.dtype).avg_pool2d(x4, spec)
 
     def backward(g):
-        impl = dispatch.select("avg_pool2d_grad", backend, spec, device)
+        impl = dispatch.select("avg_pool2d_grad", backend, spec, device, x.dtype)
         return (impl.avg_pool2d_grad(_as4(g, spec.y_shape), spec).reshape(x.shape),)
     return make(y.reshape(spec.user_shape(spec.y_shape)), (x,), backward)
 

@@ -64,8 +64,9 @@ def get_backend():
     return _default
 
 
-def select(op, backend, spec, device):
-    """The backend module that runs ``op`` (a kernel name such as ``"conv2d"``) for this spec and device."""
+def select(op, backend, spec, device, dtype=None):
+    """The backend module that runs ``op`` (a kernel name such as ``"conv2d"``) for this spec and device
+    (and ``dtype``, which the automatic choice may weigh)."""
     if backend is None or backend == "auto":
         backend = _default
     if device == "cuda":
@@ -80,13 +81,13 @@ def select(op, backend, spec, device):
         module = load(backend)
         if hasattr(module, op):
             return module
-    return _auto(op, spec)
+    return _auto(op, spec, dtype)
 
 
-def _auto(op, spec):
+def _auto(op, spec, dtype=None):
     """Automatic CPU choice (cost model in ``choose``), falling back to the reference."""
     try:
         from . import choose
     except ImportError:
         return load("numpy")
-    return choose.best(op, spec)
+    return choose.best(op, spec, dtype)

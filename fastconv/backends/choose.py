@@ -1,0 +1,288 @@
+"""The ``"auto"`` backend on the CPU: a cost model per op and spec, or measurements (``autotune``).
+
+``best(op, spec, dtype)`` returns the backend module that runs kernel ``op`` (``"conv2d"``,
+``"max_pool2d"``, ...). By default a cost model decides: convolutions whose FFT cost (transforms plus
+per-frequency channel products) undercuts the direct cost (multiply-adds) go to ``"fft"``, which in
+practice means big kernels on enough pixels; everything else goes to the first backend of
+:data:`PREFERENCE` that loads here. Decisions are cached per ``(op, spec, dtype)`` (specs are frozen
+dataclasses), so the per-call cost is one dict lookup.
+
+``autotune(True)`` replaces the model by measurement: the first call of each ``(op, spec, dtype)`` times
+every available backend once on copies of its inputs, keeps the fastest, and returns that backend's
+result. Winners are kept in memory and in a JSON file (``$FASTCONV_CACHE_DIR/autotune.json``, else
+``~/.cache/fastconv/autotune.json``) keyed by op, spec, dtype, machine, thread count and fastconv version.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import tempfile
+import threading
+import time
+import warnings
+
+import numpy as np
+
+from . import dispatch
+
+#: Direct (non-FFT) backends in order of preference, per op; ops not listed use ``DEFAULT_PREFERENCE``.
+#: Retune from ``bench/`` results: this table and the constants below are the whole model.
+DEFAULT_PREFERENCE = ("numba", "cython", "numpy")
+PREFERENCE = {
+    "conv2d": ("numba", "cython", "numpy"),
+    "conv2d_grad_input": ("numba", "cython", "numpy"),
+    "conv2d_grad_weight": ("numba", "cython", "numpy"),
+    "max_pool2d": ("numba", "cython", "numpy"),
+    "max_pool2d_grad": ("numba", "cython", "numpy"),
+    "avg_pool2d": ("numba", "cython", "numpy"),
+    "avg_pool2d_grad": ("numba", "cython", "numpy"),
+    "max_unpool2d": ("numba", "cython", "numpy"),
+    "max_unpool2d_grad": ("numba", "cython", "numpy"),
+}
+FFT_OPS = ("conv2d", "conv2d_grad_input", "conv2d_grad_weight")
+#: Kernels with fewer taps never go to the FFT, whatever the model says (its error is largest there).
+FFT_MIN_TAPS = 25
+#: Seconds per multiply-add of a direct convolution, per backend (rough, 2 cores).
+SECONDS_PER_MAC = {"numba": 2e-11, "cython": 2e-11, "numpy": 1e-10}
+#: Seconds per point and per log2(points) of one real 2-D transform on the FFT grid.
+SECONDS_PER_FFT_POINT = 1.6e-10
+#: Seconds per complex multiply-add of the per-frequency channel products.
+SECONDS_PER_SPECTRAL_MAC = 4e-10
+#: Fixed cost of one FFT-backend call (seconds): planning, transposes, small arrays.
+FFT_CALL_SECONDS = 1e-4
+#: Backends that autotune times, when they load here and implement the op.
+CANDIDATES = ("numba", "cython", "fft", "numpy")
+
+_decisions = {}     # (op, spec, dtype) -> module, from the model
+_usable = {}        # backend name -> module, or None when it cannot load here
+_tuned = {}         # autotune key -> backend name (memory copy of the disk cache and of new results)
+_disk = {}          # cache file path -> {key: backend name} as last read
+_winners = {}       # (op, spec, dtype, threads) -> module, once tuned (the fast path of ``best``)
+_lock = threading.Lock()
+_autotune = False
+
+
+# --------------------------------------------------------------------------------- the model
+def _module(name):
+    """The backend module ``name``, or None when it cannot load here (remembered until ``reset``)."""
+    if name not in _usable:
+        try:
+            _usable[name] = dispatch.load(name)
+        except Exception:
+            _usable[name] = None
+    return _usable[name]
+
+
+def _first(names, op):
+    for name in names:
+        module = _module(name)
+        if module is not None and hasattr(module, op):
+            return name
+    return "numpy"
+
+
+def direct_seconds(spec, backend):
+    """Model time of a direct convolution kernel (forward and both gradients cost the same)."""
+    return SECONDS_PER_MAC.get(backend, SECONDS_PER_MAC["numpy"]) * spec.flops / 2
+
+
+def fft_seconds(spec):
+    """Model time of one FFT convolution kernel: real transforms of the input and output planes (the
+    kernel's transform, mostly zeros, counts as half a plane per channel pair) plus the channel products."""
+    from .fft import _geometry
+    rows, cols = _geometry(spec)
+    grid = (rows.fft if rows.transformed else 1) * cols.fft
+    planes = spec.n * (spec.c_in + spec.c_out) + 0.5 * spec.c_out * (spec.c_in // spec.groups)
+    transform = SECONDS_PER_FFT_POINT * planes * rows.fft * cols.fft * math.log2(max(grid, 2))
+    products = SECONDS_PER_SPECTRAL_MAC * spec.n * spec.c_out * (spec.c_in // spec.groups) * (
+        rows.fft * (cols.fft // 2 + 1))
+    return FFT_CALL_SECONDS + transform + products
+
+
+def model_choice(op, spec):
+    """The backend name the cost model picks for ``op`` on ``spec`` (``spec`` may be None)."""
+    direct = _first(PREFERENCE.get(op, DEFAULT_PREFERENCE), op)
+    if (op in FFT_OPS and spec is not None and spec.kh * spec.kw >= FFT_MIN_TAPS
+            and _module("fft") is not None and fft_seconds(spec) < direct_seconds(spec, direct)):
+        return "fft"
+    return direct
+
+
+def best(op, spec, dtype=None):
+    """The backend module that runs ``op`` for ``spec`` (and ``dtype``, when known) under ``"auto"``."""
+    if _autotune and spec is not None:
+        return _tuned_or_tuner(op, spec, dtype)
+    key = (op, spec, dtype)
+    module = _decisions.get(key)
+    if module is None:
+        module = _decisions[key] = _module(model_choice(op, spec))
+    return module
+
+
+def reset():
+    """Forget every decision, which backends load, and what was read from the autotune file."""
+    with _lock:
+        _decisions.clear()
+        _usable.clear()
+        _tuned.clear()
+        _disk.clear()
+        _winners.clear()
+
+
+# ------------------------------------------------------------------------------------ autotune
+def autotune(enabled=True):
+    """Choose ``"auto"`` backends by timing them (see the module docstring); ``False`` returns to the model."""
+    global _autotune
+    _autotune = bool(enabled)
+
+
+def cache_path():
+    """The autotune file: ``$FASTCONV_CACHE_DIR/autotune.json``, else ``~/.cache/fastconv/autotune.json``."""
+    folder = os.environ.get("FASTCONV_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "fastconv")
+    return os.path.join(folder, "autotune.json")
+
+
+def tune_key(op, spec, dtype):
+    """The autotune cache key: what the winner depends on."""
+    from .. import __version__
+    from ..config import get_num_threads
+    return (f"{op}|{spec!r}|{np.dtype(dtype).name}|{platform.node()}|cpus={os.cpu_count()}"
+            f"|threads={get_num_threads()}|fastconv={__version__}")
+
+
+def _read(path, quiet=False):
+    """The entries of the cache file; a missing file is empty, an unreadable one is ignored with a warning."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        entries = data["entries"]
+        if not isinstance(entries, dict) or not all(isinstance(v, str) for v in entries.values()):
+            raise ValueError("'entries' is not a mapping of keys to backend names")
+        return dict(entries)
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        if not quiet:
+            warnings.warn(f"fastconv: ignoring the autotune cache {path}, which cannot be read ({err})",
+                          RuntimeWarning, stacklevel=4)
+        return {}
+
+
+def _disk_entries(path):
+    entries = _disk.get(path)
+    if entries is None:
+        entries = _disk[path] = _read(path)
+    return entries
+
+
+def _write(path, key, name):
+    """Add one entry to the cache file atomically (temp file + ``os.replace``), keeping other entries."""
+    folder = os.path.dirname(path)
+    tmp = None
+    try:
+        os.makedirs(folder, exist_ok=True)
+        entries = _read(path, quiet=True)  # entries other processes added meanwhile
+        entries.update(_disk.get(path, {}))
+        entries[key] = name
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".autotune-", suffix=".json")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump({"format": 1, "entries": entries}, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+        _disk[path] = entries
+    except OSError as err:
+        if tmp is not None and os.path.exists(tmp):
+            os.remove(tmp)
+        warnings.warn(f"fastconv: cannot write the autotune cache {path} ({err}); results stay in memory",
+                      RuntimeWarning, stacklevel=4)
+
+
+def _known(op, spec, dtype):
+    """The tuned backend name for this key, from memory or the cache file, or None."""
+    key = tune_key(op, spec, dtype)
+    with _lock:
+        name = _tuned.get(key)
+        if name is None:
+            name = _disk_entries(cache_path()).get(key)
+            if name is not None:
+                _tuned[key] = name
+    if name is not None and _module(name) is not None and hasattr(_module(name), op):
+        return name
+    return None
+
+
+def _tuned_or_tuner(op, spec, dtype):
+    if dtype is None:
+        return _Tuner(op, spec, dtype)
+    from ..config import get_num_threads
+    memo = (op, spec, np.dtype(dtype), get_num_threads())
+    module = _winners.get(memo)
+    if module is None:
+        name = _known(op, spec, dtype)
+        if name is None:
+            return _Tuner(op, spec, dtype)
+        module = _winners[memo] = _module(name)
+    return module
+
+
+class _Tuner:
+    """Stands for a backend module until the first call has measured which one is fastest."""
+
+    def __init__(self, op, spec, dtype):
+        self._op, self._spec, self._dtype = op, spec, dtype
+
+    def __getattr__(self, name):
+        if name != self._op:
+            raise AttributeError(name)
+        return self._run
+
+    def _run(self, *args):
+        op, spec = self._op, self._spec
+        dtype = self._dtype or next(a.dtype for a in args if isinstance(a, np.ndarray) and a.dtype.kind == "f")
+        name = _known(op, spec, dtype)
+        if name is not None:
+            return getattr(_module(name), op)(*args)
+        names = [n for n in CANDIDATES if _module(n) is not None and hasattr(_module(n), op)]
+        name, result = _race(op, names, args)
+        key = tune_key(op, spec, dtype)
+        with _lock:
+            _tuned[key] = name
+            _write(cache_path(), key, name)
+        return result
+
+
+def _copies(args):
+    return [a.copy() if isinstance(a, np.ndarray) else a for a in args]
+
+
+def measure(fn, args, repeat=3):
+    """``(seconds, result)``: a warm-up call (JIT compilation), then the best of up to ``repeat`` runs
+    (one when a run takes over 50 ms)."""
+    fn(*args)
+    best, result = math.inf, None
+    for i in range(repeat):
+        start = time.perf_counter()
+        result = fn(*args)
+        elapsed = time.perf_counter() - start
+        best = min(best, elapsed)
+        if elapsed > 0.05:
+            break
+    return best, result
+
+
+def _race(op, names, args):
+    """The fastest of ``names`` on copies of ``args``, and its result."""
+    winner, fastest, result = None, math.inf, None
+    for name in names:
+        try:
+            seconds, out = measure(getattr(_module(name), op), _copies(args))
+        except Exception as err:  # a backend that fails here is simply not a candidate
+            warnings.warn(f"fastconv autotune: backend {name!r} failed on {op} ({err}); skipped",
+                          RuntimeWarning, stacklevel=3)
+            continue
+        if seconds < fastest:
+            winner, fastest, result = name, seconds, out
+    if winner is None:
+        raise RuntimeError(f"fastconv autotune: no backend could run {op}")
+    return winner, result
