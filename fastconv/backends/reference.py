@@ -69,7 +69,8 @@ def col2im(cols, spec):
 # --------------------------------------------------------------------------- convolution
 def _grouped_cols(x, spec):
     """``(N, groups, C_in/groups * kh * kw, oh * ow)`` view of the columns."""
-    return im2col(x, spec).reshape(spec.n, spec.groups, -1, spec.oh * spec.ow)
+    per_group = spec.c_in // spec.groups * spec.kh * spec.kw  # explicit: -1 is ambiguous for an empty batch
+    return im2col(x, spec).reshape(spec.n, spec.groups, per_group, spec.oh * spec.ow)
 
 
 def _grouped_weight(w, spec):
@@ -135,10 +136,15 @@ def max_pool2d(x, spec):
     return y, (rows * spec.w + cols).astype(np.int64)
 
 
+def _plane(a):
+    """Elements per (n, c) plane (explicit, as ``reshape(n, c, -1)`` fails for an empty batch)."""
+    return int(np.prod(a.shape[2:]))
+
+
 def _scatter_add(values, indices, n, c, size):
     """``out[n, c, indices[n, c, k]] += values[n, c, k]`` over flattened planes of ``size`` pixels."""
     planes = np.arange(n * c, dtype=np.int64).reshape(n, c, 1) * size
-    flat = (indices.reshape(n, c, -1) + planes).ravel()
+    flat = (indices.reshape(n, c, _plane(indices)) + planes).ravel()
     out = np.bincount(flat, weights=values.ravel(), minlength=n * c * size)
     return out.astype(values.dtype)
 
@@ -176,10 +182,12 @@ def max_unpool2d(x, indices, out_hw):
     n, c = x.shape[:2]
     size = out_hw[0] * out_hw[1]
     out = np.zeros((n, c, size), dtype=x.dtype)
-    np.put_along_axis(out, indices.reshape(n, c, -1), x.reshape(n, c, -1), axis=2)
+    k = _plane(x)
+    np.put_along_axis(out, indices.reshape(n, c, k), x.reshape(n, c, k), axis=2)
     return out.reshape((n, c) + tuple(out_hw))
 
 
 def max_unpool2d_grad(gy, indices):
     n, c = gy.shape[:2]
-    return np.take_along_axis(gy.reshape(n, c, -1), indices.reshape(n, c, -1), axis=2).reshape(indices.shape)
+    picked = np.take_along_axis(gy.reshape(n, c, _plane(gy)), indices.reshape(n, c, _plane(indices)), axis=2)
+    return picked.reshape(indices.shape)
