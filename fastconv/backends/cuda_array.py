@@ -479,7 +479,7 @@ def _wrap_device(obj):
 
 
 def _from_host(host, dtype=None):
-    host = np.ascontiguousarray(np.asarray(host, dtype=dtype))
+    host = np.asarray(host, dtype=dtype, order="C")  # (np.ascontiguousarray would make 0-d arrays 1-d)
     if host.dtype == np.float16 or host.dtype.kind not in "biuf":
         raise TypeError(f"unsupported dtype on the GPU: {host.dtype}")
     return CudaArray(cuda.to_device(host.reshape(-1)), host.shape)
@@ -616,7 +616,7 @@ _OPS = {  # name -> (device function of up to three operands, NumPy function giv
     "divide": (lambda a, b, c: a / b, np.divide),
     "power": (lambda a, b, c: a ** b, np.power),
     "negative": (lambda a, b, c: -a, np.negative),
-    "exp": (lambda a, b, c: math.exp(a) if a < 709.0 else math.inf, np.exp),  # no OverflowError when simulated
+    "exp": (lambda a, b, c: math.inf if a > 709.0 else math.exp(a), np.exp),  # no OverflowError when simulated
     "log": (lambda a, b, c: math.log(a) if a > 0 else (-math.inf if a == 0 else math.nan), np.log),
     "tanh": (lambda a, b, c: math.tanh(a), np.tanh),
     "sqrt": (lambda a, b, c: math.sqrt(a) if a >= 0 else math.nan, np.sqrt),

@@ -1,0 +1,10 @@
+"""Set-up of the CUDA tests: they run under Numba's simulator (``NUMBA_ENABLE_CUDASIM=1``, set before numba
+is imported; CI runs ``NUMBA_ENABLE_CUDASIM=1 pytest -q -m cudasim tests/cuda``) or on a real GPU, and
+skip cleanly elsewhere (see cuda_helpers.CUDA_TESTS). Shapes are tiny: a simulated GPU thread is a Python
+thread."""
+import os
+import sys
+
+if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+    # Simulated threads meet at syncthreads() by polling; a short switch interval makes them ~10x faster.
+    sys.setswitchinterval(1e-4)
