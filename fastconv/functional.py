@@ -335,6 +335,8 @@ def interpolate(input, size=None, scale_factor=None, mode="nearest", align_corne
         if len(factors) != dims or any(f <= 0 for f in factors):
             raise ValueError(f"scale_factor must be a positive number or {dims} of them, got {scale_factor!r}")
         out = tuple(int(np.floor(s * f)) for s, f in zip(in_sizes, factors))
+        if min(out) < 1:
+            raise ValueError(f"scale_factor {scale_factor!r} makes the output empty for input size {in_sizes}")
         scales = [1.0 / f for f in factors]
     return _resample(x, [_interp_matrix(s, o, sc, mode, bool(align_corners))
                          for s, o, sc in zip(in_sizes, out, scales)])
@@ -405,6 +407,9 @@ def _targets(target, n, classes):
         raise TypeError(f"target must hold integer class labels, got dtype {t.dtype}")
     if t.shape != (n,):
         raise ValueError(f"target must have shape ({n},), got {t.shape}")
+    labels = t.numpy()
+    if labels.size and (labels.min() < 0 or labels.max() >= classes):
+        raise ValueError(f"target labels must lie in [0, {classes}), got values from {labels.min()} to {labels.max()}")
     return t
 
 
@@ -413,13 +418,19 @@ def _check_reduction(reduction):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
 
 
+def _loss_args(input, target, reduction):
+    """Validated ``(input, target)`` of a classification loss: float (N, classes) and labels in range."""
+    x = as_tensor(input)
+    _floats(input=x)
+    if x.ndim != 2:
+        raise ValueError(f"input must be 2-D (N, classes), got shape {x.shape}")
+    _check_reduction(reduction)
+    return x, _targets(target, *x.shape)
+
+
 def nll_loss(input, target, reduction="mean"):
     """Negative log-likelihood of integer ``target`` under log-probabilities ``input (N, classes)``."""
-    logp = as_tensor(input)
-    if logp.ndim != 2:
-        raise ValueError(f"input must be 2-D (N, classes), got shape {logp.shape}")
-    _check_reduction(reduction)
-    t = _targets(target, *logp.shape)
+    logp, t = _loss_args(input, target, reduction)
     xp = logp.xp
     picked = xp.take_along_axis(logp.data, t.data.reshape(-1, 1).astype(np.int64), axis=1)[:, 0]
     n = logp.shape[0]
@@ -436,7 +447,8 @@ def nll_loss(input, target, reduction="mean"):
 
 def cross_entropy(input, target, reduction="mean"):
     """Softmax cross-entropy of ``logits (N, classes)`` against integer labels ``target (N,)``."""
-    return nll_loss(log_softmax(input, dim=1), target, reduction)
+    x, t = _loss_args(input, target, reduction)  # validate before any work
+    return nll_loss(log_softmax(x, dim=1), t, reduction)
 
 
 def mse_loss(input, target, reduction="mean"):
