@@ -89,7 +89,7 @@ CONV2D = (
     Conv("pointwise", (16, 256, 28, 28), (128, 256, 1, 1), gemm_bound=True),
     Conv("depthwise", (8, 128, 56, 56), (128, 1, 3, 3), padding=1, groups=128),
 )
-CONV1D = (  # the MNIST-1D conv net's first two layers
+CONV1D = (  # the first two layers of the MNIST-1D CNN of Understanding Deep Learning (models 'book')
     Conv("mnist1d_c1", (100, 1, 40), (15, 1, 3), stride=2),
     Conv("mnist1d_c2", (100, 15, 19), (15, 15, 3), stride=2),
 )
@@ -109,15 +109,15 @@ TINY = (
 )
 SHAPES = {s.name: s for s in CONV2D + CONV1D + POOL + TINY}
 FULL = CONV2D + CONV1D + POOL
-LARGE = ("vgg_3x3", "resnet_s2", "pointwise", "depthwise", "maxpool_large")  # peak-memory suite
+LARGE = ("vgg_3x3", "resnet_s2", "maxpool_large")  # the peak-memory suites
 
 
 # ----------------------------------------------------------------------- implementations
-def backend_status():
-    """``{name: None if usable else the reason}`` for each fastconv backend (CPU and GPU)."""
+def backend_status(names=None):
+    """``{name: None if usable else the reason}`` for the fastconv backends ``names`` (default: all)."""
     from fastconv.backends import dispatch
     status = {}
-    for name in dispatch.MODULES:
+    for name in dispatch.MODULES if names is None else names:
         try:
             dispatch.load(name)
             status[name] = None
@@ -165,16 +165,37 @@ def inputs(shape, seed=0):
     return x, None, None, rng.standard_normal(spec.user_shape(spec.y_shape), dtype=np.float32)
 
 
-def runner(impl, shape, grad, seed=0):
-    """A no-argument callable that runs ``shape`` once on ``impl`` (forward, or forward + backward)."""
+def runner(impl, shape, grad, seed=0, device="cpu"):
+    """A no-argument callable that runs ``shape`` once on ``impl`` (forward, or forward + backward).
+
+    On ``device="cuda"`` the inputs live on the GPU and the callable waits for the GPU to finish.
+    """
     arrays = inputs(shape, seed)
-    return (_torch_runner if impl == TORCH else _fastconv_runner)(impl, shape, grad, *arrays)
+    make = _torch_runner if impl == TORCH else _fastconv_runner
+    fn = make(impl, shape, grad, device, *arrays)
+    return fn if device == "cpu" else _synchronized(fn, impl)
 
 
-def _fastconv_runner(backend, shape, grad, x, w, b, gy):
+def _synchronized(fn, impl):
+    if impl == TORCH:
+        import torch
+        sync = torch.cuda.synchronize
+    else:
+        from numba import cuda
+        sync = cuda.synchronize
+
+    def run():
+        out = fn()
+        sync()
+        return out
+    return run
+
+
+def _fastconv_runner(backend, shape, grad, device, x, w, b, gy):
     import fastconv as fc
     import fastconv.functional as F
-    leaves = [fc.tensor(a, requires_grad=grad) for a in (x, w, b) if a is not None]
+    leaves = [fc.tensor(a, requires_grad=grad, device=device) for a in (x, w, b) if a is not None]
+    gy = fc.tensor(gy, device=device)
     if shape.kind == "conv":
         op = F.conv1d if shape.dims == 1 else F.conv2d
         call = lambda: op(*leaves, backend=backend, **shape.kwargs)  # noqa: E731
@@ -191,11 +212,11 @@ def _fastconv_runner(backend, shape, grad, x, w, b, gy):
     return forward_backward
 
 
-def _torch_runner(_, shape, grad, x, w, b, gy):
+def _torch_runner(_, shape, grad, device, x, w, b, gy):
     import torch
     import torch.nn.functional as TF
-    leaves = [torch.from_numpy(a).requires_grad_(grad) for a in (x, w, b) if a is not None]
-    tgy = torch.from_numpy(gy)
+    leaves = [torch.from_numpy(a).to(device).requires_grad_(grad) for a in (x, w, b) if a is not None]
+    tgy = torch.from_numpy(gy).to(device)
     if shape.kind == "conv":
         op = TF.conv1d if shape.dims == 1 else TF.conv2d
         call = lambda: op(*leaves, **shape.kwargs)  # noqa: E731
@@ -266,3 +287,197 @@ def allocator():
         if name in preload or f"lib{name}" in mapped:
             return f"{name} (LD_PRELOAD={preload or 'unset'})"
     return f"glibc malloc (LD_PRELOAD={preload or 'unset'})"
+
+
+# ------------------------------------------------------------------------------------ asv
+# A fixed grid, so that results stay comparable across machines. The NumPy reference is the oracle, not a
+# speed path: bench/compare.py times it, asv does not (it would double the CI's quick run).
+IMPLS = (TORCH, "auto", "numba", "cython", "fft")
+BENCH_THREADS = int(os.environ.get("FASTCONV_BENCH_THREADS", "2"))
+
+
+def skip_unless_runnable(impl, shape=None):
+    """Raise NotImplementedError (asv's "skip") when ``impl`` cannot run here or has no kernel for
+    ``shape``; otherwise set the benchmark thread count."""
+    if impl == TORCH:
+        if not has_torch():
+            raise NotImplementedError("PyTorch is not installed")
+    elif impl != "auto":
+        reason = backend_status([impl]).get(impl, f"unknown backend {impl!r}")
+        if reason is not None:
+            raise NotImplementedError(reason)
+        if shape is not None and not supports(impl, shape):
+            raise NotImplementedError(f"backend {impl} has no kernel for {shape.name}")
+    set_threads(BENCH_THREADS)
+
+
+_warm = {}
+
+
+def warm_runner(impl, shape, grad):
+    """asv ``setup`` helper: a runner that has run once (JIT compiled), or a skip.
+
+    asv re-runs ``setup`` before every sample; the runner is kept for the life of the process (asv runs
+    each parameter combination in a process of its own), so only the first ``setup`` pays the warm-up.
+    """
+    key = (impl, shape.name, grad)
+    if key not in _warm:
+        skip_unless_runnable(impl, shape)
+        fn = runner(impl, shape, grad)
+        try:
+            fn()
+        except (ValueError, TypeError, NotImplementedError) as err:  # geometry this backend rejects
+            raise NotImplementedError(f"{impl} cannot run {shape.name}: {err}") from err
+        _warm[key] = fn
+    return _warm[key]
+
+
+def preload():
+    """Import torch and fastconv's backends once, in asv's forkserver (a benchmark module's import),
+    rather than in every forked benchmark process. Runs no kernel and leaves CUDA alone (a CUDA context
+    does not survive fork), so that nothing the forked processes need is broken by the fork."""
+    has_torch()
+    backend_status(CPU_BACKENDS)
+    try:
+        import fastconv.models  # noqa: F401
+        import fastconv.optim  # noqa: F401
+    except ImportError:
+        pass
+
+
+def gflops_of(fn, flops, repeat=2):
+    """GFLOP/s of the fastest of ``repeat`` calls (asv ``track_`` helper)."""
+    import time
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return flops / best / 1e9
+
+
+# ------------------------------------------------------------------------------- training
+# task -> (fastconv.models name, input shape of one sample, batch size, Adam lr): the recipes of
+# fastconv.train (LeNet-5 on 32x32 MNIST; the MNIST-1D paper's CNN), without schedule or augmentation.
+TRAIN_TASKS = {
+    "lenet5": ("lenet5", (1, 32, 32), 128, 2e-3),
+    "mnist1d": ("paper", (1, 40), 100, 1e-2),
+}
+TRAIN_IMPLS = (TORCH, "auto", "numba", "cython")
+
+# fastconv.nn layer -> the torch.nn layer with the same arguments
+_TWIN_ARGS = {
+    "Conv1d": ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups"),
+    "Linear": ("in_features", "out_features"),
+    "MaxPool1d": ("kernel_size", "stride", "padding", "dilation", "ceil_mode"),
+    "AvgPool1d": ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad"),
+    "AdaptiveAvgPool1d": ("output_size",),
+    "Flatten": ("start_dim",),
+    "Dropout": ("p",),
+    "ReLU": (), "Tanh": (), "Sigmoid": (), "Identity": (),
+}
+for _name in ("Conv", "MaxPool", "AvgPool", "AdaptiveAvgPool"):
+    _TWIN_ARGS[_name + "2d"] = _TWIN_ARGS[_name + "1d"]
+
+
+def torch_twin(module):
+    """The PyTorch copy of a fastconv model built from ``fastconv.nn`` layers: same layers, same
+    arguments, same parameter names, same initial weights. A model is ``features`` then ``classifier``
+    (as in ``fastconv.models``); NotImplementedError for anything else."""
+    import torch
+    twin = _twin_layer(module, torch)
+    twin.load_state_dict({k: torch.from_numpy(v) for k, v in module.state_dict().items()}, strict=True)
+    return twin
+
+
+def _twin_layer(module, torch):
+    name = type(module).__name__
+    if name == "Sequential":
+        return torch.nn.Sequential(*(_twin_layer(m, torch) for m in module.children()))
+    if name in _TWIN_ARGS:
+        kwargs = {a: getattr(module, a) for a in _TWIN_ARGS[name]}
+        if hasattr(module, "bias"):
+            kwargs["bias"] = module.bias is not None
+        return getattr(torch.nn, name)(**kwargs)
+    if hasattr(module, "features") and hasattr(module, "classifier"):
+        twin = torch.nn.Module()
+        twin.features = _twin_layer(module.features, torch)
+        twin.classifier = _twin_layer(module.classifier, torch)
+        twin.forward = lambda x: twin.classifier(twin.features(x))
+        return twin
+    raise NotImplementedError(f"no PyTorch twin for {name}")
+
+
+class Trainer:
+    """One model and its Adam optimizer on one implementation, for timing training steps.
+
+    ``impl``: a fastconv backend (``"auto"``, ``"numba"``, ...) or ``"torch"`` (the fastconv model's twin,
+    starting from the same weights); ``device``: ``"cpu"`` or ``"cuda"``. Every Trainer of a task built
+    with the same seed starts from the same weights. NotImplementedError when fastconv.models is missing.
+    """
+
+    def __init__(self, task, impl, device="cpu", seed=0):
+        try:
+            import fastconv as fc
+            from fastconv import models
+        except ImportError as err:
+            raise NotImplementedError(f"fastconv.models is not available: {err}") from err
+        name, self.sample_shape, self.batch_size, lr = TRAIN_TASKS[task]
+        self.impl, self.device = impl, device
+        fc.manual_seed(seed)
+        model = models.create(name, backend="auto" if impl == TORCH else impl)
+        if impl == TORCH:
+            import torch
+            self.model = torch_twin(model).to(device)
+            self.opt = torch.optim.Adam(self.model.parameters(), lr=lr)
+        else:
+            from fastconv import optim
+            self.model = model.to(device)
+            self.opt = optim.Adam(self.model.parameters(), lr=lr)
+
+    def _inputs(self, x, y):
+        if self.impl == TORCH:
+            import torch
+            return torch.from_numpy(x).to(self.device), torch.from_numpy(y).to(self.device)
+        import fastconv as fc
+        return fc.tensor(x, device=self.device), fc.tensor(y, device=self.device)
+
+    def step(self, x, y):
+        """One optimizer step on the batch ``(x, y)`` (NumPy float32 / int64); returns the loss."""
+        xb, yb = self._inputs(x, y)
+        if self.impl == TORCH:
+            import torch.nn.functional as TF
+            loss = TF.cross_entropy(self.model(xb), yb)
+        else:
+            import fastconv.functional as F
+            loss = F.cross_entropy(self.model(xb), yb)
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+        return loss.item()  # waits for the GPU, so that timings are honest
+
+    def accuracy(self, x, y, batch_size=1000):
+        """Share of ``x`` classified as ``y``, in evaluation mode without a graph."""
+        correct = 0
+        self.model.eval()
+        if self.impl == TORCH:
+            import torch
+            guard = torch.no_grad
+        else:
+            import fastconv as fc
+            guard = fc.no_grad
+        with guard():
+            for start in range(0, len(y), batch_size):
+                xb, _ = self._inputs(x[start:start + batch_size], y[start:start + batch_size])
+                logits = self.model(xb)
+                logits = logits.cpu().numpy() if self.impl == TORCH else logits.numpy()
+                correct += int(np.count_nonzero(logits.argmax(1) == y[start:start + batch_size]))
+        self.model.train()
+        return correct / len(y)
+
+
+def synthetic_batch(task, seed=0):
+    """A random batch of the task's shape and batch size (timing needs no real data)."""
+    _, sample, batch, _ = TRAIN_TASKS[task]
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((batch,) + sample, dtype=np.float32), rng.integers(0, 10, batch)

@@ -1,0 +1,65 @@
+"""Convolution suites: forward, forward + backward, peak memory and GFLOP/s, per implementation x shape.
+
+Implementations are ``torch`` (PyTorch CPU, the peer) and fastconv's ``auto`` and CPU backends; those that
+cannot run here are skipped. Shapes come from ``common`` (the table ``bench/compare.py`` uses too).
+"""
+from . import common
+from .common import CONV1D, CONV2D, IMPLS, LARGE, SHAPES
+
+common.preload()
+
+
+class _Conv:
+    params = [list(IMPLS), [s.name for s in CONV2D]]
+    param_names = ["impl", "shape"]
+    grad = False
+    timeout = 180
+
+    def setup(self, impl, shape):
+        self.run = common.warm_runner(impl, SHAPES[shape], self.grad)
+
+
+class Conv2dForward(_Conv):
+    def time_forward(self, impl, shape):
+        self.run()
+
+
+class Conv2dForwardBackward(_Conv):
+    grad = True
+
+    def time_forward_backward(self, impl, shape):
+        self.run()
+
+
+class Conv1dForward(_Conv):
+    params = [list(IMPLS), [s.name for s in CONV1D]]
+
+    def time_forward(self, impl, shape):
+        self.run()
+
+
+class Conv1dForwardBackward(_Conv):
+    params = Conv1dForward.params
+    grad = True
+
+    def time_forward_backward(self, impl, shape):
+        self.run()
+
+
+class Conv2dPeakMemory(_Conv):
+    """Peak resident memory of forward + backward on the large shapes (the process's peak: interpreter,
+    libraries and inputs included, so compare implementations, not absolute values)."""
+    params = [list(IMPLS), [name for name in LARGE if SHAPES[name].kind == "conv"]]
+    grad = True
+
+    def peakmem_forward_backward(self, impl, shape):
+        self.run()
+
+
+class Conv2dGflops(_Conv):
+    """Forward GFLOP/s (best of 3) on the GEMM-bound shapes: a number to hold against the GEMM rate."""
+    params = [list(IMPLS), [s.name for s in CONV2D if s.gemm_bound]]
+    unit = "GFLOP/s"
+
+    def track_forward_gflops(self, impl, shape):
+        return common.gflops_of(self.run, SHAPES[shape].flops(False))
