@@ -215,7 +215,9 @@ class Tensor:
         if isinstance(other, Tensor):
             return other
         if isinstance(other, (int, float, np.generic)):
-            return other  # scalars stay scalars: no parent, dtype follows the tensor
+            # scalars stay scalars: no parent, dtype follows the tensor (a NumPy scalar would promote
+            # float32 to float64 under NEP 50, so it becomes a Python number first)
+            return other.item() if isinstance(other, np.generic) else other
         return as_tensor(other)
 
     def __add__(self, other):
