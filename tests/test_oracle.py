@@ -23,6 +23,7 @@ import fastconv.functional as F  # noqa: E402
 import cases  # noqa: E402
 from helpers import assert_close, check_against, run_torch  # noqa: E402
 
+pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same':UserWarning")  # torch's own note
 torch.set_num_threads(1)  # tiny tensors: threads only add contention
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SEEDS = st.integers(0, 2**32 - 1)
