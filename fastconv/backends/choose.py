@@ -4,7 +4,8 @@
 ``"max_pool2d"``, ...). By default a cost model decides: convolutions whose FFT cost (transforms plus
 per-frequency channel products) undercuts the direct cost (multiply-adds) go to ``"fft"``, which in
 practice means big kernels on enough pixels; everything else goes to the first backend of
-:data:`PREFERENCE` that loads here. Decisions are cached per ``(op, spec, dtype)`` (specs are frozen
+:data:`PREFERENCE` that loads here, seen through ``separable.Passes`` where a rank-1 kernel would run
+faster as two 1-D passes. Decisions are cached per ``(op, spec, dtype)`` (specs are frozen
 dataclasses), so the per-call cost is one dict lookup.
 
 ``autotune(True)`` replaces the model by measurement: the first call of each ``(op, spec, dtype)`` times
@@ -25,7 +26,7 @@ import warnings
 
 import numpy as np
 
-from . import dispatch
+from . import dispatch, separable
 
 #: Direct (non-FFT) backends in order of preference, per op; ops not listed use ``DEFAULT_PREFERENCE``.
 #: Retune from ``bench/`` results: this table and the constants below are the whole model.
@@ -52,6 +53,12 @@ SECONDS_PER_FFT_POINT = 1.6e-10
 SECONDS_PER_SPECTRAL_MAC = 4e-10
 #: Fixed cost of one FFT-backend call (seconds): planning, transposes, small arrays.
 FFT_CALL_SECONDS = 1e-4
+#: Rank-1 kernels run as two 1-D passes (``separable``) on the direct backends for specs with at least
+#: this many taps and at most this many channel pairs per group (the passes' intermediate holds that
+#: many planes per input image); ``SEPARABLE = False`` turns the check off.
+SEPARABLE = True
+SEPARABLE_MIN_TAPS = 25
+SEPARABLE_MAX_PAIRS = 16
 #: Backends that autotune times, when they load here and implement the op.
 CANDIDATES = ("numba", "cython", "fft", "numpy")
 
@@ -62,6 +69,7 @@ _disk = {}          # cache file path -> {key: backend name} as last read
 _winners = {}       # (op, spec, dtype, threads) -> module, once tuned (the fast path of ``best``)
 _lock = threading.Lock()
 _autotune = False
+_passes = {}        # backend name -> separable.Passes over it
 
 
 # --------------------------------------------------------------------------------- the model
@@ -117,8 +125,25 @@ def best(op, spec, dtype=None):
     key = (op, spec, dtype)
     module = _decisions.get(key)
     if module is None:
-        module = _decisions[key] = _module(model_choice(op, spec))
+        name = model_choice(op, spec)
+        module = _separable_front(name) if _separable_spec(op, spec, name) else _module(name)
+        _decisions[key] = module
     return module
+
+
+def _separable_spec(op, spec, name):
+    """Whether ``op`` on ``spec`` should check for a rank-1 kernel (direct backends, big enough kernels)."""
+    if not SEPARABLE or name == "fft" or op not in ("conv2d", "conv2d_grad_input") or spec is None:
+        return False
+    pairs = (spec.c_in // spec.groups) * (spec.c_out // spec.groups)
+    return (spec.kh * spec.kw >= SEPARABLE_MIN_TAPS and pairs <= SEPARABLE_MAX_PAIRS
+            and separable.worthwhile(spec))
+
+
+def _separable_front(name):
+    if name not in _passes:
+        _passes[name] = separable.Passes(_module(name))
+    return _passes[name]
 
 
 def reset():
@@ -129,6 +154,7 @@ def reset():
         _tuned.clear()
         _disk.clear()
         _winners.clear()
+        _passes.clear()
 
 
 # ------------------------------------------------------------------------------------ autotune

@@ -1,0 +1,160 @@
+"""Separable (rank-1) kernels: one ``kh x kw`` convolution as a ``kh x 1`` pass and a ``1 x kw`` pass.
+
+When every kernel slice is an outer product, ``w[o, c] = u[o, c] v[o, c]^T`` (Gaussian and box blurs,
+Sobel, many designed filters), a direct convolution needs ``kh + kw`` multiply-adds per output and channel
+pair instead of ``kh * kw``. Both passes are ordinary convolutions, so any backend runs them with its own
+kernels (``runner`` below is a backend module):
+
+* pass 1 (columns): every input channel is its own group and gets one output per ``u[o, c]``, with the
+  row stride, padding and dilation: ``t[n, (g, c, o)] = x[n, (g, c)] (*) u[g, o, c]``;
+* pass 2 (rows): the channels of ``t`` reordered to ``(g, o, c)``, one group per output channel, summing
+  ``c`` with the column stride, padding and dilation: ``y[n, (g, o)] = sum_c t[n, (g, o, c)] (*) v[g, o, c]``.
+
+The input gradient runs the adjoint passes in reverse order; the weight gradient is not separable (it is
+a full ``kh x kw`` array) and stays with the backend's own kernel. The intermediate ``t`` holds
+``C_in * C_out / groups`` planes, so the two passes only pay when channel counts are small or the kernel
+is large; the caller decides (:func:`worthwhile` is the flop count rule).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..shapes import ConvSpec
+
+
+def tolerance(dtype):
+    """Largest ``s1 / s0`` (second over first singular value) a slice may have to count as rank 1."""
+    return 1e-6 if np.dtype(dtype) == np.float32 else 1e-13
+
+
+def factors(w, rtol=None):
+    """``(u (C_out, C_in/g, kh), v (C_out, C_in/g, kw))`` with ``w[o, c] ~ outer(u[o, c], v[o, c])`` for
+    every slice, or None when some slice has rank above 1 (``s1 > rtol * s0``) or the kernel is 1-D.
+
+    A cheap test against the outer product through each slice's largest entry rejects most kernels
+    before the batched SVD that gives the factors.
+    """
+    n_out, n_in, kh, kw = w.shape
+    if kh == 1 or kw == 1 or w.size == 0:
+        return None
+    rtol = tolerance(w.dtype) if rtol is None else rtol
+    if not _minor_small(w[0, 0], rtol):  # most kernels stop here, in about a microsecond
+        return None
+    flat = np.asarray(w, dtype=np.float64).reshape(-1, kh, kw)
+    if not _near_rank1(flat, rtol):
+        return None
+    u, s, vt = np.linalg.svd(flat)
+    if np.any(s[:, 1] > rtol * s[:, 0]):
+        return None
+    scale = np.sqrt(s[:, 0])
+    uu = (u[:, :, 0] * scale[:, None]).reshape(n_out, n_in, kh).astype(w.dtype)
+    vv = (vt[:, 0, :] * scale[:, None]).reshape(n_out, n_in, kw).astype(w.dtype)
+    return uu, vv
+
+
+def _minor_small(a, rtol):
+    """The top-left 2x2 minor of the slice ``a`` is as small as a rank-1 slice's (within ``rtol``)."""
+    (p, q), (r, t) = a[:2, :2].tolist()
+    peak = float(np.abs(a).max())
+    return abs(p * t - q * r) <= 100 * rtol * max(a.shape) * peak * peak
+
+
+def _near_rank1(flat, rtol):
+    """Every slice of ``flat (S, kh, kw)`` is close to the outer product of the row and the column
+    through its largest entry (a loose test: it only screens out kernels before the SVD)."""
+    n, kh, kw = flat.shape
+    rows, cols = np.divmod(np.abs(flat).reshape(n, -1).argmax(axis=1), kw)
+    at = np.arange(n)
+    peak = flat[at, rows, cols]
+    safe = np.where(peak == 0, 1.0, peak)
+    skeleton = flat[at, :, cols][:, :, None] * flat[at, rows, :][:, None, :] / safe[:, None, None]
+    return bool(np.all(np.abs(flat - skeleton).max(axis=(1, 2)) <= 100 * rtol * max(kh, kw) * np.abs(peak)))
+
+
+def pass_specs(spec):
+    """The specs of the column pass and of the row pass of ``spec``."""
+    cig, cog = spec.c_in // spec.groups, spec.c_out // spec.groups
+    pt, pb, pl, pr = spec.padding
+    (sh, sw), (dh, dw) = spec.stride, spec.dilation
+    first = ConvSpec(spec.n, spec.c_in, spec.h, spec.w, spec.c_in * cog, spec.kh, 1, spec.oh, spec.w,
+                     (sh, 1), (pt, pb, 0, 0), (dh, 1), spec.c_in)
+    second = ConvSpec(spec.n, spec.c_out * cig, spec.oh, spec.w, spec.c_out, 1, spec.kw, spec.oh, spec.ow,
+                      (1, sw), (0, 0, pl, pr), (1, dw), spec.c_out)
+    return first, second
+
+
+def pass_weights(u, v, spec):
+    """The pass kernels: ``(C_in * C_out/g, 1, kh, 1)`` ordered ``(g, c, o)`` and ``(C_out, C_in/g, 1, kw)``."""
+    g, cig, cog = spec.groups, spec.c_in // spec.groups, spec.c_out // spec.groups
+    first = u.reshape(g, cog, cig, spec.kh).transpose(0, 2, 1, 3).reshape(-1, 1, spec.kh, 1)
+    return np.ascontiguousarray(first), np.ascontiguousarray(v[:, :, None, :])
+
+
+def _reorder(t, spec, src):
+    """Channels of an intermediate between the ``(g, c, o)`` order of pass 1 and ``(g, o, c)`` of pass 2."""
+    g, cig, cog = spec.groups, spec.c_in // spec.groups, spec.c_out // spec.groups
+    inner = (cig, cog) if src == "gco" else (cog, cig)
+    if 1 in inner:
+        return t
+    n, _, h, w = t.shape
+    return np.ascontiguousarray(t.reshape((n, g) + inner + (h, w)).swapaxes(2, 3)).reshape(t.shape)
+
+
+def conv2d(x, u, v, b, spec, runner):
+    """Forward convolution with the rank-1 kernel ``(u, v)`` through ``runner.conv2d``."""
+    first, second = pass_specs(spec)
+    wu, wv = pass_weights(u, v, spec)
+    t = _reorder(runner.conv2d(x, wu, None, first), spec, "gco")
+    return runner.conv2d(t, wv, b, second)
+
+
+def conv2d_grad_input(gy, u, v, spec, runner):
+    """Input gradient of :func:`conv2d`: the adjoint passes, rows then columns."""
+    first, second = pass_specs(spec)
+    wu, wv = pass_weights(u, v, spec)
+    t = _reorder(runner.conv2d_grad_input(gy, wv, second), spec, "goc")
+    return runner.conv2d_grad_input(t, wu, first)
+
+
+def worthwhile(spec):
+    """Whether the two passes do fewer multiply-adds than the full kernel (per channel pair)."""
+    passes = spec.oh * spec.w * spec.kh + spec.oh * spec.ow * spec.kw
+    return spec.kh > 1 and spec.kw > 1 and passes < spec.oh * spec.ow * spec.kh * spec.kw
+
+
+class Passes:
+    """A backend whose forward and input-gradient kernels run rank-1 kernels as two passes.
+
+    The automatic choice wraps a direct backend in this for specs where :func:`worthwhile` holds; kernels
+    that are not rank 1 (the usual case, rejected by the cheap test) go to the backend unchanged. The
+    factors of the last separable weight are kept (with a copy of it) for the backward pass.
+    """
+
+    def __init__(self, runner):
+        self.runner = runner
+        self._last = None  # (weight copy, factors)
+
+    def __repr__(self):
+        return f"<separable passes over {self.runner.__name__}>"
+
+    def _factors(self, w):
+        last = self._last
+        if last is not None and last[0].shape == w.shape and last[0].dtype == w.dtype \
+                and np.array_equal(last[0], w):
+            return last[1]
+        found = factors(w)
+        if found is not None:
+            self._last = (w.copy(), found)
+        return found
+
+    def conv2d(self, x, w, b, spec):
+        found = self._factors(w)
+        if found is None:
+            return self.runner.conv2d(x, w, b, spec)
+        return conv2d(x, *found, b, spec, self.runner)
+
+    def conv2d_grad_input(self, gy, w, spec):
+        found = self._factors(w)
+        if found is None:
+            return self.runner.conv2d_grad_input(gy, w, spec)
+        return conv2d_grad_input(gy, *found, spec, self.runner)
