@@ -31,8 +31,18 @@ DTYPES = st.sampled_from(cases.DTYPES)
 
 
 def versus_torch(fc_fn, torch_fn, arrays, what):
-    """Forward and the gradient of every array argument, fastconv against PyTorch."""
-    check_against(fc_fn, torch_fn, arrays, run_oracle=run_torch, what=what)
+    """Forward and the gradient of every array argument, fastconv against PyTorch; the output and the
+    gradients keep the inputs' dtype."""
+    inputs = []
+
+    def fc_checked(*ts):
+        inputs.extend(ts)
+        y = fc_fn(*ts)
+        assert y.dtype == ts[0].dtype, f"{what}: output dtype {y.dtype} for {ts[0].dtype} input"
+        return y
+    check_against(fc_checked, torch_fn, arrays, run_oracle=run_torch, what=what)
+    for i, t in enumerate(inputs):
+        assert t.grad.dtype == t.dtype, f"{what}: gradient {i} has dtype {t.grad.dtype}, input {t.dtype}"
 
 
 def _rng(seed):
@@ -324,7 +334,7 @@ SHAPE_OPS = {
     "T": (lambda t: t.T @ t.reshape(2, -1).T.reshape(3, 2, 2).T[0], lambda t: t.permute(2, 1, 0) @ t.reshape(2, -1).T.reshape(3, 2, 2).permute(2, 1, 0)[0]),
     "getitem": (lambda t: t[1:, ::2, 0] * 2.0 + t[0, 0, 1], lambda t: t[1:, ::2, 0] * 2.0 + t[0, 0, 1]),
     "fancy": (lambda t: t[np.array([0, 0, 1])] * 1.0, lambda t: t[torch.tensor([0, 0, 1])] * 1.0),
-    "cast": (lambda t: t.double().float() * 2.0, lambda t: t.double().float() * 2.0),
+    "cast": (lambda t: (t.double() * 2.0).astype(t.dtype), lambda t: (t.double() * 2.0).to(t.dtype)),
 }
 
 
@@ -435,3 +445,33 @@ def test_fc_tensor_inputs_match_array_inputs():
     b = F.conv2d(fc.tensor(x), fc.tensor(w), backend="numpy")
     assert not a.requires_grad and not b.requires_grad
     np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+DEFAULTS = {  # ops called with their default arguments (stride = kernel, no padding, ...)
+    "max_pool1d": (lambda m, t: m.max_pool1d(t, 3), (2, 3, 10)),
+    "max_pool2d": (lambda m, t: m.max_pool2d(t, 2), (2, 3, 7, 6)),
+    "avg_pool1d": (lambda m, t: m.avg_pool1d(t, 2), (2, 3, 9)),
+    "avg_pool2d": (lambda m, t: m.avg_pool2d(t, (3, 2)), (1, 2, 7, 6)),
+    "lp_pool2d": (lambda m, t: m.lp_pool2d(t, 2, 2), (1, 2, 6, 5)),
+    "conv1d": (lambda m, t: m.conv1d(t, t[:2, :, :3]), (3, 2, 8)),
+    "conv2d": (lambda m, t: m.conv2d(t, t[:, :, :2, :2]), (2, 2, 5, 5)),
+    "conv_transpose2d": (lambda m, t: m.conv_transpose2d(t, t[:, :, :2, :3]), (2, 2, 4, 4)),
+    "interpolate": (lambda m, t: m.interpolate(t, scale_factor=2), (1, 2, 3, 4)),
+    "log_softmax": (lambda m, t: m.log_softmax(t, -1), (3, 5)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DEFAULTS))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_default_arguments(name, dtype):
+    fn, shape = DEFAULTS[name]
+    x = _rng(3).standard_normal(shape).astype(dtype)
+    versus_torch(lambda t: fn(F, t), lambda t: fn(TF, t), [x], f"{name} defaults")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_max_unpool_default_stride(dtype):
+    z = torch.from_numpy(_rng(4).standard_normal((2, 2, 6, 4)).astype(dtype))
+    values, idx = TF.max_pool2d(z, 2, return_indices=True)
+    versus_torch(lambda t: F.max_unpool2d(t, idx.numpy(), 2), lambda t: TF.max_unpool2d(t, idx, 2),
+                 [values.numpy()], "max_unpool2d defaults")

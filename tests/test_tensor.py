@@ -249,3 +249,14 @@ def test_tensor_api_basics():
     assert t.T.shape == (4, 3, 2) and t.transpose(1, 0, 2).shape == (3, 2, 4) and t.flatten().shape == (2, 12)
     assert t.reshape(6, 4).shape == (6, 4) and t.view((24,)).shape == (24,)
     assert "requires_grad=True" in repr(leaf([1.0]))
+
+
+def test_array_on_the_left_defers_to_the_tensor():
+    """ndarray <op> Tensor runs the Tensor's reflected operator: the result is a Tensor with a graph."""
+    a = np.array([1.0, 2.0, 4.0])
+    x = leaf([2.0, -1.0, 0.5])
+    outs = [a + x, a - x, a * x, a / x, np.float64(3.0) - x]
+    for out in outs:
+        assert isinstance(out, Tensor) and out.requires_grad
+    sum(o.sum() for o in outs).backward()
+    np.testing.assert_allclose(x.grad, 1 - 1 + a - a / x.numpy() ** 2 - 1, rtol=1e-14)
