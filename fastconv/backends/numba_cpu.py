@@ -180,10 +180,14 @@ def max_pool2d(x, spec):
     return y, indices
 
 
+def _planes(a):
+    """``(N*C, H*W)`` view of an NCHW array (explicit sizes: ``reshape(-1)`` fails for an empty batch)."""
+    return a.reshape(a.shape[0] * a.shape[1], int(np.prod(a.shape[2:])))
+
+
 def max_pool2d_grad(gy, indices, spec):
     gx = np.empty(spec.x_shape, gy.dtype)
-    planes = spec.n * spec.c
-    loops.scatter_add(gy.reshape(planes, -1), indices.reshape(planes, -1), gx.reshape(planes, -1))
+    loops.scatter_add(_planes(gy), _planes(indices), _planes(gx))
     return gx
 
 
@@ -202,12 +206,12 @@ def avg_pool2d_grad(gy, spec):
 def max_unpool2d(x, indices, out_hw):
     n, c = x.shape[:2]
     y = np.empty((n, c) + tuple(out_hw), x.dtype)
-    loops.scatter(x.reshape(n * c, -1), indices.reshape(n * c, -1), y.reshape(n * c, -1))
+    loops.scatter(_planes(x), _planes(indices), _planes(y))
     return y
 
 
 def max_unpool2d_grad(gy, indices):
     n, c = gy.shape[:2]
     gx = np.empty(indices.shape, gy.dtype)
-    loops.gather(gy.reshape(n * c, -1), indices.reshape(n * c, -1), gx.reshape(n * c, -1))
+    loops.gather(_planes(gy), _planes(indices), _planes(gx))
     return gx
