@@ -53,8 +53,8 @@ def _as4(array, shape4):
 def _bias_grad(xp, g4):
     # Sum over the batch first (contiguous rows), then over positions: ~20x faster in NumPy than one
     # sum over axes (0, 2, 3) for the small maps of MNIST-1D and LeNet.
-    n, c = g4.shape[:2]
-    return xp.sum(xp.sum(g4.reshape(n, c, -1), axis=0), axis=1)
+    n, c, h, w = g4.shape  # explicit sizes: reshape with -1 fails for an empty batch
+    return xp.sum(xp.sum(g4.reshape(n, c, h * w), axis=0), axis=1)
 
 
 # ---------------------------------------------------------------------------- convolution
