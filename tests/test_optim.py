@@ -50,10 +50,11 @@ ADAM_CASES = [("Adam", dict(lr=1e-2)), ("Adam", dict(lr=1e-2, weight_decay=0.01,
 
 
 @needs_torch
+@pytest.mark.parametrize("foreach", [None, False], ids=["flat", "per-tensor"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("kwargs", SGD_CASES, ids=str)
-def test_sgd_matches_torch(kwargs, dtype):
-    ours, _ = _run_fastconv(lambda ps: optim.SGD(ps, **kwargs), 6, dtype)
+def test_sgd_matches_torch(kwargs, dtype, foreach):
+    ours, _ = _run_fastconv(lambda ps: optim.SGD(ps, **kwargs, foreach=foreach), 6, dtype)
     ref = _run_torch(lambda ps: torch.optim.SGD(ps, **kwargs), 6, dtype)
     tol = 2e-6 if dtype == np.float32 else 1e-12
     for a, b in zip(ours, ref):
@@ -61,10 +62,11 @@ def test_sgd_matches_torch(kwargs, dtype):
 
 
 @needs_torch
+@pytest.mark.parametrize("foreach", [None, False], ids=["flat", "per-tensor"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("name,kwargs", ADAM_CASES, ids=str)
-def test_adam_matches_torch(name, kwargs, dtype):
-    ours, _ = _run_fastconv(lambda ps: getattr(optim, name)(ps, **kwargs), 6, dtype)
+def test_adam_matches_torch(name, kwargs, dtype, foreach):
+    ours, _ = _run_fastconv(lambda ps: getattr(optim, name)(ps, **kwargs, foreach=foreach), 6, dtype)
     ref = _run_torch(lambda ps: getattr(torch.optim, name)(ps, **kwargs), 6, dtype)
     tol = 2e-6 if dtype == np.float32 else 1e-12
     for a, b in zip(ours, ref):
@@ -108,21 +110,46 @@ def test_state_dict_resumes_exactly(make):
         assert np.array_equal(a, b.numpy())
 
 
-def test_updates_in_place_and_reuse_state():
+@pytest.mark.parametrize("foreach", [None, False], ids=["flat", "per-tensor"])
+def test_updates_in_place_and_reuse_state(foreach):
     params = [Parameter(a) for a in _params()]
     arrays = [p.data for p in params]
-    opt = optim.Adam(params, lr=1e-2)
+    opt = optim.Adam(params, lr=1e-2, foreach=foreach)
+
+    def buffers():
+        state = [v for p in params for v in opt.state[p].values() if hasattr(v, "shape")]
+        scratch = [a for p in params for a in opt._scratch.get(p, ())]
+        flat = [a for f in opt._flat.values() for a in (f.g, f.w, f.t, f.u, *f.state.values())]
+        return {id(a) for a in state + scratch + flat}
     for step in range(3):
         for p, g in zip(params, _grads(step)):
             p.grad = g
         opt.step()
         if step == 0:
-            state = {id(v) for p in params for v in opt.state[p].values() if hasattr(v, "shape")}
-            scratch = {id(a) for p in params for a in opt._scratch[p]}
+            first = buffers()
     assert all(p.data is a for p, a in zip(params, arrays))
-    assert state == {id(v) for p in params for v in opt.state[p].values() if hasattr(v, "shape")}
-    assert scratch == {id(a) for p in params for a in opt._scratch[p]}
+    assert buffers() == first
     assert all(opt.state[p]["step"] == 3 for p in params)
+    assert bool(opt._flat) == (foreach is None)
+
+
+def test_parameters_joining_late_fall_back_to_per_tensor_updates():
+    """A parameter without a gradient at first has fewer steps than the others: the group can no longer
+    be updated as one vector, and each tensor keeps its own bias correction (as in torch)."""
+    def run(make, lib):
+        ps = [lib(a.copy()) for a in _params()]
+        opt = make(ps)
+        for step in range(4):
+            for i, (p, g) in enumerate(zip(ps, _grads(step))):
+                p.grad = None if (i == 1 and step < 2) else (g if lib is Parameter else torch.from_numpy(g))
+            opt.step()
+        return [p.numpy() if lib is Parameter else p.detach().numpy() for p in ps]
+    if torch is None:
+        pytest.skip("PyTorch (the oracle) is not installed")
+    ours = run(lambda ps: optim.Adam(ps, lr=1e-2), Parameter)
+    ref = run(lambda ps: torch.optim.Adam(ps, lr=1e-2), lambda a: torch.tensor(a, requires_grad=True))
+    for a, b in zip(ours, ref):
+        np.testing.assert_allclose(a, b, rtol=2e-6, atol=2e-6)
 
 
 def test_skips_params_without_grad_and_zero_grad():
