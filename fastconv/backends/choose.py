@@ -187,7 +187,7 @@ def _read(path, quiet=False):
         if not isinstance(entries, dict) or not all(isinstance(v, str) for v in entries.values()):
             raise ValueError("'entries' is not a mapping of keys to backend names")
         return dict(entries)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return {}
     except (OSError, ValueError, KeyError, TypeError) as err:
         if not quiet:

@@ -1,0 +1,177 @@
+"""The FFT backend's own paths (blocked long signals, untransformed rows, spectrum cache, float32 accuracy
+on big kernels) and the separable (rank-1) passes, against the NumPy reference."""
+import numpy as np
+import pytest
+
+import fastconv.functional as F
+from fastconv import shapes
+from fastconv.backends import fft, reference, separable
+
+from helpers import assert_close, check_against
+
+RUNNERS = {"numpy": reference, "fft": fft}
+
+
+def _arrays(spec, dtype, rng, bias=True):
+    arrays = [rng.standard_normal(spec.x_shape), rng.standard_normal(spec.w_shape)]
+    if bias:
+        arrays.append(rng.standard_normal(spec.c_out))
+    return [a.astype(dtype) for a in arrays]
+
+
+def _kernels(spec, x, w, gy, module, **kw):
+    return (module.conv2d(x, w, None, spec, **kw), module.conv2d_grad_input(gy, w, spec, **kw),
+            module.conv2d_grad_weight(gy, x, spec, **kw))
+
+
+# ------------------------------------------------------------------------------ long 1-D signals
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_long_signal_takes_blocked_path_and_matches_reference(dtype):
+    x_shape, w_shape = (2, 4, 3000), (6, 2, 9)
+    spec = shapes.conv_spec(x_shape, w_shape, None, stride=2, padding=5, dilation=3, groups=2, dims=1)
+    assert fft._blocked(spec)
+    arrays = [a.reshape(s) for a, s in zip(_arrays(spec, dtype, np.random.default_rng(0)),
+                                            (x_shape, w_shape, (6,)))]
+    kw = dict(stride=2, padding=5, dilation=3, groups=2)
+    check_against(lambda *t: F.conv1d(*t, backend="fft", **kw), lambda *t: F.conv1d(*t, backend="numpy", **kw),
+                  arrays, what="blocked conv1d")
+
+
+@pytest.mark.parametrize("block", [13, 14, 20, 64])
+@pytest.mark.parametrize("stride,padding,dilation", [(1, 0, 1), (3, 4, 2), (2, 7, 1)])
+def test_blocked_kernels_with_any_block_length(block, stride, padding, dilation):
+    """Forced blocks as short as the kernel (one output each) up to several times longer, with a length
+    the blocks do not divide: overlap-save and overlap-add must add up to the single-grid result."""
+    spec = shapes.conv_spec((2, 3, 157), (4, 3, 7), None, stride, padding, dilation, dims=1)
+    if block < spec.dilation[1] * (spec.kw - 1) + 1:
+        with pytest.raises(ValueError, match="block"):
+            fft._block_plan(spec, block)
+        return
+    rng = np.random.default_rng(block)
+    x, w = _arrays(spec, np.float64, rng, bias=False)
+    gy = rng.standard_normal(spec.y_shape)
+    got = (fft._blocked_conv2d(x, w, spec, block), fft._blocked_grad_input(gy, w, spec, block),
+           fft._blocked_grad_weight(gy, x, spec, block))
+    for a, e, name in zip(got, _kernels(spec, x, w, gy, reference), ("forward", "grad input", "grad weight")):
+        assert_close(a, e, np.float64, f"blocked {name}, block {block}")
+
+
+def test_short_signals_do_not_block():
+    assert not fft._blocked(shapes.conv_spec((1, 1, 1000), (1, 1, 9), dims=1))     # under 1024 samples
+    assert not fft._blocked(shapes.conv_spec((1, 1, 2000), (1, 1, 300), dims=1))   # under 8 kernels
+    assert not fft._blocked(shapes.conv_spec((1, 1, 40, 2000), (1, 1, 3, 9)))      # 2-D
+
+
+# ------------------------------------------------------------------- rows kept untransformed
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_one_row_kernel_on_an_image(dtype):
+    """A 1 x k kernel leaves the rows untransformed (independent rows, summed for the weight gradient)."""
+    spec = shapes.conv_spec((2, 3, 5, 20), (4, 3, 1, 6), None, stride=(1, 2), padding=(0, 3))
+    rows, _ = fft._geometry(spec)
+    assert not rows.transformed
+    x, w = _arrays(spec, dtype, np.random.default_rng(1), bias=False)
+    gy = np.random.default_rng(2).standard_normal(spec.y_shape).astype(dtype)
+    for a, e in zip(_kernels(spec, x, w, gy, fft), _kernels(spec, x, w, gy, reference)):
+        assert_close(a, e, dtype, "1 x k kernel")
+
+
+# ------------------------------------------------------------------------------ spectrum cache
+def test_spectrum_cache_follows_content_not_identity():
+    """A weight updated in place must not reuse the spectrum of its old values."""
+    spec = shapes.conv_spec((2, 3, 20, 20), (4, 3, 5, 5), None, padding=2)
+    x, w = _arrays(spec, np.float64, np.random.default_rng(3), bias=False)
+    first = fft.conv2d(x, w, None, spec)
+    assert_close(fft.conv2d(x, w, None, spec), first, np.float64, "cached spectra")
+    w *= -0.5  # in place: same object, same address
+    x[0, 0, 0, 0] += 1.0
+    assert_close(fft.conv2d(x, w, None, spec), reference.conv2d(x, w, None, spec), np.float64, "after update")
+
+
+def test_spectrum_cache_can_be_disabled():
+    spec = shapes.conv_spec((1, 2, 12, 12), (2, 2, 3, 3))
+    x, w = _arrays(spec, np.float64, np.random.default_rng(4), bias=False)
+    try:
+        fft.set_cache_bytes(0)
+        assert_close(fft.conv2d(x, w, None, spec), reference.conv2d(x, w, None, spec), np.float64, "no cache")
+        assert not fft._cache._entries
+    finally:
+        fft.set_cache_bytes(fft.CACHE_BYTES)
+    with pytest.raises(ValueError, match="n must be"):
+        fft.set_cache_bytes(-1)
+
+
+# ------------------------------------------------------------------------------ float32 accuracy
+def _relative_errors(spec, rng):
+    """Max error of the float32 FFT kernels relative to the float64 reference's largest magnitude."""
+    x, w = _arrays(spec, np.float64, rng, bias=False)
+    gy = rng.standard_normal(spec.y_shape)
+    x32, w32, gy32 = (a.astype(np.float32) for a in (x, w, gy))
+    errors = []
+    for a, e in zip(_kernels(spec, x32, w32, gy32, fft), _kernels(spec, x, w, gy, reference)):
+        errors.append(float(np.abs(a - e).max() / max(1.0, np.abs(e).max())))
+    return errors
+
+
+def test_float32_accuracy_on_a_large_kernel():
+    """float32 FFT error grows with the grid and the sum length; a 21x21 kernel over 6 channels on a
+    60x60 grid stays well inside the shared float32 tolerance (2e-5 relative to the output's scale)."""
+    spec = shapes.conv_spec((1, 6, 40, 40), (3, 6, 21, 21), None, padding=10)
+    errors = _relative_errors(spec, np.random.default_rng(5))
+    assert max(errors) < 2e-5, errors
+
+
+# ------------------------------------------------------------------------------ separable passes
+SEPARABLE_SPECS = [  # (x, w, stride, padding, dilation, groups)
+    ((2, 3, 11, 13), (4, 3, 5, 3), 1, 2, 1, 1),
+    ((1, 4, 16, 12), (6, 2, 3, 4), (2, 3), (1, 2), (2, 1), 2),
+    ((2, 3, 9, 9), (3, 1, 4, 4), 2, 0, 1, 3),
+    ((1, 1, 20, 20), (1, 1, 7, 7), 1, 3, 1, 1),
+]
+
+
+def _rank1_weight(shape, rng, dtype):
+    u = rng.standard_normal(shape[:3])
+    v = rng.standard_normal(shape[:2] + shape[3:])
+    return (u[..., :, None] * v[..., None, :]).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_factors_find_rank1_kernels_only(dtype):
+    rng = np.random.default_rng(6)
+    w = _rank1_weight((4, 3, 5, 7), rng, dtype)
+    u, v = separable.factors(w)
+    assert u.dtype == v.dtype == dtype
+    assert_close(u[..., :, None] * v[..., None, :], w, dtype, "factors")
+    w[0, 0, 1:, 1:] = 0.0  # top-left 2x2 minor is no longer 0
+    assert separable.factors(w) is None
+    w2 = _rank1_weight((4, 3, 5, 7), rng, dtype)
+    w2[3, 2] += 1e-3 * rng.standard_normal((5, 7))  # one slice of rank 2, the first one still rank 1
+    assert separable.factors(w2) is None
+    assert separable.factors(np.zeros((2, 2, 3, 3), dtype)) is not None  # rank 0 counts
+    assert separable.factors(rng.standard_normal((2, 2, 1, 5)).astype(dtype)) is None  # already 1-D
+
+
+@pytest.mark.parametrize("runner", sorted(RUNNERS))
+@pytest.mark.parametrize("case", range(len(SEPARABLE_SPECS)))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_separable_passes_match_full_kernel(runner, case, dtype):
+    x_shape, w_shape, stride, padding, dilation, groups = SEPARABLE_SPECS[case]
+    spec = shapes.conv_spec(x_shape, w_shape, (w_shape[0],), stride, padding, dilation, groups)
+    rng = np.random.default_rng(case)
+    w = _rank1_weight(w_shape, rng, dtype)
+    x, b, gy = (rng.standard_normal(s).astype(dtype) for s in (x_shape, w_shape[:1], spec.y_shape))
+    u, v = separable.factors(w)
+    module = RUNNERS[runner]
+    assert_close(separable.conv2d(x, u, v, b, spec, module), reference.conv2d(x, w, b, spec), dtype, "passes")
+    assert_close(separable.conv2d_grad_input(gy, u, v, spec, module), reference.conv2d_grad_input(gy, w, spec),
+                 dtype, "adjoint passes")
+    front = separable.Passes(module)  # the wrapper auto uses: rank-1 and full kernels alike
+    assert_close(front.conv2d(x, w, b, spec), reference.conv2d(x, w, b, spec), dtype, "Passes rank 1")
+    full = rng.standard_normal(w_shape).astype(dtype)
+    assert_close(front.conv2d_grad_input(gy, full, spec), reference.conv2d_grad_input(gy, full, spec), dtype,
+                 "Passes full rank")
+
+
+def test_separable_worthwhile_counts_taps():
+    assert separable.worthwhile(shapes.conv_spec((1, 1, 64, 64), (1, 1, 7, 7), None, padding=3))
+    assert not separable.worthwhile(shapes.conv_spec((1, 1, 64, 64), (1, 1, 1, 7)))
