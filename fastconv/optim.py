@@ -119,11 +119,11 @@ class Optimizer:
         if self.foreach is False:
             return None
         dtype = params[0].data.dtype
-        if not all(type(a) is np.ndarray and a.dtype == dtype for p, g in zip(params, grads) for a in (p.data, g)):
-            return None
-        key = tuple((id(p), p.data.shape) for p in params)
+        key = tuple((id(p), type(p.data), p.data.dtype, p.data.shape, type(g), g.dtype) for p, g in zip(params, grads))
         flat = self._flat.get(index)
-        if flat is None or flat.key != key or not flat.owns(self.state):
+        if flat is None or flat.key != key:
+            if any(k[1] is not np.ndarray or k[4] is not np.ndarray or k[2] != dtype or k[5] != dtype for k in key):
+                return None
             flat = _Flat(key, params, dtype)
             if not self._adopt(flat):
                 return None
@@ -199,6 +199,8 @@ def _is_array(v):
 
 class _Flat:
     """Flat NumPy vectors for a group's parameters: named state vectors, scratch, and per-parameter views.
+    The parameters' state arrays are these views (``load_state_dict`` replaces the state and drops the
+    vectors; the next step rebuilds them from the new state).
 
     ``gather`` copies per-parameter arrays into one vector; ``apply`` subtracts each parameter's slice of
     an update vector from it.
@@ -215,15 +217,6 @@ class _Flat:
 
     def views(self, vec):
         return [vec[a:b].reshape(p.data.shape) for p, a, b in zip(self.params, self.bounds, self.bounds[1:])]
-
-    def owns(self, state):
-        """True while every parameter's state arrays are still the views of our vectors."""
-        for name, vec in self.state.items():
-            for p in self.params:
-                arr = state.get(p, {}).get(name)
-                if arr is None or arr.base is not vec:
-                    return False
-        return True
 
     def gather(self, arrays, out):
         np.concatenate([a.reshape(-1) for a in arrays], out=out)
