@@ -117,12 +117,6 @@ def _selector(index):
     return index
 
 
-def _read(a, rows, cols):
-    """``a[..., rows, :][..., cols]``, each by slice when possible."""
-    a = a[..., _selector(rows), :]
-    return a[..., _selector(cols)]
-
-
 # --------------------------------------------------------------------------------- transforms
 def _workers():
     return get_num_threads()
