@@ -9,19 +9,58 @@ what it writes, so no two threads add to one element:
 - input gradient: input planes ``(n, ic)``, the adjoint scatter ``gx += w * gy``;
 - weight gradient: weight planes ``(oc, c)``, one dot product per tap summed over the batch.
 """
-from cython.parallel cimport prange
+from cython.parallel cimport parallel, prange, threadid
 
 include "_loops.pxi"
 
 
-cdef void forward_plane(const real* x, const real* w, const real* b, real* y, Geo* g, Py_ssize_t n,
-                        Py_ssize_t oc) noexcept nogil:
+cdef struct Wide:
+    # Padded-plane layout of a stride-1 convolution (see _loops.pxi): input planes padded to hp x wp,
+    # outputs on rows of wp, ``span`` = (oh - 1) * wp + ow wide outputs per plane. A thread's scratch
+    # holds its padded input plane (hp * wp elements) followed by its wide output plane (oh * wp).
+    Py_ssize_t hp, wp, span
+
+
+cdef inline bint use_wide(Geo* g) noexcept nogil:
+    return g.sh == 1 and g.sw == 1
+
+
+cdef inline Wide make_wide(Geo* g) noexcept nogil:
+    cdef Wide v
+    v.hp = g.oh + (g.kh - 1) * g.dh
+    v.wp = g.ow + (g.kw - 1) * g.dw
+    v.span = (g.oh - 1) * v.wp + g.ow
+    return v
+
+
+cdef inline Py_ssize_t wide_shift(Geo* g, Wide* v, Py_ssize_t i, Py_ssize_t j) noexcept nogil:
+    return i * g.dh * v.wp + j * g.dw
+
+
+cdef void forward_plane(const real* x, const real* w, const real* b, real* y, real* ws, Geo* g,
+                        Py_ssize_t n, Py_ssize_t oc) noexcept nogil:
     cdef const real* xg = x + (n * g.c_in + (oc // g.cog) * g.cig) * g.hw
     cdef const real* wo = w + oc * g.taps
     cdef real* yp = y + (n * g.c_out + oc) * g.ohw
+    cdef real bias = b[oc] if b != NULL else <real>0
     cdef Py_ssize_t c, i, j, oy
     cdef Tap t
-    row_fill(yp, b[oc] if b != NULL else <real>0, g.ohw)
+    cdef Wide v
+    cdef real* xpad
+    cdef real* ywide
+    if use_wide(g):
+        v = make_wide(g)
+        xpad, ywide = ws, ws + v.hp * v.wp
+        row_fill(ywide, bias, v.span)
+        for c in range(g.cig):
+            pad_plane(xg + c * g.hw, xpad, g.h, g.w, v.hp, v.wp, g.pt, g.pl)
+            for i in range(g.kh):
+                for j in range(g.kw):
+                    row_gather_axpy(ywide, xpad + wide_shift(g, &v, i, j), wo[(c * g.kh + i) * g.kw + j],
+                                    v.span, 1)
+        crop_plane(ywide, yp, g.oh, g.ow, v.wp, 0, 0)
+        return
+    row_fill(yp, bias, g.ohw)
     for c in range(g.cig):
         for i in range(g.kh):
             for j in range(g.kw):
@@ -31,66 +70,116 @@ cdef void forward_plane(const real* x, const real* w, const real* b, real* y, Ge
                                     wo[(c * g.kh + i) * g.kw + j], t.ox1 - t.ox0, g.sw)
 
 
-cdef void grad_input_plane(const real* gy, const real* w, real* gx, Geo* g, Py_ssize_t n,
+cdef void grad_input_plane(const real* gy, const real* w, real* gx, real* ws, Geo* g, Py_ssize_t n,
                            Py_ssize_t ic) noexcept nogil:
     cdef Py_ssize_t grp = ic // g.cig, c = ic % g.cig, o, oc, i, j, oy
     cdef real* gxp = gx + (n * g.c_in + ic) * g.hw
     cdef const real* gyp
     cdef const real* wc
     cdef Tap t
-    row_fill(gxp, <real>0, g.hw)
+    cdef Wide v
+    cdef real* xpad
+    cdef real* ywide
+    cdef bint wide = use_wide(g)
+    if wide:
+        v = make_wide(g)
+        xpad, ywide = ws, ws + v.hp * v.wp
+        row_fill(xpad, <real>0, v.hp * v.wp)
+    else:
+        row_fill(gxp, <real>0, g.hw)
     for o in range(g.cog):
         oc = grp * g.cog + o
         gyp = gy + (n * g.c_out + oc) * g.ohw
         wc = w + oc * g.taps + c * g.kh * g.kw
+        if wide:  # the adjoint of the wide forward: junk columns of the wide gradient are zero
+            pad_plane(gyp, ywide, g.oh, g.ow, g.oh, v.wp, 0, 0)
+            for i in range(g.kh):
+                for j in range(g.kw):
+                    row_scatter_axpy(xpad + wide_shift(g, &v, i, j), ywide, wc[i * g.kw + j], v.span, 1)
+            continue
         for i in range(g.kh):
             for j in range(g.kw):
                 t = make_tap(g, i, j)
                 for oy in range(t.oy0, t.oy1):
                     row_scatter_axpy(gxp + tap_in(g, &t, oy), gyp + oy * g.ow + t.ox0, wc[i * g.kw + j],
                                      t.ox1 - t.ox0, g.sw)
+    if wide:
+        crop_plane(xpad, gxp, g.h, g.w, v.wp, g.pt, g.pl)
 
 
-cdef void grad_weight_plane(const real* gy, const real* x, real* gw, Geo* g, Py_ssize_t oc,
-                            Py_ssize_t c) noexcept nogil:
+cdef void grad_weight_plane(const real* gy, const real* x, real* gw, double* acc, real* ws, Geo* g,
+                            Py_ssize_t oc, Py_ssize_t c) noexcept nogil:
+    """``gw[oc, c]``, summed over the batch in ``acc`` (``kh * kw`` doubles: float32 sums over the whole
+    batch keep their precision); a sample's planes stay in cache while all taps read them."""
     cdef Py_ssize_t ic = (oc // g.cog) * g.cig + c, n, i, j, oy
-    cdef double acc  # float32 sums over the whole batch keep their precision in double
+    cdef const real* gyp
+    cdef const real* xp
     cdef Tap t
-    for i in range(g.kh):
-        for j in range(g.kw):
-            t = make_tap(g, i, j)
-            acc = 0
-            for n in range(g.n):
+    cdef Wide v
+    cdef real* xpad
+    cdef real* ywide
+    cdef bint wide = use_wide(g)
+    if wide:
+        v = make_wide(g)
+        xpad, ywide = ws, ws + v.hp * v.wp
+    for i in range(g.kh * g.kw):
+        acc[i] = 0
+    for n in range(g.n):
+        gyp = gy + (n * g.c_out + oc) * g.ohw
+        xp = x + (n * g.c_in + ic) * g.hw
+        if wide:
+            pad_plane(xp, xpad, g.h, g.w, v.hp, v.wp, g.pt, g.pl)
+            pad_plane(gyp, ywide, g.oh, g.ow, g.oh, v.wp, 0, 0)
+        for i in range(g.kh):
+            for j in range(g.kw):
+                if wide:
+                    acc[i * g.kw + j] += row_dot(ywide, xpad + wide_shift(g, &v, i, j), v.span, 1)
+                    continue
+                t = make_tap(g, i, j)
                 for oy in range(t.oy0, t.oy1):
-                    acc += row_dot(gy + (n * g.c_out + oc) * g.ohw + oy * g.ow + t.ox0,
-                                   x + (n * g.c_in + ic) * g.hw + tap_in(g, &t, oy), t.ox1 - t.ox0, g.sw)
-            gw[(oc * g.cig + c) * g.kh * g.kw + i * g.kw + j] = <real>acc
+                    acc[i * g.kw + j] += row_dot(gyp + oy * g.ow + t.ox0, xp + tap_in(g, &t, oy),
+                                                 t.ox1 - t.ox0, g.sw)
+    for i in range(g.kh * g.kw):
+        gw[(oc * g.cig + c) * g.kh * g.kw + i] = <real>acc[i]
+
+
+def wide_size(tuple geo):
+    """Scratch elements per thread the kernels below need (padded input + wide output plane)."""
+    cdef Geo g = make_geo(geo)
+    if not use_wide(&g):
+        return 1
+    return (g.oh + (g.kh - 1) * g.dh + g.oh) * (g.ow + (g.kw - 1) * g.dw)
 
 
 def conv2d(const real[:, :, :, ::1] x, const real[:, :, :, ::1] w, const real[::1] b,
-           real[:, :, :, ::1] y, tuple geo):
-    """``y = conv(x, w) + b`` (``b`` may be None)."""
+           real[:, :, :, ::1] y, real[:, ::1] ws, tuple geo):
+    """``y = conv(x, w) + b`` (``b`` may be None); ``ws``: ``wide_size(geo)`` scratch per thread."""
     cdef Geo g = make_geo(geo)
     cdef const real* bp = NULL if b is None else &b[0]
     cdef Py_ssize_t t
     if y.size == 0:
         return
-    for t in prange(g.n * g.c_out, nogil=True, schedule="static"):
-        forward_plane(&x[0, 0, 0, 0], &w[0, 0, 0, 0], bp, &y[0, 0, 0, 0], &g, t // g.c_out, t % g.c_out)
+    with nogil, parallel():
+        for t in prange(g.n * g.c_out, schedule="static"):
+            forward_plane(&x[0, 0, 0, 0], &w[0, 0, 0, 0], bp, &y[0, 0, 0, 0], &ws[threadid(), 0], &g,
+                          t // g.c_out, t % g.c_out)
 
 
 def conv2d_grad_input(const real[:, :, :, ::1] gy, const real[:, :, :, ::1] w, real[:, :, :, ::1] gx,
-                      tuple geo):
+                      real[:, ::1] ws, tuple geo):
     cdef Geo g = make_geo(geo)
     cdef Py_ssize_t t
     if gx.size == 0:
         return
-    for t in prange(g.n * g.c_in, nogil=True, schedule="static"):
-        grad_input_plane(&gy[0, 0, 0, 0], &w[0, 0, 0, 0], &gx[0, 0, 0, 0], &g, t // g.c_in, t % g.c_in)
+    with nogil, parallel():
+        for t in prange(g.n * g.c_in, schedule="static"):
+            grad_input_plane(&gy[0, 0, 0, 0], &w[0, 0, 0, 0], &gx[0, 0, 0, 0], &ws[threadid(), 0], &g,
+                             t // g.c_in, t % g.c_in)
 
 
 def conv2d_grad_weight(const real[:, :, :, ::1] gy, const real[:, :, :, ::1] x, real[:, :, :, ::1] gw,
-                       tuple geo):
+                       double[:, ::1] acc, real[:, ::1] ws, tuple geo):
+    """``acc``: ``kh * kw`` doubles of scratch per thread."""
     cdef Geo g = make_geo(geo)
     cdef Py_ssize_t t
     if gw.size == 0:
@@ -98,5 +187,7 @@ def conv2d_grad_weight(const real[:, :, :, ::1] gy, const real[:, :, :, ::1] x, 
     if gy.size == 0:
         gw[...] = 0
         return
-    for t in prange(g.c_out * g.cig, nogil=True, schedule="static"):
-        grad_weight_plane(&gy[0, 0, 0, 0], &x[0, 0, 0, 0], &gw[0, 0, 0, 0], &g, t // g.cig, t % g.cig)
+    with nogil, parallel():
+        for t in prange(g.c_out * g.cig, schedule="static"):
+            grad_weight_plane(&gy[0, 0, 0, 0], &x[0, 0, 0, 0], &gw[0, 0, 0, 0], &acc[threadid(), 0],
+                              &ws[threadid(), 0], &g, t // g.cig, t % g.cig)

@@ -70,55 +70,113 @@ cdef inline Py_ssize_t tap_in(Geo* g, Tap* t, Py_ssize_t oy) noexcept nogil:
 
 
 # ------------------------------------------------------------------ inner loops over one row
+# Written in C so that their pointers are ``restrict`` and they stay out of line: inlined into the
+# large OpenMP-outlined kernels (built with -fno-strict-aliasing), their loops would reload pointers
+# and spill registers on every element. The dot product keeps 16 partial sums so that it vectorises.
+cdef extern from *:
+    """
+    #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+    #define FC_ROW static __attribute__((noinline, target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+    #elif defined(__GNUC__)
+    #define FC_ROW static __attribute__((noinline))
+    #else
+    #define FC_ROW static
+    #endif
+    #define FC_ROW_OPS(T, S) \
+    FC_ROW void fc_gather_axpy_##S(T *restrict y, const T *restrict x, T a, Py_ssize_t n, Py_ssize_t sx) { \
+        if (sx == 1) { for (Py_ssize_t k = 0; k < n; k++) y[k] += a * x[k]; } \
+        else { for (Py_ssize_t k = 0; k < n; k++) y[k] += a * x[k * sx]; } } \
+    FC_ROW void fc_scatter_axpy_##S(T *restrict x, const T *restrict y, T a, Py_ssize_t n, Py_ssize_t sx) { \
+        if (sx == 1) { for (Py_ssize_t k = 0; k < n; k++) x[k] += a * y[k]; } \
+        else { for (Py_ssize_t k = 0; k < n; k++) x[k * sx] += a * y[k]; } } \
+    FC_ROW T fc_dot_##S(const T *restrict y, const T *restrict x, Py_ssize_t n, Py_ssize_t sx) { \
+        T part[16] = {0}, acc = 0; Py_ssize_t k = 0; \
+        if (sx == 1) { for (; k + 16 <= n; k += 16) for (int l = 0; l < 16; l++) part[l] += y[k + l] * x[k + l]; } \
+        for (; k < n; k++) acc += y[k] * x[k * sx]; \
+        for (int l = 0; l < 16; l++) acc += part[l]; \
+        return acc; } \
+    FC_ROW void fc_gather_##S(T *restrict y, const T *restrict x, Py_ssize_t n, Py_ssize_t sx) { \
+        if (sx == 1) { for (Py_ssize_t k = 0; k < n; k++) y[k] = x[k]; } \
+        else { for (Py_ssize_t k = 0; k < n; k++) y[k] = x[k * sx]; } } \
+    FC_ROW void fc_fill_##S(T *restrict y, T v, Py_ssize_t n) { \
+        for (Py_ssize_t k = 0; k < n; k++) y[k] = v; }
+    FC_ROW_OPS(float, f)
+    FC_ROW_OPS(double, d)
+    """
+    void fc_gather_axpy_f(float*, const float*, float, Py_ssize_t, Py_ssize_t) noexcept nogil
+    void fc_gather_axpy_d(double*, const double*, double, Py_ssize_t, Py_ssize_t) noexcept nogil
+    void fc_scatter_axpy_f(float*, const float*, float, Py_ssize_t, Py_ssize_t) noexcept nogil
+    void fc_scatter_axpy_d(double*, const double*, double, Py_ssize_t, Py_ssize_t) noexcept nogil
+    float fc_dot_f(const float*, const float*, Py_ssize_t, Py_ssize_t) noexcept nogil
+    double fc_dot_d(const double*, const double*, Py_ssize_t, Py_ssize_t) noexcept nogil
+    void fc_gather_f(float*, const float*, Py_ssize_t, Py_ssize_t) noexcept nogil
+    void fc_gather_d(double*, const double*, Py_ssize_t, Py_ssize_t) noexcept nogil
+    void fc_fill_f(float*, float, Py_ssize_t) noexcept nogil
+    void fc_fill_d(double*, double, Py_ssize_t) noexcept nogil
+
+
 cdef inline void row_gather_axpy(real* y, const real* x, real a, Py_ssize_t n,
                                  Py_ssize_t sx) noexcept nogil:
     """``y[k] += a * x[k*sx]``: a tap's contribution to an output row (forward)."""
-    cdef Py_ssize_t k
-    if sx == 1:
-        for k in range(n):
-            y[k] += a * x[k]
+    if real is float:
+        fc_gather_axpy_f(y, x, a, n, sx)
     else:
-        for k in range(n):
-            y[k] += a * x[k * sx]
+        fc_gather_axpy_d(y, x, a, n, sx)
 
 
 cdef inline void row_scatter_axpy(real* x, const real* y, real a, Py_ssize_t n,
                                   Py_ssize_t sx) noexcept nogil:
     """``x[k*sx] += a * y[k]``: the adjoint of :func:`row_gather_axpy` (input gradient)."""
-    cdef Py_ssize_t k
-    if sx == 1:
-        for k in range(n):
-            x[k] += a * y[k]
+    if real is float:
+        fc_scatter_axpy_f(x, y, a, n, sx)
     else:
-        for k in range(n):
-            x[k * sx] += a * y[k]
+        fc_scatter_axpy_d(x, y, a, n, sx)
 
 
 cdef inline real row_dot(const real* y, const real* x, Py_ssize_t n, Py_ssize_t sx) noexcept nogil:
     """``sum_k y[k] * x[k*sx]`` (weight gradient)."""
-    cdef Py_ssize_t k
-    cdef real acc = 0
-    if sx == 1:
-        for k in range(n):
-            acc = acc + y[k] * x[k]
+    if real is float:
+        return fc_dot_f(y, x, n, sx)
     else:
-        for k in range(n):
-            acc = acc + y[k] * x[k * sx]
-    return acc
+        return fc_dot_d(y, x, n, sx)
 
 
 cdef inline void row_gather(real* y, const real* x, Py_ssize_t n, Py_ssize_t sx) noexcept nogil:
     """``y[k] = x[k*sx]`` (im2col)."""
-    cdef Py_ssize_t k
-    if sx == 1:
-        for k in range(n):
-            y[k] = x[k]
+    if real is float:
+        fc_gather_f(y, x, n, sx)
     else:
-        for k in range(n):
-            y[k] = x[k * sx]
+        fc_gather_d(y, x, n, sx)
 
 
 cdef inline void row_fill(real* y, real v, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t k
-    for k in range(n):
-        y[k] = v
+    if real is float:
+        fc_fill_f(y, v, n)
+    else:
+        fc_fill_d(y, v, n)
+
+
+# ------------------------------------------------------------------------ padded planes
+# A stride-1 kernel tap shifts a whole zero-padded plane: with the input padded to ``hp x wp`` and the
+# output laid out on rows of ``wp`` ("wide"), every tap is one long row op at offset ``i*dh*wp + j*dw``
+# instead of one short row op per output row. The ``wp - ow`` extra columns of a wide output are junk.
+cdef inline void pad_plane(const real* src, real* dst, Py_ssize_t h, Py_ssize_t w, Py_ssize_t hp,
+                           Py_ssize_t wp, Py_ssize_t top, Py_ssize_t left) noexcept nogil:
+    """``dst (hp x wp)``: ``src (h x w)`` placed at ``(top, left)``, zeros around it."""
+    cdef Py_ssize_t r
+    cdef real* d
+    row_fill(dst, <real>0, top * wp)
+    for r in range(h):
+        d = dst + (top + r) * wp
+        row_fill(d, <real>0, left)
+        row_gather(d + left, src + r * w, w, 1)
+        row_fill(d + left + w, <real>0, wp - left - w)
+    row_fill(dst + (top + h) * wp, <real>0, (hp - top - h) * wp)
+
+
+cdef inline void crop_plane(const real* src, real* dst, Py_ssize_t h, Py_ssize_t w, Py_ssize_t wp,
+                            Py_ssize_t top, Py_ssize_t left) noexcept nogil:
+    """``dst (h x w)`` = the block of ``src`` (rows of ``wp``) at ``(top, left)``."""
+    cdef Py_ssize_t r
+    for r in range(h):
+        row_gather(dst + r * w, src + (top + r) * wp + left, w, 1)

@@ -30,7 +30,7 @@ else:
     _IMPORT_ERROR = None
 
 ALGORITHMS = ("direct", "gemm")
-_TILE_BYTES = 1 << 19  # im2col tile per thread: stays in a core's L2
+_TILE_BYTES = 1 << 20  # im2col tile per thread: stays in a core's L2
 
 
 def check_available():
@@ -64,12 +64,11 @@ def is_pointwise(spec):
 
 
 def conv_algorithm(spec):
-    """``"direct"`` or ``"gemm"`` for this convolution: GEMM once the matrix product is thick enough
-    (output channels per group and reduction length both reach a few SIMD widths)."""
+    """``"direct"`` or ``"gemm"`` for this convolution. The matrix products of im2col + GEMM have
+    ``C_out/groups`` rows and ``C_in/groups * kh * kw`` columns; only when both channel counts per group
+    are tiny (depthwise: 1 and 1) are they too thin to beat the direct loops, which are memory-bound."""
     cig, cog = spec.c_in // spec.groups, spec.c_out // spec.groups
-    if is_pointwise(spec):
-        return "gemm"
-    if cog < 8 or cig * spec.kh * spec.kw < 32:
+    if not is_pointwise(spec) and cig * cog <= 4:
         return "direct"
     return "gemm"
 
@@ -167,12 +166,16 @@ def _cols_workspace(spec, rows, threads, dtype):
     return workspace("cols", threads, 0 if is_pointwise(spec) else taps * rows * spec.ow, dtype)
 
 
+def _wide_workspace(spec, dtype):
+    return workspace("planes", num_threads(), _conv.wide_size(conv_geo(spec)), dtype)
+
+
 # ----------------------------------------------------------------------------- convolution
 def conv2d(x, w, b, spec, algorithm=None):
     y = np.empty(spec.y_shape, x.dtype)
     b = None if b is None else np.ascontiguousarray(b, x.dtype)
     if _algorithm(spec, algorithm) == "direct":
-        _conv.conv2d(x, w, b, y, conv_geo(spec))
+        _conv.conv2d(x, w, b, y, _wide_workspace(spec, x.dtype), conv_geo(spec))
         return y
     rows, threads, blas = _gemm_plan(spec, True, x.itemsize)
     with blas_threads(blas):
@@ -184,7 +187,7 @@ def conv2d(x, w, b, spec, algorithm=None):
 def conv2d_grad_input(gy, w, spec, algorithm=None):
     gx = np.empty(spec.x_shape, gy.dtype)
     if _algorithm(spec, algorithm) == "direct":
-        _conv.conv2d_grad_input(gy, w, gx, conv_geo(spec))
+        _conv.conv2d_grad_input(gy, w, gx, _wide_workspace(spec, gy.dtype), conv_geo(spec))
         return gx
     rows, threads, blas = _gemm_plan(spec, False, gy.itemsize)
     with blas_threads(blas):
@@ -196,7 +199,8 @@ def conv2d_grad_input(gy, w, spec, algorithm=None):
 def conv2d_grad_weight(gy, x, spec, algorithm=None):
     if _algorithm(spec, algorithm) == "direct":
         gw = np.empty(spec.w_shape, gy.dtype)
-        _conv.conv2d_grad_weight(gy, x, gw, conv_geo(spec))
+        acc = workspace("tap_sums", num_threads(), spec.kh * spec.kw, np.float64)
+        _conv.conv2d_grad_weight(gy, x, gw, acc, _wide_workspace(spec, gy.dtype), conv_geo(spec))
         return gw
     rows, threads, blas = _gemm_plan(spec, True, gy.itemsize)
     acc = workspace("grad_weight", threads, int(np.prod(spec.w_shape)), gy.dtype)
