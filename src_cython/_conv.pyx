@@ -27,8 +27,9 @@ cdef inline bint use_wide(Geo* g) noexcept nogil:
 
 cdef inline Wide make_wide(Geo* g) noexcept nogil:
     cdef Wide v
-    v.hp = g.oh + (g.kh - 1) * g.dh
-    v.wp = g.ow + (g.kw - 1) * g.dw
+    # the input may hold rows/columns no output reads (transposed convolution's output_padding)
+    v.hp = max(g.oh + (g.kh - 1) * g.dh, g.pt + g.h)
+    v.wp = max(g.ow + (g.kw - 1) * g.dw, g.pl + g.w)
     v.span = (g.oh - 1) * v.wp + g.ow
     return v
 
@@ -146,9 +147,8 @@ cdef void grad_weight_plane(const real* gy, const real* x, real* gw, double* acc
 def wide_size(tuple geo):
     """Scratch elements per thread the kernels below need (padded input + wide output plane)."""
     cdef Geo g = make_geo(geo)
-    if not use_wide(&g):
-        return 1
-    return (g.oh + (g.kh - 1) * g.dh + g.oh) * (g.ow + (g.kw - 1) * g.dw)
+    cdef Wide v = make_wide(&g)
+    return (v.hp + g.oh) * v.wp if use_wide(&g) else 1
 
 
 def conv2d(const real[:, :, :, ::1] x, const real[:, :, :, ::1] w, const real[::1] b,
