@@ -42,14 +42,13 @@ def _check_conv(spec, dtype, algorithm, seed=0):
                  ref.conv2d_grad_weight(gy, x, spec), dtype, f"{algorithm} grad weight")
 
 
-@pytest.fixture(params=["one sample per GEMM", "merged samples"])
+@pytest.fixture(params=["one sample per GEMM", "merged samples", "bands of rows"])
 def chunking(request, monkeypatch):
-    """Force GEMM chunks of one sample, or as many samples merged as there are."""
-    if request.param == "merged samples":
-        monkeypatch.setattr(nb, "MIN_GEMM_WIDTH", 1 << 30)
-        monkeypatch.setattr(nb, "MAX_COLUMN_BYTES", 1 << 40)
-    else:
-        monkeypatch.setattr(nb, "MAX_COLUMN_BYTES", 1)
+    """Force GEMM blocks of one whole sample, of every sample side by side, or of 1-2 output rows."""
+    width, size = {"one sample per GEMM": (1, 1 << 40), "merged samples": (1 << 30, 1 << 40),
+                   "bands of rows": (1, 200)}[request.param]
+    monkeypatch.setattr(nb, "MIN_GEMM_WIDTH", width)
+    monkeypatch.setattr(nb, "MAX_COLUMN_BYTES", size)
     return request.param
 
 
@@ -77,13 +76,26 @@ def test_pointwise_gemm(chunking, dtype):
 
 
 def test_automatic_choice():
-    """Big channel counts go to GEMM; depthwise, tiny channel counts and 1-D stay direct."""
-    gemm = shapes.conv_spec((8, 64, 56, 56), (64, 64, 3, 3), padding=1)
+    """Depthwise and other thin groups go to direct loops, the rest (1-D included) to GEMM."""
     depthwise = shapes.conv_spec((8, 128, 56, 56), (128, 1, 3, 3), padding=1, groups=128)
-    tiny = shapes.conv_spec((64, 1, 32, 32), (6, 1, 5, 5))
-    one_d = shapes.conv_spec((100, 15, 19), (15, 15, 3), stride=2, dims=1)
-    assert nb.conv_algorithm(gemm) == "gemm"
-    assert [nb.conv_algorithm(s) for s in (depthwise, tiny, one_d)] == ["direct"] * 3
+    thin = shapes.conv_spec((2, 8, 9, 9), (4, 4, 3, 3), groups=2)
+    gemm = [shapes.conv_spec((8, 64, 56, 56), (64, 64, 3, 3), padding=1),
+            shapes.conv_spec((64, 1, 32, 32), (6, 1, 5, 5)),
+            shapes.conv_spec((100, 15, 19), (15, 15, 3), stride=2, dims=1)]
+    assert [nb.conv_algorithm(s) for s in (depthwise, thin)] == ["direct"] * 2
+    assert [nb.conv_algorithm(s) for s in gemm] == ["gemm"] * 3
+
+
+def test_blocks_cover_every_output_once(monkeypatch):
+    spec = shapes.conv_spec((5, 3, 9, 7), (4, 3, 3, 3), padding=1)
+    for width, size in [(1, 1 << 40), (1 << 30, 1 << 40), (100, 1 << 40), (1, 300), (1, 1)]:
+        monkeypatch.setattr(nb, "MIN_GEMM_WIDTH", width)
+        monkeypatch.setattr(nb, "MAX_COLUMN_BYTES", size)
+        seen = np.zeros((spec.n, spec.oh), int)
+        for n0, count, oy0, rows in nb._blocks(spec, 4):
+            assert count == 1 or rows == spec.oh
+            seen[n0:n0 + count, oy0:oy0 + rows] += 1
+        assert (seen == 1).all(), (width, size)
 
 
 def test_workspaces_do_not_leak_between_shapes():

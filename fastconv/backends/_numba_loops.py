@@ -151,17 +151,18 @@ def conv_grad_weight_direct(gy, x, gw, sh, sw, pt, pl, dh, dw):
 
 # ------------------------------------------------------------------------------ im2col / col2im
 @njit(**_EXACT)
-def im2col(x, n0, cols, sh, sw, pt, pl, dh, dw):
-    """``cols[c, i, j, m, oy, ox] = x[n0 + m, c, oy*sh - pt + i*dh, ox*sw - pl + j*dw]`` (0 outside):
-    the columns of samples ``n0 .. n0 + nb`` side by side, so one GEMM per group covers them all."""
+def im2col(x, n0, oy0, cols, sh, sw, pt, pl, dh, dw):
+    """``cols[c, i, j, m, r, ox] = x[n0 + m, c, (oy0 + r)*sh - pt + i*dh, ox*sw - pl + j*dw]`` (0 outside):
+    the columns of output rows ``oy0 ..`` of samples ``n0 ..``, samples side by side so that one GEMM per
+    group covers them all."""
     c_in, h, wd = x.shape[1], x.shape[2], x.shape[3]
-    kh, kw, nb, oh, ow = cols.shape[1], cols.shape[2], cols.shape[3], cols.shape[4], cols.shape[5]
+    kh, kw, nb, bh, ow = cols.shape[1], cols.shape[2], cols.shape[3], cols.shape[4], cols.shape[5]
     reach = out_table(kw, sw, pl, dw, wd, ow)
     for task in prange(c_in * nb):
         c, m = task // nb, task % nb
         for i in range(kh):
-            for oy in range(oh):
-                iy = oy * sh - pt + i * dh
+            for r in range(bh):
+                iy = (oy0 + r) * sh - pt + i * dh
                 inside = 0 <= iy < h
                 for j in range(kw):
                     lo, hi = reach[j, 0], reach[j, 1]
@@ -169,35 +170,36 @@ def im2col(x, n0, cols, sh, sw, pt, pl, dh, dw):
                         lo, hi = 0, 0
                     off = j * dw - pl
                     for ox in range(lo):
-                        cols[c, i, j, m, oy, ox] = 0
+                        cols[c, i, j, m, r, ox] = 0
                     for ox in range(lo, hi):
-                        cols[c, i, j, m, oy, _u(ox)] = x[n0 + m, c, iy, _u(ox * sw + off)]
+                        cols[c, i, j, m, r, _u(ox)] = x[n0 + m, c, iy, _u(ox * sw + off)]
                     for ox in range(max(lo, hi), ow):
-                        cols[c, i, j, m, oy, ox] = 0
+                        cols[c, i, j, m, r, ox] = 0
 
 
 @njit(**_CONV)
-def col2im(cols, n0, gx, sh, sw, pt, pl, dh, dw):
-    """The adjoint of :func:`im2col`: ``gx[n0 + m, c]`` is zeroed, then every column entry is added to the
-    pixel it came from."""
+def col2im(cols, n0, oy0, gx, clear, sh, sw, pt, pl, dh, dw):
+    """The adjoint of :func:`im2col`: every column entry is added to the pixel it came from, in planes
+    ``gx[n0 + m, c]`` zeroed first when ``clear`` (row bands of one sample accumulate)."""
     c_in, h, wd = gx.shape[1], gx.shape[2], gx.shape[3]
-    kh, kw, nb, oh, ow = cols.shape[1], cols.shape[2], cols.shape[3], cols.shape[4], cols.shape[5]
+    kh, kw, nb, bh, ow = cols.shape[1], cols.shape[2], cols.shape[3], cols.shape[4], cols.shape[5]
     reach = out_table(kw, sw, pl, dw, wd, ow)
     for task in prange(c_in * nb):
         c, m = task // nb, task % nb
-        for iy in range(h):
-            for ix in range(wd):
-                gx[n0 + m, c, iy, ix] = 0
+        if clear:
+            for iy in range(h):
+                for ix in range(wd):
+                    gx[n0 + m, c, iy, ix] = 0
         for i in range(kh):
-            for oy in range(oh):
-                iy = oy * sh - pt + i * dh
+            for r in range(bh):
+                iy = (oy0 + r) * sh - pt + i * dh
                 if not 0 <= iy < h:
                     continue
                 for j in range(kw):
                     lo, hi = reach[j, 0], reach[j, 1]
                     off = j * dw - pl
                     for ox in range(lo, hi):
-                        gx[n0 + m, c, iy, _u(ox * sw + off)] += cols[c, i, j, m, oy, _u(ox)]
+                        gx[n0 + m, c, iy, _u(ox * sw + off)] += cols[c, i, j, m, r, _u(ox)]
 
 
 @njit(**_EXACT)

@@ -500,9 +500,23 @@ def ascontiguousarray(obj, dtype=None):
     return a if a.flags.c_contiguous else a.copy()
 
 
+_poison = False
+
+
+def poison_outputs(flag=True):
+    """Debugging aid: fill every array :func:`empty` makes with NaN (floats) or the most negative int,
+    so that an element a kernel forgets to write shows up in a comparison (bench/gpu_check.py, tests)."""
+    global _poison
+    _poison = bool(flag)
+
+
 def empty(shape, dtype=np.float64):
     shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(int(s) for s in shape)
-    return CudaArray(cuda.device_array(_prod(shape), dtype=np.dtype(dtype)), shape)
+    dtype = np.dtype(dtype)
+    out = CudaArray(cuda.device_array(_prod(shape), dtype=dtype), shape)
+    if _poison and out.size:
+        out.fill(np.nan if dtype.kind == "f" else (True if dtype.kind == "b" else np.iinfo(dtype).min))
+    return out
 
 
 def full(shape, fill_value, dtype=None):

@@ -1,15 +1,15 @@
-"""The Numba CPU backend (``"numba"``): parallel compiled loops, and BLAS where a convolution is a big GEMM.
+"""The Numba CPU backend (``"numba"``): parallel compiled loops, and BLAS where a convolution is a GEMM.
 
 Every convolution kernel picks one of two algorithms by shape (:func:`conv_algorithm`):
 
 - ``"direct"``: loops over the window (``_numba_loops.conv_*_direct``), one output plane per thread task.
-  Best for small kernels, depthwise and other thin groups, 1-D ops and tiny channel counts, where a GEMM
-  would be too thin to pay for building the columns.
-- ``"gemm"``: im2col (a parallel Numba kernel) then one BLAS matrix product per group (``numpy.matmul``);
-  col2im for the input gradient. The columns of several samples sit side by side when one sample's are
-  too few for an efficient GEMM, and a 1x1, stride-1, unpadded convolution skips im2col (its input is its
-  columns). Columns and other temporaries live in per-thread workspaces reused from call to call, because
-  big buffers freed and allocated again on every call cost page faults.
+  Used for depthwise and other thin groups, where each group's GEMM would be a matrix-vector product.
+- ``"gemm"``: im2col (a parallel Numba kernel), then one BLAS product per group (``numpy.matmul``);
+  col2im for the input gradient. Columns of several samples sit side by side when one sample's are too
+  few for an efficient GEMM (LeNet, 1-D), a sample whose columns would be too big is cut into bands of
+  output rows, and a 1x1 stride-1 unpadded convolution skips im2col (its input is its columns). Columns
+  and other temporaries live in per-thread workspaces reused from call to call: big buffers freed and
+  allocated again on every call cost page faults.
 
 Pooling, unpooling and their gradients are direct loops over ``n*c`` planes. Signatures are those of
 ``reference`` (the conv kernels also take ``algorithm=`` to force one). Nothing compiles at import.
@@ -66,43 +66,48 @@ def _is_pointwise(spec):
 
 
 def conv_algorithm(spec):
-    """``"gemm"`` when each group's GEMM is big enough to beat direct loops, else ``"direct"``."""
-    cig, cog = spec.c_in // spec.groups, spec.c_out // spec.groups
-    depth = cig * spec.kh * spec.kw  # the GEMM's inner dimension
-    if cog >= 16 and depth >= 64 and spec.oh * spec.ow * spec.n >= 256:
-        return "gemm"
-    return "direct"
+    """``"direct"`` for thin groups (fewer than 4 output channels per group: depthwise), where each
+    group's GEMM would be a matrix-vector product; ``"gemm"`` otherwise (it wins from LeNet's 6 channels
+    on, 1-D included)."""
+    return "direct" if spec.c_out // spec.groups < 4 else "gemm"
 
 
-def _chunks(spec, itemsize):
-    """``(n0, nb)`` blocks of samples whose columns form one GEMM: wide enough, cache-sized, balanced."""
-    n, pixels = spec.n, spec.oh * spec.ow
-    per_sample = spec.c_in * spec.kh * spec.kw * pixels * itemsize
-    nb = min(n, max(1, -(-MIN_GEMM_WIDTH // pixels)), max(1, MAX_COLUMN_BYTES // per_sample))
-    count = -(-n // nb) if n else 0
-    nb = -(-n // count) if n else 1
-    return [(n0, min(nb, n - n0)) for n0 in range(0, n, nb)]
+def _blocks(spec, itemsize):
+    """The GEMM blocks ``(n0, nb, oy0, bh)``: output rows ``oy0 .. oy0+bh`` of samples ``n0 .. n0+nb``.
+
+    Samples are merged until the GEMM is ``MIN_GEMM_WIDTH`` pixels wide; a sample whose columns exceed
+    ``MAX_COLUMN_BYTES`` is cut into bands of rows instead. Blocks are balanced in size.
+    """
+    n, oh, ow = spec.n, spec.oh, spec.ow
+    row_bytes = spec.c_in * spec.kh * spec.kw * ow * itemsize
+    if row_bytes * oh > MAX_COLUMN_BYTES:
+        bh = max(1, MAX_COLUMN_BYTES // row_bytes)
+        bh = -(-oh // -(-oh // bh))
+        return [(m, 1, oy0, min(bh, oh - oy0)) for m in range(n) for oy0 in range(0, oh, bh)]
+    nb = max(1, min(n, -(-MIN_GEMM_WIDTH // (oh * ow)), MAX_COLUMN_BYTES // (row_bytes * oh)))
+    nb = -(-n // -(-n // nb)) if n else 1
+    return [(n0, min(nb, n - n0), 0, oh) for n0 in range(0, n, nb)]
 
 
-def _columns(x, spec, n0, nb):
-    """The columns of samples ``n0 .. n0+nb`` as ``(groups, C_in/groups * kh * kw, nb * oh * ow)``."""
+def _columns(x, spec, n0, nb, oy0, bh):
+    """The columns of a block as ``(groups, C_in/groups * kh * kw, nb * bh * ow)``."""
     g = spec.groups
-    if nb == 1 and _is_pointwise(spec):
-        return x[n0].reshape(g, spec.c_in // g, spec.h * spec.w)
-    cols = workspace("cols", (spec.c_in, spec.kh, spec.kw, nb, spec.oh, spec.ow), x.dtype)
-    loops.im2col(x, n0, cols, *_geometry(spec))
-    return cols.reshape(g, -1, nb * spec.oh * spec.ow)
+    if nb == 1 and _is_pointwise(spec):  # the input is its own columns
+        return x[n0].reshape(g, spec.c_in // g, -1)[:, :, oy0 * spec.w:(oy0 + bh) * spec.w]
+    cols = workspace("cols", (spec.c_in, spec.kh, spec.kw, nb, bh, spec.ow), x.dtype)
+    loops.im2col(x, n0, oy0, cols, *_geometry(spec))
+    return cols.reshape(g, -1, nb * bh * spec.ow)
 
 
-def _merged(a, spec, n0, nb, name):
-    """Rows ``a[n0 .. n0+nb]`` of an ``(N, C, oh, ow)`` array as ``(groups, C/groups, nb * oh * ow)``."""
-    c, pixels = a.shape[1], spec.oh * spec.ow
-    a3 = a.reshape(a.shape[0], c, pixels)
+def _block_rows(a3, spec, n0, nb, oy0, bh, name):
+    """Block rows of an ``(N, C, oh*ow)`` array as ``(groups, C/groups, nb * bh * ow)``: a view of one
+    sample's band, or the samples copied side by side into workspace ``name``."""
+    ow = spec.ow
     if nb == 1:
-        return a3[n0].reshape(spec.groups, -1, pixels)
-    out = workspace(name, (c, nb, pixels), a.dtype)
+        return a3[n0].reshape(spec.groups, -1, a3.shape[2])[:, :, oy0 * ow:(oy0 + bh) * ow]
+    out = workspace(name, (a3.shape[1], nb, a3.shape[2]), a3.dtype)
     loops.merge(a3, n0, out)
-    return out.reshape(spec.groups, -1, nb * pixels)
+    return out.reshape(spec.groups, -1, nb * a3.shape[2])
 
 
 def _bias(b, c_out, dtype):
@@ -114,20 +119,20 @@ def conv2d(x, w, b, spec, algorithm=None):
     if (algorithm or conv_algorithm(spec)) == "direct":
         loops.conv_direct(x, w, _bias(b, spec.c_out, x.dtype), y, *_geometry(spec))
         return y
-    g, pixels = spec.groups, spec.oh * spec.ow
-    wg = w.reshape(g, spec.c_out // g, -1)
-    y3 = y.reshape(spec.n, spec.c_out, pixels)
-    bias = _bias(b, spec.c_out, x.dtype)
-    for n0, nb in _chunks(spec, x.itemsize):
-        cols = _columns(x, spec, n0, nb)
-        if nb == 1:
-            np.matmul(wg, cols, out=y3[n0].reshape(wg.shape[0], wg.shape[1], pixels))
-            if b is not None:
-                loops.add_bias(y3[n0:n0 + 1], bias)
-        else:
-            out = workspace("gemm_out", (g, spec.c_out // g, nb * pixels), x.dtype)
+    wg = w.reshape(spec.groups, spec.c_out // spec.groups, -1)
+    y3 = y.reshape(spec.n, spec.c_out, -1)
+    blocks = _blocks(spec, x.itemsize)
+    merged = any(nb > 1 for _, nb, _, _ in blocks)
+    for n0, nb, oy0, bh in blocks:
+        cols = _columns(x, spec, n0, nb, oy0, bh)
+        if merged:
+            out = workspace("gemm_out", wg.shape[:2] + cols.shape[2:], x.dtype)
             np.matmul(wg, cols, out=out)
-            loops.unmerge(out.reshape(spec.c_out, nb, pixels), n0, bias, y3)
+            loops.unmerge(out.reshape(spec.c_out, nb, -1), n0, _bias(b, spec.c_out, x.dtype), y3)
+        else:
+            np.matmul(wg, cols, out=_block_rows(y3, spec, n0, 1, oy0, bh, None))
+    if b is not None and not merged:
+        loops.add_bias(y3, b)
     return y
 
 
@@ -136,33 +141,32 @@ def conv2d_grad_input(gy, w, spec, algorithm=None):
     if (algorithm or conv_algorithm(spec)) == "direct":
         loops.conv_grad_input_direct(gy, w, gx, *_geometry(spec))
         return gx
-    g = spec.groups
-    wt = w.reshape(g, spec.c_out // g, -1).transpose(0, 2, 1)
+    wt = w.reshape(spec.groups, spec.c_out // spec.groups, -1).transpose(0, 2, 1)
+    gy3 = gy.reshape(spec.n, spec.c_out, -1)
     pointwise = _is_pointwise(spec)
-    for n0, nb in _chunks(spec, gy.itemsize):
-        gyc = _merged(gy, spec, n0, nb, "gy_merged")
-        if nb == 1 and pointwise:
-            np.matmul(wt, gyc, out=gx[n0].reshape(wt.shape[0], wt.shape[1], -1))
+    for n0, nb, oy0, bh in _blocks(spec, gy.itemsize):
+        gyc = _block_rows(gy3, spec, n0, nb, oy0, bh, "gy_merged")
+        if nb == 1 and pointwise:  # the columns are the input gradient itself
+            gx3 = gx.reshape(spec.n, spec.c_in, -1)
+            np.matmul(wt, gyc, out=_block_rows(gx3, spec, n0, 1, oy0, bh, None))
             continue
-        cols = workspace("cols", (spec.c_in, spec.kh, spec.kw, nb, spec.oh, spec.ow), gy.dtype)
+        cols = workspace("cols", (spec.c_in, spec.kh, spec.kw, nb, bh, spec.ow), gy.dtype)
         np.matmul(wt, gyc, out=cols.reshape(wt.shape[0], wt.shape[1], -1))
-        loops.col2im(cols, n0, gx, *_geometry(spec))
+        loops.col2im(cols, n0, oy0, gx, oy0 == 0, *_geometry(spec))
     return gx
 
 
 def conv2d_grad_weight(gy, x, spec, algorithm=None):
-    gw = np.empty(spec.w_shape, gy.dtype)
+    gw = np.zeros(spec.w_shape, gy.dtype)
     if (algorithm or conv_algorithm(spec)) == "direct":
         loops.conv_grad_weight_direct(gy, x, gw, *_geometry(spec))
         return gw
-    g = spec.groups
-    gw3 = gw.reshape(g, spec.c_out // g, -1)
-    gw3[...] = 0
-    for n0, nb in _chunks(spec, gy.itemsize):
-        gyc = _merged(gy, spec, n0, nb, "gy_merged")
-        cols = _columns(x, spec, n0, nb)
-        part = workspace("gemm_gw", gw3.shape, gy.dtype)
-        np.matmul(gyc, cols.transpose(0, 2, 1), out=part)
+    gw3 = gw.reshape(spec.groups, spec.c_out // spec.groups, -1)
+    gy3 = gy.reshape(spec.n, spec.c_out, -1)
+    part = workspace("gemm_gw", gw3.shape, gy.dtype)
+    for n0, nb, oy0, bh in _blocks(spec, gy.itemsize):
+        gyc = _block_rows(gy3, spec, n0, nb, oy0, bh, "gy_merged")
+        np.matmul(gyc, _columns(x, spec, n0, nb, oy0, bh).transpose(0, 2, 1), out=part)
         gw3 += part
     return gw
 
