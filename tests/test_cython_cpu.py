@@ -1,0 +1,223 @@
+"""What only the Cython backend has: each convolution algorithm forced onto shapes where the automatic
+choice would take the other, the workspace cache, NaN propagation, pooling ties, unpooling, threads.
+
+The random cases of test_backends.py go through the automatic choice; here the kernels are called
+directly with ``algorithm=`` and compared with the NumPy reference kernels on the same spec.
+"""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fastconv as fc
+from fastconv import shapes
+from fastconv.backends import dispatch
+from fastconv.backends import reference as ref
+
+import cases
+from helpers import assert_close
+
+try:
+    cy = dispatch.load("cython")
+except Exception as err:  # extension not built here
+    pytest.skip(f"cython backend unavailable: {err}", allow_module_level=True)
+
+OTHER = {"direct": "gemm", "gemm": "direct"}
+
+
+def _spec(case):
+    if case["op"].startswith("conv_transpose"):
+        x = (case["n"], case["c_in"]) + case["size"]
+        w = (case["c_in"], case["c_out"] // case["groups"]) + case["kernel"]
+        spec = shapes.conv_transpose_spec(x, w, None, case["stride"], case["padding"],
+                                          case["output_padding"], case["groups"], case["dilation"],
+                                          case["dims"])
+    else:
+        x = (case["n"], case["c_in"]) + case["size"]
+        w = (case["c_out"], case["c_in"] // case["groups"]) + case["kernel"]
+        spec = shapes.conv_spec(x, w, None, case["stride"], case["padding"], case["dilation"],
+                                case["groups"], case["dims"])
+    return spec
+
+
+def _check_conv(spec, dtype, algorithm, seed=0, bias=True):
+    """conv2d and both gradients of the backend, forced to ``algorithm``, against the reference."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(spec.x_shape).astype(dtype)
+    w = rng.standard_normal(spec.w_shape).astype(dtype)
+    b = rng.standard_normal(spec.c_out).astype(dtype) if bias else None
+    gy = rng.standard_normal(spec.y_shape).astype(dtype)
+    what = f"{algorithm} {spec}"
+    assert_close(cy.conv2d(x, w, b, spec, algorithm=algorithm), ref.conv2d(x, w, b, spec), dtype, what)
+    assert_close(cy.conv2d_grad_input(gy, w, spec, algorithm=algorithm), ref.conv2d_grad_input(gy, w, spec),
+                 dtype, what + " grad input")
+    assert_close(cy.conv2d_grad_weight(gy, x, spec, algorithm=algorithm), ref.conv2d_grad_weight(gy, x, spec),
+                 dtype, what + " grad weight")
+
+
+@pytest.mark.parametrize("algorithm", ["direct", "gemm"])
+@settings(max_examples=40, deadline=None)
+@given(case=st.one_of(cases.conv_cases(2), cases.conv_cases(1), cases.conv_transpose_cases(2),
+                      cases.conv_transpose_cases(1)), seed=st.integers(0, 2**16))
+def test_forced_algorithm_matches_reference(algorithm, case, seed):
+    _check_conv(_spec(case), case["dtype"], algorithm, seed, case["bias"])
+
+
+# (x shape, w shape, conv_spec arguments): the automatic choice of each is the other algorithm's
+AUTO_GEMM = [
+    ((2, 16, 9, 9), (16, 16, 3, 3), dict(padding=1)),
+    ((2, 12, 7, 10), (8, 3, 2, 3), dict(stride=(2, 1), padding=(1, 0), dilation=(1, 2), groups=4)),
+    ((3, 8, 6, 6), (4, 8, 1, 1), {}),                      # 1x1 stride 1: plain GEMM on the input planes
+    ((2, 8, 6, 6), (6, 4, 1, 1), dict(groups=2)),          # grouped 1x1
+    ((2, 6, 7, 7), (4, 6, 1, 1), dict(stride=2)),           # 1x1 but strided: unfolded
+    ((1, 6, 5, 5), (5, 6, 1, 1), dict(padding=1)),          # 1x1 but padded
+    ((4, 5, 1, 30), (7, 5, 1, 4), dict(stride=(1, 3))),     # 1-D
+]
+AUTO_DIRECT = [
+    ((2, 6, 9, 8), (6, 1, 3, 3), dict(padding=1, groups=6)),              # depthwise
+    ((2, 4, 11, 11), (8, 1, 3, 3), dict(stride=2, padding=1, groups=4)),  # channel multiplier 2, strided
+    ((1, 4, 8, 9), (4, 2, 3, 2), dict(dilation=(2, 3), padding=(2, 1), groups=2)),
+    ((3, 3, 1, 25), (3, 1, 1, 5), dict(padding=(0, 2), groups=3)),          # depthwise 1-D
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", AUTO_GEMM + AUTO_DIRECT)
+def test_each_algorithm_on_shapes_the_other_would_get(shape, dtype):
+    x_shape, w_shape, kw = shape
+    spec = shapes.conv_spec(x_shape, w_shape, None, **kw)
+    auto = cy.conv_algorithm(spec)
+    assert auto == ("gemm" if shape in AUTO_GEMM else "direct")
+    _check_conv(spec, dtype, OTHER[auto])
+    _check_conv(spec, dtype, auto)
+
+
+def test_gemm_tiles_and_thread_plans(monkeypatch):
+    """Several row tiles per plane, and fewer tiles than threads (one tile at a time, threaded BLAS)."""
+    spec = shapes.conv_spec((2, 6, 13, 11), (6, 3, 3, 2), None, stride=(2, 1), padding=1, groups=2)
+    monkeypatch.setattr(cy, "_TILE_BYTES", 4 * 18 * spec.ow * 2)  # two output rows of 18 taps per tile
+    assert cy._gemm_plan(spec, True, 4)[0] == 2
+    _check_conv(spec, np.float32, "gemm")
+    single = shapes.conv_spec((1, 4, 5, 5), (4, 4, 3, 3), None, padding=1)
+    monkeypatch.setattr(cy, "_TILE_BYTES", 1 << 20)
+    _check_conv(single, np.float64, "gemm")
+
+
+def test_unknown_algorithm_is_rejected():
+    spec = shapes.conv_spec((1, 1, 4, 4), (1, 1, 3, 3))
+    x, w = np.zeros(spec.x_shape, np.float32), np.zeros(spec.w_shape, np.float32)
+    with pytest.raises(ValueError, match="algorithm"):
+        cy.conv2d(x, w, None, spec, algorithm="winograd")
+
+
+def test_workspace_is_reused_across_shapes():
+    cy.clear_workspaces()
+    big = shapes.conv_spec((2, 8, 12, 12), (8, 8, 3, 3), None, padding=1)
+    small = shapes.conv_spec((1, 8, 5, 7), (4, 8, 3, 3), None)
+    _check_conv(big, np.float32, "gemm")
+    first = cy.workspace("cols", 1, 1, np.float32)
+    _check_conv(small, np.float32, "gemm")        # smaller: the same buffer serves
+    _check_conv(big, np.float32, "gemm")
+    assert np.shares_memory(first, cy.workspace("cols", 1, 1, np.float32))
+    _check_conv(small, np.float64, "gemm")        # another dtype has its own buffer
+    assert not np.shares_memory(first, cy.workspace("cols", 1, 1, np.float64))
+
+
+@pytest.mark.parametrize("algorithm", ["direct", "gemm"])
+def test_nan_propagates_like_the_reference(algorithm):
+    spec = shapes.conv_spec((2, 4, 7, 7), (4, 2, 3, 3), None, padding=1, groups=2)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(spec.x_shape)
+    w = rng.standard_normal(spec.w_shape)
+    gy = rng.standard_normal(spec.y_shape)
+    x[0, 1, 3, 2] = np.nan
+    gy[1, 3, 0, 6] = np.nan
+    for got, want in [(cy.conv2d(x, w, None, spec, algorithm=algorithm), ref.conv2d(x, w, None, spec)),
+                      (cy.conv2d_grad_input(gy, w, spec, algorithm=algorithm), ref.conv2d_grad_input(gy, w, spec)),
+                      (cy.conv2d_grad_weight(gy, x, spec, algorithm=algorithm),
+                       ref.conv2d_grad_weight(gy, x, spec))]:
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        assert np.isnan(want).any()
+        np.testing.assert_allclose(got[~np.isnan(got)], want[~np.isnan(want)], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_max_pool_ties_and_nan_match_the_reference(dtype):
+    """The first maximum in row-major window order wins; a NaN beats every number."""
+    spec = shapes.pool_spec((2, 3, 7, 8), 3, stride=2, padding=1, dilation=(1, 2), ceil_mode=True)
+    x = np.random.default_rng(2).integers(0, 3, spec.x_shape).astype(dtype)  # many ties
+    x[0, 0, 2, 3] = np.nan
+    x[1, 2, 4, 5] = np.nan
+    y, idx = cy.max_pool2d(x, spec)
+    y_ref, idx_ref = ref.max_pool2d(x, spec)
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(idx, idx_ref)
+    assert idx.dtype == np.int64
+
+
+def test_max_pool_of_minus_infinity_points_inside_the_input():
+    """A window of -inf only: the index of its first input pixel, as PyTorch (never a padding cell)."""
+    torch = pytest.importorskip("torch")
+    x = np.full((1, 2, 5, 6), -np.inf)
+    spec = shapes.pool_spec(x.shape, 3, stride=2, padding=1, dilation=(1, 2), ceil_mode=True)
+    y, idx = cy.max_pool2d(x, spec)
+    _, idx_torch = torch.nn.functional.max_pool2d(torch.from_numpy(x), 3, 2, 1, (1, 2), ceil_mode=True,
+                                                  return_indices=True)
+    np.testing.assert_array_equal(idx, idx_torch.numpy())
+    assert np.all(y == -np.inf)
+
+
+@pytest.mark.parametrize("index_dtype", [np.int64, np.int32])
+def test_max_unpool_and_its_gradient_match_the_reference(index_dtype):
+    spec = shapes.pool_spec((2, 3, 9, 8), 2, stride=2, padding=1)
+    rng = np.random.default_rng(3)
+    _, idx = ref.max_pool2d(rng.standard_normal(spec.x_shape), spec)
+    x = rng.standard_normal(spec.y_shape).astype(np.float32)
+    out_hw = (spec.h, spec.w)
+    idx = idx.astype(index_dtype)
+    np.testing.assert_array_equal(cy.max_unpool2d(x, idx, out_hw), ref.max_unpool2d(x, idx, out_hw))
+    gy = rng.standard_normal(x.shape[:2] + out_hw).astype(np.float32)
+    np.testing.assert_array_equal(cy.max_unpool2d_grad(gy, idx), ref.max_unpool2d_grad(gy, idx))
+
+
+def test_set_num_threads_reaches_the_kernels():
+    from fastconv._cy import _omp
+    spec = shapes.conv_spec((4, 6, 10, 10), (8, 6, 3, 3), None, padding=1)
+    before = _omp.max_threads()
+    try:
+        fc.set_num_threads(1)
+        assert cy.num_threads() == 1
+        one = cy.conv2d(np.ones(spec.x_shape), np.ones(spec.w_shape), None, spec)
+        fc.set_num_threads(3)
+        assert cy.num_threads() == 3
+        three = cy.conv2d(np.ones(spec.x_shape), np.ones(spec.w_shape), None, spec)
+    finally:
+        fc.set_num_threads(before)
+    np.testing.assert_array_equal(one, three)
+
+
+def test_omp_num_threads_is_respected():
+    code = "from fastconv.backends import cython_cpu as c; print(c.num_threads())"
+    env = dict(os.environ, OMP_NUM_THREADS="3")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "3"
+
+
+def test_blas_thread_count_is_restored():
+    if cy._blas_threads is None:
+        pytest.skip("SciPy's BLAS thread count is not reachable here")
+    get, _ = cy._blas_threads
+    before = get()
+    with cy.blas_threads(1):
+        assert get() == 1
+    assert get() == before
+
+
+def test_missing_extension_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(cy, "_IMPORT_ERROR", ImportError("No module named 'fastconv._cy._conv'"))
+    with pytest.raises(ImportError, match="not built.*pip install"):
+        cy.check_available()
