@@ -57,7 +57,7 @@ class Optimizer:
         self.param_groups = []
         self.state = {}       # Parameter -> {name: array or number}; saved by state_dict
         self._scratch = {}    # Parameter -> [array, array]; reused temporaries, never saved
-        self._flat = {}       # group index -> _Flat; rebuilt when the parameters with gradients change
+        self._flat = {}       # group index -> (key, _Flat or None); redone when the parameters change
         for group in (params if isinstance(params[0], dict) else [{"params": params}]):
             self.add_param_group(group)
 
@@ -115,29 +115,34 @@ class Optimizer:
 
     def _flat_for(self, index, params, grads):
         """The group's flat buffers for these parameters, or None where they cannot be flattened (not
-        NumPy, mixed dtypes, or parameters whose states are at different steps)."""
+        NumPy, mixed dtypes, or parameters whose states are at different steps). The answer is cached
+        until the parameters with gradients (or their arrays' kinds) change."""
         if self.foreach is False:
             return None
+        key = tuple((id(p), type(p.data), p.data.dtype, p.data.shape, type(g), g.dtype)
+                    for p, g in zip(params, grads))
+        cached = self._flat.get(index)
+        if cached is not None and cached[0] == key:
+            return cached[1]
         dtype = params[0].data.dtype
-        key = tuple((id(p), type(p.data), p.data.dtype, p.data.shape, type(g), g.dtype) for p, g in zip(params, grads))
-        flat = self._flat.get(index)
-        if flat is None or flat.key != key:
-            if any(k[1] is not np.ndarray or k[4] is not np.ndarray or k[2] != dtype or k[5] != dtype for k in key):
-                return None
-            flat = _Flat(key, params, dtype)
-            if not self._adopt(flat):
-                return None
-            self._flat[index] = flat
+        flat = None
+        if all(k[1] is np.ndarray and k[4] is np.ndarray and k[2] == dtype and k[5] == dtype for k in key) \
+                and self._states_agree(params):
+            flat = _Flat(params, dtype)
+            self._adopt(flat)
+        self._flat[index] = (key, flat)
         return flat
 
-    def _adopt(self, flat):
-        """Move the parameters' existing state into flat vectors whose slices become their state; False
-        when their states disagree (say, some have taken more steps than others)."""
-        states = [self.state.get(p, {}) for p in flat.params]
+    def _states_agree(self, params):
+        """True when the parameters' states have the same step counts and the same arrays."""
+        states = [self.state.get(p, {}) for p in params]
         scalars = {tuple((k, v) for k, v in st.items() if not _is_array(v)) for st in states}
         present = {tuple(name in st for name in self.state_names) for st in states}
-        if len(scalars) > 1 or len(present) > 1:
-            return False
+        return len(scalars) == 1 and len(present) == 1
+
+    def _adopt(self, flat):
+        """Move the parameters' existing state into flat vectors whose slices become their state."""
+        states = [self.state.get(p, {}) for p in flat.params]
         for name in self.state_names:
             if name in states[0]:
                 flat.state[name] = vec = flat.empty()
@@ -147,7 +152,6 @@ class Optimizer:
         for i, (p, st) in enumerate(zip(flat.params, states)):
             if st or views:
                 self.state[p] = dict(st, **{name: v[i] for name, v in views.items()})
-        return True
 
     # ------------------------------------------------------------------ state
     def _params(self):
@@ -206,8 +210,8 @@ class _Flat:
     an update vector from it.
     """
 
-    def __init__(self, key, params, dtype):
-        self.key, self.params, self.dtype = key, list(params), dtype
+    def __init__(self, params, dtype):
+        self.params, self.dtype = list(params), dtype
         self.bounds = np.cumsum([0] + [p.data.size for p in params]).tolist()
         self.state = {}
         self.g, self.w, self.t, self.u = (self.empty() for _ in range(4))
