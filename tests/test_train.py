@@ -113,6 +113,17 @@ def test_evaluate_matches_a_direct_computation():
     assert model.training
 
 
+def test_augment_shifts_signals_and_images():
+    rng = np.random.default_rng(0)
+    signals = rng.standard_normal((30, 1, 40)).astype(np.float32)
+    shifted = train.Augment("mnist1d", seed=0)(signals)
+    for a, b in zip(signals[:, 0], shifted[:, 0]):  # each row is a circular shift by at most 3
+        assert any(np.array_equal(np.roll(a, k), b) for k in range(-3, 4))
+    images = rng.standard_normal((8, 1, 32, 32)).astype(np.float32)
+    moved = train.Augment("lenet5", seed=0)(images)
+    assert moved.shape == images.shape and not np.array_equal(moved, images)
+
+
 @pytest.mark.parametrize("field,value,match", [("task", "cifar", "task"), ("model", "wide", "model"),
                                                ("optimizer", "lbfgs", "optimizer"),
                                                ("schedule", "linear", "schedule"), ("epochs", 0, "epochs"),
