@@ -236,31 +236,38 @@ def add_bias(y, b):
 @njit(**_EXACT)
 def max_pool(x, y, idx, kh, kw, sh, sw, pt, pl, dh, dw):
     """Max of every window and the flat index ``iy*W + ix`` of its first maximum in row-major tap order;
-    a NaN wins over numbers (the first NaN)."""
+    a NaN wins over numbers (the first NaN). Two branch-free passes per output row, so that both
+    vectorise: the max, then the taps in reverse order, each one equal to the max taking the index."""
     n, c, h, wd = x.shape
     oh, ow = y.shape[2], y.shape[3]
     taps = tap_table(oh, sh, pt, dh, kh, h)
-    col_taps = tap_table(ow, sw, pl, dw, kw, wd)
     reach = out_table(kw, sw, pl, dw, wd, ow)
     for task in prange(n * c):
         m, ch = task // c, task % c
         for oy in range(oh):
             ilo, ihi = taps[oy, 0], taps[oy, 1]
-            iy0 = oy * sh - pt + ilo * dh
-            for ox in range(ow):  # -inf at the first pixel inside the window, as PyTorch starts
+            for ox in range(ow):
                 y[m, ch, oy, ox] = -np.inf
-                idx[m, ch, oy, ox] = iy0 * wd + ox * sw - pl + col_taps[ox, 0] * dw
             for i in range(ilo, ihi):
                 iy = oy * sh - pt + i * dh
                 for j in range(kw):
                     lo, hi = reach[j, 0], reach[j, 1]
                     off = j * dw - pl
+                    for ox in range(lo, hi):  # keep a NaN; take a NaN or a larger value
+                        v = x[m, ch, iy, _u(ox * sw + off)]
+                        best = y[m, ch, oy, _u(ox)]
+                        y[m, ch, oy, _u(ox)] = best if (v <= best) | (best != best) else v
+            for i in range(ihi - 1, ilo - 1, -1):
+                iy = oy * sh - pt + i * dh
+                for j in range(kw - 1, -1, -1):
+                    lo, hi = reach[j, 0], reach[j, 1]
+                    off = j * dw - pl
                     for ox in range(lo, hi):
                         v = x[m, ch, iy, _u(ox * sw + off)]
-                        best = y[m, ch, oy, ox]
-                        if v > best or (v != v and best == best):
-                            y[m, ch, oy, ox] = v
-                            idx[m, ch, oy, ox] = iy * wd + ox * sw + off
+                        best = y[m, ch, oy, _u(ox)]
+                        hit = (v == best) | ((v != v) & (best != best))
+                        old = idx[m, ch, oy, _u(ox)]
+                        idx[m, ch, oy, _u(ox)] = iy * wd + ox * sw + off if hit else old
 
 
 @njit(inline="always", cache=True)

@@ -14,6 +14,7 @@ Every convolution kernel picks one of two algorithms by shape (:func:`conv_algor
 Pooling, unpooling and their gradients are direct loops over ``n*c`` planes. Signatures are those of
 ``reference`` (the conv kernels also take ``algorithm=`` to force one). Nothing compiles at import.
 """
+import os
 import threading
 
 import numpy as np
@@ -23,6 +24,31 @@ from . import _numba_loops as loops
 ALGORITHMS = ("direct", "gemm")
 MIN_GEMM_WIDTH = 1024        # columns per GEMM: merge samples until their output pixels reach this
 MAX_COLUMN_BYTES = 8 << 20   # ... but keep a chunk's columns about this size (cache-sized)
+
+
+# ---------------------------------------------------------------------------------- threads
+SPIN_COUNT = "10000"  # libgomp's default, 300000 pauses, keeps a worker busy ~5 ms after each region
+
+
+def _start_threads():
+    """Start Numba's thread pool with OpenMP workers that soon stop spinning after a parallel region.
+
+    Spinning workers take a core from the BLAS threads of the GEMM that follows im2col (measured: a few ms
+    of CPU burnt per region). libgomp reads ``GOMP_SPINCOUNT`` once, when it loads, so it is set only
+    while Numba starts its pool, and only if the user chose no policy (``OMP_WAIT_POLICY`` or
+    ``GOMP_SPINCOUNT``) and no pool runs yet; compiling nothing.
+    """
+    from numba.np.ufunc import parallel
+    if parallel._is_initialized or "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
+        return
+    os.environ["GOMP_SPINCOUNT"] = SPIN_COUNT
+    try:
+        parallel._launch_threads()
+    finally:
+        del os.environ["GOMP_SPINCOUNT"]
+
+
+_start_threads()
 
 
 # ------------------------------------------------------------------------------- workspaces
