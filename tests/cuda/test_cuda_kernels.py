@@ -14,6 +14,14 @@ from cuda_helpers import CUDA_TESTS, DTYPES, assert_close
 
 pytestmark = CUDA_TESTS
 
+
+@pytest.fixture(autouse=True)
+def poisoned_outputs():
+    """New device arrays start as NaN: an output element a kernel fails to write makes the test fail."""
+    ca.poison_outputs(True)
+    yield
+    ca.poison_outputs(False)
+
 # (x shape, w shape, stride, padding, dilation, groups)
 CONVS = {
     "plain": ((2, 3, 5, 6), (4, 3, 3, 3), 1, 1, 1, 1),
