@@ -2,9 +2,10 @@
 
 One window geometry serves every kernel. Along each spatial axis, output ``o`` and kernel tap ``t`` meet
 input pixel ``o*s - p + t*d``; :func:`tap_range` gives the taps of an output that land inside the input
-and :func:`out_range` the outputs a tap reaches inside the input. Convolution, its gradients, im2col /
-col2im and pooling are loop nests over these two ranges, with the output column ``ox`` innermost so that
-LLVM vectorises the row (every kernel skips the padding instead of testing each pixel).
+and :func:`out_range` the outputs a tap reaches inside the input (tabulated once per call by
+:func:`tap_table` / :func:`out_table`). Convolution, its gradients, im2col / col2im and pooling are loop
+nests over these two ranges, with the output column ``ox`` innermost so that LLVM vectorises the row
+(every kernel skips the padding instead of testing each pixel). Average pooling has no dilation.
 
 Kernels write into arrays the caller allocates (outputs, gradients, workspaces), so the wrappers in
 ``numba_cpu`` choose the memory and the algorithm. Nothing is compiled at import: each kernel compiles on

@@ -216,7 +216,8 @@ def max_pool2d(x, spec):
 
 def _planes(a):
     """``(N*C, H*W)`` view of an NCHW array (explicit sizes: ``reshape(-1)`` fails for an empty batch)."""
-    return a.reshape(a.shape[0] * a.shape[1], int(np.prod(a.shape[2:])))
+    n, c, h, w = a.shape
+    return a.reshape(n * c, h * w)
 
 
 def max_pool2d_grad(gy, indices, spec):
