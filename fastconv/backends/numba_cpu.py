@@ -146,6 +146,8 @@ def _bias(b, c_out, dtype):
 
 def conv2d(x, w, b, spec, algorithm=None):
     y = np.empty(spec.y_shape, x.dtype)
+    if spec.n == 0:  # empty batch: nothing to compute (and the reshapes below would be ambiguous)
+        return y
     if (algorithm or conv_algorithm(spec)) == "direct":
         loops.conv_direct(x, w, _bias(b, spec.c_out, x.dtype), y, *_geometry(spec))
         return y
@@ -168,6 +170,8 @@ def conv2d(x, w, b, spec, algorithm=None):
 
 def conv2d_grad_input(gy, w, spec, algorithm=None):
     gx = np.empty(spec.x_shape, gy.dtype)
+    if spec.n == 0:
+        return gx
     if (algorithm or conv_algorithm(spec)) == "direct":
         loops.conv_grad_input_direct(gy, w, gx, *_geometry(spec))
         return gx
@@ -188,6 +192,8 @@ def conv2d_grad_input(gy, w, spec, algorithm=None):
 
 def conv2d_grad_weight(gy, x, spec, algorithm=None):
     gw = np.zeros(spec.w_shape, gy.dtype)
+    if spec.n == 0:
+        return gw
     if (algorithm or conv_algorithm(spec)) == "direct":
         loops.conv_grad_weight_direct(gy, x, gw, *_geometry(spec))
         return gw
