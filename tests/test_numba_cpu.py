@@ -45,9 +45,9 @@ def _check_conv(spec, dtype, algorithm, seed=0):
 @pytest.fixture(params=["one sample per GEMM", "merged samples", "bands of rows"])
 def chunking(request, monkeypatch):
     """Force GEMM blocks of one whole sample, of every sample side by side, or of 1-2 output rows."""
-    merge, size = {"one sample per GEMM": (False, 1 << 40), "merged samples": (True, 1 << 40),
-                   "bands of rows": (True, 200)}[request.param]
-    monkeypatch.setattr(nb, "MERGE_SAMPLES", merge)
+    merge, size = {"one sample per GEMM": (0, 1 << 40), "merged samples": (1 << 40, 1 << 40),
+                   "bands of rows": (1 << 40, 200)}[request.param]
+    monkeypatch.setattr(nb, "MERGE_BYTES", merge)
     monkeypatch.setattr(nb, "POINTWISE_MERGE_BELOW", 1 << 30)
     monkeypatch.setattr(nb, "MAX_COLUMN_BYTES", size)
     return request.param
@@ -89,8 +89,8 @@ def test_automatic_choice():
 
 def test_blocks_cover_every_output_once(monkeypatch):
     spec = shapes.conv_spec((5, 3, 9, 7), (4, 3, 3, 3), padding=1)
-    for merge, size in [(False, 1 << 40), (True, 1 << 40), (True, 2000), (True, 300), (True, 1)]:
-        monkeypatch.setattr(nb, "MERGE_SAMPLES", merge)
+    for merge, size in [(0, 1 << 40), (1 << 40, 1 << 40), (2000, 1 << 40), (1 << 40, 300), (1 << 40, 1)]:
+        monkeypatch.setattr(nb, "MERGE_BYTES", merge)
         monkeypatch.setattr(nb, "MAX_COLUMN_BYTES", size)
         seen = np.zeros((spec.n, spec.oh), int)
         for n0, count, oy0, rows in nb._blocks(spec, 4):

@@ -22,8 +22,8 @@ import numpy as np
 from . import _numba_loops as loops
 
 ALGORITHMS = ("direct", "gemm")
-MAX_COLUMN_BYTES = 8 << 20   # columns of one GEMM block, at most (about a quarter of the L3 cache)
-MERGE_SAMPLES = True         # put several samples' columns side by side in one GEMM block
+MAX_COLUMN_BYTES = 8 << 20    # one sample's columns above this are cut into bands of output rows
+MERGE_BYTES = 2 << 20         # samples' columns are put side by side up to this (about the L2 cache)
 POINTWISE_MERGE_BELOW = 1024  # ... for a 1x1 conv only when a sample has fewer output pixels than this
 
 
@@ -102,10 +102,10 @@ def conv_algorithm(spec):
 def _blocks(spec, itemsize):
     """The GEMM blocks ``(n0, nb, oy0, bh)``: output rows ``oy0 .. oy0+bh`` of samples ``n0 .. n0+nb``.
 
-    As many samples are merged as fit ``MAX_COLUMN_BYTES``: fewer, wider GEMMs, and fewer hand-overs
-    between Numba's threads and BLAS's. A 1x1 conv merges only small images (merging copies the input it
-    otherwise reads in place). A sample whose columns exceed the limit is cut into bands of rows.
-    Blocks are balanced in size.
+    As many samples are merged as fit ``MERGE_BYTES``: fewer, wider GEMMs, and fewer hand-overs between
+    Numba's threads and BLAS's. A 1x1 conv merges only small images (merging copies the input it
+    otherwise reads in place). A sample whose columns exceed ``MAX_COLUMN_BYTES`` is cut into bands of
+    rows. Blocks are balanced in size.
     """
     n, oh, ow = spec.n, spec.oh, spec.ow
     row_bytes = spec.c_in * spec.kh * spec.kw * ow * itemsize
@@ -113,8 +113,8 @@ def _blocks(spec, itemsize):
         bh = max(1, MAX_COLUMN_BYTES // row_bytes)
         bh = -(-oh // -(-oh // bh))
         return [(m, 1, oy0, min(bh, oh - oy0)) for m in range(n) for oy0 in range(0, oh, bh)]
-    merge = MERGE_SAMPLES and (not _is_pointwise(spec) or oh * ow < POINTWISE_MERGE_BELOW)
-    nb = max(1, min(n, MAX_COLUMN_BYTES // (row_bytes * oh))) if merge else 1
+    merge = not _is_pointwise(spec) or oh * ow < POINTWISE_MERGE_BELOW
+    nb = max(1, min(n, MERGE_BYTES // (row_bytes * oh))) if merge else 1
     nb = -(-n // -(-n // nb)) if n else 1
     return [(n0, min(nb, n - n0), 0, oh) for n0 in range(0, n, nb)]
 
