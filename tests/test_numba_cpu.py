@@ -61,6 +61,19 @@ def test_forced_algorithm_matches_reference(algorithm, case, seed):
     _check_conv(_conv_spec(case), case["dtype"], algorithm, seed)
 
 
+@pytest.mark.parametrize("algorithm", nb.ALGORITHMS)
+@settings(max_examples=15, deadline=None)
+@given(case=st.one_of(cases.conv_transpose_cases(2), cases.conv_transpose_cases(1)), seed=st.integers(0, 2**16))
+def test_forced_algorithm_transposed_geometry(algorithm, case, seed):
+    """The convolutions behind transposed ones: input rows no window reaches (output_padding)."""
+    dims = case["dims"]
+    spec = shapes.conv_transpose_spec((case["n"], case["c_in"]) + case["size"],
+                                      (case["c_in"], case["c_out"] // case["groups"]) + case["kernel"], None,
+                                      case["stride"], case["padding"], case["output_padding"], case["groups"],
+                                      case["dilation"], dims)
+    _check_conv(spec, case["dtype"], algorithm, seed)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_gemm_chunking(chunking, dtype):
     """Columns of one sample per GEMM and of several samples side by side, with groups and padding."""
