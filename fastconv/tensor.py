@@ -208,7 +208,7 @@ class Tensor:
                         continue
                     key = id(parent)
                     grads[key] = pg if key not in grads else grads[key] + pg
-            node._parents, node._backward = (), None  # free the graph as we go
+            node._parents, node._backward = (), _freed  # free the graph as we go
 
     # ------------------------------------------------------------------ arithmetic
     def _other(self, other):
@@ -359,6 +359,11 @@ class Tensor:
             np.add.at(full, index, g) if xp is np else xp.add_at(full, index, g)
             return (full,)
         return make(self.data[index], (self,), backward)
+
+
+def _freed(g):
+    raise RuntimeError("backward through a graph a second time: its intermediate results were freed by "
+                       "the first backward(); recompute the forward pass")
 
 
 def _axes(axis, ndim):

@@ -260,3 +260,11 @@ def test_array_on_the_left_defers_to_the_tensor():
         assert isinstance(out, Tensor) and out.requires_grad
     sum(o.sum() for o in outs).backward()
     np.testing.assert_allclose(x.grad, 1 - 1 + a - a / x.numpy() ** 2 - 1, rtol=1e-14)
+
+
+def test_second_backward_through_a_freed_graph_raises():
+    x = fc.tensor(np.arange(3.0), requires_grad=True)
+    y = (x * x).sum()
+    y.backward()
+    with pytest.raises(RuntimeError, match="second time"):
+        y.backward()
