@@ -3,7 +3,7 @@
 The backend-vs-reference sweep over random cases lives in test_backends.py."""
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fastconv import shapes
@@ -59,6 +59,13 @@ def chunking(request, monkeypatch):
 def test_forced_algorithm_matches_reference(algorithm, case, seed):
     """Random small cases (where the automatic choice is mostly "direct"), each algorithm forced."""
     _check_conv(_conv_spec(case), case["dtype"], algorithm, seed)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=st.one_of(cases.conv_cases(2), cases.conv_cases(1)), seed=st.integers(0, 2**16))
+def test_gemm_blocks_on_random_cases(chunking, case, seed):
+    """GEMM over one sample at a time or over bands of rows (merged is the default on these sizes)."""
+    _check_conv(_conv_spec(case), case["dtype"], "gemm", seed)
 
 
 @pytest.mark.parametrize("algorithm", nb.ALGORITHMS)
