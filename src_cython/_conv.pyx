@@ -44,7 +44,7 @@ cdef void forward_plane(const real* x, const real* w, const real* b, real* y, re
     cdef const real* wo = w + oc * g.taps
     cdef real* yp = y + (n * g.c_out + oc) * g.ohw
     cdef real bias = b[oc] if b != NULL else <real>0
-    cdef Py_ssize_t c, i, j, oy
+    cdef Py_ssize_t c, i, j
     cdef Tap t
     cdef Wide v
     cdef real* xpad
@@ -52,28 +52,27 @@ cdef void forward_plane(const real* x, const real* w, const real* b, real* y, re
     if use_wide(g):
         v = make_wide(g)
         xpad, ywide = ws, ws + v.hp * v.wp
-        row_fill(ywide, bias, v.span)
+        fill(ywide, bias, v.span)
         for c in range(g.cig):
             pad_plane(xg + c * g.hw, xpad, g.h, g.w, v.hp, v.wp, g.pt, g.pl)
             for i in range(g.kh):
                 for j in range(g.kw):
-                    row_gather_axpy(ywide, xpad + wide_shift(g, &v, i, j), wo[(c * g.kh + i) * g.kw + j],
-                                    v.span, 1)
+                    blk_axpy(ywide, 0, xpad + wide_shift(g, &v, i, j), 0, wo[(c * g.kh + i) * g.kw + j],
+                             1, v.span, 1)
         crop_plane(ywide, yp, g.oh, g.ow, v.wp, 0, 0)
         return
-    row_fill(yp, bias, g.ohw)
+    fill(yp, bias, g.ohw)
     for c in range(g.cig):
         for i in range(g.kh):
             for j in range(g.kw):
                 t = make_tap(g, i, j)
-                for oy in range(t.oy0, t.oy1):
-                    row_gather_axpy(yp + oy * g.ow + t.ox0, xg + c * g.hw + tap_in(g, &t, oy),
-                                    wo[(c * g.kh + i) * g.kw + j], t.ox1 - t.ox0, g.sw)
+                blk_axpy(yp + tap_out(g, &t, t.oy0), g.ow, xg + c * g.hw + tap_in(g, &t, t.oy0), g.sh * g.w,
+                         wo[(c * g.kh + i) * g.kw + j], t.oy1 - t.oy0, t.ox1 - t.ox0, g.sw)
 
 
 cdef void grad_input_plane(const real* gy, const real* w, real* gx, real* ws, Geo* g, Py_ssize_t n,
                            Py_ssize_t ic) noexcept nogil:
-    cdef Py_ssize_t grp = ic // g.cig, c = ic % g.cig, o, oc, i, j, oy
+    cdef Py_ssize_t grp = ic // g.cig, c = ic % g.cig, o, oc, i, j
     cdef real* gxp = gx + (n * g.c_in + ic) * g.hw
     cdef const real* gyp
     cdef const real* wc
@@ -85,25 +84,23 @@ cdef void grad_input_plane(const real* gy, const real* w, real* gx, real* ws, Ge
     if wide:
         v = make_wide(g)
         xpad, ywide = ws, ws + v.hp * v.wp
-        row_fill(xpad, <real>0, v.hp * v.wp)
+        fill(xpad, <real>0, v.hp * v.wp)
     else:
-        row_fill(gxp, <real>0, g.hw)
+        fill(gxp, <real>0, g.hw)
     for o in range(g.cog):
         oc = grp * g.cog + o
         gyp = gy + (n * g.c_out + oc) * g.ohw
         wc = w + oc * g.taps + c * g.kh * g.kw
         if wide:  # the adjoint of the wide forward: junk columns of the wide gradient are zero
             pad_plane(gyp, ywide, g.oh, g.ow, g.oh, v.wp, 0, 0)
-            for i in range(g.kh):
-                for j in range(g.kw):
-                    row_scatter_axpy(xpad + wide_shift(g, &v, i, j), ywide, wc[i * g.kw + j], v.span, 1)
-            continue
         for i in range(g.kh):
             for j in range(g.kw):
+                if wide:
+                    blk_scatter(xpad + wide_shift(g, &v, i, j), 0, ywide, 0, wc[i * g.kw + j], 1, v.span, 1)
+                    continue
                 t = make_tap(g, i, j)
-                for oy in range(t.oy0, t.oy1):
-                    row_scatter_axpy(gxp + tap_in(g, &t, oy), gyp + oy * g.ow + t.ox0, wc[i * g.kw + j],
-                                     t.ox1 - t.ox0, g.sw)
+                blk_scatter(gxp + tap_in(g, &t, t.oy0), g.sh * g.w, gyp + tap_out(g, &t, t.oy0), g.ow,
+                            wc[i * g.kw + j], t.oy1 - t.oy0, t.ox1 - t.ox0, g.sw)
     if wide:
         crop_plane(xpad, gxp, g.h, g.w, v.wp, g.pt, g.pl)
 
@@ -112,7 +109,7 @@ cdef void grad_weight_plane(const real* gy, const real* x, real* gw, double* acc
                             Py_ssize_t oc, Py_ssize_t c) noexcept nogil:
     """``gw[oc, c]``, summed over the batch in ``acc`` (``kh * kw`` doubles: float32 sums over the whole
     batch keep their precision); a sample's planes stay in cache while all taps read them."""
-    cdef Py_ssize_t ic = (oc // g.cog) * g.cig + c, n, i, j, oy
+    cdef Py_ssize_t ic = (oc // g.cog) * g.cig + c, n, i, j
     cdef const real* gyp
     cdef const real* xp
     cdef Tap t
@@ -134,12 +131,11 @@ cdef void grad_weight_plane(const real* gy, const real* x, real* gw, double* acc
         for i in range(g.kh):
             for j in range(g.kw):
                 if wide:
-                    acc[i * g.kw + j] += row_dot(ywide, xpad + wide_shift(g, &v, i, j), v.span, 1)
+                    acc[i * g.kw + j] += blk_dot(ywide, 0, xpad + wide_shift(g, &v, i, j), 0, 1, v.span, 1)
                     continue
                 t = make_tap(g, i, j)
-                for oy in range(t.oy0, t.oy1):
-                    acc[i * g.kw + j] += row_dot(gyp + oy * g.ow + t.ox0, xp + tap_in(g, &t, oy),
-                                                 t.ox1 - t.ox0, g.sw)
+                acc[i * g.kw + j] += blk_dot(gyp + tap_out(g, &t, t.oy0), g.ow, xp + tap_in(g, &t, t.oy0),
+                                             g.sh * g.w, t.oy1 - t.oy0, t.ox1 - t.ox0, g.sw)
     for i in range(g.kh * g.kw):
         gw[(oc * g.cig + c) * g.kh * g.kw + i] = <real>acc[i]
 

@@ -50,48 +50,46 @@ cdef inline void gemm(char ta, char tb, int m, int n, int k, const real* a, int 
 
 
 # -------------------------------------------------------------------------- im2col / col2im
+cdef inline (Py_ssize_t, Py_ssize_t) clip_rows(Tap* t, Py_ssize_t oy0, Py_ssize_t oy1) noexcept nogil:
+    """The tap's valid output rows within the tile ``[oy0, oy1)``."""
+    cdef Py_ssize_t a = min(max(t.oy0, oy0), oy1)
+    return a, max(min(t.oy1, oy1), a)
+
+
 cdef void im2col_tile(const real* xg, real* cols, Geo* g, Py_ssize_t channels, Py_ssize_t oy0,
                       Py_ssize_t oy1) noexcept nogil:
     """Unfold output rows ``[oy0, oy1)`` of ``channels`` planes starting at ``xg`` into
     ``cols[(c, i, j), (oy - oy0) * ow + ox]``."""
     cdef Py_ssize_t p = (oy1 - oy0) * g.ow
-    cdef Py_ssize_t c, i, j, oy
+    cdef Py_ssize_t c, i, j, ya, yb
     cdef Tap t
-    cdef const real* xc
     cdef real* dst
     for c in range(channels):
-        xc = xg + c * g.hw
         for i in range(g.kh):
             for j in range(g.kw):
                 t = make_tap(g, i, j)
+                ya, yb = clip_rows(&t, oy0, oy1)
                 dst = cols + ((c * g.kh + i) * g.kw + j) * p
-                for oy in range(oy0, oy1):
-                    if oy < t.oy0 or oy >= t.oy1:
-                        row_fill(dst, <real>0, g.ow)
-                    else:
-                        row_fill(dst, <real>0, t.ox0)
-                        row_gather(dst + t.ox0, xc + tap_in(g, &t, oy), t.ox1 - t.ox0, g.sw)
-                        row_fill(dst + t.ox1, <real>0, g.ow - t.ox1)
-                    dst += g.ow
+                fill(dst, <real>0, (ya - oy0) * g.ow)
+                blk_copy(dst + (ya - oy0) * g.ow, g.ow, xg + c * g.hw + tap_in(g, &t, ya), g.sh * g.w,
+                         yb - ya, t.ox0, t.ox1, g.ow, g.sw)
+                fill(dst + (yb - oy0) * g.ow, <real>0, (oy1 - yb) * g.ow)
 
 
 cdef void col2im_tile(const real* cols, real* xg, Geo* g, Py_ssize_t channels, Py_ssize_t oy0,
                       Py_ssize_t oy1) noexcept nogil:
     """Adjoint of :func:`im2col_tile`: add the columns back into the planes at ``xg``."""
     cdef Py_ssize_t p = (oy1 - oy0) * g.ow
-    cdef Py_ssize_t c, i, j, oy
+    cdef Py_ssize_t c, i, j, ya, yb
     cdef Tap t
-    cdef real* xc
-    cdef const real* src
     for c in range(channels):
-        xc = xg + c * g.hw
         for i in range(g.kh):
             for j in range(g.kw):
                 t = make_tap(g, i, j)
-                src = cols + ((c * g.kh + i) * g.kw + j) * p
-                for oy in range(max(t.oy0, oy0), min(t.oy1, oy1)):
-                    row_scatter_axpy(xc + tap_in(g, &t, oy), src + (oy - oy0) * g.ow + t.ox0, <real>1,
-                                     t.ox1 - t.ox0, g.sw)
+                ya, yb = clip_rows(&t, oy0, oy1)
+                blk_scatter(xg + c * g.hw + tap_in(g, &t, ya), g.sh * g.w,
+                            cols + ((c * g.kh + i) * g.kw + j) * p + (ya - oy0) * g.ow + t.ox0, g.ow,
+                            <real>1, yb - ya, t.ox1 - t.ox0, g.sw)
 
 
 def im2col(const real[:, :, :, ::1] x, real[:, :, :, :, :, ::1] cols,
@@ -139,7 +137,7 @@ cdef void forward_tile(const real* x, const real* w, const real* b, real* y, rea
         im2col_tile(xg, ws, g, g.cig, oy0, oy1)
     if b != NULL:
         for o in range(g.cog):
-            row_fill(yt + o * g.ohw, b[grp * g.cog + o], p)
+            fill(yt + o * g.ohw, b[grp * g.cog + o], p)
     # column-major: Y^T (p x cog) = cols^T (p x taps) @ W_g^T (taps x cog)
     gemm(c'N', c'N', <int>p, <int>g.cog, <int>g.taps, cols, <int>ld, w + grp * g.cog * g.taps,
          <int>g.taps, <real>(1 if b != NULL else 0), yt, <int>g.ohw)

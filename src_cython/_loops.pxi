@@ -3,8 +3,10 @@
 #
 # ``Geo`` mirrors the fields of fastconv.shapes.ConvSpec / PoolSpec. Every kernel walks the same nest:
 # for each kernel tap (i, j) (``make_tap``), input pixel ``(oy*sh - pt + i*dh, ox*sw - pl + j*dw)`` feeds
-# output ``(oy, ox)``; the tap holds the outputs for which that pixel lies inside the input, so no kernel
-# tests bounds per pixel, and the ``row_*`` helpers are the inner loops over one output row.
+# output ``(oy, ox)``; the tap holds the block of outputs for which that pixel lies inside the input, so
+# no kernel tests bounds per pixel, and one ``blk_*`` call does the tap's work over its whole block.
+
+from libc.stdint cimport int64_t
 
 ctypedef fused real:
     float
@@ -69,91 +71,151 @@ cdef inline Py_ssize_t tap_in(Geo* g, Tap* t, Py_ssize_t oy) noexcept nogil:
     return oy * g.sh * g.w + t.ox0 * g.sw + t.shift
 
 
-# ------------------------------------------------------------------ inner loops over one row
-# Written in C so that their pointers are ``restrict`` and they stay out of line: inlined into the
-# large OpenMP-outlined kernels (built with -fno-strict-aliasing), their loops would reload pointers
-# and spill registers on every element. The dot product keeps 16 partial sums so that it vectorises.
+cdef inline Py_ssize_t tap_out(Geo* g, Tap* t, Py_ssize_t oy) noexcept nogil:
+    """Plane offset of output ``(oy, t.ox0)``."""
+    return oy * g.ow + t.ox0
+
+
+# ------------------------------------------------------------------------ block loops
+# The inner loops: one call covers a block of ``rows`` rows of ``n`` elements; ``ys``/``xs`` are the row
+# strides, ``sx`` the element stride on the strided (input) side. Written in C so that their pointers
+# are ``restrict`` and they stay out of line: inlined into the large OpenMP-outlined kernels (built with
+# -fno-strict-aliasing), their loops would reload pointers and spill registers on every element.
+# GCC on x86-64 Linux also clones them for AVX2 and AVX-512, picked at load time. The dot product keeps
+# 16 partial sums so that it vectorises; copies stay loops (short rows would pay for memcpy calls).
 cdef extern from *:
     """
     #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-    #define FC_ROW static __attribute__((noinline, target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+    #define FC_BLK static __attribute__((noinline, \
+        target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), \
+        optimize("no-tree-loop-distribute-patterns")))
     #elif defined(__GNUC__)
-    #define FC_ROW static __attribute__((noinline))
+    #define FC_BLK static __attribute__((noinline))
     #else
-    #define FC_ROW static
+    #define FC_BLK static
     #endif
-    #define FC_ROW_OPS(T, S) \
-    FC_ROW void fc_gather_axpy_##S(T *restrict y, const T *restrict x, T a, Py_ssize_t n, Py_ssize_t sx) { \
-        if (sx == 1) { for (Py_ssize_t k = 0; k < n; k++) y[k] += a * x[k]; } \
-        else { for (Py_ssize_t k = 0; k < n; k++) y[k] += a * x[k * sx]; } } \
-    FC_ROW void fc_scatter_axpy_##S(T *restrict x, const T *restrict y, T a, Py_ssize_t n, Py_ssize_t sx) { \
-        if (sx == 1) { for (Py_ssize_t k = 0; k < n; k++) x[k] += a * y[k]; } \
-        else { for (Py_ssize_t k = 0; k < n; k++) x[k * sx] += a * y[k]; } } \
-    FC_ROW T fc_dot_##S(const T *restrict y, const T *restrict x, Py_ssize_t n, Py_ssize_t sx) { \
-        T part[16] = {0}, acc = 0; Py_ssize_t k = 0; \
-        if (sx == 1) { for (; k + 16 <= n; k += 16) for (int l = 0; l < 16; l++) part[l] += y[k + l] * x[k + l]; } \
-        for (; k < n; k++) acc += y[k] * x[k * sx]; \
-        for (int l = 0; l < 16; l++) acc += part[l]; \
-        return acc; } \
-    FC_ROW void fc_gather_##S(T *restrict y, const T *restrict x, Py_ssize_t n, Py_ssize_t sx) { \
-        if (sx == 1) { for (Py_ssize_t k = 0; k < n; k++) y[k] = x[k]; } \
-        else { for (Py_ssize_t k = 0; k < n; k++) y[k] = x[k * sx]; } } \
-    FC_ROW void fc_fill_##S(T *restrict y, T v, Py_ssize_t n) { \
+    #define FC_ROWS for (Py_ssize_t r = 0; r < rows; r++, y += ys, x += xs)
+    #define FC_BLOCK_OPS(T, S) \
+    FC_BLK void fc_axpy_##S(T *restrict y, Py_ssize_t ys, const T *restrict x, Py_ssize_t xs, T a, \
+                            Py_ssize_t rows, Py_ssize_t n, Py_ssize_t sx) { \
+        if (sx == 1) { FC_ROWS for (Py_ssize_t k = 0; k < n; k++) y[k] += a * x[k]; } \
+        else { FC_ROWS for (Py_ssize_t k = 0; k < n; k++) y[k] += a * x[k * sx]; } } \
+    FC_BLK void fc_scatter_##S(T *restrict x, Py_ssize_t xs, const T *restrict y, Py_ssize_t ys, T a, \
+                               Py_ssize_t rows, Py_ssize_t n, Py_ssize_t sx) { \
+        if (sx == 1) { FC_ROWS for (Py_ssize_t k = 0; k < n; k++) x[k] += a * y[k]; } \
+        else { FC_ROWS for (Py_ssize_t k = 0; k < n; k++) x[k * sx] += a * y[k]; } } \
+    FC_BLK double fc_dot_##S(const T *restrict y, Py_ssize_t ys, const T *restrict x, Py_ssize_t xs, \
+                             Py_ssize_t rows, Py_ssize_t n, Py_ssize_t sx) { \
+        double total = 0; \
+        FC_ROWS { \
+            T part[16] = {0}, acc = 0; Py_ssize_t k = 0; \
+            if (sx == 1) { for (; k + 16 <= n; k += 16) for (int l = 0; l < 16; l++) part[l] += y[k + l] * x[k + l]; } \
+            for (; k < n; k++) acc += y[k] * x[k * sx]; \
+            for (int l = 0; l < 16; l++) acc += part[l]; \
+            total += acc; } \
+        return total; } \
+    FC_BLK void fc_copy_##S(T *restrict y, Py_ssize_t ys, const T *restrict x, Py_ssize_t xs, Py_ssize_t rows, \
+                            Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t width, Py_ssize_t sx) { \
+        FC_ROWS { \
+            for (Py_ssize_t k = 0; k < lo; k++) y[k] = 0; \
+            if (sx == 1) { for (Py_ssize_t k = 0; k < hi - lo; k++) y[lo + k] = x[k]; } \
+            else { for (Py_ssize_t k = 0; k < hi - lo; k++) y[lo + k] = x[k * sx]; } \
+            for (Py_ssize_t k = hi; k < width; k++) y[k] = 0; } } \
+    FC_BLK void fc_max_##S(T *restrict y, int64_t *restrict idx, Py_ssize_t ys, const T *restrict x, \
+                           Py_ssize_t start, Py_ssize_t xs, Py_ssize_t rows, Py_ssize_t n, Py_ssize_t sx) { \
+        for (Py_ssize_t r = 0; r < rows; r++, y += ys, idx += ys, start += xs) \
+            for (Py_ssize_t k = 0; k < n; k++) { \
+                Py_ssize_t off = start + k * sx; T v = x[off], best = y[k]; \
+                if (idx[k] < 0 || v > best || (v != v && best == best)) { y[k] = v; idx[k] = off; } } } \
+    FC_BLK void fc_fill_##S(T *restrict y, T v, Py_ssize_t n) { \
         for (Py_ssize_t k = 0; k < n; k++) y[k] = v; }
-    FC_ROW_OPS(float, f)
-    FC_ROW_OPS(double, d)
+    FC_BLOCK_OPS(float, f)
+    FC_BLOCK_OPS(double, d)
     """
-    void fc_gather_axpy_f(float*, const float*, float, Py_ssize_t, Py_ssize_t) noexcept nogil
-    void fc_gather_axpy_d(double*, const double*, double, Py_ssize_t, Py_ssize_t) noexcept nogil
-    void fc_scatter_axpy_f(float*, const float*, float, Py_ssize_t, Py_ssize_t) noexcept nogil
-    void fc_scatter_axpy_d(double*, const double*, double, Py_ssize_t, Py_ssize_t) noexcept nogil
-    float fc_dot_f(const float*, const float*, Py_ssize_t, Py_ssize_t) noexcept nogil
-    double fc_dot_d(const double*, const double*, Py_ssize_t, Py_ssize_t) noexcept nogil
-    void fc_gather_f(float*, const float*, Py_ssize_t, Py_ssize_t) noexcept nogil
-    void fc_gather_d(double*, const double*, Py_ssize_t, Py_ssize_t) noexcept nogil
+    void fc_axpy_f(float*, Py_ssize_t, const float*, Py_ssize_t, float, Py_ssize_t, Py_ssize_t,
+                   Py_ssize_t) noexcept nogil
+    void fc_axpy_d(double*, Py_ssize_t, const double*, Py_ssize_t, double, Py_ssize_t, Py_ssize_t,
+                   Py_ssize_t) noexcept nogil
+    void fc_scatter_f(float*, Py_ssize_t, const float*, Py_ssize_t, float, Py_ssize_t, Py_ssize_t,
+                      Py_ssize_t) noexcept nogil
+    void fc_scatter_d(double*, Py_ssize_t, const double*, Py_ssize_t, double, Py_ssize_t, Py_ssize_t,
+                      Py_ssize_t) noexcept nogil
+    double fc_dot_f(const float*, Py_ssize_t, const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                    Py_ssize_t) noexcept nogil
+    double fc_dot_d(const double*, Py_ssize_t, const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                    Py_ssize_t) noexcept nogil
+    void fc_copy_f(float*, Py_ssize_t, const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                   Py_ssize_t, Py_ssize_t) noexcept nogil
+    void fc_copy_d(double*, Py_ssize_t, const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                   Py_ssize_t, Py_ssize_t) noexcept nogil
+    void fc_max_f(float*, int64_t*, Py_ssize_t, const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                  Py_ssize_t, Py_ssize_t) noexcept nogil
+    void fc_max_d(double*, int64_t*, Py_ssize_t, const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                  Py_ssize_t, Py_ssize_t) noexcept nogil
     void fc_fill_f(float*, float, Py_ssize_t) noexcept nogil
     void fc_fill_d(double*, double, Py_ssize_t) noexcept nogil
 
 
-cdef inline void row_gather_axpy(real* y, const real* x, real a, Py_ssize_t n,
-                                 Py_ssize_t sx) noexcept nogil:
-    """``y[k] += a * x[k*sx]``: a tap's contribution to an output row (forward)."""
+cdef inline void blk_axpy(real* y, Py_ssize_t ys, const real* x, Py_ssize_t xs, real a, Py_ssize_t rows,
+                          Py_ssize_t n, Py_ssize_t sx) noexcept nogil:
+    """``y[r*ys + k] += a * x[r*xs + k*sx]``: a tap's contribution to its output block (forward)."""
+    if rows > 0 and n > 0:
+        if real is float:
+            fc_axpy_f(y, ys, x, xs, a, rows, n, sx)
+        else:
+            fc_axpy_d(y, ys, x, xs, a, rows, n, sx)
+
+
+cdef inline void blk_scatter(real* x, Py_ssize_t xs, const real* y, Py_ssize_t ys, real a,
+                             Py_ssize_t rows, Py_ssize_t n, Py_ssize_t sx) noexcept nogil:
+    """``x[r*xs + k*sx] += a * y[r*ys + k]``: the adjoint of :func:`blk_axpy` (input gradient)."""
+    if rows > 0 and n > 0:
+        if real is float:
+            fc_scatter_f(x, xs, y, ys, a, rows, n, sx)
+        else:
+            fc_scatter_d(x, xs, y, ys, a, rows, n, sx)
+
+
+cdef inline double blk_dot(const real* y, Py_ssize_t ys, const real* x, Py_ssize_t xs, Py_ssize_t rows,
+                           Py_ssize_t n, Py_ssize_t sx) noexcept nogil:
+    """``sum y[r*ys + k] * x[r*xs + k*sx]`` (weight gradient), summed over rows in double."""
+    if rows <= 0 or n <= 0:
+        return 0
     if real is float:
-        fc_gather_axpy_f(y, x, a, n, sx)
+        return fc_dot_f(y, ys, x, xs, rows, n, sx)
     else:
-        fc_gather_axpy_d(y, x, a, n, sx)
+        return fc_dot_d(y, ys, x, xs, rows, n, sx)
 
 
-cdef inline void row_scatter_axpy(real* x, const real* y, real a, Py_ssize_t n,
-                                  Py_ssize_t sx) noexcept nogil:
-    """``x[k*sx] += a * y[k]``: the adjoint of :func:`row_gather_axpy` (input gradient)."""
-    if real is float:
-        fc_scatter_axpy_f(x, y, a, n, sx)
-    else:
-        fc_scatter_axpy_d(x, y, a, n, sx)
+cdef inline void blk_copy(real* y, Py_ssize_t ys, const real* x, Py_ssize_t xs, Py_ssize_t rows,
+                          Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t width, Py_ssize_t sx) noexcept nogil:
+    """Rows of ``width``: ``y[r*ys + lo + k] = x[r*xs + k*sx]`` for ``lo + k < hi``, zeros around
+    (im2col, padding and cropping planes)."""
+    if rows > 0:
+        if real is float:
+            fc_copy_f(y, ys, x, xs, rows, lo, hi, width, sx)
+        else:
+            fc_copy_d(y, ys, x, xs, rows, lo, hi, width, sx)
 
 
-cdef inline real row_dot(const real* y, const real* x, Py_ssize_t n, Py_ssize_t sx) noexcept nogil:
-    """``sum_k y[k] * x[k*sx]`` (weight gradient)."""
-    if real is float:
-        return fc_dot_f(y, x, n, sx)
-    else:
-        return fc_dot_d(y, x, n, sx)
+cdef inline void blk_max(real* y, int64_t* idx, Py_ssize_t ys, const real* xp, Py_ssize_t start,
+                         Py_ssize_t xs, Py_ssize_t rows, Py_ssize_t n, Py_ssize_t sx) noexcept nogil:
+    """Running max over a block: ``xp`` is the input plane, row r element k reads offset
+    ``start + r*xs + k*sx``. The first maximum in visiting order wins, a NaN beats any number (as
+    ``numpy.argmax``); ``idx < 0`` marks an output no tap reached yet."""
+    if rows > 0 and n > 0:
+        if real is float:
+            fc_max_f(y, idx, ys, xp, start, xs, rows, n, sx)
+        else:
+            fc_max_d(y, idx, ys, xp, start, xs, rows, n, sx)
 
 
-cdef inline void row_gather(real* y, const real* x, Py_ssize_t n, Py_ssize_t sx) noexcept nogil:
-    """``y[k] = x[k*sx]`` (im2col)."""
-    if real is float:
-        fc_gather_f(y, x, n, sx)
-    else:
-        fc_gather_d(y, x, n, sx)
-
-
-cdef inline void row_fill(real* y, real v, Py_ssize_t n) noexcept nogil:
-    if real is float:
-        fc_fill_f(y, v, n)
-    else:
-        fc_fill_d(y, v, n)
+cdef inline void fill(real* y, real v, Py_ssize_t n) noexcept nogil:
+    if n > 0:
+        if real is float:
+            fc_fill_f(y, v, n)
+        else:
+            fc_fill_d(y, v, n)
 
 
 # ------------------------------------------------------------------------ padded planes
@@ -163,20 +225,12 @@ cdef inline void row_fill(real* y, real v, Py_ssize_t n) noexcept nogil:
 cdef inline void pad_plane(const real* src, real* dst, Py_ssize_t h, Py_ssize_t w, Py_ssize_t hp,
                            Py_ssize_t wp, Py_ssize_t top, Py_ssize_t left) noexcept nogil:
     """``dst (hp x wp)``: ``src (h x w)`` placed at ``(top, left)``, zeros around it."""
-    cdef Py_ssize_t r
-    cdef real* d
-    row_fill(dst, <real>0, top * wp)
-    for r in range(h):
-        d = dst + (top + r) * wp
-        row_fill(d, <real>0, left)
-        row_gather(d + left, src + r * w, w, 1)
-        row_fill(d + left + w, <real>0, wp - left - w)
-    row_fill(dst + (top + h) * wp, <real>0, (hp - top - h) * wp)
+    fill(dst, <real>0, top * wp)
+    blk_copy(dst + top * wp, wp, src, w, h, left, left + w, wp, 1)
+    fill(dst + (top + h) * wp, <real>0, (hp - top - h) * wp)
 
 
 cdef inline void crop_plane(const real* src, real* dst, Py_ssize_t h, Py_ssize_t w, Py_ssize_t wp,
                             Py_ssize_t top, Py_ssize_t left) noexcept nogil:
     """``dst (h x w)`` = the block of ``src`` (rows of ``wp``) at ``(top, left)``."""
-    cdef Py_ssize_t r
-    for r in range(h):
-        row_gather(dst + r * w, src + (top + r) * wp + left, w, 1)
+    blk_copy(dst, w, src + top * wp + left, wp, h, 0, w, w, 1)

@@ -7,24 +7,8 @@ same taps (average) or through the recorded flat indices (max).
 """
 from cython.parallel cimport parallel, prange, threadid
 from libc.math cimport INFINITY
-from libc.stdint cimport int64_t
 
 include "_loops.pxi"
-
-
-cdef inline void row_max(real* y, int64_t* idx, const real* xp, Py_ssize_t start, Py_ssize_t n,
-                         Py_ssize_t sx) noexcept nogil:
-    """Running max over one output row; ``xp`` is the input plane, ``start`` the offset output k=0
-    reads. The first maximum in window order wins, a NaN beats any number (as ``numpy.argmax``)."""
-    cdef Py_ssize_t k, off
-    cdef real v, best
-    for k in range(n):
-        off = start + k * sx
-        v = xp[off]
-        best = y[k]
-        if idx[k] < 0 or v > best or (v != v and best == best):
-            y[k] = v
-            idx[k] = off
 
 
 cdef inline Py_ssize_t window_count(Py_ssize_t o, Py_ssize_t stride, Py_ssize_t pad, Py_ssize_t k,
@@ -50,26 +34,23 @@ cdef void scale_by_divisor(const real* src, real* dst, Geo* g, bint include_pad)
 
 def max_pool2d(const real[:, :, :, ::1] x, real[:, :, :, ::1] y, int64_t[:, :, :, ::1] idx, tuple geo):
     cdef Geo g = make_geo(geo)
-    cdef Py_ssize_t p, i, j, oy
+    cdef Py_ssize_t p, i, j
     cdef Tap t
-    cdef const real* xp
     cdef real* yp
     cdef int64_t* ip
     if y.size == 0:
         return
     for p in prange(g.n * g.c_in, nogil=True, schedule="static"):
-        xp = &x[0, 0, 0, 0] + p * g.hw
         yp = &y[0, 0, 0, 0] + p * g.ohw
         ip = &idx[0, 0, 0, 0] + p * g.ohw
-        row_fill(yp, <real>-INFINITY, g.ohw)
+        fill(yp, <real>-INFINITY, g.ohw)
         for i in range(g.ohw):
             ip[i] = -1
         for i in range(g.kh):
             for j in range(g.kw):
                 t = make_tap(&g, i, j)
-                for oy in range(t.oy0, t.oy1):
-                    row_max(yp + oy * g.ow + t.ox0, ip + oy * g.ow + t.ox0, xp, tap_in(&g, &t, oy),
-                            t.ox1 - t.ox0, g.sw)
+                blk_max(yp + tap_out(&g, &t, t.oy0), ip + tap_out(&g, &t, t.oy0), g.ow, &x[0, 0, 0, 0] + p * g.hw,
+                        tap_in(&g, &t, t.oy0), g.sh * g.w, t.oy1 - t.oy0, t.ox1 - t.ox0, g.sw)
 
 
 def max_pool2d_grad(const real[:, :, :, ::1] gy, const int64_t[:, :, :, ::1] idx,
@@ -86,14 +67,14 @@ def max_pool2d_grad(const real[:, :, :, ::1] gy, const int64_t[:, :, :, ::1] idx
         gxp = &gx[0, 0, 0, 0] + p * hw
         gyp = &gy[0, 0, 0, 0] + p * ohw
         ip = &idx[0, 0, 0, 0] + p * ohw
-        row_fill(gxp, <real>0, hw)
+        fill(gxp, <real>0, hw)
         for k in range(ohw):
             gxp[ip[k]] += gyp[k]
 
 
 def avg_pool2d(const real[:, :, :, ::1] x, real[:, :, :, ::1] y, tuple geo, bint count_include_pad):
     cdef Geo g = make_geo(geo)
-    cdef Py_ssize_t p, i, j, oy
+    cdef Py_ssize_t p, i, j
     cdef Tap t
     cdef const real* xp
     cdef real* yp
@@ -102,13 +83,12 @@ def avg_pool2d(const real[:, :, :, ::1] x, real[:, :, :, ::1] y, tuple geo, bint
     for p in prange(g.n * g.c_in, nogil=True, schedule="static"):
         xp = &x[0, 0, 0, 0] + p * g.hw
         yp = &y[0, 0, 0, 0] + p * g.ohw
-        row_fill(yp, <real>0, g.ohw)
+        fill(yp, <real>0, g.ohw)
         for i in range(g.kh):
             for j in range(g.kw):
                 t = make_tap(&g, i, j)
-                for oy in range(t.oy0, t.oy1):
-                    row_gather_axpy(yp + oy * g.ow + t.ox0, xp + tap_in(&g, &t, oy), <real>1,
-                                    t.ox1 - t.ox0, g.sw)
+                blk_axpy(yp + tap_out(&g, &t, t.oy0), g.ow, xp + tap_in(&g, &t, t.oy0), g.sh * g.w, <real>1,
+                         t.oy1 - t.oy0, t.ox1 - t.ox0, g.sw)
         scale_by_divisor(yp, yp, &g, count_include_pad)
 
 
@@ -116,7 +96,7 @@ def avg_pool2d_grad(const real[:, :, :, ::1] gy, real[:, :, :, ::1] gx, real[:, 
                     bint count_include_pad):
     """``ws``: one output plane of scratch per thread (the divided gradient)."""
     cdef Geo g = make_geo(geo)
-    cdef Py_ssize_t p, i, j, oy
+    cdef Py_ssize_t p, i, j
     cdef Tap t
     cdef real* gxp
     cdef real* s
@@ -127,13 +107,12 @@ def avg_pool2d_grad(const real[:, :, :, ::1] gy, real[:, :, :, ::1] gx, real[:, 
             s = &ws[threadid(), 0]
             scale_by_divisor(&gy[0, 0, 0, 0] + p * g.ohw, s, &g, count_include_pad)
             gxp = &gx[0, 0, 0, 0] + p * g.hw
-            row_fill(gxp, <real>0, g.hw)
+            fill(gxp, <real>0, g.hw)
             for i in range(g.kh):
                 for j in range(g.kw):
                     t = make_tap(&g, i, j)
-                    for oy in range(t.oy0, t.oy1):
-                        row_scatter_axpy(gxp + tap_in(&g, &t, oy), s + oy * g.ow + t.ox0, <real>1,
-                                         t.ox1 - t.ox0, g.sw)
+                    blk_scatter(gxp + tap_in(&g, &t, t.oy0), g.sh * g.w, s + tap_out(&g, &t, t.oy0), g.ow,
+                                <real>1, t.oy1 - t.oy0, t.ox1 - t.ox0, g.sw)
 
 
 def max_unpool2d(const real[:, :, :, ::1] x, const int64_t[:, :, :, ::1] idx, real[:, :, :, ::1] y):
@@ -149,7 +128,7 @@ def max_unpool2d(const real[:, :, :, ::1] x, const int64_t[:, :, :, ::1] idx, re
         yp = &y[0, 0, 0, 0] + p * hw
         xp = &x[0, 0, 0, 0] + p * m
         ip = &idx[0, 0, 0, 0] + p * m
-        row_fill(yp, <real>0, hw)
+        fill(yp, <real>0, hw)
         for k in range(m):
             yp[ip[k]] = xp[k]
 
