@@ -243,7 +243,7 @@ def markdown(rows, summary, info):
 
 def machine_info(threads, set_to, gemm):
     import fastconv
-    info = {"cpu": _cpu_name(), "cores": os.cpu_count(), "threads": threads, "threads_set": set_to,
+    info = {"cpu": common.cpu_name(), "cores": os.cpu_count(), "threads": threads, "threads_set": set_to,
             "allocator": common.allocator(), "python": platform.python_version(),
             "numpy": np.__version__, "fastconv": fastconv.__version__, "gemm_gflops": gemm}
     try:
@@ -254,17 +254,6 @@ def machine_info(threads, set_to, gemm):
         import torch
         info["torch"] = torch.__version__
     return info
-
-
-def _cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 # ----------------------------------------------------------------------------------- main
@@ -285,12 +274,16 @@ def parse_args(argv):
     p.add_argument("--list", action="store_true", help="list the shapes and exit")
     args = p.parse_args(argv)
     fast = args.quick or args.tiny
-    args.repeat = args.repeat or (3 if fast else 7)
+    if args.repeat is None:
+        args.repeat = 3 if fast else 7
     args.min_time = args.min_time if args.min_time is not None else (0.0 if args.tiny else 0.005 if fast else 0.02)
-    args.gemm_size = args.gemm_size or (256 if args.tiny else 1024 if fast else 2048)
+    if args.gemm_size is None:
+        args.gemm_size = 256 if args.tiny else 1024 if fast else 2048
     for name in ("repeat", "threads", "gemm_size"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.min_time < 0:
+        p.error("--min-time must not be negative")
     table = common.TINY if args.tiny else common.FULL
     if args.shapes:
         wanted = [s.strip() for s in args.shapes.split(",") if s.strip()]
@@ -330,8 +323,9 @@ def choose_impls(requested, out):
     return impls
 
 
-def compare(args, out=sys.stdout):
+def compare(args, out=None):
     """Run the comparison that ``args`` describes; returns ``{"info", "rows", "summary"}``."""
+    out = out or sys.stdout
     set_to = common.set_threads(args.threads)
     impls = choose_impls(args.backends, out)
     gemm = gemm_rate(args.gemm_size)

@@ -275,6 +275,19 @@ def set_blas_threads(n):
     return None
 
 
+def cpu_name():
+    """The CPU's model name (Linux), else what ``platform`` knows."""
+    import platform
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def allocator():
     """Which malloc this process runs under: an LD_PRELOADed or linked jemalloc/tcmalloc/mimalloc, else glibc."""
     preload = os.environ.get("LD_PRELOAD", "")

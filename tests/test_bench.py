@@ -1,0 +1,211 @@
+"""Smoke tests of the benchmark tooling (bench/): the shape table, the runners, the timing and summary
+helpers, compare.py and compare_training.py on tiny settings, and the asv suites' wiring. They check that
+the tools run and report what they measured, never how fast anything is."""
+import importlib.util
+import json
+import math
+import os
+import sys
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(REPO, "bench")
+sys.path.insert(0, BENCH)
+
+from benchmarks import common  # noqa: E402
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", os.path.join(BENCH, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def compare():
+    return _load("compare")
+
+
+@pytest.fixture(scope="module")
+def compare_training():
+    return _load("compare_training")
+
+
+# ------------------------------------------------------------------------------ shape table
+def test_shape_table_is_valid_and_matches_the_spec():
+    from fastconv import shapes
+    assert len(common.SHAPES) == len(common.CONV2D + common.CONV1D + common.POOL + common.TINY)  # unique
+    for shape in common.SHAPES.values():
+        if shape.kind == "conv":
+            spec = shape.spec()
+            assert spec.c_in == shape.x[1] and shape.flops(True) == 3 * shape.flops(False) > 0
+        else:
+            shapes.pool_spec(shape.x, shape.kernel, shape.stride, dims=shape.dims)
+    vgg, resnet = common.SHAPES["vgg_3x3"], common.SHAPES["resnet_s2"]
+    assert vgg.spec().y_shape == (8, 64, 56, 56) and resnet.spec().y_shape == (8, 256, 14, 14)
+    assert common.SHAPES["depthwise"].spec().groups == 128
+    assert common.SHAPES["mnist1d_c1"].spec().y_shape == (100, 15, 1, 19)  # feeds mnist1d_c2's 19
+    assert set(common.LARGE) <= set(common.SHAPES)
+
+
+@pytest.mark.parametrize("name", ["tiny_3x3", "tiny_s2_dil", "tiny_1d", "tiny_maxpool", "tiny_avgpool"])
+def test_fastconv_runner_matches_torch(name):
+    torch = pytest.importorskip("torch")
+    shape = common.SHAPES[name]
+    ours, theirs = common.runner("numpy", shape, False)(), common.runner("torch", shape, False)()
+    np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-5, atol=1e-5)
+    # forward + backward runs repeatedly without accumulating gradients (grads are reset each call)
+    fn = common.runner("numpy", shape, True)
+    fn()
+    fn()
+    del torch
+
+
+# ----------------------------------------------------------------------------- helpers
+def test_time_interleaved_rotates_and_counts(compare):
+    order = []
+    calls = {name: (lambda name=name: order.append(name)) for name in "abc"}
+    samples = compare.time_interleaved(calls, repeat=3, min_time=0.0)
+    assert {k: len(v) for k, v in samples.items()} == {"a": 3, "b": 3, "c": 3}
+    timed = order[3:]  # the first three calls calibrate
+    assert timed == list("abc") + list("bca") + list("cab")
+    assert all(s >= 0 for v in samples.values() for s in v)
+
+
+def test_summary_geometric_means(compare):
+    rows = [{"shape": s, "kind": "conv", "dims": 2, "impl": "auto", "mode": m, "ratio": r}
+            for s, m, r in [("a", "fwd", 2.0), ("b", "fwd", 0.5), ("a", "fwd+bwd", 4.0), ("b", "fwd+bwd", 1.0)]]
+    rows.append({"shape": "p", "kind": "pool", "dims": 2, "impl": "auto", "mode": "fwd", "ratio": 3.0})
+    rows.append({"shape": "a", "kind": "conv", "dims": 2, "impl": "numba", "mode": "fwd", "error": "x"})
+    s = compare.summarize(rows)
+    assert math.isclose(s["auto"]["conv2d fwd"], 1.0) and math.isclose(s["auto"]["conv2d fwd+bwd"], 2.0)
+    assert s["auto"]["min conv2d"] == {"ratio": 0.5, "shape": "b", "mode": "fwd"}
+    assert math.isclose(s["auto"]["pool fwd"], 3.0) and s["auto"]["conv1d fwd"] is None
+    assert s["numba"]["conv2d fwd n"] == 0
+
+
+# ----------------------------------------------------------------------------- compare.py
+def test_compare_tiny_prints_the_table(compare, tmp_path, capsys):
+    pytest.importorskip("torch")
+    out = tmp_path / "r.json"
+    assert compare.main(["--tiny", "--shapes", "tiny_3x3,tiny_1d,tiny_maxpool", "--backends", "auto,numpy",
+                         "--repeat", "2", "--threads", "1", "--markdown", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "float32 GEMM" in text and "malloc" in text and "Summary" in text
+    assert "| tiny_3x3 | auto |" in text  # the Markdown table
+    result = json.loads(out.read_text())
+    assert result["info"]["threads"] == 1
+    rows = {(r["shape"], r["impl"], r["mode"]): r for r in result["rows"]}
+    assert len(rows) == 3 * 3 * 2  # shapes x (torch, auto, numpy) x (fwd, fwd+bwd)
+    for (shape, impl, mode), r in rows.items():
+        assert "error" not in r and r["ms"] > 0 and len(r["samples_ms"]) == 2
+        assert r["mismatch"] is None
+        assert (r["ratio"] is None) == (impl == "torch")
+    assert rows[("tiny_3x3", "auto", "fwd")]["pct_gemm"] is not None  # GEMM-bound shape
+    assert rows[("tiny_1d", "auto", "fwd")]["pct_gemm"] is None
+    assert result["summary"]["numpy"]["conv2d fwd"] > 0
+
+
+def test_compare_flags_wrong_results_and_failing_backends(compare, monkeypatch, capsys):
+    pytest.importorskip("torch")
+    real = common.runner
+
+    def broken(impl, shape, grad, **kw):
+        if impl == "numpy" and not grad:
+            fn = real(impl, shape, grad, **kw)
+            return lambda: fn() * 2.0  # a wrong kernel
+        if impl == "auto":
+            def fail():
+                raise NotImplementedError("no kernel for this geometry")
+            return fail
+        return real(impl, shape, grad, **kw)
+    monkeypatch.setattr(common, "runner", broken)
+    compare.main(["--tiny", "--shapes", "tiny_3x3", "--backends", "auto,numpy", "--repeat", "1"])
+    text = capsys.readouterr().out
+    assert "WARNING: numpy fwd output differs from torch" in text
+    assert "auto fwd not run: NotImplementedError: no kernel for this geometry" in text
+
+
+def test_compare_rejects_bad_arguments(compare):
+    with pytest.raises(SystemExit):
+        compare.main(["--shapes", "no_such_shape"])
+    with pytest.raises(SystemExit):
+        compare.main(["--tiny", "--backends", "no_such_backend"])
+    for bad in (["--repeat", "0"], ["--threads", "0"], ["--min-time", "-1"]):
+        with pytest.raises(SystemExit):
+            compare.main(["--tiny"] + bad)
+
+
+# -------------------------------------------------------------------- compare_training.py
+def test_torch_twin_has_the_same_weights_and_outputs():
+    torch = pytest.importorskip("torch")
+    import fastconv as fc
+    models = pytest.importorskip("fastconv.models")
+    for name, shape in (("lenet5", (2, 1, 32, 32)), ("paper", (3, 1, 40))):
+        model = models.create(name, backend="numpy")  # the structure is under test, not the kernels
+        twin = common.torch_twin(model)
+        x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+        with torch.no_grad():
+            expected = twin(torch.from_numpy(x)).numpy()
+        with fc.no_grad():
+            np.testing.assert_allclose(model(fc.tensor(x)).numpy(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_compare_training_mnist1d(compare_training, tmp_path, capsys):
+    pytest.importorskip("torch")
+    pytest.importorskip("fastconv.models")
+    assert compare_training.main(["--tasks", "mnist1d", "--steps", "3", "--warmup", "1", "--threads", "1",
+                                  "--runs", "fastconv cpu numpy,pytorch cpu", "--eval-limit", "100",
+                                  "--out", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert "| mnist1d | fastconv cpu numpy |" in text and "| mnist1d | pytorch cpu |" in text
+    assert (tmp_path / "training.md").exists()
+    rows = json.loads((tmp_path / "training.json").read_text())["rows"]
+    ours, ref = rows  # without "fastconv cpu auto", the first fastconv run is the baseline
+    assert ours["speedup"] == 1.0 and ref["speedup"] > 0 and ours["test_samples"] == 100
+    # same weights, same batches: the two libraries follow the same trajectory
+    assert math.isclose(ours["first_loss"], ref["first_loss"], rel_tol=1e-4)
+    assert math.isclose(ours["final_loss"], ref["final_loss"], rel_tol=1e-2)
+
+
+def test_compare_training_rejects_unknown_task(compare_training):
+    with pytest.raises(SystemExit):
+        compare_training.main(["--tasks", "cifar"])
+
+
+# ------------------------------------------------------------------------------------ asv
+def test_asv_config_and_suites_are_wired():
+    asv_util = pytest.importorskip("asv.util")
+    conf = asv_util.load_json(os.path.join(BENCH, "asv.conf.json"), js_comments=True)
+    assert conf["repo"] == ".." and conf["benchmark_dir"] == "benchmarks"
+    with open(os.path.join(REPO, ".gitignore")) as f:
+        ignored = f.read()
+    for key in ("results_dir", "html_dir"):
+        assert f"bench/{conf[key]}/" in ignored
+    from benchmarks import bench_conv, bench_gpu, bench_pool, bench_train
+    suites = [getattr(m, n) for m in (bench_conv, bench_pool, bench_train, bench_gpu) for n in dir(m)
+              if n[0].isupper() and isinstance(getattr(m, n), type) and not n.startswith("_")]
+    suites = [s for s in suites if hasattr(s, "params")]
+    import re
+    assert all(re.search("Conv|Pool|Train", s.__name__) for s in suites)
+    for suite in suites:
+        assert len(suite.params) == len(suite.param_names)
+        assert any(n.startswith(("time_", "peakmem_", "track_")) for n in dir(suite))
+
+
+def test_asv_suite_runs_and_skips():
+    pytest.importorskip("torch")
+    from benchmarks import bench_conv, bench_gpu
+    suite = bench_conv.Conv1dForwardBackward()
+    suite.setup("auto", "mnist1d_c1")
+    suite.time_forward_backward("auto", "mnist1d_c1")
+    with pytest.raises(NotImplementedError):  # a forced backend without pooling kernels is skipped
+        common.skip_unless_runnable("fft", common.SHAPES["maxpool_lenet"]) if "fft" in common.cpu_backends() \
+            else common.skip_unless_runnable("no_such_backend")
+    import fastconv
+    if not fastconv.cuda.is_available() or fastconv.cuda.is_simulator():
+        with pytest.raises(NotImplementedError):
+            bench_gpu.GpuConv2dForward().setup("cuda", "lenet_c1")
