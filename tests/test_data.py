@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from fastconv.data import MNIST, MNIST1D, DataLoader, DatasetError, mnist, random_shift
+from fastconv.data import MNIST, MNIST1D, DataLoader, DatasetError, mnist, mnist1d, random_shift
 
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
@@ -146,17 +146,36 @@ def test_download_failing_everywhere_leaves_nothing(tmp_path):
 
 
 # ---------------------------------------------------------------------------------- MNIST-1D
-def test_mnist1d_regenerates_the_published_set(data_root):
+def test_mnist1d_regenerates_the_published_set(data_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTCONV_CACHE_DIR", str(tmp_path))
     frozen = np.load(os.path.join(data_root, "mnist1d", "mnist1d_data.npz"))
     np_state, py_state = np.random.get_state()[1].copy(), random.getstate()
-    train, test = MNIST1D(train=True, dtype=np.float64), MNIST1D(train=False, dtype=np.float64)
+    data = mnist1d.generate(cache=False, num_samples=5000, final_seq_length=40, seed=42)
     assert np.array_equal(np.random.get_state()[1], np_state) and random.getstate() == py_state
-    assert train.x.shape == (4000, 40) and test.x.shape == (1000, 40)
-    np.testing.assert_allclose(train.x, frozen["x"], rtol=0, atol=1e-12)
-    np.testing.assert_allclose(test.x, frozen["x_test"], rtol=0, atol=1e-12)
-    assert np.array_equal(train.y, frozen["y"]) and np.array_equal(test.y, frozen["y_test"])
-    x, y = MNIST1D().tensors()
+    assert data["x"].shape == (4000, 40) and data["x_test"].shape == (1000, 40)
+    np.testing.assert_allclose(data["x"], frozen["x"], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(data["x_test"], frozen["x_test"], rtol=0, atol=1e-12)
+    assert np.array_equal(data["y"], frozen["y"]) and np.array_equal(data["y_test"], frozen["y_test"])
+    x, y = MNIST1D().tensors()  # from the caches just written
     assert x.shape == (4000, 1, 40) and x.dtype == np.float32 and y.dtype == np.int64
+    assert np.array_equal(x[:, 0], data["x"].astype(np.float32))
+
+
+def test_mnist1d_disk_cache_is_used_and_survives_damage(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTCONV_CACHE_DIR", str(tmp_path))
+    small = dict(num_samples=50, final_seq_length=40, seed=7)
+    first = mnist1d.generate(cache=False, **small)
+    (path,) = tmp_path.glob("mnist1d-*.npz")
+    make = mnist1d._make
+    monkeypatch.setattr(mnist1d, "_cache", {})  # a new process: memory cache empty
+    monkeypatch.setattr(mnist1d, "_make", lambda overrides: pytest.fail("regenerated despite the cache"))
+    again = mnist1d.generate(**small)
+    assert all(np.array_equal(first[k], again[k]) for k in mnist1d.ARRAYS)
+    path.write_bytes(path.read_bytes()[:100])  # truncated: regenerate rather than fail
+    monkeypatch.setattr(mnist1d, "_cache", {})
+    monkeypatch.setattr(mnist1d, "_make", make)
+    third = mnist1d.generate(**small)
+    assert np.array_equal(first["x"], third["x"])
 
 
 def test_mnist1d_rejects_unknown_arguments():
