@@ -35,7 +35,7 @@ __all__ = ["CudaArray", "asarray", "ascontiguousarray", "is_device_array", "empt
            "sign", "square", "maximum", "minimum", "where", "greater", "greater_equal", "less",
            "less_equal", "equal", "not_equal", "logical_not", "sum", "max", "amax", "min", "amin", "mean",
            "matmul", "transpose", "swapaxes", "reshape", "broadcast_to", "take_along_axis",
-           "put_along_axis", "add_at", "synchronize"]
+           "put_along_axis", "add_at", "log_softmax", "log_softmax_grad", "synchronize"]
 
 # Builtins this module shadows with NumPy's names (sum, max, min, abs), kept for internal use.
 _sum, _max, _min, _abs = builtins.sum, builtins.max, builtins.min, builtins.abs
@@ -799,10 +799,32 @@ def flat_offset(i, shape, strides):
     return off
 
 
+@functools.lru_cache(maxsize=None)
+def block_reducer(name):
+    """A device function ``(partial, value, t, nt) -> combined value of the block``: a tree over the
+    block's ``nt`` threads (a power of two) in the shared array ``partial``; every thread gets the result."""
+    combine = _REDUCE_OPS[name]
+
+    @cuda.jit(device=True)
+    def block_reduce(partial, value, t, nt):
+        partial[t] = value
+        cuda.syncthreads()
+        s = nt // 2
+        while s > 0:
+            if t < s:
+                partial[t] = combine(partial[t], partial[t + s])
+            cuda.syncthreads()
+            s //= 2
+        result = partial[0]
+        cuda.syncthreads()
+        return result
+    return block_reduce
+
+
 def _reduce_kernel(name, dtype):
     """One block per output element (grid-stride): threads stride over the reduced elements, then a tree
     in shared memory combines their partial results."""
-    combine = _REDUCE_OPS[name]
+    combine, tree = _REDUCE_OPS[name], block_reducer(name)
     width = config().red_threads
     dt = numba.from_dtype(np.dtype(dtype))
 
@@ -815,18 +837,18 @@ def _reduce_kernel(name, dtype):
             acc = init
             for r in range(t, n_red, nt):
                 acc = combine(acc, a[base + flat_offset(r, rshape, rstrides)])
-            partial[t] = acc
-            cuda.syncthreads()
-            s = nt // 2
-            while s > 0:
-                if t < s:
-                    partial[t] = combine(partial[t], partial[t + s])
-                cuda.syncthreads()
-                s //= 2
+            acc = tree(partial, acc, t, nt)
             if t == 0:
-                out[o] = partial[0]
-            cuda.syncthreads()
+                out[o] = acc
     return reduce
+
+
+def _threads_for(n):
+    """Block size for a block-wide reduction over ``n`` elements: a power of two, at most the width."""
+    width, threads = config().red_threads, 1
+    while threads < _min(n, width):
+        threads *= 2
+    return threads
 
 
 def _axes(axis, ndim):
@@ -867,11 +889,8 @@ def _reduce(name, a, axis, keepdims, dtype=None):
     else:
         info = np.iinfo(dtype)
         init = dtype.type(info.min if name == "max" else info.max)
-    width = config().red_threads
-    threads = 1
-    while threads < _min(n_red, width):
-        threads *= 2
     blocks = _min(n_out, config().max_blocks)
+    threads = _threads_for(n_red)
     launch(_reduce_kernel, (name, dtype.str), blocks, threads, a._buf, a.offset, kshape, kstrides, rshape,
            rstrides, out._buf, n_out, n_red, init)
     return out
@@ -899,6 +918,73 @@ def mean(a, axis=None, keepdims=False):
     count = _prod(a.shape[d] for d in _axes(axis, a.ndim))
     total = sum(a, axis, keepdims, dtype=a.dtype if a.dtype.kind == "f" else np.float64)
     return divide(total, _max(count, 1), out=total)
+
+
+# ----------------------------------------------------------------------- fused log-softmax
+def _log_softmax_kernel(mode, dtype):
+    """One block per row along ``axis`` (grid-stride). forward (a = x): ``out = x - max - log(sum(exp(x -
+    max)))``; backward (a = g, b = out): ``out = g - exp(b) * sum(g)``. One launch instead of six / four."""
+    width = config().red_threads
+    dt = numba.from_dtype(np.dtype(dtype))
+    tree_max, tree_sum = block_reducer("max"), block_reducer("sum")
+    forward = mode == "forward"
+
+    @cuda.jit
+    def log_softmax(a, b, out, offsets, kshape, ka, kb, ko, sa, sb, so, n_rows, length):
+        partial = cuda.shared.array(width, dt)
+        t, nt = cuda.threadIdx.x, cuda.blockDim.x
+        for row in range(cuda.blockIdx.x, n_rows, cuda.gridDim.x):
+            ia = offsets[0] + flat_offset(row, kshape, ka)
+            ib = offsets[1] + flat_offset(row, kshape, kb)
+            io = offsets[2] + flat_offset(row, kshape, ko)
+            if forward:
+                m = -math.inf
+                for j in range(t, length, nt):
+                    v = a[ia + j * sa]
+                    m = v if (v > m or v != v) else m
+                m = tree_max(partial, m, t, nt)
+                total = 0.0
+                for j in range(t, length, nt):
+                    total += math.exp(a[ia + j * sa] - m)
+                shift = m + math.log(tree_sum(partial, total, t, nt))
+                for j in range(t, length, nt):
+                    out[io + j * so] = a[ia + j * sa] - shift
+            else:
+                total = 0.0
+                for j in range(t, length, nt):
+                    total += a[ia + j * sa]
+                total = tree_sum(partial, total, t, nt)
+                for j in range(t, length, nt):
+                    out[io + j * so] = a[ia + j * sa] - math.exp(b[ib + j * sb]) * total
+    return log_softmax
+
+
+def _rowwise(mode, a, b, axis):
+    a = asarray(a)
+    b = a if b is None else asarray(b)
+    if a.dtype not in (np.float32, np.float64) or b.shape != a.shape:
+        raise TypeError(f"log_softmax needs float32/float64 arrays of one shape, got {a.dtype} {a.shape}")
+    axis = int(axis) % a.ndim
+    out = empty(a.shape, a.dtype)
+    kept = [d for d in range(a.ndim) if d != axis]
+    n_rows = _prod(a.shape[d] for d in kept)
+    if out.size == 0:
+        return out
+    kshape, strides = _collapse([a.shape[d] for d in kept], [[x._strides[d] for d in kept] for x in (a, b, out)])
+    launch(_log_softmax_kernel, (mode, a.dtype.str), _min(n_rows, config().max_blocks), _threads_for(a.shape[axis]),
+           a._buf, b._buf, out._buf, (a.offset, b.offset, out.offset), kshape, *strides,
+           a._strides[axis], b._strides[axis], out._strides[axis], n_rows, a.shape[axis])
+    return out
+
+
+def log_softmax(x, axis=-1):
+    """Fused ``x - logsumexp(x, axis)`` (not a NumPy function: ``functional.log_softmax`` uses it on the GPU)."""
+    return _rowwise("forward", x, None, axis)
+
+
+def log_softmax_grad(g, out, axis=-1):
+    """Fused gradient of :func:`log_softmax` given its output: ``g - exp(out) * sum(g, axis)``."""
+    return _rowwise("backward", g, out, axis)
 
 
 # ------------------------------------------------------------------- gather / scatter along an axis

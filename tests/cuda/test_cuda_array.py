@@ -202,3 +202,23 @@ def test_host_operands_and_implicit_copies_are_refused():
         np.asarray(d)
     with pytest.raises(TypeError, match="float32 and float64"):
         xp.matmul(xp.ones((2, 2), np.int64), xp.ones((2, 2), np.int64))
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # inf - inf in simulated (NumPy scalar) arithmetic
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fused_log_softmax_and_grad(dtype):
+    a, da = _pair((3, 4, 5), dtype, 18)
+    a[0, 1, 2] = np.nan
+    a[2, 0, :] = -np.inf
+    a[1, 2, 3] = np.inf
+    da = xp.asarray(a)
+    g, dg = _pair((3, 4, 5), dtype, 19)
+    for axis in (-1, 1, 0):
+        with np.errstate(all="ignore"):
+            shifted = a - np.max(a, axis=axis, keepdims=True)
+            out = shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
+            grad = g - np.exp(out) * np.sum(g, axis=axis, keepdims=True)
+        got = xp.log_softmax(da, axis)
+        assert_close(got, out, dtype, f"log_softmax axis {axis}")
+        assert_close(xp.log_softmax_grad(dg, got, axis), grad, dtype, f"log_softmax grad axis {axis}")
+    assert_close(xp.log_softmax(da.transpose(2, 0, 1), 0), xp.log_softmax(da, -1).transpose(2, 0, 1), dtype)
