@@ -15,6 +15,14 @@ from fastconv.train import TrainConfig
 
 slow = pytest.mark.skipif(os.environ.get("FASTCONV_SLOW") != "1", reason="full training run: set FASTCONV_SLOW=1")
 
+@pytest.fixture(autouse=True, scope="module")
+def _private_cache(tmp_path_factory):
+    """Generated MNIST-1D goes to a temporary cache, not the user's ~/.cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FASTCONV_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
 # MNIST-1D on 200 samples, batches of 50: 4 steps per epoch, a fraction of a second per epoch.
 TINY = dict(task="mnist1d", subset=200, batch_size=50, progress=False)
 
