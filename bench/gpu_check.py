@@ -314,12 +314,12 @@ def _compile_records(launches, ccs, tmp):
     import shutil
     _patch_numba_cuda_without_driver()
     from numba import cuda
-    from fastconv.backends import cuda_array
+    from fastconv.backends import _cuda_kernels
     ptxas = shutil.which("ptxas") or ("/usr/local/cuda/bin/ptxas" if os.path.exists("/usr/local/cuda/bin/ptxas")
                                       else None)
     failures = 0
     for module, factory, key, sig in launches:
-        kernel = cuda_array.kernel(getattr(importlib.import_module(module), factory), key)
+        kernel = _cuda_kernels.kernel(getattr(importlib.import_module(module), factory), key)
         for cc in ccs:
             try:
                 ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=cc)
@@ -361,9 +361,9 @@ def main(argv=None):
         return compile_ptx([tuple(int(v) for v in cc.split(".")) for cc in args.cc.split(",")])
     import fastconv
     if args.record:
-        from fastconv.backends import cuda_array
+        from fastconv.backends import _cuda_kernels
         launches = []
-        cuda_array.record_launches(launches)
+        _cuda_kernels.record_launches(launches)
     if not fastconv.cuda.is_available():
         print("no CUDA GPU here (and NUMBA_ENABLE_CUDASIM is not set): nothing to check. "
               "Use --ptx to compile the kernels without a GPU.")
@@ -386,7 +386,7 @@ def main(argv=None):
     for failure in chk.failures:
         print(f"  FAIL {failure}")
     if args.record:
-        cuda_array.record_launches(None)
+        _cuda_kernels.record_launches(None)
         with open(args.record, "wb") as f:
             pickle.dump(list(set(launches)), f)
 

@@ -26,7 +26,7 @@ import numpy as np
 from numba import cuda
 
 from . import cuda_array as ca
-from .cuda_array import GEMM_ROLES, config, grid_1d, launch, launch_gemm
+from ._cuda_kernels import GEMM_ROLES, MAX_GRID_Z, GemmRole, config, grid_1d, launch, launch_gemm
 
 
 def check_available():
@@ -175,7 +175,7 @@ def _gw_m_stride(geo):
 
 
 def _role(*fns, atomic=False):
-    return ca.GemmRole(*(cuda.jit(device=True)(f) for f in fns), atomic)
+    return GemmRole(*(cuda.jit(device=True)(f) for f in fns), atomic)
 
 
 GEMM_ROLES["conv_fwd"] = _role(_fwd_sizes, _fwd_a, _fwd_b, _fwd_out, _fwd_m_stride, _fwd_bias)
@@ -261,7 +261,7 @@ def use_direct(spec):
     ph, pw = _direct_patch(spec)
     cob = config().direct[2]
     return spec.c_out // spec.groups <= 16 and ph * pw + cob * spec.kh * spec.kw <= DIRECT_SMEM \
-        and spec.n <= ca.MAX_GRID_Z
+        and spec.n <= MAX_GRID_Z
 
 
 # ----------------------------------------------------------------------------- convolution ops
@@ -329,7 +329,7 @@ def _splits(spec):
     k = spec.n * spec.oh * spec.ow
     tiles = -(-(spec.c_out // spec.groups) // bm) * -(-(spec.c_in // spec.groups * spec.kh * spec.kw) // bn)
     target = 2 if getattr(numba.config, "ENABLE_CUDASIM", False) else 256
-    splits = max(1, min(-(-target // (tiles * spec.groups)), -(-k // (4 * bk)), ca.MAX_GRID_Z // spec.groups))
+    splits = max(1, min(-(-target // (tiles * spec.groups)), -(-k // (4 * bk)), MAX_GRID_Z // spec.groups))
     chunk = -(-(-(-k // splits)) // bk) * bk
     return -(-k // chunk), chunk
 
