@@ -4,7 +4,7 @@
 ``cols[n, c, i, j, oy, ox] = x[n, c, oy*sh - pt + i*dh, ox*sw - pl + j*dw]`` (zero outside the input), so a
 convolution is one matrix product per group, and col2im (the adjoint, accumulating) gives its input gradient.
 
-The GEMM kernels unfold one tile of output rows of one (sample, group) at a time into a per-thread
+The GEMM kernels unfold one tile of output pixels of one (sample, group) at a time into a per-thread
 workspace (a few hundred KiB, so it stays in cache) and multiply it with BLAS ``?gemm`` taken from
 ``scipy.linalg.cython_blas``. The parallel loop runs over tiles; the caller sets the BLAS to one thread
 while it does (``nthreads > 1``), or runs one tile at a time and lets the BLAS thread (``nthreads == 1``).
@@ -50,46 +50,47 @@ cdef inline void gemm(char ta, char tb, int m, int n, int k, const real* a, int 
 
 
 # -------------------------------------------------------------------------- im2col / col2im
-cdef inline (Py_ssize_t, Py_ssize_t) clip_rows(Tap* t, Py_ssize_t oy0, Py_ssize_t oy1) noexcept nogil:
-    """The tap's valid output rows within the tile ``[oy0, oy1)``."""
-    cdef Py_ssize_t a = min(max(t.oy0, oy0), oy1)
-    return a, max(min(t.oy1, oy1), a)
+cdef void unfold_rect(real* xc, real* cols, Geo* g, Tap* t, Py_ssize_t ya, Py_ssize_t yb, Py_ssize_t xa,
+                      Py_ssize_t xb, bint adjoint) noexcept nogil:
+    """Tap ``t``'s columns for outputs ``[ya, yb) x [xa, xb)``, rows of ``xb - xa`` at ``cols``: copied
+    from plane ``xc`` with zeros where the tap reads padding, or (``adjoint``) added back into it."""
+    cdef Py_ssize_t width = xb - xa
+    cdef Py_ssize_t ra = min(max(t.oy0, ya), yb), lo = min(max(t.ox0, xa), xb)
+    cdef Py_ssize_t rb = max(min(t.oy1, yb), ra), hi = max(min(t.ox1, xb), lo)
+    cdef real* src = xc + ra * g.sh * g.w + lo * g.sw + t.shift  # input of output (ra, lo)
+    if adjoint:
+        blk_scatter(src, g.sh * g.w, cols + (ra - ya) * width + lo - xa, width, <real>1, rb - ra, hi - lo,
+                    g.sw)
+        return
+    fill(cols, <real>0, (ra - ya) * width)
+    blk_copy(cols + (ra - ya) * width, width, src, g.sh * g.w, rb - ra, lo - xa, hi - xa, width, g.sw)
+    fill(cols + (rb - ya) * width, <real>0, (yb - rb) * width)
 
 
-cdef void im2col_tile(const real* xg, real* cols, Geo* g, Py_ssize_t channels, Py_ssize_t oy0,
-                      Py_ssize_t oy1) noexcept nogil:
-    """Unfold output rows ``[oy0, oy1)`` of ``channels`` planes starting at ``xg`` into
-    ``cols[(c, i, j), (oy - oy0) * ow + ox]``."""
-    cdef Py_ssize_t p = (oy1 - oy0) * g.ow
-    cdef Py_ssize_t c, i, j, ya, yb
-    cdef Tap t
-    cdef real* dst
-    for c in range(channels):
-        for i in range(g.kh):
-            for j in range(g.kw):
-                t = make_tap(g, i, j)
-                ya, yb = clip_rows(&t, oy0, oy1)
-                dst = cols + ((c * g.kh + i) * g.kw + j) * p
-                fill(dst, <real>0, (ya - oy0) * g.ow)
-                blk_copy(dst + (ya - oy0) * g.ow, g.ow, xg + c * g.hw + tap_in(g, &t, ya), g.sh * g.w,
-                         yb - ya, t.ox0, t.ox1, g.ow, g.sw)
-                fill(dst + (yb - oy0) * g.ow, <real>0, (oy1 - yb) * g.ow)
-
-
-cdef void col2im_tile(const real* cols, real* xg, Geo* g, Py_ssize_t channels, Py_ssize_t oy0,
-                      Py_ssize_t oy1) noexcept nogil:
-    """Adjoint of :func:`im2col_tile`: add the columns back into the planes at ``xg``."""
-    cdef Py_ssize_t p = (oy1 - oy0) * g.ow
-    cdef Py_ssize_t c, i, j, ya, yb
+cdef void unfold_tile(real* xg, real* cols, Geo* g, Py_ssize_t channels, Py_ssize_t p0, Py_ssize_t p1,
+                      bint adjoint) noexcept nogil:
+    """im2col of output pixels ``[p0, p1)`` (flat ``oy * ow + ox``) of ``channels`` planes at ``xg``:
+    ``cols[(c, i, j), p - p0]``; with ``adjoint``, col2im: add ``cols`` back into the planes. A tile is
+    cut into a partial first row, whole rows and a partial last row."""
+    cdef Py_ssize_t n = p1 - p0, c, i, j, p, oy, xa, xb, rows
     cdef Tap t
     for c in range(channels):
         for i in range(g.kh):
             for j in range(g.kw):
                 t = make_tap(g, i, j)
-                ya, yb = clip_rows(&t, oy0, oy1)
-                blk_scatter(xg + c * g.hw + tap_in(g, &t, ya), g.sh * g.w,
-                            cols + ((c * g.kh + i) * g.kw + j) * p + (ya - oy0) * g.ow + t.ox0, g.ow,
-                            <real>1, yb - ya, t.ox1 - t.ox0, g.sw)
+                p = p0
+                while p < p1:
+                    oy, xa = p // g.ow, p % g.ow
+                    rows = (p1 - p) // g.ow if xa == 0 else 0
+                    if rows > 0:
+                        unfold_rect(xg + c * g.hw, cols + ((c * g.kh + i) * g.kw + j) * n + p - p0, g, &t,
+                                    oy, oy + rows, 0, g.ow, adjoint)
+                        p += rows * g.ow
+                    else:
+                        xb = min(g.ow, xa + p1 - p)
+                        unfold_rect(xg + c * g.hw, cols + ((c * g.kh + i) * g.kw + j) * n + p - p0, g, &t,
+                                    oy, oy + 1, xa, xb, adjoint)
+                        p += xb - xa
 
 
 def im2col(const real[:, :, :, ::1] x, real[:, :, :, :, :, ::1] cols,
@@ -101,7 +102,7 @@ def im2col(const real[:, :, :, ::1] x, real[:, :, :, :, :, ::1] cols,
     if cols.size == 0:
         return
     for n in prange(g.n, nogil=True, schedule="static"):
-        im2col_tile(&x[n, 0, 0, 0], &cols[n, 0, 0, 0, 0, 0], &g, g.c_in, 0, g.oh)
+        unfold_tile(<real*>&x[n, 0, 0, 0], &cols[n, 0, 0, 0, 0, 0], &g, g.c_in, 0, g.ohw, False)
 
 
 def col2im(const real[:, :, :, :, :, ::1] cols, real[:, :, :, ::1] x,
@@ -113,7 +114,7 @@ def col2im(const real[:, :, :, :, :, ::1] cols, real[:, :, :, ::1] x,
     if cols.size == 0:
         return
     for n in prange(g.n, nogil=True, schedule="static"):
-        col2im_tile(&cols[n, 0, 0, 0, 0, 0], &x[n, 0, 0, 0], &g, g.c_in, 0, g.oh)
+        unfold_tile(&x[n, 0, 0, 0], <real*>&cols[n, 0, 0, 0, 0, 0], &g, g.c_in, 0, g.ohw, True)
 
 
 # ------------------------------------------------------------------- convolution as GEMM
@@ -124,17 +125,17 @@ cdef inline bint pointwise(Geo* g) noexcept nogil:
 
 
 cdef void forward_tile(const real* x, const real* w, const real* b, real* y, real* ws, Geo* g,
-                       Py_ssize_t n, Py_ssize_t grp, Py_ssize_t oy0, Py_ssize_t oy1) noexcept nogil:
-    """Output rows ``[oy0, oy1)`` of sample ``n``, group ``grp``: ``Y = W_g @ cols``."""
-    cdef Py_ssize_t p = (oy1 - oy0) * g.ow, o
+                       Py_ssize_t n, Py_ssize_t grp, Py_ssize_t p0, Py_ssize_t p1) noexcept nogil:
+    """Output pixels ``[p0, p1)`` of sample ``n``, group ``grp``: ``Y = W_g @ cols``."""
+    cdef Py_ssize_t p = p1 - p0, o
     cdef const real* xg = x + (n * g.c_in + grp * g.cig) * g.hw
-    cdef real* yt = y + (n * g.c_out + grp * g.cog) * g.ohw + oy0 * g.ow
+    cdef real* yt = y + (n * g.c_out + grp * g.cog) * g.ohw + p0
     cdef const real* cols = ws
     cdef Py_ssize_t ld = p
     if pointwise(g):
-        cols, ld = xg + oy0 * g.ow, g.hw
+        cols, ld = xg + p0, g.hw
     else:
-        im2col_tile(xg, ws, g, g.cig, oy0, oy1)
+        unfold_tile(<real*>xg, ws, g, g.cig, p0, p1, False)
     if b != NULL:
         for o in range(g.cog):
             fill(yt + o * g.ohw, b[grp * g.cog + o], p)
@@ -144,52 +145,50 @@ cdef void forward_tile(const real* x, const real* w, const real* b, real* y, rea
 
 
 cdef void grad_input_sample(const real* gy, const real* w, real* gx, real* ws, Geo* g, Py_ssize_t n,
-                            Py_ssize_t grp, Py_ssize_t rows) noexcept nogil:
-    """Input gradient of sample ``n``, group ``grp``: ``col2im(W_g^T @ GY)``, one row tile at a time."""
+                            Py_ssize_t grp, Py_ssize_t pix) noexcept nogil:
+    """Input gradient of sample ``n``, group ``grp``: ``col2im(W_g^T @ GY)``, ``pix`` outputs at a time."""
     cdef real* xg = gx + (n * g.c_in + grp * g.cig) * g.hw
     cdef const real* gyg = gy + (n * g.c_out + grp * g.cog) * g.ohw
     cdef const real* wg = w + grp * g.cog * g.taps
-    cdef Py_ssize_t tile, oy0, oy1, p
+    cdef Py_ssize_t tile, p0, p1
     cdef bint pw = pointwise(g)
     if not pw:
         memset(xg, 0, g.cig * g.hw * sizeof(real))
-    for tile in range((g.oh + rows - 1) // rows):
-        oy0 = tile * rows
-        oy1 = min(oy0 + rows, g.oh)
-        p = (oy1 - oy0) * g.ow
+    for tile in range((g.ohw + pix - 1) // pix):
+        p0 = tile * pix
+        p1 = min(p0 + pix, g.ohw)
         # column-major: cols^T (p x taps) = GY^T (p x cog) @ W_g (cog x taps)
         if pw:
-            gemm(c'N', c'T', <int>p, <int>g.taps, <int>g.cog, gyg + oy0 * g.ow, <int>g.ohw, wg,
-                 <int>g.taps, <real>0, xg + oy0 * g.ow, <int>g.hw)
+            gemm(c'N', c'T', <int>(p1 - p0), <int>g.taps, <int>g.cog, gyg + p0, <int>g.ohw, wg, <int>g.taps,
+                 <real>0, xg + p0, <int>g.hw)
         else:
-            gemm(c'N', c'T', <int>p, <int>g.taps, <int>g.cog, gyg + oy0 * g.ow, <int>g.ohw, wg,
-                 <int>g.taps, <real>0, ws, <int>p)
-            col2im_tile(ws, xg, g, g.cig, oy0, oy1)
+            gemm(c'N', c'T', <int>(p1 - p0), <int>g.taps, <int>g.cog, gyg + p0, <int>g.ohw, wg, <int>g.taps,
+                 <real>0, ws, <int>(p1 - p0))
+            unfold_tile(xg, ws, g, g.cig, p0, p1, True)
 
 
 cdef void grad_weight_tile(const real* gy, const real* x, real* acc, real* ws, Geo* g, Py_ssize_t n,
-                           Py_ssize_t grp, Py_ssize_t oy0, Py_ssize_t oy1) noexcept nogil:
-    """``acc[grp] += GY_tile @ cols^T`` for output rows ``[oy0, oy1)`` of sample ``n``."""
-    cdef Py_ssize_t p = (oy1 - oy0) * g.ow
+                           Py_ssize_t grp, Py_ssize_t p0, Py_ssize_t p1) noexcept nogil:
+    """``acc[grp] += GY_tile @ cols^T`` for output pixels ``[p0, p1)`` of sample ``n``."""
+    cdef Py_ssize_t p = p1 - p0
     cdef const real* xg = x + (n * g.c_in + grp * g.cig) * g.hw
     cdef const real* cols = ws
     cdef Py_ssize_t ld = p
     if pointwise(g):
-        cols, ld = xg + oy0 * g.ow, g.hw
+        cols, ld = xg + p0, g.hw
     else:
-        im2col_tile(xg, ws, g, g.cig, oy0, oy1)
+        unfold_tile(<real*>xg, ws, g, g.cig, p0, p1, False)
     # column-major: GW_g^T (taps x cog) += cols (taps x p) @ GY^T (p x cog)
     gemm(c'T', c'N', <int>g.taps, <int>g.cog, <int>p, cols, <int>ld,
-         gy + (n * g.c_out + grp * g.cog) * g.ohw + oy0 * g.ow, <int>g.ohw, <real>1,
-         acc + grp * g.cog * g.taps, <int>g.taps)
+         gy + (n * g.c_out + grp * g.cog) * g.ohw + p0, <int>g.ohw, <real>1, acc + grp * g.cog * g.taps,
+         <int>g.taps)
 
 
 def conv2d_gemm(const real[:, :, :, ::1] x, const real[:, :, :, ::1] w, const real[::1] b,
-                real[:, :, :, ::1] y, real[:, ::1] ws, tuple geo, Py_ssize_t rows, int nthreads):
-    """``y = conv(x, w) + b`` with tiles of ``rows`` output rows; ``ws``: one row of
-    ``taps * rows * ow`` per thread."""
+                real[:, :, :, ::1] y, real[:, ::1] ws, tuple geo, Py_ssize_t pix, int nthreads):
+    """``y = conv(x, w) + b``, ``pix`` output pixels per tile; ``ws``: ``taps * pix`` per thread."""
     cdef Geo g = make_geo(geo)
-    cdef Py_ssize_t tiles = (g.oh + rows - 1) // rows, t, n, grp, oy0
+    cdef Py_ssize_t tiles = (g.ohw + pix - 1) // pix, t, n, grp, p0
     cdef const real* bp = NULL if b is None else &b[0]
     if y.size == 0:
         return
@@ -197,13 +196,13 @@ def conv2d_gemm(const real[:, :, :, ::1] x, const real[:, :, :, ::1] w, const re
         for t in prange(g.n * g.groups * tiles, schedule="static"):
             n = t // (g.groups * tiles)
             grp = (t // tiles) % g.groups
-            oy0 = (t % tiles) * rows
+            p0 = (t % tiles) * pix
             forward_tile(&x[0, 0, 0, 0], &w[0, 0, 0, 0], bp, &y[0, 0, 0, 0], &ws[threadid(), 0], &g,
-                         n, grp, oy0, min(oy0 + rows, g.oh))
+                         n, grp, p0, min(p0 + pix, g.ohw))
 
 
 def conv2d_grad_input_gemm(const real[:, :, :, ::1] gy, const real[:, :, :, ::1] w,
-                           real[:, :, :, ::1] gx, real[:, ::1] ws, tuple geo, Py_ssize_t rows,
+                           real[:, :, :, ::1] gx, real[:, ::1] ws, tuple geo, Py_ssize_t pix,
                            int nthreads):
     """``gx`` = input gradient; tasks are (sample, group) so no two threads add to one pixel."""
     cdef Geo g = make_geo(geo)
@@ -216,21 +215,21 @@ def conv2d_grad_input_gemm(const real[:, :, :, ::1] gy, const real[:, :, :, ::1]
     with nogil, parallel(num_threads=nthreads):
         for t in prange(g.n * g.groups, schedule="static"):
             grad_input_sample(&gy[0, 0, 0, 0], &w[0, 0, 0, 0], &gx[0, 0, 0, 0], &ws[threadid(), 0], &g,
-                              t // g.groups, t % g.groups, rows)
+                              t // g.groups, t % g.groups, pix)
 
 
 def conv2d_grad_weight_gemm(const real[:, :, :, ::1] gy, const real[:, :, :, ::1] x,
-                            real[:, ::1] acc, real[:, ::1] ws, tuple geo, Py_ssize_t rows,
+                            real[:, ::1] acc, real[:, ::1] ws, tuple geo, Py_ssize_t pix,
                             int nthreads):
     """Per-thread partial weight gradients into the zeroed ``acc (threads, w.size)``; the caller sums."""
     cdef Geo g = make_geo(geo)
-    cdef Py_ssize_t tiles = (g.oh + rows - 1) // rows, t, n, grp, oy0
+    cdef Py_ssize_t tiles = (g.ohw + pix - 1) // pix, t, n, grp, p0
     if gy.size == 0:
         return
     with nogil, parallel(num_threads=nthreads):
         for t in prange(g.n * g.groups * tiles, schedule="static"):
             n = t // (g.groups * tiles)
             grp = (t // tiles) % g.groups
-            oy0 = (t % tiles) * rows
+            p0 = (t % tiles) * pix
             grad_weight_tile(&gy[0, 0, 0, 0], &x[0, 0, 0, 0], &acc[threadid(), 0], &ws[threadid(), 0],
-                             &g, n, grp, oy0, min(oy0 + rows, g.oh))
+                             &g, n, grp, p0, min(p0 + pix, g.ohw))

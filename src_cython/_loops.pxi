@@ -86,11 +86,11 @@ cdef inline Py_ssize_t tap_out(Geo* g, Tap* t, Py_ssize_t oy) noexcept nogil:
 cdef extern from *:
     """
     #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-    #define FC_BLK static __attribute__((noinline, \
+    #define FC_BLK static __attribute__((noinline, unused, \
         target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), \
         optimize("no-tree-loop-distribute-patterns")))
     #elif defined(__GNUC__)
-    #define FC_BLK static __attribute__((noinline))
+    #define FC_BLK static __attribute__((noinline, unused))
     #else
     #define FC_BLK static
     #endif

@@ -96,15 +96,25 @@ def test_each_algorithm_on_shapes_the_other_would_get(shape, dtype):
     _check_conv(spec, dtype, auto)
 
 
-def test_gemm_tiles_and_thread_plans(monkeypatch):
-    """Several row tiles per plane, and fewer tiles than threads (one tile at a time, threaded BLAS)."""
+@pytest.mark.parametrize("tile", ["two rows", "partial rows", "fewer tiles than threads"])
+def test_gemm_tiles_and_thread_plans(monkeypatch, tile):
+    """Tiles of whole rows, tiles that start and end inside rows, and one tile for many threads."""
     spec = shapes.conv_spec((2, 6, 13, 11), (6, 3, 3, 2), None, stride=(2, 1), padding=1, groups=2)
-    monkeypatch.setattr(cy, "_TILE_BYTES", 4 * 18 * spec.ow * 2)  # two output rows of 18 taps per tile
-    assert cy._gemm_plan(spec, True, 4)[0] == 2
-    _check_conv(spec, np.float32, "gemm")
-    single = shapes.conv_spec((1, 4, 5, 5), (4, 4, 3, 3), None, padding=1)
-    monkeypatch.setattr(cy, "_TILE_BYTES", 1 << 20)
-    _check_conv(single, np.float64, "gemm")
+    taps = 3 * 3 * 2
+    monkeypatch.setattr(cy, "_MIN_TILE", 1)
+    if tile == "two rows":
+        monkeypatch.setattr(cy, "_TILE_BYTES", 4 * taps * (2 * spec.ow + 3))
+        assert cy._gemm_plan(spec, True, 4)[0] == 2 * spec.ow
+    elif tile == "partial rows":
+        monkeypatch.setattr(cy, "_TILE_BYTES", 4 * taps * 7)
+        assert cy._gemm_plan(spec, True, 4)[0] == 7
+    else:
+        spec = shapes.conv_spec((1, 4, 5, 5), (4, 4, 3, 3), None, padding=1)
+        monkeypatch.setattr(cy, "_MIN_TILE", 64)
+        monkeypatch.setattr(cy, "num_threads", lambda: 4)
+        assert cy._gemm_plan(spec, True, 4)[1:] == (1, 4)
+    for dtype in (np.float32, np.float64):
+        _check_conv(spec, dtype, "gemm")
 
 
 def test_unknown_algorithm_is_rejected():

@@ -5,8 +5,9 @@ Convolutions run one of two algorithms, chosen per shape by :func:`conv_algorith
 
 - ``"direct"``: loops over kernel taps (``_cy._conv``), for few channels per group: depthwise, LeNet's
   first layer, 1-D signals, where a matrix product would be too thin to pay for unfolding the input;
-- ``"gemm"``: im2col of a few output rows at a time into a per-thread workspace, then BLAS ``?gemm``
-  (``_cy._im2col``); a 1x1, stride-1, unpadded convolution multiplies the input planes directly.
+- ``"gemm"``: im2col of a tile of output pixels at a time into a per-thread workspace that stays in
+  cache, then BLAS ``?gemm`` (``_cy._im2col``); a 1x1, stride-1, unpadded convolution multiplies the
+  input planes directly.
 
 Pooling and unpooling run ``_cy._pool``. Every kernel is parallel over OpenMP threads
 (``fastconv.set_num_threads`` / ``OMP_NUM_THREADS``). The GEMM kernels either run tiles in parallel with
@@ -31,6 +32,7 @@ else:
 
 ALGORITHMS = ("direct", "gemm")
 _TILE_BYTES = 1 << 20  # im2col tile per thread: stays in a core's L2
+_MIN_TILE = 64  # output pixels: thinner matrix products waste the GEMM
 
 
 def check_available():
@@ -145,25 +147,28 @@ def blas_threads(n):
             set_(old)
 
 
-def _gemm_plan(spec, tasks_per_tile, itemsize):
-    """``(rows, threads, blas)``: output rows per im2col tile, OpenMP threads for the tile loop and
-    BLAS threads inside each tile."""
+def _gemm_plan(spec, tiles_in_parallel, itemsize):
+    """``(pix, threads, blas)``: output pixels per im2col tile (whole rows when they fit the cache
+    budget), OpenMP threads for the tile loop, and BLAS threads inside each tile. Tiles run in parallel
+    when there are enough of them (per (sample, group) plane only, when ``tiles_in_parallel`` is false)."""
     threads = num_threads()
+    ohw, planes = spec.oh * spec.ow, spec.n * spec.groups
     taps = spec.c_in // spec.groups * spec.kh * spec.kw
-    rows = max(1, min(spec.oh, _TILE_BYTES // (taps * itemsize * spec.ow)))
-    tiles = -(-spec.oh // rows) if tasks_per_tile else 1
-    if spec.n * spec.groups * tiles >= threads and _blas_threads is not None:
-        return rows, threads, 1
-    if tasks_per_tile and _blas_threads is not None:  # too few tiles: cut rows to feed every thread
-        rows = max(1, spec.oh * spec.n * spec.groups // threads)
-        if spec.n * spec.groups * -(-spec.oh // rows) >= threads:
-            return rows, threads, 1
-    return rows, 1, threads
+    pix = max(_MIN_TILE, _TILE_BYTES // (taps * itemsize))
+    if pix >= spec.ow:
+        pix -= pix % spec.ow
+    pix = min(pix, ohw)
+    if _blas_threads is None:  # can't keep the BLAS to one thread: let it parallelise each product
+        return pix, 1, threads
+    if tiles_in_parallel and planes * -(-ohw // pix) < threads:  # cut smaller tiles for every thread
+        pix = max(_MIN_TILE, -(-ohw * planes // threads))
+    tasks = planes * (-(-ohw // pix) if tiles_in_parallel else 1)
+    return (pix, threads, 1) if tasks >= threads else (pix, 1, threads)
 
 
-def _cols_workspace(spec, rows, threads, dtype):
+def _cols_workspace(spec, pix, threads, dtype):
     taps = spec.c_in // spec.groups * spec.kh * spec.kw
-    return workspace("cols", threads, 0 if is_pointwise(spec) else taps * rows * spec.ow, dtype)
+    return workspace("cols", threads, 0 if is_pointwise(spec) else taps * pix, dtype)
 
 
 def _wide_workspace(spec, dtype):
@@ -177,10 +182,10 @@ def conv2d(x, w, b, spec, algorithm=None):
     if _algorithm(spec, algorithm) == "direct":
         _conv.conv2d(x, w, b, y, _wide_workspace(spec, x.dtype), conv_geo(spec))
         return y
-    rows, threads, blas = _gemm_plan(spec, True, x.itemsize)
+    pix, threads, blas = _gemm_plan(spec, True, x.itemsize)
     with blas_threads(blas):
-        _im2col.conv2d_gemm(x, w, b, y, _cols_workspace(spec, rows, threads, x.dtype), conv_geo(spec),
-                            rows, threads)
+        _im2col.conv2d_gemm(x, w, b, y, _cols_workspace(spec, pix, threads, x.dtype), conv_geo(spec),
+                            pix, threads)
     return y
 
 
@@ -189,10 +194,10 @@ def conv2d_grad_input(gy, w, spec, algorithm=None):
     if _algorithm(spec, algorithm) == "direct":
         _conv.conv2d_grad_input(gy, w, gx, _wide_workspace(spec, gy.dtype), conv_geo(spec))
         return gx
-    rows, threads, blas = _gemm_plan(spec, False, gy.itemsize)
+    pix, threads, blas = _gemm_plan(spec, False, gy.itemsize)
     with blas_threads(blas):
-        _im2col.conv2d_grad_input_gemm(gy, w, gx, _cols_workspace(spec, rows, threads, gy.dtype),
-                                       conv_geo(spec), rows, threads)
+        _im2col.conv2d_grad_input_gemm(gy, w, gx, _cols_workspace(spec, pix, threads, gy.dtype),
+                                       conv_geo(spec), pix, threads)
     return gx
 
 
@@ -202,12 +207,12 @@ def conv2d_grad_weight(gy, x, spec, algorithm=None):
         acc = workspace("tap_sums", num_threads(), spec.kh * spec.kw, np.float64)
         _conv.conv2d_grad_weight(gy, x, gw, acc, _wide_workspace(spec, gy.dtype), conv_geo(spec))
         return gw
-    rows, threads, blas = _gemm_plan(spec, True, gy.itemsize)
+    pix, threads, blas = _gemm_plan(spec, True, gy.itemsize)
     acc = workspace("grad_weight", threads, int(np.prod(spec.w_shape)), gy.dtype)
     acc.fill(0)
     with blas_threads(blas):
-        _im2col.conv2d_grad_weight_gemm(gy, x, acc, _cols_workspace(spec, rows, threads, gy.dtype),
-                                        conv_geo(spec), rows, threads)
+        _im2col.conv2d_grad_weight_gemm(gy, x, acc, _cols_workspace(spec, pix, threads, gy.dtype),
+                                        conv_geo(spec), pix, threads)
     return acc.sum(axis=0).reshape(spec.w_shape)
 
 
