@@ -75,6 +75,28 @@ def test_one_row_kernel_on_an_image(dtype):
         assert_close(a, e, dtype, "1 x k kernel")
 
 
+# ----------------------------------------------------------------------- kernel spectrum by DFT
+@pytest.mark.parametrize("taps_per_log2", [0, 100], ids=["fft", "dft"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", [((2, 4, 13, 17), (6, 2, 3, 5), 1, 2, (2, 3), 2),
+                                  ((1, 3, 9, 30), (2, 3, 1, 4), (1, 3), (0, 2), 2, 1),
+                                  ((2, 2, 1, 40), (3, 2, 1, 6), 1, (0, 5), 1, 1)])
+def test_kernel_spectrum_by_dft_or_fft(monkeypatch, taps_per_log2, dtype, case):
+    """Both ways to the weight's spectrum (DFT matrices over the taps, FFT of the dilated kernel) agree
+    with the reference, with dilation, strides, groups and untransformed rows."""
+    monkeypatch.setattr(fft, "DFT_TAPS_PER_LOG2", taps_per_log2)
+    fft.clear_cache()
+    x_shape, w_shape, stride, padding, dilation, groups = case
+    spec = shapes.conv_spec(x_shape, w_shape, None, stride, padding, dilation, groups)
+    assert fft._by_dft(*fft._geometry(spec)) == (taps_per_log2 > 0)
+    rng = np.random.default_rng(7)
+    x, w = _arrays(spec, dtype, rng, bias=False)
+    gy = rng.standard_normal(spec.y_shape).astype(dtype)
+    for a, e in zip(_kernels(spec, x, w, gy, fft), _kernels(spec, x, w, gy, reference)):
+        assert a.dtype == dtype
+        assert_close(a, e, dtype, "kernel spectrum")
+
+
 # ------------------------------------------------------------------------------ spectrum cache
 def test_spectrum_cache_follows_content_not_identity():
     """A weight updated in place must not reuse the spectrum of its old values."""

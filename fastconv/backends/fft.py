@@ -29,6 +29,7 @@ float32 stays float32 / complex64 end to end (``scipy.fft`` keeps single precisi
 """
 from __future__ import annotations
 
+import math
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -49,6 +50,10 @@ CACHE_BYTES = 64 * 2**20
 #: Per-frequency matrix products of at most this many multiply-adds run as broadcast products;
 #: larger ones go through ``numpy.matmul`` (whose per-matrix call overhead dominates tiny products).
 SMALL_PRODUCT = 16
+#: The weight's spectrum comes from DFT matrices (one matrix product per axis, over the taps only, so
+#: dilation costs nothing) when every transformed axis has at most this many taps per log2 of its grid
+#: length, and from FFTs of the zero-padded kernel otherwise (measured crossover: about 3).
+DFT_TAPS_PER_LOG2 = 3
 
 
 # ------------------------------------------------------------------------------------ geometry
@@ -202,6 +207,8 @@ def _input_spectrum(x, rows, cols):
 def _weight_spectrum(w, rows, cols):
     """Spectrum of the dilated kernel, ``(R or 1, F, C_out, C_in / groups)``."""
     def compute():
+        if _by_dft(rows, cols):
+            return _kernel_dft(w, rows, cols)
         wd = _spread(w, rows.dilation, cols.dilation, (rows.extent, cols.extent))
         return _spectrum(wd, rows, cols)
     return _cache.get(("w", rows, cols), w, compute)
@@ -212,6 +219,42 @@ def _grad_spectrum(gy, rows, cols):
     def compute():
         return _spectrum(_spread(gy, rows.stride, cols.stride, (rows.dense, cols.dense)), rows, cols)
     return _cache.get(("g", rows, cols), gy, compute)
+
+
+# ------------------------------------------------------------------------- kernel spectrum by DFT
+def _by_dft(rows, cols):
+    """Whether the kernel's spectrum comes from DFT matrices: few taps for the grid length."""
+    def few(axis):
+        return not axis.transformed or axis.kernel <= DFT_TAPS_PER_LOG2 * math.log2(axis.fft)
+    return few(rows) and few(cols)
+
+
+@lru_cache(maxsize=128)
+def _phases(positions, length, freqs, sign, dtype):
+    """``exp(sign * 2 pi i * positions[a] * f / length)`` for ``f < freqs``: ``(len(positions), freqs)``."""
+    angle = (2 * np.pi / length) * np.outer(np.asarray(positions, dtype=np.float64) % length, np.arange(freqs))
+    return np.exp(sign * 1j * angle).astype(dtype)
+
+
+def _complex(dtype):
+    return np.complex64 if dtype == np.float32 else np.complex128
+
+
+def _kernel_dft(w, rows, cols):
+    """The kernel's spectrum on the grid as two matrix products over its taps (dilation needs no zeros):
+    ``W[k1, k2] = sum_ij w[i, j] exp(-2 pi i (k1 i dh / L1 + k2 j dw / L2))``, laid out ``(R, F, O, C)``."""
+    n_out, n_in, kh, kw = w.shape
+    freqs = cols.fft // 2 + 1
+    ctype = _complex(w.dtype)
+    e2 = _phases(tuple(range(0, kw * cols.dilation, cols.dilation)), cols.fft, freqs, -1, ctype)
+    taps = np.ascontiguousarray(w.transpose(2, 0, 1, 3)).reshape(-1, kw)       # (kh * O * C, kw)
+    half = np.empty((kh, freqs, n_out, n_in), ctype)
+    half.real = (taps @ e2.real).reshape(kh, n_out, n_in, freqs).transpose(0, 3, 1, 2)
+    half.imag = (taps @ e2.imag).reshape(kh, n_out, n_in, freqs).transpose(0, 3, 1, 2)
+    if not rows.transformed:
+        return half
+    e1 = _phases(tuple(range(0, kh * rows.dilation, rows.dilation)), rows.fft, rows.fft, -1, ctype)
+    return (e1.T @ half.reshape(kh, -1)).reshape(rows.fft, freqs, n_out, n_in)
 
 
 # --------------------------------------------------------------------------------- the kernels
