@@ -45,13 +45,17 @@ PREFERENCE = {
 FFT_OPS = ("conv2d", "conv2d_grad_input", "conv2d_grad_weight")
 #: Kernels with fewer taps never go to the FFT, whatever the model says (its error is largest there).
 FFT_MIN_TAPS = 25
-#: Seconds per multiply-add of a direct convolution, per backend (rough, 2 cores).
-SECONDS_PER_MAC = {"numba": 2e-11, "cython": 2e-11, "numpy": 1e-10}
-#: Seconds per point and per log2(points) of one real 2-D transform on the FFT grid.
-SECONDS_PER_FFT_POINT = 1.6e-10
+#: The FFT must be predicted this many times faster than the direct backend to be chosen.
+FFT_MARGIN = 1.25
+# Model constants: seconds on one core (single-thread CPU time on the 2-core test machine; only their
+# ratios matter). Retune from bench/ results.
+#: Seconds per multiply-add of a direct convolution kernel, per backend.
+SECONDS_PER_MAC = {"numba": 6e-11, "cython": 6e-11, "numpy": 2e-10}
+#: Seconds per grid point and per log2(grid points) of one real 2-D transform, copies included.
+SECONDS_PER_FFT_POINT = 2.5e-10
 #: Seconds per complex multiply-add of the per-frequency channel products.
-SECONDS_PER_SPECTRAL_MAC = 4e-10
-#: Fixed cost of one FFT-backend call (seconds): planning, transposes, small arrays.
+SECONDS_PER_SPECTRAL_MAC = 5e-10
+#: Fixed cost of one FFT-backend call: planning, transposes, small arrays.
 FFT_CALL_SECONDS = 1e-4
 #: Rank-1 kernels run as two 1-D passes (``separable``) on the direct backends for specs with at least
 #: this many taps and at most this many channel pairs per group (the passes' intermediate holds that
@@ -113,7 +117,7 @@ def model_choice(op, spec):
     """The backend name the cost model picks for ``op`` on ``spec`` (``spec`` may be None)."""
     direct = _first(PREFERENCE.get(op, DEFAULT_PREFERENCE), op)
     if (op in FFT_OPS and spec is not None and spec.kh * spec.kw >= FFT_MIN_TAPS
-            and _module("fft") is not None and fft_seconds(spec) < direct_seconds(spec, direct)):
+            and _module("fft") is not None and FFT_MARGIN * fft_seconds(spec) < direct_seconds(spec, direct)):
         return "fft"
     return direct
 
