@@ -1,13 +1,16 @@
 # cython: language_level=3
 """Direct convolution loops: the forward pass and both gradients, without unfolding.
 
-Chosen for few channels per group (depthwise, LeNet's first layer, 1-D signals), where a GEMM would be
-too thin to pay for the unfolding. Each kernel walks the taps of ``_loops.pxi``, and parallelises over
-what it writes, so no two threads add to one element:
+Chosen for depthwise-like convolutions (a channel or two per group), where a GEMM would be too thin to
+pay for the unfolding. Each kernel walks the taps of ``_loops.pxi`` and parallelises over what it
+writes, so no two threads add to one element:
 
-- forward: output planes ``(n, oc)``, ``y += w[oc, c, i, j] * x`` row by row;
+- forward: output planes ``(n, oc)``, ``y += w[oc, c, i, j] * x`` over each tap's block of outputs;
 - input gradient: input planes ``(n, ic)``, the adjoint scatter ``gx += w * gy``;
 - weight gradient: weight planes ``(oc, c)``, one dot product per tap summed over the batch.
+
+With stride 1 a tap is one long vector operation on the "wide" layout (``Wide`` below): the input
+plane zero-padded into scratch, the output on rows of the padded width, cropped at the end.
 """
 from cython.parallel cimport parallel, prange, threadid
 

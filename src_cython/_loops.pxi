@@ -109,13 +109,14 @@ cdef extern from *:
         double total = 0; \
         FC_ROWS { \
             T part[16] = {0}, acc = 0; Py_ssize_t k = 0; \
-            if (sx == 1) { for (; k + 16 <= n; k += 16) for (int l = 0; l < 16; l++) part[l] += y[k + l] * x[k + l]; } \
+            if (sx == 1) { \
+                for (; k + 16 <= n; k += 16) for (int l = 0; l < 16; l++) part[l] += y[k + l] * x[k + l]; } \
             for (; k < n; k++) acc += y[k] * x[k * sx]; \
             for (int l = 0; l < 16; l++) acc += part[l]; \
             total += acc; } \
         return total; } \
-    FC_BLK void fc_copy_##S(T *restrict y, Py_ssize_t ys, const T *restrict x, Py_ssize_t xs, Py_ssize_t rows, \
-                            Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t width, Py_ssize_t sx) { \
+    FC_BLK void fc_copy_##S(T *restrict y, Py_ssize_t ys, const T *restrict x, Py_ssize_t xs, \
+                            Py_ssize_t rows, Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t width, Py_ssize_t sx) { \
         FC_ROWS { \
             for (Py_ssize_t k = 0; k < lo; k++) y[k] = 0; \
             if (sx == 1) { for (Py_ssize_t k = 0; k < hi - lo; k++) y[lo + k] = x[k]; } \

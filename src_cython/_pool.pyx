@@ -36,11 +36,13 @@ def max_pool2d(const real[:, :, :, ::1] x, real[:, :, :, ::1] y, int64_t[:, :, :
     cdef Geo g = make_geo(geo)
     cdef Py_ssize_t p, i, j
     cdef Tap t
+    cdef const real* xp
     cdef real* yp
     cdef int64_t* ip
     if y.size == 0:
         return
     for p in prange(g.n * g.c_in, nogil=True, schedule="static"):
+        xp = &x[0, 0, 0, 0] + p * g.hw
         yp = &y[0, 0, 0, 0] + p * g.ohw
         ip = &idx[0, 0, 0, 0] + p * g.ohw
         fill(yp, <real>-INFINITY, g.ohw)
@@ -49,7 +51,7 @@ def max_pool2d(const real[:, :, :, ::1] x, real[:, :, :, ::1] y, int64_t[:, :, :
         for i in range(g.kh):
             for j in range(g.kw):
                 t = make_tap(&g, i, j)
-                blk_max(yp + tap_out(&g, &t, t.oy0), ip + tap_out(&g, &t, t.oy0), g.ow, &x[0, 0, 0, 0] + p * g.hw,
+                blk_max(yp + tap_out(&g, &t, t.oy0), ip + tap_out(&g, &t, t.oy0), g.ow, xp,
                         tap_in(&g, &t, t.oy0), g.sh * g.w, t.oy1 - t.oy0, t.ox1 - t.ox0, g.sw)
 
 

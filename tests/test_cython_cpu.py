@@ -146,10 +146,10 @@ def test_nan_propagates_like_the_reference(algorithm):
     gy = rng.standard_normal(spec.y_shape)
     x[0, 1, 3, 2] = np.nan
     gy[1, 3, 0, 6] = np.nan
-    for got, want in [(cy.conv2d(x, w, None, spec, algorithm=algorithm), ref.conv2d(x, w, None, spec)),
-                      (cy.conv2d_grad_input(gy, w, spec, algorithm=algorithm), ref.conv2d_grad_input(gy, w, spec)),
-                      (cy.conv2d_grad_weight(gy, x, spec, algorithm=algorithm),
-                       ref.conv2d_grad_weight(gy, x, spec))]:
+    pairs = [(cy.conv2d(x, w, None, spec, algorithm=algorithm), ref.conv2d(x, w, None, spec)),
+             (cy.conv2d_grad_input(gy, w, spec, algorithm=algorithm), ref.conv2d_grad_input(gy, w, spec)),
+             (cy.conv2d_grad_weight(gy, x, spec, algorithm=algorithm), ref.conv2d_grad_weight(gy, x, spec))]
+    for got, want in pairs:
         np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
         assert np.isnan(want).any()
         np.testing.assert_allclose(got[~np.isnan(got)], want[~np.isnan(want)], rtol=1e-10, atol=1e-10)

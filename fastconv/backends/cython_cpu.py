@@ -3,8 +3,9 @@
 Convolutions run one of two algorithms, chosen per shape by :func:`conv_algorithm` (or forced with
 ``algorithm=``):
 
-- ``"direct"``: loops over kernel taps (``_cy._conv``), for few channels per group: depthwise, LeNet's
-  first layer, 1-D signals, where a matrix product would be too thin to pay for unfolding the input;
+- ``"direct"``: loops over kernel taps (``_cy._conv``), for depthwise-like convolutions (one or two
+  channels per group in and out), where a matrix product would be too thin to pay for unfolding the
+  input. A stride-1 tap is one long vector operation over a zero-padded copy of the plane;
 - ``"gemm"``: im2col of a tile of output pixels at a time into a per-thread workspace that stays in
   cache, then BLAS ``?gemm`` (``_cy._im2col``); a 1x1, stride-1, unpadded convolution multiplies the
   input planes directly.
@@ -12,7 +13,8 @@ Convolutions run one of two algorithms, chosen per shape by :func:`conv_algorith
 Pooling and unpooling run ``_cy._pool``. Every kernel is parallel over OpenMP threads
 (``fastconv.set_num_threads`` / ``OMP_NUM_THREADS``). The GEMM kernels either run tiles in parallel with
 a one-thread BLAS, or, with fewer tiles than threads, one tile at a time with a threaded BLAS, so the
-two thread pools never compete. Workspaces are cached per Python thread and dtype, and grow as needed.
+two thread pools never compete. (SciPy's BLAS thread count is process-wide: it is set for the duration
+of a call and restored.) Workspaces are cached per Python thread and dtype, and grow as needed.
 """
 import contextlib
 import ctypes
