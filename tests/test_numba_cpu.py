@@ -97,14 +97,17 @@ def test_pointwise_gemm(chunking, dtype):
 
 
 def test_automatic_choice():
-    """Depthwise and other thin groups go to direct loops, the rest (1-D included) to GEMM."""
+    """Depthwise and other thin groups go to direct loops, small per-sample GEMMs (LeNet, 1-D) to one
+    sample per task, big ones (or a single sample) to BLAS's own threads."""
     depthwise = shapes.conv_spec((8, 128, 56, 56), (128, 1, 3, 3), padding=1, groups=128)
     thin = shapes.conv_spec((2, 8, 9, 9), (4, 4, 3, 3), groups=2)
-    gemm = [shapes.conv_spec((8, 64, 56, 56), (64, 64, 3, 3), padding=1),
-            shapes.conv_spec((64, 1, 32, 32), (6, 1, 5, 5)),
-            shapes.conv_spec((100, 15, 19), (15, 15, 3), stride=2, dims=1)]
+    small = [shapes.conv_spec((64, 1, 32, 32), (6, 1, 5, 5)), shapes.conv_spec((64, 6, 14, 14), (16, 6, 5, 5)),
+             shapes.conv_spec((100, 15, 19), (15, 15, 3), stride=2, dims=1)]
+    big = [shapes.conv_spec((8, 64, 56, 56), (64, 64, 3, 3), padding=1),
+           shapes.conv_spec((16, 256, 28, 28), (128, 256, 1, 1)), shapes.conv_spec((1, 6, 14, 14), (16, 6, 5, 5))]
     assert [nb.conv_algorithm(s) for s in (depthwise, thin)] == ["direct"] * 2
-    assert [nb.conv_algorithm(s) for s in gemm] == ["gemm"] * 3
+    assert [nb.conv_algorithm(s) for s in small] == ["per_task"] * 3
+    assert [nb.conv_algorithm(s) for s in big] == ["gemm"] * 3
 
 
 def test_blocks_cover_every_output_once(monkeypatch):

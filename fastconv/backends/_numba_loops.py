@@ -17,7 +17,7 @@ Innermost indices, non-negative by construction, are cast to unsigned (``_u``): 
 negative-index wraparound test, which otherwise blocks vectorisation (about 14x slower rows).
 """
 import numpy as np
-from numba import njit, prange
+from numba import get_thread_id, njit, prange
 from numba import uintp as _u  # see the module docstring
 
 _FAST = {"reassoc", "contract", "nsz"}  # vectorised sums; NaN/inf semantics kept
@@ -151,56 +151,160 @@ def conv_grad_weight_direct(gy, x, gw, sh, sw, pt, pl, dh, dw):
 
 
 # ------------------------------------------------------------------------------ im2col / col2im
+@njit(cache=True)
+def unfold_plane(x, m, c, cols, k, oy0, reach, sh, sw, pt, pl, dh, dw):
+    """Columns of input plane ``x[m, c]``: ``cols[c, i, j, k, r, ox] = x[m, c, iy, ix]`` for output row
+    ``oy0 + r`` and tap ``(i, j)``, 0 where the tap falls in the padding."""
+    h = x.shape[2]
+    kh, kw, bh, ow = cols.shape[1], cols.shape[2], cols.shape[4], cols.shape[5]
+    for i in range(kh):
+        for r in range(bh):
+            iy = (oy0 + r) * sh - pt + i * dh
+            inside = 0 <= iy < h
+            for j in range(kw):
+                lo, hi = reach[j, 0], reach[j, 1]
+                if not inside:
+                    lo, hi = 0, 0
+                off = j * dw - pl
+                for ox in range(lo):
+                    cols[c, i, j, k, r, ox] = 0
+                for ox in range(lo, hi):
+                    cols[c, i, j, k, r, _u(ox)] = x[m, c, iy, _u(ox * sw + off)]
+                for ox in range(max(lo, hi), ow):
+                    cols[c, i, j, k, r, ox] = 0
+
+
+@njit(cache=True)
+def fold_plane(cols, k, oy0, gx, m, c, clear, reach, sh, sw, pt, pl, dh, dw):
+    """The adjoint of :func:`unfold_plane`: column entries added to the pixels of ``gx[m, c]`` they came
+    from (the plane zeroed first when ``clear``)."""
+    h, wd = gx.shape[2], gx.shape[3]
+    kh, kw, bh, ow = cols.shape[1], cols.shape[2], cols.shape[4], cols.shape[5]
+    if clear:
+        for iy in range(h):
+            for ix in range(wd):
+                gx[m, c, iy, ix] = 0
+    for i in range(kh):
+        for r in range(bh):
+            iy = (oy0 + r) * sh - pt + i * dh
+            if not 0 <= iy < h:
+                continue
+            for j in range(kw):
+                lo, hi = reach[j, 0], reach[j, 1]
+                off = j * dw - pl
+                for ox in range(lo, hi):
+                    gx[m, c, iy, _u(ox * sw + off)] += cols[c, i, j, k, r, _u(ox)]
+
+
 @njit(**_EXACT)
 def im2col(x, n0, oy0, cols, sh, sw, pt, pl, dh, dw):
-    """``cols[c, i, j, m, r, ox] = x[n0 + m, c, (oy0 + r)*sh - pt + i*dh, ox*sw - pl + j*dw]`` (0 outside):
-    the columns of output rows ``oy0 ..`` of samples ``n0 ..``, samples side by side so that one GEMM per
-    group covers them all."""
-    c_in, h, wd = x.shape[1], x.shape[2], x.shape[3]
-    kh, kw, nb, bh, ow = cols.shape[1], cols.shape[2], cols.shape[3], cols.shape[4], cols.shape[5]
-    reach = out_table(kw, sw, pl, dw, wd, ow)
+    """Columns of output rows ``oy0 ..`` of samples ``n0 .. n0+nb``, side by side so that one GEMM per
+    group covers them all: ``cols[c, i, j, m, r, ox]`` reads sample ``n0 + m``."""
+    reach = out_table(cols.shape[2], sw, pl, dw, x.shape[3], cols.shape[5])
+    c_in, nb = cols.shape[0], cols.shape[3]
     for task in prange(c_in * nb):
         c, m = task // nb, task % nb
-        for i in range(kh):
-            for r in range(bh):
-                iy = (oy0 + r) * sh - pt + i * dh
-                inside = 0 <= iy < h
-                for j in range(kw):
-                    lo, hi = reach[j, 0], reach[j, 1]
-                    if not inside:
-                        lo, hi = 0, 0
-                    off = j * dw - pl
-                    for ox in range(lo):
-                        cols[c, i, j, m, r, ox] = 0
-                    for ox in range(lo, hi):
-                        cols[c, i, j, m, r, _u(ox)] = x[n0 + m, c, iy, _u(ox * sw + off)]
-                    for ox in range(max(lo, hi), ow):
-                        cols[c, i, j, m, r, ox] = 0
+        unfold_plane(x, n0 + m, c, cols, m, oy0, reach, sh, sw, pt, pl, dh, dw)
+
+
+@njit(**_EXACT)
+def col2im(cols, n0, oy0, gx, clear, sh, sw, pt, pl, dh, dw):
+    """The adjoint of :func:`im2col` into planes ``gx[n0 + m, c]`` (zeroed first when ``clear``: row bands
+    of one sample accumulate)."""
+    reach = out_table(cols.shape[2], sw, pl, dw, gx.shape[3], cols.shape[5])
+    c_in, nb = cols.shape[0], cols.shape[3]
+    for task in prange(c_in * nb):
+        c, m = task // nb, task % nb
+        fold_plane(cols, m, oy0, gx, n0 + m, c, clear, reach, sh, sw, pt, pl, dh, dw)
+
+
+# --------------------------------------------------- a few samples per task, BLAS on the task's thread
+# Task ``T`` takes samples ``m0 = T*nb .. m0+nb`` (fewer in the last task): it builds their columns side by
+# side in its thread's slice of ``cols`` (threads, C_in, kh, kw, nb, oh, ow) and multiplies them by BLAS
+# (``np.dot``) on its own thread, through its slice of ``prod`` (threads, C_out/groups, ...). The caller
+# keeps every product below OpenBLAS's threading threshold, so the whole convolution is one parallel
+# region and BLAS starts no thread of its own. ``w3`` is ``(groups, C_out/groups, K)`` and ``y4``/``gy4``
+# ``(N, groups, C_out/groups, oh*ow)``, with ``K = C_in/groups * kh * kw``.
+@njit(cache=True)
+def _task_columns(x, m0, count, cols, reach, sh, sw, pt, pl, dh, dw):
+    """Columns of samples ``m0 .. m0+count`` into ``cols`` (C_in, kh, kw, nb, oh, ow); zeros for the
+    ``nb - count`` missing samples of a short last task."""
+    for k in range(cols.shape[3]):
+        for c in range(cols.shape[0]):
+            if k < count:
+                unfold_plane(x, m0 + k, c, cols, k, 0, reach, sh, sw, pt, pl, dh, dw)
+            else:
+                cols[c, :, :, k] = 0
+
+
+@njit(cache=True)
+def _task_rows(gy4, g, m0, count, rows):
+    """``rows[o, k*P + q] = gy4[m0 + k, g, o, q]`` (0 for missing samples): a task's output gradient
+    in the layout of its columns."""
+    size = gy4.shape[3]
+    for o in range(rows.shape[0]):
+        for k in range(rows.shape[1] // size):
+            for q in range(size):
+                rows[o, _u(k * size + q)] = gy4[m0 + k, g, o, _u(q)] if k < count else 0
 
 
 @njit(**_CONV)
-def col2im(cols, n0, oy0, gx, clear, sh, sw, pt, pl, dh, dw):
-    """The adjoint of :func:`im2col`: every column entry is added to the pixel it came from, in planes
-    ``gx[n0 + m, c]`` zeroed first when ``clear`` (row bands of one sample accumulate)."""
-    c_in, h, wd = gx.shape[1], gx.shape[2], gx.shape[3]
-    kh, kw, nb, bh, ow = cols.shape[1], cols.shape[2], cols.shape[3], cols.shape[4], cols.shape[5]
-    reach = out_table(kw, sw, pl, dw, wd, ow)
-    for task in prange(c_in * nb):
-        c, m = task // nb, task % nb
-        if clear:
-            for iy in range(h):
-                for ix in range(wd):
-                    gx[n0 + m, c, iy, ix] = 0
-        for i in range(kh):
-            for r in range(bh):
-                iy = (oy0 + r) * sh - pt + i * dh
-                if not 0 <= iy < h:
-                    continue
-                for j in range(kw):
-                    lo, hi = reach[j, 0], reach[j, 1]
-                    off = j * dw - pl
-                    for ox in range(lo, hi):
-                        gx[n0 + m, c, iy, _u(ox * sw + off)] += cols[c, i, j, m, r, _u(ox)]
+def conv_per_task(x, w3, b, y4, cols, prod, sh, sw, pt, pl, dh, dw):
+    """``y4[m, g] = w3[g] @ columns(x[m])[g] + b``."""
+    n, groups, cog, size = x.shape[0], w3.shape[0], w3.shape[1], y4.shape[3]
+    nb = cols.shape[4]
+    reach = out_table(cols.shape[3], sw, pl, dw, x.shape[3], cols.shape[6])
+    for task in prange((n + nb - 1) // nb):
+        t, m0 = get_thread_id(), task * nb
+        count = min(nb, n - m0)
+        _task_columns(x, m0, count, cols[t], reach, sh, sw, pt, pl, dh, dw)
+        c3 = cols[t].reshape(groups, -1, nb * size)
+        for g in range(groups):
+            np.dot(w3[g], c3[g], prod[t])
+            for k in range(count):
+                for o in range(cog):
+                    for q in range(size):
+                        y4[m0 + k, g, o, _u(q)] = prod[t, o, _u(k * size + q)] + b[g * cog + o]
+
+
+@njit(**_CONV)
+def conv_grad_input_per_task(gy4, w3, gx, cols, prod, sh, sw, pt, pl, dh, dw):
+    """``gx[m] = col2im(w3[g].T @ gy4[m, g])``."""
+    n, groups, size = gx.shape[0], w3.shape[0], gy4.shape[3]
+    nb = cols.shape[4]
+    reach = out_table(cols.shape[3], sw, pl, dw, gx.shape[3], cols.shape[6])
+    for task in prange((n + nb - 1) // nb):
+        t, m0 = get_thread_id(), task * nb
+        count = min(nb, n - m0)
+        c3 = cols[t].reshape(groups, -1, nb * size)
+        for g in range(groups):
+            _task_rows(gy4, g, m0, count, prod[t])
+            np.dot(w3[g].T, prod[t], c3[g])
+        for k in range(count):
+            for c in range(gx.shape[1]):
+                fold_plane(cols[t], k, 0, gx, m0 + k, c, True, reach, sh, sw, pt, pl, dh, dw)
+
+
+@njit(**_CONV)
+def conv_grad_weight_per_task(gy4, x, parts, rows, prod, cols, sh, sw, pt, pl, dh, dw):
+    """``parts[t, g] += gy4[m, g] @ columns(x[m])[g].T`` over the samples that thread ``t`` ran; the
+    caller zeroes ``parts`` (threads, groups, C_out/groups, K) and sums it over threads. ``rows`` holds a
+    task's output gradient (threads, C_out/groups, nb*oh*ow), ``prod`` its product (threads, C_out/groups,
+    K)."""
+    n, groups, size = x.shape[0], parts.shape[1], gy4.shape[3]
+    nb = cols.shape[4]
+    reach = out_table(cols.shape[3], sw, pl, dw, x.shape[3], cols.shape[6])
+    for task in prange((n + nb - 1) // nb):
+        t, m0 = get_thread_id(), task * nb
+        count = min(nb, n - m0)
+        _task_columns(x, m0, count, cols[t], reach, sh, sw, pt, pl, dh, dw)
+        c3 = cols[t].reshape(groups, -1, nb * size)
+        for g in range(groups):
+            _task_rows(gy4, g, m0, count, rows[t])
+            np.dot(rows[t], c3[g].T, prod[t])
+            for o in range(prod.shape[1]):
+                for q in range(prod.shape[2]):
+                    parts[t, g, o, _u(q)] += prod[t, o, _u(q)]
 
 
 @njit(**_EXACT)

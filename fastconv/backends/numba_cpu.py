@@ -17,11 +17,12 @@ Pooling, unpooling and their gradients are direct loops over ``n*c`` planes. Sig
 import os
 import threading
 
+import numba
 import numpy as np
 
 from . import _numba_loops as loops
 
-ALGORITHMS = ("direct", "gemm")
+ALGORITHMS = ("direct", "gemm", "per_task")
 MAX_COLUMN_BYTES = 8 << 20    # one sample's columns above this are cut into bands of output rows
 MERGE_BYTES = 2 << 20         # samples' columns are put side by side up to this (about the L2 cache)
 POINTWISE_MERGE_BELOW = 1024  # ... for a 1x1 conv only when a sample has fewer output pixels than this
@@ -92,11 +93,49 @@ def _is_pointwise(spec):
     return spec.kh == spec.kw == 1 and spec.stride == (1, 1) and not any(spec.padding)
 
 
+BLAS_ONE_THREAD = 65536 * 4  # OpenBLAS runs a GEMM of at most this m*n*k on the calling thread
+
+
+def _sample_gemm_size(spec):
+    """``m*n*k`` of one sample's GEMM for one group."""
+    cig, cog = spec.c_in // spec.groups, spec.c_out // spec.groups
+    return cog * cig * spec.kh * spec.kw * spec.oh * spec.ow
+
+
 def conv_algorithm(spec):
     """``"direct"`` for thin groups (fewer than 4 output channels per group: depthwise), where each
-    group's GEMM would be a matrix-vector product; ``"gemm"`` otherwise (it wins from LeNet's 6 channels
-    on, 1-D included)."""
-    return "direct" if spec.c_out // spec.groups < 4 else "gemm"
+    group's GEMM would be a matrix-vector product; else ``"per_task"`` when one sample's GEMM is small
+    enough for BLAS to run it on the calling thread (LeNet, 1-D: the whole op is then one parallel region
+    with no BLAS threads); else ``"gemm"``."""
+    if spec.c_out // spec.groups < 4:
+        return "direct"
+    if spec.n >= 2 and _sample_gemm_size(spec) <= BLAS_ONE_THREAD:
+        return "per_task"
+    return "gemm"
+
+
+def _samples_per_task(spec):
+    """As many samples per task as keep its GEMMs on one BLAS thread, with a task count that is a
+    multiple of the thread count (balanced)."""
+    threads = numba.get_num_threads()
+    most = max(1, BLAS_ONE_THREAD // max(1, _sample_gemm_size(spec)))
+    tasks = -(-spec.n // most)
+    tasks = -(-tasks // threads) * threads
+    return max(1, -(-spec.n // tasks))
+
+
+def _task_buffers(spec, dtype):
+    """Per-thread columns ``(threads, C_in, kh, kw, nb, oh, ow)`` and GEMM rows ``(threads,
+    C_out/groups, nb*oh*ow)`` of the ``"per_task"`` kernels."""
+    threads, nb = numba.config.NUMBA_NUM_THREADS, _samples_per_task(spec)
+    cols = workspace("cols", (threads, spec.c_in, spec.kh, spec.kw, nb, spec.oh, spec.ow), dtype)
+    rows = workspace("task_rows", (threads, spec.c_out // spec.groups, nb * spec.oh * spec.ow), dtype)
+    return cols, rows
+
+
+def _grouped(a, spec, c):
+    """``(N, groups, c/groups, oh*ow)`` view of an ``(N, c, oh, ow)`` array."""
+    return a.reshape(spec.n, spec.groups, c // spec.groups, spec.oh * spec.ow)
 
 
 def _blocks(spec, itemsize):
@@ -148,8 +187,14 @@ def conv2d(x, w, b, spec, algorithm=None):
     y = np.empty(spec.y_shape, x.dtype)
     if spec.n == 0:  # empty batch: nothing to compute (and the reshapes below would be ambiguous)
         return y
-    if (algorithm or conv_algorithm(spec)) == "direct":
+    algorithm = algorithm or conv_algorithm(spec)
+    if algorithm == "direct":
         loops.conv_direct(x, w, _bias(b, spec.c_out, x.dtype), y, *_geometry(spec))
+        return y
+    if algorithm == "per_task":
+        loops.conv_per_task(x, w.reshape(spec.groups, spec.c_out // spec.groups, -1),
+                            _bias(b, spec.c_out, x.dtype), _grouped(y, spec, spec.c_out),
+                            *_task_buffers(spec, x.dtype), *_geometry(spec))
         return y
     wg = w.reshape(spec.groups, spec.c_out // spec.groups, -1)
     y3 = y.reshape(spec.n, spec.c_out, -1)
@@ -172,8 +217,14 @@ def conv2d_grad_input(gy, w, spec, algorithm=None):
     gx = np.empty(spec.x_shape, gy.dtype)
     if spec.n == 0:
         return gx
-    if (algorithm or conv_algorithm(spec)) == "direct":
+    algorithm = algorithm or conv_algorithm(spec)
+    if algorithm == "direct":
         loops.conv_grad_input_direct(gy, w, gx, *_geometry(spec))
+        return gx
+    if algorithm == "per_task":
+        loops.conv_grad_input_per_task(_grouped(gy, spec, spec.c_out),
+                                       w.reshape(spec.groups, spec.c_out // spec.groups, -1), gx,
+                                       *_task_buffers(spec, gy.dtype), *_geometry(spec))
         return gx
     wt = w.reshape(spec.groups, spec.c_out // spec.groups, -1).transpose(0, 2, 1)
     gy3 = gy.reshape(spec.n, spec.c_out, -1)
@@ -194,9 +245,19 @@ def conv2d_grad_weight(gy, x, spec, algorithm=None):
     gw = np.zeros(spec.w_shape, gy.dtype)
     if spec.n == 0:
         return gw
-    if (algorithm or conv_algorithm(spec)) == "direct":
+    algorithm = algorithm or conv_algorithm(spec)
+    if algorithm == "direct":
         loops.conv_grad_weight_direct(gy, x, gw, *_geometry(spec))
         return gw
+    if algorithm == "per_task":
+        g, cog, threads = spec.groups, spec.c_out // spec.groups, numba.config.NUMBA_NUM_THREADS
+        parts = workspace("gw_parts", (threads, g, cog, gw.size // spec.c_out), gy.dtype)
+        parts[...] = 0
+        cols, rows = _task_buffers(spec, gy.dtype)
+        loops.conv_grad_weight_per_task(_grouped(gy, spec, spec.c_out), x, parts, rows,
+                                        workspace("gw_prod", (threads,) + parts.shape[2:], gy.dtype),
+                                        cols, *_geometry(spec))
+        return parts.sum(axis=0).reshape(spec.w_shape)
     gw3 = gw.reshape(spec.groups, spec.c_out // spec.groups, -1)
     gy3 = gy.reshape(spec.n, spec.c_out, -1)
     part = workspace("gemm_gw", gw3.shape, gy.dtype)
