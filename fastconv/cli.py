@@ -78,6 +78,8 @@ def _parser():
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="cpu", help="cpu or cuda")
     t.add_argument("--backend", default="auto", help="auto, numpy, numba, cython, fft or cuda")
+    t.add_argument("--threads", type=int, help="threads of the compiled CPU kernels (default: all cores, "
+                                               "or NUMBA_NUM_THREADS / OMP_NUM_THREADS)")
     t.add_argument("--data-dir", help="folder holding mnist/ (default $FASTCONV_DATA, else "
                                       "~/.cache/fastconv/data)")
     t.add_argument("--download", action="store_true", help="fetch missing MNIST files")

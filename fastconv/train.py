@@ -75,6 +75,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     backend: str = "auto"
+    threads: int | None = None        # threads of the compiled CPU kernels (default: fastconv's)
     data_dir: str | None = None
     download: bool = False
     out: str | None = None            # default: runs/<task>-<model>
@@ -110,7 +111,8 @@ def resolve(config):
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {cfg.optimizer!r}")
     if cfg.schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {cfg.schedule!r}")
-    for field in ("epochs", "steps", "batch_size", "step_size", "eval_every", "eval_batch_size", "subset"):
+    for field in ("epochs", "steps", "batch_size", "step_size", "eval_every", "eval_batch_size", "subset",
+                  "threads"):
         value = getattr(cfg, field)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{field} must be a positive int, got {value!r}")
@@ -338,6 +340,9 @@ def train(config=None, callback=None, stream=None, **overrides):
     """
     cfg = resolve(dataclasses.replace(config or TrainConfig(), **overrides))
     stream = stream or sys.stderr
+    if cfg.threads is not None:
+        from .config import set_num_threads
+        set_num_threads(cfg.threads)
     x, y, xt, yt = load_data(cfg)
     manual_seed(cfg.seed)
     model = models.create(cfg.model, backend=cfg.backend).to(cfg.device)

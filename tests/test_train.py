@@ -135,7 +135,8 @@ def test_augment_shifts_signals_and_images():
 @pytest.mark.parametrize("field,value,match", [("task", "cifar", "task"), ("model", "wide", "model"),
                                                ("optimizer", "lbfgs", "optimizer"),
                                                ("schedule", "linear", "schedule"), ("epochs", 0, "epochs"),
-                                               ("lr", -1.0, "lr"), ("backend", "magic", "backend")])
+                                               ("lr", -1.0, "lr"), ("backend", "magic", "backend"),
+                                               ("threads", 0, "threads")])
 def test_bad_configs(field, value, match):
     config = TrainConfig(task="lenet5") if field == "model" else TrainConfig()
     with pytest.raises(ValueError, match=match):
