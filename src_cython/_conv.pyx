@@ -154,10 +154,12 @@ def conv2d(const real[:, :, :, ::1] x, const real[:, :, :, ::1] w, const real[::
            real[:, :, :, ::1] y, real[:, ::1] ws, tuple geo):
     """``y = conv(x, w) + b`` (``b`` may be None); ``ws``: ``wide_size(geo)`` scratch per thread."""
     cdef Geo g = make_geo(geo)
-    cdef const real* bp = NULL if b is None else &b[0]
+    cdef const real* bp = NULL
     cdef Py_ssize_t t
     if y.size == 0:
         return
+    if b is not None:
+        bp = &b[0]
     with nogil, parallel():
         for t in prange(g.n * g.c_out, schedule="static"):
             forward_plane(&x[0, 0, 0, 0], &w[0, 0, 0, 0], bp, &y[0, 0, 0, 0], &ws[threadid(), 0], &g,

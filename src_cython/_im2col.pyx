@@ -189,9 +189,11 @@ def conv2d_gemm(const real[:, :, :, ::1] x, const real[:, :, :, ::1] w, const re
     """``y = conv(x, w) + b``, ``pix`` output pixels per tile; ``ws``: ``taps * pix`` per thread."""
     cdef Geo g = make_geo(geo)
     cdef Py_ssize_t tiles = (g.ohw + pix - 1) // pix, t, n, grp, p0
-    cdef const real* bp = NULL if b is None else &b[0]
+    cdef const real* bp = NULL
     if y.size == 0:
         return
+    if b is not None:
+        bp = &b[0]
     with nogil, parallel(num_threads=nthreads):
         for t in prange(g.n * g.groups * tiles, schedule="static"):
             n = t // (g.groups * tiles)
