@@ -88,6 +88,15 @@ def test_gemm_chunking(chunking, dtype):
     _check_conv(spec, dtype, "gemm")
 
 
+@pytest.mark.parametrize("limit", [1, 2000, 1 << 40])
+def test_per_task_sample_counts(monkeypatch, limit):
+    """One sample per task, a few (a short last task with zero-filled columns), or all in one task."""
+    monkeypatch.setattr(nb, "BLAS_ONE_THREAD", limit)
+    spec = shapes.conv_spec((5, 4, 6, 7), (6, 2, 3, 2), None, stride=(1, 2), padding=(2, 1), groups=2)
+    _check_conv(spec, np.float32, "per_task")
+    _check_conv(spec, np.float64, "per_task")
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_pointwise_gemm(chunking, dtype):
     """1x1 stride-1 unpadded convolution: the input is its own columns (no im2col, no col2im)."""

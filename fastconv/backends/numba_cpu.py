@@ -1,18 +1,21 @@
 """The Numba CPU backend (``"numba"``): parallel compiled loops, and BLAS where a convolution is a GEMM.
 
-Every convolution kernel picks one of two algorithms by shape (:func:`conv_algorithm`):
+Every convolution kernel picks one of three algorithms by shape (:func:`conv_algorithm`):
 
 - ``"direct"``: loops over the window (``_numba_loops.conv_*_direct``), one output plane per thread task.
   Used for depthwise and other thin groups, where each group's GEMM would be a matrix-vector product.
-- ``"gemm"``: im2col (a parallel Numba kernel), then one BLAS product per group (``numpy.matmul``);
-  col2im for the input gradient. Columns of several samples sit side by side when one sample's are too
-  few for an efficient GEMM (LeNet, 1-D), a sample whose columns would be too big is cut into bands of
-  output rows, and a 1x1 stride-1 unpadded convolution skips im2col (its input is its columns). Columns
-  and other temporaries live in per-thread workspaces reused from call to call: big buffers freed and
-  allocated again on every call cost page faults.
+- ``"per_task"``: for small convolutions (LeNet, MNIST-1D): each Numba task builds the columns of a few
+  samples and multiplies them by BLAS on its own thread (products small enough that OpenBLAS stays
+  single-threaded), so the whole op is one parallel region.
+- ``"gemm"``: for big ones: im2col (a parallel Numba kernel), then one BLAS product per group
+  (``numpy.matmul``, BLAS's own threads); col2im for the input gradient. Columns of several samples sit
+  side by side when they are small, a sample whose columns would be too big is cut into bands of output
+  rows, and a 1x1 stride-1 unpadded convolution skips im2col (its input is its columns).
 
-Pooling, unpooling and their gradients are direct loops over ``n*c`` planes. Signatures are those of
-``reference`` (the conv kernels also take ``algorithm=`` to force one). Nothing compiles at import.
+Columns and other temporaries live in per-thread workspaces reused from call to call: big buffers freed
+and allocated again on every call cost page faults. Pooling, unpooling and their gradients are direct
+loops over ``n*c`` planes. Signatures are those of ``reference`` (the conv kernels also take
+``algorithm=`` to force one). Nothing compiles at import.
 """
 import os
 import threading
