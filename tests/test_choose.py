@@ -15,7 +15,8 @@ from fastconv.backends import choose, dispatch, fft, separable
 from helpers import check_against
 
 BIGKERNEL = shapes.conv_spec((4, 8, 128, 128), (8, 8, 15, 15), (8,), padding=7)
-LENET = [shapes.conv_spec((64, 1, 32, 32), (6, 1, 5, 5), (6,)), shapes.conv_spec((64, 6, 14, 14), (16, 6, 5, 5), (16,))]
+LENET = [shapes.conv_spec((64, 1, 32, 32), (6, 1, 5, 5), (6,)),
+         shapes.conv_spec((64, 6, 14, 14), (16, 6, 5, 5), (16,))]
 CONV_OPS = ("conv2d", "conv2d_grad_input", "conv2d_grad_weight")
 
 
