@@ -209,3 +209,17 @@ def test_asv_suite_runs_and_skips():
     if not fastconv.cuda.is_available() or fastconv.cuda.is_simulator():
         with pytest.raises(NotImplementedError):
             bench_gpu.GpuConv2dForward().setup("cuda", "lenet_c1")
+
+
+def test_asv_suites_import_without_starting_thread_pools():
+    """asv's forkserver imports the suites once and forks per benchmark: an OpenMP pool started at import
+    (Numba terminates processes forked from one) would fail every benchmark. Also: the smoke switch puts
+    the tiny shapes in every grid."""
+    import subprocess
+    code = ("import numba.np.ufunc.parallel as p\n"
+            "from benchmarks import bench_conv, bench_gpu, bench_pool, bench_train\n"
+            "print(p._is_initialized, bench_conv.Conv2dForward.params[1], bench_pool.PoolForward.params[1])")
+    env = dict(os.environ, FASTCONV_BENCH_SMOKE="1")
+    out = subprocess.run([sys.executable, "-c", code], cwd=BENCH, capture_output=True, text=True, check=True,
+                         env=env)
+    assert out.stdout.strip() == "False ['tiny_3x3', 'tiny_s2_dil'] ['tiny_maxpool', 'tiny_avgpool']"

@@ -4,13 +4,13 @@ Implementations are ``torch`` (PyTorch CPU, the peer) and fastconv's ``auto`` an
 cannot run here are skipped. Shapes come from ``common`` (the table ``bench/compare.py`` uses too).
 """
 from . import common
-from .common import CONV1D, CONV2D, IMPLS, LARGE, SHAPES
+from .common import IMPLS, SHAPES, grid
 
 common.preload()
 
 
 class _Conv:
-    params = [list(IMPLS), [s.name for s in CONV2D]]
+    params = [list(IMPLS), grid("conv2d")]
     param_names = ["impl", "shape"]
     grad = False
     timeout = 180
@@ -32,7 +32,7 @@ class Conv2dForwardBackward(_Conv):
 
 
 class Conv1dForward(_Conv):
-    params = [list(IMPLS), [s.name for s in CONV1D]]
+    params = [list(IMPLS), grid("conv1d")]
 
     def time_forward(self, impl, shape):
         self.run()
@@ -49,7 +49,7 @@ class Conv1dForwardBackward(_Conv):
 class Conv2dPeakMemory(_Conv):
     """Peak resident memory of forward + backward on the large shapes (the process's peak: interpreter,
     libraries and inputs included, so compare implementations, not absolute values)."""
-    params = [list(IMPLS), [name for name in LARGE if SHAPES[name].kind == "conv"]]
+    params = [list(IMPLS), grid("peak_conv")]
     grad = True
 
     def peakmem_forward_backward(self, impl, shape):
@@ -58,7 +58,7 @@ class Conv2dPeakMemory(_Conv):
 
 class Conv2dGflops(_Conv):
     """Forward GFLOP/s (best of 3) on the GEMM-bound shapes: a number to hold against the GEMM rate."""
-    params = [list(IMPLS), [s.name for s in CONV2D if s.gemm_bound]]
+    params = [list(IMPLS), grid("gemm")]
     unit = "GFLOP/s"
 
     def track_forward_gflops(self, impl, shape):

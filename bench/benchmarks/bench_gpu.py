@@ -4,15 +4,26 @@ Every benchmark raises NotImplementedError (asv: skipped) where no CUDA GPU is u
 simulator counts as none (it measures Python, not a GPU). Nothing touches CUDA at import: a CUDA context
 made in asv's forkserver would not survive the fork.
 """
+import glob
+import os
+
 from . import common
-from .common import CONV2D, POOL, SHAPES, TORCH, TRAIN_TASKS
+from .common import SHAPES, TORCH, TRAIN_TASKS, grid
 
 common.preload()
 
 GPU_IMPLS = ("cuda", TORCH)  # fastconv backend "cuda"; PyTorch on the GPU
 
 
+def _no_gpu_device():
+    """True when the machine has no NVIDIA device node at all: then skip before importing numba.cuda or
+    initialising torch.cuda (seconds per benchmark, and every GPU benchmark is skipped anyway)."""
+    return not (glob.glob("/dev/nvidia[0-9]*") or os.path.exists("/dev/dxg")) and os.name == "posix"
+
+
 def skip_without_gpu(impl):
+    if _no_gpu_device():
+        raise NotImplementedError("no NVIDIA GPU device on this machine")
     if impl == TORCH:
         if not common.has_torch():
             raise NotImplementedError("PyTorch is not installed")
@@ -41,7 +52,7 @@ class _Gpu:
 
 
 class GpuConv2dForward(_Gpu):
-    params = [list(GPU_IMPLS), [s.name for s in CONV2D]]
+    params = [list(GPU_IMPLS), grid("conv2d")]
 
     def time_forward(self, impl, shape):
         self.run()
@@ -56,7 +67,7 @@ class GpuConv2dForwardBackward(_Gpu):
 
 
 class GpuPoolForwardBackward(_Gpu):
-    params = [list(GPU_IMPLS), [s.name for s in POOL]]
+    params = [list(GPU_IMPLS), grid("pool")]
     grad = True
 
     def time_forward_backward(self, impl, shape):

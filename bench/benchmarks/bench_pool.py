@@ -1,12 +1,12 @@
 """Pooling suites (max and average, 2x2 stride 2): forward, forward + backward, peak memory."""
 from . import common
-from .common import IMPLS, LARGE, POOL, SHAPES
+from .common import POOL_IMPLS, SHAPES, grid
 
 common.preload()
 
 
 class _Pool:
-    params = [list(IMPLS), [s.name for s in POOL]]
+    params = [list(POOL_IMPLS), grid("pool")]
     param_names = ["impl", "shape"]
     grad = False
     timeout = 120
@@ -29,7 +29,7 @@ class PoolForwardBackward(_Pool):
 
 class PoolPeakMemory(_Pool):
     """Peak resident memory of forward + backward on the large pooling shapes (process peak)."""
-    params = [list(IMPLS), [name for name in LARGE if SHAPES[name].kind == "pool"]]
+    params = [list(POOL_IMPLS), grid("peak_pool")]
     grad = True
 
     def peakmem_forward_backward(self, impl, shape):

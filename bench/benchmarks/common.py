@@ -306,7 +306,27 @@ def allocator():
 # A fixed grid, so that results stay comparable across machines. The NumPy reference is the oracle, not a
 # speed path: bench/compare.py times it, asv does not (it would double the CI's quick run).
 IMPLS = (TORCH, "auto", "numba", "cython", "fft")
+POOL_IMPLS = (TORCH, "auto", "numba", "cython")  # the FFT backend has no pooling
 BENCH_THREADS = int(os.environ.get("FASTCONV_BENCH_THREADS", "2"))
+# FASTCONV_BENCH_SMOKE=1: every suite runs the tiny shapes (and batches of 8), to check in seconds that no
+# benchmark has rotted (CI); results under it are not comparable with real runs and should not be saved.
+SMOKE = os.environ.get("FASTCONV_BENCH_SMOKE", "") not in ("", "0")
+_GRID = {
+    "conv2d": [s.name for s in CONV2D],
+    "conv1d": [s.name for s in CONV1D],
+    "pool": [s.name for s in POOL],
+    "gemm": [s.name for s in CONV2D if s.gemm_bound],
+    "peak_conv": [n for n in LARGE if SHAPES[n].kind == "conv"],
+    "peak_pool": [n for n in LARGE if SHAPES[n].kind == "pool"],
+}
+_SMOKE_GRID = {"conv2d": ["tiny_3x3", "tiny_s2_dil"], "conv1d": ["tiny_1d"], "pool": ["tiny_maxpool", "tiny_avgpool"],
+               "gemm": ["tiny_3x3"], "peak_conv": ["tiny_3x3"], "peak_pool": ["tiny_maxpool"]}
+
+
+def grid(group):
+    """Shape names of one asv suite's grid (``conv2d``, ``conv1d``, ``pool``, ``gemm``, ``peak_conv``,
+    ``peak_pool``): the real shapes, or the tiny ones under FASTCONV_BENCH_SMOKE=1."""
+    return list((_SMOKE_GRID if SMOKE else _GRID)[group])
 
 
 def skip_unless_runnable(impl, shape=None):
@@ -346,12 +366,16 @@ def warm_runner(impl, shape, grad):
 
 
 def preload():
-    """Import torch and fastconv's backends once, in asv's forkserver (a benchmark module's import),
-    rather than in every forked benchmark process. Runs no kernel and leaves CUDA alone (a CUDA context
-    does not survive fork), so that nothing the forked processes need is broken by the fork."""
+    """Import torch, fastconv and its models once, in asv's forkserver (a benchmark module's import),
+    rather than in every forked benchmark process.
+
+    The backends are left to the forked processes: the Numba backend starts Numba's OpenMP thread pool
+    when it is imported, and Numba terminates any process forked from one whose pool runs. For the same
+    reason nothing here touches CUDA (a CUDA context does not survive fork).
+    """
     has_torch()
-    backend_status(CPU_BACKENDS)
     try:
+        import fastconv.functional  # noqa: F401
         import fastconv.models  # noqa: F401
         import fastconv.optim  # noqa: F401
     except ImportError:
@@ -490,7 +514,9 @@ class Trainer:
 
 
 def synthetic_batch(task, seed=0):
-    """A random batch of the task's shape and batch size (timing needs no real data)."""
+    """A random batch of the task's shape and batch size, 8 under FASTCONV_BENCH_SMOKE=1 (timing needs no
+    real data)."""
     _, sample, batch, _ = TRAIN_TASKS[task]
+    batch = 8 if SMOKE else batch
     rng = np.random.default_rng(seed)
     return rng.standard_normal((batch,) + sample, dtype=np.float32), rng.integers(0, 10, batch)
