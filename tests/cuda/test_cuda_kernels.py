@@ -166,3 +166,29 @@ def test_max_unpool_and_grad(dtype):
     assert_close(out, ref.max_unpool2d(y, idx, (6, 5)), dtype, "max_unpool")
     g = rng.standard_normal((2, 2, 6, 5)).astype(dtype)
     assert_close(kc.max_unpool2d_grad(_dev(g), _dev(idx)), ref.max_unpool2d_grad(g, idx), dtype, "unpool grad")
+
+
+@pytest.fixture
+def gpu_launch_config(monkeypatch):
+    """The launch shapes a real GPU uses (64x64 GEMM tiles of 16x16 threads, ...) instead of the
+    simulator's small ones, with a fresh kernel cache (kernels are specialised on the tile sizes)."""
+    from fastconv.backends import _cuda_kernels as K
+    gpu = K.Config(threads=256, max_blocks=16384, red_threads=256, gemm=(64, 64, 16, 4, 4), direct=(16, 8, 4))
+    for module in (K, kc, ca):
+        monkeypatch.setattr(module, "config", lambda: gpu)
+    monkeypatch.setattr(K, "_kernels", {})
+
+
+def test_gpu_launch_configuration(gpu_launch_config):
+    """The same kernels with the GPU's tile sizes: partial tiles on every edge, split-K, multi-tile matmul."""
+    rng = np.random.default_rng(8)
+    x, w = rng.standard_normal((1, 3, 9, 17)).astype(np.float32), rng.standard_normal((5, 3, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(5).astype(np.float32)
+    spec = shapes.conv_spec(x.shape, w.shape, b.shape, (2, 1), 1, (1, 2), 1)
+    expected = ref.conv2d(x, w, b, spec)
+    assert_close(kc.conv2d_direct(_dev(x), _dev(w), _dev(b), spec), expected, np.float32, "direct")
+    assert_close(kc.conv2d_gemm(_dev(x), _dev(w), _dev(b), spec), expected, np.float32, "gemm")
+    gy = rng.standard_normal(spec.y_shape).astype(np.float32)
+    assert_close(kc.conv2d_grad_weight(_dev(gy), _dev(x), spec), ref.conv2d_grad_weight(gy, x, spec), np.float32)
+    a, m = rng.standard_normal((70, 20)), rng.standard_normal((20, 66))
+    assert_close(ca.matmul(_dev(m).T, _dev(a).T), m.T @ a.T)
