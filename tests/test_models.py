@@ -66,13 +66,26 @@ class _TorchPaperNet(torch.nn.Module if torch else object):
         return self.classifier(self.features(x.view(-1, 1, x.shape[-1])))
 
 
+def _torch_wide():
+    nn = torch.nn
+    model = nn.Module()
+    model.features = nn.Sequential(nn.Conv1d(1, 64, 5, padding=2), nn.ReLU(), nn.Conv1d(64, 64, 3, padding=1),
+                                   nn.ReLU(), nn.MaxPool1d(2), nn.Conv1d(64, 128, 3, padding=1), nn.ReLU(),
+                                   nn.Conv1d(128, 128, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool1d(1),
+                                   nn.Flatten())
+    model.classifier = nn.Linear(128, 10)
+    model.forward = lambda x: model.classifier(model.features(x.view(-1, 1, x.shape[-1])))
+    return model
+
+
 @needs_torch
 @pytest.mark.parametrize("make,ref,shape", [(lambda: models.LeNet5("modern"), lambda: _torch_lenet("modern"),
                                              (4, 1, 32, 32)),
                                             (lambda: models.LeNet5("classic"), lambda: _torch_lenet("classic"),
                                              (4, 1, 32, 32)),
-                                            (lambda: models.MNIST1DConvNet("paper"), _TorchPaperNet, (6, 40))],
-                         ids=["lenet5-modern", "lenet5-classic", "mnist1d-paper"])
+                                            (lambda: models.MNIST1DConvNet("paper"), _TorchPaperNet, (6, 40)),
+                                            (models.MNIST1DWideNet, _torch_wide, (5, 40))],
+                         ids=["lenet5-modern", "lenet5-classic", "mnist1d-paper", "mnist1d-wide"])
 def test_matches_torch(make, ref, shape):
     fc.manual_seed(0)
     model, theirs = make(), ref()
