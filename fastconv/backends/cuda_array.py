@@ -20,6 +20,7 @@ Nothing touches the GPU at import time; kernels compile on first use. Under Numb
 from __future__ import annotations
 
 import builtins
+import weakref
 
 import numba
 import numpy as np
@@ -34,7 +35,7 @@ __all__ = ["CudaArray", "asarray", "ascontiguousarray", "is_device_array", "empt
            "sign", "square", "maximum", "minimum", "where", "greater", "greater_equal", "less",
            "less_equal", "equal", "not_equal", "logical_not", "sum", "max", "amax", "min", "amin", "mean",
            "matmul", "transpose", "swapaxes", "reshape", "broadcast_to", "take_along_axis",
-           "put_along_axis", "add_at", "log_softmax", "log_softmax_grad", "synchronize"]
+           "put_along_axis", "add_at", "log_softmax", "log_softmax_grad", "synchronize", "empty_cache"]
 
 # Builtins this module shadows with NumPy's names (sum, max, min, abs), kept for internal use.
 _sum, _max, _min, _abs = builtins.sum, builtins.max, builtins.min, builtins.abs
@@ -83,8 +84,9 @@ class CudaArray:
     __array_priority__ = 2000
     __array_ufunc__ = None  # ndarray <op> CudaArray defers to our reflected operators
 
-    def __init__(self, buf, shape, strides=None, offset=0):
+    def __init__(self, buf, shape, strides=None, offset=0, owner=None):
         self._buf = buf
+        self._owner = owner  # the pool block behind buf (see empty()); every view holds it
         self.shape = tuple(int(s) for s in shape)
         self._strides = _c_strides(self.shape) if strides is None else tuple(int(s) for s in strides)
         self.offset = int(offset)
@@ -199,7 +201,7 @@ class CudaArray:
         shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
         shape = _resolve_shape(tuple(int(s) for s in shape), self.size)
         a = self if self.flags.c_contiguous else self.copy()
-        return CudaArray(a._buf, shape, None, a.offset)
+        return a._restrided(shape, None, a.offset)
 
     def ravel(self):
         return self.reshape(-1)
@@ -212,7 +214,11 @@ class CudaArray:
         if sorted(a % _max(self.ndim, 1) for a in axes) != list(range(self.ndim)):
             raise ValueError(f"axes {axes} are not a permutation of {self.ndim} dims")
         axes = tuple(a % self.ndim for a in axes)
-        return CudaArray(self._buf, [self.shape[a] for a in axes], [self._strides[a] for a in axes], self.offset)
+        return self._restrided([self.shape[a] for a in axes], [self._strides[a] for a in axes], self.offset)
+
+    def _restrided(self, shape, strides, offset):
+        """Another view of the same memory."""
+        return CudaArray(self._buf, shape, strides, offset, self._owner)
 
     def swapaxes(self, a, b):
         axes = list(range(self.ndim))
@@ -276,7 +282,7 @@ class CudaArray:
                 raise TypeError(f"unsupported index {i!r} on the GPU: use ints, slices, '...', None, or one "
                                 "integer array (rows of the first axis)")
             dim += 1
-        return CudaArray(self._buf, shape, strides, offset)
+        return self._restrided(shape, strides, offset)
 
     # ---------------------------------------------------------------- operators
     def __add__(self, other):
@@ -427,7 +433,10 @@ def _from_host(host, dtype=None):
     host = np.asarray(host, dtype=dtype, order="C")  # (np.ascontiguousarray would make 0-d arrays 1-d)
     if host.dtype == np.float16 or host.dtype.kind not in "biuf":
         raise TypeError(f"unsupported dtype on the GPU: {host.dtype}")
-    return CudaArray(cuda.to_device(host.reshape(-1)), host.shape)
+    out = empty(host.shape, host.dtype)
+    if host.size:
+        out._buf.copy_to_device(host.reshape(-1))
+    return out
 
 
 def asarray(obj, dtype=None):
@@ -445,7 +454,51 @@ def ascontiguousarray(obj, dtype=None):
     return a if a.flags.c_contiguous else a.copy()
 
 
+# ------------------------------------------------------------------------------ allocation
+class _Block:
+    """Owner of one pooled device buffer: when the last array viewing it is gone, the buffer returns to
+    the pool (a weakref finalizer). Kernels run in stream order, so a kernel still reading a returned
+    buffer finishes before the next one writing it starts."""
+    __slots__ = ("__weakref__",)
+
+
+_pool = {}  # rounded size in bytes -> free uint8 device buffers
+_pool_bytes = 0
+POOL_LIMIT = 4 << 30  # bytes kept for reuse; beyond it buffers go back to the driver
 _poison = False
+
+
+def _release(size, raw):
+    global _pool_bytes
+    if _pool_bytes + size <= POOL_LIMIT:
+        _pool.setdefault(size, []).append(raw)
+        _pool_bytes += size
+
+
+def empty_cache():
+    """Give the pooled device buffers back to the driver (arrays in use are not affected)."""
+    global _pool_bytes
+    _pool.clear()
+    _pool_bytes = 0
+
+
+def _allocate(nbytes):
+    """A device buffer of at least ``nbytes`` from the pool (sizes rounded up to 512 bytes), and its owner.
+
+    Numba allocates with cuMemAlloc and frees with cuMemFree, which synchronises the device; a training
+    step allocates the same sizes every iteration, so a size-keyed free list avoids both.
+    """
+    global _pool_bytes
+    size = _max(512, -(-nbytes // 512) * 512)
+    free = _pool.get(size)
+    if free:
+        raw = free.pop()
+        _pool_bytes -= size
+    else:
+        raw = cuda.device_array(size, dtype=np.uint8)
+    owner = _Block()
+    weakref.finalize(owner, _release, size, raw).atexit = False
+    return raw, owner
 
 
 def poison_outputs(flag=True):
@@ -458,8 +511,10 @@ def poison_outputs(flag=True):
 def empty(shape, dtype=np.float64):
     shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(int(s) for s in shape)
     dtype = np.dtype(dtype)
-    out = CudaArray(cuda.device_array(_prod(shape), dtype=dtype), shape)
-    if _poison and out.size:
+    size = _prod(shape)
+    raw, owner = _allocate(size * dtype.itemsize)
+    out = CudaArray(raw[:size * dtype.itemsize].view(dtype), shape, owner=owner)
+    if _poison and size:
         out.fill(np.nan if dtype.kind == "f" else (True if dtype.kind == "b" else np.iinfo(dtype).min))
     return out
 
@@ -531,7 +586,7 @@ def broadcast_to(a, shape):
     shape = tuple(int(s) for s in shape)
     if np.broadcast_shapes(a.shape, shape) != shape:
         raise ValueError(f"cannot broadcast shape {a.shape} to {shape}")
-    return CudaArray(a._buf, shape, _bstrides(a, shape), a.offset)
+    return a._restrided(shape, _bstrides(a, shape), a.offset)
 
 
 def transpose(a, axes=None):
@@ -737,7 +792,7 @@ def _along(mode, arr, axis, idx, val):
     if idx.dtype.kind not in "iu":
         raise TypeError(f"indices must be integers, got {idx.dtype}")
     length, axis_stride = arr.shape[axis], arr._strides[axis]
-    flat = CudaArray(arr._buf, arr.shape[:axis] + (1,) + arr.shape[axis + 1:],
+    flat = arr._restrided(arr.shape[:axis] + (1,) + arr.shape[axis + 1:],
                      arr._strides[:axis] + (0,) + arr._strides[axis + 1:], arr.offset)
     strides = [_bstrides(flat, shape), _bstrides(idx, shape), _bstrides(val, shape)]
     cshape, cstrides = _collapse(shape, strides)
@@ -829,7 +884,7 @@ def add_at(a, index, values):
 def _batch_stride(a, batch):
     """``(stride)`` such that flat batch index b starts at ``offset + b * stride`` for ``a`` broadcast
     over ``batch``, or None when the batch dims do not collapse to one stride."""
-    strides = _bstrides(CudaArray(a._buf, a.shape[:-2], a._strides[:-2], a.offset), batch)
+    strides = _bstrides(a._restrided(a.shape[:-2], a._strides[:-2], a.offset), batch)
     shape, (collapsed,) = _collapse(batch, [strides])
     return collapsed[0] if len(shape) == 1 else None
 

@@ -222,3 +222,23 @@ def test_fused_log_softmax_and_grad(dtype):
         assert_close(got, out, dtype, f"log_softmax axis {axis}")
         assert_close(xp.log_softmax_grad(dg, got, axis), grad, dtype, f"log_softmax grad axis {axis}")
     assert_close(xp.log_softmax(da.transpose(2, 0, 1), 0), xp.log_softmax(da, -1).transpose(2, 0, 1), dtype)
+
+
+def test_buffers_return_to_the_pool_when_no_view_remains():
+    import gc
+    xp.empty_cache()
+    a = xp.ones((3, 4), np.float32)
+    view = a[1:].T
+    del a
+    gc.collect()
+    assert not xp._pool  # the view still uses the buffer
+    assert_close(view, np.ones((4, 2), np.float32))
+    raw = view._buf
+    del view
+    gc.collect()
+    assert sum(len(v) for v in xp._pool.values()) >= 1
+    b = xp.zeros(5, np.float64)  # same rounded size: the buffer is reused, cleared by the fill
+    assert_close(b, np.zeros(5))
+    assert raw is not None and xp._pool_bytes >= 0
+    xp.empty_cache()
+    assert not xp._pool and xp._pool_bytes == 0
