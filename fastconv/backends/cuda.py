@@ -272,10 +272,6 @@ def _contiguous(a, shape, name):
     return a
 
 
-def _dummy(like):
-    return like._flat()
-
-
 def conv2d_direct(x, w, b, spec):
     """Forward convolution with the direct kernel (any spec whose patch fits; see :func:`use_direct`)."""
     x, w = _contiguous(x, spec.x_shape, "x"), _contiguous(w, spec.w_shape, "w")
@@ -311,6 +307,7 @@ def conv2d(x, w, b, spec):
 
 
 def conv2d_grad_input(gy, w, spec):
+    """Input gradient (also the transposed convolution's forward) as an implicit GEMM gathering gy."""
     gy, w = _contiguous(gy, spec.y_shape, "gy"), _contiguous(w, spec.w_shape, "w")
     gx = ca.empty(spec.x_shape, gy.dtype)
     if gx.size == 0:
@@ -318,7 +315,7 @@ def conv2d_grad_input(gy, w, spec):
     if gy.size == 0:
         gx.fill(0)
         return gx
-    launch_gemm("conv_grad_input", w._flat(), gy._flat(), gx._flat(), _dummy(gx), conv_geometry(spec),
+    launch_gemm("conv_grad_input", w._flat(), gy._flat(), gx._flat(), gx._flat(), conv_geometry(spec),
                 spec.c_in // spec.groups, spec.n * spec.h * spec.w, spec.groups, True, False)
     return gx
 
@@ -330,17 +327,20 @@ def _splits(spec):
     tiles = -(-(spec.c_out // spec.groups) // bm) * -(-(spec.c_in // spec.groups * spec.kh * spec.kw) // bn)
     target = 2 if getattr(numba.config, "ENABLE_CUDASIM", False) else 256
     splits = max(1, min(-(-target // (tiles * spec.groups)), -(-k // (4 * bk)), MAX_GRID_Z // spec.groups))
-    chunk = -(-(-(-k // splits)) // bk) * bk
+    per_split = -(-k // splits)
+    chunk = -(-per_split // bk) * bk  # a whole number of K tiles
     return -(-k // chunk), chunk
 
 
 def conv2d_grad_weight(gy, x, spec):
+    """Weight gradient as an implicit GEMM over every output pixel, split-K with atomic partial sums.
+    (The bias slot of the GEMM is unused: its buffer argument is a placeholder.)"""
     gy, x = _contiguous(gy, spec.y_shape, "gy"), _contiguous(x, spec.x_shape, "x")
     gw = ca.zeros(spec.w_shape, gy.dtype)
     if gy.size == 0 or gw.size == 0:
         return gw
     splits, chunk = _splits(spec)
-    launch_gemm("conv_grad_weight", gy._flat(), x._flat(), gw._flat(), _dummy(gw),
+    launch_gemm("conv_grad_weight", gy._flat(), x._flat(), gw._flat(), gw._flat(),
                 conv_geometry(spec, splits, chunk), spec.c_out // spec.groups,
                 spec.c_in // spec.groups * spec.kh * spec.kw, spec.groups * splits, True, True)
     return gw
