@@ -96,23 +96,37 @@ def test_each_algorithm_on_shapes_the_other_would_get(shape, dtype):
     _check_conv(spec, dtype, auto)
 
 
-@pytest.mark.parametrize("tile", ["two rows", "partial rows", "fewer tiles than threads"])
+@pytest.mark.parametrize("tile", ["two rows", "partial rows", "two samples", "two signals",
+                                  "across samples", "fewer tiles than threads"])
 def test_gemm_tiles_and_thread_plans(monkeypatch, tile):
-    """Tiles of whole rows, tiles that start and end inside rows, and one tile for many threads."""
+    """Tiles of whole rows, tiles that start and end inside rows, tiles of several small samples or
+    straddling samples, and one tile for many threads (then the BLAS threads)."""
     spec = shapes.conv_spec((2, 6, 13, 11), (6, 3, 3, 2), None, stride=(2, 1), padding=1, groups=2)
-    taps = 3 * 3 * 2
+    per_output = 4 * (3 * 3 * 2 + 3)  # bytes of columns and outputs per output
     monkeypatch.setattr(cy, "_MIN_TILE", 1)
     if tile == "two rows":
-        monkeypatch.setattr(cy, "_TILE_BYTES", 4 * taps * (2 * spec.ow + 3))
-        assert cy._gemm_plan(spec, True, 4)[0] == 2 * spec.ow
+        monkeypatch.setattr(cy, "_TILE_BYTES", per_output * (2 * spec.ow + 3))
+        assert cy._gemm_plan(spec, 4)[0] == 2 * spec.ow
     elif tile == "partial rows":
-        monkeypatch.setattr(cy, "_TILE_BYTES", 4 * taps * 7)
-        assert cy._gemm_plan(spec, True, 4)[0] == 7
+        monkeypatch.setattr(cy, "_TILE_BYTES", per_output * 7)
+        assert cy._gemm_plan(spec, 4)[0] == 7
+    elif tile in ("two samples", "two signals"):  # tiny planes: a few whole samples per product
+        shape = (5, 4, 3, 4) if tile == "two samples" else (5, 4, 1, 9)
+        spec = shapes.conv_spec(shape, (6, 2, 1, 2), None, padding=(0, 1), stride=(1, 2), groups=2)
+        monkeypatch.setattr(cy, "_MIN_TILE", 64)
+        monkeypatch.setattr(cy, "_SMALL_GEMM", 3 * 4 * (2 * spec.oh * spec.ow + 1))
+        assert cy._gemm_plan(spec, 4)[0] == 2 * spec.oh * spec.ow
+    elif tile == "across samples":
+        spec = shapes.conv_spec((5, 4, 3, 3), (4, 4, 3, 3), None, padding=1)
+        monkeypatch.setattr(cy, "_MIN_TILE", 10)
+        monkeypatch.setattr(cy, "num_threads", lambda: 3)
+        assert cy._gemm_plan(spec, 4)[:2] == (15, 3)
+        assert cy._gemm_plan(spec, 4, whole_samples=True)[:2] == (9, 3)
     else:
         spec = shapes.conv_spec((1, 4, 5, 5), (4, 4, 3, 3), None, padding=1)
         monkeypatch.setattr(cy, "_MIN_TILE", 64)
         monkeypatch.setattr(cy, "num_threads", lambda: 4)
-        assert cy._gemm_plan(spec, True, 4)[1:] == (1, 4)
+        assert cy._gemm_plan(spec, 4)[1:] == (1, 4)
     for dtype in (np.float32, np.float64):
         _check_conv(spec, dtype, "gemm")
 

@@ -6,9 +6,9 @@ Convolutions run one of two algorithms, chosen per shape by :func:`conv_algorith
 - ``"direct"``: loops over kernel taps (``_cy._conv``), for depthwise-like convolutions (one or two
   channels per group in and out), where a matrix product would be too thin to pay for unfolding the
   input. A stride-1 tap is one long vector operation over a zero-padded copy of the plane;
-- ``"gemm"``: im2col of a tile of output pixels at a time into a per-thread workspace that stays in
-  cache, then BLAS ``?gemm`` (``_cy._im2col``); a 1x1, stride-1, unpadded convolution multiplies the
-  input planes directly.
+- ``"gemm"``: im2col of a tile of outputs at a time (rows of a large plane, or several small planes)
+  into a per-thread workspace that stays in cache, then BLAS ``?gemm`` (``_cy._im2col``); a 1x1,
+  stride-1, unpadded convolution multiplies the input planes directly.
 
 Pooling and unpooling run ``_cy._pool``. Every kernel is parallel over OpenMP threads
 (``fastconv.set_num_threads`` / ``OMP_NUM_THREADS``). The GEMM kernels either run tiles in parallel with
@@ -34,7 +34,8 @@ else:
 
 ALGORITHMS = ("direct", "gemm")
 _TILE_BYTES = 1 << 20  # im2col tile per thread: stays in a core's L2
-_MIN_TILE = 64  # output pixels: thinner matrix products waste the GEMM
+_MIN_TILE = 64  # outputs: thinner matrix products waste the GEMM
+_SMALL_GEMM = 1 << 20  # m * n * k up to which OpenBLAS multiplies without packing (cheaper when small)
 
 
 def check_available():
@@ -149,28 +150,40 @@ def blas_threads(n):
             set_(old)
 
 
-def _gemm_plan(spec, tiles_in_parallel, itemsize):
-    """``(pix, threads, blas)``: output pixels per im2col tile (whole rows when they fit the cache
-    budget), OpenMP threads for the tile loop, and BLAS threads inside each tile. Tiles run in parallel
-    when there are enough of them (per (sample, group) plane only, when ``tiles_in_parallel`` is false)."""
+def _gemm_plan(spec, itemsize, whole_samples=False):
+    """``(tile, threads, blas)``: outputs per matrix product (flattened over sample and pixel: whole
+    rows of one sample within the cache budget, or several whole samples when they are tiny), OpenMP
+    threads for the tile loop and BLAS threads inside each product. ``whole_samples``: tasks own whole
+    samples (input gradient)."""
     threads = num_threads()
-    ohw, planes = spec.oh * spec.ow, spec.n * spec.groups
-    taps = spec.c_in // spec.groups * spec.kh * spec.kw
-    pix = max(_MIN_TILE, _TILE_BYTES // (taps * itemsize))
-    if pix >= spec.ow:
-        pix -= pix % spec.ow
-    pix = min(pix, ohw)
+    ohw, total = spec.oh * spec.ow, spec.n * spec.oh * spec.ow
+    taps, cog = spec.c_in // spec.groups * spec.kh * spec.kw, spec.c_out // spec.groups
+    tile = _TILE_BYTES // ((taps + cog) * itemsize)
+    if ohw < _MIN_TILE:  # tiny planes (1-D signals): whole samples, in BLAS's small-matrix range
+        tile = ohw * max(1, min(tile, _SMALL_GEMM // max(1, cog * taps)) // ohw)
+    else:
+        tile = min(max(_MIN_TILE, tile), ohw)
+        tile -= tile % spec.ow if tile >= spec.ow else 0
+    tile = max(1, min(tile, total))
     if _blas_threads is None:  # can't keep the BLAS to one thread: let it parallelise each product
-        return pix, 1, threads
-    if tiles_in_parallel and planes * -(-ohw // pix) < threads:  # cut smaller tiles for every thread
-        pix = max(_MIN_TILE, -(-ohw * planes // threads))
-    tasks = planes * (-(-ohw // pix) if tiles_in_parallel else 1)
-    return (pix, threads, 1) if tasks >= threads else (pix, 1, threads)
+        return tile, 1, threads
+
+    def tasks(tile):
+        if whole_samples:
+            return spec.groups * -(-spec.n // max(1, tile // ohw))
+        return spec.groups * -(-total // tile)
+    if tasks(tile) < threads:  # cut smaller tiles to feed every thread
+        if whole_samples and tile > ohw:
+            tile = ohw * max(1, spec.n * spec.groups // threads)
+        elif not whole_samples:
+            tile = max(_MIN_TILE, total * spec.groups // threads)
+    return (tile, threads, 1) if tasks(tile) >= threads else (tile, 1, threads)
 
 
-def _cols_workspace(spec, pix, threads, dtype):
-    taps = spec.c_in // spec.groups * spec.kh * spec.kw
-    return workspace("cols", threads, 0 if is_pointwise(spec) else taps * pix, dtype)
+def _cols_workspace(spec, tile, threads, dtype):
+    """Per thread: a tile's columns, then an output-shaped block (``(taps + cog) * tile``)."""
+    taps, cog = spec.c_in // spec.groups * spec.kh * spec.kw, spec.c_out // spec.groups
+    return workspace("cols", threads, (taps + cog) * tile, dtype)
 
 
 def _wide_workspace(spec, dtype):
@@ -184,10 +197,10 @@ def conv2d(x, w, b, spec, algorithm=None):
     if _algorithm(spec, algorithm) == "direct":
         _conv.conv2d(x, w, b, y, _wide_workspace(spec, x.dtype), conv_geo(spec))
         return y
-    pix, threads, blas = _gemm_plan(spec, True, x.itemsize)
+    tile, threads, blas = _gemm_plan(spec, x.itemsize)
     with blas_threads(blas):
-        _im2col.conv2d_gemm(x, w, b, y, _cols_workspace(spec, pix, threads, x.dtype), conv_geo(spec),
-                            pix, threads)
+        _im2col.conv2d_gemm(x, w, b, y, _cols_workspace(spec, tile, threads, x.dtype), conv_geo(spec),
+                            tile, threads)
     return y
 
 
@@ -196,10 +209,10 @@ def conv2d_grad_input(gy, w, spec, algorithm=None):
     if _algorithm(spec, algorithm) == "direct":
         _conv.conv2d_grad_input(gy, w, gx, _wide_workspace(spec, gy.dtype), conv_geo(spec))
         return gx
-    pix, threads, blas = _gemm_plan(spec, False, gy.itemsize)
+    tile, threads, blas = _gemm_plan(spec, gy.itemsize, whole_samples=True)
     with blas_threads(blas):
-        _im2col.conv2d_grad_input_gemm(gy, w, gx, _cols_workspace(spec, pix, threads, gy.dtype),
-                                       conv_geo(spec), pix, threads)
+        _im2col.conv2d_grad_input_gemm(gy, w, gx, _cols_workspace(spec, tile, threads, gy.dtype),
+                                       conv_geo(spec), tile, threads)
     return gx
 
 
@@ -209,12 +222,12 @@ def conv2d_grad_weight(gy, x, spec, algorithm=None):
         acc = workspace("tap_sums", num_threads(), spec.kh * spec.kw, np.float64)
         _conv.conv2d_grad_weight(gy, x, gw, acc, _wide_workspace(spec, gy.dtype), conv_geo(spec))
         return gw
-    pix, threads, blas = _gemm_plan(spec, True, gy.itemsize)
+    tile, threads, blas = _gemm_plan(spec, gy.itemsize)
     acc = workspace("grad_weight", threads, int(np.prod(spec.w_shape)), gy.dtype)
     acc.fill(0)
     with blas_threads(blas):
-        _im2col.conv2d_grad_weight_gemm(gy, x, acc, _cols_workspace(spec, pix, threads, gy.dtype),
-                                        conv_geo(spec), pix, threads)
+        _im2col.conv2d_grad_weight_gemm(gy, x, acc, _cols_workspace(spec, tile, threads, gy.dtype),
+                                        conv_geo(spec), tile, threads)
     return acc.sum(axis=0).reshape(spec.w_shape)
 
 
