@@ -39,18 +39,20 @@ TASKS = {"lenet5": ("lenet5", "lenet5-classic"), "mnist1d": ("paper", "book", "w
 
 # Defaults per task and model; anything given explicitly in the config wins.
 RECIPES = {
-    # LeNet-5: Adam with cosine decay and +-2 pixel shifts reaches ~99.2% in 10 epochs.
+    # LeNet-5: Adam with cosine decay and +-2 pixel shifts: 99.29% after 10 epochs (seed 0).
     "lenet5": dict(epochs=10, batch_size=128, optimizer="adam", lr=2e-3, schedule="cosine", augment=True),
     "lenet5-classic": dict(epochs=10, batch_size=128, optimizer="adam", lr=2e-3, schedule="cosine",
                            augment=True),
-    # The MNIST-1D paper's recipe: Adam 1e-2, batch 100, 8000 steps (200 epochs of 40 steps), no decay.
+    # The MNIST-1D paper's recipe: Adam 1e-2, batch 100, 8000 steps (200 epochs of 40 steps), no decay:
+    # 93.2% (seed 0; the paper's PyTorch CNN: 92.4%).
     "paper": dict(steps=8000, batch_size=100, optimizer="adam", lr=1e-2, schedule="none", augment=False,
                   eval_every=5),
     # Understanding Deep Learning, notebook 10.2: SGD 0.05 momentum 0.9, halve the lr every 10 epochs.
     "book": dict(epochs=100, batch_size=100, optimizer="sgd", lr=0.05, momentum=0.9, schedule="step",
                  step_size=10, gamma=0.5, augment=False, eval_every=5),
-    "wide": dict(epochs=100, batch_size=100, optimizer="adam", lr=3e-3, schedule="cosine", augment=False,
-                 eval_every=5),
+    # The wide net overfits (train loss ~1e-3 with plain Adam: 97.7%); decoupled weight decay 0.1: 98.1%.
+    "wide": dict(epochs=100, batch_size=100, optimizer="adamw", lr=3e-3, weight_decay=0.1, schedule="cosine",
+                 augment=False, eval_every=5),
 }
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("none", "step", "cosine")

@@ -6,9 +6,10 @@
 - ``MNIST1DConvNet("book")``: the CNN of *Understanding Deep Learning* (Prince, 2023, notebook 10.2):
   three Conv1d with 15 channels, kernel 3, stride 2, no padding (40 -> 19 -> 9 -> 4), ReLU, Linear(60, 10).
   2,050 parameters.
-- ``MNIST1DWideNet``: a wider all-convolutional net with global average pooling (88,010 parameters),
-  translation-invariant by construction: 64 channels at full length, max pooling, 128 channels, then the
-  mean over positions feeds Linear(128, 10).
+- ``MNIST1DWideNet``: a wider all-convolutional net (88,010 parameters): two convolutions with 64
+  channels at full length, max pooling, two with 128 channels, then global average pooling (the mean over
+  positions, insensitive to where a digit's pattern sits) feeds Linear(128, 10). ~98% on the test set
+  (AdamW 3e-3, weight decay 0.1, cosine decay, 100 epochs).
 """
 from .. import nn
 
