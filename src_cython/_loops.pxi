@@ -94,6 +94,9 @@ cdef extern from *:
     #else
     #define FC_BLK static
     #endif
+    #if defined(_MSC_VER)
+    #define restrict __restrict
+    #endif
     #define FC_ROWS for (Py_ssize_t r = 0; r < rows; r++, y += ys, x += xs)
     #define FC_BLOCK_OPS(T, S) \
     FC_BLK void fc_axpy_##S(T *restrict y, Py_ssize_t ys, const T *restrict x, Py_ssize_t xs, T a, \
