@@ -311,3 +311,13 @@ def test_empty_batch(name, dtype, backend):
     assert x.grad.shape == x_shape and x.grad.dtype == dtype
     for p in params:
         assert p.grad.shape == p.shape and p.grad.dtype == dtype and not np.any(p.grad)
+
+
+def test_max_pool_all_minus_inf_window_points_at_a_real_pixel():
+    """A window of -inf values (padding included) reports its first real pixel, as PyTorch does."""
+    x = np.full((1, 1, 5, 6), -np.inf)
+    y, idx = F.max_pool2d(x, 3, 2, 1, return_indices=True, backend="numpy")
+    rows, cols = np.divmod(idx.numpy(), 6)
+    assert np.all(y.numpy() == -np.inf)
+    assert rows.min() >= 0 and cols.min() >= 0
+    assert idx.numpy()[0, 0, 0, 0] == 0 and idx.numpy()[0, 0, 1, 1] == 1 * 6 + 1

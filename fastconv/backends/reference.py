@@ -11,6 +11,8 @@ Kernel signatures (shared by all backends; arrays are C-contiguous NCHW, geometr
 ``max_pool2d(x, spec) -> (y, indices)``, ``max_pool2d_grad(gy, indices, spec)``, ``avg_pool2d(x, spec)``,
 ``avg_pool2d_grad(gy, spec)``, ``max_unpool2d(x, indices, out_hw)``, ``max_unpool2d_grad(gy, indices)``.
 """
+import dataclasses
+
 import numpy as np
 
 
@@ -130,6 +132,9 @@ def max_pool2d(x, spec):
     win = _windows(x, spec, -np.inf)
     tap = np.argmax(win, axis=2)
     y = np.take_along_axis(win, tap[:, :, None], axis=2)[:, :, 0]
+    # A window whose values are all -inf points at its first real pixel (as PyTorch), never at padding.
+    inside = _windows(np.ones((1, 1, spec.h, spec.w), dtype=np.int8), dataclasses.replace(spec, n=1, c=1), 0)
+    tap = np.where(y == -np.inf, np.argmax(inside, axis=2), tap)
     (sh, sw), (pt, pl), (dh, dw) = spec.stride, spec.padding, spec.dilation
     rows = np.arange(spec.oh)[:, None] * sh - pt + (tap // spec.kw) * dh
     cols = np.arange(spec.ow)[None, :] * sw - pl + (tap % spec.kw) * dw
