@@ -139,7 +139,8 @@ def test_autotune_cache_is_read_back_by_a_new_process(tmp_path):
               "m = choose.best('conv2d', spec, np.float64)\n"
               "print(getattr(m, '__name__', type(m).__name__))\n")
     env = dict(os.environ, FASTCONV_CACHE_DIR=str(tmp_path / "cache"))
-    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True,
+                         cwd=tmp_path)  # not the repo root, whose uncompiled package would shadow the install
     assert out.stdout.strip() == dispatch.MODULES[winner]
 
 

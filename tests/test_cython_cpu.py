@@ -224,10 +224,12 @@ def test_set_num_threads_reaches_the_kernels():
     np.testing.assert_array_equal(one, three)
 
 
-def test_omp_num_threads_is_respected():
+def test_omp_num_threads_is_respected(tmp_path):
     code = "from fastconv.backends import cython_cpu as c; print(c.num_threads())"
     env = dict(os.environ, OMP_NUM_THREADS="3")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    # run outside the repo root, whose uncompiled package would shadow a non-editable install
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
+                         cwd=tmp_path)
     assert out.stdout.strip() == "3"
 
 

@@ -38,10 +38,11 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_cuda_requested_without_gpu_is_a_clear_error():
+def test_cuda_requested_without_gpu_is_a_clear_error(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_ENABLE_CUDASIM")}
     env["NUMBA_DISABLE_CUDA"] = "1"
     env["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.abspath(fastconv.__file__)))  # this fastconv
-    done = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)
     assert done.returncode == 0 and done.stdout.strip().endswith("OK"), done.stdout + done.stderr
     assert done.stdout.count("raised") == 5
