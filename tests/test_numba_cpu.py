@@ -88,10 +88,11 @@ def test_gemm_chunking(chunking, dtype):
     _check_conv(spec, dtype, "gemm")
 
 
-@pytest.mark.parametrize("limit", [1, 2000, 1 << 40])
+@pytest.mark.parametrize("limit", [1, 8000, 1 << 40])
 def test_per_task_sample_counts(monkeypatch, limit):
-    """One sample per task, a few (a short last task with zero-filled columns), or all in one task."""
-    monkeypatch.setattr(nb, "BLAS_ONE_THREAD", limit)
+    """Bands of one row, a few samples per task (a short last task with zero-filled columns), or as many
+    as balance the threads."""
+    monkeypatch.setattr(nb, "TASK_BYTES", limit)
     spec = shapes.conv_spec((5, 4, 6, 7), (6, 2, 3, 2), None, stride=(1, 2), padding=(2, 1), groups=2)
     _check_conv(spec, np.float32, "per_task")
     _check_conv(spec, np.float64, "per_task")
@@ -106,17 +107,44 @@ def test_pointwise_gemm(chunking, dtype):
 
 
 def test_automatic_choice():
-    """Depthwise and other thin groups go to direct loops, small per-sample GEMMs (LeNet, 1-D) to one
-    sample per task, big ones (or a single sample) to BLAS's own threads."""
+    """Depthwise and other thin groups go to direct loops; batches with a sample for every thread to
+    one parallel region of per-task GEMMs (big GEMMs only where BLAS can be held to one thread); a
+    single big sample to BLAS's own threads."""
     depthwise = shapes.conv_spec((8, 128, 56, 56), (128, 1, 3, 3), padding=1, groups=128)
     thin = shapes.conv_spec((2, 8, 9, 9), (4, 4, 3, 3), groups=2)
     small = [shapes.conv_spec((64, 1, 32, 32), (6, 1, 5, 5)), shapes.conv_spec((64, 6, 14, 14), (16, 6, 5, 5)),
              shapes.conv_spec((100, 15, 19), (15, 15, 3), stride=2, dims=1)]
     big = [shapes.conv_spec((8, 64, 56, 56), (64, 64, 3, 3), padding=1),
-           shapes.conv_spec((16, 256, 28, 28), (128, 256, 1, 1)), shapes.conv_spec((1, 6, 14, 14), (16, 6, 5, 5))]
+           shapes.conv_spec((16, 256, 28, 28), (128, 256, 1, 1))]
     assert [nb.conv_algorithm(s) for s in (depthwise, thin)] == ["direct"] * 2
     assert [nb.conv_algorithm(s) for s in small] == ["per_task"] * 3
-    assert [nb.conv_algorithm(s) for s in big] == ["gemm"] * 3
+    expected = "per_task" if nb._blas_control() is not None else "gemm"
+    assert [nb.conv_algorithm(s) for s in big] == [expected] * 2
+    assert nb.conv_algorithm(shapes.conv_spec((1, 64, 56, 56), (64, 64, 3, 3), padding=1)) == "gemm"
+
+
+@pytest.mark.parametrize("mode", ["bands of rows", "BLAS not controllable"])
+def test_per_task_bands(monkeypatch, mode):
+    """Tasks that walk a sample in bands of rows (the last one overhanging the output), also when BLAS
+    cannot be held to one thread (then bands keep each GEMM under its threading threshold)."""
+    if mode == "bands of rows":
+        monkeypatch.setattr(nb, "TASK_BYTES", 2000)
+    else:
+        monkeypatch.setattr(nb, "_blas_threads", [None])
+        monkeypatch.setattr(nb, "BLAS_ONE_THREAD", 700)
+    spec = shapes.conv_spec((3, 4, 11, 7), (6, 2, 3, 2), None, stride=(1, 2), padding=(2, 1), groups=2)
+    assert nb._task_shape(spec, 4)[1] < spec.oh and spec.oh % nb._task_shape(spec, 4)[1]
+    _check_conv(spec, np.float32, "per_task")
+    _check_conv(spec, np.float64, "per_task")
+
+
+def test_per_task_restores_blas_threads():
+    control = nb._blas_control()
+    if control is None:
+        pytest.skip("SciPy's BLAS is not OpenBLAS here")
+    before = control[0]()
+    _check_conv(shapes.conv_spec((4, 3, 6, 6), (4, 3, 3, 3), padding=1), np.float32, "per_task")
+    assert control[0]() == before
 
 
 def test_blocks_cover_every_output_once(monkeypatch):

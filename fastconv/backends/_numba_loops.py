@@ -218,93 +218,109 @@ def col2im(cols, n0, oy0, gx, clear, sh, sw, pt, pl, dh, dw):
         fold_plane(cols, m, oy0, gx, n0 + m, c, clear, reach, sh, sw, pt, pl, dh, dw)
 
 
-# --------------------------------------------------- a few samples per task, BLAS on the task's thread
-# Task ``T`` takes samples ``m0 = T*nb .. m0+nb`` (fewer in the last task): it builds their columns side by
-# side in its thread's slice of ``cols`` (threads, C_in, kh, kw, nb, oh, ow) and multiplies them by BLAS
-# (``np.dot``) on its own thread, through its slice of ``prod`` (threads, C_out/groups, ...). The caller
-# keeps every product below OpenBLAS's threading threshold, so the whole convolution is one parallel
-# region and BLAS starts no thread of its own. ``w3`` is ``(groups, C_out/groups, K)`` and ``y4``/``gy4``
-# ``(N, groups, C_out/groups, oh*ow)``, with ``K = C_in/groups * kh * kw``.
+# ------------------------------------------------- one block of samples per task, BLAS on the task's thread
+# Task ``T`` takes samples ``m0 = T*nb .. m0+nb`` (fewer in the last task) and walks their output rows in
+# bands of ``bh`` (one band when ``bh == oh``; several only when ``nb == 1``; the last band may overhang
+# the output, its extra rows zero). Per band it builds the columns in its thread's slice of ``cols``
+# (threads, C_in, kh, kw, nb, bh, ow) and multiplies them by BLAS (``np.dot``) on its own thread through
+# its slice of ``rows`` (threads, C_out/groups, nb*bh*ow). The caller keeps BLAS single-threaded, so the
+# whole convolution is one parallel region with no hand-over to BLAS threads. ``w3`` is ``(groups,
+# C_out/groups, K)`` and ``y4``/``gy4`` ``(N, groups, C_out/groups, oh*ow)``, ``K = C_in/groups * kh * kw``.
 @njit(cache=True)
-def _task_columns(x, m0, count, cols, reach, sh, sw, pt, pl, dh, dw):
-    """Columns of samples ``m0 .. m0+count`` into ``cols`` (C_in, kh, kw, nb, oh, ow); zeros for the
-    ``nb - count`` missing samples of a short last task."""
+def _band_columns(x, m0, count, oy0, n_out, cols, reach, sh, sw, pt, pl, dh, dw):
+    """Columns of output rows ``oy0 ..`` of samples ``m0 .. m0+count`` into ``cols`` (C_in, kh, kw, nb,
+    bh, ow); zeros for missing samples and for rows past ``n_out``."""
+    bh = cols.shape[4]
     for k in range(cols.shape[3]):
         for c in range(cols.shape[0]):
             if k < count:
-                unfold_plane(x, m0 + k, c, cols, k, 0, reach, sh, sw, pt, pl, dh, dw)
+                unfold_plane(x, m0 + k, c, cols, k, oy0, reach, sh, sw, pt, pl, dh, dw)
+                for r in range(min(bh, n_out - oy0), bh):
+                    cols[c, :, :, k, r] = 0
             else:
                 cols[c, :, :, k] = 0
 
 
 @njit(cache=True)
-def _task_rows(gy4, g, m0, count, rows):
-    """``rows[o, k*P + q] = gy4[m0 + k, g, o, q]`` (0 for missing samples): a task's output gradient
-    in the layout of its columns."""
-    size = gy4.shape[3]
+def _band_rows(gy4, g, m0, count, oy0, rows, bh, ow):
+    """``rows[o, (k*bh + r)*ow + q] = gy4[m0 + k, g, o, (oy0 + r)*ow + q]``, 0 outside the samples and the
+    output: a band of the output gradient in the layout of its columns."""
+    n_px = gy4.shape[3]
+    nb = rows.shape[1] // (bh * ow)
     for o in range(rows.shape[0]):
-        for k in range(rows.shape[1] // size):
-            for q in range(size):
-                rows[o, _u(k * size + q)] = gy4[m0 + k, g, o, _u(q)] if k < count else 0
+        for k in range(nb):
+            for r in range(bh):
+                at, src = (k * bh + r) * ow, (oy0 + r) * ow
+                inside = k < count and src < n_px
+                for q in range(ow):
+                    rows[o, _u(at + q)] = gy4[m0 + k, g, o, _u(src + q)] if inside else 0
 
 
 @njit(**_CONV)
-def conv_per_task(x, w3, b, y4, cols, prod, sh, sw, pt, pl, dh, dw):
+def conv_per_task(x, w3, b, y4, cols, rows, sh, sw, pt, pl, dh, dw):
     """``y4[m, g] = w3[g] @ columns(x[m])[g] + b``."""
-    n, groups, cog, size = x.shape[0], w3.shape[0], w3.shape[1], y4.shape[3]
-    nb = cols.shape[4]
-    reach = out_table(cols.shape[3], sw, pl, dw, x.shape[3], cols.shape[6])
+    n, groups, cog = x.shape[0], w3.shape[0], w3.shape[1]
+    nb, bh, ow = cols.shape[4], cols.shape[5], cols.shape[6]
+    oh = y4.shape[3] // ow
+    reach = out_table(cols.shape[3], sw, pl, dw, x.shape[3], ow)
     for task in prange((n + nb - 1) // nb):
         t, m0 = get_thread_id(), task * nb
         count = min(nb, n - m0)
-        _task_columns(x, m0, count, cols[t], reach, sh, sw, pt, pl, dh, dw)
-        c3 = cols[t].reshape(groups, -1, nb * size)
-        for g in range(groups):
-            np.dot(w3[g], c3[g], prod[t])
-            for k in range(count):
-                for o in range(cog):
-                    for q in range(size):
-                        y4[m0 + k, g, o, _u(q)] = prod[t, o, _u(k * size + q)] + b[g * cog + o]
+        for oy0 in range(0, oh, bh):
+            _band_columns(x, m0, count, oy0, oh, cols[t], reach, sh, sw, pt, pl, dh, dw)
+            c3 = cols[t].reshape(groups, -1, nb * bh * ow)
+            for g in range(groups):
+                np.dot(w3[g], c3[g], rows[t])
+                for k in range(count):
+                    for o in range(cog):
+                        bias = b[g * cog + o]
+                        for r in range(min(bh, oh - oy0)):
+                            at, to = (k * bh + r) * ow, (oy0 + r) * ow
+                            for q in range(ow):
+                                y4[m0 + k, g, o, _u(to + q)] = rows[t, o, _u(at + q)] + bias
 
 
 @njit(**_CONV)
-def conv_grad_input_per_task(gy4, w3, gx, cols, prod, sh, sw, pt, pl, dh, dw):
-    """``gx[m] = col2im(w3[g].T @ gy4[m, g])``."""
-    n, groups, size = gx.shape[0], w3.shape[0], gy4.shape[3]
-    nb = cols.shape[4]
-    reach = out_table(cols.shape[3], sw, pl, dw, gx.shape[3], cols.shape[6])
+def conv_grad_input_per_task(gy4, w3, gx, cols, rows, sh, sw, pt, pl, dh, dw):
+    """``gx[m] = col2im(w3[g].T @ gy4[m, g])``; a task owns its samples' planes, bands accumulate."""
+    n, groups = gx.shape[0], w3.shape[0]
+    nb, bh, ow = cols.shape[4], cols.shape[5], cols.shape[6]
+    oh = gy4.shape[3] // ow
+    reach = out_table(cols.shape[3], sw, pl, dw, gx.shape[3], ow)
     for task in prange((n + nb - 1) // nb):
         t, m0 = get_thread_id(), task * nb
         count = min(nb, n - m0)
-        c3 = cols[t].reshape(groups, -1, nb * size)
-        for g in range(groups):
-            _task_rows(gy4, g, m0, count, prod[t])
-            np.dot(w3[g].T, prod[t], c3[g])
-        for k in range(count):
-            for c in range(gx.shape[1]):
-                fold_plane(cols[t], k, 0, gx, m0 + k, c, True, reach, sh, sw, pt, pl, dh, dw)
+        c3 = cols[t].reshape(groups, -1, nb * bh * ow)
+        for oy0 in range(0, oh, bh):
+            for g in range(groups):
+                _band_rows(gy4, g, m0, count, oy0, rows[t], bh, ow)
+                np.dot(w3[g].T, rows[t], c3[g])
+            for k in range(count):
+                for c in range(gx.shape[1]):
+                    fold_plane(cols[t], k, oy0, gx, m0 + k, c, oy0 == 0, reach, sh, sw, pt, pl, dh, dw)
 
 
 @njit(**_CONV)
 def conv_grad_weight_per_task(gy4, x, parts, rows, prod, cols, sh, sw, pt, pl, dh, dw):
     """``parts[t, g] += gy4[m, g] @ columns(x[m])[g].T`` over the samples that thread ``t`` ran; the
-    caller zeroes ``parts`` (threads, groups, C_out/groups, K) and sums it over threads. ``rows`` holds a
-    task's output gradient (threads, C_out/groups, nb*oh*ow), ``prod`` its product (threads, C_out/groups,
-    K)."""
-    n, groups, size = x.shape[0], parts.shape[1], gy4.shape[3]
-    nb = cols.shape[4]
-    reach = out_table(cols.shape[3], sw, pl, dw, x.shape[3], cols.shape[6])
+    caller zeroes ``parts`` (threads, groups, C_out/groups, K) and sums it over threads; ``prod`` holds
+    one product per thread."""
+    n, groups = x.shape[0], parts.shape[1]
+    nb, bh, ow = cols.shape[4], cols.shape[5], cols.shape[6]
+    oh = gy4.shape[3] // ow
+    reach = out_table(cols.shape[3], sw, pl, dw, x.shape[3], ow)
     for task in prange((n + nb - 1) // nb):
         t, m0 = get_thread_id(), task * nb
         count = min(nb, n - m0)
-        _task_columns(x, m0, count, cols[t], reach, sh, sw, pt, pl, dh, dw)
-        c3 = cols[t].reshape(groups, -1, nb * size)
-        for g in range(groups):
-            _task_rows(gy4, g, m0, count, rows[t])
-            np.dot(rows[t], c3[g].T, prod[t])
-            for o in range(prod.shape[1]):
-                for q in range(prod.shape[2]):
-                    parts[t, g, o, _u(q)] += prod[t, o, _u(q)]
+        for oy0 in range(0, oh, bh):
+            _band_columns(x, m0, count, oy0, oh, cols[t], reach, sh, sw, pt, pl, dh, dw)
+            c3 = cols[t].reshape(groups, -1, nb * bh * ow)
+            for g in range(groups):
+                _band_rows(gy4, g, m0, count, oy0, rows[t], bh, ow)
+                np.dot(rows[t], c3[g].T, prod[t])
+                for o in range(prod.shape[1]):
+                    for q in range(prod.shape[2]):
+                        parts[t, g, o, _u(q)] += prod[t, o, _u(q)]
 
 
 @njit(**_EXACT)

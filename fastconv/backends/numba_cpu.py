@@ -97,6 +97,7 @@ def _is_pointwise(spec):
 
 
 BLAS_ONE_THREAD = 65536 * 4  # OpenBLAS runs a GEMM of at most this m*n*k on the calling thread
+TASK_BYTES = 1 << 20         # columns of one "per_task" task, at most (half the L2 cache)
 
 
 def _sample_gemm_size(spec):
@@ -105,34 +106,79 @@ def _sample_gemm_size(spec):
     return cog * cig * spec.kh * spec.kw * spec.oh * spec.ow
 
 
+def _find_blas_threads():
+    """``(get, set)`` of the thread count of the BLAS that Numba's ``np.dot`` calls (SciPy's OpenBLAS),
+    or None where that BLAS is another (then only small GEMMs run inside Numba tasks)."""
+    try:
+        import ctypes
+
+        import scipy.linalg.cython_blas as blas
+        lib = ctypes.CDLL(blas.__file__)
+        return lib.scipy_openblas_get_num_threads, lib.scipy_openblas_set_num_threads
+    except (ImportError, OSError, AttributeError):
+        return None
+
+
+_blas_threads = []  # filled on first use: [(get, set) or None]
+
+
+def _blas_control():
+    if not _blas_threads:
+        _blas_threads.append(_find_blas_threads())
+    return _blas_threads[0]
+
+
+def _on_one_blas_thread(kernel, *args):
+    """Run a ``per_task`` kernel with SciPy's OpenBLAS held to one thread (restored afterwards): each
+    Numba task's product then runs on the task's own thread, never starting BLAS threads inside it."""
+    control = _blas_control()
+    before = control[0]() if control else 1
+    if before != 1:
+        control[1](1)
+    try:
+        kernel(*args)
+    finally:
+        if before != 1:
+            control[1](before)
+
+
 def conv_algorithm(spec):
     """``"direct"`` for thin groups (fewer than 4 output channels per group: depthwise), where each
-    group's GEMM would be a matrix-vector product; else ``"per_task"`` when one sample's GEMM is small
-    enough for BLAS to run it on the calling thread (LeNet, 1-D: the whole op is then one parallel region
-    with no BLAS threads); else ``"gemm"``."""
+    group's GEMM would be a matrix-vector product; else ``"per_task"`` when there are samples for every
+    thread and BLAS can be held to one thread inside each task (or the GEMMs are small enough for it to
+    stay there by itself): the whole op is then one parallel region; else ``"gemm"``."""
     if spec.c_out // spec.groups < 4:
         return "direct"
-    if spec.n >= 2 and _sample_gemm_size(spec) <= BLAS_ONE_THREAD:
+    if spec.n >= max(2, numba.get_num_threads()) and (
+            _sample_gemm_size(spec) <= BLAS_ONE_THREAD or _blas_control() is not None):
         return "per_task"
     return "gemm"
 
 
-def _samples_per_task(spec):
-    """As many samples per task as keep its GEMMs on one BLAS thread, with a task count that is a
-    multiple of the thread count (balanced)."""
+def _task_shape(spec, itemsize):
+    """``(nb, bh)``: samples per task and output rows per band. Tasks keep their columns within
+    ``TASK_BYTES`` (and their GEMMs within ``BLAS_ONE_THREAD`` where BLAS cannot be held to one thread);
+    a sample too big for that is cut into bands of rows; the task count is a multiple of the threads."""
+    n, oh = spec.n, spec.oh
+    row_bytes = spec.c_in * spec.kh * spec.kw * spec.ow * itemsize
+    rows = max(1, TASK_BYTES // row_bytes)
+    if _blas_control() is None:
+        rows = min(rows, max(1, BLAS_ONE_THREAD * spec.oh // max(1, _sample_gemm_size(spec))))
+    if rows < oh:
+        return 1, -(-oh // -(-oh // rows))
     threads = numba.get_num_threads()
-    most = max(1, BLAS_ONE_THREAD // max(1, _sample_gemm_size(spec)))
-    tasks = -(-spec.n // most)
+    tasks = -(-n // (rows // oh))
     tasks = -(-tasks // threads) * threads
-    return max(1, -(-spec.n // tasks))
+    return max(1, -(-n // tasks)), oh
 
 
 def _task_buffers(spec, dtype):
-    """Per-thread columns ``(threads, C_in, kh, kw, nb, oh, ow)`` and GEMM rows ``(threads,
-    C_out/groups, nb*oh*ow)`` of the ``"per_task"`` kernels."""
-    threads, nb = numba.config.NUMBA_NUM_THREADS, _samples_per_task(spec)
-    cols = workspace("cols", (threads, spec.c_in, spec.kh, spec.kw, nb, spec.oh, spec.ow), dtype)
-    rows = workspace("task_rows", (threads, spec.c_out // spec.groups, nb * spec.oh * spec.ow), dtype)
+    """Per-thread columns ``(threads, C_in, kh, kw, nb, bh, ow)`` and GEMM rows ``(threads,
+    C_out/groups, nb*bh*ow)`` of the ``"per_task"`` kernels."""
+    nb, bh = _task_shape(spec, np.dtype(dtype).itemsize)
+    threads = numba.config.NUMBA_NUM_THREADS
+    cols = workspace("cols", (threads, spec.c_in, spec.kh, spec.kw, nb, bh, spec.ow), dtype)
+    rows = workspace("task_rows", (threads, spec.c_out // spec.groups, nb * bh * spec.ow), dtype)
     return cols, rows
 
 
@@ -195,7 +241,7 @@ def conv2d(x, w, b, spec, algorithm=None):
         loops.conv_direct(x, w, _bias(b, spec.c_out, x.dtype), y, *_geometry(spec))
         return y
     if algorithm == "per_task":
-        loops.conv_per_task(x, w.reshape(spec.groups, spec.c_out // spec.groups, -1),
+        _on_one_blas_thread(loops.conv_per_task, x, w.reshape(spec.groups, spec.c_out // spec.groups, -1),
                             _bias(b, spec.c_out, x.dtype), _grouped(y, spec, spec.c_out),
                             *_task_buffers(spec, x.dtype), *_geometry(spec))
         return y
@@ -225,9 +271,9 @@ def conv2d_grad_input(gy, w, spec, algorithm=None):
         loops.conv_grad_input_direct(gy, w, gx, *_geometry(spec))
         return gx
     if algorithm == "per_task":
-        loops.conv_grad_input_per_task(_grouped(gy, spec, spec.c_out),
-                                       w.reshape(spec.groups, spec.c_out // spec.groups, -1), gx,
-                                       *_task_buffers(spec, gy.dtype), *_geometry(spec))
+        _on_one_blas_thread(loops.conv_grad_input_per_task, _grouped(gy, spec, spec.c_out),
+                            w.reshape(spec.groups, spec.c_out // spec.groups, -1), gx,
+                            *_task_buffers(spec, gy.dtype), *_geometry(spec))
         return gx
     wt = w.reshape(spec.groups, spec.c_out // spec.groups, -1).transpose(0, 2, 1)
     gy3 = gy.reshape(spec.n, spec.c_out, -1)
@@ -257,9 +303,9 @@ def conv2d_grad_weight(gy, x, spec, algorithm=None):
         parts = workspace("gw_parts", (threads, g, cog, gw.size // spec.c_out), gy.dtype)
         parts[...] = 0
         cols, rows = _task_buffers(spec, gy.dtype)
-        loops.conv_grad_weight_per_task(_grouped(gy, spec, spec.c_out), x, parts, rows,
-                                        workspace("gw_prod", (threads,) + parts.shape[2:], gy.dtype),
-                                        cols, *_geometry(spec))
+        _on_one_blas_thread(loops.conv_grad_weight_per_task, _grouped(gy, spec, spec.c_out), x, parts, rows,
+                            workspace("gw_prod", (threads,) + parts.shape[2:], gy.dtype), cols,
+                            *_geometry(spec))
         return parts.sum(axis=0).reshape(spec.w_shape)
     gw3 = gw.reshape(spec.groups, spec.c_out // spec.groups, -1)
     gy3 = gy.reshape(spec.n, spec.c_out, -1)
