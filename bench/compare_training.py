@@ -64,9 +64,20 @@ def candidate_runs(out):
     return runs
 
 
+def default_data_dir():
+    """``$FASTCONV_DATA``; else ``../shared/data`` beside the repository when it holds MNIST (the
+    project's development layout); else None (fastconv's default folder)."""
+    if os.environ.get("FASTCONV_DATA"):
+        return os.environ["FASTCONV_DATA"]
+    shared = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                          "shared", "data")
+    return shared if os.path.isdir(os.path.join(shared, "mnist")) else None
+
+
 def load_task_data(task, data_dir):
     """``(x_train, y_train, x_test, y_test)`` shaped for the task's model (MNIST padded to 32x32)."""
     from fastconv.data import MNIST, MNIST1D
+    data_dir = data_dir or default_data_dir()
     if task == "lenet5":
         (x, y), (xt, yt) = (MNIST(data_dir, train=True).tensors(pad=True),
                             MNIST(data_dir, train=False).tensors(pad=True))
@@ -107,7 +118,8 @@ def train_run(task, impl, device, data, steps, warmup, seed, eval_limit):
 
 
 def markdown(rows, info):
-    lines = [f"Training, {info['steps']} Adam steps per run, {info['threads']} CPU threads, on {info['cpu']}"
+    threads = f"{info['threads']} CPU thread" + ("s" if info["threads"] != 1 else "")
+    lines = [f"Training, {info['steps']} Adam steps per run, {threads}, on {info['cpu']}"
              + (f" and {info['gpu']}" if info.get("gpu") else "") + ". Same initial weights and batches for "
              "every run; loss = mean of the last 10 steps; epoch time extrapolated from the steps.", "",
              "| task | implementation | ms/step | s/epoch | images/s | final loss | test acc | speed-up vs "
@@ -149,7 +161,7 @@ def parse_args(argv):
     p.add_argument("--steps", type=int, default=100, help="timed Adam steps per run (default 100)")
     p.add_argument("--tasks", default="lenet5,mnist1d", help="comma-separated: lenet5, mnist1d")
     p.add_argument("--out", default=os.path.join("runs", "compare"), help="folder for the table, JSON, chart")
-    p.add_argument("--data-dir", help="folder holding mnist/ (default: $FASTCONV_DATA)")
+    p.add_argument("--data-dir", help="folder holding mnist/ (default: $FASTCONV_DATA, else ../shared/data)")
     p.add_argument("--runs", help="comma-separated subset of the runs, e.g. 'fastconv cpu auto,pytorch cpu' "
                    "('fastconv cpu numpy' or 'fastconv cpu fft' add those backends)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads for fastconv, torch and BLAS (default 2)")
@@ -189,7 +201,8 @@ def compare_training(args, out=None):
             if label not in runs:
                 print(f"note: run {label!r} is not available here (available: {', '.join(runs)})", file=out)
         runs = {label: runs[label] for label in wanted if label in runs}
-    info = {"steps": args.steps, "threads": args.threads, "threads_set": threads, "cpu": common.cpu_name(), "allocator": common.allocator(),
+    info = {"steps": args.steps, "threads": args.threads, "threads_set": threads, "cpu": common.cpu_name(),
+            "allocator": common.allocator(),
             "runs": list(runs), "gpu": _gpu_name(runs)}
     print(f"threads {threads}; malloc: {info['allocator']}; runs: {', '.join(runs)}", file=out)
     rows = []

@@ -319,7 +319,8 @@ _GRID = {
     "peak_conv": [n for n in LARGE if SHAPES[n].kind == "conv"],
     "peak_pool": [n for n in LARGE if SHAPES[n].kind == "pool"],
 }
-_SMOKE_GRID = {"conv2d": ["tiny_3x3", "tiny_s2_dil"], "conv1d": ["tiny_1d"], "pool": ["tiny_maxpool", "tiny_avgpool"],
+_SMOKE_GRID = {"conv2d": ["tiny_3x3", "tiny_s2_dil"], "conv1d": ["tiny_1d"],
+               "pool": ["tiny_maxpool", "tiny_avgpool"],
                "gemm": ["tiny_3x3"], "peak_conv": ["tiny_3x3"], "peak_pool": ["tiny_maxpool"]}
 
 
