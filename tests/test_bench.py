@@ -224,3 +224,16 @@ def test_asv_suites_import_without_starting_thread_pools():
     out = subprocess.run([sys.executable, "-c", code], cwd=BENCH, capture_output=True, text=True, check=True,
                          env=env)
     assert out.stdout.strip() == "False ['tiny_3x3', 'tiny_s2_dil'] ['tiny_maxpool', 'tiny_avgpool']"
+
+
+def test_set_threads_reaches_every_library():
+    import fastconv
+    before = fastconv.get_num_threads()
+    try:
+        done = common.set_threads(1)
+        assert done["fastconv"] == 1
+        assert done["blas"] in (1, None)  # None only where no OpenBLAS/MKL could be found
+        if common.has_torch():
+            assert done["torch"] == 1
+    finally:
+        common.set_threads(before)
