@@ -81,6 +81,14 @@ def test_forced_algorithm_transposed_geometry(algorithm, case, seed):
     _check_conv(spec, case["dtype"], algorithm, seed)
 
 
+@pytest.mark.parametrize("algorithm", nb.ALGORITHMS)
+def test_tap_that_reaches_no_output_inside(algorithm):
+    """Wide padding and dilation: a tap's first output inside the input lies past the last output (its
+    range must be clamped, or im2col's zero fill runs past the row)."""
+    spec = shapes.conv_spec((2, 1, 2, 3), (4, 1, 1, 3), padding=(0, 2), dilation=(1, 3))
+    _check_conv(spec, np.float32, algorithm)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_gemm_chunking(chunking, dtype):
     """Columns of one sample per GEMM and of several samples side by side, with groups and padding."""

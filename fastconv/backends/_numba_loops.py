@@ -28,18 +28,20 @@ _EXACT = dict(parallel=True, cache=True)  # pooling and copies: comparisons and 
 # ------------------------------------------------------------------------------- geometry
 @njit(inline="always", cache=True)
 def tap_range(o, s, p, d, k, size):
-    """Taps ``t`` in ``[lo, hi)`` of output ``o`` whose pixel ``o*s - p + t*d`` lies in ``[0, size)``."""
+    """Taps ``t`` in ``[lo, hi)`` of output ``o`` whose pixel ``o*s - p + t*d`` lies in ``[0, size)``
+    (``0 <= lo <= hi <= k``: loops over ``range(lo)`` stay inside the window too)."""
     start = o * s - p
-    lo = 0 if start >= 0 else (d - 1 - start) // d
+    lo = 0 if start >= 0 else min(k, (d - 1 - start) // d)
     hi = min(k, (size - start + d - 1) // d) if size > start else 0
     return lo, max(lo, hi)
 
 
 @njit(inline="always", cache=True)
 def out_range(t, s, p, d, size, n_out):
-    """Outputs ``o`` in ``[lo, hi)`` whose tap ``t`` lands on a pixel ``o*s - p + t*d`` in ``[0, size)``."""
+    """Outputs ``o`` in ``[lo, hi)`` whose tap ``t`` lands on a pixel ``o*s - p + t*d`` in ``[0, size)``
+    (``0 <= lo <= hi <= n_out``: loops over ``range(lo)`` stay inside the row too)."""
     off = t * d - p
-    lo = 0 if off >= 0 else (s - 1 - off) // s
+    lo = 0 if off >= 0 else min(n_out, (s - 1 - off) // s)
     hi = min(n_out, (size - off - 1) // s + 1) if size > off else 0
     return lo, max(lo, hi)
 
