@@ -4,13 +4,15 @@ Every convolution kernel picks one of three algorithms by shape (:func:`conv_alg
 
 - ``"direct"``: loops over the window (``_numba_loops.conv_*_direct``), one output plane per thread task.
   Used for depthwise and other thin groups, where each group's GEMM would be a matrix-vector product.
-- ``"per_task"``: for small convolutions (LeNet, MNIST-1D): each Numba task builds the columns of a few
-  samples and multiplies them by BLAS on its own thread (products small enough that OpenBLAS stays
-  single-threaded), so the whole op is one parallel region.
-- ``"gemm"``: for big ones: im2col (a parallel Numba kernel), then one BLAS product per group
-  (``numpy.matmul``, BLAS's own threads); col2im for the input gradient. Columns of several samples sit
-  side by side when they are small, a sample whose columns would be too big is cut into bands of output
-  rows, and a 1x1 stride-1 unpadded convolution skips im2col (its input is its columns).
+- ``"per_task"``: batches (a sample or more per thread): each Numba task builds the columns of a few
+  samples, or of one sample's bands of rows, in a cache-sized buffer of its thread and multiplies them
+  by BLAS (``np.dot``) on that thread, SciPy's OpenBLAS held to one thread meanwhile. The whole op is one
+  parallel region: no hand-over between Numba's threads and BLAS's, which costs little on an idle
+  machine but a great deal on a busy one (measured: 5-10x slower than PyTorch there, vs on par).
+- ``"gemm"``: a single sample (or a BLAS that cannot be held to one thread): im2col (a parallel Numba
+  kernel), then one BLAS product per group (``numpy.matmul`` on BLAS's own threads); col2im for the
+  input gradient. Small samples are merged side by side, big ones cut into bands of rows, and a 1x1
+  stride-1 unpadded convolution skips im2col (its input is its columns).
 
 Columns and other temporaries live in per-thread workspaces reused from call to call: big buffers freed
 and allocated again on every call cost page faults. Pooling, unpooling and their gradients are direct
