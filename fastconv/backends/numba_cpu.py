@@ -46,8 +46,9 @@ def _start_threads():
     ``GOMP_SPINCOUNT``) and no pool runs yet; compiling nothing.
     """
     from numba.np.ufunc import parallel
-    if parallel._is_initialized or "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
-        return
+    if (getattr(parallel, "_is_initialized", True) or not hasattr(parallel, "_launch_threads")
+            or "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ):
+        return  # a pool runs already, this Numba starts it differently, or the user chose a policy
     os.environ["GOMP_SPINCOUNT"] = SPIN_COUNT
     try:
         parallel._launch_threads()
