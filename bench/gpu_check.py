@@ -178,11 +178,11 @@ def check_training(chk):
         chk.close(f"lenet5 Adam step {name}", p, q, np.float32)
 
 
-def run_checks(shapes, dtypes, tiny):
+def run_checks(shapes, dtypes, tiny, seed):
     from fastconv.backends import cuda_array as ca
     chk = Checker()
     start = time.perf_counter()
-    rng = np.random.default_rng(int(time.time()))  # fresh data on every run
+    rng = np.random.default_rng(seed)
     ca.poison_outputs(True)
     try:
         for shape in shapes:
@@ -347,6 +347,7 @@ def main(argv=None):
     parser.add_argument("--tiny", action="store_true", help="tiny shapes (seconds; runs under the simulator)")
     parser.add_argument("--shapes", help="comma-separated shape names of bench/benchmarks/common.py")
     parser.add_argument("--dtypes", default=None, help="checked dtypes (default float32; --tiny: both)")
+    parser.add_argument("--seed", type=int, help="random data seed (default: the time)")
     parser.add_argument("--repeat", type=int, default=11)
     parser.add_argument("--min-time", type=float, default=0.05, help="seconds per timing sample")
     parser.add_argument("--no-timing", action="store_true")
@@ -381,7 +382,9 @@ def main(argv=None):
     print(f"fastconv {fastconv.__version__} on {device}; PyTorch: {torch_info or 'not used'}")
 
     start = time.perf_counter()
-    chk = run_checks(shapes, dtypes, args.tiny)
+    seed = int(time.time()) if args.seed is None else args.seed  # fresh data on every run by default
+    print(f"seed {seed} (--seed {seed} repeats this run's data)")
+    chk = run_checks(shapes, dtypes, args.tiny, seed)
     print(f"\n{chk.count} checks, {len(chk.failures)} failures ({time.perf_counter() - start:.1f} s)")
     for failure in chk.failures:
         print(f"  FAIL {failure}")

@@ -37,8 +37,38 @@ def config():
     ``(TW, TH, COB)`` for the direct convolution kernel (see ``cuda.py``).
     """
     if getattr(numba.config, "ENABLE_CUDASIM", False):
+        _lock_simulated_shared_arrays()
         return Config(threads=32, max_blocks=2, red_threads=8, gemm=(8, 8, 4, 2, 2), direct=(4, 4, 2))
     return Config(threads=256, max_blocks=16384, red_threads=256, gemm=(64, 64, 16, 4, 4), direct=(16, 8, 4))
+
+
+def _lock_simulated_shared_arrays():
+    """Make the simulator's ``cuda.shared.array`` thread-safe (numba-cuda 0.30 checks and fills its table
+    of a block's arrays without a lock: two simulated threads entering together could get two different
+    arrays, and a block-wide reduction then loses partial sums, rarely and only under load)."""
+    import sys
+    import threading
+    from numba.cuda.simulator import kernelapi
+    shared = kernelapi.FakeCUDAShared
+    if getattr(shared, "_fastconv_locked", False):
+        return
+    unlocked, lock = shared.array, threading.Lock()
+
+    def array(self, shape, dtype, alignment=None):
+        if alignment is not None or shape == 0:
+            return unlocked(self, shape, dtype, alignment)
+        if isinstance(dtype, kernelapi.types.Type):
+            dtype = kernelapi.numpy_support.as_dtype(dtype)
+        frame = sys._getframe(1)  # one array per call site, as the simulator keys them
+        caller = (frame.f_code.co_filename, frame.f_lineno)
+        with lock:
+            found = self._allocations.get(caller)
+            if found is None:
+                found = self._allocations[caller] = np.empty(shape, dtype)
+        return found
+
+    shared.array = array
+    shared._fastconv_locked = True
 
 
 def grid_1d(n):
