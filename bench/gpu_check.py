@@ -5,8 +5,9 @@
    with NaN beforehand (``cuda_array.poison_outputs``), and the CPU oracle computed in float64 from the
    same inputs. Convolutions: forward through both kernels (direct and implicit GEMM) and through
    ``F.conv{1,2}d``, input/weight/bias gradients through autograd; transposed convolution; max pooling
-   (values, int64 indices exactly, gradient), average pooling and its gradient; linear + cross-entropy;
-   a LeNet-5 training step (loss and updated weights).
+   (values, int64 indices exactly, gradient), average pooling and its gradient; every function of the
+   GPU array namespace against NumPy; linear + cross-entropy; a LeNet-5 training step (loss and updated
+   weights).
 2. Speed: fastconv ``cuda`` against PyTorch (cuDNN) side by side, forward and forward + backward, median
    ms over interleaved repetitions, the GPU synchronised after every call; a Markdown table. Without
    PyTorch (or without a GPU for it) the torch columns are left out.
@@ -159,6 +160,48 @@ def check_glue(chk, dtype, rng, tiny):
                    np.array(1.0), dtype)
 
 
+def check_namespace(chk, dtype, rng):
+    """Every function of the GPU array namespace against NumPy on the same values (float64 oracle)."""
+    from fastconv.backends import cuda_array as xp
+    a, b = _rand(rng, (3, 4, 5), dtype), np.abs(_rand(rng, (4, 1), dtype)) + np.asarray(0.5, dtype)
+    da, db = xp.asarray(a), xp.asarray(b)
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    name = np.dtype(dtype)
+    for op in ("add", "subtract", "multiply", "divide", "maximum", "minimum"):
+        chk.close(f"xp.{op} {name}", getattr(xp, op)(da, db), getattr(np, op)(a64, b64), dtype)
+    chk.close(f"xp.power {name}", xp.power(db, 1.5), b64 ** 1.5, dtype)
+    for op in ("exp", "tanh", "abs", "sign", "square", "negative"):
+        chk.close(f"xp.{op} {name}", getattr(xp, op)(da), getattr(np, op)(a64), dtype)
+    for op in ("log", "sqrt"):
+        chk.close(f"xp.{op} {name}", getattr(xp, op)(db), getattr(np, op)(b64), dtype)
+    for op in ("greater", "less_equal", "equal"):
+        chk.close(f"xp.{op} {name}", getattr(xp, op)(da, 0.1), getattr(np, op)(a, np.dtype(dtype).type(0.1)), dtype, exact=True)
+    chk.close(f"xp.where {name}", xp.where(da > 0, da, 0), np.where(a64 > 0, a64, 0), dtype)
+    for axis in (None, 0, (0, 2), -1):
+        for op in ("sum", "max", "min", "mean"):
+            chk.close(f"xp.{op} axis={axis} {name}", getattr(xp, op)(da, axis=axis, keepdims=True),
+                      getattr(np, op)(a64, axis=axis, keepdims=True), dtype)
+    chk.close(f"xp.matmul batched {name}", xp.matmul(da, xp.swapaxes(da, 1, 2)), a64 @ np.swapaxes(a64, 1, 2), dtype)
+    idx = rng.integers(0, 5, (3, 4, 2))
+    chk.close(f"xp.take_along_axis {name}", xp.take_along_axis(da, xp.asarray(idx), axis=2),
+              np.take_along_axis(a64, idx, axis=2), dtype)
+    out, ref = xp.zeros((3, 4, 5), dtype), np.zeros((3, 4, 5))
+    xp.put_along_axis(out, xp.asarray(idx[..., :1]), 1.0, axis=2)
+    np.put_along_axis(ref, idx[..., :1], 1.0, axis=2)
+    chk.close(f"xp.put_along_axis {name}", out, ref, dtype)
+    rows = np.array([2, 0, 2])
+    out, ref = xp.zeros((3, 4, 5), dtype), np.zeros((3, 4, 5))
+    xp.add_at(out, rows, da)
+    np.add.at(ref, rows, a64)
+    chk.close(f"xp.add_at {name}", out, ref, dtype)
+    chk.close(f"CudaArray.astype {name}", da.T.astype(np.float64), a64.T, np.float64)
+    shifted = a64 - a64.max(axis=1, keepdims=True)
+    logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    chk.close(f"xp.log_softmax {name}", xp.log_softmax(da, 1), logp, dtype)
+    chk.close(f"xp.log_softmax_grad {name}", xp.log_softmax_grad(da, xp.asarray(logp.astype(dtype)), 1),
+              a64 - np.exp(logp) * a64.sum(axis=1, keepdims=True), dtype)
+
+
 def check_training(chk):
     """One Adam step of LeNet-5 on the GPU against the same step on the CPU (same initial weights)."""
     import fastconv
@@ -190,8 +233,9 @@ def run_checks(shapes, dtypes, tiny, seed):
                 print(f"{shape.name} ({shape.describe()}), {np.dtype(dtype)} [{time.perf_counter() - start:.0f} s]")
                 check = check_conv if shape.kind == "conv" else check_pool
                 chk.run(shape.name, lambda: check(chk, shape, dtype, rng))
-        print("glue and training")
+        print("array namespace, glue and training")
         for dtype in dtypes:
+            chk.run("namespace", lambda: check_namespace(chk, dtype, rng))
             chk.run("glue", lambda: check_glue(chk, dtype, rng, tiny))
         chk.run("training", lambda: check_training(chk))
     finally:
