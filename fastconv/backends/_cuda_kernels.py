@@ -16,6 +16,7 @@ rank-1 loop. :func:`launch` is the one launch path (and can record signatures: `
 simulator (:func:`config`), where every GPU thread is a Python thread.
 """
 import functools
+import importlib
 import math
 from collections import namedtuple
 
@@ -364,7 +365,7 @@ def gemm_kernel(role, dtype, a_k_fast, b_k_fast):
     """The tiled GEMM kernel of ``role``. ``a_k_fast``/``b_k_fast``: consecutive threads load consecutive
     k (else consecutive m / n) when filling the shared tiles, whichever is contiguous in memory."""
     if role not in GEMM_ROLES:
-        from . import cuda as _conv  # noqa: F401  (registers the convolution roles)
+        importlib.import_module(".cuda", __package__)  # registers the convolution roles
     sizes, a_index, b_index, out_index, out_m_stride, bias_index, atomic = GEMM_ROLES[role]
     bm, bn, bk, tm, tn = config().gemm
     thx, thy = bn // tn, bm // tm
