@@ -225,7 +225,8 @@ def print_summary(summary, out):
 
 def markdown(rows, summary, info):
     """A Markdown table of every row plus the summary, for the README."""
-    lines = [f"fastconv vs PyTorch {info.get('torch', '?')} on {info['cpu']}, {info['threads']} threads, "
+    threads = f"{info['threads']} thread" + ("s" if info["threads"] != 1 else "")
+    lines = [f"fastconv vs PyTorch {info.get('torch', '?')} on {info['cpu']}, {threads}, "
              f"{info['allocator']}; float32 GEMM (numpy) {info['gemm_gflops']['numpy']:.0f} GFLOP/s.",
              "Ratio = torch ms / fastconv ms (above 1: fastconv is faster).", "",
              "| shape | impl | fwd ms | fwd GFLOP/s | fwd ratio | fwd+bwd ms | fwd+bwd GFLOP/s | fwd+bwd ratio |",
