@@ -37,7 +37,8 @@ def tensor(data, requires_grad=False, dtype=None, device="cpu"):
     """Make a Tensor from an array, a (nested) list or a scalar.
 
     NumPy float32/float64 arrays keep their dtype; Python floats and lists default to float32; integer
-    arrays stay integer (labels). ``device="cuda"`` copies to the GPU.
+    arrays stay integer (labels). The data is copied, as ``torch.tensor`` does, so that in-place updates
+    (an optimizer step) never write into the caller's array. ``device="cuda"`` copies to the GPU.
     """
     if isinstance(data, Tensor):
         data = data.data
@@ -45,11 +46,9 @@ def tensor(data, requires_grad=False, dtype=None, device="cpu"):
         array = data
     else:
         from_python = not isinstance(data, (np.ndarray, np.generic))
-        array = np.asarray(data, dtype=dtype)
+        array = np.array(data, dtype=dtype, order="C")  # a C-contiguous copy (0-d stays 0-d)
         if dtype is None and from_python and array.dtype == np.float64:
             array = array.astype(np.float32)
-        if not array.flags.c_contiguous:  # (np.ascontiguousarray would turn 0-d into shape (1,))
-            array = array.copy(order="C")
     if requires_grad and np.dtype(array.dtype).kind != "f":
         raise TypeError(f"only float tensors can require grad, got dtype {array.dtype}")
     return Tensor(to_device(array, check_device(device)), requires_grad=requires_grad)

@@ -268,3 +268,10 @@ def test_second_backward_through_a_freed_graph_raises():
     y.backward()
     with pytest.raises(RuntimeError, match="second time"):
         y.backward()
+
+
+def test_tensor_copies_its_data_like_torch_tensor():
+    a = np.ones(3)
+    t = fc.tensor(a, requires_grad=True)
+    t.data -= 1.0  # an optimizer's in-place step
+    assert np.all(a == 1.0)
