@@ -1,12 +1,9 @@
 """GPU suites: fastconv's CUDA backend against PyTorch on the GPU (conv, pooling, a training step).
 
-Every benchmark raises NotImplementedError (asv: skipped) where no CUDA GPU is usable; Numba's CUDA
-simulator counts as none (it measures Python, not a GPU). Nothing touches CUDA at import: a CUDA context
-made in asv's forkserver would not survive the fork.
+Every benchmark raises NotImplementedError (asv: skipped) where no CUDA GPU is usable
+(``common.skip_unless_gpu``). Nothing touches CUDA at import: a CUDA context made in asv's forkserver
+would not survive the fork.
 """
-import glob
-import os
-
 from . import common
 from .common import SHAPES, TORCH, TRAIN_TASKS, grid
 
@@ -15,40 +12,13 @@ common.preload()
 GPU_IMPLS = ("cuda", TORCH)  # fastconv backend "cuda"; PyTorch on the GPU
 
 
-def _no_gpu_device():
-    """True when the machine has no NVIDIA device node at all: then skip before importing numba.cuda or
-    initialising torch.cuda (seconds per benchmark, and every GPU benchmark is skipped anyway)."""
-    return not (glob.glob("/dev/nvidia[0-9]*") or os.path.exists("/dev/dxg")) and os.name == "posix"
-
-
-def skip_without_gpu(impl):
-    if _no_gpu_device():
-        raise NotImplementedError("no NVIDIA GPU device on this machine")
-    if impl == TORCH:
-        if not common.has_torch():
-            raise NotImplementedError("PyTorch is not installed")
-        import torch
-        if not torch.cuda.is_available():
-            raise NotImplementedError("PyTorch sees no CUDA GPU")
-        return
-    import fastconv
-    if not fastconv.cuda.is_available() or fastconv.cuda.is_simulator():
-        raise NotImplementedError("no CUDA GPU for fastconv (numba.cuda), or only the simulator")
-
-
 class _Gpu:
     param_names = ["impl", "shape"]
     grad = False
     timeout = 180
 
     def setup(self, impl, shape):
-        key = ("gpu", impl, shape, self.grad)
-        if key not in common._warm:
-            skip_without_gpu(impl)
-            run = common.runner(impl, SHAPES[shape], self.grad, device="cuda")
-            run()  # compiles the kernels
-            common._warm[key] = run
-        self.run = common._warm[key]
+        self.run = common.warm_runner(impl, SHAPES[shape], self.grad, device="cuda")
 
 
 class GpuConv2dForward(_Gpu):
@@ -80,14 +50,7 @@ class GpuTrainStep:
     timeout = 180
 
     def setup(self, impl, task):
-        key = ("gputrain", impl, task)
-        if key not in common._warm:
-            skip_without_gpu(impl)
-            trainer = common.Trainer(task, "cuda" if impl == "cuda" else TORCH, device="cuda")
-            batch = common.synthetic_batch(task)
-            trainer.step(*batch)
-            common._warm[key] = trainer, batch
-        self.trainer, self.batch = common._warm[key]
+        self.trainer, self.batch = common.warm_trainer(task, "cuda" if impl == "cuda" else TORCH, "cuda")
 
     def time_train_step(self, impl, task):
         self.trainer.step(*self.batch)

@@ -16,14 +16,7 @@ class TrainStep:
     timeout = 180
 
     def setup(self, impl, task):
-        key = ("train", impl, task)
-        if key not in common._warm:
-            common.skip_unless_runnable(impl)
-            trainer = common.Trainer(task, impl)
-            batch = common.synthetic_batch(task)
-            trainer.step(*batch)  # compiles and autotunes once, outside the timing
-            common._warm[key] = trainer, batch
-        self.trainer, self.batch = common._warm[key]
+        self.trainer, self.batch = common.warm_trainer(task, impl)
 
     def time_train_step(self, impl, task):
         self.trainer.step(*self.batch)

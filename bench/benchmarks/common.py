@@ -355,22 +355,68 @@ def skip_unless_runnable(impl, shape=None):
 _warm = {}
 
 
-def warm_runner(impl, shape, grad):
-    """asv ``setup`` helper: a runner that has run once (JIT compiled), or a skip.
+def warm(key, build):
+    """asv ``setup`` helper: ``build()`` once per process and keep the result under ``key``.
 
-    asv re-runs ``setup`` before every sample; the runner is kept for the life of the process (asv runs
-    each parameter combination in a process of its own), so only the first ``setup`` pays the warm-up.
+    asv re-runs ``setup`` before every sample but runs each parameter combination in a process of its
+    own, so only the first ``setup`` pays for compilation and warm-up. A skip (NotImplementedError) raised
+    by ``build`` is raised again at the next ``setup``.
     """
-    key = (impl, shape.name, grad)
     if key not in _warm:
-        skip_unless_runnable(impl, shape)
-        fn = runner(impl, shape, grad)
+        _warm[key] = build()
+    return _warm[key]
+
+
+def warm_runner(impl, shape, grad, device="cpu"):
+    """A runner that has run once (JIT compiled), or a skip where ``impl`` cannot run it here."""
+    def build():
+        _skip_unless(impl, device, shape)
+        fn = runner(impl, shape, grad, device=device)
         try:
             fn()
         except (ValueError, TypeError, NotImplementedError) as err:  # geometry this backend rejects
             raise NotImplementedError(f"{impl} cannot run {shape.name}: {err}") from err
-        _warm[key] = fn
-    return _warm[key]
+        return fn
+    return warm((impl, shape.name, grad, device), build)
+
+
+def warm_trainer(task, impl, device="cpu"):
+    """``(trainer, batch)`` after one training step (compilation, autotuning), or a skip."""
+    def build():
+        _skip_unless(impl, device)
+        trainer = Trainer(task, impl, device)
+        batch = synthetic_batch(task)
+        trainer.step(*batch)
+        return trainer, batch
+    return warm(("train", task, impl, device), build)
+
+
+def _skip_unless(impl, device, shape=None):
+    if device == "cpu":
+        skip_unless_runnable(impl, shape)
+    else:
+        skip_unless_gpu(impl)
+
+
+def skip_unless_gpu(impl):
+    """Raise NotImplementedError unless ``impl`` (fastconv's ``"cuda"`` or ``"torch"``) has a CUDA GPU.
+
+    Numba's CUDA simulator counts as none (it measures Python, not a GPU). Without any NVIDIA device node
+    it skips before importing numba.cuda or initialising torch.cuda (seconds per benchmark).
+    """
+    import glob
+    if os.name == "posix" and not (glob.glob("/dev/nvidia[0-9]*") or os.path.exists("/dev/dxg")):
+        raise NotImplementedError("no NVIDIA GPU device on this machine")
+    if impl == TORCH:
+        if not has_torch():
+            raise NotImplementedError("PyTorch is not installed")
+        import torch
+        if not torch.cuda.is_available():
+            raise NotImplementedError("PyTorch sees no CUDA GPU")
+        return
+    import fastconv
+    if not fastconv.cuda.is_available() or fastconv.cuda.is_simulator():
+        raise NotImplementedError("no CUDA GPU for fastconv (numba.cuda), or only the simulator")
 
 
 def preload():
