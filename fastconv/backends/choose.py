@@ -30,18 +30,10 @@ from . import dispatch, separable
 
 #: Direct (non-FFT) backends in order of preference, per op; ops not listed use ``DEFAULT_PREFERENCE``.
 #: Retune from ``bench/`` results: this table and the constants below are the whole model.
-DEFAULT_PREFERENCE = ("numba", "cython", "numpy")
-PREFERENCE = {
-    "conv2d": ("numba", "cython", "numpy"),
-    "conv2d_grad_input": ("numba", "cython", "numpy"),
-    "conv2d_grad_weight": ("numba", "cython", "numpy"),
-    "max_pool2d": ("numba", "cython", "numpy"),
-    "max_pool2d_grad": ("numba", "cython", "numpy"),
-    "avg_pool2d": ("numba", "cython", "numpy"),
-    "avg_pool2d_grad": ("numba", "cython", "numpy"),
-    "max_unpool2d": ("numba", "cython", "numpy"),
-    "max_unpool2d_grad": ("numba", "cython", "numpy"),
-}
+#: Measured with ``bench/compare.py`` (2 threads): the Cython kernels won most shapes (LeNet layers, 1-D,
+#: pooling, most backward passes); Numba won the large 3x3 forwards and large average pooling by less.
+DEFAULT_PREFERENCE = ("cython", "numba", "numpy")
+PREFERENCE = {"avg_pool2d": ("numba", "cython", "numpy")}
 FFT_OPS = ("conv2d", "conv2d_grad_input", "conv2d_grad_weight")
 #: Kernels with fewer taps never go to the FFT, whatever the model says (its error is largest there).
 FFT_MIN_TAPS = 25
