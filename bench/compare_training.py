@@ -190,6 +190,7 @@ def compare_training(args, out=None):
     except ImportError as err:
         raise SystemExit(f"fastconv.models / fastconv.optim are not available: {err}")
     threads = common.set_threads(args.threads)
+    threads["numpy blas"] = common.set_blas_threads(1)  # as fastconv's trainer does (small GEMMs)
     runs = candidate_runs(out)
     if args.runs:
         wanted = [r.strip() for r in args.runs.split(",") if r.strip()]

@@ -1,4 +1,5 @@
 """Threads and build facts: ``fc.set_num_threads``, ``fc.show_config()`` (``fastconv info``)."""
+import ctypes
 import os
 import platform
 import sys
@@ -24,6 +25,41 @@ def set_num_threads(n):
     omp = _cython_omp()
     if omp is not None:
         omp.set_num_threads(n)
+
+
+_BLAS_SETTERS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
+                 "openblas_set_num_threads64_", "openblas_set_num_threads", "MKL_Set_Num_Threads")
+
+
+def set_blas_threads(n):
+    """Set the thread count of every OpenBLAS or MKL this process loaded (NumPy's and SciPy's copies are
+    separate libraries; found in /proc/self/maps). PyTorch's own BLAS follows ``torch.set_num_threads``.
+
+    Training loops set it to 1: their GEMMs are small, and an idle BLAS pool spinning beside the compiled
+    kernels' own threads takes their cores (LeNet-5 steps ran 3x slower with 2 BLAS threads on 2 cores).
+    Returns ``n``, or None where no known BLAS could be told (then ``OPENBLAS_NUM_THREADS`` rules).
+    """
+    try:
+        import scipy.linalg  # noqa: F401  (load SciPy's BLAS too, so that it is found and set)
+    except ImportError:
+        pass
+    try:
+        with open("/proc/self/maps") as maps:
+            libs = {line.split()[-1] for line in maps if "blas" in line.lower() or "mkl_rt" in line}
+    except OSError:
+        return None
+    done = False
+    for path in sorted(libs):
+        if "torch" in path or not os.path.exists(path):
+            continue
+        lib = ctypes.CDLL(path)
+        for symbol in _BLAS_SETTERS:
+            setter = getattr(lib, symbol, None)
+            if setter is not None:
+                setter(ctypes.c_int(n))
+                done = True
+                break
+    return n if done else None
 
 
 def get_num_threads():

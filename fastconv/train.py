@@ -345,6 +345,9 @@ def train(config=None, callback=None, stream=None, **overrides):
     if cfg.threads is not None:
         from .config import set_num_threads
         set_num_threads(cfg.threads)
+    if cfg.device == "cpu":
+        from .config import set_blas_threads
+        set_blas_threads(1)  # the compiled kernels bring their own threads (see set_blas_threads)
     x, y, xt, yt = load_data(cfg)
     manual_seed(cfg.seed)
     model = models.create(cfg.model, backend=cfg.backend).to(cfg.device)

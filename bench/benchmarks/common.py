@@ -10,7 +10,6 @@ Nothing here runs a kernel at import time (asv imports this module in its discov
 """
 from __future__ import annotations
 
-import ctypes
 import os
 from dataclasses import dataclass
 
@@ -249,37 +248,10 @@ def set_threads(n):
     return done
 
 
-_BLAS_SETTERS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
-                 "openblas_set_num_threads64_", "openblas_set_num_threads", "MKL_Set_Num_Threads")
-
-
 def set_blas_threads(n):
-    """Set the thread count of every OpenBLAS or MKL this process loaded (NumPy's and SciPy's copies are
-    separate libraries; found in /proc/self/maps). PyTorch's own BLAS follows ``torch.set_num_threads``.
-
-    Returns ``n``, or None where no known BLAS could be told (then ``OPENBLAS_NUM_THREADS`` rules).
-    """
-    try:
-        import scipy.linalg  # noqa: F401  (load SciPy's BLAS too, so that it is found and set)
-    except ImportError:
-        pass
-    try:
-        with open("/proc/self/maps") as maps:
-            libs = {line.split()[-1] for line in maps if "blas" in line.lower() or "mkl_rt" in line}
-    except OSError:
-        return None
-    done = False
-    for path in sorted(libs):
-        if "torch" in path or not os.path.exists(path):
-            continue
-        lib = ctypes.CDLL(path)
-        for symbol in _BLAS_SETTERS:
-            setter = getattr(lib, symbol, None)
-            if setter is not None:
-                setter(ctypes.c_int(n))
-                done = True
-                break
-    return n if done else None
+    """Set the thread count of every BLAS NumPy and SciPy loaded (see ``fastconv.config``)."""
+    from fastconv.config import set_blas_threads as set_them
+    return set_them(n)
 
 
 def cpu_name():
