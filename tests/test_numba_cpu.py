@@ -101,6 +101,7 @@ def test_per_task_sample_counts(monkeypatch, limit):
     """Bands of one row, a few samples per task (a short last task with zero-filled columns), or as many
     as balance the threads."""
     monkeypatch.setattr(nb, "TASK_BYTES", limit)
+    monkeypatch.setattr(nb, "TASK_MERGE_BYTES", limit)
     spec = shapes.conv_spec((5, 4, 6, 7), (6, 2, 3, 2), None, stride=(1, 2), padding=(2, 1), groups=2)
     _check_conv(spec, np.float32, "per_task")
     _check_conv(spec, np.float64, "per_task")

@@ -100,7 +100,8 @@ def _is_pointwise(spec):
 
 
 BLAS_ONE_THREAD = 65536 * 4  # OpenBLAS runs a GEMM of at most this m*n*k on the calling thread
-TASK_BYTES = 1 << 20         # columns of one "per_task" task, at most (half the L2 cache)
+TASK_BYTES = 1 << 20         # columns of one "per_task" band, at most (half the L2 cache) ...
+TASK_MERGE_BYTES = 256 << 10  # ... and of the samples one task merges (smaller blocks measured faster)
 
 
 def _sample_gemm_size(spec):
@@ -159,9 +160,9 @@ def conv_algorithm(spec):
 
 
 def _task_shape(spec, itemsize):
-    """``(nb, bh)``: samples per task and output rows per band. Tasks keep their columns within
-    ``TASK_BYTES`` (and their GEMMs within ``BLAS_ONE_THREAD`` where BLAS cannot be held to one thread);
-    a sample too big for that is cut into bands of rows; the task count is a multiple of the threads."""
+    """``(nb, bh)``: samples per task and output rows per band. A band's columns stay within
+    ``TASK_BYTES`` (and its GEMMs within ``BLAS_ONE_THREAD`` where BLAS cannot be held to one thread);
+    samples that fit are merged up to ``TASK_MERGE_BYTES``; the task count is a multiple of the threads."""
     n, oh = spec.n, spec.oh
     row_bytes = spec.c_in * spec.kh * spec.kw * spec.ow * itemsize
     rows = max(1, TASK_BYTES // row_bytes)
@@ -170,7 +171,7 @@ def _task_shape(spec, itemsize):
     if rows < oh:
         return 1, -(-oh // -(-oh // rows))
     threads = numba.get_num_threads()
-    tasks = -(-n // (rows // oh))
+    tasks = -(-n // max(1, min(rows // oh, TASK_MERGE_BYTES // (row_bytes * oh))))
     tasks = -(-tasks // threads) * threads
     return max(1, -(-n // tasks)), oh
 
