@@ -177,3 +177,13 @@ def test_unwritable_cache_folder_warns_and_keeps_working(monkeypatch, tmp_path):
     fc.autotune(True)
     with pytest.warns(RuntimeWarning, match="cannot write"):
         F.conv2d(*_tune_case(), padding=2)
+
+
+def test_wide_gemms_prefer_numba_and_lenet_layers_cython():
+    if "numba" not in fc.available_backends() or "cython" not in fc.available_backends():
+        pytest.skip("needs both compiled backends")
+    resnet = shapes.conv_spec((8, 128, 28, 28), (256, 128, 3, 3), padding=1, stride=2)
+    lenet = shapes.conv_spec((64, 6, 14, 14), (16, 6, 5, 5))
+    assert choose.model_choice("conv2d", resnet) == "numba"
+    assert choose.model_choice("conv2d_grad_weight", resnet) == "numba"
+    assert choose.model_choice("conv2d", lenet) == "cython"
