@@ -14,15 +14,15 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 
-def _compiler_has_openmp(compiler):
-    """Compile and link a one-line OpenMP program; True when it works."""
+def _compiler_accepts(compiler, flag, program="int main(void){return 0;}\n"):
+    """Compile and link ``program`` with ``flag``; True when it works."""
     with tempfile.TemporaryDirectory() as tmp:
-        src = os.path.join(tmp, "omp_probe.c")
+        src = os.path.join(tmp, "probe.c")
         with open(src, "w") as f:
-            f.write("#include <omp.h>\nint main(void){return omp_get_max_threads() < 1;}\n")
+            f.write(program)
         try:
-            objs = compiler.compile([src], output_dir=tmp, extra_postargs=["-fopenmp"])
-            compiler.link_executable(objs, os.path.join(tmp, "omp_probe"), extra_postargs=["-fopenmp"])
+            objs = compiler.compile([src], output_dir=tmp, extra_postargs=[flag])
+            compiler.link_executable(objs, os.path.join(tmp, "probe"), extra_postargs=[flag])
         except Exception:
             return False
     return True
@@ -30,13 +30,19 @@ def _compiler_has_openmp(compiler):
 
 class BuildExt(build_ext):
     def build_extensions(self):
-        openmp = os.environ.get("FASTCONV_NO_OPENMP") != "1" and _compiler_has_openmp(self.compiler)
+        openmp = os.environ.get("FASTCONV_NO_OPENMP") != "1" and _compiler_accepts(
+            self.compiler, "-fopenmp", "#include <omp.h>\nint main(void){return omp_get_max_threads() < 1;}\n")
         if not openmp:
             warnings.warn("fastconv: the C compiler has no OpenMP; Cython kernels will run on one thread")
+        # The kernels are built where they run: let the compiler use this CPU's vector instructions
+        # (AVX2/AVX-512). FASTCONV_PORTABLE=1 builds for the compiler's baseline instead (wheels).
+        native = os.environ.get("FASTCONV_PORTABLE") != "1" and _compiler_accepts(self.compiler, "-march=native")
         for ext in self.extensions:
             if openmp:
                 ext.extra_compile_args += ["-fopenmp"]
                 ext.extra_link_args += ["-fopenmp"]
+            if native:
+                ext.extra_compile_args += ["-march=native"]
         super().build_extensions()
 
 
@@ -47,7 +53,8 @@ def _extensions():
         Extension(
             f"fastconv._cy.{os.path.splitext(os.path.basename(path))[0]}",
             [path],
-            include_dirs=[numpy.get_include()],
+            include_dirs=[numpy.get_include(), "src_cython"],
+            depends=sorted(glob.glob("src_cython/*.h") + glob.glob("src_cython/*.pxi")),
             extra_compile_args=["-O3"] if sys.platform != "win32" else ["/O2"],
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         )

@@ -47,7 +47,7 @@ def test_auto_picks_fft_for_big_kernels(op):
 def test_auto_picks_a_direct_backend_for_lenet(op, spec):
     module = _backing(choose.best(op, spec, np.float32))
     assert module is not fft
-    assert module is dispatch.load(choose.model_choice(op, spec))
+    assert module is dispatch.load(choose.model_choice(op, spec, np.float32))
 
 
 def test_small_kernels_never_go_to_fft_even_on_huge_images():
@@ -183,7 +183,11 @@ def test_wide_gemms_prefer_numba_and_lenet_layers_cython():
     if "numba" not in fc.available_backends() or "cython" not in fc.available_backends():
         pytest.skip("needs both compiled backends")
     resnet = shapes.conv_spec((8, 128, 28, 28), (256, 128, 3, 3), padding=1, stride=2)
+    pointwise = shapes.conv_spec((16, 256, 28, 28), (128, 256, 1, 1))
     lenet = shapes.conv_spec((64, 6, 14, 14), (16, 6, 5, 5))
-    assert choose.model_choice("conv2d", resnet) == "numba"
-    assert choose.model_choice("conv2d_grad_weight", resnet) == "numba"
+    assert choose.model_choice("conv2d", resnet, np.float64) == "numba"
+    assert choose.model_choice("conv2d_grad_weight", resnet, np.float32) == "numba"
+    assert choose.model_choice("conv2d", pointwise, np.float32) == "numba"
     assert choose.model_choice("conv2d", lenet) == "cython"
+    # float32 forward passes run Cython's register-blocked kernel, wide or not
+    assert choose.model_choice("conv2d", resnet, np.float32) == "cython"

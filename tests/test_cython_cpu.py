@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastconv as fc
@@ -59,7 +59,7 @@ def _check_conv(spec, dtype, algorithm, seed=0, bias=True):
                  dtype, what + " grad weight")
 
 
-@pytest.mark.parametrize("algorithm", ["direct", "gemm"])
+@pytest.mark.parametrize("algorithm", ["direct", "gemm", "blocked"])
 @settings(max_examples=40, deadline=None)
 @given(case=st.one_of(cases.conv_cases(2), cases.conv_cases(1), cases.conv_transpose_cases(2),
                       cases.conv_transpose_cases(1)), seed=st.integers(0, 2**16))
@@ -90,7 +90,7 @@ AUTO_DIRECT = [
 def test_each_algorithm_on_shapes_the_other_would_get(shape, dtype):
     x_shape, w_shape, kw = shape
     spec = shapes.conv_spec(x_shape, w_shape, None, **kw)
-    auto = cy.conv_algorithm(spec)
+    auto = cy.conv_algorithm(spec, dtype, forward=False)
     assert auto == ("gemm" if shape in AUTO_GEMM else "direct")
     _check_conv(spec, dtype, OTHER[auto])
     _check_conv(spec, dtype, auto)
@@ -131,6 +131,48 @@ def test_gemm_tiles_and_thread_plans(monkeypatch, tile):
         _check_conv(spec, dtype, "gemm")
 
 
+def test_blocked_runs_float32_forward_passes_except_depthwise_and_pointwise():
+    spec = lambda x, w, **kw: shapes.conv_spec(x, w, None, **kw)  # noqa: E731
+    lenet, vgg = spec((2, 6, 14, 14), (16, 6, 5, 5)), spec((1, 8, 9, 9), (8, 8, 3, 3), padding=1)
+    depthwise, pointwise = spec((1, 8, 9, 9), (8, 1, 3, 3), groups=8), spec((1, 8, 9, 9), (4, 8, 1, 1))
+    assert [cy.conv_algorithm(s) for s in (lenet, vgg)] == ["blocked"] * 2
+    assert [cy.conv_algorithm(s, np.float64) for s in (lenet, vgg)] == ["gemm"] * 2
+    assert cy.conv_algorithm(vgg, forward=False) == "gemm"
+    assert (cy.conv_algorithm(depthwise), cy.conv_algorithm(pointwise)) == ("direct", "gemm")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=st.one_of(cases.conv_cases(2), cases.conv_cases(1)), seed=st.integers(0, 2**16),
+       band_bytes=st.sampled_from([1, 600, 1 << 18]), more_threads=st.sampled_from([0, 6]))
+def test_blocked_forward_in_bands(monkeypatch, case, seed, band_bytes, more_threads):
+    """The register-blocked float32 forward against the reference, with tasks of one row, of a few
+    rows (the last band shorter) and of whole samples (more threads: bands cut smaller)."""
+    threads = cy._omp.max_threads() + more_threads  # never fewer than OpenMP runs: each needs scratch
+    monkeypatch.setattr(cy, "_BAND_BYTES", band_bytes)
+    monkeypatch.setattr(cy, "num_threads", lambda: threads)
+    spec = _spec(case)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(spec.x_shape).astype(np.float32)
+    w = rng.standard_normal(spec.w_shape).astype(np.float32)
+    b = rng.standard_normal(spec.c_out).astype(np.float32) if case["bias"] else None
+    want = ref.conv2d(x.astype(np.float64), w.astype(np.float64), None if b is None else b.astype(np.float64),
+                      spec)
+    assert_close(cy.conv2d(x, w, b, spec, algorithm="blocked"), want, np.float32, f"blocked {spec}")
+
+
+@pytest.mark.parametrize("c_out", [1, 7, 8, 9, 16, 17, 32, 33, 40])
+@pytest.mark.parametrize("ow", [1, 5, 6, 7, 13, 14, 15, 29, 57])
+def test_blocked_tile_and_block_edges(c_out, ow):
+    """Output widths around the register tile (6 or 14 pixels) and channel counts around the blocks of
+    one and two vectors (8 and 16, or 16 and 32 channels)."""
+    spec = shapes.conv_spec((2, 3, 5, ow + 2), (c_out, 3, 3, 3), None, padding=(1, 0))
+    rng = np.random.default_rng(ow * 100 + c_out)
+    x, w = rng.standard_normal(spec.x_shape, np.float32), rng.standard_normal(spec.w_shape, np.float32)
+    b = rng.standard_normal(c_out, np.float32)
+    assert_close(cy.conv2d(x, w, b, spec, algorithm="blocked"), ref.conv2d(x, w, b, spec), np.float32,
+                 f"blocked {spec}")
+
+
 def test_unknown_algorithm_is_rejected():
     spec = shapes.conv_spec((1, 1, 4, 4), (1, 1, 3, 3))
     x, w = np.zeros(spec.x_shape, np.float32), np.zeros(spec.w_shape, np.float32)
@@ -151,7 +193,7 @@ def test_workspace_is_reused_across_shapes():
     assert not np.shares_memory(first, cy.workspace("cols", 1, 1, np.float64))
 
 
-@pytest.mark.parametrize("algorithm", ["direct", "gemm"])
+@pytest.mark.parametrize("algorithm", ["direct", "gemm", "blocked"])
 def test_nan_propagates_like_the_reference(algorithm):
     spec = shapes.conv_spec((2, 4, 7, 7), (4, 2, 3, 3), None, padding=1, groups=2)
     rng = np.random.default_rng(1)

@@ -35,7 +35,8 @@ from . import dispatch, separable
 DEFAULT_PREFERENCE = ("cython", "numba", "numpy")
 PREFERENCE = {"avg_pool2d": ("numba", "cython", "numpy")}
 #: Wide GEMMs (>= 128 output channels per group over a reduction of >= 256) ran faster on Numba's per-task
-#: GEMM path (resnet_s2, pointwise: 0.81 -> 0.84 and 0.86 -> 0.97 of PyTorch's speed, forward).
+#: GEMM path (resnet_s2, pointwise: 0.81 -> 0.84 and 0.86 -> 0.97 of PyTorch's speed, forward), except
+#: float32 forward passes that Cython runs register-blocked (every one but pointwise).
 WIDE_GEMM_PREFERENCE = ("numba", "cython", "numpy")
 WIDE_GEMM_OUT, WIDE_GEMM_REDUCTION = 128, 256
 FFT_OPS = ("conv2d", "conv2d_grad_input", "conv2d_grad_weight")
@@ -109,17 +110,25 @@ def fft_seconds(spec):
     return FFT_CALL_SECONDS + transform + products
 
 
-def _preference(op, spec):
+def _blocked(op, spec, dtype):
+    """Whether Cython's register-blocked kernel would run ``op`` (see ``cython_cpu.conv_algorithm``)."""
+    cython = _module("cython") if op == "conv2d" and dtype is not None else None
+    return cython is not None and cython.conv_algorithm(spec, dtype) == "blocked"
+
+
+def _preference(op, spec, dtype=None):
     """Direct backends in order of preference for ``op`` on ``spec``."""
     if (op in FFT_OPS and spec is not None and spec.c_out // spec.groups >= WIDE_GEMM_OUT
-            and (spec.c_in // spec.groups) * spec.kh * spec.kw >= WIDE_GEMM_REDUCTION):
+            and (spec.c_in // spec.groups) * spec.kh * spec.kw >= WIDE_GEMM_REDUCTION
+            and not _blocked(op, spec, dtype)):
         return WIDE_GEMM_PREFERENCE
     return PREFERENCE.get(op, DEFAULT_PREFERENCE)
 
 
-def model_choice(op, spec):
-    """The backend name the cost model picks for ``op`` on ``spec`` (``spec`` may be None)."""
-    direct = _first(_preference(op, spec), op)
+def model_choice(op, spec, dtype=None):
+    """The backend name the cost model picks for ``op`` on ``spec`` (``spec`` may be None) and ``dtype``
+    (None: unknown)."""
+    direct = _first(_preference(op, spec, dtype), op)
     if (op in FFT_OPS and spec is not None and spec.kh * spec.kw >= FFT_MIN_TAPS
             and _module("fft") is not None and FFT_MARGIN * fft_seconds(spec) < direct_seconds(spec, direct)):
         return "fft"
@@ -133,7 +142,7 @@ def best(op, spec, dtype=None):
     key = (op, spec, dtype)
     module = _decisions.get(key)
     if module is None:
-        name = model_choice(op, spec)
+        name = model_choice(op, spec, dtype)
         module = _separable_front(name) if _separable_spec(op, spec, name) else _module(name)
         _decisions[key] = module
     return module

@@ -1,6 +1,6 @@
 """The Cython/OpenMP CPU backend (``"cython"``): wraps the extension modules built from ``src_cython/``.
 
-Convolutions run one of two algorithms, chosen per shape by :func:`conv_algorithm` (or forced with
+Convolutions run one of three algorithms, chosen per shape by :func:`conv_algorithm` (or forced with
 ``algorithm=``):
 
 - ``"direct"``: loops over kernel taps (``_cy._conv``), for depthwise-like convolutions (one or two
@@ -8,7 +8,12 @@ Convolutions run one of two algorithms, chosen per shape by :func:`conv_algorith
   input. A stride-1 tap is one long vector operation over a zero-padded copy of the plane;
 - ``"gemm"``: im2col of a tile of outputs at a time (rows of a large plane, or several small planes)
   into a per-thread workspace that stays in cache, then BLAS ``?gemm`` (``_cy._im2col``); a 1x1,
-  stride-1, unpadded convolution multiplies the input planes directly.
+  stride-1, unpadded convolution multiplies the input planes directly;
+- ``"blocked"`` (float32 forward): register-blocked direct convolution (``_cy._blocked``): a tile of a
+  few output pixels by one or two vectors of output channels stays in registers through the whole reduction,
+  reading the input in place, so nothing is unfolded. It runs the forward pass of every float32
+  convolution that is neither depthwise-like nor pointwise; asked for float64 or for a gradient, it
+  means the automatic choice between the other two.
 
 Pooling and unpooling run ``_cy._pool``. Every kernel is parallel over OpenMP threads
 (``fastconv.set_num_threads`` / ``OMP_NUM_THREADS``). The GEMM kernels either run tiles in parallel with
@@ -26,14 +31,15 @@ import threading
 import numpy as np
 
 try:
-    from .._cy import _conv, _im2col, _omp, _pool
+    from .._cy import _blocked, _conv, _im2col, _omp, _pool
 except ImportError as err:  # extension not compiled (no C compiler at install time)
     _IMPORT_ERROR = err
 else:
     _IMPORT_ERROR = None
 
-ALGORITHMS = ("direct", "gemm")
+ALGORITHMS = ("direct", "gemm", "blocked")
 _TILE_BYTES = 1 << 20  # im2col tile per thread: stays in a core's L2
+_BAND_BYTES = 1 << 18  # padded input rows of one "blocked" task: stay in L2 beside the weights
 _MIN_TILE = 64  # outputs: thinner matrix products waste the GEMM
 _SMALL_GEMM = 1 << 20  # m * n * k up to which OpenBLAS multiplies without packing (cheaper when small)
 
@@ -68,21 +74,26 @@ def is_pointwise(spec):
     return (spec.kh == spec.kw == 1 and spec.stride == (1, 1) and not any(spec.padding))
 
 
-def conv_algorithm(spec):
-    """``"direct"`` or ``"gemm"`` for this convolution. The matrix products of im2col + GEMM have
-    ``C_out/groups`` rows and ``C_in/groups * kh * kw`` columns; only when both channel counts per group
-    are tiny (depthwise: 1 and 1) are they too thin to beat the direct loops, which are memory-bound."""
+def conv_algorithm(spec, dtype=np.float32, forward=True):
+    """The algorithm for this convolution. The matrix products of im2col + GEMM have ``C_out/groups``
+    rows and ``C_in/groups * kh * kw`` columns; when both channel counts per group are tiny (depthwise:
+    1 and 1) they are too thin to beat the direct loops, which are memory-bound. A float32 forward pass
+    that is not such a case, nor a plain matrix product (pointwise), runs register-blocked."""
     cig, cog = spec.c_in // spec.groups, spec.c_out // spec.groups
     if not is_pointwise(spec) and cig * cog <= 4:
         return "direct"
+    if forward and np.dtype(dtype) == np.float32 and not is_pointwise(spec):
+        return "blocked"
     return "gemm"
 
 
-def _algorithm(spec, algorithm):
+def _algorithm(spec, algorithm, dtype, forward=False):
     if algorithm is None:
-        return conv_algorithm(spec)
+        return conv_algorithm(spec, dtype, forward)
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be None or one of {ALGORITHMS}, got {algorithm!r}")
+    if algorithm == "blocked" and not (forward and np.dtype(dtype) == np.float32):
+        return conv_algorithm(spec, dtype, forward=False)
     return algorithm
 
 
@@ -190,11 +201,34 @@ def _wide_workspace(spec, dtype):
     return workspace("planes", num_threads(), _conv.wide_size(conv_geo(spec)), dtype)
 
 
+def _band_rows(spec):
+    """Output rows per task of the blocked kernel: whole samples, cut into bands while a band's padded
+    input copy exceeds ``_BAND_BYTES`` or there are too few tasks to balance the threads."""
+    geo = conv_geo(spec)
+    rows, tasks = spec.oh, 4 * num_threads()
+    while rows > 1 and (4 * _blocked.scratch_size(geo, rows) > _BAND_BYTES
+                        or spec.n * -(-spec.oh // rows) < tasks):
+        rows = (rows + 1) // 2
+    return rows
+
+
+def _blocked_conv2d(x, w, b, y, spec):
+    geo, rows = conv_geo(spec), _band_rows(spec)
+    packed = workspace("packed", 1, _blocked.packed_size(geo), np.float32)[0]
+    _blocked.pack_weights(w, packed, geo)
+    scratch = workspace("band", num_threads(), _blocked.scratch_size(geo, rows), np.float32)
+    _blocked.conv2d(x, packed, b, y, scratch, geo, rows)
+    return y
+
+
 # ----------------------------------------------------------------------------- convolution
 def conv2d(x, w, b, spec, algorithm=None):
     y = np.empty(spec.y_shape, x.dtype)
     b = None if b is None else np.ascontiguousarray(b, x.dtype)
-    if _algorithm(spec, algorithm) == "direct":
+    algorithm = _algorithm(spec, algorithm, x.dtype, forward=True)
+    if algorithm == "blocked":
+        return _blocked_conv2d(x, w, b, y, spec)
+    if algorithm == "direct":
         _conv.conv2d(x, w, b, y, _wide_workspace(spec, x.dtype), conv_geo(spec))
         return y
     tile, threads, blas = _gemm_plan(spec, x.itemsize)
@@ -206,7 +240,7 @@ def conv2d(x, w, b, spec, algorithm=None):
 
 def conv2d_grad_input(gy, w, spec, algorithm=None):
     gx = np.empty(spec.x_shape, gy.dtype)
-    if _algorithm(spec, algorithm) == "direct":
+    if _algorithm(spec, algorithm, gy.dtype) == "direct":
         _conv.conv2d_grad_input(gy, w, gx, _wide_workspace(spec, gy.dtype), conv_geo(spec))
         return gx
     tile, threads, blas = _gemm_plan(spec, gy.itemsize, whole_samples=True)
@@ -217,7 +251,7 @@ def conv2d_grad_input(gy, w, spec, algorithm=None):
 
 
 def conv2d_grad_weight(gy, x, spec, algorithm=None):
-    if _algorithm(spec, algorithm) == "direct":
+    if _algorithm(spec, algorithm, gy.dtype) == "direct":
         gw = np.empty(spec.w_shape, gy.dtype)
         acc = workspace("tap_sums", num_threads(), spec.kh * spec.kw, np.float64)
         _conv.conv2d_grad_weight(gy, x, gw, acc, _wide_workspace(spec, gy.dtype), conv_geo(spec))

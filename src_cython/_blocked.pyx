@@ -1,0 +1,160 @@
+# cython: language_level=3
+"""Register-blocked direct convolution (float32 forward): the ``"blocked"`` algorithm.
+
+The micro-kernel in ``blocked_conv.h`` keeps a tile of outputs (up to 14 pixels of one row by 16 output
+channels with AVX-512, 6 by 16 with AVX2) in vector registers while it runs the whole reduction, so no
+column matrix is built and each weight is loaded once per tile. Here: the weights are packed per block of output channels,
+and the work is cut into tasks (one sample, a band of output rows) run in parallel over OpenMP. A task
+of a padded convolution first copies the input rows it reads into its thread's scratch, zero-padded,
+so the micro-kernel never tests bounds.
+"""
+from cython.parallel cimport parallel, prange, threadid
+from libc.string cimport memcpy, memset
+
+import numpy as np
+
+include "_loops.pxi"
+
+
+cdef extern from "blocked_conv.h" nogil:
+    ctypedef struct fc_src:
+        const float* x
+        const Py_ssize_t* taps
+        int ntaps, sw
+    int FC_LANES
+    int FC_MAX_NV
+    int FC_MAX_NJ
+    void fc_conv_row(const fc_src* s, const float* w, int nv, int ow, float* y, Py_ssize_t yc, int nc,
+                     const float* bias)
+
+
+def tile_shape():
+    """``(pixels, channels)`` of this build's largest register tile: (14, 16) with AVX-512, else (6, 16)."""
+    return FC_MAX_NJ, FC_LANES * FC_MAX_NV
+
+
+cdef inline int vectors(Py_ssize_t cog) noexcept nogil:
+    """Vectors per weight block for ``cog`` output channels per group."""
+    return 1 if cog <= FC_LANES else FC_MAX_NV
+
+
+def packed_size(tuple geo):
+    """Elements of the packed weights: per group and block of ``lanes * nv`` output channels, a
+    ``(taps, lanes * nv)`` matrix (channels past the group's end are zero)."""
+    cdef Geo g = make_geo(geo)
+    cdef Py_ssize_t width = FC_LANES * vectors(g.cog)
+    return g.groups * ((g.cog + width - 1) // width) * g.taps * width
+
+
+def pack_weights(const float[:, :, :, ::1] w, float[::1] out, tuple geo):
+    """``w[oc, c, i, j]`` into ``out[group, block, (c, i, j), lane]`` (see ``packed_size``)."""
+    cdef Geo g = make_geo(geo)
+    cdef Py_ssize_t width = FC_LANES * vectors(g.cog), blocks = (g.cog + width - 1) // width
+    cdef Py_ssize_t grp, blk, t, lane, oc
+    cdef const float* wf = &w[0, 0, 0, 0]
+    cdef float* dst
+    with nogil:
+        for grp in range(g.groups):
+            for blk in range(blocks):
+                dst = &out[(grp * blocks + blk) * g.taps * width]
+                for t in range(g.taps):
+                    for lane in range(width):
+                        oc = blk * width + lane
+                        dst[t * width + lane] = wf[(grp * g.cog + oc) * g.taps + t] if oc < g.cog else 0
+
+
+cdef inline bint padded(Geo* g) noexcept nogil:
+    """Whether some output reads outside the input (then tasks work on zero-padded copies)."""
+    return (g.pt > 0 or g.pl > 0 or (g.oh - 1) * g.sh + (g.kh - 1) * g.dh >= g.h
+            or (g.ow - 1) * g.sw + (g.kw - 1) * g.dw >= g.w)
+
+
+cdef inline Py_ssize_t band_rows(Geo* g, Py_ssize_t rows) noexcept nogil:
+    """Input rows a band of ``rows`` output rows reads."""
+    return (rows - 1) * g.sh + (g.kh - 1) * g.dh + 1
+
+
+cdef inline Py_ssize_t band_width(Geo* g) noexcept nogil:
+    return (g.ow - 1) * g.sw + (g.kw - 1) * g.dw + 1
+
+
+def scratch_size(tuple geo, Py_ssize_t rows):
+    """Elements of scratch per thread for bands of ``rows`` output rows (0 when nothing is padded)."""
+    cdef Geo g = make_geo(geo)
+    return g.c_in * band_rows(&g, rows) * band_width(&g) if padded(&g) else 0
+
+
+cdef void copy_band(const float* x, float* buf, Geo* g, Py_ssize_t n, Py_ssize_t r0,
+                    Py_ssize_t rows, Py_ssize_t stride) noexcept nogil:
+    """Input rows of output rows ``[r0, r0 + rows)`` of sample ``n``, all channels, zero-padded:
+    ``buf[c * stride + r * width + col]`` holds input pixel ``(r0*sh - pt + r, col - pl)``."""
+    cdef Py_ssize_t nr = band_rows(g, rows), wp = band_width(g), c, r, ih, lo, hi
+    cdef const float* src
+    cdef float* dst
+    lo = min(g.pl, wp)                        # first column inside the input
+    hi = max(lo, min(wp, g.pl + g.w))         # first column past it
+    for c in range(g.c_in):
+        for r in range(nr):
+            dst = buf + c * stride + r * wp
+            ih = r0 * g.sh - g.pt + r
+            if ih < 0 or ih >= g.h:
+                memset(dst, 0, wp * sizeof(float))
+                continue
+            src = x + ((n * g.c_in + c) * g.h + ih) * g.w
+            memset(dst, 0, lo * sizeof(float))
+            memcpy(dst + lo, src + (lo - g.pl), (hi - lo) * sizeof(float))
+            memset(dst + hi, 0, (wp - hi) * sizeof(float))
+
+
+cdef void band(const float* x, const float* wp, const float* b, float* y, float* buf,
+               const Py_ssize_t* taps, Geo* g, Py_ssize_t n, Py_ssize_t r0, Py_ssize_t rows,
+               Py_ssize_t full) noexcept nogil:
+    """Output rows ``[r0, r0 + rows)`` of sample ``n``, every channel (``full``: rows of a whole band,
+    which fixes the channel stride of the padded copy)."""
+    cdef int nv = vectors(g.cog)
+    cdef Py_ssize_t width = FC_LANES * nv, blocks = (g.cog + width - 1) // width, grp, blk, r, oc
+    cdef Py_ssize_t xc, xr
+    cdef fc_src s
+    cdef const float* base
+    s.taps, s.ntaps, s.sw = taps, g.taps, g.sw
+    if padded(g):
+        xr = band_width(g)
+        xc = band_rows(g, full) * xr
+        copy_band(x, buf, g, n, r0, rows, xc)
+        base = buf
+    else:
+        xc, xr = g.hw, g.w
+        base = x + n * g.c_in * g.hw + r0 * g.sh * g.w
+    for grp in range(g.groups):
+        for blk in range(blocks):
+            oc = grp * g.cog + blk * width
+            for r in range(rows):
+                s.x = base + grp * g.cig * xc + r * g.sh * xr
+                fc_conv_row(&s, wp + (grp * blocks + blk) * g.taps * width, nv, g.ow,
+                            y + ((n * g.c_out + oc) * g.oh + r0 + r) * g.ow, g.ohw,
+                            min(width, g.cog - blk * width), b + oc if b != NULL else NULL)
+
+
+def conv2d(const float[:, :, :, ::1] x, const float[::1] packed, const float[::1] b,
+           float[:, :, :, ::1] y, float[:, ::1] scratch, tuple geo, Py_ssize_t rows):
+    """``y = conv(x, w) + b`` (``b`` may be None) from ``pack_weights``' output, in tasks of ``rows``
+    output rows; ``scratch``: ``scratch_size(geo, rows)`` elements per thread."""
+    cdef Geo g = make_geo(geo)
+    cdef const float* bp = NULL
+    cdef Py_ssize_t bands = (g.oh + rows - 1) // rows, t, r0, c, i, j, xc, xr
+    cdef Py_ssize_t[::1] taps = np.empty(max(g.taps, 1), np.intp)
+    if y.size == 0:
+        return
+    if b is not None:
+        bp = &b[0]
+    xr = band_width(&g) if padded(&g) else g.w
+    xc = band_rows(&g, rows) * xr if padded(&g) else g.hw
+    for c in range(g.cig):
+        for i in range(g.kh):
+            for j in range(g.kw):
+                taps[(c * g.kh + i) * g.kw + j] = c * xc + i * g.dh * xr + j * g.dw
+    with nogil, parallel():
+        for t in prange(g.n * bands, schedule="dynamic"):
+            r0 = (t % bands) * rows
+            band(&x[0, 0, 0, 0], &packed[0], bp, &y[0, 0, 0, 0], &scratch[threadid(), 0], &taps[0], &g,
+                 t // bands, r0, min(rows, g.oh - r0), rows)
