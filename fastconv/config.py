@@ -77,6 +77,15 @@ def _blas():
         return "unknown"
 
 
+def _simd(omp):
+    """The Cython kernels' vector instructions and register tile (pixels x channels)."""
+    if omp is None:
+        return "n/a"
+    from ._cy import _blocked
+    pixels, channels = _blocked.tile_shape()
+    return f"{omp.simd()}, register tile {pixels} px x {channels} ch"
+
+
 def config():
     """The facts ``show_config`` prints, as a dict."""
     import numba
@@ -101,6 +110,7 @@ def config():
         "cython openmp": (("yes" if omp.openmp_enabled() else "NO: serial build, kernels use one thread")
                           if omp is not None else "n/a"),
         "cython threads": omp.max_threads() if omp is not None else "n/a",
+        "cython simd": _simd(omp),
         "numba threads": numba.get_num_threads(),
         "numba threading layer": layer,
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "unset"),

@@ -75,6 +75,18 @@ def test_one_row_kernel_on_an_image(dtype):
         assert_close(a, e, dtype, "1 x k kernel")
 
 
+@pytest.mark.parametrize("output_padding", [(1, 0), (0, 1), (1, 1)])
+def test_one_tap_transposed_convolution_with_output_padding(output_padding):
+    """Output padding adds input rows no output reads: such a 1-tap axis must still be transformed."""
+    spec = shapes.conv_transpose_spec((2, 3, 3, 4), (3, 2, 1, 1), None, stride=1,
+                                      output_padding=output_padding, dilation=2)
+    assert spec.h == spec.oh + output_padding[0]
+    x, w = _arrays(spec, np.float64, np.random.default_rng(3), bias=False)
+    gy = np.random.default_rng(4).standard_normal(spec.y_shape)
+    for a, e in zip(_kernels(spec, x, w, gy, fft), _kernels(spec, x, w, gy, reference)):
+        assert_close(a, e, np.float64, f"output padding {output_padding}")
+
+
 # ----------------------------------------------------------------------- kernel spectrum by DFT
 @pytest.mark.parametrize("taps_per_log2", [0, 100], ids=["fft", "dft"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -95,8 +95,10 @@ class _Axis:
 
 
 def _axis(size, kernel, dilation, stride, before, after, out, last):
-    """An axis is transformed unless it is a plain 1-tap axis (the last axis always is: it holds rfft)."""
-    transformed = last or not (kernel == 1 and before == after == 0 and stride == 1)
+    """An axis is transformed unless it is a plain 1-tap axis, each input row one output row (the last
+    axis always is: it holds rfft). A transposed convolution's output padding adds input rows that no
+    output reads: then the axis is transformed like any other."""
+    transformed = last or not (kernel == 1 and before == after == 0 and stride == 1 and size == out)
     padded = size + before + after
     length = sfft.next_fast_len(padded, real=last) if transformed else size
     return _Axis(size, kernel, dilation, stride, before, after, out, transformed, length)
