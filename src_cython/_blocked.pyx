@@ -125,10 +125,10 @@ cdef void band(const float* x, const float* wp, const float* b, float* y, float*
     else:
         xc, xr = g.hw, g.w
         base = x + n * g.c_in * g.hw + r0 * g.sh * g.w
-    for grp in range(g.groups):
-        for blk in range(blocks):
-            oc = grp * g.cog + blk * width
-            for r in range(rows):
+    for r in range(rows):  # a row's input stays in cache while every block of channels reads it
+        for grp in range(g.groups):
+            for blk in range(blocks):
+                oc = grp * g.cog + blk * width
                 s.x = base + grp * g.cig * xc + r * g.sh * xr
                 fc_conv_row(&s, wp + (grp * blocks + blk) * g.taps * width, nv, g.ow,
                             y + ((n * g.c_out + oc) * g.oh + r0 + r) * g.ow, g.ohw,

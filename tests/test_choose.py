@@ -187,7 +187,8 @@ def test_wide_gemms_prefer_numba_and_lenet_layers_cython():
     lenet = shapes.conv_spec((64, 6, 14, 14), (16, 6, 5, 5))
     assert choose.model_choice("conv2d", resnet, np.float64) == "numba"
     assert choose.model_choice("conv2d_grad_weight", resnet, np.float32) == "numba"
-    assert choose.model_choice("conv2d", pointwise, np.float32) == "numba"
+    assert choose.model_choice("conv2d", pointwise, np.float64) == "numba"
     assert choose.model_choice("conv2d", lenet) == "cython"
     # float32 forward passes run Cython's register-blocked kernel, wide or not
     assert choose.model_choice("conv2d", resnet, np.float32) == "cython"
+    assert choose.model_choice("conv2d", pointwise, np.float32) == "cython"

@@ -90,7 +90,7 @@ AUTO_DIRECT = [
 def test_each_algorithm_on_shapes_the_other_would_get(shape, dtype):
     x_shape, w_shape, kw = shape
     spec = shapes.conv_spec(x_shape, w_shape, None, **kw)
-    auto = cy.conv_algorithm(spec, dtype, forward=False)
+    auto = cy.conv_algorithm(spec, np.float64)
     assert auto == ("gemm" if shape in AUTO_GEMM else "direct")
     _check_conv(spec, dtype, OTHER[auto])
     _check_conv(spec, dtype, auto)
@@ -131,14 +131,20 @@ def test_gemm_tiles_and_thread_plans(monkeypatch, tile):
         _check_conv(spec, dtype, "gemm")
 
 
-def test_blocked_runs_float32_forward_passes_except_depthwise_and_pointwise():
+def test_blocked_runs_float32_passes_except_depthwise():
     spec = lambda x, w, **kw: shapes.conv_spec(x, w, None, **kw)  # noqa: E731
     lenet, vgg = spec((2, 6, 14, 14), (16, 6, 5, 5)), spec((1, 8, 9, 9), (8, 8, 3, 3), padding=1)
     depthwise, pointwise = spec((1, 8, 9, 9), (8, 1, 3, 3), groups=8), spec((1, 8, 9, 9), (4, 8, 1, 1))
     assert [cy.conv_algorithm(s) for s in (lenet, vgg)] == ["blocked"] * 2
     assert [cy.conv_algorithm(s, np.float64) for s in (lenet, vgg)] == ["gemm"] * 2
-    assert cy.conv_algorithm(vgg, forward=False) == "gemm"
-    assert (cy.conv_algorithm(depthwise), cy.conv_algorithm(pointwise)) == ("direct", "gemm")
+    assert (cy.conv_algorithm(depthwise), cy.conv_algorithm(pointwise)) == ("direct", "blocked")
+    assert cy.conv_algorithm(pointwise, np.float64) == "gemm"
+    # input gradients: stride 1 with 8 or more input channels per group
+    grad_input = [cy.conv_algorithm(s, np.float32, "conv2d_grad_input") for s in (lenet, vgg)]
+    assert grad_input == ["gemm", "blocked"]
+    strided = spec((1, 8, 9, 9), (8, 8, 3, 3), padding=1, stride=2)
+    assert cy.conv_algorithm(strided, np.float32, "conv2d_grad_input") == "gemm"
+    assert cy.conv_algorithm(vgg, np.float32, "conv2d_grad_weight") == "gemm"
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -158,6 +164,29 @@ def test_blocked_forward_in_bands(monkeypatch, case, seed, band_bytes, more_thre
     want = ref.conv2d(x.astype(np.float64), w.astype(np.float64), None if b is None else b.astype(np.float64),
                       spec)
     assert_close(cy.conv2d(x, w, b, spec, algorithm="blocked"), want, np.float32, f"blocked {spec}")
+
+
+@settings(max_examples=60, deadline=None)
+@given(case=st.one_of(cases.conv_cases(2), cases.conv_cases(1), cases.conv_transpose_cases(2),
+                      cases.conv_transpose_cases(1)), seed=st.integers(0, 2**16))
+def test_blocked_input_gradient_through_the_adjoint(case, seed):
+    """A stride-1 input gradient as the forward pass of the adjoint convolution (flipped kernels,
+    channels swapped, padding = reach - padding), transposed convolutions' output padding included;
+    where no adjoint exists (strided, padded past the kernel's reach) the spec says so."""
+    spec = _spec(case)
+    adjoint = cy.adjoint_spec(spec)
+    if adjoint is None:
+        pt, pb, pl, pr = spec.padding
+        reach = (spec.dilation[0] * (spec.kh - 1), spec.dilation[1] * (spec.kw - 1))
+        assert spec.stride != (1, 1) or max(pt, pb) > reach[0] or max(pl, pr) > reach[1]
+        return
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal(spec.w_shape).astype(np.float32)
+    gy = rng.standard_normal(spec.y_shape).astype(np.float32)
+    want = ref.conv2d_grad_input(gy.astype(np.float64), w.astype(np.float64), spec)
+    assert_close(ref.conv2d(gy, cy.adjoint_weight(w, spec), None, adjoint), want, np.float32, f"adjoint {spec}")
+    assert_close(cy.conv2d_grad_input(gy, w, spec, algorithm="blocked"), want, np.float32,
+                 f"blocked grad input {spec}")
 
 
 @pytest.mark.parametrize("c_out", [1, 7, 8, 9, 16, 17, 32, 33, 40])

@@ -36,7 +36,7 @@ DEFAULT_PREFERENCE = ("cython", "numba", "numpy")
 PREFERENCE = {"avg_pool2d": ("numba", "cython", "numpy")}
 #: Wide GEMMs (>= 128 output channels per group over a reduction of >= 256) ran faster on Numba's per-task
 #: GEMM path (resnet_s2, pointwise: 0.81 -> 0.84 and 0.86 -> 0.97 of PyTorch's speed, forward), except
-#: float32 forward passes that Cython runs register-blocked (every one but pointwise).
+#: the float32 passes that Cython runs register-blocked (see ``cython_cpu.conv_algorithm``).
 WIDE_GEMM_PREFERENCE = ("numba", "cython", "numpy")
 WIDE_GEMM_OUT, WIDE_GEMM_REDUCTION = 128, 256
 FFT_OPS = ("conv2d", "conv2d_grad_input", "conv2d_grad_weight")
@@ -112,8 +112,8 @@ def fft_seconds(spec):
 
 def _blocked(op, spec, dtype):
     """Whether Cython's register-blocked kernel would run ``op`` (see ``cython_cpu.conv_algorithm``)."""
-    cython = _module("cython") if op == "conv2d" and dtype is not None else None
-    return cython is not None and cython.conv_algorithm(spec, dtype) == "blocked"
+    cython = _module("cython") if op in ("conv2d", "conv2d_grad_input") and dtype is not None else None
+    return cython is not None and cython.conv_algorithm(spec, dtype, op) == "blocked"
 
 
 def _preference(op, spec, dtype=None):
