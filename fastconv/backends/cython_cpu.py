@@ -42,7 +42,7 @@ else:
 
 ALGORITHMS = ("direct", "gemm", "blocked")
 _TILE_BYTES = 1 << 20  # im2col tile per thread: stays in a core's L2
-_BAND_BYTES = 1 << 18  # padded input rows of one "blocked" task: stay in L2 beside the weights
+_BAND_BYTES = 1 << 19  # padded input rows of one "blocked" task: stay in L2 beside the weights
 _MIN_TILE = 64  # outputs: thinner matrix products waste the GEMM
 _SMALL_GEMM = 1 << 20  # m * n * k up to which OpenBLAS multiplies without packing (cheaper when small)
 
