@@ -1,5 +1,6 @@
 # cython: language_level=3
-"""Register-blocked direct convolution (float32 forward): the ``"blocked"`` algorithm.
+"""Register-blocked direct convolution (float32): the ``"blocked"`` algorithm, forward pass and weight
+gradient.
 
 The micro-kernel in ``blocked_conv.h`` keeps a tile of outputs (up to 14 pixels of one row by 16 output
 channels with AVX-512, 6 by 16 with AVX2) in vector registers while it runs the whole reduction, so no
@@ -21,11 +22,13 @@ cdef extern from "blocked_conv.h" nogil:
         const float* x
         const Py_ssize_t* taps
         int ntaps, sw
+        const Py_ssize_t* cols
     int FC_LANES
     int FC_MAX_NV
     int FC_MAX_NJ
     void fc_conv_row(const fc_src* s, const float* w, int nv, int ow, float* y, Py_ssize_t yc, int nc,
                      const float* bias)
+    void fc_tile_any(const fc_src* s, const float* w, int nj, int nv, float* out)
 
 
 def tile_shape():
@@ -116,7 +119,7 @@ cdef void band(const float* x, const float* wp, const float* b, float* y, float*
     cdef Py_ssize_t xc, xr
     cdef fc_src s
     cdef const float* base
-    s.taps, s.ntaps, s.sw = taps, g.taps, g.sw
+    s.taps, s.ntaps, s.sw, s.cols = taps, g.taps, g.sw, NULL
     if padded(g):
         xr = band_width(g)
         xc = band_rows(g, full) * xr
@@ -158,3 +161,81 @@ def conv2d(const float[:, :, :, ::1] x, const float[::1] packed, const float[::1
             r0 = (t % bands) * rows
             band(&x[0, 0, 0, 0], &packed[0], bp, &y[0, 0, 0, 0], &scratch[threadid(), 0], &taps[0], &g,
                  t // bands, r0, min(rows, g.oh - r0), rows)
+
+
+def grad_weight_scratch(tuple geo):
+    """``(padded input, packed gradient)`` elements per thread that ``grad_weight`` needs."""
+    cdef Geo g = make_geo(geo)
+    cdef Py_ssize_t width = FC_LANES * vectors(g.cog)
+    return scratch_size(geo, g.oh), (g.ohw + FC_MAX_NJ) * width
+
+
+cdef void weight_task(const float* gy, const float* x, float* parts, float* scratch, float* packed,
+                      const Py_ssize_t* pixels, const Py_ssize_t* taps, Py_ssize_t* last, Geo* g,
+                      Py_ssize_t xc, Py_ssize_t n, Py_ssize_t grp, Py_ssize_t blk) noexcept nogil:
+    """One task of ``grad_weight``: sample ``n``, group ``grp``, block ``blk`` of its output channels."""
+    cdef int nv = vectors(g.cog)
+    cdef Py_ssize_t width = FC_LANES * nv, oc0 = grp * g.cog + blk * width
+    cdef Py_ssize_t nc = min(width, g.cog - blk * width), tiles = (g.taps + FC_MAX_NJ - 1) // FC_MAX_NJ
+    cdef Py_ssize_t nj = (g.taps + tiles - 1) // tiles, c, p, o, t, t0, count
+    cdef float* tile = packed + g.ohw * width
+    tiles = (g.taps + nj - 1) // nj
+    cdef const float* src
+    cdef fc_src s
+    if padded(g):
+        if last[0] != n:
+            copy_band(x, scratch, g, n, 0, g.oh, xc)
+            last[0] = n
+        s.x = scratch + grp * g.cig * xc
+    else:
+        s.x = x + (n * g.c_in + grp * g.cig) * g.hw
+    for c in range(width):  # the block's output gradient, pixel-major: the micro-kernel's "weights"
+        src = gy + (n * g.c_out + oc0 + c) * g.ohw
+        for p in range(g.ohw):
+            packed[p * width + c] = src[p] if c < nc else 0
+    s.taps, s.ntaps, s.sw = pixels, g.ohw, 0
+    for t in range(tiles):  # tiles of nearly equal width
+        t0 = t * nj
+        count = min(nj, g.taps - t0)
+        s.cols = taps + t0
+        fc_tile_any(&s, packed, count, nv, tile)
+        for o in range(count):
+            for c in range(nc):
+                parts[(oc0 + c) * g.taps + t0 + o] += tile[o * width + c]
+
+
+def grad_weight(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x, float[:, :, ::1] parts,
+                float[:, ::1] scratch, float[:, ::1] packed, tuple geo):
+    """``parts[thread, oc, tap] +=`` the weight gradient of the samples each thread ran (the caller
+    zeroes ``parts``, ``(threads, c_out, taps)``, and sums it over threads).
+
+    The same micro-kernel with the roles turned: the reduction runs over a sample's output pixels, the
+    tile holds up to ``FC_MAX_NJ`` kernel taps by a block of output channels. A task (sample, group,
+    block of output channels) transposes the block's output gradient to pixel-major rows in
+    ``packed[thread]`` (they play the weights) and reads the sample's zero-padded input from
+    ``scratch[thread]`` (copied when the thread moves to another sample); sizes: ``grad_weight_scratch``.
+    """
+    cdef Geo g = make_geo(geo)
+    cdef Py_ssize_t blocks = (g.cog + FC_LANES * vectors(g.cog) - 1) // (FC_LANES * vectors(g.cog))
+    cdef Py_ssize_t task, tid, c, i, j, oy, ox, xc, xr
+    cdef bint pad = padded(&g)
+    cdef Py_ssize_t[::1] pixels = np.empty(max(g.ohw, 1), np.intp)
+    cdef Py_ssize_t[::1] taps = np.empty(max(g.taps, 1), np.intp)
+    cdef Py_ssize_t[::1] last = np.full(scratch.shape[0], -1, np.intp)
+    if gy.size == 0 or x.size == 0 or g.taps == 0:
+        return
+    xr = band_width(&g) if pad else g.w
+    xc = band_rows(&g, g.oh) * xr if pad else g.hw
+    for oy in range(g.oh):
+        for ox in range(g.ow):
+            pixels[oy * g.ow + ox] = oy * g.sh * xr + ox * g.sw
+    for c in range(g.cig):
+        for i in range(g.kh):
+            for j in range(g.kw):
+                taps[(c * g.kh + i) * g.kw + j] = c * xc + i * g.dh * xr + j * g.dw
+    with nogil, parallel():
+        for task in prange(g.n * g.groups * blocks, schedule="static"):
+            tid = threadid()
+            weight_task(&gy[0, 0, 0, 0], &x[0, 0, 0, 0], &parts[tid, 0, 0], &scratch[tid, 0], &packed[tid, 0],
+                        &pixels[0], &taps[0], &last[tid], &g, xc, task // (g.groups * blocks),
+                        (task // blocks) % g.groups, task % blocks)

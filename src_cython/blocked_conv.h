@@ -27,34 +27,41 @@
 #define FC_MAX_NJ 6   /* 16 registers: 6 x 2 accumulators, 2 weight vectors, 1 broadcast */
 #endif
 
-/* Where one tile reads its input. */
+/* Where one tile reads its input. The reduction runs over ntaps offsets; tile element o (an output
+ * pixel of the forward pass, a kernel tap of the weight gradient) adds cols[o], or o * sw. */
 typedef struct {
-    const float *x;    /* input at the tile's first output: channel 0 of the group, its row and column */
-    const ptrdiff_t *taps; /* offset of each tap (c, i, j) from x: c * channel stride + i*dh * row stride + j*dw */
-    int ntaps;         /* channels per group * kh * kw */
-    int sw;            /* column stride: output pixel o of the tile reads x + taps[t] + o * sw */
+    const float *x;         /* input at the tile's first element */
+    const ptrdiff_t *taps;  /* reduction offsets from x: the kernel taps (c, i, j) of the forward pass,
+                               c * channel stride + i*dh * row stride + j*dw; the output pixels of the
+                               weight gradient */
+    int ntaps;
+    int sw;                 /* tile element o reads x + taps[t] + o * sw ... */
+    const ptrdiff_t *cols;  /* ... or x + taps[t] + cols[o] when this is not NULL */
 } fc_src;
 
 #if defined(__GNUC__) || defined(__clang__)
 typedef float fc_vec __attribute__((vector_size(4 * FC_LANES)));
 
-/* out[o * FC_LANES*nv + c] = sum over taps t of w[t, c] * x[taps[t] + o*sw], for o < nj.
+/* out[o * FC_LANES*nv + c] = sum over t of w[t, c] * x[taps[t] + (cols ? cols[o] : o*sw)], o < nj.
  * Inlined with constant nj, nv and (for 1 and 2) sw, so the accumulators are registers and the input
  * offsets are constants. */
 static inline __attribute__((always_inline)) void fc_tile(const fc_src *s, const float *w, int nj, int nv,
-                                                          int sw, float *out)
+                                                          int sw, const ptrdiff_t *cols, float *out)
 {
     fc_vec acc[FC_MAX_NJ][FC_MAX_NV], wv[FC_MAX_NV];
+    ptrdiff_t off[FC_MAX_NJ];
     const float *x = s->x;
     const ptrdiff_t *taps = s->taps;
-    for (int o = 0; o < nj; o++)
+    for (int o = 0; o < nj; o++) {
+        off[o] = cols ? cols[o] : (ptrdiff_t)o * sw;
         for (int v = 0; v < nv; v++)
             acc[o][v] = (fc_vec){0};
+    }
     for (int t = 0, n = s->ntaps; t < n; t++, w += FC_LANES * nv) {
         const float *p = x + taps[t];
         memcpy(wv, w, sizeof(fc_vec) * nv);
         for (int o = 0; o < nj; o++) {
-            float xv = p[o * sw];
+            float xv = p[off[o]];
             for (int v = 0; v < nv; v++)
                 acc[o][v] += xv * wv[v];
         }
@@ -63,21 +70,23 @@ static inline __attribute__((always_inline)) void fc_tile(const fc_src *s, const
         memcpy(out + o * FC_LANES * nv, acc[o], sizeof(fc_vec) * nv);
 }
 #else
-static void fc_tile(const fc_src *s, const float *w, int nj, int nv, int sw, float *out)
+static void fc_tile(const fc_src *s, const float *w, int nj, int nv, int sw, const ptrdiff_t *cols,
+                    float *out)
 {
     int width = FC_LANES * nv;
     memset(out, 0, sizeof(float) * nj * width);
     for (int t = 0; t < s->ntaps; t++, w += width)
         for (int o = 0; o < nj; o++)
             for (int c = 0; c < width; c++)
-                out[o * width + c] += s->x[s->taps[t] + o * sw] * w[c];
+                out[o * width + c] += s->x[s->taps[t] + (cols ? cols[o] : (ptrdiff_t)o * sw)] * w[c];
 }
 #endif
 
 #define FC_CASE(NJ, NV) case NJ:                                         \
-    if (s->sw == 1) fc_tile(s, w, NJ, NV, 1, out);                        \
-    else if (s->sw == 2) fc_tile(s, w, NJ, NV, 2, out);                   \
-    else fc_tile(s, w, NJ, NV, s->sw, out);                               \
+    if (s->cols) fc_tile(s, w, NJ, NV, 0, s->cols, out);                  \
+    else if (s->sw == 1) fc_tile(s, w, NJ, NV, 1, NULL, out);             \
+    else if (s->sw == 2) fc_tile(s, w, NJ, NV, 2, NULL, out);             \
+    else fc_tile(s, w, NJ, NV, s->sw, NULL, out);                         \
     return;
 #if FC_MAX_NJ > 6
 #define FC_WIDE_CASES(NV) FC_CASE(7, NV) FC_CASE(8, NV) FC_CASE(9, NV) FC_CASE(10, NV) FC_CASE(11, NV) \
@@ -88,8 +97,8 @@ static void fc_tile(const fc_src *s, const float *w, int nj, int nv, int sw, flo
 #define FC_CASES(NV) FC_CASE(1, NV) FC_CASE(2, NV) FC_CASE(3, NV) FC_CASE(4, NV) FC_CASE(5, NV) \
                      FC_CASE(6, NV) FC_WIDE_CASES(NV)
 
-/* fc_tile specialised for each nj (1 <= nj <= FC_MAX_NJ), nv (1 <= nv <= FC_MAX_NV) and column stride
- * 1, 2 or other. */
+/* fc_tile specialised for each nj (1 <= nj <= FC_MAX_NJ), nv (1 <= nv <= FC_MAX_NV) and offsets of
+ * stride 1, 2, other, or from a table. */
 static void fc_tile_any(const fc_src *s, const float *w, int nj, int nv, float *out)
 {
     if (nv == 1) {

@@ -131,7 +131,7 @@ def test_gemm_tiles_and_thread_plans(monkeypatch, tile):
         _check_conv(spec, dtype, "gemm")
 
 
-def test_blocked_runs_float32_passes_except_depthwise():
+def test_where_blocked_runs():
     spec = lambda x, w, **kw: shapes.conv_spec(x, w, None, **kw)  # noqa: E731
     lenet, vgg = spec((2, 6, 14, 14), (16, 6, 5, 5)), spec((1, 8, 9, 9), (8, 8, 3, 3), padding=1)
     depthwise, pointwise = spec((1, 8, 9, 9), (8, 1, 3, 3), groups=8), spec((1, 8, 9, 9), (4, 8, 1, 1))
@@ -144,7 +144,9 @@ def test_blocked_runs_float32_passes_except_depthwise():
     assert grad_input == ["gemm", "blocked"]
     strided = spec((1, 8, 9, 9), (8, 8, 3, 3), padding=1, stride=2)
     assert cy.conv_algorithm(strided, np.float32, "conv2d_grad_input") == "gemm"
-    assert cy.conv_algorithm(vgg, np.float32, "conv2d_grad_weight") == "gemm"
+    grad_weight = [cy.conv_algorithm(s, np.float32, "conv2d_grad_weight") for s in (lenet, vgg, strided)]
+    assert grad_weight == ["blocked", "blocked", "gemm"]
+    assert cy.conv_algorithm(pointwise, np.float32, "conv2d_grad_weight") == "gemm"
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -187,6 +189,23 @@ def test_blocked_input_gradient_through_the_adjoint(case, seed):
     assert_close(ref.conv2d(gy, cy.adjoint_weight(w, spec), None, adjoint), want, np.float32, f"adjoint {spec}")
     assert_close(cy.conv2d_grad_input(gy, w, spec, algorithm="blocked"), want, np.float32,
                  f"blocked grad input {spec}")
+
+
+@settings(max_examples=60, deadline=None)
+@given(case=st.one_of(cases.conv_cases(2), cases.conv_cases(1), cases.conv_transpose_cases(2)),
+       seed=st.integers(0, 2**16), c_out_per_group=st.sampled_from([None, 9, 17, 33]))
+def test_blocked_weight_gradient(case, seed, c_out_per_group):
+    """The weight gradient through the turned micro-kernel (tiles of kernel taps by output channels,
+    reduced over output pixels), also with one and two vectors' worth of output channels per group."""
+    if c_out_per_group is not None and not case["op"].startswith("conv_transpose"):
+        case = dict(case, c_out=case["groups"] * c_out_per_group)
+    spec = _spec(case)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(spec.x_shape).astype(np.float32)
+    gy = rng.standard_normal(spec.y_shape).astype(np.float32)
+    want = ref.conv2d_grad_weight(gy.astype(np.float64), x.astype(np.float64), spec)
+    assert_close(cy.conv2d_grad_weight(gy, x, spec, algorithm="blocked"), want, np.float32,
+                 f"blocked grad weight {spec}")
 
 
 @pytest.mark.parametrize("c_out", [1, 7, 8, 9, 16, 17, 32, 33, 40])

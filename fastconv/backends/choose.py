@@ -112,7 +112,7 @@ def fft_seconds(spec):
 
 def _blocked(op, spec, dtype):
     """Whether Cython's register-blocked kernel would run ``op`` (see ``cython_cpu.conv_algorithm``)."""
-    cython = _module("cython") if op in ("conv2d", "conv2d_grad_input") and dtype is not None else None
+    cython = _module("cython") if op in FFT_OPS and dtype is not None else None
     return cython is not None and cython.conv_algorithm(spec, dtype, op) == "blocked"
 
 

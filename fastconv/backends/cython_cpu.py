@@ -11,10 +11,11 @@ Convolutions run one of three algorithms, chosen per shape by :func:`conv_algori
   stride-1, unpadded convolution multiplies the input planes directly;
 - ``"blocked"`` (float32 forward): register-blocked direct convolution (``_cy._blocked``): a tile of a
   few output pixels by one or two vectors of output channels stays in registers through the whole reduction,
-  reading the input in place, so nothing is unfolded. It runs the forward pass of every float32
-  convolution that is not depthwise-like, and the input gradient of stride-1 ones
-  (the forward pass of the adjoint convolution: flipped kernels, channels swapped); asked for float64
-  or for another gradient, it means the automatic choice between the other two.
+  reading the input in place, so nothing is unfolded. It runs float32 forward passes, weight gradients
+  (the same tile turned: kernel taps by output channels, reduced over output pixels) and the input
+  gradients of stride-1 convolutions (the forward pass of the adjoint convolution: flipped kernels,
+  channels swapped), where :func:`conv_algorithm` found it faster; asked for float64 or for a strided
+  input gradient, it means the automatic choice between the other two.
 
 Pooling and unpooling run ``_cy._pool``. Every kernel is parallel over OpenMP threads
 (``fastconv.set_num_threads`` / ``OMP_NUM_THREADS``). The GEMM kernels either run tiles in parallel with
@@ -98,11 +99,11 @@ def adjoint_weight(w, spec):
 
 
 def _blocked_applies(spec, dtype, op):
-    """Whether the register-blocked kernel can run ``op``: float32 forward passes, and the input
-    gradients of stride-1 convolutions (as the forward pass of their adjoint)."""
+    """Whether the register-blocked kernel can run ``op``: float32 forward passes and weight gradients,
+    and the input gradients of stride-1 convolutions (as the forward pass of their adjoint)."""
     if np.dtype(dtype) != np.float32:
         return False
-    return op == "conv2d" or (op == "conv2d_grad_input" and adjoint_spec(spec) is not None)
+    return op != "conv2d_grad_input" or adjoint_spec(spec) is not None
 
 
 def conv_algorithm(spec, dtype=np.float32, op="conv2d"):
@@ -110,15 +111,23 @@ def conv_algorithm(spec, dtype=np.float32, op="conv2d"):
     this convolution. The matrix products of im2col + GEMM have ``C_out/groups`` rows and
     ``C_in/groups * kh * kw`` columns; when both channel counts per group are tiny (depthwise: 1 and 1)
     they are too thin to beat the direct loops, which are memory-bound. Elsewhere the register-blocked
-    kernel runs where it applies, unless, for the input gradient, it would write fewer than 8
-    channels per group (a vector of output channels would be mostly empty). It beats the GEMM path
-    even on pointwise convolutions (1x1: 4.8 against 6.1 ms on x(16, 256, 28, 28), w(128, 256, 1, 1))."""
+    kernel runs where it applies and was measured faster (2 threads, ms, blocked against GEMM):
+
+    - every forward pass, pointwise too (x(16, 256, 28, 28), w(128, 256, 1, 1): 4.8 against 6.1);
+    - input gradients with 8 or more input channels per group (its vectors of output channels are
+      then mostly full; lenet_c3's 6: 0.78 against 0.32), pointwise excepted (5.7 against 4.9);
+    - weight gradients of stride-1 convolutions with 8 or more output channels per group, pointwise
+      excepted (vgg_3x3 11.8 against 14.0, dilated 3.6 against 5.1, lenet_c3 0.24 against 0.51; but
+      resnet_s2's stride 2: 6.1 against 5.6, pointwise 5.9 against 5.3).
+    """
     cig, cog = spec.c_in // spec.groups, spec.c_out // spec.groups
-    if not is_pointwise(spec) and cig * cog <= 4:
+    pointwise = is_pointwise(spec)
+    if not pointwise and cig * cog <= 4:
         return "direct"
-    if _blocked_applies(spec, dtype, op) and (op == "conv2d" or cig >= 8):
-        return "blocked"
-    return "gemm"
+    wins = {"conv2d": True,
+            "conv2d_grad_input": cig >= 8 and not pointwise,
+            "conv2d_grad_weight": cog >= 8 and spec.stride == (1, 1) and not pointwise}[op]
+    return "blocked" if wins and _blocked_applies(spec, dtype, op) else "gemm"
 
 
 def _algorithm(spec, algorithm, dtype, op):
@@ -287,8 +296,23 @@ def conv2d_grad_input(gy, w, spec, algorithm=None):
     return gx
 
 
+def _blocked_grad_weight(gy, x, spec):
+    geo, threads = conv_geo(spec), num_threads()
+    scratch_size, packed_size = _blocked.grad_weight_scratch(geo)
+    parts = workspace("grad_weight", threads, spec.c_out * (spec.c_in // spec.groups) * spec.kh * spec.kw,
+                      np.float32)
+    parts.fill(0)
+    _blocked.grad_weight(gy, x, parts.reshape(threads, spec.c_out, -1),
+                         workspace("band", threads, scratch_size, np.float32),
+                         workspace("packed_grad", threads, packed_size, np.float32), geo)
+    return parts.sum(axis=0).reshape(spec.w_shape)
+
+
 def conv2d_grad_weight(gy, x, spec, algorithm=None):
-    if _algorithm(spec, algorithm, gy.dtype, "conv2d_grad_weight") == "direct":
+    algorithm = _algorithm(spec, algorithm, gy.dtype, "conv2d_grad_weight")
+    if algorithm == "blocked":
+        return _blocked_grad_weight(gy, x, spec)
+    if algorithm == "direct":
         gw = np.empty(spec.w_shape, gy.dtype)
         acc = workspace("tap_sums", num_threads(), spec.kh * spec.kw, np.float64)
         _conv.conv2d_grad_weight(gy, x, gw, acc, _wide_workspace(spec, gy.dtype), conv_geo(spec))
