@@ -132,21 +132,26 @@ def test_gemm_tiles_and_thread_plans(monkeypatch, tile):
 
 
 def test_where_blocked_runs():
+    """The measured rules of ``conv_algorithm`` (float32; float64 never runs blocked)."""
     spec = lambda x, w, **kw: shapes.conv_spec(x, w, None, **kw)  # noqa: E731
-    lenet, vgg = spec((2, 6, 14, 14), (16, 6, 5, 5)), spec((1, 8, 9, 9), (8, 8, 3, 3), padding=1)
-    depthwise, pointwise = spec((1, 8, 9, 9), (8, 1, 3, 3), groups=8), spec((1, 8, 9, 9), (4, 8, 1, 1))
-    assert [cy.conv_algorithm(s) for s in (lenet, vgg)] == ["blocked"] * 2
-    assert [cy.conv_algorithm(s, np.float64) for s in (lenet, vgg)] == ["gemm"] * 2
-    assert (cy.conv_algorithm(depthwise), cy.conv_algorithm(pointwise)) == ("direct", "blocked")
-    assert cy.conv_algorithm(pointwise, np.float64) == "gemm"
-    # input gradients: stride 1 with 8 or more input channels per group
-    grad_input = [cy.conv_algorithm(s, np.float32, "conv2d_grad_input") for s in (lenet, vgg)]
-    assert grad_input == ["gemm", "blocked"]
-    strided = spec((1, 8, 9, 9), (8, 8, 3, 3), padding=1, stride=2)
-    assert cy.conv_algorithm(strided, np.float32, "conv2d_grad_input") == "gemm"
-    grad_weight = [cy.conv_algorithm(s, np.float32, "conv2d_grad_weight") for s in (lenet, vgg, strided)]
-    assert grad_weight == ["blocked", "blocked", "gemm"]
-    assert cy.conv_algorithm(pointwise, np.float32, "conv2d_grad_weight") == "gemm"
+    c1, c3, c5 = spec((64, 1, 32, 32), (6, 1, 5, 5)), spec((64, 6, 14, 14), (16, 6, 5, 5)), \
+        spec((64, 16, 5, 5), (120, 16, 5, 5))
+    vgg = spec((8, 16, 30, 30), (16, 16, 3, 3), padding=1)
+    strided = spec((8, 16, 30, 30), (16, 16, 3, 3), stride=2)
+    small = spec((256, 16, 6, 6), (16, 16, 3, 3))  # 4x4 outputs
+    depthwise, pointwise = spec((1, 8, 9, 9), (8, 1, 3, 3), groups=8), spec((8, 32, 30, 30), (16, 32, 1, 1))
+    one_channel = spec((100, 1, 1, 40), (25, 1, 1, 5), stride=2, padding=(0, 1))  # MNIST-1D's first layer
+    tiny = spec((2, 16, 9, 9), (16, 16, 3, 3))  # under 2 MFLOP
+
+    def algorithms(op, *specs):
+        return [cy.conv_algorithm(s, np.float32, op) for s in specs]
+    assert algorithms("conv2d", c1, c3, c5, vgg, strided, small, pointwise, depthwise, one_channel, tiny) == \
+        ["gemm", "blocked", "gemm", "blocked", "blocked", "blocked", "blocked", "direct", "gemm", "gemm"]
+    assert algorithms("conv2d_grad_input", c3, c5, vgg, strided, small, pointwise) == \
+        ["gemm", "gemm", "blocked", "gemm", "gemm", "gemm"]
+    assert algorithms("conv2d_grad_weight", c3, c5, vgg, strided, small, pointwise) == \
+        ["blocked", "gemm", "blocked", "gemm", "gemm", "gemm"]
+    assert [cy.conv_algorithm(s, np.float64) for s in (c3, vgg, pointwise)] == ["gemm"] * 3
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

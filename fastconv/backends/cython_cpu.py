@@ -106,6 +106,20 @@ def _blocked_applies(spec, dtype, op):
     return op != "conv2d_grad_input" or adjoint_spec(spec) is not None
 
 
+#: Below these the register-blocked kernel loses to the GEMM path (see ``conv_algorithm``).
+BLOCKED_MIN_CHANNELS = 8     # output channels per group of the tile (input channels for the input gradient)
+BLOCKED_MIN_PIXELS = 32      # output pixels per sample: the weight gradient's reduction
+BLOCKED_MAX_PADDING = 0.25   # share of the adjoint's input that is padding (input gradient)
+BLOCKED_MIN_TAPS = 16        # reduction length of a forward tile (input channels per group x kernel taps)
+BLOCKED_MIN_FLOPS = 2e6      # forward passes smaller than this are dominated by the call's set-up
+
+
+def _adjoint_padding(spec):
+    """The share of padding in the input of the adjoint convolution (zeros the input gradient reads)."""
+    rh, rw = spec.dilation[0] * (spec.kh - 1), spec.dilation[1] * (spec.kw - 1)
+    return 1 - spec.oh * spec.ow / ((spec.oh + 2 * rh) * (spec.ow + 2 * rw))
+
+
 def conv_algorithm(spec, dtype=np.float32, op="conv2d"):
     """The algorithm for ``op`` (``"conv2d"``, ``"conv2d_grad_input"`` or ``"conv2d_grad_weight"``) on
     this convolution. The matrix products of im2col + GEMM have ``C_out/groups`` rows and
@@ -113,20 +127,30 @@ def conv_algorithm(spec, dtype=np.float32, op="conv2d"):
     they are too thin to beat the direct loops, which are memory-bound. Elsewhere the register-blocked
     kernel runs where it applies and was measured faster (2 threads, ms, blocked against GEMM):
 
-    - every forward pass, pointwise too (x(16, 256, 28, 28), w(128, 256, 1, 1): 4.8 against 6.1);
-    - input gradients with 8 or more input channels per group (its vectors of output channels are
-      then mostly full; lenet_c3's 6: 0.78 against 0.32), pointwise excepted (5.7 against 4.9);
-    - weight gradients of stride-1 convolutions with 8 or more output channels per group, pointwise
-      excepted (vgg_3x3 11.8 against 14.0, dilated 3.6 against 5.1, lenet_c3 0.24 against 0.51; but
-      resnet_s2's stride 2: 6.1 against 5.6, pointwise 5.9 against 5.3).
+    - forward passes with 8 or more output channels per group (a tile's vector of channels is then
+      mostly full: LeNet's C1, 6 channels, 0.99 against 0.72 at batch 128), pointwise too
+      (x(16, 256, 28, 28), w(128, 256, 1, 1): 4.8 against 6.1), except one-pixel outputs (LeNet's C5),
+      reductions of fewer than 16 taps (MNIST-1D's first layer, one input channel: 0.066 against
+      0.021) and passes under 2 MFLOP (its third: 0.085 against 0.060; its second, 3.8 MFLOP: 0.116
+      against 0.149);
+    - input gradients with 8 or more input channels per group (lenet_c3's 6: 0.78 against 0.32) whose
+      adjoint reads at most 25% padding (vgg_3x3 9.3 against 11.5; LeNet's C5, 1x1 outputs padded to
+      9x9: 2.1 against 0.35), pointwise excepted (5.7 against 4.9);
+    - weight gradients of stride-1 convolutions with 8 or more output channels per group and at least
+      32 output pixels per sample to reduce over (vgg_3x3 11.8 against 14.0, dilated 3.6 against 5.1,
+      lenet_c3 0.75 against 1.8; 4x4 outputs: 1.0 against 0.8; resnet_s2's stride 2: 6.1 against 5.6),
+      pointwise excepted (5.9 against 5.3).
     """
     cig, cog = spec.c_in // spec.groups, spec.c_out // spec.groups
-    pointwise = is_pointwise(spec)
+    pointwise, pixels = is_pointwise(spec), spec.oh * spec.ow
     if not pointwise and cig * cog <= 4:
         return "direct"
-    wins = {"conv2d": True,
-            "conv2d_grad_input": cig >= 8 and not pointwise,
-            "conv2d_grad_weight": cog >= 8 and spec.stride == (1, 1) and not pointwise}[op]
+    wins = {"conv2d": (cog >= BLOCKED_MIN_CHANNELS and pixels > 1 and spec.flops >= BLOCKED_MIN_FLOPS
+                       and cig * spec.kh * spec.kw >= BLOCKED_MIN_TAPS),
+            "conv2d_grad_input": (cig >= BLOCKED_MIN_CHANNELS and not pointwise
+                                  and _adjoint_padding(spec) <= BLOCKED_MAX_PADDING),
+            "conv2d_grad_weight": (cog >= BLOCKED_MIN_CHANNELS and pixels >= BLOCKED_MIN_PIXELS
+                                   and spec.stride == (1, 1) and not pointwise)}[op]
     return "blocked" if wins and _blocked_applies(spec, dtype, op) else "gemm"
 
 
