@@ -30,13 +30,15 @@ def _compiler_accepts(compiler, flag, program="int main(void){return 0;}\n"):
 
 class BuildExt(build_ext):
     def build_extensions(self):
-        openmp = os.environ.get("FASTCONV_NO_OPENMP") != "1" and _compiler_accepts(
-            self.compiler, "-fopenmp", "#include <omp.h>\nint main(void){return omp_get_max_threads() < 1;}\n")
+        omp_probe = "#include <omp.h>\nint main(void){return omp_get_max_threads() < 1;}\n"
+        openmp = (os.environ.get("FASTCONV_NO_OPENMP") != "1"
+                  and _compiler_accepts(self.compiler, "-fopenmp", omp_probe))
         if not openmp:
             warnings.warn("fastconv: the C compiler has no OpenMP; Cython kernels will run on one thread")
         # The kernels are built where they run: let the compiler use this CPU's vector instructions
         # (AVX2/AVX-512). FASTCONV_PORTABLE=1 builds for the compiler's baseline instead (wheels).
-        native = os.environ.get("FASTCONV_PORTABLE") != "1" and _compiler_accepts(self.compiler, "-march=native")
+        native = (os.environ.get("FASTCONV_PORTABLE") != "1"
+                  and _compiler_accepts(self.compiler, "-march=native"))
         for ext in self.extensions:
             if openmp:
                 ext.extra_compile_args += ["-fopenmp"]

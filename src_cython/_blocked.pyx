@@ -2,12 +2,14 @@
 """Register-blocked direct convolution (float32): the ``"blocked"`` algorithm, forward pass and weight
 gradient.
 
-The micro-kernel in ``blocked_conv.h`` keeps a tile of outputs (up to 14 pixels of one row by 16 output
-channels with AVX-512, 6 by 16 with AVX2) in vector registers while it runs the whole reduction, so no
-column matrix is built and each weight is loaded once per tile. Here: the weights are packed per block of output channels,
-and the work is cut into tasks (one sample, a band of output rows) run in parallel over OpenMP. A task
-of a padded convolution first copies the input rows it reads into its thread's scratch, zero-padded,
-so the micro-kernel never tests bounds.
+The micro-kernel in ``blocked_conv.h`` keeps a tile of outputs (up to 14 pixels of one row by 16
+output channels with AVX-512, 6 by 16 with AVX2) in vector registers while it runs the whole reduction,
+so no column matrix is built and each weight is loaded once per tile. Here: the weights are packed per
+block of output channels, and the work is cut into tasks (one sample, a band of output rows) run in
+parallel over OpenMP. A task of a padded convolution first copies the input rows it reads into its
+thread's scratch, zero-padded, so the micro-kernel never tests bounds. The weight gradient turns the
+tile (see ``grad_weight``); the input gradient is the forward pass of another convolution (the
+caller's ``adjoint_spec``).
 """
 from cython.parallel cimport parallel, prange, threadid
 from libc.string cimport memcpy, memset
@@ -81,6 +83,25 @@ cdef inline Py_ssize_t band_width(Geo* g) noexcept nogil:
     return (g.ow - 1) * g.sw + (g.kw - 1) * g.dw + 1
 
 
+cdef (Py_ssize_t, Py_ssize_t) strides(Geo* g, Py_ssize_t rows) noexcept nogil:
+    """Channel and row strides of the input the kernels read: the padded copy of bands of ``rows``
+    output rows, or the input itself."""
+    if padded(g):
+        return band_rows(g, rows) * band_width(g), band_width(g)
+    return g.hw, g.w
+
+
+cdef Py_ssize_t[::1] tap_offsets(Geo* g, Py_ssize_t xc, Py_ssize_t xr):
+    """Offset of each kernel tap ``(c, i, j)`` of a group from its first input pixel."""
+    cdef Py_ssize_t[::1] taps = np.empty(max(g.taps, 1), np.intp)
+    cdef Py_ssize_t c, i, j
+    for c in range(g.cig):
+        for i in range(g.kh):
+            for j in range(g.kw):
+                taps[(c * g.kh + i) * g.kw + j] = c * xc + i * g.dh * xr + j * g.dw
+    return taps
+
+
 def scratch_size(tuple geo, Py_ssize_t rows):
     """Elements of scratch per thread for bands of ``rows`` output rows (0 when nothing is padded)."""
     cdef Geo g = make_geo(geo)
@@ -120,13 +141,11 @@ cdef void band(const float* x, const float* wp, const float* b, float* y, float*
     cdef fc_src s
     cdef const float* base
     s.taps, s.ntaps, s.sw, s.cols = taps, g.taps, g.sw, NULL
+    xc, xr = strides(g, full)
     if padded(g):
-        xr = band_width(g)
-        xc = band_rows(g, full) * xr
         copy_band(x, buf, g, n, r0, rows, xc)
         base = buf
     else:
-        xc, xr = g.hw, g.w
         base = x + n * g.c_in * g.hw + r0 * g.sh * g.w
     for r in range(rows):  # a row's input stays in cache while every block of channels reads it
         for grp in range(g.groups):
@@ -144,18 +163,14 @@ def conv2d(const float[:, :, :, ::1] x, const float[::1] packed, const float[::1
     output rows; ``scratch``: ``scratch_size(geo, rows)`` elements per thread."""
     cdef Geo g = make_geo(geo)
     cdef const float* bp = NULL
-    cdef Py_ssize_t bands = (g.oh + rows - 1) // rows, t, r0, c, i, j, xc, xr
-    cdef Py_ssize_t[::1] taps = np.empty(max(g.taps, 1), np.intp)
+    cdef Py_ssize_t bands = (g.oh + rows - 1) // rows, t, r0, xc, xr
+    cdef Py_ssize_t[::1] taps
     if y.size == 0:
         return
     if b is not None:
         bp = &b[0]
-    xr = band_width(&g) if padded(&g) else g.w
-    xc = band_rows(&g, rows) * xr if padded(&g) else g.hw
-    for c in range(g.cig):
-        for i in range(g.kh):
-            for j in range(g.kw):
-                taps[(c * g.kh + i) * g.kw + j] = c * xc + i * g.dh * xr + j * g.dw
+    xc, xr = strides(&g, rows)
+    taps = tap_offsets(&g, xc, xr)
     with nogil, parallel():
         for t in prange(g.n * bands, schedule="dynamic"):
             r0 = (t % bands) * rows
@@ -179,9 +194,9 @@ cdef void weight_task(const float* gy, const float* x, float* parts, float* scra
     cdef Py_ssize_t nc = min(width, g.cog - blk * width), tiles = (g.taps + FC_MAX_NJ - 1) // FC_MAX_NJ
     cdef Py_ssize_t nj = (g.taps + tiles - 1) // tiles, c, p, o, t, t0, count
     cdef float* tile = packed + g.ohw * width
-    tiles = (g.taps + nj - 1) // nj
     cdef const float* src
     cdef fc_src s
+    tiles = (g.taps + nj - 1) // nj
     if padded(g):
         if last[0] != n:
             copy_band(x, scratch, g, n, 0, g.oh, xc)
@@ -217,25 +232,20 @@ def grad_weight(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x, float
     """
     cdef Geo g = make_geo(geo)
     cdef Py_ssize_t blocks = (g.cog + FC_LANES * vectors(g.cog) - 1) // (FC_LANES * vectors(g.cog))
-    cdef Py_ssize_t task, tid, c, i, j, oy, ox, xc, xr
-    cdef bint pad = padded(&g)
+    cdef Py_ssize_t task, tid, oy, ox, xc, xr
     cdef Py_ssize_t[::1] pixels = np.empty(max(g.ohw, 1), np.intp)
-    cdef Py_ssize_t[::1] taps = np.empty(max(g.taps, 1), np.intp)
+    cdef Py_ssize_t[::1] taps
     cdef Py_ssize_t[::1] last = np.full(scratch.shape[0], -1, np.intp)
     if gy.size == 0 or x.size == 0 or g.taps == 0:
         return
-    xr = band_width(&g) if pad else g.w
-    xc = band_rows(&g, g.oh) * xr if pad else g.hw
+    xc, xr = strides(&g, g.oh)
+    taps = tap_offsets(&g, xc, xr)
     for oy in range(g.oh):
         for ox in range(g.ow):
             pixels[oy * g.ow + ox] = oy * g.sh * xr + ox * g.sw
-    for c in range(g.cig):
-        for i in range(g.kh):
-            for j in range(g.kw):
-                taps[(c * g.kh + i) * g.kw + j] = c * xc + i * g.dh * xr + j * g.dw
     with nogil, parallel():
         for task in prange(g.n * g.groups * blocks, schedule="static"):
             tid = threadid()
-            weight_task(&gy[0, 0, 0, 0], &x[0, 0, 0, 0], &parts[tid, 0, 0], &scratch[tid, 0], &packed[tid, 0],
-                        &pixels[0], &taps[0], &last[tid], &g, xc, task // (g.groups * blocks),
-                        (task // blocks) % g.groups, task % blocks)
+            weight_task(&gy[0, 0, 0, 0], &x[0, 0, 0, 0], &parts[tid, 0, 0], &scratch[tid, 0],
+                        &packed[tid, 0], &pixels[0], &taps[0], &last[tid], &g, xc,
+                        task // (g.groups * blocks), (task // blocks) % g.groups, task % blocks)

@@ -1,10 +1,11 @@
 /* Register-blocked direct convolution, float32: the C core of the "blocked" algorithm (_blocked.pyx).
  *
  * A tile of output, nj consecutive pixels of one output row by FC_LANES*nv output channels (16 x 1
- * with AVX-512, else 8 x 1 or 2), stays in nj*nv vector registers while the reduction runs over every (input channel, kernel row, kernel column).
- * Each step loads the tap's FC_LANES*nv weights (packed contiguously, see pack_weights in _blocked.pyx),
- * broadcasts the nj input pixels the tap reads, and does nj*nv multiply-adds. Nothing is unfolded:
- * the input is read in place, or from a zero-padded copy of the rows one task needs.
+ * with AVX-512, else 8 x 1 or 2), stays in nj*nv vector registers while the reduction runs over every
+ * (input channel, kernel row, kernel column). Each step loads the tap's FC_LANES*nv weights (packed
+ * contiguously, see pack_weights in _blocked.pyx), broadcasts the nj input pixels the tap reads, and
+ * does nj*nv multiply-adds. Nothing is unfolded: the input is read in place, or from a zero-padded copy
+ * of the rows one task needs. The weight gradient runs the same tile with the roles turned (fc_src).
  *
  * The vector type is GCC/Clang's generic one; built with -march=native it becomes AVX2 or AVX-512
  * fused multiply-adds. Other compilers get the same loops on scalars.

@@ -191,7 +191,8 @@ def test_blocked_input_gradient_through_the_adjoint(case, seed):
     w = rng.standard_normal(spec.w_shape).astype(np.float32)
     gy = rng.standard_normal(spec.y_shape).astype(np.float32)
     want = ref.conv2d_grad_input(gy.astype(np.float64), w.astype(np.float64), spec)
-    assert_close(ref.conv2d(gy, cy.adjoint_weight(w, spec), None, adjoint), want, np.float32, f"adjoint {spec}")
+    assert_close(ref.conv2d(gy, cy.adjoint_weight(w, spec), None, adjoint), want, np.float32,
+                 f"adjoint {spec}")
     assert_close(cy.conv2d_grad_input(gy, w, spec, algorithm="blocked"), want, np.float32,
                  f"blocked grad input {spec}")
 

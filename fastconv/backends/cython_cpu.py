@@ -9,13 +9,13 @@ Convolutions run one of three algorithms, chosen per shape by :func:`conv_algori
 - ``"gemm"``: im2col of a tile of outputs at a time (rows of a large plane, or several small planes)
   into a per-thread workspace that stays in cache, then BLAS ``?gemm`` (``_cy._im2col``); a 1x1,
   stride-1, unpadded convolution multiplies the input planes directly;
-- ``"blocked"`` (float32 forward): register-blocked direct convolution (``_cy._blocked``): a tile of a
-  few output pixels by one or two vectors of output channels stays in registers through the whole reduction,
-  reading the input in place, so nothing is unfolded. It runs float32 forward passes, weight gradients
-  (the same tile turned: kernel taps by output channels, reduced over output pixels) and the input
-  gradients of stride-1 convolutions (the forward pass of the adjoint convolution: flipped kernels,
-  channels swapped), where :func:`conv_algorithm` found it faster; asked for float64 or for a strided
-  input gradient, it means the automatic choice between the other two.
+- ``"blocked"`` (float32): register-blocked direct convolution (``_cy._blocked``): a tile of a few
+  output pixels by one or two vectors of output channels stays in registers through the whole
+  reduction, reading the input in place, so nothing is unfolded. It runs forward passes, weight
+  gradients (the same tile turned: kernel taps by output channels, reduced over output pixels) and the
+  input gradients of stride-1 convolutions (the forward pass of the adjoint convolution: flipped
+  kernels, channels swapped), where :func:`conv_algorithm` found it faster; asked for float64 or for a
+  strided input gradient, it means the automatic choice between the other two.
 
 Pooling and unpooling run ``_cy._pool``. Every kernel is parallel over OpenMP threads
 (``fastconv.set_num_threads`` / ``OMP_NUM_THREADS``). The GEMM kernels either run tiles in parallel with
