@@ -239,12 +239,12 @@ def test_workspace_is_reused_across_shapes():
     big = shapes.conv_spec((2, 8, 12, 12), (8, 8, 3, 3), None, padding=1)
     small = shapes.conv_spec((1, 8, 5, 7), (4, 8, 3, 3), None)
     _check_conv(big, np.float32, "gemm")
-    first = cy.workspace("cols", 1, 1, np.float32)
+    first = cy.workspace("cols", (1, 1), np.float32)
     _check_conv(small, np.float32, "gemm")        # smaller: the same buffer serves
     _check_conv(big, np.float32, "gemm")
-    assert np.shares_memory(first, cy.workspace("cols", 1, 1, np.float32))
+    assert np.shares_memory(first, cy.workspace("cols", (1, 1), np.float32))
     _check_conv(small, np.float64, "gemm")        # another dtype has its own buffer
-    assert not np.shares_memory(first, cy.workspace("cols", 1, 1, np.float64))
+    assert not np.shares_memory(first, cy.workspace("cols", (1, 1), np.float64))
 
 
 @pytest.mark.parametrize("algorithm", ["direct", "gemm", "blocked"])

@@ -21,18 +21,18 @@ Pooling and unpooling run ``_cy._pool``. Every kernel is parallel over OpenMP th
 (``fastconv.set_num_threads`` / ``OMP_NUM_THREADS``). The GEMM kernels either run tiles in parallel with
 a one-thread BLAS, or, with fewer tiles than threads, one tile at a time with a threaded BLAS, so the
 two thread pools never compete. (SciPy's BLAS thread count is process-wide: it is set for the duration
-of a call and restored.) Workspaces are cached per Python thread and dtype, and grow as needed.
+of a call and restored.) Scratch comes from ``workspaces`` (per Python thread and dtype, grown as needed).
 """
 import contextlib
 import ctypes
 import glob
 import os
 import sys
-import threading
 
 import numpy as np
 
 from ..shapes import ConvSpec
+from .workspaces import clear_workspaces, workspace  # noqa: F401 (part of this module's API)
 
 try:
     from .._cy import _blocked, _conv, _im2col, _omp, _pool
@@ -164,26 +164,6 @@ def _algorithm(spec, algorithm, dtype, op):
     return algorithm
 
 
-# ------------------------------------------------------------------------------ workspaces
-_local = threading.local()
-
-
-def workspace(name, rows, cols, dtype):
-    """A ``(rows, cols)`` scratch array, reused across calls of this Python thread (grown when needed)."""
-    cache = _local.__dict__.setdefault("buffers", {})
-    key = (name, np.dtype(dtype))
-    size = rows * max(cols, 1)
-    buf = cache.get(key)
-    if buf is None or buf.size < size:
-        buf = cache[key] = np.empty(size, dtype)
-    return buf[:size].reshape(rows, max(cols, 1))
-
-
-def clear_workspaces():
-    """Free this thread's cached workspaces."""
-    _local.__dict__.pop("buffers", None)
-
-
 # ------------------------------------------------------------------------------ BLAS threads
 def _openblas_library():
     """SciPy's OpenBLAS, loaded with ctypes, if SciPy's BLAS is one (Linux/macOS wheels)."""
@@ -261,11 +241,11 @@ def _gemm_plan(spec, itemsize, whole_samples=False):
 def _cols_workspace(spec, tile, threads, dtype):
     """Per thread: a tile's columns, then an output-shaped block (``(taps + cog) * tile``)."""
     taps, cog = spec.c_in // spec.groups * spec.kh * spec.kw, spec.c_out // spec.groups
-    return workspace("cols", threads, (taps + cog) * tile, dtype)
+    return workspace("cols", (threads, (taps + cog) * tile), dtype)
 
 
 def _wide_workspace(spec, dtype):
-    return workspace("planes", num_threads(), _conv.wide_size(conv_geo(spec)), dtype)
+    return workspace("planes", (num_threads(), _conv.wide_size(conv_geo(spec))), dtype)
 
 
 def _band_rows(spec):
@@ -281,9 +261,9 @@ def _band_rows(spec):
 
 def _blocked_conv2d(x, w, b, y, spec):
     geo, rows = conv_geo(spec), _band_rows(spec)
-    packed = workspace("packed", 1, _blocked.packed_size(geo), np.float32)[0]
+    packed = workspace("packed", (_blocked.packed_size(geo),), np.float32)
     _blocked.pack_weights(w, packed, geo)
-    scratch = workspace("band", num_threads(), _blocked.scratch_size(geo, rows), np.float32)
+    scratch = workspace("band", (num_threads(), max(1, _blocked.scratch_size(geo, rows))), np.float32)
     _blocked.conv2d(x, packed, b, y, scratch, geo, rows)
     return y
 
@@ -323,12 +303,11 @@ def conv2d_grad_input(gy, w, spec, algorithm=None):
 def _blocked_grad_weight(gy, x, spec):
     geo, threads = conv_geo(spec), num_threads()
     scratch_size, packed_size = _blocked.grad_weight_scratch(geo)
-    parts = workspace("grad_weight", threads, spec.c_out * (spec.c_in // spec.groups) * spec.kh * spec.kw,
-                      np.float32)
+    parts = workspace("grad_weight", (threads, int(np.prod(spec.w_shape))), np.float32)
     parts.fill(0)
     _blocked.grad_weight(gy, x, parts.reshape(threads, spec.c_out, -1),
-                         workspace("band", threads, scratch_size, np.float32),
-                         workspace("packed_grad", threads, packed_size, np.float32), geo)
+                         workspace("band", (threads, max(1, scratch_size)), np.float32),
+                         workspace("packed_grad", (threads, packed_size), np.float32), geo)
     return parts.sum(axis=0).reshape(spec.w_shape)
 
 
@@ -338,11 +317,11 @@ def conv2d_grad_weight(gy, x, spec, algorithm=None):
         return _blocked_grad_weight(gy, x, spec)
     if algorithm == "direct":
         gw = np.empty(spec.w_shape, gy.dtype)
-        acc = workspace("tap_sums", num_threads(), spec.kh * spec.kw, np.float64)
+        acc = workspace("tap_sums", (num_threads(), spec.kh * spec.kw), np.float64)
         _conv.conv2d_grad_weight(gy, x, gw, acc, _wide_workspace(spec, gy.dtype), conv_geo(spec))
         return gw
     tile, threads, blas = _gemm_plan(spec, gy.itemsize)
-    acc = workspace("grad_weight", threads, int(np.prod(spec.w_shape)), gy.dtype)
+    acc = workspace("grad_weight", (threads, int(np.prod(spec.w_shape))), gy.dtype)
     acc.fill(0)
     with blas_threads(blas):
         _im2col.conv2d_grad_weight_gemm(gy, x, acc, _cols_workspace(spec, tile, threads, gy.dtype),
@@ -372,7 +351,7 @@ def avg_pool2d(x, spec):
 
 def avg_pool2d_grad(gy, spec):
     gx = np.empty(spec.x_shape, gy.dtype)
-    scratch = workspace("avg_grad", num_threads(), spec.oh * spec.ow, gy.dtype)
+    scratch = workspace("avg_grad", (num_threads(), max(1, spec.oh * spec.ow)), gy.dtype)
     _pool.avg_pool2d_grad(gy, gx, scratch, pool_geo(spec), spec.count_include_pad)
     return gx
 

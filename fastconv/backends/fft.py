@@ -40,6 +40,7 @@ import scipy.fft as sfft
 
 from ..config import get_num_threads
 from ..shapes import ConvSpec
+from .workspaces import workspace
 
 #: The blocked (overlap-add / overlap-save) path runs when a 1-D signal is longer than both of these:
 #: ``BLOCK_MIN_RATIO`` times the dilated kernel extent, and ``BLOCK_MIN_LENGTH`` samples.
@@ -154,22 +155,31 @@ def _inverse(z, rows, cols, row_index, col_index, sum_rows=False):
     if not rows.transformed:
         if sum_rows:
             s = s.sum(axis=-2, keepdims=True)
-    else:
-        s = sfft.ifft(s, n=rows.fft, axis=-2, workers=workers)
+    else:  # in place, in a reused buffer (see workspaces)
+        s = sfft.ifft(_copy_to("fft_rows", s), n=rows.fft, axis=-2, workers=workers, overwrite_x=True)
     s = s[..., _selector(row_index), :]
     out = sfft.irfft(s, n=cols.fft, axis=-1, workers=workers)
     return np.ascontiguousarray(out[..., _selector(col_index)])
 
 
+def _copy_to(name, a):
+    """A contiguous copy of ``a`` in the reused buffer ``name``."""
+    out = workspace(name, a.shape, a.dtype)
+    np.copyto(out, a)
+    return out
+
+
 def _product(a, b):
-    """Per-frequency matrix products ``a @ b`` (leading axes broadcast), ``a (..., M, K)``, ``b (..., K, N)``.
+    """Per-frequency matrix products ``a @ b`` (leading axes broadcast), ``a (..., M, K)``, ``b (..., K, N)``,
+    in a reused buffer: the caller consumes it before the next product.
 
     Tiny matrices (depthwise convolution) go through broadcast multiply-adds: ``numpy.matmul`` would make
     one BLAS call per frequency and group.
     """
     m, k = a.shape[-2:]
     if m * k * b.shape[-1] > SMALL_PRODUCT:
-        return np.matmul(a, b)
+        shape = np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (m, b.shape[-1])
+        return np.matmul(a, b, out=workspace("fft_product", shape, np.result_type(a, b)))
     out = a[..., :, 0:1] * b[..., 0:1, :]
     for i in range(1, k):
         out += a[..., :, i:i + 1] * b[..., i:i + 1, :]

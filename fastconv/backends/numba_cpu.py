@@ -20,12 +20,12 @@ loops over ``n*c`` planes. Signatures are those of ``reference`` (the conv kerne
 ``algorithm=`` to force one). Nothing compiles at import.
 """
 import os
-import threading
 
 import numba
 import numpy as np
 
 from . import _numba_loops as loops
+from .workspaces import clear_workspaces, workspace  # noqa: F401 (part of this module's API)
 
 ALGORITHMS = ("direct", "gemm", "per_task")
 MAX_COLUMN_BYTES = 8 << 20    # one sample's columns above this are cut into bands of output rows
@@ -57,35 +57,6 @@ def _start_threads():
 
 
 _start_threads()
-
-
-# ------------------------------------------------------------------------------- workspaces
-class _Workspaces(threading.local):
-    """Grow-only flat buffers, one per (name, dtype) and per thread, viewed in the shape a call needs."""
-
-    def __init__(self):
-        self.buffers = {}
-
-
-_workspaces = _Workspaces()
-
-
-def workspace(name, shape, dtype):
-    """An uninitialised array of ``shape`` carved from the reusable buffer ``name``."""
-    size = 1
-    for s in shape:
-        size *= s
-    key = (name, dtype)
-    buf = _workspaces.buffers.get(key)
-    if buf is None or buf.size < size:
-        buf = np.empty(size, dtype)
-        _workspaces.buffers[key] = buf
-    return buf[:size].reshape(shape)
-
-
-def clear_workspaces():
-    """Free this thread's workspaces (they are rebuilt on demand)."""
-    _workspaces.buffers.clear()
 
 
 # ----------------------------------------------------------------------------- convolution
