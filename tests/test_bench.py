@@ -212,6 +212,32 @@ def test_asv_suite_runs_and_skips():
             bench_gpu.GpuConv2dForward().setup("cuda", "lenet_c1")
 
 
+@pytest.mark.parametrize("backend", ["cython", "numba"])
+def test_algorithm_suite_times_what_the_backend_computes(backend):
+    """Conv2dAlgorithms calls each kernel with the algorithm forced: the result is the reference's, and
+    an algorithm the backend lacks is a skip."""
+    if backend not in common.cpu_backends():
+        pytest.skip(f"{backend} backend unavailable")
+    from benchmarks import bench_conv
+    from fastconv.backends import dispatch, reference
+    shape = common.SHAPES["tiny_s2_dil"]
+    spec = shape.spec()
+    x, w, _, gy = common.inputs(shape)
+    x, w, gy = x.reshape(spec.x_shape), w.reshape(spec.w_shape), gy.reshape(spec.y_shape)
+    want = {"conv2d": reference.conv2d(x, w, None, spec),
+            "conv2d_grad_input": reference.conv2d_grad_input(gy, w, spec),
+            "conv2d_grad_weight": reference.conv2d_grad_weight(gy, x, spec)}
+    suite = bench_conv.Conv2dAlgorithms()
+    for algorithm in bench_conv.Conv2dAlgorithms.params[1]:
+        for kernel in common.CONV_KERNELS:
+            try:
+                suite.setup(backend, algorithm, kernel, shape.name)
+            except NotImplementedError:
+                assert algorithm not in dispatch.load(backend).ALGORITHMS
+                continue
+            np.testing.assert_allclose(suite.run(), want[kernel], rtol=1e-4, atol=1e-4)
+
+
 def test_asv_suites_import_without_starting_thread_pools():
     """asv's forkserver imports the suites once and forks per benchmark: an OpenMP pool started at import
     (Numba terminates processes forked from one) would fail every benchmark. Also: the smoke switch puts

@@ -63,3 +63,18 @@ class Conv2dGflops(_Conv):
 
     def track_forward_gflops(self, impl, shape):
         return common.gflops_of(self.run, SHAPES[shape].flops(False))
+
+
+class Conv2dAlgorithms:
+    """Each algorithm of the Cython and Numba backends forced on each conv2d shape, per kernel (forward,
+    input gradient, weight gradient): the measurements behind their ``conv_algorithm`` rules."""
+    params = [["cython", "numba"], ["direct", "gemm", "blocked", "per_task"], list(common.CONV_KERNELS),
+              grid("conv2d")]
+    param_names = ["backend", "algorithm", "kernel", "shape"]
+    timeout = 180
+
+    def setup(self, backend, algorithm, kernel, shape):
+        self.run = common.warm_kernel(backend, algorithm, kernel, SHAPES[shape])
+
+    def time_kernel(self, backend, algorithm, kernel, shape):
+        self.run()

@@ -352,6 +352,33 @@ def warm_runner(impl, shape, grad, device="cpu"):
     return warm((impl, shape.name, grad, device), build)
 
 
+#: The kernels of one convolution, as the backends name them.
+CONV_KERNELS = ("conv2d", "conv2d_grad_input", "conv2d_grad_weight")
+
+
+def warm_kernel(backend, algorithm, kernel, shape):
+    """One kernel of a 2-D convolution (``CONV_KERNELS``) called on ``backend``'s module with
+    ``algorithm=`` forced, run once (compiled), or a skip: where the automatic choices come from."""
+    def build():
+        skip_unless_runnable(backend)
+        from fastconv.backends import dispatch
+        module = dispatch.load(backend)
+        algorithms = getattr(module, "ALGORITHMS", ())
+        if algorithm not in algorithms:
+            raise NotImplementedError(f"backend {backend} has no algorithm {algorithm!r}")
+        spec = shape.spec()
+        x, w, _, gy = inputs(shape)
+        x, w, gy = x.reshape(spec.x_shape), w.reshape(spec.w_shape), gy.reshape(spec.y_shape)
+        args = {"conv2d": (x, w, None), "conv2d_grad_input": (gy, w), "conv2d_grad_weight": (gy, x)}[kernel]
+        fn = getattr(module, kernel)
+
+        def run():
+            return fn(*args, spec, algorithm=algorithm)
+        run()
+        return run
+    return warm((backend, algorithm, kernel, shape.name), build)
+
+
 def warm_trainer(task, impl, device="cpu"):
     """``(trainer, batch)`` after one training step (compilation, autotuning), or a skip."""
     def build():
