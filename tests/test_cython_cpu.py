@@ -214,6 +214,27 @@ def test_blocked_weight_gradient(case, seed, c_out_per_group):
                  f"blocked grad weight {spec}")
 
 
+@pytest.mark.parametrize("shape", [
+    ((2, 32, 40, 40), (48, 32, 3, 3), dict(padding=1)),                      # several channel blocks
+    ((3, 16, 33, 47), (24, 16, 3, 3), dict(padding=2, dilation=2)),          # odd sizes, dilated
+    ((2, 24, 29, 31), (40, 12, 5, 3), dict(padding=(2, 1), groups=2)),      # grouped, non-square
+    ((4, 64, 14, 14), (64, 64, 1, 1), {}),                                  # pointwise
+])
+def test_blocked_on_layer_sized_shapes(shape):
+    """All three blocked kernels on shapes the size of real layers (many bands, tiles and blocks)."""
+    spec = shapes.conv_spec(shape[0], shape[1], None, **shape[2])
+    rng = np.random.default_rng(7)
+    x, w = rng.standard_normal(spec.x_shape, np.float32), rng.standard_normal(spec.w_shape, np.float32)
+    gy = rng.standard_normal(spec.y_shape, np.float32)
+    x64, w64, gy64 = x.astype(np.float64), w.astype(np.float64), gy.astype(np.float64)
+    assert_close(cy.conv2d(x, w, None, spec, algorithm="blocked"), ref.conv2d(x64, w64, None, spec),
+                 np.float32, "forward")
+    assert_close(cy.conv2d_grad_input(gy, w, spec, algorithm="blocked"), ref.conv2d_grad_input(gy64, w64, spec),
+                 np.float32, "grad input")
+    assert_close(cy.conv2d_grad_weight(gy, x, spec, algorithm="blocked"), ref.conv2d_grad_weight(gy64, x64, spec),
+                 np.float32, "grad weight")
+
+
 @pytest.mark.parametrize("c_out", [1, 7, 8, 9, 16, 17, 32, 33, 40])
 @pytest.mark.parametrize("ow", [1, 5, 6, 7, 13, 14, 15, 29, 57])
 def test_blocked_tile_and_block_edges(c_out, ow):
