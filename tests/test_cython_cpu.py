@@ -229,10 +229,10 @@ def test_blocked_on_layer_sized_shapes(shape):
     x64, w64, gy64 = x.astype(np.float64), w.astype(np.float64), gy.astype(np.float64)
     assert_close(cy.conv2d(x, w, None, spec, algorithm="blocked"), ref.conv2d(x64, w64, None, spec),
                  np.float32, "forward")
-    assert_close(cy.conv2d_grad_input(gy, w, spec, algorithm="blocked"), ref.conv2d_grad_input(gy64, w64, spec),
-                 np.float32, "grad input")
-    assert_close(cy.conv2d_grad_weight(gy, x, spec, algorithm="blocked"), ref.conv2d_grad_weight(gy64, x64, spec),
-                 np.float32, "grad weight")
+    assert_close(cy.conv2d_grad_input(gy, w, spec, algorithm="blocked"),
+                 ref.conv2d_grad_input(gy64, w64, spec), np.float32, "grad input")
+    assert_close(cy.conv2d_grad_weight(gy, x, spec, algorithm="blocked"),
+                 ref.conv2d_grad_weight(gy64, x64, spec), np.float32, "grad weight")
 
 
 @pytest.mark.parametrize("c_out", [1, 7, 8, 9, 16, 17, 32, 33, 40])
