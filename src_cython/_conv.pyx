@@ -37,6 +37,16 @@ cdef inline Wide make_wide(Geo* g) noexcept nogil:
     return v
 
 
+cdef inline bint wide_scratch(Geo* g, real* ws, Wide* v, real** xpad, real** ywide) noexcept nogil:
+    """For a stride-1 convolution, set the wide layout ``v`` and split the thread's scratch ``ws`` into the
+    padded input plane ``xpad`` and the wide output plane ``ywide``; False (nothing set) otherwise."""
+    if not use_wide(g):
+        return False
+    v[0] = make_wide(g)
+    xpad[0], ywide[0] = ws, ws + v.hp * v.wp
+    return True
+
+
 cdef inline Py_ssize_t wide_shift(Geo* g, Wide* v, Py_ssize_t i, Py_ssize_t j) noexcept nogil:
     return i * g.dh * v.wp + j * g.dw
 
@@ -52,9 +62,7 @@ cdef void forward_plane(const real* x, const real* w, const real* b, real* y, re
     cdef Wide v
     cdef real* xpad
     cdef real* ywide
-    if use_wide(g):
-        v = make_wide(g)
-        xpad, ywide = ws, ws + v.hp * v.wp
+    if wide_scratch(g, ws, &v, &xpad, &ywide):
         fill(ywide, bias, v.span)
         for c in range(g.cig):
             pad_plane(xg + c * g.hw, xpad, g.h, g.w, v.hp, v.wp, g.pt, g.pl)
@@ -83,10 +91,8 @@ cdef void grad_input_plane(const real* gy, const real* w, real* gx, real* ws, Ge
     cdef Wide v
     cdef real* xpad
     cdef real* ywide
-    cdef bint wide = use_wide(g)
+    cdef bint wide = wide_scratch(g, ws, &v, &xpad, &ywide)
     if wide:
-        v = make_wide(g)
-        xpad, ywide = ws, ws + v.hp * v.wp
         fill(xpad, <real>0, v.hp * v.wp)
     else:
         fill(gxp, <real>0, g.hw)
@@ -119,10 +125,7 @@ cdef void grad_weight_plane(const real* gy, const real* x, real* gw, double* acc
     cdef Wide v
     cdef real* xpad
     cdef real* ywide
-    cdef bint wide = use_wide(g)
-    if wide:
-        v = make_wide(g)
-        xpad, ywide = ws, ws + v.hp * v.wp
+    cdef bint wide = wide_scratch(g, ws, &v, &xpad, &ywide)
     for i in range(g.kh * g.kw):
         acc[i] = 0
     for n in range(g.n):

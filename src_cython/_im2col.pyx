@@ -93,11 +93,15 @@ cdef void unfold_tile(real* xg, real* cols, Py_ssize_t ld, Geo* g, Py_ssize_t ch
                         p += xb - xa
 
 
+cdef inline Geo columns_geo(Py_ssize_t* xs, Py_ssize_t* cs, int sh, int sw, int pt, int pl, int dh, int dw):
+    """The loop nest of ``im2col`` / ``col2im``: ``x (N, C, H, W)``, ``cols (N, C, kh, kw, oh, ow)``."""
+    return make_geo((xs[0], xs[1], xs[2], xs[3], xs[1], cs[2], cs[3], cs[4], cs[5], sh, sw, pt, pl, dh, dw, 1))
+
+
 def im2col(const real[:, :, :, ::1] x, real[:, :, :, :, :, ::1] cols,
            int sh, int sw, int pt, int pl, int dh, int dw):
     """Fill ``cols (N, C, kh, kw, oh, ow)`` from ``x (N, C, H, W)``."""
-    cdef Geo g = make_geo((x.shape[0], x.shape[1], x.shape[2], x.shape[3], x.shape[1], cols.shape[2],
-                           cols.shape[3], cols.shape[4], cols.shape[5], sh, sw, pt, pl, dh, dw, 1))
+    cdef Geo g = columns_geo(x.shape, cols.shape, sh, sw, pt, pl, dh, dw)
     cdef Py_ssize_t n
     if cols.size == 0:
         return
@@ -108,8 +112,7 @@ def im2col(const real[:, :, :, ::1] x, real[:, :, :, :, :, ::1] cols,
 def col2im(const real[:, :, :, :, :, ::1] cols, real[:, :, :, ::1] x,
            int sh, int sw, int pt, int pl, int dh, int dw):
     """Add every column entry back to the input pixel it came from (``x`` must start zeroed)."""
-    cdef Geo g = make_geo((x.shape[0], x.shape[1], x.shape[2], x.shape[3], x.shape[1], cols.shape[2],
-                           cols.shape[3], cols.shape[4], cols.shape[5], sh, sw, pt, pl, dh, dw, 1))
+    cdef Geo g = columns_geo(x.shape, cols.shape, sh, sw, pt, pl, dh, dw)
     cdef Py_ssize_t n
     if cols.size == 0:
         return

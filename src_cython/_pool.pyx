@@ -1,5 +1,6 @@
 # cython: language_level=3
-"""Max / average pooling, their gradients, and max unpooling: one parallel task per (n, c) plane.
+"""Max / average pooling and their gradients, max unpooling (``scatter``, ``gather``): one parallel task
+per (n, c) plane.
 
 Pooling windows are convolution taps with one channel (``_loops.pxi``): the forward kernels visit the
 taps in row-major window order and reduce into the output plane, the gradients scatter back through the
@@ -55,23 +56,29 @@ def max_pool2d(const real[:, :, :, ::1] x, real[:, :, :, ::1] y, int64_t[:, :, :
                         tap_in(&g, &t, t.oy0), g.sh * g.w, t.oy1 - t.oy0, t.ox1 - t.ox0, g.sw)
 
 
-def max_pool2d_grad(const real[:, :, :, ::1] gy, const int64_t[:, :, :, ::1] idx,
-                    real[:, :, :, ::1] gx):
-    """``gx[n, c, idx[n, c, k]] += gy[n, c, k]``."""
-    cdef Py_ssize_t planes = gx.shape[0] * gx.shape[1], hw = gx.shape[2] * gx.shape[3]
-    cdef Py_ssize_t ohw = gy.shape[2] * gy.shape[3], p, k
-    cdef real* gxp
-    cdef const real* gyp
+def scatter(const real[:, :, :, ::1] values, const int64_t[:, :, :, ::1] idx, real[:, :, :, ::1] out,
+            bint accumulate):
+    """``out[n, c] = 0``, then ``out[n, c, idx[n, c, k]] += values[n, c, k]`` when ``accumulate``
+    (max-pool gradient: overlapping windows share pixels), else ``= values[n, c, k]`` (max-unpool: a
+    repeated index keeps the last)."""
+    cdef Py_ssize_t planes = out.shape[0] * out.shape[1], hw = out.shape[2] * out.shape[3]
+    cdef Py_ssize_t m = values.shape[2] * values.shape[3], p, k
+    cdef real* op
+    cdef const real* vp
     cdef const int64_t* ip
-    if gx.size == 0:
+    if out.size == 0:
         return
     for p in prange(planes, nogil=True, schedule="static"):
-        gxp = &gx[0, 0, 0, 0] + p * hw
-        gyp = &gy[0, 0, 0, 0] + p * ohw
-        ip = &idx[0, 0, 0, 0] + p * ohw
-        fill(gxp, <real>0, hw)
-        for k in range(ohw):
-            gxp[ip[k]] += gyp[k]
+        op = &out[0, 0, 0, 0] + p * hw
+        vp = &values[0, 0, 0, 0] + p * m
+        ip = &idx[0, 0, 0, 0] + p * m
+        fill(op, <real>0, hw)
+        if accumulate:
+            for k in range(m):
+                op[ip[k]] += vp[k]
+        else:
+            for k in range(m):
+                op[ip[k]] = vp[k]
 
 
 def avg_pool2d(const real[:, :, :, ::1] x, real[:, :, :, ::1] y, tuple geo, bint count_include_pad):
@@ -117,27 +124,8 @@ def avg_pool2d_grad(const real[:, :, :, ::1] gy, real[:, :, :, ::1] gx, real[:, 
                                 <real>1, t.oy1 - t.oy0, t.ox1 - t.ox0, g.sw)
 
 
-def max_unpool2d(const real[:, :, :, ::1] x, const int64_t[:, :, :, ::1] idx, real[:, :, :, ::1] y):
-    """``y[n, c, idx[n, c, k]] = x[n, c, k]`` on zeroed planes (the last write wins)."""
-    cdef Py_ssize_t planes = y.shape[0] * y.shape[1], hw = y.shape[2] * y.shape[3]
-    cdef Py_ssize_t m = x.shape[2] * x.shape[3], p, k
-    cdef real* yp
-    cdef const real* xp
-    cdef const int64_t* ip
-    if y.size == 0:
-        return
-    for p in prange(planes, nogil=True, schedule="static"):
-        yp = &y[0, 0, 0, 0] + p * hw
-        xp = &x[0, 0, 0, 0] + p * m
-        ip = &idx[0, 0, 0, 0] + p * m
-        fill(yp, <real>0, hw)
-        for k in range(m):
-            yp[ip[k]] = xp[k]
-
-
-def max_unpool2d_grad(const real[:, :, :, ::1] gy, const int64_t[:, :, :, ::1] idx,
-                      real[:, :, :, ::1] gx):
-    """``gx[n, c, k] = gy[n, c, idx[n, c, k]]``."""
+def gather(const real[:, :, :, ::1] gy, const int64_t[:, :, :, ::1] idx, real[:, :, :, ::1] gx):
+    """``gx[n, c, k] = gy[n, c, idx[n, c, k]]`` (max-unpool gradient)."""
     cdef Py_ssize_t planes = gx.shape[0] * gx.shape[1], hw = gy.shape[2] * gy.shape[3]
     cdef Py_ssize_t m = gx.shape[2] * gx.shape[3], p, k
     cdef const real* gyp

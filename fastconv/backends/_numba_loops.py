@@ -456,23 +456,18 @@ def avg_pool_grad(gy, gx, kh, kw, sh, sw, pt, pl, count_pad):
 
 # ---------------------------------------------------- index scatter / gather (planes x pixels)
 @njit(**_EXACT)
-def scatter_add(values, idx, out):
-    """``out[p] = 0; out[p, idx[p, k]] += values[p, k]`` for every plane ``p`` (max-pool gradient)."""
+def scatter(values, idx, out, accumulate):
+    """``out[p] = 0``, then ``out[p, idx[p, k]] += values[p, k]`` for every plane ``p`` when
+    ``accumulate`` (max-pool gradient: overlapping windows share pixels), else ``= values[p, k]``
+    (max-unpool: a repeated index keeps the last)."""
     for p in prange(out.shape[0]):
         for q in range(out.shape[1]):
             out[p, q] = 0
         for k in range(idx.shape[1]):
-            out[p, _u(idx[p, k])] += values[p, _u(k)]
-
-
-@njit(**_EXACT)
-def scatter(values, idx, out):
-    """``out[p] = 0; out[p, idx[p, k]] = values[p, k]`` (max-unpool; a repeated index keeps the last)."""
-    for p in prange(out.shape[0]):
-        for q in range(out.shape[1]):
-            out[p, q] = 0
-        for k in range(idx.shape[1]):
-            out[p, _u(idx[p, k])] = values[p, _u(k)]
+            if accumulate:
+                out[p, _u(idx[p, k])] += values[p, _u(k)]
+            else:
+                out[p, _u(idx[p, k])] = values[p, _u(k)]
 
 
 @njit(**_EXACT)

@@ -339,7 +339,7 @@ def max_pool2d(x, spec):
 
 def max_pool2d_grad(gy, indices, spec):
     gx = np.empty(spec.x_shape, gy.dtype)
-    _pool.max_pool2d_grad(gy, np.ascontiguousarray(indices, np.int64), gx)
+    _pool.scatter(gy, np.ascontiguousarray(indices, np.int64), gx, True)
     return gx
 
 
@@ -358,11 +358,11 @@ def avg_pool2d_grad(gy, spec):
 
 def max_unpool2d(x, indices, out_hw):
     y = np.empty(x.shape[:2] + tuple(out_hw), x.dtype)
-    _pool.max_unpool2d(x, np.ascontiguousarray(indices, np.int64), y)
+    _pool.scatter(x, np.ascontiguousarray(indices, np.int64), y, False)
     return y
 
 
 def max_unpool2d_grad(gy, indices):
     gx = np.empty(indices.shape, gy.dtype)
-    _pool.max_unpool2d_grad(gy, np.ascontiguousarray(indices, np.int64), gx)
+    _pool.gather(gy, np.ascontiguousarray(indices, np.int64), gx)
     return gx

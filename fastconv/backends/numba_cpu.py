@@ -313,7 +313,7 @@ def _planes(a):
 
 def max_pool2d_grad(gy, indices, spec):
     gx = np.empty(spec.x_shape, gy.dtype)
-    loops.scatter_add(_planes(gy), _planes(indices), _planes(gx))
+    loops.scatter(_planes(gy), _planes(indices), _planes(gx), True)
     return gx
 
 
@@ -332,7 +332,7 @@ def avg_pool2d_grad(gy, spec):
 def max_unpool2d(x, indices, out_hw):
     n, c = x.shape[:2]
     y = np.empty((n, c) + tuple(out_hw), x.dtype)
-    loops.scatter(_planes(x), _planes(indices), _planes(y))
+    loops.scatter(_planes(x), _planes(indices), _planes(y), False)
     return y
 
 
