@@ -258,16 +258,28 @@ def _band_rows(gy4, g, m0, count, oy0, rows, bh, ow):
                     rows[o, _u(at + q)] = gy4[m0 + k, g, o, _u(src + q)] if inside else 0
 
 
+@njit(inline="always", cache=True)
+def _task_plan(cols, n, out_px, in_w, sw, pl, dw):
+    """``(nb, bh, ow, oh, reach, tasks)``: samples per task, rows per band, output width and height
+    (``out_px`` pixels), the reach of each tap column (``out_table``) and the number of tasks."""
+    nb, bh, ow = cols.shape[4], cols.shape[5], cols.shape[6]
+    return nb, bh, ow, out_px // ow, out_table(cols.shape[3], sw, pl, dw, in_w, ow), (n + nb - 1) // nb
+
+
+@njit(inline="always", cache=True)
+def _task_samples(task, nb, n):
+    """``(thread, first sample, samples)`` of task ``task``."""
+    m0 = task * nb
+    return get_thread_id(), m0, min(nb, n - m0)
+
+
 @njit(**_CONV)
 def conv_per_task(x, w3, b, y4, cols, rows, sh, sw, pt, pl, dh, dw):
     """``y4[m, g] = w3[g] @ columns(x[m])[g] + b``."""
     n, groups, cog = x.shape[0], w3.shape[0], w3.shape[1]
-    nb, bh, ow = cols.shape[4], cols.shape[5], cols.shape[6]
-    oh = y4.shape[3] // ow
-    reach = out_table(cols.shape[3], sw, pl, dw, x.shape[3], ow)
-    for task in prange((n + nb - 1) // nb):
-        t, m0 = get_thread_id(), task * nb
-        count = min(nb, n - m0)
+    nb, bh, ow, oh, reach, tasks = _task_plan(cols, n, y4.shape[3], x.shape[3], sw, pl, dw)
+    for task in prange(tasks):
+        t, m0, count = _task_samples(task, nb, n)
         for oy0 in range(0, oh, bh):
             _band_columns(x, m0, count, oy0, oh, cols[t], reach, sh, sw, pt, pl, dh, dw)
             c3 = cols[t].reshape(groups, -1, nb * bh * ow)
@@ -286,12 +298,9 @@ def conv_per_task(x, w3, b, y4, cols, rows, sh, sw, pt, pl, dh, dw):
 def conv_grad_input_per_task(gy4, w3, gx, cols, rows, sh, sw, pt, pl, dh, dw):
     """``gx[m] = col2im(w3[g].T @ gy4[m, g])``; a task owns its samples' planes, bands accumulate."""
     n, groups = gx.shape[0], w3.shape[0]
-    nb, bh, ow = cols.shape[4], cols.shape[5], cols.shape[6]
-    oh = gy4.shape[3] // ow
-    reach = out_table(cols.shape[3], sw, pl, dw, gx.shape[3], ow)
-    for task in prange((n + nb - 1) // nb):
-        t, m0 = get_thread_id(), task * nb
-        count = min(nb, n - m0)
+    nb, bh, ow, oh, reach, tasks = _task_plan(cols, n, gy4.shape[3], gx.shape[3], sw, pl, dw)
+    for task in prange(tasks):
+        t, m0, count = _task_samples(task, nb, n)
         c3 = cols[t].reshape(groups, -1, nb * bh * ow)
         for oy0 in range(0, oh, bh):
             for g in range(groups):
@@ -308,12 +317,9 @@ def conv_grad_weight_per_task(gy4, x, parts, rows, prod, cols, sh, sw, pt, pl, d
     caller zeroes ``parts`` (threads, groups, C_out/groups, K) and sums it over threads; ``prod`` holds
     one product per thread."""
     n, groups = x.shape[0], parts.shape[1]
-    nb, bh, ow = cols.shape[4], cols.shape[5], cols.shape[6]
-    oh = gy4.shape[3] // ow
-    reach = out_table(cols.shape[3], sw, pl, dw, x.shape[3], ow)
-    for task in prange((n + nb - 1) // nb):
-        t, m0 = get_thread_id(), task * nb
-        count = min(nb, n - m0)
+    nb, bh, ow, oh, reach, tasks = _task_plan(cols, n, gy4.shape[3], x.shape[3], sw, pl, dw)
+    for task in prange(tasks):
+        t, m0, count = _task_samples(task, nb, n)
         for oy0 in range(0, oh, bh):
             _band_columns(x, m0, count, oy0, oh, cols[t], reach, sh, sw, pt, pl, dh, dw)
             c3 = cols[t].reshape(groups, -1, nb * bh * ow)
