@@ -11,7 +11,7 @@ MODULES = {
     "numba": "fastconv.backends.numba_cpu",
     "cython": "fastconv.backends.cython_cpu",
     "fft": "fastconv.backends.fft",
-    "cuda": "fastconv.backends.cuda",
+    "cuda": "fastconv.gpu.backend",
 }
 CPU_BACKENDS = ("numpy", "numba", "cython", "fft")
 _loaded = {}

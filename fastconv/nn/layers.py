@@ -40,6 +40,7 @@ class _ConvNd(Module):
     """Shared body of Conv1d/2d and ConvTranspose1d/2d: arguments, parameters, initialisation."""
     dims = 2
     transposed = False
+    takes_activation = "after"  # Sequential runs a following ReLU/Tanh/Sigmoid inside it (see Sequential)
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
                  bias=True, output_padding=0, dtype=np.float32, backend="auto"):
@@ -79,9 +80,9 @@ class Conv1d(_ConvNd):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
                          dtype=dtype, backend=backend)
 
-    def forward(self, x):
+    def forward(self, x, activation=None):
         return F.conv1d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
-                        backend=self.backend)
+                        backend=self.backend, activation=activation)
 
 
 class Conv2d(_ConvNd):
@@ -92,14 +93,14 @@ class Conv2d(_ConvNd):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
                          dtype=dtype, backend=backend)
 
-    def forward(self, x):
+    def forward(self, x, activation=None):
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
-                        backend=self.backend)
+                        backend=self.backend, activation=activation)
 
 
 class ConvTranspose1d(_ConvNd):
     """Transposed 1-D convolution; weight ``(C_in, C_out/groups, K)``."""
-    dims, transposed = 1, True
+    dims, transposed, takes_activation = 1, True, None
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, output_padding=0,
                  groups=1, bias=True, dilation=1, dtype=np.float32, backend="auto"):
@@ -113,7 +114,7 @@ class ConvTranspose1d(_ConvNd):
 
 class ConvTranspose2d(_ConvNd):
     """Transposed 2-D convolution; weight ``(C_in, C_out/groups, KH, KW)``."""
-    transposed = True
+    transposed, takes_activation = True, None
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, output_padding=0,
                  groups=1, bias=True, dilation=1, dtype=np.float32, backend="auto"):
@@ -127,6 +128,7 @@ class ConvTranspose2d(_ConvNd):
 
 class Linear(Module):
     """``x @ weight.T + bias``; weight ``(out_features, in_features)``."""
+    takes_activation = "after"
 
     def __init__(self, in_features, out_features, bias=True, dtype=np.float32):
         for name, value in (("in_features", in_features), ("out_features", out_features)):
@@ -141,8 +143,8 @@ class Linear(Module):
     def reset_parameters(self):
         init.default_init_(self.weight, self.bias)
 
-    def forward(self, x):
-        return F.linear(x, self.weight, self.bias)
+    def forward(self, x, activation=None):
+        return F.linear(x, self.weight, self.bias, activation)
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
@@ -151,6 +153,7 @@ class Linear(Module):
 # ---------------------------------------------------------------------------------- pooling
 class _MaxPool(Module):
     op = None
+    takes_activation = "before"  # Sequential runs a preceding ReLU/Tanh/Sigmoid inside it
 
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False,
                  backend="auto"):
@@ -158,9 +161,9 @@ class _MaxPool(Module):
         self.dilation, self.ceil_mode, self.return_indices = dilation, ceil_mode, return_indices
         self.backend = backend
 
-    def forward(self, x):
+    def forward(self, x, activation=None):
         return type(self).op(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
-                             self.return_indices, backend=self.backend)
+                             self.return_indices, backend=self.backend, activation=activation)
 
     def extra_repr(self):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
@@ -176,6 +179,7 @@ class MaxPool2d(_MaxPool):
 
 class _AvgPool(Module):
     op = None
+    takes_activation = "before"
 
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
                  backend="auto"):
@@ -183,9 +187,9 @@ class _AvgPool(Module):
         self.ceil_mode, self.count_include_pad = ceil_mode, count_include_pad
         self.backend = backend
 
-    def forward(self, x):
+    def forward(self, x, activation=None):
         return type(self).op(x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
-                             self.count_include_pad, backend=self.backend)
+                             self.count_include_pad, backend=self.backend, activation=activation)
 
     def extra_repr(self):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
@@ -221,16 +225,22 @@ class AdaptiveAvgPool2d(AdaptiveAvgPool1d):
 
 # ------------------------------------------------------------------------- elementwise and glue
 class ReLU(Module):
+    activation = "relu"  # the name a neighbouring layer takes it by (see Sequential)
+
     def forward(self, x):
         return F.relu(x)
 
 
 class Tanh(Module):
+    activation = "tanh"
+
     def forward(self, x):
         return F.tanh(x)
 
 
 class Sigmoid(Module):
+    activation = "sigmoid"
+
     def forward(self, x):
         return F.sigmoid(x)
 
@@ -289,8 +299,20 @@ class Sequential(Module):
         return list(self.children())[index]
 
     def forward(self, x):
-        for module in self.children():
-            x = module(x)
+        """Run the modules in order. An activation module right after a layer that takes it after
+        (``takes_activation = "after"``: convolutions, linear) or right before one that takes it before
+        (pooling) runs inside that layer: one GPU launch where there were two, the same numbers."""
+        modules = list(self.children())
+        i = 0
+        while i < len(modules):
+            first, second = modules[i], modules[i + 1] if i + 1 < len(modules) else None
+            after, before = getattr(second, "activation", None), getattr(first, "activation", None)
+            if after and getattr(first, "takes_activation", None) == "after":
+                x, i = first(x, activation=after), i + 2
+            elif before and getattr(second, "takes_activation", None) == "before":
+                x, i = second(x, activation=before), i + 2
+            else:
+                x, i = first(x), i + 1
         return x
 
 
