@@ -10,9 +10,6 @@ import builtins
 import numpy as np
 from numpy import *  # noqa: F401,F403  (this namespace is NumPy's: sum, max, abs, ... are NumPy's here)
 
-ACTIVATIONS = ("relu", "tanh", "sigmoid")
-
-
 def add_at(a, index, values):
     """``np.add.at``: unbuffered in-place addition (repeated indices add up)."""
     np.add.at(a, index, values)
@@ -23,34 +20,21 @@ def constant(value, shape, dtype):
     return np.full(shape, value, dtype)
 
 
-def _check_act(act):
-    if act and act not in ACTIVATIONS:
-        raise ValueError(f"activation must be None or one of {ACTIVATIONS}, got {act!r}")
-    return act or ""
+_ACTIVATIONS = {  # name: (act(x), the gradient through it given its output y)
+    "relu": (lambda x: np.maximum(x, 0), lambda g, y: g * (y > 0)),  # maximum keeps the dtype and NaN
+    "tanh": (np.tanh, lambda g, y: g * (1 - y * y)),
+    "sigmoid": (lambda x: 1 / (1 + np.exp(-x)), lambda g, y: g * y * (1 - y)),
+}
 
 
 def activation(x, act):
     """``act(x)`` for ``"relu"``, ``"tanh"``, ``"sigmoid"`` (None: ``x`` itself)."""
-    act = _check_act(act)
-    if act == "relu":
-        return np.maximum(x, 0)  # keeps the dtype (0 is a weak scalar) and NaN, as torch.relu
-    if act == "tanh":
-        return np.tanh(x)
-    if act == "sigmoid":
-        return 1 / (1 + np.exp(-x))
-    return x
+    return _ACTIVATIONS[act][0](x) if act else x
 
 
 def activation_grad(g, y, act):
     """The gradient through ``act`` given its output ``y``: ``g * act'(x)``."""
-    act = _check_act(act)
-    if act == "relu":
-        return g * (y > 0)
-    if act == "tanh":
-        return g * (1 - y * y)
-    if act == "sigmoid":
-        return g * y * (1 - y)
-    return g
+    return _ACTIVATIONS[act][1](g, y) if act else g
 
 
 def linear(x, w, b=None, act=None):

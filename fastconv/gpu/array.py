@@ -488,13 +488,5 @@ def collapse(shape, stride_sets):
     return tuple(n for n, _ in merged), [tuple(sts[k] for _, sts in merged) for k in range(len(stride_sets))]
 
 
-def broadcast_to(a, shape):
-    a = asarray(a)
-    shape = tuple(int(s) for s in shape)
-    if np.broadcast_shapes(a.shape, shape) != shape:
-        raise ValueError(f"cannot broadcast shape {a.shape} to {shape}")
-    return a._restrided(shape, bstrides(a, shape), a.offset)
-
-
 # The operators call the namespace's functions; it imports this module, so it comes last.
 from . import xp as _xp  # noqa: E402

@@ -62,7 +62,7 @@ def conv2d_direct(x, w, b, spec, act=None):
     tiles_x, tiles_y = -(-spec.ow // tw), -(-spec.oh // th)
     n_ob = -(-(spec.c_out // spec.groups) // cob)
     bias = y._flat() if b is None else _contiguous(b, (spec.c_out,), "b")._flat()
-    launch(direct_kernel, (x.dtype.str, xp._check_act(act)), (tiles_x * tiles_y, spec.groups * n_ob, spec.n),
+    launch(direct_kernel, (x.dtype.str, xp.act_key(act)), (tiles_x * tiles_y, spec.groups * n_ob, spec.n),
            (tw, th), x._flat(), w._flat(), bias, y._flat(), conv_geometry(spec, b is not None), tiles_x, ph, pw)
     return y
 
@@ -76,7 +76,7 @@ def conv2d_gemm(x, w, b, spec, act=None):
     bias = None if b is None else _contiguous(b, (spec.c_out,), "b")._flat()
     launch_gemm("conv_fwd", w._flat(), x._flat(), y._flat(), conv_geometry(spec, b is not None),
                 spec.c_out // spec.groups, spec.n * spec.oh * spec.ow, spec.groups, True, False, bias=bias,
-                act=xp._check_act(act))
+                act=xp.act_key(act))
     return y
 
 
@@ -87,7 +87,7 @@ def conv2d(x, w, b, spec, act=None):
 
 def _through(act, y, spec):
     """The GEMM prologue that takes gy through ``act`` (its output ``y``), or nothing."""
-    act = xp._check_act(act)
+    act = xp.act_key(act)
     if not act:
         return {}
     return dict(grad_act=act, aux=_contiguous(y, spec.y_shape, "y")._flat())

@@ -24,7 +24,7 @@ def _pool(kind, x, spec, act):
     idx = xp.empty(spec.y_shape, np.int64) if kind == "max" else y
     if y.size:
         blocks, threads = grid_1d(y.size)
-        launch(pool_kernel, (kind, xp._check_act(act)), blocks, threads, x._flat(), y._flat(), idx._flat(),
+        launch(pool_kernel, (kind, xp.act_key(act)), blocks, threads, x._flat(), y._flat(), idx._flat(),
                pool_geometry(spec), y.size)
     return y, idx
 
@@ -41,7 +41,7 @@ def avg_pool2d(x, spec, act=None):
 def _pool_grad(kind, gy, indices, spec, act, x):
     gy = _contiguous(gy, spec.y_shape, "gy")
     gx = xp.empty(spec.x_shape, gy.dtype)
-    act = xp._check_act(act)
+    act = xp.act_key(act)
     if gx.size:
         idx = gy if indices is None else _contiguous(indices, spec.y_shape, "indices")
         source = _contiguous(x, spec.x_shape, "x") if act else gy

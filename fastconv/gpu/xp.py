@@ -22,7 +22,7 @@ import numpy as np
 from . import alloc
 from .array import (CudaArray, asarray, ascontiguousarray, bstrides, collapse, empty, empty_like, full,  # noqa: F401
                     full_like, is_device_array, is_scalar, ones, ones_like, zeros, zeros_like, _prod)
-from .kernels.elementwise import ACTIVATIONS, OPS, along_kernel, elementwise_kernel
+from .kernels.elementwise import OPS, along_kernel, elementwise_kernel
 from .kernels.gemm import launch_gemm
 from .kernels.loss import cross_entropy_grad_kernel, cross_entropy_kernel, log_softmax_kernel
 from .kernels.reduce import reduce_kernel
@@ -236,7 +236,7 @@ def _along(mode, arr, axis, idx, val):
     cshape, cstrides = collapse(shape, strides)
     blocks, threads = grid_1d(n)
     launch(along_kernel, (mode, len(cshape)), blocks, threads, arr._buf, idx._buf, val._buf,
-           (arr.offset, idx.offset, val.offset), cshape, *cstrides, length, axis_stride, n)
+           (arr.offset, idx.offset, val.offset, 0), cshape, *cstrides, length, axis_stride, n)
 
 
 def _check_along(arr, indices, axis):
@@ -390,21 +390,18 @@ def _product(a, b, M, N, K, out, **fused):
 
 
 # ------------------------------------------------------------------------------------ fused ops
-def _check_act(act):
-    if act and act not in ACTIVATIONS:
-        raise ValueError(f"activation must be None or one of {ACTIVATIONS}, got {act!r}")
+def act_key(act):
+    """The kernels' name of activation ``act`` (one of ``fastconv.fusion.ACTIVATIONS``, or None: ``""``)."""
     return act or ""
 
 
 def activation(x, act):
     """``act(x)`` (``"relu"``, ``"tanh"``, ``"sigmoid"``; None: ``x`` itself), one launch."""
-    act = _check_act(act)
     return elementwise(act, (x,)) if act else x
 
 
 def activation_grad(g, y, act):
     """The gradient through ``act`` given its output ``y``: ``g * act'(x)``, one launch."""
-    act = _check_act(act)
     return elementwise(f"{act}_grad", (g, y)) if act else g
 
 
@@ -414,7 +411,7 @@ def linear(x, w, b=None, act=None):
     x, w = asarray(x), asarray(w)
     out = empty((x.shape[0], w.shape[0]), np.result_type(x.dtype, w.dtype))
     if out.size:
-        _product(x, w.T, x.shape[0], w.shape[0], x.shape[1], out, bias=b, act=_check_act(act))
+        _product(x, w.T, x.shape[0], w.shape[0], x.shape[1], out, bias=b, act=act_key(act))
     return out
 
 
@@ -422,7 +419,7 @@ def linear_grad(g, x, w, y, act=None, need=(True, True, True)):
     """Gradients ``(gx, gw, gb)`` of :func:`linear` (None where ``need`` says no): two GEMM launches, the
     activation's gradient applied as ``g`` is loaded (from ``y``, the layer's output) and the bias
     gradient written by the weight gradient's launch as an extra column."""
-    act = _check_act(act)
+    act = act_key(act)
     need_x, need_w, need_b = need
     g = asarray(g)
     if act and (g._strides != y._strides or g.offset != y.offset):

@@ -7,22 +7,14 @@ import pytest
 
 from fastconv import shapes
 from fastconv.backends import reference as ref
-from fastconv.gpu import alloc, launch
+from fastconv.gpu import launch
 from fastconv.gpu import conv as kc
 from fastconv.gpu import pool as kp
 from fastconv.gpu import xp as ca
 
 from cuda_helpers import CUDA_TESTS, DTYPES, assert_close
 
-pytestmark = CUDA_TESTS
-
-
-@pytest.fixture(autouse=True)
-def poisoned_outputs():
-    """New device arrays start as NaN: an output element a kernel fails to write makes the test fail."""
-    alloc.poison_outputs(True)
-    yield
-    alloc.poison_outputs(False)
+pytestmark = CUDA_TESTS + [pytest.mark.usefixtures("poisoned_outputs")]
 
 # (x shape, w shape, stride, padding, dilation, groups)
 CONVS = {

@@ -27,10 +27,9 @@ def _sigmoid(a, b, c):
     return 1 / (1 + (math.exp(-a) if a > -709.0 else math.inf))  # no OverflowError when simulated
 
 
-ACTIVATIONS = ("relu", "tanh", "sigmoid")
-"""The activations every epilogue and prologue fuses. ``<act>(x)`` and ``<act>_grad(g, y)``, the gradient
-given the activation's *output* ``y`` (``y > 0``, ``1 - y*y``, ``y*(1 - y)``), are elementwise ops below."""
-
+# The activations every epilogue and prologue fuses (fastconv.fusion.ACTIVATIONS) are elementwise ops below:
+# ``<act>(x)``, and ``<act>_grad(g, y)``, the gradient given the activation's *output* ``y`` (``y > 0``,
+# ``1 - y*y``, ``y*(1 - y)``).
 OPS = {  # name -> (device function of up to three operands, NumPy function giving the result dtype)
     "copy": (lambda a, b, c: a, None),
     "add": (lambda a, b, c: a + b, np.add),
@@ -81,6 +80,21 @@ def _load_scalar(value, i):
 _LOADS = {"a": device(_load_array), "s": device(_load_scalar)}
 
 
+@cuda.jit(device=True)
+def broadcast_offsets(i, shape, offsets, s0, s1, s2, s3):
+    """Element offsets of the ``i``-th position (C order) of ``shape`` in four strided operands."""
+    o0, o1, o2, o3 = offsets[0], offsets[1], offsets[2], offsets[3]
+    for d in range(len(shape) - 1, -1, -1):
+        q = i // shape[d]
+        x = i - q * shape[d]
+        i = q
+        o0 += x * s0[d]
+        o1 += x * s1[d]
+        o2 += x * s2[d]
+        o3 += x * s3[d]
+    return o0, o1, o2, o3
+
+
 @category("elementwise")
 def elementwise_kernel(name, rank, kinds):
     """``out = op(a, b, c)`` over a broadcast shape of ``rank`` dims; ``kinds[k]`` says whether operand k
@@ -92,16 +106,7 @@ def elementwise_kernel(name, rank, kinds):
     def elementwise(a, b, c, out, offsets, shape, sa, sb, sc, so, n):
         start, step = cuda.grid(1), cuda.gridsize(1)
         for i in range(start, n, step):
-            ia, ib, ic, io = offsets[0], offsets[1], offsets[2], offsets[3]
-            r = i
-            for d in range(rank - 1, -1, -1):
-                q = r // shape[d]
-                x = r - q * shape[d]
-                r = q
-                ia += x * sa[d]
-                ib += x * sb[d]
-                ic += x * sc[d]
-                io += x * so[d]
+            ia, ib, ic, io = broadcast_offsets(i, shape, offsets, sa, sb, sc, so)
             out[io] = fn(la(a, ia), lb(b, ib), lc(c, ic))
     return elementwise
 
@@ -116,15 +121,7 @@ def along_kernel(mode, rank):
     def along(arr, idx, val, offsets, shape, sarr, sidx, sval, length, axis_stride, n):
         start, step = cuda.grid(1), cuda.gridsize(1)
         for i in range(start, n, step):
-            ia, ii, iv = offsets[0], offsets[1], offsets[2]
-            r = i
-            for d in range(rank - 1, -1, -1):
-                q = r // shape[d]
-                x = r - q * shape[d]
-                r = q
-                ia += x * sarr[d]
-                ii += x * sidx[d]
-                iv += x * sval[d]
+            ia, ii, iv, _ = broadcast_offsets(i, shape, offsets, sarr, sidx, sval, sval)
             j = idx[ii]
             if j < 0:
                 j += length

@@ -78,6 +78,15 @@ ROLES = {  # every product the tiled GEMM runs
 }
 
 
+@cuda.jit(device=True)
+def tile_slot(e, k_fast, bk, width):
+    """``(k, row)`` of the ``e``-th element of a ``bk x width`` tile: consecutive ``e`` run along k
+    (``k_fast``) or along the row, whichever is contiguous in memory."""
+    if k_fast:
+        return e % bk, e // bk
+    return e // width, e % width
+
+
 @category("gemm")
 def gemm_kernel(role, dtype, a_k_fast, b_k_fast, act, grad_act, grad_on, bias_col, split):
     """The tiled GEMM of ``ROLES[role]`` with its fused epilogue / prologue (see the module). ``a_k_fast``
@@ -114,10 +123,7 @@ def gemm_kernel(role, dtype, a_k_fast, b_k_fast, act, grad_act, grad_on, bias_co
                 acc[r, c] = 0
         for k0 in range(k_lo, k_hi, bk):
             for e in range(tid, bm * bk, nthreads):
-                if a_k_fast:
-                    kk, mm = e % bk, e // bk
-                else:
-                    kk, mm = e // bm, e % bm
+                kk, mm = tile_slot(e, a_k_fast, bk, bm)
                 m, k = m0 + mm, k0 + kk
                 ai = a_index(geo, z, m, k) if m < M and k < k_hi else -1
                 if ai >= 0:
@@ -125,10 +131,7 @@ def gemm_kernel(role, dtype, a_k_fast, b_k_fast, act, grad_act, grad_on, bias_co
                 else:
                     As[kk, mm] = 0
             for e in range(tid, bn * bk, nthreads):
-                if b_k_fast:
-                    kk, nn = e % bk, e // bk
-                else:
-                    kk, nn = e // bn, e % bn
+                kk, nn = tile_slot(e, b_k_fast, bk, bn)
                 n, k = n0 + nn, k0 + kk
                 bi = b_index(geo, z, k, n) if n < N and k < k_hi else -1
                 if bi >= 0:

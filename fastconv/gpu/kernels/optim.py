@@ -15,16 +15,23 @@ from ..launch import category
 TABLE = 4  # ints per tensor in the table
 
 
+@cuda.jit(device=True)
+def tensor(table, n_tensors):
+    """``(parameter offset, gradient offset, state offset, size)`` of this block row's tensor (size 0 for
+    the rows of the padding)."""
+    t = cuda.blockIdx.y
+    if t >= n_tensors:
+        return 0, 0, 0, 0
+    return table[TABLE * t], table[TABLE * t + 1], table[TABLE * t + 2], table[TABLE * t + 3]
+
+
 @category("optimizer")
 def adam_kernel(dtype, decoupled, l2):
     """Adam (``decoupled``: AdamW's ``p *= 1 - lr*wd`` first; ``l2``: ``g += wd*p``), PyTorch's order:
     ``m = b1*m + (1-b1)*g``; ``v = b2*v + (1-b2)*g*g``; ``p -= step_size * m / (sqrt(v)/bc2 + eps)``."""
     @cuda.jit
     def adam(P, G, M, V, table, n_tensors, decay, wd, b1, c1, b2, c2, bc2, eps, step_size):
-        t = cuda.blockIdx.y
-        if t >= n_tensors:
-            return
-        p0, g0, s0, n = table[TABLE * t], table[TABLE * t + 1], table[TABLE * t + 2], table[TABLE * t + 3]
+        p0, g0, s0, n = tensor(table, n_tensors)
         for i in range(cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x, n, cuda.gridDim.x * cuda.blockDim.x):
             w = P[p0 + i]
             if decoupled:
@@ -47,10 +54,7 @@ def sgd_kernel(dtype, weight_decay, momentum, dampening, nesterov):
     (Nesterov) or ``p -= lr*buf``."""
     @cuda.jit
     def sgd(P, G, B, table, n_tensors, first, lr, wd, mom, c_damp):
-        t = cuda.blockIdx.y
-        if t >= n_tensors:
-            return
-        p0, g0, s0, n = table[TABLE * t], table[TABLE * t + 1], table[TABLE * t + 2], table[TABLE * t + 3]
+        p0, g0, s0, n = tensor(table, n_tensors)
         for i in range(cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x, n, cuda.gridDim.x * cuda.blockDim.x):
             w = P[p0 + i]
             d = G[g0 + i]
