@@ -9,6 +9,8 @@ caching allocator (``fastconv.gpu.alloc``); every view holds the block it lives 
 """
 from __future__ import annotations
 
+import functools
+
 import numba
 import numpy as np
 from numba import cuda
@@ -27,6 +29,7 @@ class _Flags:
                 "CONTIGUOUS": self.contiguous, "WRITEABLE": True}[name.upper()]
 
 
+@functools.lru_cache(maxsize=4096)
 def _c_strides(shape):
     strides, step = [], 1
     for s in reversed(shape):
@@ -58,6 +61,7 @@ class CudaArray:
         self._strides = _c_strides(self.shape) if strides is None else tuple(int(s) for s in strides)
         self.offset = int(offset)
         self.dtype = np.dtype(buf.dtype)
+        self._flags = None  # worked out on first use (shape and strides never change)
 
     # ---------------------------------------------------------------- properties
     @property
@@ -85,9 +89,11 @@ class CudaArray:
 
     @property
     def flags(self):
-        c = self._contiguous(_c_strides(self.shape))
-        f = self._contiguous(tuple(reversed(_c_strides(tuple(reversed(self.shape))))))
-        return _Flags(c, f)
+        if self._flags is None:
+            c = self._contiguous(_c_strides(self.shape))
+            f = self._contiguous(tuple(reversed(_c_strides(tuple(reversed(self.shape))))))
+            self._flags = _Flags(c, f)
+        return self._flags
 
     @property
     def T(self):

@@ -14,7 +14,9 @@ Launch shapes are small under the simulator (:func:`config`), where every GPU th
 """
 from __future__ import annotations
 
+import math
 import time
+import warnings
 from collections import Counter, namedtuple
 
 import numba
@@ -136,7 +138,9 @@ def _resolve(factory, key, grid, block, args):
     k = kernel(factory, key)
     if simulated():
         return lambda *args: k[grid, block](*args)
-    return k.specialize(*args)[grid, block]
+    with warnings.catch_warnings():  # small grids are what small nets need, not a mistake
+        warnings.filterwarnings("ignore", message="Grid size")  # Numba's low-occupancy warning
+        return k.specialize(*args)[grid, block]
 
 
 def launch(factory, key, grid, block, *args, nbytes=None):
@@ -172,7 +176,7 @@ microseconds (None elsewhere)."""
 def _nbytes(args):
     """Bytes of the distinct array arguments (a buffer passed twice, as a placeholder, counts once)."""
     arrays = {id(a): a for a in args if hasattr(a, "shape") and hasattr(a, "dtype") and not isinstance(a, np.generic)}
-    return sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for a in arrays.values())
+    return sum(math.prod(a.shape) * a.dtype.itemsize for a in arrays.values())
 
 
 def _name(factory, key):

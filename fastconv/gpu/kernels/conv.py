@@ -71,6 +71,7 @@ def source_out(i, n_out, stride, pad, tap, dil):
 
 
 # ------------------------------------------------------------- the index maps of the GEMM roles
+# (plain functions, made device functions by gemm.ROLES: one calls another only if that is a device function)
 def one_split(geo):
     return 1
 
@@ -163,7 +164,7 @@ def gw_m_stride(geo):
 
 def gw_bias_grad(geo, z, m):
     """Where the bias gradient of output channel m goes: after the weight gradient."""
-    return geo[COUT] * gw_m_stride(geo) + (z // geo[EXTRA]) * (geo[COUT] // geo[GROUPS]) + m
+    return geo[COUT] * (geo[CIN] // geo[GROUPS]) * geo[KH] * geo[KW] + (z // geo[EXTRA]) * (geo[COUT] // geo[GROUPS]) + m
 
 
 def gw_splits(geo):
