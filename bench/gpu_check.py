@@ -354,13 +354,15 @@ def training_launches(tasks, simulated, with_torch, repeat, min_time):
             row["host_us"] = sum(r.host_us for r in prof.launches) / max(1, len(prof))
             row["gpu_us"] = sum(r.gpu_us or 0.0 for r in prof.launches)
             calls = {"fastconv cuda": lambda: trainer.step(x, y)}
-            if with_torch:
-                twin = common.Trainer(task, common.TORCH, device="cuda")
-                calls["torch cuda"] = lambda: twin.step(x, y)
-            cpu = common.Trainer(task, "auto")
-            calls["fastconv cpu"] = lambda: cpu.step(x, y)
-            for fn in calls.values():
-                fn()
+            others = {"torch cuda": (common.TORCH, "cuda")} if with_torch else {}
+            others["fastconv cpu"] = ("auto", "cpu")
+            for name, (impl, device) in others.items():
+                try:  # a missing piece leaves its column empty
+                    other = common.Trainer(task, impl, device=device)
+                    other.step(x, y)
+                    calls[name] = (lambda t: lambda: t.step(x, y))(other)
+                except Exception as err:
+                    print(f"  {task} {name}: {type(err).__name__}: {err}")
             for name, samples in time_interleaved(calls, repeat, min_time).items():
                 row[name] = _median_ms(samples)
         rows.append(row)

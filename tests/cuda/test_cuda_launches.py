@@ -2,6 +2,9 @@
 count_only=True)``, a GPU's launch shapes): small nets are bound by launches on a GPU, so a LeNet-5 Adam
 step (batch 128) must take at most 25 and an MNIST-1D paper-net step (batch 100) at most 20 - one launch
 per layer forward, two backward, one for the loss each way and one for the optimizer."""
+import os
+import sys
+
 import numpy as np
 import pytest
 
@@ -42,3 +45,21 @@ def test_training_step_launches(name):
     counts = prof.counts()
     assert counts["optimizer"] == 1 and counts["loss"] == 2, counts
     assert not {"elementwise", "reduction", "gather"} & set(counts), prof.table()  # all fused away
+
+
+def test_gpu_check_reports_launches_per_step():
+    """bench/gpu_check.py's launch table (counted here; timed where there is a GPU)."""
+    import fastconv.cuda
+    if not fastconv.cuda.is_simulator():
+        pytest.skip("times steps on a real GPU: run bench/gpu_check.py")
+    bench = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "bench")
+    sys.path.insert(0, bench)
+    try:
+        import gpu_check
+        rows = gpu_check.training_launches(["mnist1d"], True, False, 1, 0.0)
+    finally:
+        sys.path.remove(bench)
+    table = gpu_check.launches_markdown({"fastconv launch()": 1.0}, rows, "simulator")
+    (row,) = rows
+    assert row["launches"] == sum(row["categories"].values()) <= STEPS["paper"][1]
+    assert "- fastconv launch(): 1.0 us" in table and f"| mnist1d | 100 | {row['launches']} | gemm " in table
