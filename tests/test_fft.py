@@ -2,6 +2,8 @@
 on big kernels) and the separable (rank-1) passes, against the NumPy reference."""
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import fastconv.functional as F
 from fastconv import shapes
@@ -29,7 +31,7 @@ def _kernels(spec, x, w, gy, module, **kw):
 def test_long_signal_takes_blocked_path_and_matches_reference(dtype):
     x_shape, w_shape = (2, 4, 3000), (6, 2, 9)
     spec = shapes.conv_spec(x_shape, w_shape, None, stride=2, padding=5, dilation=3, groups=2, dims=1)
-    assert fft._blocked(spec)
+    assert fft.long_signal(spec)
     arrays = [a.reshape(s) for a, s in zip(_arrays(spec, dtype, np.random.default_rng(0)),
                                             (x_shape, w_shape, (6,)))]
     kw = dict(stride=2, padding=5, dilation=3, groups=2)
@@ -50,16 +52,45 @@ def test_blocked_kernels_with_any_block_length(block, stride, padding, dilation)
     rng = np.random.default_rng(block)
     x, w = _arrays(spec, np.float64, rng, bias=False)
     gy = rng.standard_normal(spec.y_shape)
-    got = (fft._blocked_conv2d(x, w, spec, block), fft._blocked_grad_input(gy, w, spec, block),
-           fft._blocked_grad_weight(gy, x, spec, block))
+    got = (fft._overlap_conv2d(x, w, spec, block), fft._overlap_grad_input(gy, w, spec, block),
+           fft._overlap_grad_weight(gy, x, spec, block))
     for a, e, name in zip(got, _kernels(spec, x, w, gy, reference), ("forward", "grad input", "grad weight")):
         assert_close(a, e, np.float64, f"blocked {name}, block {block}")
 
 
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(extent=st.integers(129, 599), ratio=st.floats(8.05, 30.0), stride=st.integers(1, 3),
+       padding=st.integers(0, 40), seed=st.integers(0, 2**16))
+def test_overlap_save_over_extents_and_lengths(extent, ratio, stride, padding, seed):
+    """Long signals against the reference for kernel extents over 128 (most are not 5-smooth, so one
+    block is itself longer than eight extents: a block must never be cut again)."""
+    dilation = 1 + extent % 3
+    taps = (extent - 1) // dilation + 1
+    length = max(int(ratio * extent), 1100)
+    spec = shapes.conv_spec((1, 2, length), (2, 2, taps), None, stride, padding, dilation, dims=1)
+    assert fft.long_signal(spec)
+    rng = np.random.default_rng(seed)
+    x, w = _arrays(spec, np.float64, rng, bias=False)
+    gy = rng.standard_normal(spec.y_shape)
+    got = _kernels(spec, x, w, gy, fft, algorithm="overlap")
+    for a, e, name in zip(got, _kernels(spec, x, w, gy, reference), ("forward", "grad input", "grad weight")):
+        assert_close(a, e, np.float64, f"overlap {name}")
+
+
+@pytest.mark.parametrize("x_shape,w_shape,dilation", [((4, 8, 20000), (8, 8, 131), 1),
+                                                      ((8, 16, 8000), (16, 16, 64), 3)])
+def test_long_signals_with_big_kernels_run_by_default(x_shape, w_shape, dilation):
+    """The default backend on long signals with kernels whose block length is not 5-smooth."""
+    rng = np.random.default_rng(0)
+    x, w = (rng.standard_normal(s).astype(np.float32) for s in (x_shape, w_shape))
+    want = F.conv1d(x[:1], w, dilation=dilation, backend="numpy").numpy()
+    assert_close(F.conv1d(x, w, dilation=dilation).numpy()[:1], want, np.float32, "auto conv1d")
+
+
 def test_short_signals_do_not_block():
-    assert not fft._blocked(shapes.conv_spec((1, 1, 1000), (1, 1, 9), dims=1))     # under 1024 samples
-    assert not fft._blocked(shapes.conv_spec((1, 1, 2000), (1, 1, 300), dims=1))   # under 8 kernels
-    assert not fft._blocked(shapes.conv_spec((1, 1, 40, 2000), (1, 1, 3, 9)))      # 2-D
+    assert not fft.long_signal(shapes.conv_spec((1, 1, 1000), (1, 1, 9), dims=1))     # under 1024 samples
+    assert not fft.long_signal(shapes.conv_spec((1, 1, 2000), (1, 1, 300), dims=1))   # under 8 kernels
+    assert not fft.long_signal(shapes.conv_spec((1, 1, 40, 2000), (1, 1, 3, 9)))      # 2-D
 
 
 # ------------------------------------------------------------------- rows kept untransformed

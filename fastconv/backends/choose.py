@@ -48,12 +48,6 @@ FFT_MARGIN = 1.25
 # ratios matter). Retune from bench/ results.
 #: Seconds per multiply-add of a direct convolution kernel, per backend.
 SECONDS_PER_MAC = {"numba": 6e-11, "cython": 6e-11, "numpy": 2e-10}
-#: Seconds per grid point and per log2(grid points) of one real 2-D transform, copies included.
-SECONDS_PER_FFT_POINT = 2.5e-10
-#: Seconds per complex multiply-add of the per-frequency channel products.
-SECONDS_PER_SPECTRAL_MAC = 5e-10
-#: Fixed cost of one FFT-backend call: planning, transposes, small arrays.
-FFT_CALL_SECONDS = 1e-4
 #: Rank-1 kernels run as two 1-D passes (``separable``) on the direct backends for specs with at least
 #: this many taps and at most this many channel pairs per group (the passes' intermediate holds that
 #: many planes per input image); ``SEPARABLE = False`` turns the check off.
@@ -98,16 +92,9 @@ def direct_seconds(spec, backend):
 
 
 def fft_seconds(spec):
-    """Model time of one FFT convolution kernel: real transforms of the input and output planes (the
-    kernel's transform, mostly zeros, counts as half a plane per channel pair) plus the channel products."""
-    from .fft import _geometry
-    rows, cols = _geometry(spec)
-    grid = (rows.fft if rows.transformed else 1) * cols.fft
-    planes = spec.n * (spec.c_in + spec.c_out) + 0.5 * spec.c_out * (spec.c_in // spec.groups)
-    transform = SECONDS_PER_FFT_POINT * planes * rows.fft * cols.fft * math.log2(max(grid, 2))
-    products = SECONDS_PER_SPECTRAL_MAC * spec.n * spec.c_out * (spec.c_in // spec.groups) * (
-        rows.fft * (cols.fft // 2 + 1))
-    return FFT_CALL_SECONDS + transform + products
+    """Model time of one FFT convolution kernel, as it runs (whole planes, or blocks of a long signal)."""
+    from . import fft
+    return fft.seconds(spec, "overlap" if fft.long_signal(spec) else "whole")
 
 
 def _blocked(op, spec, dtype):
