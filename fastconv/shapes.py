@@ -197,6 +197,39 @@ def conv_spec(x_shape, w_shape, bias_shape=None, stride=1, padding=0, dilation=1
                     stride, pads[0] + pads[1], dilation, groups)
 
 
+def is_pointwise(spec):
+    """1x1, stride 1, no padding: a convolution that is a plain matrix product."""
+    return spec.kh == spec.kw == 1 and spec.stride == (1, 1) and not any(spec.padding)
+
+
+def adjoint_spec(spec):
+    """The stride-1 convolution whose forward pass is the input gradient of stride-1 ``spec``: ``gy``
+    correlated with the flipped kernels (in and out channels swapped, :func:`adjoint_weight`), padded by
+    the kernel's reach minus the padding. None when ``spec`` is strided or padded beyond that reach."""
+    reach_h, reach_w = spec.dilation[0] * (spec.kh - 1), spec.dilation[1] * (spec.kw - 1)
+    pt, pl = reach_h - spec.padding[0], reach_w - spec.padding[2]
+    pb, pr = spec.h - spec.oh + reach_h - pt, spec.w - spec.ow + reach_w - pl
+    if spec.stride != (1, 1) or min(pt, pb, pl, pr) < 0:
+        return None
+    return ConvSpec(spec.n, spec.c_out, spec.oh, spec.ow, spec.c_in, spec.kh, spec.kw, spec.h, spec.w,
+                    (1, 1), (pt, pb, pl, pr), spec.dilation, spec.groups, spec.dims)
+
+
+def adjoint_weight(w, spec):
+    """``w`` flipped in space with in and out channels swapped per group: the weights of
+    :func:`adjoint_spec`."""
+    g, cog, cig = spec.groups, spec.c_out // spec.groups, spec.c_in // spec.groups
+    flipped = w.reshape(g, cog, cig, spec.kh, spec.kw)[..., ::-1, ::-1].transpose(0, 2, 1, 3, 4)
+    return np.ascontiguousarray(flipped).reshape(spec.c_in, cog, spec.kh, spec.kw)
+
+
+def adjoint_padding(spec):
+    """The share of padding in the input of the adjoint convolution (zeros an input gradient computed as
+    the adjoint's forward pass reads)."""
+    rh, rw = spec.dilation[0] * (spec.kh - 1), spec.dilation[1] * (spec.kw - 1)
+    return 1 - spec.oh * spec.ow / ((spec.oh + 2 * rh) * (spec.ow + 2 * rw))
+
+
 def conv_transpose_spec(x_shape, w_shape, bias_shape=None, stride=1, padding=0, output_padding=0,
                         groups=1, dilation=1, dims=2):
     """Validate ``conv_transpose{dims}d`` and return the spec of the convolution it is the adjoint of.
@@ -335,4 +368,5 @@ def ints(name, value, n, minimum=0):
 
 __all__ = ["conv_output_size", "conv_transpose_output_size", "pool_output_size", "receptive_field",
            "ConvSpec", "PoolSpec", "conv_spec", "conv_transpose_spec", "pool_spec", "check_float",
-           "unpool_output_size", "as_4d", "ints"]
+           "unpool_output_size", "as_4d", "ints", "is_pointwise", "adjoint_spec", "adjoint_weight",
+           "adjoint_padding"]

@@ -1,5 +1,7 @@
 """The FFT backend's own paths (blocked long signals, untransformed rows, spectrum cache, float32 accuracy
 on big kernels) and the separable (rank-1) passes, against the NumPy reference."""
+import functools
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -7,11 +9,13 @@ from hypothesis import strategies as st
 
 import fastconv.functional as F
 from fastconv import shapes
-from fastconv.backends import fft, reference, separable
+from fastconv.backends import fft, model, reference, separable
 
 from helpers import assert_close, check_against
 
-RUNNERS = {"numpy": reference, "fft": fft}
+#: Pass kernels for the separable tests: ``(op, spec) -> kernel`` on one backend.
+RUNNERS = {"numpy": lambda op, spec: getattr(reference, op),
+           "fft": lambda op, spec: functools.partial(getattr(fft, op), algorithm="whole")}
 
 
 def _arrays(spec, dtype, rng, bias=True):
@@ -22,6 +26,8 @@ def _arrays(spec, dtype, rng, bias=True):
 
 
 def _kernels(spec, x, w, gy, module, **kw):
+    if module is fft:
+        kw = {"algorithm": "whole", **kw}
     return (module.conv2d(x, w, None, spec, **kw), module.conv2d_grad_input(gy, w, spec, **kw),
             module.conv2d_grad_weight(gy, x, spec, **kw))
 
@@ -145,11 +151,11 @@ def test_spectrum_cache_follows_content_not_identity():
     """A weight updated in place must not reuse the spectrum of its old values."""
     spec = shapes.conv_spec((2, 3, 20, 20), (4, 3, 5, 5), None, padding=2)
     x, w = _arrays(spec, np.float64, np.random.default_rng(3), bias=False)
-    first = fft.conv2d(x, w, None, spec)
-    assert_close(fft.conv2d(x, w, None, spec), first, np.float64, "cached spectra")
+    first = fft.conv2d(x, w, None, spec, "whole")
+    assert_close(fft.conv2d(x, w, None, spec, "whole"), first, np.float64, "cached spectra")
     w *= -0.5  # in place: same object, same address
     x[0, 0, 0, 0] += 1.0
-    assert_close(fft.conv2d(x, w, None, spec), reference.conv2d(x, w, None, spec), np.float64, "after update")
+    assert_close(fft.conv2d(x, w, None, spec, "whole"), reference.conv2d(x, w, None, spec), np.float64, "after update")
 
 
 def test_spectrum_cache_can_be_disabled():
@@ -157,7 +163,7 @@ def test_spectrum_cache_can_be_disabled():
     x, w = _arrays(spec, np.float64, np.random.default_rng(4), bias=False)
     try:
         fft.set_cache_bytes(0)
-        assert_close(fft.conv2d(x, w, None, spec), reference.conv2d(x, w, None, spec), np.float64, "no cache")
+        assert_close(fft.conv2d(x, w, None, spec, "whole"), reference.conv2d(x, w, None, spec), np.float64, "no cache")
         assert not fft._cache._entries
     finally:
         fft.set_cache_bytes(fft.CACHE_BYTES)
@@ -226,17 +232,19 @@ def test_separable_passes_match_full_kernel(runner, case, dtype):
     w = _rank1_weight(w_shape, rng, dtype)
     x, b, gy = (rng.standard_normal(s).astype(dtype) for s in (x_shape, w_shape[:1], spec.y_shape))
     u, v = separable.factors(w)
-    module = RUNNERS[runner]
-    assert_close(separable.conv2d(x, u, v, b, spec, module), reference.conv2d(x, w, b, spec), dtype, "passes")
-    assert_close(separable.conv2d_grad_input(gy, u, v, spec, module), reference.conv2d_grad_input(gy, w, spec),
+    passes = RUNNERS[runner]
+    assert_close(separable.conv2d(x, u, v, b, spec, passes), reference.conv2d(x, w, b, spec), dtype, "passes")
+    assert_close(separable.conv2d_grad_input(gy, u, v, spec, passes), reference.conv2d_grad_input(gy, w, spec),
                  dtype, "adjoint passes")
-    front = separable.Passes(module)  # the wrapper auto uses: rank-1 and full kernels alike
-    assert_close(front.conv2d(x, w, b, spec), reference.conv2d(x, w, b, spec), dtype, "Passes rank 1")
+    # the kernels the planner uses: rank-1 weights as passes, full-rank ones through the fallback
+    forward = separable.kernel("conv2d", reference.conv2d, passes)
+    backward = separable.kernel("conv2d_grad_input", reference.conv2d_grad_input, passes)
+    assert_close(forward(x, w, b, spec), reference.conv2d(x, w, b, spec), dtype, "kernel rank 1")
     full = rng.standard_normal(w_shape).astype(dtype)
-    assert_close(front.conv2d_grad_input(gy, full, spec), reference.conv2d_grad_input(gy, full, spec), dtype,
-                 "Passes full rank")
+    assert_close(backward(gy, full, spec), reference.conv2d_grad_input(gy, full, spec), dtype,
+                 "kernel full rank")
 
 
 def test_separable_worthwhile_counts_taps():
-    assert separable.worthwhile(shapes.conv_spec((1, 1, 64, 64), (1, 1, 7, 7), None, padding=3))
-    assert not separable.worthwhile(shapes.conv_spec((1, 1, 64, 64), (1, 1, 1, 7)))
+    assert model.separable_worthwhile("conv2d", shapes.conv_spec((1, 1, 64, 64), (1, 1, 7, 7), None, padding=3))
+    assert not model.separable_worthwhile("conv2d", shapes.conv_spec((1, 1, 64, 64), (1, 1, 1, 7)))

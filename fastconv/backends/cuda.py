@@ -33,7 +33,7 @@ def check_available():
     """Raise BackendUnavailable unless CUDA kernels can run here (a GPU or the simulator)."""
     from .. import cuda as fc_cuda
     if not fc_cuda.is_available():
-        from .dispatch import BackendUnavailable
+        from .registry import BackendUnavailable
         raise BackendUnavailable("backend 'cuda' needs an NVIDIA GPU with a working driver "
                                  "(numba.cuda.is_available() is False), or NUMBA_ENABLE_CUDASIM=1")
 

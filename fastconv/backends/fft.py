@@ -279,6 +279,10 @@ def _kernel_dft(w, rows, cols):
 
 # --------------------------------------------------------------------------------- the kernels
 ALGORITHMS = ("whole", "overlap")
+#: Every operand: each output mixes every input of its plane, so one NaN or inf reaches them all (the
+#: planner checks the operands and runs non-finite ones on the reference).
+_EVERY_OPERAND = {"conv2d": ("x", "w"), "conv2d_grad_input": ("gy", "w"), "conv2d_grad_weight": ("gy", "x")}
+NONFINITE_CHECKS = {"whole": _EVERY_OPERAND, "overlap": _EVERY_OPERAND}
 
 
 def supports(op, spec, dtype, algorithm):
@@ -291,8 +295,7 @@ def _empty(spec):
     return spec.n == 0 or spec.c_in == 0 or spec.c_out == 0
 
 
-def conv2d(x, w, b, spec, algorithm=None):
-    algorithm = algorithm or ("overlap" if long_signal(spec) else "whole")
+def conv2d(x, w, b, spec, algorithm):
     if _empty(spec):
         y = np.zeros(spec.y_shape, dtype=x.dtype)
     elif algorithm == "overlap":
@@ -308,8 +311,7 @@ def conv2d(x, w, b, spec, algorithm=None):
     return y
 
 
-def conv2d_grad_input(gy, w, spec, algorithm=None):
-    algorithm = algorithm or ("overlap" if long_signal(spec) else "whole")
+def conv2d_grad_input(gy, w, spec, algorithm):
     if _empty(spec):
         return np.zeros(spec.x_shape, dtype=gy.dtype)
     if algorithm == "overlap":
@@ -322,8 +324,7 @@ def conv2d_grad_input(gy, w, spec, algorithm=None):
     return _inverse(xs, rows, cols, rows.grad_input_index(), cols.grad_input_index())
 
 
-def conv2d_grad_weight(gy, x, spec, algorithm=None):
-    algorithm = algorithm or ("overlap" if long_signal(spec) else "whole")
+def conv2d_grad_weight(gy, x, spec, algorithm):
     if _empty(spec):
         return np.zeros(spec.w_shape, dtype=gy.dtype)
     if algorithm == "overlap":
@@ -337,7 +338,7 @@ def conv2d_grad_weight(gy, x, spec, algorithm=None):
 
 
 # ------------------------------------------------------------------------------- cost model
-def seconds(spec, algorithm="whole"):
+def seconds(op, spec, dtype, algorithm):
     """Model time of one kernel (forward and both gradients cost about the same): real transforms of the
     input and output planes (the kernel's, mostly zeros, counts as half a plane per channel pair) plus
     the per-frequency channel products. ``"overlap"`` prices its blocks: ``N * count`` batch entries of
