@@ -141,17 +141,28 @@ def cython_algorithm(op, spec, dtype):
     pointwise, pixels = shapes.is_pointwise(spec), spec.oh * spec.ow
     if not pointwise and cig * cog <= 4:
         return "direct", "cython:direct: at most 4 channel pairs per group (depthwise-like)"
-    wins = {"conv2d": (cog >= BLOCKED_MIN_CHANNELS and pixels > 1 and spec.flops >= BLOCKED_MIN_FLOPS
-                       and cig * spec.kh * spec.kw >= BLOCKED_MIN_TAPS),
-            "conv2d_grad_input": (cig >= BLOCKED_MIN_CHANNELS and not pointwise
-                                  and shapes.adjoint_padding(spec) <= BLOCKED_MAX_PADDING),
-            "conv2d_grad_weight": (cog >= BLOCKED_MIN_CHANNELS and pixels >= BLOCKED_MIN_PIXELS
-                                   and spec.stride == (1, 1) and not pointwise)}[op]
-    if wins and registry.supports("cython", op, spec, dtype, "blocked"):
-        return "blocked", "cython:blocked: register-blocked kernel within its measured limits"
-    if np.dtype(dtype) != np.float32:
-        return "gemm", "cython:gemm: the register-blocked kernel is float32 only"
-    return "gemm", "cython:gemm: outside the register-blocked kernel's measured limits"
+    if not registry.supports("cython", op, spec, dtype, "blocked"):
+        why = "float32 only" if np.dtype(dtype) != np.float32 else "no stride-1 adjoint"
+        return "gemm", f"cython:gemm: the register-blocked kernel does not run this ({why})"
+    losing = {  # the first measured limit this pass is outside of, if any
+        "conv2d": [(cog < BLOCKED_MIN_CHANNELS, f"{cog} < {BLOCKED_MIN_CHANNELS} output channels per group"),
+                   (pixels == 1, "one output pixel"),
+                   (spec.flops < BLOCKED_MIN_FLOPS, f"{spec.flops / 1e6:.2g} < {BLOCKED_MIN_FLOPS / 1e6:g} MFLOP"),
+                   (cig * spec.kh * spec.kw < BLOCKED_MIN_TAPS,
+                    f"{cig * spec.kh * spec.kw} < {BLOCKED_MIN_TAPS} taps per output")],
+        "conv2d_grad_input": [(cig < BLOCKED_MIN_CHANNELS, f"{cig} < {BLOCKED_MIN_CHANNELS} input channels per group"),
+                              (pointwise, "pointwise"),
+                              (shapes.adjoint_padding(spec) > BLOCKED_MAX_PADDING,
+                               f"the adjoint reads {shapes.adjoint_padding(spec):.0%} > "
+                               f"{BLOCKED_MAX_PADDING:.0%} padding")],
+        "conv2d_grad_weight": [(cog < BLOCKED_MIN_CHANNELS, f"{cog} < {BLOCKED_MIN_CHANNELS} output channels per group"),
+                               (pixels < BLOCKED_MIN_PIXELS, f"{pixels} < {BLOCKED_MIN_PIXELS} output pixels"),
+                               (spec.stride != (1, 1), "strided"), (pointwise, "pointwise")],
+    }[op]
+    why = next((text for failed, text in losing if failed), None)
+    if why is None:
+        return "blocked", "cython:blocked: register-blocked kernel, within its measured limits"
+    return "gemm", f"cython:gemm: the register-blocked kernel loses here ({why})"
 
 
 def numba_algorithm(op, spec, dtype):
