@@ -64,18 +64,6 @@ def num_threads():
 
 
 # ------------------------------------------------------------------------------- geometry
-def conv_geo(spec):
-    """The tuple the kernels turn into their ``Geo`` struct (``src_cython/_loops.pxi``)."""
-    return (spec.n, spec.c_in, spec.h, spec.w, spec.c_out, spec.kh, spec.kw, spec.oh, spec.ow,
-            *spec.stride, spec.padding[0], spec.padding[2], *spec.dilation, spec.groups)
-
-
-def pool_geo(spec):
-    """A pooling op as a depthwise convolution: one channel per group."""
-    return (spec.n, spec.c, spec.h, spec.w, spec.c, spec.kh, spec.kw, spec.oh, spec.ow,
-            *spec.stride, *spec.padding, *spec.dilation, max(spec.c, 1))
-
-
 def supports(op, spec, dtype, algorithm):
     """``"direct"`` and ``"gemm"`` run every convolution; ``"blocked"`` float32 forward passes and weight
     gradients, and the input gradients of stride-1 convolutions (as the forward pass of their adjoint,
@@ -178,13 +166,13 @@ def _cols_workspace(spec, tile, threads, dtype):
 
 
 def _wide_workspace(spec, dtype):
-    return workspace("planes", (num_threads(), _conv.wide_size(conv_geo(spec))), dtype)
+    return workspace("planes", (num_threads(), _conv.wide_size(spec.geometry())), dtype)
 
 
 def _band_rows(spec):
     """Output rows per task of the blocked kernel: whole samples, cut into bands while a band's padded
     input copy exceeds ``_BAND_BYTES`` or there are too few tasks to balance the threads."""
-    geo = conv_geo(spec)
+    geo = spec.geometry()
     rows, tasks = spec.oh, 4 * num_threads()
     while rows > 1 and (4 * _blocked.scratch_size(geo, rows) > _BAND_BYTES
                         or spec.n * -(-spec.oh // rows) < tasks):
@@ -193,7 +181,7 @@ def _band_rows(spec):
 
 
 def _blocked_conv2d(x, w, b, y, spec):
-    geo, rows = conv_geo(spec), _band_rows(spec)
+    geo, rows = spec.geometry(), _band_rows(spec)
     packed = workspace("packed", (_blocked.packed_size(geo),), np.float32)
     _blocked.pack_weights(w, packed, geo)
     scratch = workspace("band", (num_threads(), max(1, _blocked.scratch_size(geo, rows))), np.float32)
@@ -208,11 +196,11 @@ def conv2d(x, w, b, spec, algorithm):
     if algorithm == "blocked":
         return _blocked_conv2d(x, w, b, y, spec)
     if algorithm == "direct":
-        _conv.conv2d(x, w, b, y, _wide_workspace(spec, x.dtype), conv_geo(spec))
+        _conv.conv2d(x, w, b, y, _wide_workspace(spec, x.dtype), spec.geometry())
         return y
     tile, threads, blas = _gemm_plan(spec, x.itemsize)
     with blas_threads(blas):
-        _im2col.conv2d_gemm(x, w, b, y, _cols_workspace(spec, tile, threads, x.dtype), conv_geo(spec),
+        _im2col.conv2d_gemm(x, w, b, y, _cols_workspace(spec, tile, threads, x.dtype), spec.geometry(),
                             tile, threads)
     return y
 
@@ -222,17 +210,17 @@ def conv2d_grad_input(gy, w, spec, algorithm):
     if algorithm == "blocked":
         return _blocked_conv2d(gy, adjoint_weight(w, spec), None, gx, adjoint_spec(spec))
     if algorithm == "direct":
-        _conv.conv2d_grad_input(gy, w, gx, _wide_workspace(spec, gy.dtype), conv_geo(spec))
+        _conv.conv2d_grad_input(gy, w, gx, _wide_workspace(spec, gy.dtype), spec.geometry())
         return gx
     tile, threads, blas = _gemm_plan(spec, gy.itemsize, whole_samples=True)
     with blas_threads(blas):
         _im2col.conv2d_grad_input_gemm(gy, w, gx, _cols_workspace(spec, tile, threads, gy.dtype),
-                                       conv_geo(spec), tile, threads)
+                                       spec.geometry(), tile, threads)
     return gx
 
 
 def _blocked_grad_weight(gy, x, spec):
-    geo, threads = conv_geo(spec), num_threads()
+    geo, threads = spec.geometry(), num_threads()
     scratch_size, packed_size = _blocked.grad_weight_scratch(geo)
     parts = workspace("grad_weight", (threads, int(np.prod(spec.w_shape))), np.float32)
     parts.fill(0)
@@ -248,14 +236,14 @@ def conv2d_grad_weight(gy, x, spec, algorithm):
     if algorithm == "direct":
         gw = np.empty(spec.w_shape, gy.dtype)
         acc = workspace("tap_sums", (num_threads(), spec.kh * spec.kw), np.float64)
-        _conv.conv2d_grad_weight(gy, x, gw, acc, _wide_workspace(spec, gy.dtype), conv_geo(spec))
+        _conv.conv2d_grad_weight(gy, x, gw, acc, _wide_workspace(spec, gy.dtype), spec.geometry())
         return gw
     tile, threads, blas = _gemm_plan(spec, gy.itemsize)
     acc = workspace("grad_weight", (threads, int(np.prod(spec.w_shape))), gy.dtype)
     acc.fill(0)
     with blas_threads(blas):
         _im2col.conv2d_grad_weight_gemm(gy, x, acc, _cols_workspace(spec, tile, threads, gy.dtype),
-                                        conv_geo(spec), tile, threads)
+                                        spec.geometry(), tile, threads)
     return acc.sum(axis=0).reshape(spec.w_shape)
 
 
@@ -263,7 +251,7 @@ def conv2d_grad_weight(gy, x, spec, algorithm):
 def max_pool2d(x, spec):
     y = np.empty(spec.y_shape, x.dtype)
     indices = np.empty(spec.y_shape, np.int64)
-    _pool.max_pool2d(x, y, indices, pool_geo(spec))
+    _pool.max_pool2d(x, y, indices, spec.geometry())
     return y, indices
 
 
@@ -275,14 +263,14 @@ def max_pool2d_grad(gy, indices, spec):
 
 def avg_pool2d(x, spec):
     y = np.empty(spec.y_shape, x.dtype)
-    _pool.avg_pool2d(x, y, pool_geo(spec), spec.count_include_pad)
+    _pool.avg_pool2d(x, y, spec.divisors(x.dtype), spec.geometry())
     return y
 
 
 def avg_pool2d_grad(gy, spec):
     gx = np.empty(spec.x_shape, gy.dtype)
     scratch = workspace("avg_grad", (num_threads(), max(1, spec.oh * spec.ow)), gy.dtype)
-    _pool.avg_pool2d_grad(gy, gx, scratch, pool_geo(spec), spec.count_include_pad)
+    _pool.avg_pool2d_grad(gy, gx, scratch, spec.divisors(gy.dtype), spec.geometry())
     return gx
 
 

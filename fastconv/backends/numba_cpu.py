@@ -64,12 +64,6 @@ _start_threads()
 
 
 # ----------------------------------------------------------------------------- convolution
-def _geometry(spec):
-    """The window arguments every conv loop takes: ``(sh, sw, pt, pl, dh, dw)``."""
-    (sh, sw), pad, (dh, dw) = spec.stride, spec.padding, spec.dilation
-    return sh, sw, pad[0], pad[2], dh, dw
-
-
 BLAS_ONE_THREAD = 65536 * 4  # OpenBLAS runs a GEMM of at most this m*n*k on the calling thread
 TASK_BYTES = 1 << 20         # columns of one "per_task" band, at most (half the L2 cache) ...
 TASK_MERGE_BYTES = 256 << 10  # ... and of the samples one task merges (smaller blocks measured faster)
@@ -200,7 +194,7 @@ def _columns(x, spec, n0, nb, oy0, bh):
     if nb == 1 and is_pointwise(spec):  # the input is its own columns
         return x[n0].reshape(g, spec.c_in // g, -1)[:, :, oy0 * spec.w:(oy0 + bh) * spec.w]
     cols = workspace("cols", (spec.c_in, spec.kh, spec.kw, nb, bh, spec.ow), x.dtype)
-    loops.im2col(x, n0, oy0, cols, *_geometry(spec))
+    loops.im2col(x, n0, oy0, cols, *spec.window)
     return cols.reshape(g, -1, nb * bh * spec.ow)
 
 
@@ -224,12 +218,12 @@ def conv2d(x, w, b, spec, algorithm):
     if spec.n == 0:  # empty batch: nothing to compute (and the reshapes below would be ambiguous)
         return y
     if algorithm == "direct":
-        loops.conv_direct(x, w, _bias(b, spec.c_out, x.dtype), y, *_geometry(spec))
+        loops.conv_direct(x, w, _bias(b, spec.c_out, x.dtype), y, *spec.window)
         return y
     if algorithm == "per_task":
         _on_one_blas_thread(loops.conv_per_task, x, w.reshape(spec.groups, spec.c_out // spec.groups, -1),
                             _bias(b, spec.c_out, x.dtype), _grouped(y, spec, spec.c_out),
-                            *_task_buffers(spec, x.dtype), *_geometry(spec))
+                            *_task_buffers(spec, x.dtype), *spec.window)
         return y
     wg = w.reshape(spec.groups, spec.c_out // spec.groups, -1)
     y3 = y.reshape(spec.n, spec.c_out, -1)
@@ -253,12 +247,12 @@ def conv2d_grad_input(gy, w, spec, algorithm):
     if spec.n == 0:
         return gx
     if algorithm == "direct":
-        loops.conv_grad_input_direct(gy, w, gx, *_geometry(spec))
+        loops.conv_grad_input_direct(gy, w, gx, *spec.window)
         return gx
     if algorithm == "per_task":
         _on_one_blas_thread(loops.conv_grad_input_per_task, _grouped(gy, spec, spec.c_out),
                             w.reshape(spec.groups, spec.c_out // spec.groups, -1), gx,
-                            *_task_buffers(spec, gy.dtype), *_geometry(spec))
+                            *_task_buffers(spec, gy.dtype), *spec.window)
         return gx
     wt = w.reshape(spec.groups, spec.c_out // spec.groups, -1).transpose(0, 2, 1)
     gy3 = gy.reshape(spec.n, spec.c_out, -1)
@@ -271,7 +265,7 @@ def conv2d_grad_input(gy, w, spec, algorithm):
             continue
         cols = workspace("cols", (spec.c_in, spec.kh, spec.kw, nb, bh, spec.ow), gy.dtype)
         np.matmul(wt, gyc, out=cols.reshape(wt.shape[0], wt.shape[1], -1))
-        loops.col2im(cols, n0, oy0, gx, oy0 == 0, *_geometry(spec))
+        loops.col2im(cols, n0, oy0, gx, oy0 == 0, *spec.window)
     return gx
 
 
@@ -280,7 +274,7 @@ def conv2d_grad_weight(gy, x, spec, algorithm):
     if spec.n == 0:
         return gw
     if algorithm == "direct":
-        loops.conv_grad_weight_direct(gy, x, gw, *_geometry(spec))
+        loops.conv_grad_weight_direct(gy, x, gw, *spec.window)
         return gw
     if algorithm == "per_task":
         g, cog, threads = spec.groups, spec.c_out // spec.groups, numba.config.NUMBA_NUM_THREADS
@@ -289,7 +283,7 @@ def conv2d_grad_weight(gy, x, spec, algorithm):
         cols, rows = _task_buffers(spec, gy.dtype)
         _on_one_blas_thread(loops.conv_grad_weight_per_task, _grouped(gy, spec, spec.c_out), x, parts, rows,
                             workspace("gw_prod", (threads,) + parts.shape[2:], gy.dtype), cols,
-                            *_geometry(spec))
+                            *spec.window)
         return parts.sum(axis=0).reshape(spec.w_shape)
     gw3 = gw.reshape(spec.groups, spec.c_out // spec.groups, -1)
     gy3 = gy.reshape(spec.n, spec.c_out, -1)
@@ -302,15 +296,10 @@ def conv2d_grad_weight(gy, x, spec, algorithm):
 
 
 # ---------------------------------------------------------------------------------- pooling
-def _pool_geometry(spec):
-    (sh, sw), (pt, pl) = spec.stride, spec.padding
-    return spec.kh, spec.kw, sh, sw, pt, pl
-
-
 def max_pool2d(x, spec):
     y = np.empty(spec.y_shape, x.dtype)
     indices = np.empty(spec.y_shape, np.int64)
-    loops.max_pool(x, y, indices, *_pool_geometry(spec), *spec.dilation)
+    loops.max_pool(x, y, indices, spec.kh, spec.kw, *spec.window)
     return y, indices
 
 
@@ -328,13 +317,13 @@ def max_pool2d_grad(gy, indices, spec):
 
 def avg_pool2d(x, spec):
     y = np.empty(spec.y_shape, x.dtype)
-    loops.avg_pool(x, y, *_pool_geometry(spec), spec.count_include_pad)
+    loops.avg_pool(x, y, spec.divisors(x.dtype), spec.kh, spec.kw, *spec.window[:4])
     return y
 
 
 def avg_pool2d_grad(gy, spec):
     gx = np.empty(spec.x_shape, gy.dtype)
-    loops.avg_pool_grad(gy, gx, *_pool_geometry(spec), spec.count_include_pad)
+    loops.avg_pool_grad(gy, gx, spec.divisors(gy.dtype), spec.kh, spec.kw, *spec.window[:4])
     return gx
 
 
