@@ -97,7 +97,7 @@ class Module:
         for p in self.parameters():
             p.data = to_device(p.data, device)
             if p.grad is not None:
-                p.grad = to_device(p.grad, device)
+                p.grad = p.grad.to(device)
         return self
 
     def set_backend(self, backend):
