@@ -59,8 +59,9 @@ class _Writer:
         if known is not None:
             return known[1]
         if not is_constant(t):
-            raise ValueError(f"a {t.shape} tensor reaches the exported graph through an op that fastconv.onnx "
-                             f"does not record (supported: {', '.join(sorted(EXPORTED_OPS))})")
+            raise ValueError(f"a {t.shape} tensor reaches the exported graph from an op that tracing did not "
+                             "see: only fastconv.functional's ops and Tensor's methods are recorded, called "
+                             "through their module (F.conv2d, not a reference to it taken before export)")
         name = self.params.get(id(t)) or self.fresh("constant")
         self.initializers.append(self.onnx.numpy_helper.from_array(np.ascontiguousarray(t.numpy()), name))
         self.names[id(t)] = (t, name)
