@@ -14,8 +14,9 @@ from .backends.dispatch import get_backend, set_backend
 from .backends.choose import autotune
 from .config import get_num_threads, set_num_threads, show_config
 from .random import manual_seed
+from .summary import summary
 from .tensor import Tensor, from_dlpack, is_grad_enabled, no_grad, tensor
 
 __all__ = ["Tensor", "tensor", "from_dlpack", "no_grad", "is_grad_enabled", "functional", "shapes", "cuda",
            "set_backend", "get_backend", "available_backends", "set_num_threads", "get_num_threads",
-           "show_config", "manual_seed", "autotune", "__version__", "nn", "optim", "data", "models"]
+           "show_config", "manual_seed", "autotune", "summary", "__version__", "nn", "optim", "data", "models"]
