@@ -42,6 +42,7 @@ class Row:
     receptive_field: tuple | None  # per spatial axis; None once positions are mixed (flatten, resize)
     jump: tuple | None
     backend: str | None
+    windows: tuple | None = None   # per spatial axis, the (kernel, stride, dilation, padding before) path
 
 
 @dataclass
@@ -105,12 +106,12 @@ def summary(model, input_shape, dtype=np.float32, file=sys.stdout):
         path = _path(node, paths)
         for t in node.outputs:
             paths[id(t)] = path
-        field_jump = None if path is None else [shapes.receptive_field(axis) for axis in path]
+        field_jump = None if path is None else [_field(axis) for axis in path]
         name = f"{node.module} ({type(node.layer).__name__})" if node.module else node.op.strip("_")
         rows.append(Row(name, node.op, node.output.shape, params, _macs(node),
                         None if field_jump is None else tuple(f for f, _ in field_jump),
                         None if field_jump is None else tuple(j for _, j in field_jump),
-                        _plan_name(node)))
+                        _plan_name(node), path))
     params = list(model.parameters())
     return _show(Summary(type(model).__name__, tuple(input_shape), rows, sum(p.size for p in params),
                          sum(p.size for p in params if p.requires_grad), sum(r.macs for r in rows)), file)
@@ -142,22 +143,27 @@ def _spec(node):
 
 
 def _path(node, paths):
-    """The windows (kernel, stride, dilation) between the input and this node's output, per spatial axis;
+    """The windows (kernel, stride, dilation, padding before) from the input to this node's output, per axis;
     ``()`` before the first window; None where the op mixes positions (flatten, linear) or is not a
     window (transposed convolution, resampling, unpooling)."""
     inputs = [paths[id(t)] for t in node.tensors() if id(t) in paths]
     if not inputs or any(p is None for p in inputs):
         return None
     if node.op in _POINTWISE:  # the wider branch
-        return max(inputs, key=lambda p: [shapes.receptive_field(axis)[0] for axis in p])
+        return max(inputs, key=lambda p: [_field(axis)[0] for axis in p])
     if node.op in ("reshape", "view", "flatten"):
         return () if inputs == [()] else None
     spec = _spec(node)
     if spec is None or node.op.startswith("conv_transpose"):
         return None
+    before = (spec.padding[0], spec.padding[2]) if len(spec.padding) == 4 else spec.padding  # conv: t, b, l, r
     layers = zip(_spatial((spec.kh, spec.kw), spec.dims), _spatial(spec.stride, spec.dims),
-                 _spatial(spec.dilation, spec.dims))
+                 _spatial(spec.dilation, spec.dims), _spatial(before, spec.dims))
     return tuple(axis + (layer,) for axis, layer in zip(inputs[0] or ((),) * spec.dims, layers))
+
+
+def _field(windows):
+    return shapes.receptive_field([w[:3] for w in windows])  # (kernel, stride, dilation) of each window
 
 
 def _spatial(pair, dims):
