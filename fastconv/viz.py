@@ -191,7 +191,8 @@ def receptive_field(model, input_shape, position, layer=None, x=None, path=None)
         x.numpy() if hasattr(x, "numpy") else x, np.float32)
     canvas = canvas.reshape(-1, *canvas.shape[-len(spatial):])[0]  # first sample, first channel
     where = ", ".join(f"{a}..{b - 1}" for a, b in region)
-    title = (f"{row.name}: unit {position} of {'x'.join(map(str, spatial))} sees input [{where}]\n"
+    unit = position[0] if len(position) == 1 else position
+    title = (f"{row.name}: unit {unit} of {'x'.join(map(str, spatial))} sees input [{where}]\n"
              f"field {'x'.join(map(str, row.receptive_field))}, jump {'x'.join(map(str, row.jump))}")
     fig = _figure(6, 5.5 if len(spatial) == 2 else 3.2)
     ax = fig.subplots()
@@ -224,12 +225,14 @@ def _draw_region_2d(ax, image, region):
                            edgecolor="tab:orange", lw=2.5, label="receptive field"))
     if clipped != region:
         ax.add_patch(Rectangle((left - 0.5, top - 0.5), right - left, bottom - top, fill=False,
-                               edgecolor="tab:red", lw=1.5, ls="--", label="with padding"))
+                               edgecolor="tab:red", lw=1.5, ls="--", label="reaching into the padding"))
     ax.set_xlim(min(left, 0) - 1, max(right, w))
     ax.set_ylim(max(bottom, h), min(top, 0) - 1)
     ax.set_xlabel("column")
     ax.set_ylabel("row")
-    ax.legend(loc="upper right", fontsize=8, framealpha=0.8)
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.get_major_locator().set_params(integer=True)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, fontsize=8, frameon=False)
 
 
 def _draw_region_1d(ax, signal, interval):
@@ -238,7 +241,7 @@ def _draw_region_1d(ax, signal, interval):
     ax.axvspan(max(start, 0) - 0.5, min(stop, len(signal)) - 0.5, color="tab:orange", alpha=0.3,
                label="receptive field")
     if start < 0 or stop > len(signal):
-        ax.axvspan(start - 0.5, stop - 0.5, fill=False, edgecolor="tab:red", ls="--", label="with padding")
+        ax.axvspan(start - 0.5, stop - 0.5, fill=False, edgecolor="tab:red", ls="--", label="reaching into the padding")
     ax.set_xlim(min(start, 0) - 1, max(stop, len(signal)))
     ax.set_xlabel("position")
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, fontsize=8, frameon=False)
