@@ -342,12 +342,7 @@ def export(model, example_input, path=None, check=True):
     onnx = _onnx()
     if not isinstance(model, Module):
         raise TypeError(f"model must be a fastconv.nn.Module, got {type(model).__name__}")
-    was_training = model.training
-    model.eval()
-    try:
-        graph = trace(model, example_input)
-    finally:
-        model.train(was_training)
+    graph = trace(model, example_input)
     for node in graph.nodes:  # every op is checked before anything is written
         if node.op not in EXPORTERS:
             where = f" (in {node.module})" if node.module else ""

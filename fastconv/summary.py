@@ -89,12 +89,7 @@ def summary(model, input_shape, dtype=np.float32, file=sys.stdout):
                                                              for s in input_shape):
         raise ValueError(f"input_shape must be a tuple of positive ints, got {input_shape!r}")
     x = np.random.default_rng(0).standard_normal(tuple(input_shape)).astype(dtype)
-    was_training = model.training
-    model.eval()
-    try:
-        graph = trace(model, x)
-    finally:
-        model.train(was_training)
+    graph = trace(model, x)
     paths = {id(graph.input): ()}  # id(Tensor) -> the (kernel, stride, dilation) layers on its path
     counted, rows = set(), []
     for node in graph.nodes:

@@ -122,17 +122,24 @@ def _recording(recorder):
             setattr(owner, name, original)
 
 
-def trace(model, example_input):
+def trace(model, example_input, eval_mode=True):
     """Run ``model`` on ``example_input`` (an array or Tensor; it is copied) and return the :class:`Graph`
-    of the ops it ran. The model's mode (train/eval) is left as it is: callers choose it."""
+    of the ops it ran: in eval mode by default (dropout off; the model's mode is restored afterwards),
+    in the model's own mode with ``eval_mode=False``."""
     if not isinstance(model, Module):
         raise TypeError(f"model must be a fastconv.nn.Module, got {type(model).__name__}")
     x = tensor(example_input.numpy() if isinstance(example_input, Tensor) else example_input)
     if x.dtype.kind == "f":
         x.requires_grad = True  # every value computed from the input is then a graph node, never a leaf
     recorder = _Recorder(model)
-    with _recording(recorder):
-        output = model(x)
+    was_training = model.training
+    if eval_mode:
+        model.eval()
+    try:
+        with _recording(recorder):
+            output = model(x)
+    finally:
+        model.train(was_training)
     params = {id(p): name for name, p in model.named_parameters()}
     return Graph(x, recorder.nodes, output, params)
 

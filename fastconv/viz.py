@@ -124,12 +124,7 @@ def feature_maps(model, x, max_channels=8, path=None):
     layer on its own colour scale. 1-D activations are drawn as a channels x positions image."""
     x = np.asarray(x.numpy() if hasattr(x, "numpy") else x, dtype=np.float32)
     x = x if x.shape[:1] == (1,) else x[None]
-    was_training = model.training
-    model.eval()
-    try:
-        graph = trace(model, x)
-    finally:
-        model.train(was_training)
+    graph = trace(model, x)
     layers = [n for n in graph.nodes if n.op in WINDOW_OPS and n.output.ndim in (3, 4)
               and np.prod(n.output.shape[2:]) > 1]  # 1x1 maps (LeNet's C5) are not pictures
     if not layers:
