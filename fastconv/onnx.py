@@ -23,7 +23,7 @@ from . import functional as F
 from . import nn, shapes
 from ._version import __version__
 from .nn.module import Module
-from .tensor import Tensor, no_grad
+from .tensor import Tensor
 from .trace import as_array, is_constant, trace
 
 __all__ = ["OPSET", "export", "load", "GraphModule", "EXPORTED_OPS", "IMPORTED_OPS"]
@@ -413,7 +413,7 @@ class GraphModule(Module):
         return outs[0] if len(outs) == 1 else outs
 
 
-def _pairs(node, attrs, dims, name, default):
+def _pairs(attrs, dims, name, default):
     return tuple(int(v) for v in attrs.get(name, [default] * dims))
 
 
@@ -455,14 +455,15 @@ def _import_conv(node, attrs, consts):
     if "output_shape" in attrs:
         raise NotImplementedError(f"ConvTranspose node {node.name!r}: output_shape is not supported "
                                   "(export with pads and output_padding)")
-    groups, dilation = int(attrs.get("group", 1)), _pairs(node, attrs, dims, "dilations", 1)
+    groups, dilation = int(attrs.get("group", 1)), _pairs(attrs, dims, "dilations", 1)
     same = None if transposed else [d * (k - 1) for d, k in zip(dilation, weight.shape[2:])]
-    args = dict(kernel_size=tuple(weight.shape[2:]), stride=_pairs(node, attrs, dims, "strides", 1),
-                padding=_symmetric_pads(node, attrs, dims, same), dilation=dilation, groups=groups, bias=bias is not None, dtype=weight.dtype)
+    args = dict(kernel_size=tuple(weight.shape[2:]), stride=_pairs(attrs, dims, "strides", 1),
+                padding=_symmetric_pads(node, attrs, dims, same), dilation=dilation, groups=groups,
+                bias=bias is not None, dtype=weight.dtype)
     if transposed:
         cls = nn.ConvTranspose1d if dims == 1 else nn.ConvTranspose2d
         layer = cls(weight.shape[0], weight.shape[1] * groups,
-                    output_padding=_pairs(node, attrs, dims, "output_padding", 0), **args)
+                    output_padding=_pairs(attrs, dims, "output_padding", 0), **args)
     else:
         cls = nn.Conv1d if dims == 1 else nn.Conv2d
         layer = cls(weight.shape[1] * groups, weight.shape[0], **args)
@@ -485,19 +486,19 @@ def _import_gemm(node, attrs, consts):
     return layer, node.input[:1]
 
 
-def _pool_args(node, attrs, *, stride=True):
+def _pool_args(node, attrs):
     kernel = tuple(int(k) for k in attrs["kernel_shape"])
     dims = len(kernel)
     if dims not in (1, 2):
         raise NotImplementedError(f"{node.op_type} node {node.name!r}: {dims}-D pooling is not supported")
-    args = dict(kernel_size=kernel, stride=_pairs(node, attrs, dims, "strides", 1),
+    args = dict(kernel_size=kernel, stride=_pairs(attrs, dims, "strides", 1),
                 ceil_mode=bool(attrs.get("ceil_mode", 0)))
     return dims, args
 
 
 def _import_max_pool(node, attrs, consts):
     dims, args = _pool_args(node, attrs)
-    args.update(padding=_symmetric_pads(node, attrs, dims), dilation=_pairs(node, attrs, dims, "dilations", 1))
+    args.update(padding=_symmetric_pads(node, attrs, dims), dilation=_pairs(attrs, dims, "dilations", 1))
     if int(attrs.get("storage_order", 0)):
         raise NotImplementedError(f"MaxPool node {node.name!r}: storage_order=1 is not supported")
     op = F.max_pool1d if dims == 1 else F.max_pool2d
@@ -524,7 +525,7 @@ def _import_max_unpool(node, attrs, consts):
     if len(node.input) > 2 and node.input[2] and size is None:
         raise NotImplementedError(f"MaxUnpool node {node.name!r}: a computed output_shape is not supported")
     return _Op("MaxUnpool", _max_unpool_flat_indices, op=F.max_unpool1d if dims == 1 else F.max_unpool2d,
-               kernel_size=kernel, stride=_pairs(node, attrs, dims, "strides", 1),
+               kernel_size=kernel, stride=_pairs(attrs, dims, "strides", 1),
                padding=_symmetric_pads(node, attrs, dims),
                output_size=None if size is None else tuple(int(s) for s in size[2:])), node.input[:2]
 
