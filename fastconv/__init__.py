@@ -8,6 +8,7 @@
 """
 from . import cuda, functional, shapes
 from . import data, models, nn, optim  # noqa: E402  (need functional and tensor first)
+from . import onnx, viz  # their optional packages (onnx, matplotlib) load on first use
 from ._version import __version__
 from .backends.dispatch import available as available_backends
 from .backends.dispatch import get_backend, set_backend
@@ -19,4 +20,5 @@ from .tensor import Tensor, from_dlpack, is_grad_enabled, no_grad, tensor
 
 __all__ = ["Tensor", "tensor", "from_dlpack", "no_grad", "is_grad_enabled", "functional", "shapes", "cuda",
            "set_backend", "get_backend", "available_backends", "set_num_threads", "get_num_threads",
-           "show_config", "manual_seed", "autotune", "summary", "__version__", "nn", "optim", "data", "models"]
+           "show_config", "manual_seed", "autotune", "summary", "__version__", "nn", "optim", "data", "models",
+           "onnx", "viz"]
