@@ -174,7 +174,8 @@ def check_fused(chk, dtype, rng, tiny):
     n = 2 if tiny else 32
     for act in ("relu", "tanh", "sigmoid"):
         for c_out in (6, 40):
-            x, w, b = _rand(rng, (n, 3, 9, 8), dtype), _rand(rng, (c_out, 3, 3, 3), dtype, 0.2), _rand(rng, c_out, dtype)
+            x, w = _rand(rng, (n, 3, 9, 8), dtype), _rand(rng, (c_out, 3, 3, 3), dtype, 0.2)
+            b = _rand(rng, c_out, dtype)
             gy = _rand(rng, (n, c_out, 9, 8), dtype)
             check_autograd(chk, f"conv {c_out} channels + {act} {np.dtype(dtype)}",
                            lambda x, w, b: F.conv2d(x, w, b, padding=1, activation=act), [x, w, b], gy, dtype)

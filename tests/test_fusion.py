@@ -106,3 +106,22 @@ def _one_by_one(model, x):
 def test_unknown_activation_is_a_clear_error(call):
     with pytest.raises(ValueError, match="activation must be None or one of"):
         call(fc.tensor(_rand(1, 1, 4, 4)))
+
+
+def test_fused_activations_export_to_onnx_as_their_own_nodes():
+    onnx = pytest.importorskip("onnxruntime")
+    fo = pytest.importorskip("fastconv.onnx")
+
+    class Fused(nn.Module):
+        def __init__(self):
+            self.conv, self.fc = nn.Conv2d(1, 2, 3), nn.Linear(8, 3)
+
+        def forward(self, x):
+            y = F.max_pool2d(self.conv(x, activation="tanh"), 2, activation="relu")
+            return F.linear(y.flatten(), self.fc.weight, self.fc.bias, activation="sigmoid")
+    fc.manual_seed(0)
+    model, x = Fused(), _rand(2, 1, 6, 6)
+    proto = fo.export(model, x)
+    assert [n.op_type for n in proto.graph.node][:4] == ["Conv", "Tanh", "Relu", "MaxPool"]
+    session = onnx.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"input": x})[0], model(x).numpy(), rtol=1e-5, atol=1e-6)

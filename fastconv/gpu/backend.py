@@ -1,12 +1,12 @@
-"""``backend="cuda"``: the op table ``backends/dispatch.py`` loads, on GPU arrays.
+"""``backend="cuda"``: the op table ``backends/registry.py`` loads, on GPU arrays.
 
 The ops take the reference's arguments; ``FUSES_EPILOGUES`` says they also take an activation (``act``)
 and, in the gradients, the forward output (``y``) and ``bias=True`` (see ``conv.py``), so a layer with a
 bias and an activation runs as one launch forward and two backward.
 """
 from .. import cuda
-from ..backends.dispatch import BackendUnavailable
-from .conv import conv2d, conv2d_grad_bias, conv2d_grad_input, conv2d_grad_weight, use_direct  # noqa: F401
+from ..backends.registry import BackendUnavailable
+from .conv import conv2d, conv2d_grad_input, conv2d_grad_weight, use_direct  # noqa: F401
 from .pool import (avg_pool2d, avg_pool2d_grad, max_pool2d, max_pool2d_grad, max_unpool2d,  # noqa: F401
                    max_unpool2d_grad)
 

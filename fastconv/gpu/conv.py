@@ -134,8 +134,3 @@ def conv2d_grad_weight(gy, x, spec, act=None, y=None, bias=False):
                     cog, taps, spec.groups * splits, True, True, grad_on="a", bias_col=bias,
                     scratch=None if scratch is None else scratch._flat(), **_through(act, y, spec))
     return (gw, both[size:]) if bias else gw
-
-
-def conv2d_grad_bias(gy, act=None, y=None):
-    """Bias gradient alone (when the weight needs none): ``sum(gy through act)`` over batch and positions."""
-    return xp.sum(xp.activation_grad(gy, y, act), axis=(0, 2, 3))

@@ -152,7 +152,7 @@ class Linear(Module):
 
 # ---------------------------------------------------------------------------------- pooling
 class _MaxPool(Module):
-    op = None
+    op = None  # the name of the op in fastconv.functional, looked up at call time (so tracing sees it)
     takes_activation = "before"  # Sequential runs a preceding ReLU/Tanh/Sigmoid inside it
 
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False,
@@ -162,19 +162,19 @@ class _MaxPool(Module):
         self.backend = backend
 
     def forward(self, x, activation=None):
-        return type(self).op(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
-                             self.return_indices, backend=self.backend, activation=activation)
+        return getattr(F, self.op)(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
+                                   self.return_indices, backend=self.backend, activation=activation)
 
     def extra_repr(self):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
 
 
 class MaxPool1d(_MaxPool):
-    op = staticmethod(F.max_pool1d)
+    op = "max_pool1d"
 
 
 class MaxPool2d(_MaxPool):
-    op = staticmethod(F.max_pool2d)
+    op = "max_pool2d"
 
 
 class _AvgPool(Module):
@@ -188,19 +188,19 @@ class _AvgPool(Module):
         self.backend = backend
 
     def forward(self, x, activation=None):
-        return type(self).op(x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
-                             self.count_include_pad, backend=self.backend, activation=activation)
+        return getattr(F, self.op)(x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
+                                   self.count_include_pad, backend=self.backend, activation=activation)
 
     def extra_repr(self):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
 
 
 class AvgPool1d(_AvgPool):
-    op = staticmethod(F.avg_pool1d)
+    op = "avg_pool1d"
 
 
 class AvgPool2d(_AvgPool):
-    op = staticmethod(F.avg_pool2d)
+    op = "avg_pool2d"
 
 
 class AdaptiveAvgPool1d(Module):
@@ -278,6 +278,7 @@ class Dropout(Module):
 # -------------------------------------------------------------------------------- containers
 class Sequential(Module):
     """Run modules in order. ``Sequential(a, b)`` names them "0", "1"; an OrderedDict gives names."""
+    fuses = True  # activations run inside their neighbours (see forward); tracing turns it off
 
     def __init__(self, *modules):
         items = modules[0].items() if len(modules) == 1 and isinstance(modules[0], OrderedDict) \
@@ -303,6 +304,10 @@ class Sequential(Module):
         (``takes_activation = "after"``: convolutions, linear) or right before one that takes it before
         (pooling) runs inside that layer: one GPU launch where there were two, the same numbers."""
         modules = list(self.children())
+        if not self.fuses:
+            for module in modules:
+                x = module(x)
+            return x
         i = 0
         while i < len(modules):
             first, second = modules[i], modules[i + 1] if i + 1 < len(modules) else None

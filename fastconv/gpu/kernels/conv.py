@@ -164,7 +164,8 @@ def gw_m_stride(geo):
 
 def gw_bias_grad(geo, z, m):
     """Where the bias gradient of output channel m goes: after the weight gradient."""
-    return geo[COUT] * (geo[CIN] // geo[GROUPS]) * geo[KH] * geo[KW] + (z // geo[EXTRA]) * (geo[COUT] // geo[GROUPS]) + m
+    weights = geo[COUT] * (geo[CIN] // geo[GROUPS]) * geo[KH] * geo[KW]
+    return weights + (z // geo[EXTRA]) * (geo[COUT] // geo[GROUPS]) + m
 
 
 def gw_splits(geo):

@@ -19,7 +19,7 @@ P_H, P_W, P_KH, P_KW, P_OH, P_OW, P_SH, P_SW, P_PT, P_PL, P_DH, P_DW, P_CIP = ra
 
 
 def pool_geometry(spec):
-    (sh, sw), (pt, pl), (dh, dw) = spec.stride, spec.padding, spec.dilation
+    sh, sw, pt, pl, dh, dw = spec.window
     return (spec.h, spec.w, spec.kh, spec.kw, spec.oh, spec.ow, sh, sw, pt, pl, dh, dw,
             int(spec.count_include_pad))
 
