@@ -24,11 +24,11 @@ class BackendUnavailable(RuntimeError):
 
 def load(name):
     """The module of backend ``name``; ValueError for unknown names, BackendUnavailable if it can't run."""
+    if not isinstance(name, str) or name not in MODULES:
+        raise ValueError(f"backend must be 'auto' or one of {sorted(MODULES)}, got {name!r}")
     module = _loaded.get(name)
     if module is not None:
         return module
-    if name not in MODULES:
-        raise ValueError(f"backend must be 'auto' or one of {sorted(MODULES)}, got {name!r}")
     try:
         module = importlib.import_module(MODULES[name])
     except ImportError as err:
