@@ -579,7 +579,7 @@ def broadcast_shape(name, a, b, itemsize=4):
     """The shape that shapes ``a`` and ``b`` broadcast to (a ValueError naming ``name``, the second
     operand, where they do not), which must fit in memory."""
     shape = _broadcast(name, a, b)
-    check_memory("the result", shape, f"the shapes of the operands, {tuple(a)} and {tuple(b)}", itemsize)
+    check_memory("the result", shape, f"the shape of {name}, {tuple(b)}, against {tuple(a)}", itemsize)
     return shape
 
 
@@ -591,7 +591,7 @@ def matmul_shape(name, a, b, itemsize=4):
         raise ValueError(f"{name} has shape {tuple(b)}: its rows ({b[-2]}) must match the columns "
                          f"({a[-1]}) of the left operand {tuple(a)}")
     shape = _broadcast(name, a[:-2], b[:-2]) + (a[-2], b[-1])
-    check_memory("the result", shape, f"the shapes of the operands, {tuple(a)} and {tuple(b)}", itemsize)
+    check_memory("the result", shape, f"the shape of {name}, {tuple(b)}, against {tuple(a)}", itemsize)
     return shape
 
 

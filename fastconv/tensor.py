@@ -45,6 +45,7 @@ def tensor(data, requires_grad=False, dtype=None, device="cpu"):
         data = data.data
     requires_grad = shapes.flag("requires_grad", requires_grad)
     dtype = None if dtype is None else shapes.dtype_arg("dtype", dtype)
+    device = check_device(device)
     if device_of(data) == "cuda":
         array = data
     else:
@@ -54,7 +55,7 @@ def tensor(data, requires_grad=False, dtype=None, device="cpu"):
             array = array.astype(np.float32)
     if requires_grad and np.dtype(array.dtype).kind != "f":
         raise TypeError(f"only float tensors can require grad, got dtype {array.dtype}")
-    return Tensor(to_device(array, check_device(device)), requires_grad=requires_grad)
+    return Tensor(to_device(array, device), requires_grad=requires_grad)
 
 
 def as_tensor(value, name="input"):
