@@ -144,6 +144,7 @@ def _pool_input(input, dims, **spec_args):
 def _max_pool(input, dims, kernel_size, stride, padding, dilation, ceil_mode, return_indices, backend):
     x, spec, x4 = _pool_input(input, dims, kernel_size=kernel_size, stride=stride, padding=padding,
                               dilation=dilation, ceil_mode=ceil_mode)
+    return_indices = shapes.flag("return_indices", return_indices)
     device = x.device
     y, indices = dispatch.select("max_pool2d", backend, spec, device, x.dtype).max_pool2d(x4, spec)
 
@@ -196,6 +197,7 @@ def _lp_pool(input, dims, norm_type, kernel_size, stride, ceil_mode, backend):
     norm_type = shapes.real("norm_type", norm_type, 0, None, low_open=True)
     x = _float_input(input)
     spec = shapes.pool_spec(x.shape, kernel_size, stride, 0, 1, ceil_mode, dims=dims)  # before x ** p
+    dispatch.select("avg_pool2d", backend, spec, x.device, x.dtype)  # so is a bad backend
     # As in PyTorch: the p-th root of the window sum of x**p (an average times the window size).
     pooled = _avg_pool(x ** norm_type, dims, kernel_size, stride, 0, ceil_mode, True, backend)
     return (pooled * float(spec.kh * spec.kw)) ** (1.0 / norm_type)

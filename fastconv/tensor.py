@@ -183,7 +183,7 @@ class Tensor:
         xp = self.xp
         if grad is None:
             if self.size != 1:
-                raise RuntimeError(f"grad must be given for a non-scalar output of shape {self.shape}")
+                raise ValueError(f"grad must be given for a non-scalar output of shape {self.shape}")
             grad = xp.ones(self.shape, dtype=self.dtype)
         else:
             grad = grad.data if isinstance(grad, Tensor) else grad

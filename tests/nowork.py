@@ -9,6 +9,7 @@ operating system grants it lazily.
 import contextlib
 import faulthandler
 import signal
+import sys
 import tracemalloc
 
 import numpy as np
@@ -73,17 +74,27 @@ class Hang(Exception):
 
 
 @contextlib.contextmanager
-def deadline(seconds):
-    """Raise :class:`Hang` in a call still running after ``seconds`` (a Python-level loop), and kill the
-    process with a traceback of every thread after ``4 * seconds`` (a loop in compiled code)."""
+def deadline(seconds, config=None):
+    """Raise :class:`Hang` in a call still running after ``seconds`` (a Python-level loop), and end the
+    process with a traceback of every thread after ``4 * seconds`` (a loop in compiled code). The
+    traceback goes to the terminal: pytest's ``config`` keeps a copy of its stderr."""
     def expire(signum, frame):
         raise Hang(f"still running after {seconds} s")
     previous = signal.signal(signal.SIGALRM, expire)
     signal.setitimer(signal.ITIMER_REAL, seconds)
-    faulthandler.dump_traceback_later(4 * seconds, exit=True)
+    faulthandler.dump_traceback_later(4 * seconds, exit=True, file=_terminal(config))
     try:
         yield
     finally:
         faulthandler.cancel_dump_traceback_later()
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def _terminal(config):
+    """A file descriptor of the terminal's stderr, which pytest's output capture leaves alone."""
+    try:
+        from _pytest.faulthandler import fault_handler_stderr_fd_key
+        return config.stash[fault_handler_stderr_fd_key]
+    except (ImportError, AttributeError, KeyError):
+        return sys.__stderr__.fileno()

@@ -278,7 +278,7 @@ class Sequential(Module):
             else ((str(i), m) for i, m in enumerate(modules))
         for name, module in items:
             if not isinstance(module, Module):
-                raise TypeError(f"Sequential takes Modules, got {type(module).__name__} for {name!r}")
+                raise TypeError(f"modules of a Sequential must be Modules, got {type(module).__name__} for {name!r}")
             setattr(self, name, module)
 
     def __iter__(self):
@@ -310,7 +310,7 @@ class ModuleList(Module):
 
     def append(self, module):
         if not isinstance(module, Module):
-            raise TypeError(f"ModuleList takes Modules, got {type(module).__name__}")
+            raise TypeError(f"modules of a ModuleList must be Modules, got {type(module).__name__}")
         setattr(self, str(self._count), module)
         self._count += 1
         return self
