@@ -123,8 +123,8 @@ def resolve(config):
     if not (isinstance(cfg.lr, (int, float)) and cfg.lr > 0):
         raise ValueError(f"lr must be a positive number, got {cfg.lr!r}")
     if cfg.backend != "auto":
-        from .backends import dispatch
-        dispatch.load(cfg.backend)  # unknown or unusable backends fail here, before any work
+        from .backends import registry
+        registry.load(registry.parse(cfg.backend)[0])  # unknown or unusable backends fail here, before any work
     return cfg
 
 

@@ -1,8 +1,8 @@
-"""Watch a call for work: kernels chosen, arithmetic on its input arrays, large allocations, hangs.
+"""Watch a call for work: kernels planned, arithmetic on its input arrays, large allocations, hangs.
 
 Bad arguments must be rejected before any of these happens. ``watched(array)`` wraps an array as a Tensor
 whose data records every NumPy ufunc or function applied to it (validation reads only shapes and
-dtypes); ``no_work()`` also records every backend selection (the step before a kernel runs) and the peak
+dtypes); ``no_work()`` also records every kernel planned (the step before a kernel runs) and the peak
 memory traced while the call runs, so an array allocated for an absurd output shows up even when the
 operating system grants it lazily.
 """
@@ -15,7 +15,7 @@ import tracemalloc
 import numpy as np
 
 import fastconv as fc
-from fastconv.backends import cuda_array, dispatch  # noqa: F401 (imported now, not during a watched call)
+from fastconv.backends import cuda_array, plan  # noqa: F401 (imported now, not during a watched call)
 
 ALLOCATION_LIMIT = 64 * 2 ** 20  # bytes a rejected call may allocate: inputs here are tiny
 
@@ -44,16 +44,16 @@ def watched(array):
 
 @contextlib.contextmanager
 def no_work(monkeypatch):
-    """Yield the list of work done inside the block: ``"select <op>"`` per kernel chosen, ``"np.<f>"``
+    """Yield the list of work done inside the block: ``"plan <op>"`` per kernel planned, ``"np.<f>"``
     per NumPy call on a watched array, and ``"allocated <n> bytes"`` when the traced peak passes
     ``ALLOCATION_LIMIT``."""
-    real_select = dispatch.select
+    real_plan = plan.plan
 
-    def select(op, *args, **kwargs):
-        module = real_select(op, *args, **kwargs)  # an unknown backend raises here, before a kernel
-        _log.append(f"select {op}")
-        return module
-    monkeypatch.setattr(dispatch, "select", select)
+    def planned(op, *args, **kwargs):
+        made = real_plan(op, *args, **kwargs)  # an unknown backend raises here, before a kernel
+        _log.append(f"plan {op}")
+        return made
+    monkeypatch.setattr(plan, "plan", planned)
     _log.clear()
     work = []
     tracemalloc.start()
@@ -62,7 +62,7 @@ def no_work(monkeypatch):
     finally:
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
-        monkeypatch.setattr(dispatch, "select", real_select)
+        monkeypatch.setattr(plan, "plan", real_plan)
         work.extend(_log)
         _log.clear()
         if peak > ALLOCATION_LIMIT:

@@ -7,7 +7,7 @@ import pytest
 import fastconv as fc
 import fastconv.functional as F
 import nowork
-from fastconv.backends import dispatch
+from fastconv.backends import registry
 
 MAKE = np.asarray  # how the cases' float arrays are made: plain, or watched by the before-any-work test
 
@@ -188,11 +188,11 @@ def test_bad_input_raises_naming_the_argument(call, error, match):
 
 def test_unavailable_backend(monkeypatch):
     """A known backend that cannot run here is a BackendUnavailable (a RuntimeError) naming it."""
-    monkeypatch.setitem(dispatch.MODULES, "ghost", "fastconv.backends._no_such_module")
-    monkeypatch.delitem(dispatch._loaded, "ghost", raising=False)
-    with pytest.raises(dispatch.BackendUnavailable, match="'ghost'"):
+    monkeypatch.setitem(registry.MODULES, "ghost", "fastconv.backends._no_such_module")
+    monkeypatch.delitem(registry._loaded, "ghost", raising=False)
+    with pytest.raises(registry.BackendUnavailable, match="'ghost'"):
         F.conv2d(X2(), W2(), backend="ghost")
-    with pytest.raises(dispatch.BackendUnavailable, match="'ghost'"):
+    with pytest.raises(registry.BackendUnavailable, match="'ghost'"):
         fc.set_backend("ghost")
     assert fc.get_backend() != "ghost"
     assert "ghost" not in fc.available_backends()
@@ -202,15 +202,15 @@ def test_unavailable_cuda_backend():
     from fastconv import cuda
     if cuda.is_available():
         pytest.skip("a GPU (or the simulator) is available here")
-    with pytest.raises(dispatch.BackendUnavailable, match="cuda"):
-        dispatch.load("cuda")
+    with pytest.raises(registry.BackendUnavailable, match="cuda"):
+        registry.load("cuda")
     with pytest.raises((ValueError, RuntimeError), match="cuda"):
         fc.tensor(_x(3), device="cuda")
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_errors_come_before_any_work(name, monkeypatch):
-    """The same error comes out before any work: no kernel chosen, no arithmetic on the inputs (they are
+    """The same error comes out before any work: no kernel planned, no arithmetic on the inputs (they are
     watched arrays here), no large allocation."""
     monkeypatch.setattr(sys.modules[__name__], "MAKE", nowork.watched)
     call, error, match = CASES[name]
@@ -228,6 +228,6 @@ def test_the_work_watch_sees_work(monkeypatch):
         F.linear(_x(2, 3), _x(4, 3))
     with nowork.no_work(monkeypatch) as allocation:
         np.ones(nowork.ALLOCATION_LIMIT // 4 + 1, np.float32)
-    assert kernel[0] == "select conv2d"
+    assert kernel[0] == "plan conv2d"
     assert "np.matmul.__call__" in arithmetic
     assert allocation and allocation[-1].startswith("allocated")
