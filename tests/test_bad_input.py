@@ -123,7 +123,8 @@ def _functional_entries():
     for dims, x, w, wt in ((1, x1, w1, wt1), (2, x2, w2, wt2)):
         pooled, idx = (t.numpy() for t in getattr(F, f"max_pool{dims}d")(x, 2, return_indices=True))
         entries += [
-            Entry(f"conv{dims}d", getattr(F, f"conv{dims}d"), lambda x=x, w=w: dict(input=x, weight=w, bias=b, groups=2),
+            Entry(f"conv{dims}d", getattr(F, f"conv{dims}d"),
+                  lambda x=x, w=w: dict(input=x, weight=w, bias=b, groups=2),
                   dict(input=array_variants(x), weight=array_variants(w), bias=not_arrays(optional=True)
                        + [("wrong length", b[:5]), ("rank 2", b[None])], **conv)),
             Entry(f"conv_transpose{dims}d", getattr(F, f"conv_transpose{dims}d"),
@@ -131,9 +132,11 @@ def _functional_entries():
                   dict(input=array_variants(x), weight=array_variants(wt), bias=not_arrays(optional=True), **conv_t)),
             Entry(f"max_pool{dims}d", getattr(F, f"max_pool{dims}d"), lambda x=x: dict(input=x, kernel_size=2),
                   dict(return_indices=flags(), **_pool_args(x))),
-            Entry(f"avg_pool{dims}d", getattr(F, f"avg_pool{dims}d"), lambda x=x: dict(input=x, kernel_size=3, padding=1),
+            Entry(f"avg_pool{dims}d", getattr(F, f"avg_pool{dims}d"),
+                  lambda x=x: dict(input=x, kernel_size=3, padding=1),
                   dict(count_include_pad=flags(), **_pool_args(x, dilation=False))),
-            Entry(f"lp_pool{dims}d", getattr(F, f"lp_pool{dims}d"), lambda x=x: dict(input=x, norm_type=2, kernel_size=2),
+            Entry(f"lp_pool{dims}d", getattr(F, f"lp_pool{dims}d"),
+                  lambda x=x: dict(input=x, norm_type=2, kernel_size=2),
                   dict(norm_type=reals(0) + [("zero", 0)], **_pool_args(x, padding=False, dilation=False))),
             Entry(f"max_unpool{dims}d", getattr(F, f"max_unpool{dims}d"),
                   lambda pooled=pooled, idx=idx: dict(input=pooled, indices=idx, kernel_size=2),
@@ -180,7 +183,8 @@ def _functional_entries():
     for name in ("cross_entropy", "nll_loss"):
         entries.append(Entry(name, getattr(F, name), lambda: dict(input=data(3, 4), target=labels(3, 4)),
                              dict(input=array_variants(data(3, 4), alone=True), reduction=choices(),
-                                  target=not_arrays() + [("float", np.zeros(3, np.float32)), ("wrong length", labels(4, 4)),
+                                  target=not_arrays() + [("float", np.zeros(3, np.float32)),
+                                                         ("wrong length", labels(4, 4)),
                                                          ("out of range", np.array([0, 4, 1]))])))
     return entries
 
@@ -189,7 +193,8 @@ def _layer_entries():
     conv = lambda cls, **over: Entry(  # noqa: E731
         f"nn.{cls.__name__}", cls, lambda: dict(in_channels=4, out_channels=6, kernel_size=3, **over),
         dict(in_channels=integers(1), out_channels=integers(1), kernel_size=sizes(1), stride=sizes(1),
-             padding=sizes(0) + [("unknown str", "full")], dilation=sizes(1), groups=integers(1) + [("not dividing", 4)],
+             padding=sizes(0) + [("unknown str", "full")], dilation=sizes(1),
+             groups=integers(1) + [("not dividing", 4)],
              bias=flags(), dtype=dtypes()), watch=False)
     entries = [conv(nn.Conv1d), conv(nn.Conv2d), conv(nn.ConvTranspose1d, output_padding=0),
                conv(nn.ConvTranspose2d, output_padding=0)]
@@ -200,7 +205,8 @@ def _layer_entries():
         Entry("nn.Flatten", nn.Flatten, lambda: dict(start_dim=1), dict(start_dim=integers()[:5]), watch=False),
         Entry("nn.CrossEntropyLoss", nn.CrossEntropyLoss, lambda: {}, dict(reduction=choices()), watch=False),
         Entry("nn.MSELoss", nn.MSELoss, lambda: {}, dict(reduction=choices()), watch=False),
-        Entry("nn.ModuleList", nn.ModuleList, lambda: {}, dict(modules=[("int", 3), ("list of int", [3])]), watch=False),
+        Entry("nn.ModuleList", nn.ModuleList, lambda: {}, dict(modules=[("int", 3), ("list of int", [3])]),
+              watch=False),
     ]
     for dims in (1, 2):
         entries += [
@@ -317,13 +323,15 @@ def _data_entries():
                    rng=[("None", None), ("int", 3), ("legacy RandomState", np.random.RandomState(0))],
                    fill=reals(), out=[("wrong shape", images[:2]), ("list", [0.0])]), watch=False),
         Entry("normalize", normalize, lambda: dict(images=np.zeros((2, 28, 28), np.uint8)),
-              dict(images=not_arrays() + [("float", np.zeros((2, 28, 28))), ("rank 4", np.zeros((1, 2, 28, 28), np.uint8))],
+              dict(images=not_arrays() + [("float", np.zeros((2, 28, 28))),
+                                          ("rank 4", np.zeros((1, 2, 28, 28), np.uint8))],
                    pad=flags(), dtype=dtypes()), watch=False),
         Entry("MNIST", MNIST, lambda: dict(root="/nonexistent"),
               dict(root=[("int", 3), ("list", ["a"])], train=flags(), download=flags(),
                    mirrors=[("str", "https://example.com/"), ("None", None), ("list of int", [3])]), watch=False),
         Entry("MNIST1D", MNIST1D, lambda: dict(),
-              dict(train=flags(), num_samples=integers(2), length=integers(1), seed=integers(0) + [("over 2**32", 2 ** 33)],
+              dict(train=flags(), num_samples=integers(2), length=integers(1),
+                   seed=integers(0) + [("over 2**32", 2 ** 33)],
                    dtype=dtypes(), cache=flags()), watch=False),
     ]
 
@@ -383,14 +391,14 @@ ABSURD = {  # id: (call, the argument the message names)
     "conv_transpose1d stride": (lambda: F.conv_transpose1d(np.zeros((8, 64, 1000), np.float32),
                                                            np.zeros((64, 64, 3), np.float32), stride=2 ** 31 - 1),
                                 "stride"),
-    "conv_transpose2d dilation": (lambda: F.conv_transpose2d(X4(), np.zeros((1, 1, 3, 3), np.float32), dilation=10 ** 8),
-                                  "dilation"),
+    "conv_transpose2d dilation": (lambda: F.conv_transpose2d(X4(), np.zeros((1, 1, 3, 3), np.float32),
+                                                             dilation=10 ** 8), "dilation"),
     "max_pool2d kernel and padding": (lambda: F.max_pool2d(X4(), 2 ** 31 - 1, padding=2 ** 30 - 1), "padding"),
     "avg_pool2d kernel and padding": (lambda: F.avg_pool2d(X4(), 2 ** 31 - 1, padding=2 ** 30 - 1), "padding"),
     "max_unpool2d stride": (lambda: F.max_unpool2d(X4(), np.zeros((1, 1, 4, 4), np.int64), 2, stride=10 ** 6),
                             "stride"),
-    "max_unpool1d kernel_size": (lambda: F.max_unpool1d(np.zeros((64, 64, 4), np.float32), np.zeros((64, 64, 4), np.int64),
-                                                        2 ** 31 - 1), "kernel_size"),
+    "max_unpool1d kernel_size": (lambda: F.max_unpool1d(np.zeros((64, 64, 4), np.float32),
+                                                        np.zeros((64, 64, 4), np.int64), 2 ** 31 - 1), "kernel_size"),
     "adaptive_avg_pool2d output_size": (lambda: F.adaptive_avg_pool2d(X4(), 10 ** 6), "output_size"),
     "adaptive_avg_pool1d output_size": (lambda: F.adaptive_avg_pool1d(np.zeros((1, 1, 10 ** 4), np.float32),
                                                                       2 ** 31 - 1), "output_size"),
@@ -465,10 +473,12 @@ def _x(*shape):
 
 VIEW_OPS = {  # id: (fn of tensors, float64 arrays that get gradients, other arrays)
     "conv1d": (lambda x, w, b: F.conv1d(x, w, b, stride=2, padding=1, groups=2), (_x(2, 4, 9), _x(6, 2, 3), _x(6)), ()),
-    "conv2d": (lambda x, w, b: F.conv2d(x, w, b, padding="same", dilation=2), (_x(2, 3, 7, 6), _x(4, 3, 3, 2), _x(4)), ()),
+    "conv2d": (lambda x, w, b: F.conv2d(x, w, b, padding="same", dilation=2),
+               (_x(2, 3, 7, 6), _x(4, 3, 3, 2), _x(4)), ()),
     "conv_transpose1d": (lambda x, w, b: F.conv_transpose1d(x, w, b, stride=2, output_padding=1),
                          (_x(2, 4, 5), _x(4, 3, 3), _x(3)), ()),
-    "conv_transpose2d": (lambda x, w: F.conv_transpose2d(x, w, stride=(2, 1), padding=1), (_x(2, 4, 5, 4), _x(4, 3, 3, 3)), ()),
+    "conv_transpose2d": (lambda x, w: F.conv_transpose2d(x, w, stride=(2, 1), padding=1),
+                         (_x(2, 4, 5, 4), _x(4, 3, 3, 3)), ()),
     "max_pool1d": (lambda x: F.max_pool1d(x, 3, stride=2, padding=1), (_x(2, 3, 9),), ()),
     "max_pool2d": (lambda x: F.max_pool2d(x, 2, ceil_mode=True), (_x(2, 3, 7, 5),), ()),
     "avg_pool1d": (lambda x: F.avg_pool1d(x, 3, padding=1, count_include_pad=False), (_x(2, 3, 9),), ()),
