@@ -248,3 +248,33 @@ def test_separable_passes_match_full_kernel(runner, case, dtype):
 def test_separable_worthwhile_counts_taps():
     assert model.separable_worthwhile("conv2d", shapes.conv_spec((1, 1, 64, 64), (1, 1, 7, 7), None, padding=3))
     assert not model.separable_worthwhile("conv2d", shapes.conv_spec((1, 1, 64, 64), (1, 1, 1, 7)))
+
+
+# ------------------------------------------------------------------------------ the error bound
+def _norms(a):
+    """``||a[i, j]||_2`` over the spatial axes, ``(N, C)``."""
+    return np.sqrt((a.astype(np.float64) ** 2).sum(axis=(2, 3)))
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**16), outlier=st.booleans(), dtype=st.sampled_from([np.float32, np.float64]))
+def test_error_within_the_documented_bound(seed, outlier, dtype):
+    """|error| <= eps * log2(L) * sum_c ||x[n, c]|| ||w[o, c]|| for each output channel (the module
+    docstring), the input gradient and the weight gradient likewise, one huge input value included."""
+    rng = np.random.default_rng(seed)
+    c, o, size, k = rng.integers(1, 5), rng.integers(1, 4), rng.integers(16, 60), rng.integers(5, 16)
+    x, w = rng.standard_normal((2, c, size, size)), rng.standard_normal((o, c, k, k))
+    if outlier:
+        x[0, 0, size // 2, size // 3] = 1e30
+    spec = shapes.conv_spec(x.shape, w.shape, None, padding=k // 2)
+    gy = rng.standard_normal(spec.y_shape)
+    rows, cols = fft._geometry(spec)
+    scale = np.finfo(dtype).eps * np.log2(rows.fft * cols.fft)
+    got = _kernels(spec, x.astype(dtype), w.astype(dtype), gy.astype(dtype), fft)
+    want = _kernels(spec, x, w, gy, reference)
+    bounds = (scale * _norms(x) @ _norms(w).T,                    # (N, C_out)
+              scale * _norms(gy) @ _norms(w),                     # (N, C_in)
+              scale * _norms(gy).T @ _norms(x))                   # (C_out, C_in)
+    for a, e, bound, name in zip(got, want, bounds, ("forward", "grad input", "grad weight")):
+        err = np.abs(a.astype(np.float64) - e).max(axis=(2, 3))
+        assert np.all(err <= bound), f"{name}: error {err.max():.3g} over the bound {bound.min():.3g}"
