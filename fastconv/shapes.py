@@ -163,7 +163,7 @@ def real(name, value, low=None, high=None, low_open=False, high_open=False):
     value = float(value)
     below = low is not None and (value <= low if low_open else value < low)
     above = high is not None and (value >= high if high_open else value > high)
-    if not np.isfinite(value) or below or above:
+    if not math.isfinite(value) or below or above:
         interval = ("(" if low_open else "[") + ("-inf" if low is None else f"{low:g}") + ", " \
             + ("inf" if high is None else f"{high:g}") + (")" if high_open or high is None else "]")
         raise ValueError(f"{name} must be a finite number in {interval}, got {value}")
@@ -213,7 +213,7 @@ def dtype_arg(name, value, kinds="biufc"):
     """``value`` as a NumPy dtype of one of ``kinds`` (bool, int, uint, float, complex by default)."""
     try:
         dtype = np.dtype(value)
-    except TypeError:
+    except (TypeError, ValueError):
         raise TypeError(f"{name} must be a NumPy dtype, got {_describe(value)}") from None
     if value is None or dtype.kind not in kinds:
         raise TypeError(f"{name} must be a numeric dtype, got {_describe(value)}")
@@ -642,7 +642,6 @@ def interpolate_size(x_shape, size=None, scale_factor=None, mode="nearest", alig
         culprit = "size"
     else:
         factors = reals("scale_factor", scale_factor, dims, 0, None, low_open=True)
-        _check_resample(x_shape, tuple(s * f for s, f in zip(in_sizes, factors)), "scale_factor")
         out = tuple(int(np.floor(s * f)) for s, f in zip(in_sizes, factors))
         if min(out) < 1:
             raise ValueError(f"scale_factor {scale_factor!r} makes the output empty for input size {in_sizes}")
@@ -697,13 +696,12 @@ def reshape_shape(name, shape, size):
     if not isinstance(shape, (tuple, list)) or not all(is_int(v) for v in shape):
         raise TypeError(f"{name} must be a tuple of ints, got {_describe(shape)}")
     shape = tuple(int(v) for v in shape)
-    unknown = [i for i, v in enumerate(shape) if v == -1]
-    if len(unknown) > 1 or any(v < -1 for v in shape):
+    if shape.count(-1) > 1 or min(shape, default=0) < -1:
         raise ValueError(f"{name} {shape} may hold non-negative sizes and at most one -1")
     known = math.prod(v for v in shape if v != -1)
-    if unknown and known and size % known == 0:
-        shape = shape[:unknown[0]] + (size // known,) + shape[unknown[0] + 1:]
-    if math.prod(shape) != size or (unknown and not known):
+    if -1 in shape and known and size % known == 0:
+        shape = tuple(size // known if v == -1 else v for v in shape)
+    if -1 in shape or math.prod(shape) != size:
         raise ValueError(f"{name} {shape} does not hold the tensor's {size} elements")
     return shape
 

@@ -73,10 +73,13 @@ class DataLoader:
 
 def _check_seed(seed):
     """``seed`` is None, a non-negative int or a non-empty sequence of them (NumPy's seeds)."""
-    items = (seed,) if seed is None or shapes.is_int(seed) else seed
-    if seed is not None and (not isinstance(items, (tuple, list)) or not items
-                             or not all(shapes.is_int(v) and v >= 0 for v in items)):
+    if seed is None:
+        return
+    items = (seed,) if shapes.is_int(seed) else seed
+    if not isinstance(items, (tuple, list)) or not items or not all(shapes.is_int(v) for v in items):
         raise TypeError(f"seed must be None, a non-negative int or a sequence of them, got {seed!r}")
+    if min(items) < 0:
+        raise ValueError(f"seed must be non-negative, got {seed!r}")
 
 
 def random_shift(images, max_shift, rng, fill=0.0, out=None):
