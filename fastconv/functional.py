@@ -25,13 +25,13 @@ __all__ = [
 
 # ------------------------------------------------------------------------------- helpers
 def _tensors(**named):
-    """Wrap arrays as Tensors and check they share one device; ``None`` passes through."""
+    """Wrap arrays as Tensors and check they share one device; ``bias=None`` passes through."""
     out, device = [], None
     for name, value in named.items():
-        if value is None:
+        if value is None and name == "bias":  # the one optional array argument
             out.append(None)
             continue
-        t = as_tensor(value)
+        t = as_tensor(value, name)
         if device is None:
             device = t.device
         elif t.device != device:
@@ -165,6 +165,7 @@ def _pool(kind, input, dims, backend, activation, **spec_args):
 
 def _max_pool(input, dims, kernel_size, stride, padding, dilation, ceil_mode, return_indices, backend,
               activation):
+    return_indices = shapes.flag("return_indices", return_indices)
     out, indices = _pool("max", input, dims, backend, activation, kernel_size=kernel_size, stride=stride,
                          padding=padding, dilation=dilation, ceil_mode=ceil_mode)
     if return_indices:
@@ -210,13 +211,13 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
 
 
 def _lp_pool(input, dims, norm_type, kernel_size, stride, ceil_mode, backend):
-    if not isinstance(norm_type, (int, float)) or norm_type <= 0:
-        raise ValueError(f"norm_type must be a positive number, got {norm_type!r}")
-    kernel = shapes.ints("kernel_size", kernel_size, dims, 1)
-    x = as_tensor(input)
+    norm_type = shapes.real("norm_type", norm_type, 0, None, low_open=True)
+    x = _float_input(input)
+    spec = shapes.pool_spec(x.shape, kernel_size, stride, 0, 1, ceil_mode, dims=dims)  # before x ** p
+    plan.plan("avg_pool2d", spec, x.dtype, x.device, backend)  # so is a bad backend
     # As in PyTorch: the p-th root of the window sum of x**p (an average times the window size).
-    pooled = _avg_pool(x ** norm_type, dims, kernel, stride, 0, ceil_mode, True, backend, None)
-    return (pooled * float(np.prod(kernel))) ** (1.0 / norm_type)
+    pooled = _avg_pool(x ** norm_type, dims, kernel_size, stride, 0, ceil_mode, True, backend, None)
+    return (pooled * float(spec.kh * spec.kw)) ** (1.0 / norm_type)
 
 
 def lp_pool1d(input, norm_type, kernel_size, stride=None, ceil_mode=False, backend="auto"):
@@ -291,9 +292,7 @@ def _adaptive_matrix(size, out):
 def _adaptive_avg_pool(input, output_size, dims):
     (x,) = _tensors(input=input)
     _floats(input=x)
-    if x.ndim != dims + 2:
-        raise ValueError(f"input must be {dims + 2}-D, got shape {x.shape}")
-    out = shapes.ints("output_size", output_size, dims, 1)
+    out = shapes.adaptive_size(x.shape, output_size, dims)
     return _resample(x, [_adaptive_matrix(s, o) for s, o in zip(x.shape[2:], out)])
 
 
@@ -338,28 +337,8 @@ def interpolate(input, size=None, scale_factor=None, mode="nearest", align_corne
     """Resize ``(N, C, L)`` or ``(N, C, H, W)``: modes ``nearest``, ``linear`` (1-D), ``bilinear`` (2-D)."""
     (x,) = _tensors(input=input)
     _floats(input=x)
-    dims = x.ndim - 2
-    if dims not in (1, 2):
-        raise ValueError(f"input must be 3-D (N, C, L) or 4-D (N, C, H, W), got shape {x.shape}")
-    linear_mode = {1: "linear", 2: "bilinear"}[dims]
-    if mode not in ("nearest", linear_mode):
-        raise ValueError(f"mode must be 'nearest' or '{linear_mode}' for {x.ndim}-D input, got {mode!r}")
-    if mode == "nearest" and align_corners is not None:
-        raise ValueError("align_corners can only be set with a linear mode")
-    if (size is None) == (scale_factor is None):
-        raise ValueError("give exactly one of size and scale_factor")
+    out, scales = shapes.interpolate_size(x.shape, size, scale_factor, mode, align_corners)
     in_sizes = x.shape[2:]
-    if size is not None:
-        out = shapes.ints("size", size, dims, 1)
-        scales = [s / o for s, o in zip(in_sizes, out)]
-    else:
-        factors = (scale_factor,) * dims if isinstance(scale_factor, (int, float)) else tuple(scale_factor)
-        if len(factors) != dims or any(f <= 0 for f in factors):
-            raise ValueError(f"scale_factor must be a positive number or {dims} of them, got {scale_factor!r}")
-        out = tuple(int(np.floor(s * f)) for s, f in zip(in_sizes, factors))
-        if min(out) < 1:
-            raise ValueError(f"scale_factor {scale_factor!r} makes the output empty for input size {in_sizes}")
-        scales = [1.0 / f for f in factors]
     return _resample(x, [_interp_matrix(s, o, sc, mode, bool(align_corners))
                          for s, o, sc in zip(in_sizes, out, scales)])
 
@@ -375,6 +354,7 @@ def linear(input, weight, bias=None, activation=None):
                          f"weight.shape[1] of a 2-D weight, got input {x.shape} and weight {w.shape}")
     if b is not None and b.shape != (w.shape[0],):
         raise ValueError(f"bias must have shape ({w.shape[0]},), got {b.shape}")
+    shapes.check_memory("the output", x.shape[:-1] + w.shape[:1], "the shapes of input and weight", x.dtype.itemsize)
     act = fusion.check_activation(activation)
     xp = x.xp
     x2 = x.data.reshape(-1, w.shape[1])
@@ -387,16 +367,22 @@ def linear(input, weight, bias=None, activation=None):
     return make(y.reshape(x.shape[:-1] + (w.shape[0],)), (x, w) + ((b,) if b is not None else ()), backward)
 
 
+def _float_input(input):
+    (x,) = _tensors(input=input)
+    _floats(input=x)
+    return x
+
+
 def relu(input):
-    return as_tensor(input).relu()
+    return _float_input(input).relu()
 
 
 def tanh(input):
-    return as_tensor(input).tanh()
+    return _float_input(input).tanh()
 
 
 def sigmoid(input):
-    return as_tensor(input).sigmoid()
+    return _float_input(input).sigmoid()
 
 
 def flatten(input, start_dim=1):
@@ -409,8 +395,8 @@ def reshape(input, shape):
 
 def log_softmax(input, dim=-1):
     """``x - logsumexp(x)`` along ``dim``, computed stably."""
-    x = as_tensor(input)
-    _floats(input=x)
+    x = _float_input(input)
+    dim = shapes.axis("dim", dim, x.ndim)
     xp = x.xp
     out = xp.log_softmax(x.data, dim)
     return make(out, (x,), lambda g: (xp.log_softmax_grad(g, out, dim),))
@@ -421,7 +407,7 @@ def softmax(input, dim=-1):
 
 
 def _targets(target, n, classes):
-    t = as_tensor(target)
+    t = as_tensor(target, "target")
     if t.dtype.kind not in "iu":
         raise TypeError(f"target must hold integer class labels, got dtype {t.dtype}")
     if t.shape != (n,):
@@ -433,14 +419,12 @@ def _targets(target, n, classes):
 
 
 def _check_reduction(reduction):
-    if reduction not in ("mean", "sum", "none"):
-        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    shapes.choice("reduction", reduction, ("mean", "sum", "none"))
 
 
 def _loss_args(input, target, reduction):
     """Validated ``(input, target)`` of a classification loss: float (N, classes) and labels in range."""
-    x = as_tensor(input)
-    _floats(input=x)
+    x = _float_input(input)
     if x.ndim != 2:
         raise ValueError(f"input must be 2-D (N, classes), got shape {x.shape}")
     _check_reduction(reduction)
@@ -486,9 +470,8 @@ def mse_loss(input, target, reduction="mean"):
 
 def dropout(input, p=0.5, training=True):
     """Zero each element with probability ``p`` and scale the rest by ``1/(1-p)`` (training only)."""
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"dropout probability p must be in [0, 1], got {p}")
-    x = as_tensor(input)
+    p, training = shapes.real("p", p, 0, 1), shapes.flag("training", training)
+    x = _float_input(input)
     if not training or p == 0.0:
         return x
     keep = (generator().random(x.shape) >= p).astype(x.dtype) * (1.0 / (1.0 - p) if p < 1 else 0.0)

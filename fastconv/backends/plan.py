@@ -124,6 +124,8 @@ def plan(op, spec, dtype, device="cpu", backend=None):
     """The :class:`Plan` of kernel ``op`` for ``spec`` (None for unpooling) in ``dtype`` on ``device``,
     under ``backend`` (None or ``"auto"``: the default)."""
     name = _default if backend is None or backend == "auto" else backend
+    if not isinstance(name, str):
+        registry.parse(name)  # a TypeError naming the argument (a list would fail as a key below)
     dtype = None if dtype is None else np.dtype(dtype)
     key = (op, spec, dtype, device, name, tune.enabled(), _exact, _threads() if device == "cpu" else 0)
     found = _plans.get(key)

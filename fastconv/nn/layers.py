@@ -19,17 +19,9 @@ __all__ = ["Conv1d", "Conv2d", "ConvTranspose1d", "ConvTranspose2d", "Linear", "
            "Flatten", "Dropout", "Identity", "Sequential", "ModuleList", "CrossEntropyLoss", "MSELoss"]
 
 
-def _dtype(dtype):
-    dtype = np.dtype(dtype)
-    if dtype not in shapes.FLOAT_DTYPES:
-        raise TypeError(f"dtype must be float32 or float64, got {dtype}")
-    return dtype
-
-
 def _channels(in_channels, out_channels, groups):
     for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+        shapes.integer(name, value, 1)
     if in_channels % groups or out_channels % groups:
         raise ValueError(f"in_channels ({in_channels}) and out_channels ({out_channels}) must be divisible "
                          f"by groups ({groups})")
@@ -48,12 +40,18 @@ class _ConvNd(Module):
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.kernel_size = shapes.ints("kernel_size", kernel_size, self.dims, 1)
         self.stride = shapes.ints("stride", stride, self.dims, 1)
-        self.padding = padding if isinstance(padding, str) else shapes.ints("padding", padding, self.dims, 0)
         self.dilation = shapes.ints("dilation", dilation, self.dims, 1)
+        if isinstance(padding, str) and not self.transposed:  # "valid" or "same", checked here
+            shapes.conv_padding(padding, self.dims, self.kernel_size, self.dilation, self.stride)
+            self.padding = padding
+        else:
+            self.padding = shapes.ints("padding", padding, self.dims, 0)
         self.output_padding = shapes.ints("output_padding", output_padding, self.dims, 0)
         self.backend = backend
-        dtype = _dtype(dtype)
+        dtype = shapes.float_dtype("dtype", dtype)
+        bias = shapes.flag("bias", bias)
         lead = (in_channels, out_channels // groups) if self.transposed else (out_channels, in_channels // groups)
+        shapes.check_memory("the weight", lead + self.kernel_size, "the channels and kernel_size", dtype.itemsize)
         self.weight = Parameter(np.empty(lead + self.kernel_size, dtype=dtype))
         self.bias = Parameter(np.empty(out_channels, dtype=dtype)) if bias else None
         self.reset_parameters()
@@ -131,11 +129,11 @@ class Linear(Module):
     takes_activation = "after"
 
     def __init__(self, in_features, out_features, bias=True, dtype=np.float32):
-        for name, value in (("in_features", in_features), ("out_features", out_features)):
-            if not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        self.in_features, self.out_features = in_features, out_features
-        dtype = _dtype(dtype)
+        self.in_features = shapes.integer("in_features", in_features, 1)
+        self.out_features = shapes.integer("out_features", out_features, 1)
+        dtype = shapes.float_dtype("dtype", dtype)
+        bias = shapes.flag("bias", bias)
+        shapes.check_memory("the weight", (out_features, in_features), "in_features and out_features", dtype.itemsize)
         self.weight = Parameter(np.empty((out_features, in_features), dtype=dtype))
         self.bias = Parameter(np.empty(out_features, dtype=dtype)) if bias else None
         self.reset_parameters()
@@ -152,11 +150,14 @@ class Linear(Module):
 
 # ---------------------------------------------------------------------------------- pooling
 class _MaxPool(Module):
-    op = None  # the name of the op in fastconv.functional, looked up at call time (so tracing sees it)
+    # op: the name of the op in fastconv.functional, looked up at call time (so tracing sees it)
+    op, dims = None, 2
     takes_activation = "before"  # Sequential runs a preceding ReLU/Tanh/Sigmoid inside it
 
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False,
                  backend="auto"):
+        shapes.pool_args(kernel_size, stride, padding, dilation, self.dims)
+        ceil_mode, return_indices = shapes.flag("ceil_mode", ceil_mode), shapes.flag("return_indices", return_indices)
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
         self.dilation, self.ceil_mode, self.return_indices = dilation, ceil_mode, return_indices
         self.backend = backend
@@ -170,7 +171,7 @@ class _MaxPool(Module):
 
 
 class MaxPool1d(_MaxPool):
-    op = "max_pool1d"
+    op, dims = "max_pool1d", 1
 
 
 class MaxPool2d(_MaxPool):
@@ -178,11 +179,14 @@ class MaxPool2d(_MaxPool):
 
 
 class _AvgPool(Module):
-    op = None
+    op, dims = None, 2
     takes_activation = "before"
 
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
                  backend="auto"):
+        shapes.pool_args(kernel_size, stride, padding, 1, self.dims)
+        ceil_mode = shapes.flag("ceil_mode", ceil_mode)
+        count_include_pad = shapes.flag("count_include_pad", count_include_pad)
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
         self.ceil_mode, self.count_include_pad = ceil_mode, count_include_pad
         self.backend = backend
@@ -196,7 +200,7 @@ class _AvgPool(Module):
 
 
 class AvgPool1d(_AvgPool):
-    op = "avg_pool1d"
+    op, dims = "avg_pool1d", 1
 
 
 class AvgPool2d(_AvgPool):
@@ -205,8 +209,10 @@ class AvgPool2d(_AvgPool):
 
 class AdaptiveAvgPool1d(Module):
     """Average pooling to a fixed length; ``AdaptiveAvgPool1d(1)`` is global average pooling."""
+    dims = 1
 
     def __init__(self, output_size):
+        shapes.ints("output_size", output_size, self.dims, 1)
         self.output_size = output_size
 
     def forward(self, x):
@@ -218,6 +224,7 @@ class AdaptiveAvgPool1d(Module):
 
 class AdaptiveAvgPool2d(AdaptiveAvgPool1d):
     """Average pooling to a fixed size; ``AdaptiveAvgPool2d(1)`` is global average pooling."""
+    dims = 2
 
     def forward(self, x):
         return F.adaptive_avg_pool2d(x, self.output_size)
@@ -254,7 +261,7 @@ class Flatten(Module):
     """Merge every dimension from ``start_dim`` on: ``(N, C, H, W) -> (N, C*H*W)``."""
 
     def __init__(self, start_dim=1):
-        self.start_dim = start_dim
+        self.start_dim = shapes.integer("start_dim", start_dim, None, None)
 
     def forward(self, x):
         return F.flatten(x, self.start_dim)
@@ -264,9 +271,7 @@ class Dropout(Module):
     """Zero each element with probability ``p`` in training mode (scaling the rest by ``1/(1-p)``)."""
 
     def __init__(self, p=0.5):
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"dropout probability p must be in [0, 1], got {p}")
-        self.p = p
+        self.p = shapes.real("p", p, 0, 1)
 
     def forward(self, x):
         return F.dropout(x, self.p, training=self.training)
@@ -285,7 +290,7 @@ class Sequential(Module):
             else ((str(i), m) for i, m in enumerate(modules))
         for name, module in items:
             if not isinstance(module, Module):
-                raise TypeError(f"Sequential takes Modules, got {type(module).__name__} for {name!r}")
+                raise TypeError(f"modules of a Sequential must be Modules, got {type(module).__name__} for {name!r}")
             setattr(self, name, module)
 
     def __iter__(self):
@@ -326,12 +331,14 @@ class ModuleList(Module):
 
     def __init__(self, modules=()):
         self._count = 0
+        if not hasattr(modules, "__iter__"):
+            raise TypeError(f"modules must be an iterable of Modules, got {type(modules).__name__}")
         for module in modules:
             self.append(module)
 
     def append(self, module):
         if not isinstance(module, Module):
-            raise TypeError(f"ModuleList takes Modules, got {type(module).__name__}")
+            raise TypeError(f"modules of a ModuleList must be Modules, got {type(module).__name__}")
         setattr(self, str(self._count), module)
         self._count += 1
         return self
@@ -349,7 +356,7 @@ class ModuleList(Module):
 # ------------------------------------------------------------------------------------ losses
 class CrossEntropyLoss(Module):
     def __init__(self, reduction="mean"):
-        self.reduction = reduction
+        self.reduction = shapes.choice("reduction", reduction, ("mean", "sum", "none"))
 
     def forward(self, logits, target):
         return F.cross_entropy(logits, target, self.reduction)
@@ -357,7 +364,7 @@ class CrossEntropyLoss(Module):
 
 class MSELoss(Module):
     def __init__(self, reduction="mean"):
-        self.reduction = reduction
+        self.reduction = shapes.choice("reduction", reduction, ("mean", "sum", "none"))
 
     def forward(self, input, target):
         return F.mse_loss(input, target, self.reduction)
