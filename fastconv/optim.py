@@ -7,11 +7,12 @@ Updates happen in place on ``param.data`` under ``no_grad``, written with the pa
 ``out=``. State (momentum, moments) and scratch arrays are allocated on the first step and reused, so a
 step allocates nothing proportional to the model.
 
-Each update rule is written once, as a function of whole arrays. On the CPU (``foreach``, the default
-there) a group's parameters are updated together: their gradients are gathered into one flat vector, the
-rule runs once on flat state vectors (whose slices are each parameter's state), and each parameter
-subtracts its slice of the result. Small models have many small tensors, and this turns ~13 NumPy calls
-per tensor into ~13 per group plus one per tensor.
+Each update rule is written once, as a function of whole arrays. By default (``foreach``) a group's
+parameters are updated together, with its states in flat vectors whose slices are each parameter's state.
+On the CPU their gradients are gathered into one flat vector, the rule runs once on the flat vectors, and
+each parameter subtracts its slice of the result: small models have many small tensors, and this turns
+~13 NumPy calls per tensor into ~13 per group plus one per tensor. On the GPU one fused kernel
+(``fastconv.gpu.optim``) runs the same arithmetic over every parameter of the group in one launch.
 
     opt = fastconv.optim.Adam(model.parameters(), lr=1e-3)
     sched = fastconv.optim.CosineAnnealingLR(opt, T_max=steps)
@@ -25,7 +26,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from . import shapes
-from .device import to_device
+from .device import device_of, to_device
 from .tensor import Tensor, no_grad
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "LRScheduler", "StepLR", "CosineAnnealingLR"]
@@ -136,21 +137,25 @@ class Optimizer:
         return tmp
 
     def _flat_for(self, index, params, grads):
-        """The group's flat buffers for these parameters, or None where they cannot be flattened (not
-        NumPy, mixed dtypes, or parameters whose states are at different steps). The answer is cached
-        until the parameters with gradients (or their arrays' kinds) change."""
+        """The group's flat buffers for these parameters, or None where they cannot be flattened (mixed
+        devices or dtypes, strided parameters on the GPU, or parameters whose states are at different
+        steps). The answer is cached until the parameters with gradients (or their arrays) change."""
         if self.foreach is False:
             return None
-        key = tuple((id(p), type(p.data), p.data.dtype, p.data.shape, type(g), g.dtype)
+        key = tuple((id(p), id(p.data), type(p.data), p.data.dtype, p.data.shape, type(g), g.dtype)
                     for p, g in zip(params, grads))
         cached = self._flat.get(index)
         if cached is not None and cached[0] == key:
             return cached[1]
         dtype = params[0].data.dtype
         flat = None
-        if all(k[1] is np.ndarray and k[4] is np.ndarray and k[2] == dtype and k[5] == dtype for k in key) \
-                and self._states_agree(params):
-            flat = _Flat(params, dtype)
+        if all(k[3] == dtype and k[6] == dtype for k in key) and self._states_agree(params):
+            if all(k[2] is np.ndarray and k[5] is np.ndarray for k in key):
+                flat = _Flat(params, dtype, fused=False)
+            elif all(device_of(p.data) == "cuda" and p.data.flags.c_contiguous and device_of(g) == "cuda"
+                     for p, g in zip(params, grads)):
+                flat = _Flat(params, dtype, fused=True)
+        if flat is not None:
             self._adopt(flat)
         self._flat[index] = (key, flat)
         return flat
@@ -225,22 +230,28 @@ def _is_array(v):
 
 
 class _Flat:
-    """Flat NumPy vectors for a group's parameters: named state vectors, scratch, and per-parameter views.
-    The parameters' state arrays are these views (``load_state_dict`` replaces the state and drops the
+    """Flat vectors for a group's parameters: named state vectors, and per-parameter views. The
+    parameters' state arrays are these views (``load_state_dict`` replaces the state and drops the
     vectors; the next step rebuilds them from the new state).
 
-    ``gather`` copies per-parameter arrays into one vector; ``apply`` subtracts each parameter's slice of
-    an update vector from it.
+    ``fused`` (the GPU): one kernel updates every parameter from the state vectors. Otherwise (NumPy),
+    ``gather`` copies per-parameter arrays into one scratch vector; ``apply`` subtracts each parameter's
+    slice of an update vector from it.
     """
 
-    def __init__(self, params, dtype):
-        self.params, self.dtype = list(params), dtype
+    def __init__(self, params, dtype, fused):
+        self.params, self.dtype, self.fused = list(params), dtype, fused
+        self.xp = params[0].xp
         self.bounds = np.cumsum([0] + [p.data.size for p in params]).tolist()
         self.state = {}
-        self.g, self.w, self.t, self.u = (self.empty() for _ in range(4))
+        if not fused:
+            self.g, self.w, self.t, self.u = (self.empty() for _ in range(4))
 
     def empty(self):
-        return np.empty(self.bounds[-1], self.dtype)
+        return self.xp.empty(self.bounds[-1], self.dtype)
+
+    def zeros(self):
+        return self.xp.asarray(np.zeros(self.bounds[-1], self.dtype))  # copied to a GPU: no fill kernel
 
     def views(self, vec):
         return [vec[a:b].reshape(p.data.shape) for p, a, b in zip(self.params, self.bounds, self.bounds[1:])]
@@ -331,6 +342,9 @@ class SGD(Optimizer):
                 flat.state["momentum_buffer"] = buf
                 for p, view in zip(flat.params, flat.views(buf)):
                     self.state.setdefault(p, {})["momentum_buffer"] = view
+        if flat.fused:
+            flat.xp.sgd_update([p.data for p in flat.params], grads, buf, flat.bounds, first, *self._hyper(group))
+            return
         w = flat.gather([p.data for p in flat.params], flat.w) if group["weight_decay"] else None
         flat.apply(_sgd_rule(np, w, flat.gather(grads, flat.g), buf, first, flat.t, flat.u,
                              *self._hyper(group)))
@@ -405,11 +419,17 @@ class Adam(Optimizer):
     def _step_flat(self, flat, grads, group):
         if "exp_avg" not in flat.state:
             for name in self.state_names:
-                flat.state[name] = vec = np.zeros(flat.bounds[-1], flat.dtype)
+                flat.state[name] = vec = flat.zeros()
                 for p, view in zip(flat.params, flat.views(vec)):
                     self.state.setdefault(p, {"step": 0})[name] = view
         for p in flat.params:
             self.state[p]["step"] += 1
+        if flat.fused:
+            flat.xp.adam_update([p.data for p in flat.params], grads, flat.state["exp_avg"],
+                                flat.state["exp_avg_sq"], flat.bounds, self.state[flat.params[0]]["step"],
+                                group["lr"], group["betas"], group["eps"], group["weight_decay"], self.decoupled)
+            return
+        for p in flat.params:
             self._decay(np, p.data, group)
         w = flat.gather([p.data for p in flat.params], flat.w) if self._hyper(group)[3] else None
         flat.apply(_adam_rule(np, w, flat.gather(grads, flat.g), flat.state["exp_avg"], flat.state["exp_avg_sq"],

@@ -5,7 +5,7 @@ one gradient per parent (``None`` where a parent needs none). ``Tensor.backward(
 topologically, runs the closures in reverse order, accumulates gradients with ``+`` (a tensor used twice
 gets both contributions), stores them on leaf tensors only, and frees the graph.
 
-Arrays are NumPy arrays on the CPU and Numba device arrays on the GPU; ``xp`` is the matching namespace.
+Arrays are NumPy arrays on the CPU and ``CudaArray``s on the GPU; ``xp`` is the matching namespace.
 """
 from __future__ import annotations
 
@@ -67,10 +67,10 @@ def from_dlpack(obj):
     on_gpu = hasattr(obj, "__cuda_array_interface__") or (
         hasattr(obj, "__dlpack_device__") and obj.__dlpack_device__()[0] != 1)  # 1: kDLCPU
     if on_gpu:
-        from .backends import cuda_array
         from .cuda import require
+        from .gpu import array
         require()
-        return Tensor(cuda_array.asarray(obj))
+        return Tensor(array.asarray(obj))
     return Tensor(np.from_dlpack(obj))
 
 
@@ -245,7 +245,8 @@ class Tensor:
         if grad is None:
             if self.size != 1:
                 raise ValueError(f"grad must be given for a non-scalar output of shape {self.shape}")
-            grad = xp.ones(self.shape, dtype=self.dtype)
+            # read-only for the graph: the GPU keeps one per shape instead of launching a fill each time
+            grad = xp.ones(self.shape, dtype=self.dtype) if self.is_leaf else xp.constant(1, self.shape, self.dtype)
         else:
             grad = grad.data if isinstance(grad, Tensor) else grad
             grad = shapes.as_array("grad", grad) if device_of(grad) == "cpu" else grad
@@ -368,19 +369,20 @@ class Tensor:
         x = self
         return make(self.xp.log(x.data), (x,), lambda g: (g / x.data,))
 
+    def _activation(self, name):
+        """``name(x)``; its gradient from the output (one launch each way on the GPU)."""
+        xp = self.xp
+        out = xp.activation(self.data, name)
+        return make(out, (self,), lambda g: (xp.activation_grad(g, out, name),))
+
     def tanh(self):
-        out = self.xp.tanh(self.data)
-        return make(out, (self,), lambda g: (g * (1 - out * out),))
+        return self._activation("tanh")
 
     def sigmoid(self):
-        xp = self.xp
-        out = 1 / (1 + xp.exp(-self.data))
-        return make(out, (self,), lambda g: (g * out * (1 - out),))
+        return self._activation("sigmoid")
 
     def relu(self):
-        # maximum keeps the dtype (0 is a weak scalar) and NaN, as torch.relu; ~10x faster than where + astype
-        mask = self.data > 0
-        return make(self.xp.maximum(self.data, 0), (self,), lambda g: (g * mask,))
+        return self._activation("relu")
 
     def abs(self):
         xp, x = self.xp, self
@@ -439,7 +441,7 @@ class Tensor:
 
         def backward(g):
             full = xp.zeros(shape, dtype=dtype)
-            np.add.at(full, index, g) if xp is np else xp.add_at(full, index, g)
+            xp.add_at(full, index, g)
             return (full,)
         return make(self.data[index], (self,), backward)
 

@@ -32,6 +32,7 @@ class _ConvNd(Module):
     """Shared body of Conv1d/2d and ConvTranspose1d/2d: arguments, parameters, initialisation."""
     dims = 2
     transposed = False
+    takes_activation = "after"  # Sequential runs a following ReLU/Tanh/Sigmoid inside it (see Sequential)
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
                  bias=True, output_padding=0, dtype=np.float32, backend="auto"):
@@ -77,9 +78,9 @@ class Conv1d(_ConvNd):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
                          dtype=dtype, backend=backend)
 
-    def forward(self, x):
+    def forward(self, x, activation=None):
         return F.conv1d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
-                        backend=self.backend)
+                        backend=self.backend, activation=activation)
 
 
 class Conv2d(_ConvNd):
@@ -90,14 +91,14 @@ class Conv2d(_ConvNd):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
                          dtype=dtype, backend=backend)
 
-    def forward(self, x):
+    def forward(self, x, activation=None):
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
-                        backend=self.backend)
+                        backend=self.backend, activation=activation)
 
 
 class ConvTranspose1d(_ConvNd):
     """Transposed 1-D convolution; weight ``(C_in, C_out/groups, K)``."""
-    dims, transposed = 1, True
+    dims, transposed, takes_activation = 1, True, None
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, output_padding=0,
                  groups=1, bias=True, dilation=1, dtype=np.float32, backend="auto"):
@@ -111,7 +112,7 @@ class ConvTranspose1d(_ConvNd):
 
 class ConvTranspose2d(_ConvNd):
     """Transposed 2-D convolution; weight ``(C_in, C_out/groups, KH, KW)``."""
-    transposed = True
+    transposed, takes_activation = True, None
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, output_padding=0,
                  groups=1, bias=True, dilation=1, dtype=np.float32, backend="auto"):
@@ -125,6 +126,7 @@ class ConvTranspose2d(_ConvNd):
 
 class Linear(Module):
     """``x @ weight.T + bias``; weight ``(out_features, in_features)``."""
+    takes_activation = "after"
 
     def __init__(self, in_features, out_features, bias=True, dtype=np.float32):
         self.in_features = shapes.integer("in_features", in_features, 1)
@@ -139,8 +141,8 @@ class Linear(Module):
     def reset_parameters(self):
         init.default_init_(self.weight, self.bias)
 
-    def forward(self, x):
-        return F.linear(x, self.weight, self.bias)
+    def forward(self, x, activation=None):
+        return F.linear(x, self.weight, self.bias, activation)
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
@@ -150,6 +152,7 @@ class Linear(Module):
 class _MaxPool(Module):
     # op: the name of the op in fastconv.functional, looked up at call time (so tracing sees it)
     op, dims = None, 2
+    takes_activation = "before"  # Sequential runs a preceding ReLU/Tanh/Sigmoid inside it
 
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False,
                  backend="auto"):
@@ -159,9 +162,9 @@ class _MaxPool(Module):
         self.dilation, self.ceil_mode, self.return_indices = dilation, ceil_mode, return_indices
         self.backend = backend
 
-    def forward(self, x):
+    def forward(self, x, activation=None):
         return getattr(F, self.op)(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
-                                   self.return_indices, backend=self.backend)
+                                   self.return_indices, backend=self.backend, activation=activation)
 
     def extra_repr(self):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
@@ -177,6 +180,7 @@ class MaxPool2d(_MaxPool):
 
 class _AvgPool(Module):
     op, dims = None, 2
+    takes_activation = "before"
 
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
                  backend="auto"):
@@ -187,9 +191,9 @@ class _AvgPool(Module):
         self.ceil_mode, self.count_include_pad = ceil_mode, count_include_pad
         self.backend = backend
 
-    def forward(self, x):
+    def forward(self, x, activation=None):
         return getattr(F, self.op)(x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
-                                   self.count_include_pad, backend=self.backend)
+                                   self.count_include_pad, backend=self.backend, activation=activation)
 
     def extra_repr(self):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
@@ -228,16 +232,22 @@ class AdaptiveAvgPool2d(AdaptiveAvgPool1d):
 
 # ------------------------------------------------------------------------- elementwise and glue
 class ReLU(Module):
+    activation = "relu"  # the name a neighbouring layer takes it by (see Sequential)
+
     def forward(self, x):
         return F.relu(x)
 
 
 class Tanh(Module):
+    activation = "tanh"
+
     def forward(self, x):
         return F.tanh(x)
 
 
 class Sigmoid(Module):
+    activation = "sigmoid"
+
     def forward(self, x):
         return F.sigmoid(x)
 
@@ -273,6 +283,7 @@ class Dropout(Module):
 # -------------------------------------------------------------------------------- containers
 class Sequential(Module):
     """Run modules in order. ``Sequential(a, b)`` names them "0", "1"; an OrderedDict gives names."""
+    fuses = True  # activations run inside their neighbours (see forward); tracing turns it off
 
     def __init__(self, *modules):
         items = modules[0].items() if len(modules) == 1 and isinstance(modules[0], OrderedDict) \
@@ -294,8 +305,24 @@ class Sequential(Module):
         return list(self.children())[index]
 
     def forward(self, x):
-        for module in self.children():
-            x = module(x)
+        """Run the modules in order. An activation module right after a layer that takes it after
+        (``takes_activation = "after"``: convolutions, linear) or right before one that takes it before
+        (pooling) runs inside that layer: one GPU launch where there were two, the same numbers."""
+        modules = list(self.children())
+        if not self.fuses:
+            for module in modules:
+                x = module(x)
+            return x
+        i = 0
+        while i < len(modules):
+            first, second = modules[i], modules[i + 1] if i + 1 < len(modules) else None
+            after, before = getattr(second, "activation", None), getattr(first, "activation", None)
+            if after and getattr(first, "takes_activation", None) == "after":
+                x, i = first(x, activation=after), i + 2
+            elif before and getattr(second, "takes_activation", None) == "before":
+                x, i = second(x, activation=before), i + 2
+            else:
+                x, i = first(x), i + 1
         return x
 
 
