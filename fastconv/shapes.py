@@ -414,8 +414,10 @@ def conv_spec(x_shape, w_shape, bias_shape=None, stride=1, padding=0, dilation=1
 
 
 def is_pointwise(spec):
-    """1x1, stride 1, no padding: a convolution that is a plain matrix product."""
-    return spec.kh == spec.kw == 1 and spec.stride == (1, 1) and not any(spec.padding)
+    """1x1, stride 1, no padding, every input pixel read (a transposed convolution's output padding adds
+    pixels no output reads): a convolution that is a plain matrix product of the input planes."""
+    return (spec.kh == spec.kw == 1 and spec.stride == (1, 1) and not any(spec.padding)
+            and (spec.oh, spec.ow) == (spec.h, spec.w))
 
 
 def adjoint_spec(spec):
