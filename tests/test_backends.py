@@ -6,10 +6,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import fastconv.functional as F
-from fastconv.backends import dispatch
 
 import cases
-from helpers import check_against
+from helpers import backend_or_skip, check_against
 
 BACKENDS = ["numba", "cython", "fft"]
 KERNELS = {  # the kernels a case exercises, forward and backward
@@ -21,10 +20,7 @@ KERNELS = {  # the kernels a case exercises, forward and backward
 
 
 def _backend(name):
-    try:
-        return dispatch.load(name)
-    except Exception as err:  # not built / not installed here
-        pytest.skip(f"backend {name} unavailable: {err}")
+    return backend_or_skip(name)
 
 
 def _family(op):

@@ -12,7 +12,7 @@ import fastconv.functional as F
 from fastconv import shapes
 from fastconv.backends import choose, dispatch, fft, separable
 
-from helpers import check_against
+from helpers import backend_or_skip, check_against
 
 BIGKERNEL = shapes.conv_spec((4, 8, 128, 128), (8, 8, 15, 15), (8,), padding=7)
 LENET = [shapes.conv_spec((64, 1, 32, 32), (6, 1, 5, 5), (6,)),
@@ -180,8 +180,7 @@ def test_unwritable_cache_folder_warns_and_keeps_working(monkeypatch, tmp_path):
 
 
 def test_wide_gemms_prefer_numba_and_lenet_layers_cython():
-    if "numba" not in fc.available_backends() or "cython" not in fc.available_backends():
-        pytest.skip("needs both compiled backends")
+    backend_or_skip("numba"), backend_or_skip("cython")
     resnet = shapes.conv_spec((8, 128, 28, 28), (256, 128, 3, 3), padding=1, stride=2)
     pointwise = shapes.conv_spec((16, 256, 28, 28), (128, 256, 1, 1))
     lenet = shapes.conv_spec((64, 6, 14, 14), (16, 6, 5, 5))

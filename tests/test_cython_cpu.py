@@ -15,16 +15,12 @@ from hypothesis import strategies as st
 
 import fastconv as fc
 from fastconv import shapes
-from fastconv.backends import dispatch
 from fastconv.backends import reference as ref
 
 import cases
-from helpers import assert_close
+from helpers import assert_close, backend_or_skip
 
-try:
-    cy = dispatch.load("cython")
-except Exception as err:  # extension not built here
-    pytest.skip(f"cython backend unavailable: {err}", allow_module_level=True)
+cy = backend_or_skip("cython")  # extension not built here: a skip, or a failure where CI requires it
 
 OTHER = {"direct": "gemm", "gemm": "direct"}
 

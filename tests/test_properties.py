@@ -12,10 +12,9 @@ from hypothesis import strategies as st
 import fastconv as fc
 import fastconv.functional as F
 from fastconv import shapes
-from fastconv.backends import dispatch
 
 import cases
-from helpers import assert_close
+from helpers import assert_close, backend_or_skip
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SEEDS = st.integers(0, 2**32 - 1)
@@ -25,10 +24,7 @@ DIRECT_BACKENDS = ["numpy", "numba", "cython"]
 
 
 def _need(backend):
-    try:
-        dispatch.load(backend)
-    except Exception as err:  # not built or not installed here
-        pytest.skip(f"backend {backend} unavailable: {err}")
+    backend_or_skip(backend)
     return backend
 
 

@@ -1,0 +1,59 @@
+"""The suite where optional pieces are missing, shown by hiding them (``FASTCONV_HIDE``, see conftest.py) in
+a pytest run of its own: the tests needing torch, hypothesis or mnist1d skip with the reason, the others
+run and pass, collection does not break; and a backend that CI requires (``FASTCONV_REQUIRE_BACKENDS``) is
+a failure where it is missing, not a skip."""
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _pytest(tmp_path, env, *tests):
+    """``{test id: (outcome, message)}`` of a pytest run of ``tests`` with ``env`` added."""
+    report = tmp_path / "report.xml"
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}",
+               *[os.path.join(REPO, "tests", test) for test in tests]]
+    if "hypothesis" in env.get("FASTCONV_HIDE", ""):
+        command[3:3] = ["-p", "no:hypothesispytest"]  # its plugin ships with it: absent where it is
+    run = subprocess.run(command, cwd=tmp_path, env={**os.environ, **env}, capture_output=True, text=True,
+                         timeout=300)
+    assert report.exists(), run.stdout + run.stderr
+    outcomes = {}
+    for case in ET.parse(report).iter("testcase"):  # a module skipped or broken at collection: no classname
+        module = case.get("classname").rsplit(".", 1)[-1] or case.get("name").rsplit(".", 1)[-1]
+        name = module if not case.get("classname") else f"{module}::{case.get('name')}"
+        result = next(iter(case), None)
+        outcomes[name] = ("passed", "") if result is None else (result.tag, f"{result.get('message')} {result.text}")
+    return outcomes
+
+
+def test_without_optional_packages_the_tests_needing_them_skip(tmp_path):
+    """torch, hypothesis, mnist1d and the Cython extensions hidden: skips with reasons, nothing broken."""
+    outcomes = _pytest(tmp_path, {"FASTCONV_HIDE": "torch,hypothesis,mnist1d,fastconv._cy"},
+                       "test_shapes.py", "test_data.py::test_mnist1d_rejects_unknown_arguments",
+                       "test_data.py::test_loader_errors", "test_train.py::test_outputs",
+                       "test_train.py::test_bad_configs", "test_train.py::test_every_setting_has_a_resume_rule",
+                       "test_im2col_cython.py", "test_properties.py::test_conv_translation_equivariance",
+                       "test_properties.py::test_max_pool_invariant_to_shifts_within_a_window")
+    assert not {name: result for name, result in outcomes.items() if result[0] in ("failure", "error")}
+    assert outcomes["test_properties::test_conv_translation_equivariance"][0] == "skipped"
+    assert "needs hypothesis" in outcomes["test_properties::test_conv_translation_equivariance"][1]
+    assert outcomes["test_shapes::test_conv_output_size"][0] == "skipped"
+    assert "PyTorch" in outcomes["test_shapes::test_same_padding_matches_torch[3-1]"][1]
+    assert "mnist1d package" in outcomes["test_data::test_mnist1d_rejects_unknown_arguments"][1]
+    assert "mnist1d package" in outcomes["test_train::test_outputs"][1]
+    assert outcomes["test_im2col_cython"][0] == "skipped" and "not built" in outcomes["test_im2col_cython"][1]
+    ran = [name for name, result in outcomes.items() if result[0] == "passed"]
+    assert "test_shapes::test_receptive_field_is_the_support_of_an_impulse_response[layers0]" in ran
+    assert "test_shapes::test_pool_spec_default_stride_is_kernel" in ran
+    assert "test_properties::test_max_pool_invariant_to_shifts_within_a_window[1]" in ran
+    assert "test_train::test_every_setting_has_a_resume_rule" in ran and len(ran) > 25
+
+
+def test_a_required_backend_that_is_missing_fails(tmp_path):
+    outcomes = _pytest(tmp_path, {"FASTCONV_HIDE": "fastconv._cy", "FASTCONV_REQUIRE_BACKENDS": "numba,cython"},
+                       "test_im2col_cython.py")
+    assert outcomes["test_im2col_cython"][0] == "error"
+    assert "FASTCONV_REQUIRE_BACKENDS=numba,cython requires it" in outcomes["test_im2col_cython"][1]
