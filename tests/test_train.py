@@ -419,6 +419,14 @@ def test_cli_train_and_info(tmp_path, capsys):
     assert cli.main(["info"]) == 0 and "numpy" in capsys.readouterr().out
 
 
+def test_cli_missing_mnist_names_the_cli_options(tmp_path, capsys):
+    """The CLI user is told about --download, --data-dir and $FASTCONV_DATA, not download=True."""
+    assert cli.main(["train", "lenet5", "--data-dir", str(tmp_path), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"train-images-idx3-ubyte.gz not found in {tmp_path / 'mnist'}" in err
+    assert "--download" in err and "--data-dir" in err and "$FASTCONV_DATA" in err and "download=True" not in err
+
+
 @pytest.mark.skipif(fc.cuda.is_available(), reason="checks the error raised without a GPU")
 def test_cli_cuda_without_gpu_is_a_clear_error(tmp_path, capsys):
     code = cli.main(["train", "mnist1d", "--device", "cuda", "--out", str(tmp_path / "gpu")])
