@@ -25,6 +25,7 @@ import os
 import sys
 import tempfile
 import time
+import zipfile
 
 import numpy as np
 
@@ -257,7 +258,7 @@ def save_checkpoint(path, model, optimizer, scheduler, meta):
 
 
 def read_checkpoint(path):
-    """``(meta, arrays)`` of a checkpoint, every array read (and its CRC checked) into memory.
+    """``(meta, arrays)`` of a checkpoint, every array read into memory once every CRC is checked.
 
     A missing, empty, truncated or corrupted file raises :class:`CheckpointError` naming it, never the zip
     reader's own exception (``BadZipFile``, ``EOFError``, ``KeyError``, ...).
@@ -266,6 +267,10 @@ def read_checkpoint(path):
         raise CheckpointError(f"cannot resume: there is no checkpoint {path} (start a new run without "
                               f"--resume, or give the --out folder of the run to continue)")
     try:
+        with zipfile.ZipFile(path) as archive:  # NumPy reads a member only as far as its header says:
+            damaged = archive.testzip()          # read every member whole, checking its CRC
+        if damaged is not None:
+            raise ValueError(f"{damaged} fails its CRC check")
         with np.load(path, allow_pickle=False) as f:
             arrays = {key: f[key] for key in f.files}
         meta = json.loads(str(arrays.pop("meta")))

@@ -251,6 +251,11 @@ def _damaged_copies(good):
         data = bytearray(good)
         data[i] ^= 1 << int(rng.integers(8))
         yield f"a bit flipped at byte {i}", bytes(data)
+    shapes = [i + len(b"'shape': (") for i in range(len(good)) if good.startswith(b"'shape': (", i)]
+    for i in shapes:  # a smaller shape in an array's header: NumPy alone would read less and not notice
+        data = bytearray(good)
+        data[i] ^= 1
+        yield f"the shape at byte {i}", bytes(data)
 
 
 def test_a_damaged_checkpoint_is_one_clear_error(one_epoch, tmp_path):
