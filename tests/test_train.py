@@ -450,12 +450,48 @@ def test_cli_bench_and_compare_run_the_scripts(tmp_path, monkeypatch, capsys):
     assert "bench/compare.py not found" in capsys.readouterr().err
 
 
+# ------------------------------------------------------------------------- accuracy (CI)
+@needs_mnist1d
+def test_mnist1d_paper_recipe_reaches_92_percent(tmp_path):
+    """The MNIST-1D paper's recipe (Adam 1e-2, batch 100, no decay) for 2800 steps (70 epochs): >= 92% test
+    accuracy. Seeds 0-5, measured once: 92.7, 94.2, 93.1, 93.7, 92.9, 93.8% (60 or 80 epochs: 92.6-94.0%;
+    50 epochs: 91.5-93.3%, too early to be sure)."""
+    log = train.train(TrainConfig(task="mnist1d", steps=2800, eval_every=1000, out=str(tmp_path / "run"),
+                                  progress=False))
+    assert log["final"]["test_acc"] >= 0.92
+
+
 # ------------------------------------------------------------------------ full runs (slow)
+def _rss_mib():
+    with open("/proc/self/statm") as f:  # Linux: resident pages are the second field
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@slow
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads the resident set size from /proc")
+@pytest.mark.parametrize("task, settings", [("mnist1d", dict(batch_size=40)),
+                                            ("lenet5", dict(subset=12800, batch_size=128))])
+def test_memory_stays_flat_over_1000_steps(tmp_path, request, capsys, task, settings):
+    """Epochs of 100 steps, each evaluated: the resident memory after step 1000 is that after step 100
+    (within 4 MiB; measured growth 0.2 MiB for MNIST-1D, none for LeNet-5 on 12,800 images)."""
+    request.getfixturevalue("data_root" if task == "lenet5" else "mnist1d_package")
+    if task == "lenet5":
+        settings = dict(settings, data_dir=request.getfixturevalue("data_root"))
+    rss = {}
+    train.train(TrainConfig(task=task, steps=1000, eval_every=1, out=str(tmp_path / task), progress=False, **settings),
+                callback=lambda epoch, metrics: rss.__setitem__(metrics["step"], _rss_mib()))
+    with capsys.disabled():
+        print(f"\n{task}: RSS after step 100 {rss[100]:.1f} MiB, after step 1000 {rss[1000]:.1f} MiB "
+              f"(every 100: {', '.join(f'{v:.1f}' for v in rss.values())})")
+    assert rss[1000] - rss[100] < 4.0
+
+
 @needs_mnist1d
 @slow
 def test_mnist1d_paper_recipe_reaches_the_paper(tmp_path):
+    """The whole recipe, 8000 steps (seed 0: 92.1%; the paper's PyTorch CNN: 92.4%)."""
     log = train.train(TrainConfig(task="mnist1d", out=str(tmp_path / "paper"), progress=False))
-    assert log["final"]["test_acc"] >= 0.90
+    assert log["final"]["test_acc"] >= 0.92
 
 
 @slow
