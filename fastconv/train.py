@@ -18,6 +18,7 @@ accuracy line, and, in ``out``:
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -516,15 +517,28 @@ def train(config=None, callback=None, stream=None, **overrides):
         cfg = resolve(merged)
     saved = {"epoch": checkpoint[0]["epoch"] if checkpoint else None}  # the last epoch in the checkpoint
     try:
-        return _run(cfg, path, checkpoint, changes, callback, stream or sys.stderr, saved)
+        with _num_threads(cfg.threads):
+            return _run(cfg, path, checkpoint, changes, callback, stream or sys.stderr, saved)
     except KeyboardInterrupt as err:
         raise _interrupted(cfg, path, saved["epoch"]) from err
 
 
+@contextlib.contextmanager
+def _num_threads(n):
+    """The compiled CPU kernels use ``n`` threads inside the block (None: as they are), as before after it."""
+    if n is None:
+        yield
+        return
+    from .config import get_num_threads, set_num_threads
+    before = get_num_threads()
+    set_num_threads(n)
+    try:
+        yield
+    finally:
+        set_num_threads(before)
+
+
 def _run(cfg, ckpt_path, checkpoint, changes, callback, stream, saved):
-    if cfg.threads is not None:
-        from .config import set_num_threads
-        set_num_threads(cfg.threads)
     if cfg.device == "cpu":
         from .config import set_blas_threads
         set_blas_threads(1)  # the compiled kernels bring their own threads (see set_blas_threads)
