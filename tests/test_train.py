@@ -199,16 +199,16 @@ def test_resume_takes_left_out_settings_from_the_checkpoint(tmp_path):
 
 @needs_mnist1d
 def test_a_longer_run_follows_the_schedule_of_its_new_length(tmp_path, capsys):
-    """2 of 4 epochs of cosine decay, resumed for 4: from then on the lr is the 4-epoch schedule's."""
-    straight = _run(tmp_path, "straight", epochs=4, schedule="cosine")
-    _run(tmp_path, "split", epochs=2, schedule="cosine")
+    """1 epoch of cosine decay, resumed for 3: from then on the lr is the 3-epoch schedule's."""
+    straight = _run(tmp_path, "straight", epochs=3, schedule="cosine")
+    _run(tmp_path, "split", epochs=1, schedule="cosine")
     capsys.readouterr()
-    resumed = _run(tmp_path, "split", epochs=4, resume=True)
-    assert [e["lr"] for e in resumed["epochs"][2:]] == [e["lr"] for e in straight["epochs"][2:]]
+    resumed = _run(tmp_path, "split", epochs=3, resume=True)
+    assert [e["lr"] for e in resumed["epochs"][1:]] == [e["lr"] for e in straight["epochs"][1:]]
     out = capsys.readouterr().out
-    assert "epochs: 2 -> 4" in out and "the cosine schedule now spans 16 steps" in out
-    with pytest.raises(ValueError, match="has run 16 steps"):
-        _run(tmp_path, "split", epochs=3, resume=True)
+    assert "epochs: 1 -> 3" in out and "the cosine schedule now spans 12 steps" in out
+    with pytest.raises(ValueError, match="has run 12 steps"):
+        _run(tmp_path, "split", epochs=2, resume=True)
 
 
 # ------------------------------------------------------------------------------ checkpoints
