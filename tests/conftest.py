@@ -43,14 +43,19 @@ def _without_hypothesis():
     each ``@given`` test skips with the reason, ``settings`` leaves tests as they are, and strategies
     (never drawn from) are inert values."""
     class Inert:
-        """Any attribute, call or iteration of it gives an inert value: ``st.integers(0, 3)``,
-        ``@st.composite``, ``HealthCheck.too_slow``."""
+        """Any attribute, call, union or iteration of it gives an inert value: ``st.integers(0, 3)``,
+        ``@st.composite``, ``a | b``, ``HealthCheck.too_slow``."""
 
         def __getattr__(self, name):
             return self
 
         def __call__(self, *args, **kwargs):
             return self
+
+        def __or__(self, other):
+            return self
+
+        __ror__ = __or__
 
         def __iter__(self):
             return iter(())
