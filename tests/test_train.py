@@ -472,7 +472,7 @@ def _rss_mib():
                                             ("lenet5", dict(subset=12800, batch_size=128))])
 def test_memory_stays_flat_over_1000_steps(tmp_path, request, capsys, task, settings):
     """Epochs of 100 steps, each evaluated: the resident memory after step 1000 is that after step 100
-    (within 4 MiB; measured growth 0.2 MiB for MNIST-1D, none for LeNet-5 on 12,800 images)."""
+    (within 4 MiB; measured: 232.3 and 612.2 MiB after both for MNIST-1D and LeNet-5 on 12,800 images)."""
     request.getfixturevalue("data_root" if task == "lenet5" else "mnist1d_package")
     if task == "lenet5":
         settings = dict(settings, data_dir=request.getfixturevalue("data_root"))
