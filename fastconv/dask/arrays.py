@@ -22,10 +22,6 @@ from . import geometry
 from .chunking import auto_chunks
 from .program import Program, as_module
 
-#: Spatial sizes above this are traced on an example cut down to it (the geometry does not depend on it).
-EXAMPLE_SIZE = 256
-
-
 def apply(module_or_fn, x, chunks=None):
     """Run a fastconv network or function on a dask array, lazily; returns a dask array.
 
@@ -50,7 +46,7 @@ def apply(module_or_fn, x, chunks=None):
     """
     model = as_module(module_or_fn)
     shape, dtype = _check_input(x)
-    program = _trace(model, shape, dtype)
+    program = Program.of(model, shape, dtype)
     if isinstance(x, da.Array):
         x = x if chunks is None else x.rechunk(chunks)
     else:
@@ -73,21 +69,6 @@ def _check_input(x):
     if any(s == 0 for s in x.shape):
         raise ValueError(f"x must not be empty, got shape {tuple(x.shape)}")
     return tuple(x.shape), shapes.check_float(x=x.dtype)
-
-
-def _trace(model, shape, dtype):
-    """The network's :class:`Program`, traced on one sample cut down to ``EXAMPLE_SIZE`` (on the whole
-    sample where that fails or where the network needs whole planes: their output shape depends on it)."""
-    small = (1, shape[1]) + tuple(min(s, EXAMPLE_SIZE) for s in shape[2:])
-    full = (1,) + shape[1:]
-    if small != full:
-        try:
-            program = Program.trace(model, np.zeros(small, dtype))
-            if program.local:
-                return program
-        except ValueError:
-            pass  # e.g. a network that takes one input size only
-    return Program.trace(model, np.zeros(full, dtype))
 
 
 # ------------------------------------------------------------------------------------ graphs

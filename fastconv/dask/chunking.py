@@ -16,12 +16,16 @@ import dask
 import numpy as np
 from dask.utils import parse_bytes
 
+from .program import Program, as_module
 
-def auto_chunks(shape, dtype, program, limit=None):
-    """Chunks (a tuple of ints) for an ``(N, C, *spatial)`` array of ``dtype`` run through ``program``.
+
+def auto_chunks(shape, dtype, network, limit=None):
+    """Chunks (a tuple of ints) for an ``(N, C, *spatial)`` array of ``dtype`` run through ``network``
+    (an ``nn.Module``, a function of a Tensor, or its :class:`Program`).
 
     ``limit``: bytes per task (default: dask's ``array.chunk-size``).
     """
+    program = network if isinstance(network, Program) else Program.of(as_module(network), shape, dtype)
     limit = parse_bytes(limit if limit is not None else dask.config.get("array.chunk-size"))
     dims = len(shape) - 2
     spatial = shape[2:]

@@ -26,6 +26,8 @@ from ..tensor import Tensor, no_grad
 from ..trace import trace
 from . import geometry
 
+#: Spatial sizes above this are traced on an example cut down to it.
+EXAMPLE_SIZE = 256
 #: Windowed ops: name -> the spec function of ``fastconv.shapes`` and the op arguments it takes.
 WINDOWED = {
     "conv1d": ("conv", 1), "conv2d": ("conv", 2),
@@ -67,18 +69,33 @@ class Program:
     """The steps of a network, replayable on blocks.
 
     ``local``: blocks need only windows of the input (else ``reason`` names the op that needs whole
-    planes and there are no steps). ``out_shape``: the traced output's shape (a batch of one);
+    planes and there are no steps). ``out_shape``, ``dtype``: the traced output's (a batch of one);
     ``channels``, ``dtypes``: value index -> its channel count and dtype.
     """
 
-    def __init__(self, steps, channels, dtypes, out_shape, local=True, reason=""):
-        self.steps, self.channels, self.dtypes, self.out_shape = steps, channels, dtypes, tuple(out_shape)
-        self.dtype = dtypes[steps[-1].output if steps else 0] if local else dtypes["output"]
-        self.local, self.reason = local, reason
+    def __init__(self, steps, channels, dtypes, out_shape, dtype, local=True, reason=""):
+        self.steps, self.channels, self.dtypes = steps, channels, dtypes
+        self.out_shape, self.dtype, self.local, self.reason = tuple(out_shape), dtype, local, reason
         self.input, self.output = 0, (steps[-1].output if steps else 0)
         self.last_use = {v: i for i, step in enumerate(steps) for v in step.inputs}
 
     # ------------------------------------------------------------------------------ building
+    @classmethod
+    def of(cls, model, shape, dtype):
+        """The program of ``model`` for ``(N, C, *spatial)`` inputs of ``dtype``: traced on one sample cut
+        down to ``EXAMPLE_SIZE`` (the windows do not depend on the size), or on a whole sample where that
+        fails or where the network needs whole planes (its output shape depends on it)."""
+        small = (1, shape[1]) + tuple(min(s, EXAMPLE_SIZE) for s in shape[2:])
+        full = (1,) + tuple(shape[1:])
+        if small != full:
+            try:
+                program = cls.trace(model, np.zeros(small, dtype))
+                if program.local:
+                    return program
+            except ValueError:
+                pass  # e.g. a network that takes one input size only
+        return cls.trace(model, np.zeros(full, dtype))
+
     @classmethod
     def trace(cls, model, example):
         """Trace ``model`` on ``example`` (a NumPy array) and keep the ops its output depends on."""
@@ -88,8 +105,7 @@ class Program:
             raise TypeError(f"the model must return one Tensor, got {type(out).__name__}")
 
         def whole_planes(reason):
-            return cls([], {0: example.shape[1]}, {0: example.dtype, "output": out.dtype}, out.shape, False,
-                       reason)
+            return cls([], {0: example.shape[1]}, {0: example.dtype}, out.shape, out.dtype, False, reason)
         dims = example.ndim - 2
         if out.ndim != example.ndim:
             return whole_planes(f"its output has shape {out.shape}, not (N, C) and {dims} spatial axes")
@@ -105,7 +121,7 @@ class Program:
             return whole_planes(str(err))
         if id(out) not in index:
             return whole_planes("its output is not computed from its input")
-        return cls(steps, channels, dtypes, out.shape)
+        return cls(steps, channels, dtypes, out.shape, out.dtype)
 
     @property
     def mixes_channels(self):
@@ -206,37 +222,37 @@ def _step(node, index, dims, output):
     if len(node.outputs) != 1:
         raise NotLocal(f"{_where(node)}{node.op} with indices needs whole planes (indices are positions in "
                        f"the whole plane)")
-    fn = getattr(F, node.op, None) if node.op in F.__all__ else getattr(Tensor, node.op)
-    args, mixes = {}, False
-    inputs = []
+    fn = getattr(F, node.op) if node.op in F.__all__ else getattr(Tensor, node.op)
+    args, operands, constants = {}, [], []
     for name, value in node.args.items():
         if isinstance(value, Tensor) and id(value) in index:
             args[name] = Value(index[id(value)])
-            inputs.append(index[id(value)])
+            operands.append(value)
         elif isinstance(value, Tensor):
-            if node.op in ELEMENTWISE:
-                mixes |= _check_constant(node, value, dims)
             args[name] = Tensor(value.numpy().copy())
+            constants.append(value)
         else:
             args[name] = value
-    if node.op in WINDOWED:
-        windows = _windows(node, dims)
+    windows = _windows(node, dims) if node.op in WINDOWED else None
+    if windows is None:  # elementwise: mixes channels only through an operand broadcast along them
+        mixes = any([_varies_along_channels(node, c, dims) for c in constants]) or \
+            len({t.shape[1] for t in operands}) > 1
+    else:
         mixes = WINDOWED[node.op][0] == "conv"
         if windows[0].pad_value is not None and "padding" in args:
             args["padding"] = 0  # blocks pad themselves (geometry.Window.run)
-    else:
-        windows = None
+    inputs = tuple(dict.fromkeys(v.index for v in args.values() if isinstance(v, Value)))
     bound = inspect.BoundArguments(inspect.signature(fn), args)
-    return Step(node.op, fn, bound.args, bound.kwargs, tuple(dict.fromkeys(inputs)), output, windows, mixes)
+    return Step(node.op, fn, bound.args, bound.kwargs, inputs, output, windows, mixes)
 
 
 def _where(node):
     return f"{node.module} ({type(node.layer).__name__}): " if node.module else ""
 
 
-def _check_constant(node, value, dims):
-    """A constant operand of an elementwise op: it may vary along channels (True: it mixes channel
-    chunks), not along the batch or space."""
+def _varies_along_channels(node, value, dims):
+    """Whether a constant operand of an elementwise op varies along channels; NotLocal if it varies
+    along the batch or in space."""
     shape = (1,) * (dims + 2 - value.ndim) + tuple(value.shape)
     if value.ndim > dims + 2 or shape[0] != 1 or any(s != 1 for s in shape[2:]):
         raise NotLocal(f"{_where(node)}{node.op} with a constant of shape {value.shape} that varies in space "
