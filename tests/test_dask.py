@@ -47,7 +47,7 @@ def client():
     import cloudpickle
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this module
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                       dashboard_address=None)
+                                       dashboard_address=":0")
     with distributed.Client(cluster) as c:
         set_worker_threads(c, 1)
         yield c
@@ -316,6 +316,23 @@ def test_cli_trains_on_the_cluster(client, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="not both"):
         train.train(train.TrainConfig(**tiny, out=str(tmp_path / "both"), workers=2,
                                       dask_scheduler=client.scheduler.address))
+
+
+def test_a_local_cluster_of_its_own():
+    """``fastconv train --workers N``: a LocalCluster started for the run, and closed with it."""
+    from fastconv.dask.parallel import from_config
+    x, y = data(n=8)
+    model = small_net()
+    parallel = from_config(model, workers=1)
+    try:
+        loss, out = parallel.step(x, y)
+        with fc.no_grad():
+            expected = F.cross_entropy(small_net()(fc.tensor(x)), fc.tensor(y)).item()
+        assert out.shape == (8, 5) and abs(loss - expected) < 1e-12
+    finally:
+        parallel.close()
+    assert parallel.client.status == "closed"
+    assert from_config(model) is None
 
 
 def test_workers_inherit_the_environment(client):

@@ -63,6 +63,8 @@ class DataParallel:
             raise TypeError(f"loss must be a function of (outputs, targets), got {type(loss).__name__}")
         if shards is not None and (isinstance(shards, bool) or not isinstance(shards, int) or shards < 1):
             raise ValueError(f"shards must be a positive int, got {shards!r}")
+        if any(p.device != "cpu" for p in model.parameters()):
+            raise ValueError("the workers compute on their CPUs: move the model there first (model.to('cpu'))")
         self.model, self.client, self.loss, self.retries = model, client, loss, retries
         self.shards = shards or max(1, len(client.scheduler_info()["workers"]))
         self.params = list(model.parameters())
@@ -136,7 +138,7 @@ def from_config(model, workers=None, scheduler=None):
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ValueError(f"workers must be a positive int, got {workers!r}")
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None)
+                               dashboard_address=":0")
         client = Client(cluster)
         set_worker_threads(client, max(1, (os.cpu_count() or 1) // workers))
     else:
