@@ -59,8 +59,8 @@ def in_memory(model, x):
         return model(fc.tensor(x)).numpy()
 
 
-def computed(model, x, chunks, **kwargs):
-    y = apply(model, da.from_array(x, chunks=chunks), **kwargs)
+def computed(model, x, chunks):
+    y = apply(model, da.from_array(x, chunks=chunks))
     out = y.compute(scheduler="sync")
     assert y.dtype == out.dtype and tuple(map(sum, y.chunks)) == out.shape
     return y, out

@@ -9,7 +9,8 @@ pooling, max pooling with indices, a constant that varies in space) makes the pr
 whole planes.
 
 ``Program.run`` replays the steps on one block: each windowed step runs on the input range its
-:class:`~fastconv.dask.geometry.AxisPlan` gives, with the op's own arguments, and keeps the outputs the
+:class:`~fastconv.dask.geometry.AxisPlan` gives, with the op's own arguments except its padding, which
+the block adds itself where its range leaves the array (see ``geometry``), and keeps the outputs the
 block needs.
 """
 from __future__ import annotations
@@ -28,7 +29,7 @@ from . import geometry
 
 #: Spatial sizes above this are traced on an example cut down to it.
 EXAMPLE_SIZE = 256
-#: Windowed ops: name -> the spec function of ``fastconv.shapes`` and the op arguments it takes.
+#: Windowed ops: name -> (their kind of window, spatial dims).
 WINDOWED = {
     "conv1d": ("conv", 1), "conv2d": ("conv", 2),
     "max_pool1d": ("max", 1), "max_pool2d": ("max", 2),
