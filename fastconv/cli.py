@@ -93,6 +93,9 @@ def _parser():
     t.add_argument("--eval-every", type=int, help="evaluate on the test set every N epochs")
     t.add_argument("--subset", type=int, help="use the first N training and test samples (quick checks)")
     t.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    t.add_argument("--workers", type=int, help="compute each step's gradients in shards on N local dask "
+                                               "worker processes (needs fastconv[dask])")
+    t.add_argument("--dask-scheduler", metavar="ADDRESS", help="... or on the dask cluster at ADDRESS")
 
     sub.add_parser("info", help="versions, threads, OpenMP, BLAS, CUDA and backends")
     p = sub.add_parser("plan", help="which kernel runs each pass of a model or a convolution, and why",

@@ -92,6 +92,8 @@ class TrainConfig:
     eval_every: int | None = None     # evaluate on the test set every this many epochs (and the last)
     eval_batch_size: int | None = None  # default 1000
     subset: int | None = None         # use the first `subset` training and test samples (quick checks)
+    workers: int | None = None        # compute each step's gradients on this many local dask workers
+    dask_scheduler: str | None = None  # ... or on the dask cluster at this address (fastconv.dask)
 
 
 # What ``resume`` does with each setting the checkpoint holds (every TrainConfig field is in one group):
@@ -129,7 +131,7 @@ def resolve(config):
     if cfg.schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {cfg.schedule!r}")
     for field in ("epochs", "steps", "batch_size", "step_size", "eval_every", "eval_batch_size", "subset",
-                  "threads"):
+                  "threads", "workers"):
         value = getattr(cfg, field)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{field} must be a positive int, got {value!r}")
@@ -420,6 +422,31 @@ def _is_terminal(stream):
 
 
 # ---------------------------------------------------------------------------------- pieces
+def _gradient_step(cfg, model):
+    """``(step, close)``: ``step(xb, yb) -> (loss, outputs)`` gives the batch's mean loss and the model's
+    outputs and leaves the gradients in the parameters; computed in shards on dask workers with
+    ``workers`` or ``dask_scheduler`` (``fastconv.dask.DataParallel``: the same gradients, averaged), else
+    here. ``close()`` lets the workers go."""
+    if cfg.workers is not None or cfg.dask_scheduler is not None:
+        if cfg.device != "cpu":
+            raise ValueError(f"data-parallel training runs on the dask workers' CPUs: use device 'cpu', "
+                             f"got {cfg.device!r}")
+        try:
+            from .dask.parallel import from_config
+        except ImportError as err:
+            raise ImportError(f"training on dask workers needs dask and distributed: pip install "
+                              f"'fastconv[dask]' ({err})") from None
+        parallel = from_config(model, cfg.workers, cfg.dask_scheduler)
+        return parallel.step, parallel.close
+
+    def step(xb, yb):
+        logits = model(Tensor(to_device(xb, cfg.device)))
+        loss = F.cross_entropy(logits, Tensor(to_device(yb, cfg.device)))
+        loss.backward()
+        return loss.item(), logits.numpy()
+    return step, lambda: None
+
+
 def _make_optimizer(cfg, params):
     if cfg.optimizer == "sgd":
         return optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -552,6 +579,7 @@ def _run(cfg, ckpt_path, checkpoint, changes, callback, stream, saved):
     x, y, xt, yt = load_data(cfg)
     manual_seed(cfg.seed)
     model = models.create(cfg.model, backend=cfg.backend).to(cfg.device)
+    gradient_step, release_workers = _gradient_step(cfg, model)
     loader = DataLoader(x, y, batch_size=cfg.batch_size, shuffle=True, seed=[cfg.seed, 0], reuse_buffers=True)
     steps_per_epoch = len(loader)
     total_steps = cfg.steps if cfg.steps is not None else cfg.epochs * steps_per_epoch
@@ -583,17 +611,14 @@ def _run(cfg, ckpt_path, checkpoint, changes, callback, stream, saved):
                 break
             if augment is not None:
                 xb = augment(xb)
-            logits = model(Tensor(to_device(xb, cfg.device)))
-            loss = F.cross_entropy(logits, Tensor(to_device(yb, cfg.device)))
             optimizer.zero_grad()
-            loss.backward()
+            value, logits = gradient_step(xb, yb)
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
-            value = loss.item()
             log["step_loss"].append(value)
             loss_sum += value * len(yb)
-            correct += int(np.count_nonzero(logits.numpy().argmax(1) == yb))
+            correct += int(np.count_nonzero(logits.argmax(1) == yb))
             seen += len(yb)
             step += 1
             progress.update(value, seen)
@@ -619,6 +644,7 @@ def _run(cfg, ckpt_path, checkpoint, changes, callback, stream, saved):
             _write_json(log_path, log)
         if callback is not None:
             callback(epoch + 1, metrics)
+    release_workers()
 
     if log["epochs"]:
         last = log["epochs"][-1]
