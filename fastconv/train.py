@@ -101,7 +101,8 @@ class TrainConfig:
 # data come from, where the run lives and what it shows are not compared.
 RESUME_FIXED = ("task", "model", "batch_size", "lr", "optimizer", "schedule", "step_size", "gamma", "momentum",
                 "weight_decay", "augment", "seed", "subset")
-RESUME_CHANGEABLE = ("epochs", "steps", "device", "backend", "threads", "eval_every", "eval_batch_size")
+RESUME_CHANGEABLE = ("epochs", "steps", "device", "backend", "threads", "eval_every", "eval_batch_size",
+                     "workers", "dask_scheduler")
 RESUME_FREE = ("data_dir", "download", "out", "resume", "progress")
 
 

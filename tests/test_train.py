@@ -157,7 +157,7 @@ def test_resume_lists_every_refused_setting_in_one_message(one_epoch, tmp_path):
 
 # A value other than the one_epoch run's for each setting that --resume applies and reports.
 OTHER_CHANGEABLE = dict(epochs=2, steps=6, device="cuda", backend="numpy", threads=1, eval_every=2,
-                        eval_batch_size=7)
+                        eval_batch_size=7, workers=2, dask_scheduler="tcp://127.0.0.1:8786")
 
 
 def test_every_changeable_setting_is_tested():
@@ -172,8 +172,8 @@ def test_resume_applies_and_reports_a_changeable_setting(one_epoch, tmp_path, ca
     config, changes = train._resumed_config(TrainConfig(out=str(out), resume=True, **{name: new}), saved, "ckpt")
     assert getattr(config, name) == new and changes[name] == (saved[name], new)
     assert all(getattr(config, other) == saved[other] for other in train.RESUME_FIXED)
-    if name == "device":
-        return  # running needs a GPU; the CLI test without one checks the error
+    if name in ("device", "workers", "dask_scheduler"):
+        return  # running needs a GPU or a cluster (the CLI test without a GPU, tests/test_dask.py run them)
     extra = {} if name in ("epochs", "steps") else {"epochs": 2}
     threads = fc.get_num_threads()
     log = _run(tmp_path, "run", resume=True, **{name: new}, **extra)
