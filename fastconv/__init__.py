@@ -12,7 +12,8 @@ from ._version import __version__
 from .backends.dispatch import available as available_backends
 from .backends.dispatch import get_backend, set_backend
 from .backends.choose import autotune
-from .config import get_num_threads, set_num_threads, show_config
+from .info import show_config
+from .runtime import get_num_threads, set_num_threads
 from .random import manual_seed
 from .tensor import Tensor, is_grad_enabled, no_grad, tensor
 

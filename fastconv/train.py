@@ -26,7 +26,7 @@ import time
 import numpy as np
 
 from . import functional as F
-from . import models, optim
+from . import models, optim, runtime
 from .data import MNIST, MNIST1D, DataLoader, random_shift
 from .data.mnist import MEAN, STD
 from .device import check_device, to_device
@@ -343,11 +343,9 @@ def train(config=None, callback=None, stream=None, **overrides):
     cfg = resolve(dataclasses.replace(config or TrainConfig(), **overrides))
     stream = stream or sys.stderr
     if cfg.threads is not None:
-        from .config import set_num_threads
-        set_num_threads(cfg.threads)
+        runtime.set_num_threads(cfg.threads)
     if cfg.device == "cpu":
-        from .config import set_blas_threads
-        set_blas_threads(1)  # the compiled kernels bring their own threads (see set_blas_threads)
+        runtime.set_blas_threads(1)  # the compiled kernels bring their own threads (see set_blas_threads)
     x, y, xt, yt = load_data(cfg)
     manual_seed(cfg.seed)
     model = models.create(cfg.model, backend=cfg.backend).to(cfg.device)
