@@ -3,6 +3,8 @@
     fastconv train mnist1d                    # the MNIST-1D paper's CNN and recipe, offline, seconds
     fastconv train lenet5 --epochs 10         # LeNet-5 on MNIST ($FASTCONV_DATA or --data-dir)
     fastconv info                             # versions, threads, OpenMP, BLAS, CUDA, backends
+    fastconv plan lenet5 --batch 128          # which kernel runs each pass of a model, and why
+    fastconv plan conv2d --input 8,64,56,56 --weight 64,64,3,3 --padding 1 --measure
     fastconv bench [args]                     # bench/compare.py: fastconv vs PyTorch, per op
     fastconv compare [args]                   # bench/compare_training.py: training, fastconv vs PyTorch
 
@@ -56,7 +58,7 @@ def run_script(command, argv):
 
 def _parser():
     parser = argparse.ArgumentParser(prog="fastconv", description="fastconv: convolution engine for Python")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,info,bench,compare}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,info,plan,bench,compare}")
 
     from .models import MODELS
     from .train import OPTIMIZERS, SCHEDULES
@@ -92,9 +94,51 @@ def _parser():
     t.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
     sub.add_parser("info", help="versions, threads, OpenMP, BLAS, CUDA and backends")
+    p = sub.add_parser("plan", help="which kernel runs each pass of a model or a convolution, and why",
+                       description="Print the plan of every pass: backend and algorithm, the model's time, "
+                                   "the measured time (--measure) and the reason.")
+    p.add_argument("target", choices=sorted(MODELS) + ["conv1d", "conv2d"],
+                   help="a model (one training step's passes) or one convolution")
+    p.add_argument("--batch", type=int, default=128, help="batch size of the model's input (default 128)")
+    p.add_argument("--input", type=_shape, help="conv: input shape, e.g. 8,64,56,56")
+    p.add_argument("--weight", type=_shape, help="conv: weight shape, e.g. 64,64,3,3")
+    for name in ("stride", "padding", "dilation", "groups"):
+        p.add_argument(f"--{name}", type=int, default=0 if name == "padding" else 1)
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--backend", default="auto", help="auto, a backend (cython) or an algorithm (cython:blocked)")
+    p.add_argument("--measure", action="store_true", help="time each kernel here")
     for name, (_, text) in SCRIPTS.items():
         sub.add_parser(name, help=text, add_help=False)
     return parser
+
+
+def _shape(text):
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated ints such as 8,3,32,32, got {text!r}")
+
+
+def plan(args):
+    """``fastconv plan``: print :func:`fastconv.explain` for a model or one convolution."""
+    import numpy as np
+
+    from . import functional as F
+    from . import models
+    from .explain import explain
+    from .tensor import tensor
+    if args.target in ("conv1d", "conv2d"):
+        if args.input is None or args.weight is None:
+            raise ValueError(f"fastconv plan {args.target} needs --input and --weight shapes")
+        rng = np.random.default_rng(0)
+        x, w = (tensor(rng.standard_normal(s).astype(args.dtype), requires_grad=True) for s in (args.input, args.weight))
+        op = getattr(F, args.target)
+        print(explain(op, x, w, stride=args.stride, padding=args.padding, dilation=args.dilation,
+                      groups=args.groups, backend=args.backend, measure=args.measure))
+        return 0
+    model = models.create(args.target, backend=args.backend)
+    print(explain(model, (args.batch,) + models.SAMPLE_SHAPES[args.target], measure=args.measure))
+    return 0
 
 
 def main(argv=None):
@@ -105,6 +149,12 @@ def main(argv=None):
     if args.command == "info":
         show_config()
         return 0
+    if args.command == "plan":
+        try:
+            return plan(args)
+        except (ValueError, TypeError, RuntimeError) as err:
+            print(f"fastconv plan: error: {err}", file=sys.stderr)
+            return 2
     from .data import DatasetError
     from .train import TrainConfig, train
     fields = {k: v for k, v in vars(args).items() if k != "command"}

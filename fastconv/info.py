@@ -13,7 +13,7 @@ import numpy as np
 
 from . import _cy, cuda, runtime
 from ._version import __version__
-from .backends import choose, dispatch
+from .backends import plan, registry, tune
 
 
 def _blas():
@@ -61,7 +61,7 @@ def config():
     """The facts ``show_config`` prints, as a dict. Loads every backend, so the pools start."""
     import numba  # here, not at the top: ``import fastconv`` loads neither Numba nor SciPy
     import scipy
-    backends = dispatch.available()  # loads the backends first: the wait policy is in force from here on
+    backends = registry.available()  # loads the backends first: the wait policy is in force from here on
     omp, extension = _extension()
     return {
         "fastconv": f"{__version__} ({os.path.dirname(os.path.abspath(__file__))})",
@@ -83,8 +83,8 @@ def config():
         "blas threads": _blas_threads(),
         "cuda": (f"available ({cuda.device_name()})" if cuda.is_available() else "not available"),
         "backends": ", ".join(backends),
-        "default backend": dispatch.get_backend(),
-        "planner cache": choose.cache_path(),
+        "default backend": plan.get_backend(),
+        "planner cache": tune.cache_path(),
     }
 
 

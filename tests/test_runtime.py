@@ -15,7 +15,7 @@ import pytest
 
 import fastconv
 from fastconv import _cy, cli, info, runtime
-from fastconv.backends import choose, dispatch, fft
+from fastconv.backends import fft, plan, registry, tune
 
 LINUX = sys.platform.startswith("linux")
 PACKAGE = os.path.dirname(os.path.abspath(fastconv.__file__))
@@ -175,8 +175,9 @@ def test_info_states_the_facts(capsys):
     assert facts["numba threads"] == numba.get_num_threads() == min(runtime.threads(),
                                                                      numba.config.NUMBA_NUM_THREADS)
     assert facts["openmp wait policy"] == runtime.wait_policy()
-    assert facts["backends"].split(", ") == dispatch.available()
-    assert facts["planner cache"] == choose.cache_path()
+    assert facts["backends"].split(", ") == registry.available()
+    assert facts["planner cache"] == tune.cache_path()
+    assert facts["default backend"] == plan.get_backend()
     assert facts["fastconv"].startswith(fastconv.__version__)
     assert cli.main(["info"]) == 0
     printed = dict(re.split(r"\s{2,}", line, maxsplit=1) for line in capsys.readouterr().out.splitlines())
