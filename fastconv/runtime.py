@@ -8,10 +8,12 @@ that sets them:
 - :func:`set_num_threads` / :func:`threads`: one thread count for Numba and OpenMP (default:
   ``NUMBA_NUM_THREADS``, else ``OMP_NUM_THREADS``, else every usable core).
 - The wait policy: after a parallel loop, libgomp's threads spin before they sleep (300,000 spins by
-  default, milliseconds). On an idle machine that saves a wake-up; beside another busy process the
-  spinning threads take the cores the working ones need. :data:`SPIN_COUNT` is set in
-  ``GOMP_SPINCOUNT`` while libgomp loads (it reads it only then) unless the user chose a policy
-  (``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT``); the variable is removed again afterwards.
+  default, milliseconds). On an idle machine that saves a wake-up before the next loop; beside other
+  busy processes the spinning threads take the cores that the working ones wait for, and every step
+  stalls (LeNet-5 training ran 40-60x slower than idle on a loaded 2-core machine). libgomp reads
+  ``GOMP_SPINCOUNT`` only when it loads, so :func:`start_pools` sets it then, from the load it sees
+  (:func:`spin_count`), unless the user chose a policy (``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT``);
+  the variable is removed again afterwards.
 - :func:`blas_threads`: the BLAS that the compiled kernels call (SciPy's) held to ``n`` threads for a
   block; :func:`set_blas_threads`: every BLAS the process loaded.
 
@@ -25,9 +27,18 @@ import functools
 import os
 import re
 import threading
+import time
 
-SPIN_COUNT = 1000
-"""``GOMP_SPINCOUNT`` of fastconv's OpenMP threads: spins before an idle thread sleeps."""
+# ``GOMP_SPINCOUNT``: spins before an idle OpenMP thread sleeps. Measured on 2 cores (AMD EPYC, AVX-512),
+# training steps (ms) of MNIST-1D / LeNet-5 with libgomp's 300,000, 10,000 and 1,000 spins:
+# - idle (run at real-time priority on a shared machine): MNIST-1D 0.66-0.69 / 0.66-0.68 / 0.77-0.84,
+#   LeNet-5 8.8-9.1 / 9.2-9.5 / 9.0-9.5 (medians): 10,000 spins lose nothing, 1,000 lose 15-25%;
+# - beside a busy process, on a machine loaded by others: MNIST-1D 124-203 / 28-43 / 1.6-6.6,
+#   LeNet-5 374-552 / 88-144 / 36-80 (means): the fewer spins, the better.
+SPIN_COUNT = 10000
+"""``GOMP_SPINCOUNT`` where the cores are free for the kernels' threads when OpenMP loads."""
+SPIN_COUNT_LOADED = 1000
+"""``GOMP_SPINCOUNT`` where other processes' tasks already wait for the cores."""
 
 _BLAS_API = [(f"{prefix}_get_num_threads{suffix}", f"{prefix}_set_num_threads{suffix}")
              for prefix in ("scipy_openblas", "openblas") for suffix in ("64_", "")]
@@ -123,9 +134,36 @@ def _libgomp_loaded():
     return False
 
 
+def other_tasks():
+    """Tasks of other processes running or waiting for a core now: the median of a few samples of the
+    runnable count in /proc/loadavg less this process's running threads (0 where /proc is missing)."""
+    samples = []
+    for _ in range(5):
+        try:
+            with open("/proc/loadavg") as f:
+                runnable = int(f.read().split()[3].split("/")[0])
+            tasks = os.listdir("/proc/self/task")
+        except (OSError, ValueError, IndexError):
+            return 0
+        own = 0
+        for task in tasks:
+            with contextlib.suppress(OSError), open(f"/proc/self/task/{task}/stat") as f:
+                own += f.read().rpartition(")")[2].split()[0] == "R"
+        samples.append(max(0, runnable - own))
+        time.sleep(0.001)
+    return sorted(samples)[len(samples) // 2]
+
+
+def spin_count(others, threads, cores):
+    """The spin count for ``threads`` kernel threads on ``cores`` usable cores beside ``others`` runnable
+    tasks of other processes: :data:`SPIN_COUNT_LOADED` where they do not all fit, else :data:`SPIN_COUNT`."""
+    return SPIN_COUNT_LOADED if others + threads > cores else SPIN_COUNT
+
+
 @contextlib.contextmanager
 def _wait_policy():
-    """``GOMP_SPINCOUNT=SPIN_COUNT`` for the block, unless the user chose a policy or libgomp runs."""
+    """``GOMP_SPINCOUNT`` for the block (see :func:`spin_count`), unless the user chose a policy or
+    libgomp runs already."""
     global _policy
     chosen = {name: os.environ[name] for name in _USER_POLICY if name in os.environ}
     if chosen:
@@ -133,8 +171,11 @@ def _wait_policy():
     elif _libgomp_loaded():
         _policy = "libgomp's default (it was loaded before fastconv's kernels)"
     else:
-        _policy = f"GOMP_SPINCOUNT={SPIN_COUNT} (fastconv's default)"
-        os.environ["GOMP_SPINCOUNT"] = str(SPIN_COUNT)
+        others = other_tasks()
+        spins = spin_count(others, threads(), usable_cores())
+        _policy = (f"GOMP_SPINCOUNT={spins} (fastconv's choice: {others} tasks of other processes were "
+                   f"runnable when OpenMP loaded)")
+        os.environ["GOMP_SPINCOUNT"] = str(spins)
     try:
         yield
     finally:
