@@ -230,7 +230,7 @@ def machine():
     import fastconv
     from benchmarks import common
     from compare import gemm_rate
-    return {"cpu": common.cpu_name(), "cores": os.cpu_count(), "simd": fastconv.config.config().get("cython simd"),
+    return {"cpu": common.cpu_name(), "cores": os.cpu_count(), "simd": fastconv.info.config().get("cython simd"),
             "gemm_gflops": gemm_rate(1024)["numpy"], "load_average": os.getloadavg(),
             "fastconv": fastconv.__version__}
 

@@ -19,6 +19,8 @@ import importlib.util
 import os
 import sys
 
+from .info import show_config
+
 # Subcommands that hand their arguments to a script of bench/: name -> (file, what it does)
 SCRIPTS = {
     "bench": ("compare.py", "time every op against PyTorch (bench/compare.py)"),
@@ -179,7 +181,6 @@ def main(argv=None):
         return run_script(argv[0], argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "info":
-        from .config import show_config
         show_config()
         return 0
     if args.command == "tune":

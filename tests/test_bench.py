@@ -268,6 +268,6 @@ def test_set_threads_reaches_every_library():
 
 
 def test_set_blas_threads_reaches_numpys_blas():
-    from fastconv.config import set_blas_threads
+    from fastconv.runtime import set_blas_threads
     assert set_blas_threads(1) == 1  # None would mean no BLAS of this process could be told
     assert set_blas_threads(2) == 2

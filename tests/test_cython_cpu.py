@@ -333,16 +333,6 @@ def test_omp_num_threads_is_respected(tmp_path):
     assert out.stdout.strip() == "3"
 
 
-def test_blas_thread_count_is_restored():
-    if cy._blas_threads is None:
-        pytest.skip("SciPy's BLAS thread count is not reachable here")
-    get, _ = cy._blas_threads
-    before = get()
-    with cy.blas_threads(1):
-        assert get() == 1
-    assert get() == before
-
-
 def test_missing_extension_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(cy, "_IMPORT_ERROR", ImportError("No module named 'fastconv._cy._conv'"))
     with pytest.raises(ImportError, match="not built.*pip install"):

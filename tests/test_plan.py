@@ -326,7 +326,8 @@ def test_calibration_stores_what_later_plans_use(tmp_path):
     for r, op in zip(rows[2:5], CONV_OPS):
         p = plan.plan(op, spec, np.float32)
         assert (p.fallback or p).name == r["winner"] and "measured earlier" in (p.fallback or p).reason
-    script = ("import numpy as np\nfrom fastconv import shapes\nfrom fastconv.backends import plan\n"
+    script = ("import numpy as np\nimport fastconv as fc\nfrom fastconv import shapes\n"
+              f"from fastconv.backends import plan\nfc.set_num_threads({fc.get_num_threads()})\n"
               "spec = shapes.conv_spec((3, 25, 19), (25, 25, 3), padding=1, stride=2, dims=1)\n"
               "p = plan.plan('conv2d', spec, np.float32)\nprint((p.fallback or p).name, '|', p.reason)\n")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,

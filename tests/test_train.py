@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import fastconv as fc
-from fastconv import cli, train
+from fastconv import checkpoint, cli, train
 from fastconv.train import TrainConfig
 
 slow = pytest.mark.skipif(os.environ.get("FASTCONV_SLOW") != "1", reason="full training run: set FASTCONV_SLOW=1")
@@ -228,7 +228,7 @@ def test_checkpoints_reach_the_disk_before_they_replace_the_old_ones(tmp_path, m
 
     monkeypatch.setattr(os, "fsync", recording_fsync)
     monkeypatch.setattr(os, "replace", recording_replace)
-    train._atomic_write(str(tmp_path / "file"), lambda f: f.write(b"data"))
+    checkpoint.atomic_write(str(tmp_path / "file"), lambda f: f.write(b"data"))
     assert events == ["fsync file", "replace file", "fsync folder"]
     assert (tmp_path / "file").read_bytes() == b"data"
     events.clear()

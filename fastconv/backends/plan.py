@@ -32,6 +32,7 @@ from typing import Callable
 
 import numpy as np
 
+from .. import runtime
 from . import model, registry, separable, tune
 
 #: Backends the automatic choice considers on the CPU (the model orders them).
@@ -115,8 +116,7 @@ def reset():
 
 
 def _threads():
-    from ..config import get_num_threads
-    return get_num_threads()
+    return runtime.threads()
 
 
 # ------------------------------------------------------------------------------------ planning

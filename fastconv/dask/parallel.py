@@ -24,6 +24,7 @@ from distributed import Client, KilledWorker, LocalCluster
 from distributed.client import FutureCancelledError
 
 from .. import functional as F
+from ..checkpoint import load_checkpoint, save_checkpoint
 from ..tensor import Tensor
 from .workers import set_worker_threads
 
@@ -169,7 +170,6 @@ def fit(model, optimizer, loader, client, *, epochs=1, steps=None, loss=F.cross_
     ``resume=True`` training continues from it when it exists. ``callback(epoch, losses)`` runs after each
     epoch's checkpoint.
     """
-    from ..train import load_checkpoint, save_checkpoint
     for name, value in (("epochs", epochs), ("steps", steps)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{name} must be a positive int, got {value!r}")

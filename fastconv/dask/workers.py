@@ -2,7 +2,7 @@
 
 A worker runs one task per thread, and fastconv's kernels bring threads of their own: give the kernels
 the cores a worker may use (``cores // workers`` on one machine), and BLAS one thread (training's small
-GEMMs, see ``fastconv.config.set_blas_threads``). The setting is a worker plugin, so workers that join
+GEMMs, see ``fastconv.runtime.set_blas_threads``). The setting is a worker plugin, so workers that join
 later, or that the nanny restarts after a crash, get it too.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ class Threads(WorkerPlugin):
         self.n = n
 
     def setup(self, worker):
-        from fastconv.config import set_blas_threads, set_num_threads
+        from fastconv.runtime import set_blas_threads, set_num_threads
         set_num_threads(self.n)
         set_blas_threads(1)
 
