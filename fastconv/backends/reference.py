@@ -21,6 +21,10 @@ import math
 
 import numpy as np
 
+#: Every kernel here takes 3-D specs too (see ``registry.runs_depth``).
+DEPTH_OPS = ("conv2d", "conv2d_grad_input", "conv2d_grad_weight", "max_pool2d", "max_pool2d_grad", "avg_pool2d",
+             "avg_pool2d_grad")
+
 
 # ------------------------------------------------------------------------ unfold / fold
 def _tap_slices(tap, out, stride, dilation):
