@@ -722,6 +722,21 @@ def adaptive_size(x_shape, output_size, dims):
     return out
 
 
+RESIZE_MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}  # the linear mode of each dims
+
+
+def resize_args(size, scale_factor, mode, align_corners, modes=("nearest",) + tuple(RESIZE_MODES.values())):
+    """Check the arguments of a resize that do not depend on the input: ``mode`` one of ``modes``,
+    ``align_corners`` only with a linear mode, exactly one of ``size`` and ``scale_factor``."""
+    choice("mode", mode, modes)
+    if align_corners is not None:
+        flag("align_corners", align_corners)
+        if mode == "nearest":
+            raise ValueError("align_corners can only be set with a linear mode")
+    if (size is None) == (scale_factor is None):
+        raise ValueError("give exactly one of size and scale_factor")
+
+
 def interpolate_size(x_shape, size=None, scale_factor=None, mode="nearest", align_corners=None):
     """``(output size, scale per axis)`` of ``interpolate``, every argument checked.
 
@@ -732,13 +747,7 @@ def interpolate_size(x_shape, size=None, scale_factor=None, mode="nearest", alig
         raise ValueError(f"input must be 3-D (N, C, L), 4-D (N, C, H, W) or 5-D (N, C, D, H, W), got shape "
                          f"{tuple(x_shape)}")
     _check_rank("input", x_shape, dims + 2, LAYOUTS[dims])
-    choice("mode", mode, ("nearest", {1: "linear", 2: "bilinear", 3: "trilinear"}[dims]))
-    if align_corners is not None:
-        flag("align_corners", align_corners)
-        if mode == "nearest":
-            raise ValueError("align_corners can only be set with a linear mode")
-    if (size is None) == (scale_factor is None):
-        raise ValueError("give exactly one of size and scale_factor")
+    resize_args(size, scale_factor, mode, align_corners, ("nearest", RESIZE_MODES[dims]))
     in_sizes = tuple(x_shape[2:])
     if size is not None:
         out = _ints("size", size, dims, 1)
@@ -824,4 +833,4 @@ __all__ = ["GEOMETRY", "GEOMETRY3", "LAYOUTS", "conv_output_size", "conv_transpo
            "unpool_output_size", "as_4d", "ints", "is_pointwise", "adjoint_spec", "adjoint_weight",
            "adjoint_padding", "integer", "real", "reals", "flag", "choice", "as_array", "dtype_arg",
            "float_dtype", "axis", "axes", "pool_args", "memory_limit", "check_memory", "conv_padding",
-           "adaptive_size", "interpolate_size", "broadcast_shape", "matmul_shape", "reshape_shape", "INT_MAX"]
+           "adaptive_size", "interpolate_size", "resize_args", "broadcast_shape", "matmul_shape", "reshape_shape", "INT_MAX"]
