@@ -37,7 +37,8 @@ def compare_training():
 # ------------------------------------------------------------------------------ shape table
 def test_shape_table_is_valid_and_matches_the_spec():
     from fastconv import shapes
-    assert len(common.SHAPES) == len(common.CONV2D + common.CONV1D + common.POOL + common.TINY)  # unique
+    assert len(common.SHAPES) == len(common.CONV2D + common.CONV1D + common.POOL + common.TINY + common.VOLUMES
+                                     + common.TINY_VOLUMES)  # unique
     for shape in common.SHAPES.values():
         if shape.kind == "conv":
             spec = shape.spec()
