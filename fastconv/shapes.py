@@ -35,6 +35,8 @@ WINDOW = slice(GEOMETRY.index("sh"), GEOMETRY.index("dw") + 1)
 #: padding, dilation). Output ``(oz, oy, ox)`` reads input depth ``oz*sd - pf + k*dd`` for depth tap ``k``.
 GEOMETRY3 = ("n", "c_in", "d", "h", "w", "c_out", "kd", "kh", "kw", "od", "oh", "ow", "sd", "sh", "sw",
              "pf", "pt", "pl", "dd", "dh", "dw", "groups")
+#: The part of :data:`GEOMETRY3` that describes the window: ``spec.window3``.
+WINDOW3 = slice(GEOMETRY3.index("sd"), GEOMETRY3.index("dw") + 1)
 
 
 # ----------------------------------------------------------------------------------------- sizes
@@ -401,6 +403,11 @@ class ConvSpec:
         """``(sh, sw, pt, pl, dh, dw)``: where each output's window starts and how it steps."""
         return self.geometry()[WINDOW]
 
+    @property
+    def window3(self):
+        """``(sd, sh, sw, pf, pt, pl, dd, dh, dw)``: :attr:`window` with the depth."""
+        return self.geometry3()[WINDOW3]
+
 
 def _geometry3(spec, c_in, c_out, groups):
     return (spec.n, c_in, spec.d, spec.h, spec.w, c_out, spec.kd, spec.kh, spec.kw, spec.od, spec.oh, spec.ow,
@@ -623,6 +630,11 @@ class PoolSpec:
     def window(self):
         """``(sh, sw, pt, pl, dh, dw)``: where each output's window starts and how it steps."""
         return self.geometry()[WINDOW]
+
+    @property
+    def window3(self):
+        """``(sd, sh, sw, pf, pt, pl, dd, dh, dw)``: :attr:`window` with the depth."""
+        return self.geometry3()[WINDOW3]
 
     def _counts(self, out, size, k, s, p):
         """What average pooling divides by along one axis, PyTorch's rule: the window clipped to the

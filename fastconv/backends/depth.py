@@ -30,6 +30,7 @@ import numpy as np
 
 from ..device import array_module, device_of
 from ..shapes import ConvSpec, PoolSpec
+from .workspaces import workspace
 
 #: The kernels this module runs 3-D specs of, each on the 2-D kernel of the same name.
 OPS = ("conv2d", "conv2d_grad_input", "conv2d_grad_weight", "max_pool2d", "max_pool2d_grad", "avg_pool2d",
@@ -38,6 +39,15 @@ OPS = ("conv2d", "conv2d_grad_input", "conv2d_grad_weight", "max_pool2d", "max_p
 
 def _xp(a):
     return array_module(device_of(a))
+
+
+def _scratch(name, shape, like):
+    """An uninitialised intermediate that one call owns until it returns: reused from call to call on the
+    CPU (a folded input is tens of MB: allocated afresh it would cost a page fault per 4 KB page, see
+    ``workspaces``), new on the GPU."""
+    if isinstance(like, np.ndarray):
+        return workspace(name, shape, like.dtype)
+    return _xp(like).empty(shape, like.dtype)
 
 
 # ------------------------------------------------------------------------------ depth taps
@@ -95,15 +105,14 @@ def describe(spec):
 
 def _folded(x, spec):
     """``xf (N*od, C_in*kd, H, W)``: the input slice every (sample, output depth, depth tap) reads."""
-    xp, inner = _xp(x), inner_spec(spec)
-    xf = xp.empty((spec.n, spec.od, spec.c_in, spec.kd, spec.h, spec.w), x.dtype)
+    xf = _scratch("depth_folded", (spec.n, spec.od, spec.c_in, spec.kd, spec.h, spec.w), x)
     read = taps(spec)
     if sum(hi - lo for _, lo, hi, _ in read) < spec.od * spec.kd:  # some (oz, k) read only padding
         xf.fill(0)
     for k, lo, hi, z0 in read:
         outs, ins = _slices(spec, lo, hi, z0)
         xf[:, outs, :, k] = x[:, :, ins].transpose(0, 2, 1, 3, 4)
-    return xf.reshape(inner.x_shape)
+    return xf.reshape(inner_spec(spec).x_shape)
 
 
 def _unfolded(gxf, spec):
@@ -120,7 +129,9 @@ def _unfolded(gxf, spec):
 def _to_samples(a, spec):
     """``(N, C, od, oh, ow) -> (N*od, C, oh, ow)``: each output depth a 2-D sample."""
     n, c, od, oh, ow = a.shape
-    return _xp(a).ascontiguousarray(a.transpose(0, 2, 1, 3, 4)).reshape(n * od, c, oh, ow)
+    samples = _scratch("depth_samples", (n, od, c, oh, ow), a)
+    samples[...] = a.transpose(0, 2, 1, 3, 4)
+    return samples.reshape(n * od, c, oh, ow)
 
 
 def _from_samples(a, spec):

@@ -16,9 +16,10 @@ Where the choice comes from, in order:
    ``fastconv tune`` or an earlier ``fc.autotune(True)``), or measured now with ``fc.autotune(True)``.
 3. The cost model and the measured rules of ``model``.
 
-3-D specs: a backend whose kernels take them (``DEPTH_OPS``: the reference) runs them when forced; every
-other plan runs them on the plan of a 2-D spec (``depth``: the depth taps folded into the channels), so
-that ``backend="cython:blocked"`` or ``"cuda"`` runs a 3-D convolution on its 2-D kernels.
+3-D specs: a backend whose kernels take them (``DEPTH_OPS``: the reference; Numba's max pooling) runs them
+when forced, or when the model says it beats the decomposition (``model.native_volume``); every other plan
+runs them on the plan of a 2-D spec (``depth``: the depth taps folded into the channels), so that
+``backend="cython:blocked"`` or ``"cuda"`` runs a 3-D convolution on its 2-D kernels.
 
 Rank-1 kernels: where ``model.separable_worthwhile`` holds, the plan runs the weight as two 1-D passes
 when its values are rank 1 (``separable``), else as planned. ``set_exact(True)`` leaves out the
@@ -178,8 +179,13 @@ def recording():
 
 
 def _make(op, spec, dtype, device, name):
-    if getattr(spec, "dims", 2) == 3 and not (device == "cpu" and name != "auto" and registry.runs_depth(name, op)):
-        return _depth(op, spec, dtype, device, name)
+    if getattr(spec, "dims", 2) == 3:
+        native = model.native_volume(op, _auto(op)) if device == "cpu" and name == "auto" else None
+        if native is not None:
+            return _plan(native, op, None, f"model: {native} runs volumes itself, faster than through depth",
+                         spec, dtype)
+        if not (device == "cpu" and name != "auto" and registry.runs_depth(name, op)):
+            return _depth(op, spec, dtype, device, name)
     if device == "cuda":
         if name not in ("auto", "cuda"):
             raise ValueError(f"backend {name!r} runs on the CPU but the tensors are on the GPU; use "
@@ -190,7 +196,7 @@ def _make(op, spec, dtype, device, name):
                          "or move them with .to('cuda')")
     if name != "auto":
         return _forced(op, spec, dtype, name)
-    candidates = [b for b in AUTO if registry.runs(b, op) and not (_exact and b in model.INEXACT)]
+    candidates = _auto(op)
     if not candidates:
         raise ValueError(f"no backend can run {op} here")
     made = _measured(op, spec, dtype, candidates) if spec is not None else None
@@ -200,6 +206,11 @@ def _make(op, spec, dtype, device, name):
     if made.backend != "fft" and model.separable_worthwhile(op, spec):
         return _separable(made, spec, dtype)
     return made
+
+
+def _auto(op):
+    """The backends the automatic choice considers for ``op``."""
+    return [b for b in AUTO if registry.runs(b, op) and not (_exact and b in model.INEXACT)]
 
 
 def _forced(op, spec, dtype, name):
