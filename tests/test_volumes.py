@@ -65,14 +65,7 @@ def test_max_pool3d_indices_match_torch(case, seed, backend):
 @settings(max_examples=12, **SETTINGS)
 @given(data=st.data(), seed=SEEDS)
 def test_plan_matches_reference(name, data, seed):
-    case = data.draw(_volumes())
-    if name == "cython:blocked":
-        case["dtype"] = np.float32  # float32-only kernel
-    arrays = cases.make_args(case, np.random.default_rng(seed))
-    ran = cases.runs_here(name, lambda: check_against(
-        lambda *t: cases.call(F, case, t, backend=name), lambda *t: cases.call(F, case, t, backend="numpy"),
-        arrays, what=f"{name} {case}") or True)
-    assume(ran is not None)
+    assume(cases.matches_reference(name, data.draw(_volumes()), seed) is not None)
 
 
 DEPTH_PATHS = [  # (x shape, weight shape, keyword arguments): the decomposition's own cases

@@ -2,7 +2,6 @@
 CPU: forward values, max-pool indices and every input gradient. Tiny volumes: a simulated GPU thread is a
 Python thread."""
 import numpy as np
-import pytest
 
 import fastconv as fc
 import fastconv.functional as F
