@@ -19,7 +19,7 @@ __all__ = [
     "conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d",
     "max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d", "lp_pool1d", "lp_pool2d",
     "max_unpool1d", "max_unpool2d", "adaptive_avg_pool1d", "adaptive_avg_pool2d", "interpolate",
-    "conv3d", "conv_transpose3d", "max_pool3d", "avg_pool3d", "max_unpool3d", "adaptive_avg_pool3d",
+    "conv3d", "conv_transpose3d", "max_pool3d", "avg_pool3d", "lp_pool3d", "max_unpool3d", "adaptive_avg_pool3d",
     "linear", "relu", "tanh", "sigmoid", "flatten", "reshape", "softmax", "log_softmax",
     "cross_entropy", "nll_loss", "mse_loss", "dropout",
 ]
@@ -219,7 +219,7 @@ def _lp_pool(input, dims, norm_type, kernel_size, stride, ceil_mode, backend):
     plan.plan("avg_pool2d", spec, x.dtype, x.device, backend)  # so is a bad backend
     # As in PyTorch: the p-th root of the window sum of x**p (an average times the window size).
     pooled = _avg_pool(x ** norm_type, dims, kernel_size, stride, 0, ceil_mode, True, backend, None)
-    return (pooled * float(spec.kh * spec.kw)) ** (1.0 / norm_type)
+    return (pooled * float(spec.kd * spec.kh * spec.kw)) ** (1.0 / norm_type)
 
 
 def lp_pool1d(input, norm_type, kernel_size, stride=None, ceil_mode=False, backend="auto"):
@@ -385,6 +385,11 @@ def avg_pool3d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
     """Mean over sliding windows of ``(N, C, D, H, W)``; ``count_include_pad`` counts zero padding;
     ``activation`` as in :func:`max_pool1d`."""
     return _avg_pool(input, 3, kernel_size, stride, padding, ceil_mode, count_include_pad, backend, activation)
+
+
+def lp_pool3d(input, norm_type, kernel_size, stride=None, ceil_mode=False, backend="auto"):
+    """Power-average pooling ``(sum x**p)**(1/p)`` over windows of ``(N, C, D, H, W)``."""
+    return _lp_pool(input, 3, norm_type, kernel_size, stride, ceil_mode, backend)
 
 
 def max_unpool3d(input, indices, kernel_size, stride=None, padding=0, output_size=None, backend="auto"):

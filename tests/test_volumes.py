@@ -170,6 +170,15 @@ def test_max_unpool3d(backend, size, kernel, stride, padding, output_size):
                   what=f"unpool {kernel} {stride} {padding} {output_size}")
 
 
+@needs_torch
+@pytest.mark.parametrize("p", [2, 1.5])
+def test_lp_pool3d(p):
+    x = np.abs(np.random.default_rng(0).standard_normal((2, 2, 5, 4, 5))) + 0.1
+    check_against(lambda t: F.lp_pool3d(t, p, (2, 3, 2), (1, 2, 2), ceil_mode=True),
+                  lambda t: _torch_F().lp_pool3d(t, p, (2, 3, 2), (1, 2, 2), ceil_mode=True), [x],
+                  run_oracle=run_torch, what=f"lp_pool3d p={p}")
+
+
 # ------------------------------------------------------------------------------------ layers
 @needs_torch
 def test_layers_match_torch():
