@@ -118,8 +118,8 @@ def test_unet3d_shapes_and_bad_input():
     with pytest.raises(ValueError, match="even D, H and W"):
         model(np.zeros((1, 2, 4, 5, 8), np.float32))
     rows = fc.summary(models.UNet3d(), (1, 1, 8, 8, 8), file=None).rows
-    assert rows[0].macs == 8 * 27 * 8 ** 3 and rows[0].field == (3, 3, 3)  # 3x3x3 from 1 to 8 channels
-    assert rows[4].op == "max_pool3d" and rows[4].field == (6, 6, 6) and rows[4].jump == (2, 2, 2)
+    assert rows[0].macs == 8 * 27 * 8 ** 3 and rows[0].receptive_field == (3, 3, 3)  # 1 -> 8 channels, 3x3x3
+    assert rows[4].op == "max_pool3d" and rows[4].receptive_field == (6, 6, 6) and rows[4].jump == (2, 2, 2)
 
 
 class _TorchUNet3d(torch.nn.Module if torch else object):
