@@ -15,6 +15,7 @@ BENCH = os.path.join(REPO, "bench")
 sys.path.insert(0, BENCH)
 
 from benchmarks import common  # noqa: E402
+from helpers import unavailable  # noqa: E402
 
 
 def _load(name):
@@ -156,6 +157,7 @@ def test_torch_twin_has_the_same_weights_and_outputs():
             np.testing.assert_allclose(model(fc.tensor(x)).numpy(), expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.usefixtures("mnist1d_package")
 def test_compare_training_mnist1d(compare_training, tmp_path, capsys):
     pytest.importorskip("torch")
     pytest.importorskip("fastconv.models")
@@ -220,7 +222,7 @@ def test_algorithm_suite_times_what_the_backend_computes(backend):
     """Conv2dAlgorithms calls each kernel with the algorithm forced: the result is the reference's, and
     an algorithm the backend lacks is a skip."""
     if backend not in common.cpu_backends():
-        pytest.skip(f"{backend} backend unavailable")
+        unavailable(backend, f"{backend} backend unavailable")
     from benchmarks import bench_conv
     from fastconv.backends import reference, registry
     shape = common.SHAPES["tiny_s2_dil"]

@@ -16,16 +16,13 @@ from hypothesis import strategies as st
 import fastconv as fc
 from fastconv import shapes
 import fastconv.functional as F
-from fastconv.backends import model, plan, registry
+from fastconv.backends import model, plan
 from fastconv.backends import reference as ref
 
 import cases
-from helpers import assert_close
+from helpers import assert_close, backend_or_skip
 
-try:
-    cy = registry.load("cython")
-except Exception as err:  # extension not built here
-    pytest.skip(f"cython backend unavailable: {err}", allow_module_level=True)
+cy = backend_or_skip("cython")  # extension not built here: a skip, or a failure where CI requires it
 
 OTHER = {"direct": "gemm", "gemm": "direct"}
 

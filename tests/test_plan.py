@@ -13,7 +13,7 @@ import fastconv.functional as F
 from fastconv import shapes
 from fastconv.backends import model, plan, registry, tune
 
-from helpers import check_against
+from helpers import backend_or_skip, check_against
 
 BIGKERNEL = shapes.conv_spec((4, 8, 128, 128), (8, 8, 15, 15), (8,), padding=7)
 LENET = [shapes.conv_spec((64, 1, 32, 32), (6, 1, 5, 5), (6,)),
@@ -36,8 +36,7 @@ def fresh_planner(monkeypatch, tmp_path):
 
 def _need(*names):
     for name in names:
-        if registry.usable(name) is None:
-            pytest.skip(f"backend {name} unavailable")
+        backend_or_skip(name)
 
 
 # ------------------------------------------------------------------------------------ the model

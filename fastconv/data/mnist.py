@@ -21,7 +21,7 @@ import numpy as np
 
 from .. import shapes
 
-__all__ = ["MNIST", "DatasetError", "default_root", "MIRRORS", "FILES", "MEAN", "STD", "normalize"]
+__all__ = ["MNIST", "DatasetError", "MissingData", "default_root", "MIRRORS", "FILES", "MEAN", "STD", "normalize"]
 
 MIRRORS = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
@@ -46,6 +46,15 @@ _urlopen = urllib.request.urlopen  # tests replace this to serve a local mirror
 
 class DatasetError(RuntimeError):
     """A data file that is unreadable, truncated, corrupted or not what it claims to be."""
+
+
+class MissingData(FileNotFoundError):
+    """An MNIST file that is not there; ``name`` and ``folder`` say which and where it was looked for (so
+    that a front end can give its own advice: the CLI's is ``--download`` / ``--data-dir``)."""
+
+    def __init__(self, message, name, folder):
+        super().__init__(message)
+        self.name, self.folder = name, folder
 
 
 def default_root():
@@ -92,9 +101,9 @@ def _read(path, name):
         stat = os.stat(path)
     except FileNotFoundError:
         folder = os.path.dirname(path)
-        raise FileNotFoundError(
+        raise MissingData(
             f"MNIST file {name} not found in {folder}: pass download=True to fetch it, or copy the four "
-            f"standard files from one of {list(MIRRORS)} into {folder} (or set FASTCONV_DATA)") from None
+            f"standard files from one of {list(MIRRORS)} into {folder} (or set FASTCONV_DATA)", name, folder) from None
     key = (os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
     if key not in _cache:
         try:

@@ -7,8 +7,19 @@ gradients are gathers (``kernels/pool.py``): one launch, no zero-fill.
 import numpy as np
 
 from . import xp
-from .kernels.pool import pool_geometry, pool_grad_kernel, pool_kernel
+from .kernels.pool import pool_grad_kernel, pool_kernel
 from .launch import grid_1d, launch
+
+_divisors = {}  # (spec, dtype) -> the average-pool divisors on the GPU, copied once per spec
+
+
+def _divisors_of(spec, dtype):
+    """``spec.divisors()`` on the GPU, flat (cached: a copy per spec, not per call)."""
+    key = (spec, np.dtype(dtype))
+    found = _divisors.get(key)
+    if found is None:
+        found = _divisors[key] = xp.asarray(spec.divisors(dtype).ravel())
+    return found
 
 
 def _contiguous(a, shape, name):
@@ -25,7 +36,7 @@ def _pool(kind, x, spec, act):
     if y.size:
         blocks, threads = grid_1d(y.size)
         launch(pool_kernel, (kind, xp.act_key(act)), blocks, threads, x._flat(), y._flat(), idx._flat(),
-               pool_geometry(spec), y.size)
+               _divisors_of(spec, x.dtype)._flat(), spec.geometry(), y.size)
     return y, idx
 
 
@@ -47,7 +58,7 @@ def _pool_grad(kind, gy, indices, spec, act, x):
         source = _contiguous(x, spec.x_shape, "x") if act else gy
         blocks, threads = grid_1d(gx.size)
         launch(pool_grad_kernel, (kind, act), blocks, threads, gy._flat(), idx._flat(), source._flat(),
-               gx._flat(), pool_geometry(spec), gx.size)
+               gx._flat(), _divisors_of(spec, gy.dtype)._flat(), spec.geometry(), gx.size)
     return gx
 
 

@@ -1,7 +1,8 @@
 """The geometry of a convolution as index maps, the three convolution products as GEMM roles (their index
 maps; the table of roles is in ``gemm.py``), and a direct kernel for few channels.
 
-The ints of the op's ``ConvSpec`` reach the kernels as one tuple (:func:`conv_geometry`). The index maps
+The ints of the op's ``ConvSpec`` reach the kernels as one tuple (``spec.geometry()`` and two extras,
+:func:`conv_geometry`). The index maps
 are written once: :func:`x_index` (im2col: which input element a kernel tap sees from an output pixel, or
 padding), :func:`y_index`, and :func:`source_out` (its inverse: which output reads an input element
 through a tap; pooling's gradients use it too).
@@ -18,18 +19,20 @@ import numba
 import numpy as np
 from numba import cuda
 
+from ...shapes import GEOMETRY
 from ..launch import category, config
 from .elementwise import op
 
-# Positions in the geometry tuple of a convolution (ConvSpec fields as ints, then two per-role extras).
-N, CIN, H, W, COUT, KH, KW, OH, OW, SH, SW, PT, PL, DH, DW, GROUPS, EXTRA, EXTRA2 = range(18)
+# Positions in the geometry tuple: ``spec.geometry()`` (``fastconv.shapes.GEOMETRY``, the layout every
+# compiled kernel reads; a pooling op's is its depthwise convolution's), then two per-role extras.
+N, CIN, H, W, COUT, KH, KW, OH, OW, SH, SW, PT, PL, DH, DW, GROUPS = (GEOMETRY.index(f) for f in (
+    "n", "c_in", "h", "w", "c_out", "kh", "kw", "oh", "ow", "sh", "sw", "pt", "pl", "dh", "dw", "groups"))
+EXTRA, EXTRA2 = len(GEOMETRY), len(GEOMETRY) + 1
 
 
 def conv_geometry(spec, extra=0, extra2=0):
-    """The ints of ``spec`` that every convolution kernel reads, in the order of the constants above."""
-    (sh, sw), (pt, _, pl, _), (dh, dw) = spec.stride, spec.padding, spec.dilation
-    return (spec.n, spec.c_in, spec.h, spec.w, spec.c_out, spec.kh, spec.kw, spec.oh, spec.ow,
-            sh, sw, pt, pl, dh, dw, spec.groups, int(extra), int(extra2))
+    """``spec.geometry()`` and the two extras of a kernel role, as the kernels read them."""
+    return spec.geometry() + (int(extra), int(extra2))
 
 
 @cuda.jit(device=True)
