@@ -13,6 +13,7 @@ the GEMM-bound shapes the share of it each implementation reaches.
     python bench/compare.py --shapes vgg_3x3,pointwise --backends auto,numba --repeat 11
     python bench/compare.py --markdown --json results.json
     python bench/compare.py --tiny                # tiny shapes, seconds (the smoke test)
+    python bench/compare.py --volumes             # the 3-D shapes (C3D, 3-D U-Net: seconds per call)
 """
 from __future__ import annotations
 
@@ -186,8 +187,8 @@ def _geomean(values):
 
 
 def summarize(rows):
-    """Per fastconv implementation: geometric-mean ratios over the 2-D conv, 1-D conv and pooling shapes
-    (forward and forward + backward), and the smallest 2-D conv ratio with its shape."""
+    """Per fastconv implementation: geometric-mean ratios over the 2-D conv, 1-D conv, pooling and 3-D
+    (volumes) shapes (forward and forward + backward), and the smallest 2-D conv ratio with its shape."""
     summary = {}
     impls = dict.fromkeys(r["impl"] for r in rows if r["impl"] != common.TORCH)
     for impl in impls:
@@ -195,7 +196,8 @@ def summarize(rows):
         entry = {}
         for group, keep in (("conv2d", lambda r: r["kind"] == "conv" and r["dims"] == 2),
                             ("conv1d", lambda r: r["kind"] == "conv" and r["dims"] == 1),
-                            ("pool", lambda r: r["kind"] == "pool")):
+                            ("pool", lambda r: r["kind"] == "pool" and r["dims"] < 3),
+                            ("volumes", lambda r: r["dims"] == 3)):
             for mode, _ in MODES:
                 chosen = [r for r in mine if keep(r) and r["mode"] == mode]
                 entry[f"{group} {mode}"] = _geomean(r["ratio"] for r in chosen)
@@ -213,7 +215,7 @@ def print_summary(summary, out):
           file=out)
     for impl, e in summary.items():
         parts = []
-        for group in ("conv2d", "conv1d", "pool"):
+        for group in ("conv2d", "conv1d", "pool", "volumes"):
             if e[f"{group} fwd n"] or e[f"{group} fwd+bwd n"]:
                 parts.append(f"{group} fwd {_fmt(e[f'{group} fwd'], '.2f')}x, "
                              f"fwd+bwd {_fmt(e[f'{group} fwd+bwd'], '.2f')}x")
@@ -226,7 +228,7 @@ def print_summary(summary, out):
 def markdown(rows, summary, info):
     """A Markdown table of every row plus the summary, for the README."""
     threads = f"{info['threads']} thread" + ("s" if info["threads"] != 1 else "")
-    lines = [f"fastconv vs PyTorch {info.get('torch', '?')} on {info['cpu']}, {threads}, "
+    lines = [f"fastconv vs PyTorch {info.get('torch', '?')} on {info['cpu']} ({info.get('isa', '?')}), {threads}, "
              f"{info['allocator']}; float32 GEMM (numpy) {info['gemm_gflops']['numpy']:.0f} GFLOP/s.",
              "Ratio = torch ms / fastconv ms (above 1: fastconv is faster).", "",
              "| shape | impl | fwd ms | fwd GFLOP/s | fwd ratio | fwd+bwd ms | fwd+bwd GFLOP/s | fwd+bwd ratio |",
@@ -251,7 +253,7 @@ def markdown(rows, summary, info):
 
 def machine_info(threads, set_to, gemm):
     import fastconv
-    info = {"cpu": common.cpu_name(), "cores": os.cpu_count(), "threads": threads, "threads_set": set_to,
+    info = {"cpu": common.cpu_name(), "isa": common.vector_isa(), "cores": os.cpu_count(), "threads": threads, "threads_set": set_to,
             "allocator": common.allocator(), "python": platform.python_version(),
             "numpy": np.__version__, "fastconv": fastconv.__version__, "gemm_gflops": gemm}
     try:
@@ -277,6 +279,7 @@ def parse_args(argv):
     p.add_argument("--gemm-size", type=int, help="n of the n x n x n GEMM rate check (default 2048)")
     p.add_argument("--quick", action="store_true", help="every shape, 3 repetitions, short samples")
     p.add_argument("--tiny", action="store_true", help="tiny shapes, 3 repetitions: runs in seconds")
+    p.add_argument("--volumes", action="store_true", help="the 3-D shapes instead (with --tiny: tiny ones)")
     p.add_argument("--markdown", action="store_true", help="also print a Markdown table")
     p.add_argument("--json", metavar="FILE", help="write every number to FILE")
     p.add_argument("--list", action="store_true", help="list the shapes and exit")
@@ -292,7 +295,8 @@ def parse_args(argv):
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.min_time < 0:
         p.error("--min-time must not be negative")
-    table = common.TINY if args.tiny else common.FULL
+    table = {(False, False): common.FULL, (True, False): common.TINY, (False, True): common.VOLUMES,
+             (True, True): common.TINY_VOLUMES}[args.tiny, args.volumes]
     if args.shapes:
         wanted = [s.strip() for s in args.shapes.split(",") if s.strip()]
         unknown = [s for s in wanted if s not in common.SHAPES]
@@ -338,8 +342,10 @@ def compare(args, out=None):
     impls = choose_impls(args.backends, out)
     gemm = gemm_rate(args.gemm_size)
     info = machine_info(args.threads, set_to, gemm)
-    print(f"CPU: {info['cpu']} ({info['cores']} cores); threads: {set_to}; malloc: {info['allocator']}",
-          file=out)
+    print(f"CPU: {info['cpu']} ({info['cores']} cores, {info['isa']}); threads: {set_to}; "
+          f"malloc: {info['allocator']}", file=out)
+    if hasattr(os, "getloadavg"):
+        print(f"load average before the run: {os.getloadavg()[0]:.1f}", file=out)
     print(f"fastconv {info['fastconv']}, torch {info.get('torch', 'missing')}, numpy {info['numpy']}; "
           f"implementations: {', '.join(impls)}", file=out)
     print(f"float32 GEMM {args.gemm_size}^3 (best of {GEMM_REPEAT}): "

@@ -100,9 +100,7 @@ def _shape(spec, transposed=False):
     transposed convolution's spec is that of the convolution it is the adjoint of: turned)."""
     if spec is None:
         return "-"
-    c_out = getattr(spec, "c_out", getattr(spec, "c", None))
-    x = spec.user_shape(spec.x_shape)
-    y = spec.user_shape((spec.n, c_out, spec.oh, spec.ow))
+    x, y = spec.user_shape(spec.x_shape), spec.user_shape(spec.y_shape)
     if transposed:
         x, y = y, x
     return f"{'x'.join(map(str, x))} -> {'x'.join(map(str, y))}"

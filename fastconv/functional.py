@@ -3,7 +3,8 @@
 Each op: turn its arguments into Tensors, validate them through ``fastconv.shapes`` (before any work),
 plan its kernels through ``backends.plan``, compute, and record its backward beside the forward. Inputs may be
 Tensors or arrays; the graph is recorded when an input requires grad. 1-D ops run as 2-D ops on a unit
-height, so every kernel exists once.
+height, and 3-D ops run the same kernels on specs with a depth (``backends.depth``), so every kernel exists
+once.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ __all__ = [
     "conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d",
     "max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d", "lp_pool1d", "lp_pool2d",
     "max_unpool1d", "max_unpool2d", "adaptive_avg_pool1d", "adaptive_avg_pool2d", "interpolate",
+    "conv3d", "conv_transpose3d", "max_pool3d", "avg_pool3d", "lp_pool3d", "max_unpool3d", "adaptive_avg_pool3d",
     "linear", "relu", "tanh", "sigmoid", "flatten", "reshape", "softmax", "log_softmax",
     "cross_entropy", "nll_loss", "mse_loss", "dropout",
 ]
@@ -119,7 +121,7 @@ def _conv_transpose(input, weight, bias, dims, stride, padding, output_padding, 
     x4, w4 = _as4(x.data, spec.y_shape), _as4(w.data, spec.w_shape)
     y = run.conv2d_grad_input(x4, w4, spec)
     if b is not None:
-        y += b.data.reshape(1, -1, 1, 1)
+        y += b.data.reshape((1, -1) + (1,) * (y.ndim - 2))
 
     def backward(g):
         g4 = _as4(g, spec.x_shape)
@@ -217,7 +219,7 @@ def _lp_pool(input, dims, norm_type, kernel_size, stride, ceil_mode, backend):
     plan.plan("avg_pool2d", spec, x.dtype, x.device, backend)  # so is a bad backend
     # As in PyTorch: the p-th root of the window sum of x**p (an average times the window size).
     pooled = _avg_pool(x ** norm_type, dims, kernel_size, stride, 0, ceil_mode, True, backend, None)
-    return (pooled * float(spec.kh * spec.kw)) ** (1.0 / norm_type)
+    return (pooled * float(spec.kd * spec.kh * spec.kw)) ** (1.0 / norm_type)
 
 
 def lp_pool1d(input, norm_type, kernel_size, stride=None, ceil_mode=False, backend="auto"):
@@ -243,7 +245,7 @@ def _max_unpool(input, indices, dims, kernel_size, stride, padding, output_size,
     if idx.dtype.kind not in "iu":
         raise TypeError(f"indices must be an integer array (from max_pool with return_indices), got {idx.dtype}")
     out = shapes.unpool_output_size(x.shape, kernel, stride, padding, output_size, dims)
-    out_hw = (1,) + out if dims == 1 else out
+    out_hw = shapes.as_4d((0, 0) + out, dims)[2:]  # a volume's planes stacked: indices are flat either way
     if idx.size and (int(idx.numpy().min()) < 0 or int(idx.numpy().max()) >= out_hw[0] * out_hw[1]):
         raise ValueError(f"indices must lie in [0, {out_hw[0] * out_hw[1]}) for output size {out}")
     shape4 = shapes.as_4d(x.shape, dims)
@@ -272,6 +274,18 @@ def _resample(x, matrices):
     backward is the transposed map). Interpolation and adaptive pooling are both of this form."""
     xp = x.xp
     mats = [m.astype(x.dtype) if x.device == "cpu" else xp.asarray(m.astype(x.dtype)) for m in matrices]
+    if len(mats) == 3:  # the depth's matrix on (N, C, D, H*W), then the planes' as in 2-D
+        ad, ah, aw = mats
+        n, c, d, h, w = x.shape
+
+        def forward(a):
+            a = xp.matmul(ad, a.reshape(n, c, d, h * w)).reshape(n, c, ad.shape[0], h, w)
+            return xp.matmul(xp.matmul(ah, a), aw.T)
+
+        def backward(g):
+            g = xp.matmul(xp.matmul(ah.T, g), aw)
+            return (xp.matmul(ad.T, g.reshape(n, c, ad.shape[0], h * w)).reshape(x.shape),)
+        return make(forward(x.data), (x,), backward)
     if len(mats) == 1:
         (aw,) = mats
         return make(xp.matmul(x.data, aw.T), (x,), lambda g: (xp.matmul(g, aw),))
@@ -334,13 +348,58 @@ def _interp_matrix(size, out, scale, mode, align_corners):
 
 
 def interpolate(input, size=None, scale_factor=None, mode="nearest", align_corners=None):
-    """Resize ``(N, C, L)`` or ``(N, C, H, W)``: modes ``nearest``, ``linear`` (1-D), ``bilinear`` (2-D)."""
+    """Resize ``(N, C, L)``, ``(N, C, H, W)`` or ``(N, C, D, H, W)``: modes ``nearest``, ``linear`` (1-D),
+    ``bilinear`` (2-D), ``trilinear`` (3-D)."""
     (x,) = _tensors(input=input)
     _floats(input=x)
     out, scales = shapes.interpolate_size(x.shape, size, scale_factor, mode, align_corners)
     in_sizes = x.shape[2:]
     return _resample(x, [_interp_matrix(s, o, sc, mode, bool(align_corners))
                          for s, o, sc in zip(in_sizes, out, scales)])
+
+
+# ------------------------------------------------------------------------- volumes (3-D)
+def conv3d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, backend="auto",
+           activation=None):
+    """3-D cross-correlation of ``input (N, C_in, D, H, W)`` with ``weight (C_out, C_in/groups, KD, KH,
+    KW)``; every argument as in :func:`conv2d`, per axis (depth first)."""
+    return _conv(input, weight, bias, 3, stride, padding, dilation, groups, backend, activation)
+
+
+def conv_transpose3d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
+                     dilation=1, backend="auto"):
+    """Transposed 3-D convolution (the adjoint of conv3d); ``weight (C_in, C_out/groups, KD, KH, KW)``."""
+    return _conv_transpose(input, weight, bias, 3, stride, padding, output_padding, groups, dilation, backend)
+
+
+def max_pool3d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+               return_indices=False, backend="auto", activation=None):
+    """Max over sliding windows of ``(N, C, D, H, W)``; indices are flat (``(depth * H + row) * W + col``)
+    per volume, as PyTorch's. ``activation``: as in :func:`max_pool1d`."""
+    return _max_pool(input, 3, kernel_size, stride, padding, dilation, ceil_mode, return_indices, backend,
+                     activation)
+
+
+def avg_pool3d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+               backend="auto", activation=None):
+    """Mean over sliding windows of ``(N, C, D, H, W)``; ``count_include_pad`` counts zero padding;
+    ``activation`` as in :func:`max_pool1d`."""
+    return _avg_pool(input, 3, kernel_size, stride, padding, ceil_mode, count_include_pad, backend, activation)
+
+
+def lp_pool3d(input, norm_type, kernel_size, stride=None, ceil_mode=False, backend="auto"):
+    """Power-average pooling ``(sum x**p)**(1/p)`` over windows of ``(N, C, D, H, W)``."""
+    return _lp_pool(input, 3, norm_type, kernel_size, stride, ceil_mode, backend)
+
+
+def max_unpool3d(input, indices, kernel_size, stride=None, padding=0, output_size=None, backend="auto"):
+    """Inverse of max_pool3d: each value goes back to its argmax position, zeros elsewhere."""
+    return _max_unpool(input, indices, 3, kernel_size, stride, padding, output_size, backend)
+
+
+def adaptive_avg_pool3d(input, output_size):
+    """Average pooling to a fixed output size (``output_size=1`` is global average pooling)."""
+    return _adaptive_avg_pool(input, output_size, 3)
 
 
 # ------------------------------------------------------------------ layers' glue

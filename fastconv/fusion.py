@@ -25,11 +25,15 @@ def fusing(plan):
 
 
 def bias_grad(xp, g4):
-    """Gradient of a per-channel bias: the sum of ``g4 (N, C, H, W)`` over all but the channels."""
+    """Gradient of a per-channel bias: the sum of ``g4 (N, C, H, W)`` (or ``(N, C, D, H, W)``) over all but
+    the channels."""
     # Sum over the batch first (contiguous rows), then over positions: ~20x faster in NumPy than one
     # sum over axes (0, 2, 3) for the small maps of MNIST-1D and LeNet.
-    n, c, h, w = g4.shape  # explicit sizes: reshape with -1 fails for an empty batch
-    return xp.sum(xp.sum(g4.reshape(n, c, h * w), axis=0), axis=1)
+    n, c = g4.shape[:2]
+    planes = 1
+    for size in g4.shape[2:]:  # explicit sizes: reshape with -1 fails for an empty batch
+        planes *= size
+    return xp.sum(xp.sum(g4.reshape(n, c, planes), axis=0), axis=1)
 
 
 def conv2d(run, xp, x4, w4, b, spec, act):

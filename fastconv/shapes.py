@@ -3,7 +3,10 @@
 Every op turns its user-facing arguments (ints, tuples, ``"same"``, ``"valid"``) into one explicit,
 immutable description here, before any work is done: a :class:`ConvSpec` for convolutions and a
 :class:`PoolSpec` for pooling. Every backend reads the loop nest from these, so the geometry is computed
-in one place. 1-D ops are 2-D ops with a unit height (``h == kh == oh == 1``).
+in one place. 1-D ops are 2-D ops with a unit height (``h == kh == oh == 1``), and 2-D ops are 3-D ops
+with a unit depth (``d == kd == od == 1``, the defaults of the depth fields): ``dims`` says which the user
+called. A spec's ``x_shape``, ``w_shape`` and ``y_shape`` are the arrays its kernels take: 4-D (NCHW) for
+1-D and 2-D ops, 5-D (NCDHW) for 3-D ones; ``x_shape5`` and friends are always 5-D.
 
 The compiled kernels read one integer layout, :data:`GEOMETRY` (``spec.geometry()``): a pooling op is
 laid out as the depthwise convolution it walks like (one channel per group). Padding is
@@ -11,6 +14,7 @@ laid out as the depthwise convolution it walks like (one channel per group). Pad
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
@@ -26,6 +30,13 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 GEOMETRY = ("n", "c_in", "h", "w", "c_out", "kh", "kw", "oh", "ow", "sh", "sw", "pt", "pl", "dh", "dw", "groups")
 #: The part of :data:`GEOMETRY` that describes the window: ``spec.window``.
 WINDOW = slice(GEOMETRY.index("sh"), GEOMETRY.index("dw") + 1)
+#: The integer layout of a 3-D spec (``spec.geometry3()``), for kernels that walk the depth axis
+#: themselves: :data:`GEOMETRY` with the depth before each pair (size, kernel, output, stride, front
+#: padding, dilation). Output ``(oz, oy, ox)`` reads input depth ``oz*sd - pf + k*dd`` for depth tap ``k``.
+GEOMETRY3 = ("n", "c_in", "d", "h", "w", "c_out", "kd", "kh", "kw", "od", "oh", "ow", "sd", "sh", "sw",
+             "pf", "pt", "pl", "dd", "dh", "dw", "groups")
+#: The part of :data:`GEOMETRY3` that describes the window: ``spec.window3``.
+WINDOW3 = slice(GEOMETRY3.index("sd"), GEOMETRY3.index("dw") + 1)
 
 
 # ----------------------------------------------------------------------------------------- sizes
@@ -268,6 +279,9 @@ def check_float(**arrays):
     return dtype
 
 
+LAYOUTS = {1: "N, C, L", 2: "N, C, H, W", 3: "N, C, D, H, W"}
+
+
 def _check_rank(name, shape, rank, layout):
     """``shape`` is a shape (a tuple of non-negative ints) of ``rank`` dims."""
     if not isinstance(shape, (tuple, list)) or not all(is_int(v) for v in shape) or min(shape, default=0) < 0:
@@ -300,12 +314,23 @@ def check_memory(what, shape, culprits, itemsize=4):
 
 
 # ------------------------------------------------------------------------------- convolution
+DEPTH_FIELDS = ("d", "kd", "od", "depth_stride", "depth_padding", "depth_dilation")
+
+
+def _repr(spec):
+    """A spec as its constructor call, without the depth fields of a 1-D or 2-D op (their defaults)."""
+    names = [f.name for f in dataclasses.fields(spec) if spec.dims == 3 or f.name not in DEPTH_FIELDS]
+    return f"{type(spec).__name__}({', '.join(f'{k}={getattr(spec, k)!r}' for k in names)})"
+
+
 @dataclass(frozen=True)
 class ConvSpec:
-    """The loop nest of one 2-D convolution (cross-correlation), shared by all backends.
+    """The loop nest of one convolution (cross-correlation), shared by all backends.
 
-    ``y[n, g*cog + o, oy, ox] = sum_{c, i, j} x[n, g*cig + c, oy*sh - pt + i*dh, ox*sw - pl + j*dw]
-    * w[g*cog + o, c, i, j]`` with ``cig = c_in // groups``, ``cog = c_out // groups``.
+    ``y[n, g*cog + o, oz, oy, ox] = sum_{c, k, i, j} x[n, g*cig + c, oz*sd - pf + k*dd, oy*sh - pt + i*dh,
+    ox*sw - pl + j*dw] * w[g*cog + o, c, k, i, j]`` with ``cig = c_in // groups``, ``cog = c_out // groups``;
+    the depth terms (``d``, ``kd``, ``od``, ``depth_*``) default to a unit depth, which is a 2-D
+    convolution.
     """
     n: int
     c_in: int
@@ -320,27 +345,48 @@ class ConvSpec:
     padding: tuple  # (top, bottom, left, right)
     dilation: tuple  # (dh, dw)
     groups: int
-    dims: int = 2   # 1 for conv1d: h == kh == oh == 1
+    dims: int = 2   # 1 for conv1d: h == kh == oh == 1; 3 for conv3d
+    d: int = 1
+    kd: int = 1
+    od: int = 1
+    depth_stride: int = 1
+    depth_padding: tuple = (0, 0)  # (front, back)
+    depth_dilation: int = 1
+
+    __repr__ = _repr
+
+    @property
+    def x_shape5(self):
+        return (self.n, self.c_in, self.d, self.h, self.w)
+
+    @property
+    def w_shape5(self):
+        return (self.c_out, self.c_in // self.groups, self.kd, self.kh, self.kw)
+
+    @property
+    def y_shape5(self):
+        return (self.n, self.c_out, self.od, self.oh, self.ow)
 
     @property
     def x_shape(self):
-        return (self.n, self.c_in, self.h, self.w)
+        return self.x_shape5 if self.dims == 3 else (self.n, self.c_in, self.h, self.w)
 
     @property
     def w_shape(self):
-        return (self.c_out, self.c_in // self.groups, self.kh, self.kw)
+        return self.w_shape5 if self.dims == 3 else (self.c_out, self.c_in // self.groups, self.kh, self.kw)
 
     @property
     def y_shape(self):
-        return (self.n, self.c_out, self.oh, self.ow)
+        return self.y_shape5 if self.dims == 3 else (self.n, self.c_out, self.oh, self.ow)
 
     @property
     def flops(self):
         """Multiply-adds times two of the forward pass."""
-        return 2 * self.n * self.c_out * self.oh * self.ow * (self.c_in // self.groups) * self.kh * self.kw
+        return (2 * self.n * self.c_out * self.od * self.oh * self.ow * (self.c_in // self.groups)
+                * self.kd * self.kh * self.kw)
 
     def user_shape(self, shape4):
-        """A 4-D (N, C, H, W) shape as the user sees it: (N, C, L) for 1-D ops."""
+        """A kernel's array shape as the user sees it: (N, C, L) for 1-D ops."""
         return (shape4[0], shape4[1], shape4[3]) if self.dims == 1 else tuple(shape4)
 
     def geometry(self):
@@ -348,10 +394,31 @@ class ConvSpec:
         return (self.n, self.c_in, self.h, self.w, self.c_out, self.kh, self.kw, self.oh, self.ow,
                 *self.stride, self.padding[0], self.padding[2], *self.dilation, self.groups)
 
+    def geometry3(self):
+        """The ints of :data:`GEOMETRY3`, the layout of kernels that walk the depth axis."""
+        return _geometry3(self, self.c_in, self.c_out, self.groups)
+
     @property
     def window(self):
         """``(sh, sw, pt, pl, dh, dw)``: where each output's window starts and how it steps."""
         return self.geometry()[WINDOW]
+
+    @property
+    def window3(self):
+        """``(sd, sh, sw, pf, pt, pl, dd, dh, dw)``: :attr:`window` with the depth."""
+        return self.geometry3()[WINDOW3]
+
+
+def _geometry3(spec, c_in, c_out, groups):
+    return (spec.n, c_in, spec.d, spec.h, spec.w, c_out, spec.kd, spec.kh, spec.kw, spec.od, spec.oh, spec.ow,
+            spec.depth_stride, *spec.stride, spec.depth_padding[0], spec.padding[0], spec.padding[2],
+            spec.depth_dilation, *spec.dilation, groups)
+
+
+def _depth(out, spatial, kernel, stride, pads, dilation):
+    """The depth fields of a 3-D spec (the first of each per-axis tuple), as keyword arguments."""
+    return dict(d=spatial[0], kd=kernel[0], od=out[0], depth_stride=stride[0], depth_padding=tuple(pads[0]),
+                depth_dilation=dilation[0])
 
 
 def conv_padding(padding, dims, kernel, dilation, stride):
@@ -374,7 +441,7 @@ def conv_padding(padding, dims, kernel, dilation, stride):
 
 def conv_spec(x_shape, w_shape, bias_shape=None, stride=1, padding=0, dilation=1, groups=1, dims=2):
     """Validate the arguments of ``conv{dims}d`` and return its :class:`ConvSpec`."""
-    layout = "N, C, L" if dims == 1 else "N, C, H, W"
+    layout = LAYOUTS[dims]
     _check_rank("input", x_shape, dims + 2, layout)
     _check_rank("weight", w_shape, dims + 2, "C_out, C_in/groups, " + layout[6:])
     stride = _ints("stride", stride, dims, 1)
@@ -409,15 +476,18 @@ def conv_spec(x_shape, w_shape, bias_shape=None, stride=1, padding=0, dilation=1
     if dims == 1:
         return ConvSpec(n, c_in, 1, spatial[0], c_out, 1, kernel[0], 1, out[0], (1, stride[0]),
                         (0, 0) + pads[0], (1, dilation[0]), groups, dims=1)
-    return ConvSpec(n, c_in, spatial[0], spatial[1], c_out, kernel[0], kernel[1], out[0], out[1],
-                    stride, pads[0] + pads[1], dilation, groups)
+    depth = _depth(out, spatial, kernel, stride, pads, dilation) if dims == 3 else {}
+    i = dims - 2  # the first plane axis
+    return ConvSpec(n, c_in, spatial[i], spatial[i + 1], c_out, kernel[i], kernel[i + 1], out[i], out[i + 1],
+                    stride[i:], pads[i] + pads[i + 1], dilation[i:], groups, dims, **depth)
 
 
 def is_pointwise(spec):
     """1x1, stride 1, no padding, every input pixel read (a transposed convolution's output padding adds
     pixels no output reads): a convolution that is a plain matrix product of the input planes."""
     return (spec.kh == spec.kw == 1 and spec.stride == (1, 1) and not any(spec.padding)
-            and (spec.oh, spec.ow) == (spec.h, spec.w))
+            and (spec.oh, spec.ow) == (spec.h, spec.w)
+            and spec.kd == spec.depth_stride == 1 and not any(spec.depth_padding) and spec.od == spec.d)
 
 
 def adjoint_spec(spec):
@@ -456,7 +526,7 @@ def conv_transpose_spec(x_shape, w_shape, bias_shape=None, stride=1, padding=0, 
     ``x``'s shape; the returned spec describes that convolution (its input is the transposed conv's output).
     The weight is ``(C_in, C_out/groups, *kernel)``, as in PyTorch.
     """
-    layout = "N, C, L" if dims == 1 else "N, C, H, W"
+    layout = LAYOUTS[dims]
     _check_rank("input", x_shape, dims + 2, layout)
     _check_rank("weight", w_shape, dims + 2, "C_in, C_out/groups, " + layout[6:])
     stride = _ints("stride", stride, dims, 1)
@@ -492,15 +562,19 @@ def conv_transpose_spec(x_shape, w_shape, bias_shape=None, stride=1, padding=0, 
     if dims == 1:
         return ConvSpec(n, c_out, 1, out[0], c_in, 1, kernel[0], 1, spatial[0], (1, stride[0]),
                         (0, 0, pads[0], pads[0]), (1, dilation[0]), groups, dims=1)
-    return ConvSpec(n, c_out, out[0], out[1], c_in, kernel[0], kernel[1], spatial[0], spatial[1],
-                    stride, (pads[0], pads[0], pads[1], pads[1]), dilation, groups)
+    # the convolution's input is this op's output and its output this op's input
+    depth = _depth(spatial, out, kernel, stride, [(p, p) for p in pads], dilation) if dims == 3 else {}
+    i = dims - 2
+    return ConvSpec(n, c_out, out[i], out[i + 1], c_in, kernel[i], kernel[i + 1], spatial[i], spatial[i + 1],
+                    stride[i:], (pads[i], pads[i], pads[i + 1], pads[i + 1]), dilation[i:], groups, dims, **depth)
 
 
 # ----------------------------------------------------------------------------------- pooling
 @dataclass(frozen=True)
 class PoolSpec:
-    """The windows of one 2-D pooling op: ``y[n, c, oy, ox]`` reduces
-    ``x[n, c, oy*sh - pt + i*dh, ox*sw - pl + j*dw]`` over ``0 <= i < kh, 0 <= j < kw``."""
+    """The windows of one pooling op: ``y[n, c, oz, oy, ox]`` reduces
+    ``x[n, c, oz*sd - pf + k*dd, oy*sh - pt + i*dh, ox*sw - pl + j*dw]`` over ``0 <= k < kd,
+    0 <= i < kh, 0 <= j < kw``; the depth terms default to a unit depth (a 2-D pooling)."""
     n: int
     c: int
     h: int
@@ -515,14 +589,30 @@ class PoolSpec:
     ceil_mode: bool = False
     count_include_pad: bool = True
     dims: int = 2
+    d: int = 1
+    kd: int = 1
+    od: int = 1
+    depth_stride: int = 1
+    depth_padding: tuple = (0, 0)  # (front, back): symmetric
+    depth_dilation: int = 1
+
+    __repr__ = _repr
+
+    @property
+    def x_shape5(self):
+        return (self.n, self.c, self.d, self.h, self.w)
+
+    @property
+    def y_shape5(self):
+        return (self.n, self.c, self.od, self.oh, self.ow)
 
     @property
     def x_shape(self):
-        return (self.n, self.c, self.h, self.w)
+        return self.x_shape5 if self.dims == 3 else (self.n, self.c, self.h, self.w)
 
     @property
     def y_shape(self):
-        return (self.n, self.c, self.oh, self.ow)
+        return self.y_shape5 if self.dims == 3 else (self.n, self.c, self.oh, self.ow)
 
     def user_shape(self, shape4):
         return (shape4[0], shape4[1], shape4[3]) if self.dims == 1 else tuple(shape4)
@@ -532,22 +622,42 @@ class PoolSpec:
         return (self.n, self.c, self.h, self.w, self.c, self.kh, self.kw, self.oh, self.ow, *self.stride,
                 self.padding[0], self.padding[2], *self.dilation, max(self.c, 1))
 
+    def geometry3(self):
+        """The ints of :data:`GEOMETRY3`: the depthwise 3-D convolution the windows walk like."""
+        return _geometry3(self, self.c, self.c, max(self.c, 1))
+
     @property
     def window(self):
         """``(sh, sw, pt, pl, dh, dw)``: where each output's window starts and how it steps."""
         return self.geometry()[WINDOW]
 
+    @property
+    def window3(self):
+        """``(sd, sh, sw, pf, pt, pl, dd, dh, dw)``: :attr:`window` with the depth."""
+        return self.geometry3()[WINDOW3]
+
+    def _counts(self, out, size, k, s, p):
+        """What average pooling divides by along one axis, PyTorch's rule: the window clipped to the
+        padded input (``count_include_pad``) or to the input itself; the ``ceil_mode`` overhang past the
+        padding never counts."""
+        start = np.arange(out) * s - p
+        end = np.minimum(start + k, size + p)
+        return end - start if self.count_include_pad else np.minimum(end, size) - np.maximum(start, 0)
+
     def divisors(self, dtype=np.float64):
-        """What average pooling divides each output by, ``(oh, ow)``, PyTorch's rule: the window clipped
-        to the padded input (``count_include_pad``) or to the input itself; the ``ceil_mode`` overhang past
-        the padding never counts."""
-        def one_axis(out, size, k, s, p):
-            start = np.arange(out) * s - p
-            end = np.minimum(start + k, size + p)
-            return end - start if self.count_include_pad else np.minimum(end, size) - np.maximum(start, 0)
-        rows = one_axis(self.oh, self.h, self.kh, self.stride[0], self.padding[0])
-        cols = one_axis(self.ow, self.w, self.kw, self.stride[1], self.padding[2])
+        """What average pooling divides each output of a plane by, ``(oh, ow)``: the product of each
+        axis's count (:meth:`_counts`)."""
+        rows = self._counts(self.oh, self.h, self.kh, self.stride[0], self.padding[0])
+        cols = self._counts(self.ow, self.w, self.kw, self.stride[1], self.padding[2])
         return np.ascontiguousarray(np.outer(rows, cols), dtype=dtype)
+
+    def depth_divisors(self, dtype=np.float64):
+        """The depth axis's share of the divisors, ``(od,)``."""
+        return self._counts(self.od, self.d, self.kd, self.depth_stride, self.depth_padding[0]).astype(dtype)
+
+    def divisors5(self, dtype=np.float64):
+        """The divisors of every output of a volume, ``(od, oh, ow)``."""
+        return np.ascontiguousarray(self.depth_divisors()[:, None, None] * self.divisors(), dtype=dtype)
 
 
 def pool_args(kernel_size, stride, padding, dilation, dims):
@@ -568,7 +678,7 @@ def pool_args(kernel_size, stride, padding, dilation, dims):
 def pool_spec(x_shape, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
               count_include_pad=True, dims=2):
     """Validate the arguments of a pooling op and return its :class:`PoolSpec`."""
-    _check_rank("input", x_shape, dims + 2, "N, C, L" if dims == 1 else "N, C, H, W")
+    _check_rank("input", x_shape, dims + 2, LAYOUTS[dims])
     kernel, stride, pads, dilation = pool_args(kernel_size, stride, padding, dilation, dims)
     ceil_mode, count_include_pad = flag("ceil_mode", ceil_mode), flag("count_include_pad", count_include_pad)
     spatial = tuple(x_shape[2:])
@@ -585,8 +695,11 @@ def pool_spec(x_shape, kernel_size, stride=None, padding=0, dilation=1, ceil_mod
     if dims == 1:
         return PoolSpec(n, c, 1, spatial[0], 1, kernel[0], 1, out[0], (1, stride[0]), (0, 0, pads[0], pads[0]),
                         (1, dilation[0]), ceil_mode, count_include_pad, dims=1)
-    return PoolSpec(n, c, spatial[0], spatial[1], kernel[0], kernel[1], out[0], out[1], stride,
-                    (pads[0], pads[0], pads[1], pads[1]), dilation, ceil_mode, count_include_pad)
+    depth = _depth(out, spatial, kernel, stride, [(p, p) for p in pads], dilation) if dims == 3 else {}
+    i = dims - 2
+    return PoolSpec(n, c, spatial[i], spatial[i + 1], kernel[i], kernel[i + 1], out[i], out[i + 1], stride[i:],
+                    (pads[i], pads[i], pads[i + 1], pads[i + 1]), dilation[i:], ceil_mode, count_include_pad,
+                    dims, **depth)
 
 
 def unpool_output_size(x_shape, kernel, stride, padding, output_size, dims):
@@ -615,10 +728,25 @@ def unpool_output_size(x_shape, kernel, stride, padding, output_size, dims):
 # ------------------------------------------------------------------------------- resampling
 def adaptive_size(x_shape, output_size, dims):
     """Output size of ``adaptive_avg_pool{dims}d``, checked (with the memory of its averaging matrices)."""
-    _check_rank("input", x_shape, dims + 2, "N, C, L" if dims == 1 else "N, C, H, W")
+    _check_rank("input", x_shape, dims + 2, LAYOUTS[dims])
     out = _ints("output_size", output_size, dims, 1)
     _check_resample(x_shape, out, "output_size")
     return out
+
+
+RESIZE_MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}  # the linear mode of each dims
+
+
+def resize_args(size, scale_factor, mode, align_corners, modes=("nearest",) + tuple(RESIZE_MODES.values())):
+    """Check the arguments of a resize that do not depend on the input: ``mode`` one of ``modes``,
+    ``align_corners`` only with a linear mode, exactly one of ``size`` and ``scale_factor``."""
+    choice("mode", mode, modes)
+    if align_corners is not None:
+        flag("align_corners", align_corners)
+        if mode == "nearest":
+            raise ValueError("align_corners can only be set with a linear mode")
+    if (size is None) == (scale_factor is None):
+        raise ValueError("give exactly one of size and scale_factor")
 
 
 def interpolate_size(x_shape, size=None, scale_factor=None, mode="nearest", align_corners=None):
@@ -627,16 +755,11 @@ def interpolate_size(x_shape, size=None, scale_factor=None, mode="nearest", alig
     The scale is PyTorch's source step per output cell: ``input / size``, or ``1 / scale_factor``.
     """
     dims = len(x_shape) - 2 if isinstance(x_shape, (tuple, list)) else 0
-    if dims not in (1, 2):
-        raise ValueError(f"input must be 3-D (N, C, L) or 4-D (N, C, H, W), got shape {tuple(x_shape)}")
-    _check_rank("input", x_shape, dims + 2, "N, C, L" if dims == 1 else "N, C, H, W")
-    choice("mode", mode, ("nearest", {1: "linear", 2: "bilinear"}[dims]))
-    if align_corners is not None:
-        flag("align_corners", align_corners)
-        if mode == "nearest":
-            raise ValueError("align_corners can only be set with a linear mode")
-    if (size is None) == (scale_factor is None):
-        raise ValueError("give exactly one of size and scale_factor")
+    if dims not in (1, 2, 3):
+        raise ValueError(f"input must be 3-D (N, C, L), 4-D (N, C, H, W) or 5-D (N, C, D, H, W), got shape "
+                         f"{tuple(x_shape)}")
+    _check_rank("input", x_shape, dims + 2, LAYOUTS[dims])
+    resize_args(size, scale_factor, mode, align_corners, ("nearest", RESIZE_MODES[dims]))
     in_sizes = tuple(x_shape[2:])
     if size is not None:
         out = _ints("size", size, dims, 1)
@@ -709,14 +832,17 @@ def reshape_shape(name, shape, size):
 
 
 def as_4d(shape, dims):
-    """(N, C, L) -> (N, C, 1, L) for 1-D ops; 2-D shapes pass through."""
+    """(N, C, L) -> (N, C, 1, L) for 1-D ops; 2-D shapes pass through; (N, C, D, H, W) -> (N, C, D*H, W)
+    (the planes of a volume stacked, for ops that see each (n, c) plane as flat)."""
     shape = tuple(shape)
+    if dims == 3:
+        return shape[:2] + (shape[2] * shape[3], shape[4])
     return shape[:2] + (1,) + shape[2:] if dims == 1 else shape
 
 
-__all__ = ["GEOMETRY", "conv_output_size", "conv_transpose_output_size", "pool_output_size", "receptive_field",
+__all__ = ["GEOMETRY", "GEOMETRY3", "LAYOUTS", "conv_output_size", "conv_transpose_output_size", "pool_output_size", "receptive_field",
            "ConvSpec", "PoolSpec", "conv_spec", "conv_transpose_spec", "pool_spec", "check_float",
            "unpool_output_size", "as_4d", "ints", "is_pointwise", "adjoint_spec", "adjoint_weight",
            "adjoint_padding", "integer", "real", "reals", "flag", "choice", "as_array", "dtype_arg",
            "float_dtype", "axis", "axes", "pool_args", "memory_limit", "check_memory", "conv_padding",
-           "adaptive_size", "interpolate_size", "broadcast_shape", "matmul_shape", "reshape_shape", "INT_MAX"]
+           "adaptive_size", "interpolate_size", "resize_args", "broadcast_shape", "matmul_shape", "reshape_shape", "INT_MAX"]

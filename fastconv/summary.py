@@ -29,7 +29,8 @@ _POINTWISE = {"relu", "tanh", "sigmoid", "exp", "log", "abs", "dropout", "softma
 _KERNELS = {"conv1d": "conv2d", "conv2d": "conv2d", "conv_transpose1d": "conv2d_grad_input",
             "conv_transpose2d": "conv2d_grad_input", "max_pool1d": "max_pool2d", "max_pool2d": "max_pool2d",
             "avg_pool1d": "avg_pool2d", "avg_pool2d": "avg_pool2d", "lp_pool1d": "avg_pool2d",
-            "lp_pool2d": "avg_pool2d"}
+            "lp_pool2d": "avg_pool2d", "conv3d": "conv2d", "conv_transpose3d": "conv2d_grad_input",
+            "max_pool3d": "max_pool2d", "avg_pool3d": "avg_pool2d", "lp_pool3d": "avg_pool2d"}
 
 
 @dataclass
@@ -122,7 +123,7 @@ def _spec(node):
     """The ConvSpec or PoolSpec of a convolution or pooling node (None for other ops)."""
     a = node.args
     x = a.get("input")
-    if node.op in ("conv1d", "conv2d"):
+    if node.op in ("conv1d", "conv2d", "conv3d"):
         b = a["bias"]
         return shapes.conv_spec(x.shape, a["weight"].shape, None if b is None else b.shape, a["stride"],
                                 a["padding"], a["dilation"], a["groups"], x.ndim - 2)
@@ -151,9 +152,10 @@ def _path(node, paths):
     spec = _spec(node)
     if spec is None or node.op.startswith("conv_transpose"):
         return None
-    before = (spec.padding[0], spec.padding[2]) if len(spec.padding) == 4 else spec.padding  # conv: t, b, l, r
-    layers = zip(_spatial((spec.kh, spec.kw), spec.dims), _spatial(spec.stride, spec.dims),
-                 _spatial(spec.dilation, spec.dims), _spatial(before, spec.dims))
+    before = (spec.depth_padding[0], spec.padding[0], spec.padding[2])  # padding: (top, bottom, left, right)
+    layers = zip(_spatial((spec.kd, spec.kh, spec.kw), spec.dims),
+                 _spatial((spec.depth_stride,) + spec.stride, spec.dims),
+                 _spatial((spec.depth_dilation,) + spec.dilation, spec.dims), _spatial(before, spec.dims))
     return tuple(axis + (layer,) for axis, layer in zip(inputs[0] or ((),) * spec.dims, layers))
 
 

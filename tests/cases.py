@@ -140,3 +140,16 @@ def runs_here(name, fn):
         if f"'{name.split(':')[0]}" in str(err) and ("cannot run" in str(err) or "has no" in str(err)):
             return None
         raise
+
+
+def matches_reference(name, case, seed):
+    """Run ``case`` under plan ``name`` and check its output and gradients against the reference's: True,
+    or None where the plan cannot run it (``cython:blocked`` runs float32 cases only)."""
+    import fastconv.functional as F
+    from helpers import check_against
+    if name == "cython:blocked":
+        case = dict(case, dtype=np.float32)
+    arrays = make_args(case, np.random.default_rng(seed))
+    return runs_here(name, lambda: check_against(
+        lambda *t: call(F, case, t, backend=name), lambda *t: call(F, case, t, backend="numpy"),
+        arrays, what=f"{name} {case}") or True)

@@ -38,10 +38,12 @@ def float_dtypes(alone=False):
             ("object", object)] + ([] if alone else [("float64 beside float32", np.float64)])
 
 
-def sizes(minimum, optional=False):
-    """Bad values of an int-or-tuple size argument (kernel_size, stride, padding, output_size, ...)."""
+def sizes(minimum, optional=False, dims=2):
+    """Bad values of an int-or-tuple size argument (kernel_size, stride, padding, output_size, ...) of an
+    op with ``dims`` spatial dims."""
     values = [("str", "2"), ("float", 2.5), ("nan", NAN), ("inf", INF), ("negative", -1), ("bool", True),
-              ("list of str", ["a"]), ("object", object()), ("too many", (1, 1, 1)), ("over INT_MAX", 2 ** 40)]
+              ("list of str", ["a"]), ("object", object()), ("too many", (1,) * max(3, dims + 1)),
+              ("over INT_MAX", 2 ** 40)]
     values += [("zero", 0)] if minimum == 1 else []
     return values if optional else values + [("None", None)]
 
@@ -105,22 +107,24 @@ class Entry:
 
 
 def _pool_args(x, padding=True, dilation=True):
-    bad = dict(input=array_variants(x, alone=True), kernel_size=sizes(1), stride=sizes(1, optional=True),
-               ceil_mode=flags(), backend=choices(optional=True))
-    bad.update(dict(padding=sizes(0)) if padding else {})
-    bad.update(dict(dilation=sizes(1)) if dilation else {})
+    dims = x.ndim - 2
+    bad = dict(input=array_variants(x, alone=True), kernel_size=sizes(1, dims=dims),
+               stride=sizes(1, optional=True, dims=dims), ceil_mode=flags(), backend=choices(optional=True))
+    bad.update(dict(padding=sizes(0, dims=dims)) if padding else {})
+    bad.update(dict(dilation=sizes(1, dims=dims)) if dilation else {})
     return bad
 
 
 def _functional_entries():
-    x1, x2 = data(2, 4, 9), data(2, 4, 7, 6)
-    w1, w2, b = data(6, 2, 3), data(6, 2, 3, 2), data(6)
-    wt1, wt2 = data(4, 3, 3), data(4, 3, 2, 3)
-    conv = dict(stride=sizes(1), padding=sizes(0) + [("unknown str", "full")], dilation=sizes(1),
-                groups=integers(1) + [("not dividing", 3)], backend=choices(optional=True))
-    conv_t = dict(conv, padding=sizes(0) + [("str", "same")], output_padding=sizes(0))
+    x1, x2, x3 = data(2, 4, 9), data(2, 4, 7, 6), data(2, 4, 5, 4, 6)
+    w1, w2, w3, b = data(6, 2, 3), data(6, 2, 3, 2), data(6, 2, 2, 3, 2), data(6)
+    wt1, wt2, wt3 = data(4, 3, 3), data(4, 3, 2, 3), data(4, 3, 2, 2, 3)
     entries = []
-    for dims, x, w, wt in ((1, x1, w1, wt1), (2, x2, w2, wt2)):
+    for dims, x, w, wt in ((1, x1, w1, wt1), (2, x2, w2, wt2), (3, x3, w3, wt3)):
+        conv = dict(stride=sizes(1, dims=dims), padding=sizes(0, dims=dims) + [("unknown str", "full")],
+                    dilation=sizes(1, dims=dims), groups=integers(1) + [("not dividing", 3)],
+                    backend=choices(optional=True))
+        conv_t = dict(conv, padding=sizes(0, dims=dims) + [("str", "same")], output_padding=sizes(0, dims=dims))
         pooled, idx = (t.numpy() for t in getattr(F, f"max_pool{dims}d")(x, 2, return_indices=True))
         entries += [
             Entry(f"conv{dims}d", getattr(F, f"conv{dims}d"),
@@ -143,19 +147,20 @@ def _functional_entries():
                   dict(input=array_variants(pooled, alone=True),
                        indices=not_arrays() + [("float", idx.astype(np.float32)), ("wrong shape", idx[:1, :1]),
                                                ("out of range", idx + 10 ** 6)],
-                       kernel_size=sizes(1), stride=sizes(1, optional=True), padding=sizes(0),
-                       output_size=sizes(1, optional=True), backend=choices(optional=True))),
+                       kernel_size=sizes(1, dims=dims), stride=sizes(1, optional=True, dims=dims),
+                       padding=sizes(0, dims=dims), output_size=sizes(1, optional=True, dims=dims),
+                       backend=choices(optional=True))),
             Entry(f"adaptive_avg_pool{dims}d", getattr(F, f"adaptive_avg_pool{dims}d"),
                   lambda x=x: dict(input=x, output_size=3),
-                  dict(input=array_variants(x, alone=True), output_size=sizes(1))),
+                  dict(input=array_variants(x, alone=True), output_size=sizes(1, dims=dims))),
             Entry(f"interpolate {dims}-D size", F.interpolate, lambda x=x: dict(input=x, size=5, mode="nearest"),
-                  dict(input=array_variants(x, ranks=False, alone=True) + [("rank 2", x[0, 0])],
-                       size=sizes(1, optional=True), mode=choices() + [("other rank's mode", "bilinear" if dims == 1
-                                                                        else "linear")],
+                  dict(input=array_variants(x, ranks=False, alone=True) + [("rank 2", x.reshape(-1, x.shape[-1]))],
+                       size=sizes(1, optional=True, dims=dims),
+                       mode=choices() + [("other rank's mode", "linear" if dims == 2 else "bilinear")],
                        align_corners=flags(optional=True) + [("with nearest", True)])),
             Entry(f"interpolate {dims}-D scale_factor", F.interpolate,
-                  lambda x=x: dict(input=x, scale_factor=1.5, mode="bilinear" if x.ndim == 4 else "linear"),
-                  dict(scale_factor=reals(0) + [("zero", 0), ("too many", (2.0, 2.0, 2.0)),
+                  lambda x=x: dict(input=x, scale_factor=1.5, mode=shapes.RESIZE_MODES[x.ndim - 2]),
+                  dict(scale_factor=reals(0) + [("zero", 0), ("too many", (2.0,) * max(3, dims + 1)),
                                                 ("empty output", 1e-9)],
                        align_corners=flags(optional=True))),
         ]
@@ -192,12 +197,12 @@ def _functional_entries():
 def _layer_entries():
     conv = lambda cls, **over: Entry(  # noqa: E731
         f"nn.{cls.__name__}", cls, lambda: dict(in_channels=4, out_channels=6, kernel_size=3, **over),
-        dict(in_channels=integers(1), out_channels=integers(1), kernel_size=sizes(1), stride=sizes(1),
-             padding=sizes(0) + [("unknown str", "full")], dilation=sizes(1),
-             groups=integers(1) + [("not dividing", 4)],
+        dict(in_channels=integers(1), out_channels=integers(1), kernel_size=sizes(1, dims=cls.dims),
+             stride=sizes(1, dims=cls.dims), padding=sizes(0, dims=cls.dims) + [("unknown str", "full")],
+             dilation=sizes(1, dims=cls.dims), groups=integers(1) + [("not dividing", 4)],
              bias=flags(), dtype=dtypes()), watch=False)
-    entries = [conv(nn.Conv1d), conv(nn.Conv2d), conv(nn.ConvTranspose1d, output_padding=0),
-               conv(nn.ConvTranspose2d, output_padding=0)]
+    entries = [conv(nn.Conv1d), conv(nn.Conv2d), conv(nn.Conv3d), conv(nn.ConvTranspose1d, output_padding=0),
+               conv(nn.ConvTranspose2d, output_padding=0), conv(nn.ConvTranspose3d, output_padding=0)]
     entries += [
         Entry("nn.Linear", nn.Linear, lambda: dict(in_features=3, out_features=4),
               dict(in_features=integers(1), out_features=integers(1), bias=flags(), dtype=dtypes()), watch=False),
@@ -207,17 +212,19 @@ def _layer_entries():
         Entry("nn.MSELoss", nn.MSELoss, lambda: {}, dict(reduction=choices()), watch=False),
         Entry("nn.ModuleList", nn.ModuleList, lambda: {}, dict(modules=[("int", 3), ("list of int", [3])]),
               watch=False),
+        Entry("nn.Upsample", nn.Upsample, lambda: dict(scale_factor=2),
+              dict(mode=choices(), align_corners=flags(optional=True) + [("with nearest", True)]), watch=False),
     ]
-    for dims in (1, 2):
+    for dims in (1, 2, 3):
+        window = dict(kernel_size=sizes(1, dims=dims), stride=sizes(1, optional=True, dims=dims),
+                      padding=sizes(0, dims=dims), ceil_mode=flags())
         entries += [
             Entry(f"nn.MaxPool{dims}d", getattr(nn, f"MaxPool{dims}d"), lambda: dict(kernel_size=2),
-                  dict(kernel_size=sizes(1), stride=sizes(1, optional=True), padding=sizes(0), dilation=sizes(1),
-                       ceil_mode=flags(), return_indices=flags()), watch=False),
+                  dict(window, dilation=sizes(1, dims=dims), return_indices=flags()), watch=False),
             Entry(f"nn.AvgPool{dims}d", getattr(nn, f"AvgPool{dims}d"), lambda: dict(kernel_size=2),
-                  dict(kernel_size=sizes(1), stride=sizes(1, optional=True), padding=sizes(0), ceil_mode=flags(),
-                       count_include_pad=flags()), watch=False),
+                  dict(window, count_include_pad=flags()), watch=False),
             Entry(f"nn.AdaptiveAvgPool{dims}d", getattr(nn, f"AdaptiveAvgPool{dims}d"), lambda: dict(output_size=2),
-                  dict(output_size=sizes(1)), watch=False),
+                  dict(output_size=sizes(1, dims=dims)), watch=False),
         ]
     layers = {"nn.Conv1d(...)(x)": (nn.Conv1d(4, 6, 3), data(2, 4, 9)),
               "nn.Conv2d(...)(x)": (nn.Conv2d(4, 6, 3), data(2, 4, 7, 6)),

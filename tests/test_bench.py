@@ -38,11 +38,14 @@ def compare_training():
 # ------------------------------------------------------------------------------ shape table
 def test_shape_table_is_valid_and_matches_the_spec():
     from fastconv import shapes
-    assert len(common.SHAPES) == len(common.CONV2D + common.CONV1D + common.POOL + common.TINY)  # unique
+    assert len(common.SHAPES) == len(common.CONV2D + common.CONV1D + common.POOL + common.TINY + common.VOLUMES
+                                     + common.TINY_VOLUMES)  # unique
     for shape in common.SHAPES.values():
         if shape.kind == "conv":
             spec = shape.spec()
-            assert spec.c_in == shape.x[1] and shape.flops(True) == 3 * shape.flops(False) > 0
+            # a transposed convolution's spec is the convolution it is the adjoint of: its output is the input
+            assert (spec.c_out if shape.transposed else spec.c_in) == shape.x[1]
+            assert shape.flops(True) == 3 * shape.flops(False) > 0
         else:
             shapes.pool_spec(shape.x, shape.kernel, shape.stride, dims=shape.dims)
     vgg, resnet = common.SHAPES["vgg_3x3"], common.SHAPES["resnet_s2"]

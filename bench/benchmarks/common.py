@@ -1,6 +1,6 @@
 """The benchmark shapes and the runners that time them, shared by the asv suites and ``bench/compare.py``.
 
-One table of shapes (NCHW float32, 1-D shapes as NCL) and one way to build a callable for each
+One table of shapes (NCHW float32, 1-D shapes as NCL, volumes as NCDHW) and one way to build a callable for each
 (implementation, shape, mode): an implementation is ``"torch"`` (``torch.nn.functional`` on the CPU, the
 speed peer) or a fastconv backend name (``"auto"``, ``"numpy"``, ``"numba"``, ...). ``grad=False`` times
 the forward pass without a graph; ``grad=True`` times forward + backward through the autograd API
@@ -31,6 +31,7 @@ class Conv:
     dilation: int = 1
     groups: int = 1
     gemm_bound: bool = False  # dense enough that im2col + GEMM is the natural bound
+    transposed: bool = False  # a transposed convolution: ``w`` is (C_in, C_out/groups, *kernel)
 
     kind = "conv"
 
@@ -42,9 +43,25 @@ class Conv:
     def kwargs(self):
         return dict(stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups)
 
+    @property
+    def op(self):
+        return f"conv_transpose{self.dims}d" if self.transposed else f"conv{self.dims}d"
+
+    @property
+    def c_out(self):
+        return self.w[1] * self.groups if self.transposed else self.w[0]
+
     def spec(self):
+        """The spec of the convolution (for a transposed one: of the convolution it is the adjoint of)."""
         from fastconv import shapes
+        if self.transposed:
+            return shapes.conv_transpose_spec(self.x, self.w, (self.c_out,), dims=self.dims, **self.kwargs)
         return shapes.conv_spec(self.x, self.w, (self.w[0],), dims=self.dims, **self.kwargs)
+
+    def y_shape(self):
+        """The output's shape, as the user sees it."""
+        spec = self.spec()
+        return spec.user_shape(spec.x_shape if self.transposed else spec.y_shape)
 
     def flops(self, grad):
         """Floating-point operations of the forward pass, or of forward + both backward convolutions."""
@@ -52,7 +69,7 @@ class Conv:
 
     def describe(self):
         extra = "".join(f" {k}={v}" for k, v in self.kwargs.items() if v != Conv.__dataclass_fields__[k].default)
-        return f"x{self.x} w{self.w}{extra}"
+        return ("transposed " if self.transposed else "") + f"x{self.x} w{self.w}{extra}"
 
 
 @dataclass(frozen=True)
@@ -75,7 +92,7 @@ class Pool:
         return None  # memory-bound: GFLOP/s says nothing here
 
     def describe(self):
-        return f"{self.op} {self.kernel}x{self.kernel}/{self.stride} x{self.x}"
+        return f"{self.op} {'x'.join([str(self.kernel)] * self.dims)}/{self.stride} x{self.x}"
 
 
 CONV2D = (
@@ -106,7 +123,24 @@ TINY = (
     Pool("tiny_maxpool", "max", (2, 3, 8, 8)),
     Pool("tiny_avgpool", "avg", (2, 3, 8, 8)),
 )
-SHAPES = {s.name: s for s in CONV2D + CONV1D + POOL + TINY}
+# Volumes (video and medical 3-D nets): C3D's second layer on 8-frame 56x56 clips, a 3-D U-Net level and its
+# 2x2x2 upsampling, a pointwise layer, and 2x2x2 max pooling. Not in FULL (seconds per call): --volumes.
+CONV3D = (
+    Conv("c3d_conv2", (2, 64, 8, 56, 56), (128, 64, 3, 3, 3), padding=1, gemm_bound=True),
+    Conv("unet3d_level", (1, 32, 32, 64, 64), (32, 32, 3, 3, 3), padding=1, gemm_bound=True),
+    Conv("pointwise3d", (2, 256, 8, 28, 28), (128, 256, 1, 1, 1), gemm_bound=True),
+    Conv("unet3d_up", (1, 64, 16, 32, 32), (64, 32, 2, 2, 2), stride=2, transposed=True),
+)
+POOL3D = (
+    Pool("maxpool3d", "max", (2, 64, 16, 56, 56)),
+)
+TINY_VOLUMES = (
+    Conv("tiny_3d", (2, 4, 5, 6, 6), (6, 4, 3, 3, 3), padding=1, gemm_bound=True),
+    Conv("tiny_up3d", (1, 4, 3, 4, 4), (4, 2, 2, 2, 2), stride=2, transposed=True),
+    Pool("tiny_maxpool3d", "max", (2, 3, 4, 6, 6)),
+)
+VOLUMES = CONV3D + POOL3D
+SHAPES = {s.name: s for s in CONV2D + CONV1D + POOL + TINY + VOLUMES + TINY_VOLUMES}
 FULL = CONV2D + CONV1D + POOL
 LARGE = ("vgg_3x3", "resnet_s2", "maxpool_large")  # the peak-memory suites
 
@@ -154,10 +188,9 @@ def inputs(shape, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(shape.x, dtype=np.float32)
     if shape.kind == "conv":
-        spec = shape.spec()
         w = rng.standard_normal(shape.w, dtype=np.float32) / np.float32(np.sqrt(np.prod(shape.w[1:])))
-        b = rng.standard_normal(shape.w[0], dtype=np.float32)
-        gy = rng.standard_normal(spec.user_shape(spec.y_shape), dtype=np.float32)
+        b = rng.standard_normal(shape.c_out, dtype=np.float32)
+        gy = rng.standard_normal(shape.y_shape(), dtype=np.float32)
         return x, w, b, gy
     from fastconv import shapes
     spec = shapes.pool_spec(shape.x, shape.kernel, shape.stride, dims=shape.dims)
@@ -196,7 +229,7 @@ def _fastconv_runner(backend, shape, grad, device, x, w, b, gy):
     leaves = [fc.tensor(a, requires_grad=grad, device=device) for a in (x, w, b) if a is not None]
     gy = fc.tensor(gy, device=device)
     if shape.kind == "conv":
-        op = F.conv1d if shape.dims == 1 else F.conv2d
+        op = getattr(F, shape.op)
         call = lambda: op(*leaves, backend=backend, **shape.kwargs)  # noqa: E731
     else:
         op = getattr(F, f"{shape.op}_pool{shape.dims}d")
@@ -217,7 +250,7 @@ def _torch_runner(_, shape, grad, device, x, w, b, gy):
     leaves = [torch.from_numpy(a).to(device).requires_grad_(grad) for a in (x, w, b) if a is not None]
     tgy = torch.from_numpy(gy).to(device)
     if shape.kind == "conv":
-        op = TF.conv1d if shape.dims == 1 else TF.conv2d
+        op = getattr(TF, shape.op)
         call = lambda: op(*leaves, **shape.kwargs)  # noqa: E731
     else:
         op = getattr(TF, f"{shape.op}_pool{shape.dims}d")
@@ -252,6 +285,20 @@ def set_blas_threads(n):
     """Set the thread count of every BLAS NumPy and SciPy loaded (see ``fastconv.runtime``)."""
     from fastconv.runtime import set_blas_threads as set_them
     return set_them(n)
+
+
+def vector_isa():
+    """The widest x86 vector ISA the CPU has (Linux's cpuinfo flags), e.g. ``"AVX-512"``; else the machine."""
+    import platform
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"), ("sse4_2", "SSE4.2")):
+        if flag in flags:
+            return name
+    return platform.machine()
 
 
 def cpu_name():
@@ -290,15 +337,18 @@ _GRID = {
     "gemm": [s.name for s in CONV2D if s.gemm_bound],
     "peak_conv": [n for n in LARGE if SHAPES[n].kind == "conv"],
     "peak_pool": [n for n in LARGE if SHAPES[n].kind == "pool"],
+    "volumes": [s.name for s in CONV3D],
+    "pool3d": [s.name for s in POOL3D],
 }
 _SMOKE_GRID = {"conv2d": ["tiny_3x3", "tiny_s2_dil"], "conv1d": ["tiny_1d"],
                "pool": ["tiny_maxpool", "tiny_avgpool"],
-               "gemm": ["tiny_3x3"], "peak_conv": ["tiny_3x3"], "peak_pool": ["tiny_maxpool"]}
+               "gemm": ["tiny_3x3"], "peak_conv": ["tiny_3x3"], "peak_pool": ["tiny_maxpool"],
+               "volumes": ["tiny_3d", "tiny_up3d"], "pool3d": ["tiny_maxpool3d"]}
 
 
 def grid(group):
     """Shape names of one asv suite's grid (``conv2d``, ``conv1d``, ``pool``, ``gemm``, ``peak_conv``,
-    ``peak_pool``): the real shapes, or the tiny ones under FASTCONV_BENCH_SMOKE=1."""
+    ``peak_pool``, ``volumes``, ``pool3d``): the real shapes, or the tiny ones under FASTCONV_BENCH_SMOKE=1."""
     return list((_SMOKE_GRID if SMOKE else _GRID)[group])
 
 

@@ -362,6 +362,39 @@ def add_bias(y, b):
 
 
 # -------------------------------------------------------------------------------------- pooling
+@njit(inline="always", cache=True)
+def _row_max(plane, row, oy, ilo, ihi, kw, sh, sw, pt, pl, dh, dw, reach):
+    """Fold the window taps ``ilo <= i < ihi`` (all columns) of one input plane into the maxima of output
+    row ``oy``: keep a NaN; take a NaN or a larger value."""
+    for i in range(ilo, ihi):
+        iy = oy * sh - pt + i * dh
+        for j in range(kw):
+            lo, hi = reach[j, 0], reach[j, 1]
+            off = j * dw - pl
+            for ox in range(lo, hi):
+                v = plane[iy, _u(ox * sw + off)]
+                best = row[_u(ox)]
+                row[_u(ox)] = best if (v <= best) | (best != best) else v
+
+
+@njit(inline="always", cache=True)
+def _row_argmax(plane, row, index, base, oy, ilo, ihi, kw, sh, sw, pt, pl, dh, dw, reach):
+    """The taps of :func:`_row_max` in reverse order, each one equal to the row's maximum (or a NaN where
+    it is NaN) giving its flat index ``base + iy*W + ix``: the last to write is the first maximum."""
+    wd = plane.shape[1]
+    for i in range(ihi - 1, ilo - 1, -1):
+        iy = oy * sh - pt + i * dh
+        for j in range(kw - 1, -1, -1):
+            lo, hi = reach[j, 0], reach[j, 1]
+            off = j * dw - pl
+            for ox in range(lo, hi):
+                v = plane[iy, _u(ox * sw + off)]
+                best = row[_u(ox)]
+                hit = (v == best) | ((v != v) & (best != best))
+                old = index[_u(ox)]
+                index[_u(ox)] = base + iy * wd + ox * sw + off if hit else old
+
+
 @njit(**_EXACT)
 def max_pool(x, y, idx, kh, kw, sh, sw, pt, pl, dh, dw):
     """Max of every window and the flat index ``iy*W + ix`` of its first maximum in row-major tap order;
@@ -375,28 +408,36 @@ def max_pool(x, y, idx, kh, kw, sh, sw, pt, pl, dh, dw):
         m, ch = task // c, task % c
         for oy in range(oh):
             ilo, ihi = taps[oy, 0], taps[oy, 1]
+            row, index, plane = y[m, ch, oy], idx[m, ch, oy], x[m, ch]
             for ox in range(ow):
-                y[m, ch, oy, ox] = -np.inf
-            for i in range(ilo, ihi):
-                iy = oy * sh - pt + i * dh
-                for j in range(kw):
-                    lo, hi = reach[j, 0], reach[j, 1]
-                    off = j * dw - pl
-                    for ox in range(lo, hi):  # keep a NaN; take a NaN or a larger value
-                        v = x[m, ch, iy, _u(ox * sw + off)]
-                        best = y[m, ch, oy, _u(ox)]
-                        y[m, ch, oy, _u(ox)] = best if (v <= best) | (best != best) else v
-            for i in range(ihi - 1, ilo - 1, -1):
-                iy = oy * sh - pt + i * dh
-                for j in range(kw - 1, -1, -1):
-                    lo, hi = reach[j, 0], reach[j, 1]
-                    off = j * dw - pl
-                    for ox in range(lo, hi):
-                        v = x[m, ch, iy, _u(ox * sw + off)]
-                        best = y[m, ch, oy, _u(ox)]
-                        hit = (v == best) | ((v != v) & (best != best))
-                        old = idx[m, ch, oy, _u(ox)]
-                        idx[m, ch, oy, _u(ox)] = iy * wd + ox * sw + off if hit else old
+                row[ox] = -np.inf
+            _row_max(plane, row, oy, ilo, ihi, kw, sh, sw, pt, pl, dh, dw, reach)
+            _row_argmax(plane, row, index, 0, oy, ilo, ihi, kw, sh, sw, pt, pl, dh, dw, reach)
+
+
+@njit(**_EXACT)
+def max_pool3d(x, y, idx, kd, kh, kw, sd, sh, sw, pf, pt, pl, dd, dh, dw):
+    """:func:`max_pool` of volumes: the same two passes per output row over every depth tap (depth taps
+    outermost), the flat index ``(iz*H + iy)*W + ix``; one ``(n, c, oz)`` output plane per task."""
+    n, c, d, h, wd = x.shape
+    od, oh, ow = y.shape[2], y.shape[3], y.shape[4]
+    depth = tap_table(od, sd, pf, dd, kd, d)
+    taps = tap_table(oh, sh, pt, dh, kh, h)
+    reach = out_table(kw, sw, pl, dw, wd, ow)
+    for task in prange(n * c * od):
+        m, ch, oz = task // (c * od), (task // od) % c, task % od
+        klo, khi = depth[oz, 0], depth[oz, 1]
+        for oy in range(oh):
+            ilo, ihi = taps[oy, 0], taps[oy, 1]
+            row, index = y[m, ch, oz, oy], idx[m, ch, oz, oy]
+            for ox in range(ow):
+                row[ox] = -np.inf
+            for k in range(klo, khi):
+                _row_max(x[m, ch, oz * sd - pf + k * dd], row, oy, ilo, ihi, kw, sh, sw, pt, pl, dh, dw, reach)
+            for k in range(khi - 1, klo - 1, -1):
+                iz = oz * sd - pf + k * dd
+                _row_argmax(x[m, ch, iz], row, index, iz * h * wd, oy, ilo, ihi, kw, sh, sw, pt, pl, dh, dw,
+                            reach)
 
 
 @njit(**_EXACT)

@@ -55,6 +55,11 @@ BLOCKED_MIN_FLOPS = 2e6      # forward passes smaller than this are dominated by
 #: Numba's direct loops for fewer output channels per group than this (each group's GEMM would be a
 #: matrix-vector product).
 NUMBA_DIRECT_BELOW = 4
+#: Backends whose own kernels for 3-D specs (their ``DEPTH_OPS``) beat the depth decomposition of the 2-D
+#: plan (``depth``), per op; every other 3-D spec runs through it. Numba's max pooling of volumes reads the
+#: input once, where the decomposition pools each slice and then reduces over depth (bench/compare.py
+#: --volumes, maxpool3d: see the README's table).
+NATIVE_VOLUMES = {"max_pool2d": ("numba",), "max_pool2d_grad": ("numba",)}
 #: Algorithms whose float32 results carry more rounding error than a direct sum; ``exact`` plans skip them.
 INEXACT = ("fft",)
 
@@ -178,6 +183,12 @@ def numba_algorithm(op, spec, dtype):
     if spec.n >= max(2, numba_cpu.num_threads()) and (small or numba_cpu.holds_blas()):
         return "per_task", "numba:per_task: a sample or more per thread, BLAS on the task's thread"
     return "gemm", "numba:gemm: fewer samples than threads (BLAS threads each product)"
+
+
+def native_volume(op, backends):
+    """The backend of ``backends`` that runs 3-D specs of ``op`` itself where it should
+    (``NATIVE_VOLUMES``), or None: the plan then goes through ``depth``."""
+    return next((b for b in NATIVE_VOLUMES.get(op, ()) if b in backends and registry.runs_depth(b, op)), None)
 
 
 def separable_worthwhile(op, spec):

@@ -30,6 +30,9 @@ from .workspaces import clear_workspaces, workspace  # noqa: F401 (part of this 
 runtime.start_pools()  # before Numba's first parallel loop loads OpenMP: the runtime's wait policy and threads
 
 ALGORITHMS = ("direct", "gemm", "per_task")
+#: Kernels that take 3-D specs too (max pooling of volumes: one pass over the input, its gradient a scatter
+#: into flat volumes); the planner runs the others' 3-D specs through ``depth``.
+DEPTH_OPS = ("max_pool2d", "max_pool2d_grad")
 #: Operands whose NaN or inf an algorithm does not propagate as the reference does (the direct loops skip
 #: the padding that the reference multiplies): the planner checks them (``registry.nonfinite_checks``).
 NONFINITE_CHECKS = {"direct": {"conv2d": ("w",), "conv2d_grad_weight": ("gy",)}}
@@ -245,14 +248,18 @@ def conv2d_grad_weight(gy, x, spec, algorithm):
 def max_pool2d(x, spec):
     y = np.empty(spec.y_shape, x.dtype)
     indices = np.empty(spec.y_shape, np.int64)
-    loops.max_pool(x, y, indices, spec.kh, spec.kw, *spec.window)
+    if spec.dims == 3:
+        loops.max_pool3d(x, y, indices, spec.kd, spec.kh, spec.kw, *spec.window3)
+    else:
+        loops.max_pool(x, y, indices, spec.kh, spec.kw, *spec.window)
     return y, indices
 
 
 def _planes(a):
-    """``(N*C, H*W)`` view of an NCHW array (explicit sizes: ``reshape(-1)`` fails for an empty batch)."""
-    n, c, h, w = a.shape
-    return a.reshape(n * c, h * w)
+    """``(N*C, H*W)`` view of an NCHW (or NCDHW) array (explicit sizes: ``reshape(-1)`` fails for an empty
+    batch)."""
+    n, c = a.shape[:2]
+    return a.reshape(n * c, int(np.prod(a.shape[2:])))
 
 
 def max_pool2d_grad(gy, indices, spec):

@@ -16,6 +16,11 @@ Where the choice comes from, in order:
    ``fastconv tune`` or an earlier ``fc.autotune(True)``), or measured now with ``fc.autotune(True)``.
 3. The cost model and the measured rules of ``model``.
 
+3-D specs: a backend whose kernels take them (``DEPTH_OPS``: the reference; Numba's max pooling) runs them
+when forced, or when the model says it beats the decomposition (``model.native_volume``); every other plan
+runs them on the plan of a 2-D spec (``depth``: the depth taps folded into the channels), so that
+``backend="cython:blocked"`` or ``"cuda"`` runs a 3-D convolution on its 2-D kernels.
+
 Rank-1 kernels: where ``model.separable_worthwhile`` holds, the plan runs the weight as two 1-D passes
 when its values are rank 1 (``separable``), else as planned. ``set_exact(True)`` leaves out the
 algorithms with larger rounding error (``model.INEXACT``). Where an algorithm's NaN and inf outputs
@@ -33,7 +38,7 @@ from typing import Callable
 import numpy as np
 
 from .. import runtime
-from . import model, registry, separable, tune
+from . import depth, model, registry, separable, tune
 
 #: Backends the automatic choice considers on the CPU (the model orders them).
 AUTO = ("numpy", "numba", "cython", "fft")
@@ -174,6 +179,13 @@ def recording():
 
 
 def _make(op, spec, dtype, device, name):
+    if getattr(spec, "dims", 2) == 3:
+        native = model.native_volume(op, _auto(op)) if device == "cpu" and name == "auto" else None
+        if native is not None:
+            return _plan(native, op, None, f"model: {native} runs volumes itself, faster than through depth",
+                         spec, dtype)
+        if not (device == "cpu" and name != "auto" and registry.runs_depth(name, op)):
+            return _depth(op, spec, dtype, device, name)
     if device == "cuda":
         if name not in ("auto", "cuda"):
             raise ValueError(f"backend {name!r} runs on the CPU but the tensors are on the GPU; use "
@@ -184,7 +196,7 @@ def _make(op, spec, dtype, device, name):
                          "or move them with .to('cuda')")
     if name != "auto":
         return _forced(op, spec, dtype, name)
-    candidates = [b for b in AUTO if registry.runs(b, op) and not (_exact and b in model.INEXACT)]
+    candidates = _auto(op)
     if not candidates:
         raise ValueError(f"no backend can run {op} here")
     made = _measured(op, spec, dtype, candidates) if spec is not None else None
@@ -194,6 +206,11 @@ def _make(op, spec, dtype, device, name):
     if made.backend != "fft" and model.separable_worthwhile(op, spec):
         return _separable(made, spec, dtype)
     return made
+
+
+def _auto(op):
+    """The backends the automatic choice considers for ``op``."""
+    return [b for b in AUTO if registry.runs(b, op) and not (_exact and b in model.INEXACT)]
 
 
 def _forced(op, spec, dtype, name):
@@ -257,6 +274,14 @@ def measure(op, spec, dtype, backends=AUTO):
     backend, algorithm = names[winner]
     reason = "measured now: " + ", ".join(f"{n} {1e3 * s:.3g} ms" for n, s in times)
     return _plan(backend, op, algorithm, reason, spec, dtype, model.seconds(backend, op, spec, dtype, algorithm)), times
+
+
+def _depth(op, spec, dtype, device, name):
+    """A plan that runs the 3-D ``spec`` on the 2-D plan of ``depth.inner_spec(spec)``, made as any other
+    (forced, measured or modelled)."""
+    inner = plan(op, depth.inner_spec(spec), dtype, device, name)
+    return Plan(op, "depth", inner.name, f"{depth.describe(spec)}; {inner.reason}",
+                depth.kernel(op, inner), inner.seconds)
 
 
 def _separable(inner, spec, dtype):

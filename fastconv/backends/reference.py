@@ -1,10 +1,14 @@
 """The NumPy reference: the definition every faster backend is tested against.
 
 Vectorised, no loops over pixels: the only Python loops run over kernel taps. One mechanism serves
-convolution and pooling alike: :func:`unfold` gathers, for every kernel tap ``(i, j)``, the strided,
-dilated slice of the padded input that tap sees (im2col); :func:`fold` is its adjoint and adds such
-slices back (col2im). Convolution is then one matrix product per group, max/avg pooling a reduction over
+convolution and pooling alike: :func:`unfold` gathers, for every kernel tap ``(i, j)`` (``(k, i, j)`` in a
+volume), the strided, dilated slice of the padded input that tap sees (im2col); :func:`fold` is its
+adjoint and adds such slices back (col2im). Convolution is then one matrix product per group, max/avg pooling a reduction over
 the tap axes, and every gradient a ``fold`` of a product.
+
+The kernels run 2-D specs on NCHW arrays and 3-D specs (``dims == 3``) on NCDHW arrays alike: every
+loop runs over the spatial axes the spec has (a 2-D op is a 3-D one with a unit depth); the other backends
+run 3-D specs through ``depth``.
 
 Kernel signatures (shared by all backends; arrays are C-contiguous NCHW, geometry in the spec):
 ``conv2d(x, w, b, spec)``, ``conv2d_grad_input(gy, w, spec)``, ``conv2d_grad_weight(gy, x, spec)``,
@@ -12,133 +16,183 @@ Kernel signatures (shared by all backends; arrays are C-contiguous NCHW, geometr
 ``avg_pool2d_grad(gy, spec)``, ``max_unpool2d(x, indices, out_hw)``, ``max_unpool2d_grad(gy, indices)``.
 """
 import dataclasses
+import itertools
+import math
 
 import numpy as np
 
+#: Every kernel here takes 3-D specs too (see ``registry.runs_depth``).
+DEPTH_OPS = ("conv2d", "conv2d_grad_input", "conv2d_grad_weight", "max_pool2d", "max_pool2d_grad", "avg_pool2d",
+             "avg_pool2d_grad")
+
 
 # ------------------------------------------------------------------------ unfold / fold
-def _tap_slices(i, j, oh, ow, stride, dilation):
-    """Rows and columns of the padded input that kernel tap (i, j) sees at every output position."""
-    (sh, sw), (dh, dw) = stride, dilation
-    return (slice(i * dh, i * dh + sh * (oh - 1) + 1, sh), slice(j * dw, j * dw + sw * (ow - 1) + 1, sw))
+def _tap_slices(tap, out, stride, dilation):
+    """The slice of each padded input axis that kernel tap ``tap`` (one index per axis) sees at every
+    output position."""
+    return tuple(slice(t * d, t * d + s * (o - 1) + 1, s) for t, o, s, d in zip(tap, out, stride, dilation))
 
 
 def pad(x, top, bottom, left, right, value=0.0):
     """Pad the two spatial axes of an NCHW array."""
-    if not (top or bottom or left or right):
+    return pad_axes(x, ((top, bottom), (left, right)), value)
+
+
+def pad_axes(x, pads, value=0.0):
+    """Pad the spatial axes of an array: ``pads`` holds one ``(before, after)`` pair per axis."""
+    if not any(p for pair in pads for p in pair):
         return x
-    return np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=value)
+    return np.pad(x, ((0, 0), (0, 0)) + tuple(pads), constant_values=value)
 
 
 def unfold(xpad, kh, kw, oh, ow, stride, dilation):
     """im2col of an already padded input: ``(N, C, H, W) -> (N, C, kh, kw, oh, ow)``."""
-    cols = np.empty(xpad.shape[:2] + (kh, kw, oh, ow), dtype=xpad.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            cols[:, :, i, j] = xpad[(..., *_tap_slices(i, j, oh, ow, stride, dilation))]
+    return unfold_axes(xpad, (kh, kw), (oh, ow), stride, dilation)
+
+
+def unfold_axes(xpad, kernel, out, stride, dilation):
+    """im2col over every spatial axis: ``(N, C, *padded) -> (N, C, *kernel, *out)``."""
+    cols = np.empty(xpad.shape[:2] + tuple(kernel) + tuple(out), dtype=xpad.dtype)
+    for tap in itertools.product(*map(range, kernel)):
+        cols[(slice(None), slice(None)) + tap] = xpad[(..., *_tap_slices(tap, out, stride, dilation))]
     return cols
 
 
 def fold(cols, padded_hw, stride, dilation):
     """col2im, the adjoint of :func:`unfold`: add every column back where it came from."""
-    n, c, kh, kw, oh, ow = cols.shape
-    out = np.zeros((n, c) + tuple(padded_hw), dtype=cols.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            out[(..., *_tap_slices(i, j, oh, ow, stride, dilation))] += cols[:, :, i, j]
-    return out
+    return fold_axes(cols, padded_hw, stride, dilation)
 
 
-def _crop(xpad, spec):
-    """Remove the padding :func:`pad` added (the top/left amounts of ``spec``)."""
-    top, left = spec.padding[0], spec.padding[-2]
-    return xpad[:, :, top:top + spec.h, left:left + spec.w]
+def fold_axes(cols, padded, stride, dilation):
+    """The adjoint of :func:`unfold_axes`: ``(N, C, *kernel, *out) -> (N, C, *padded)``."""
+    axes = len(padded)
+    kernel, out = cols.shape[2:2 + axes], cols.shape[2 + axes:]
+    summed = np.zeros(cols.shape[:2] + tuple(padded), dtype=cols.dtype)
+    for tap in itertools.product(*map(range, kernel)):
+        summed[(..., *_tap_slices(tap, out, stride, dilation))] += cols[(slice(None), slice(None)) + tap]
+    return summed
+
+
+@dataclasses.dataclass(frozen=True)
+class _Axes:
+    """A spec's loop nest per spatial axis of its arrays (depth, then height and width, for a 3-D op)."""
+    size: tuple
+    kernel: tuple
+    out: tuple
+    stride: tuple
+    pads: tuple  # (before, after) per axis
+    dilation: tuple
+
+
+def _axes(spec):
+    pt, pb, pl, pr = spec.padding
+    axes = _Axes((spec.h, spec.w), (spec.kh, spec.kw), (spec.oh, spec.ow), spec.stride, ((pt, pb), (pl, pr)),
+                 spec.dilation)
+    if spec.dims != 3:
+        return axes
+    return _Axes((spec.d,) + axes.size, (spec.kd,) + axes.kernel, (spec.od,) + axes.out,
+                 (spec.depth_stride,) + axes.stride, (spec.depth_padding,) + axes.pads,
+                 (spec.depth_dilation,) + axes.dilation)
+
+
+def _crop(xpad, a):
+    """Remove the padding of ``pads`` (the ``before`` share of each axis)."""
+    return xpad[(slice(None), slice(None)) + tuple(slice(p[0], p[0] + n) for p, n in zip(a.pads, a.size))]
 
 
 def im2col(x, spec):
-    """Columns of a convolution's input, ``(N, C_in, kh, kw, oh, ow)`` (the Cython kernel's contract)."""
-    pt, pb, pl, pr = spec.padding
-    return unfold(pad(x, pt, pb, pl, pr), spec.kh, spec.kw, spec.oh, spec.ow, spec.stride, spec.dilation)
+    """Columns of a convolution's input, ``(N, C_in, *kernel, *out)`` (the Cython kernel's contract)."""
+    a = _axes(spec)
+    return unfold_axes(pad_axes(x, a.pads), a.kernel, a.out, a.stride, a.dilation)
 
 
 def col2im(cols, spec):
     """Input-shaped sum of columns: the adjoint of :func:`im2col`."""
-    pt, pb, pl, pr = spec.padding
-    padded = fold(cols, (spec.h + pt + pb, spec.w + pl + pr), spec.stride, spec.dilation)
-    return np.ascontiguousarray(_crop(padded, spec))
+    a = _axes(spec)
+    padded = fold_axes(cols, tuple(n + p + q for n, (p, q) in zip(a.size, a.pads)), a.stride, a.dilation)
+    return np.ascontiguousarray(_crop(padded, a))
 
 
 # --------------------------------------------------------------------------- convolution
 def _grouped_cols(x, spec):
-    """``(N, groups, C_in/groups * kh * kw, oh * ow)`` view of the columns."""
-    per_group = spec.c_in // spec.groups * spec.kh * spec.kw  # explicit: -1 is ambiguous for an empty batch
-    return im2col(x, spec).reshape(spec.n, spec.groups, per_group, spec.oh * spec.ow)
+    """``(N, groups, C_in/groups * taps, outputs)`` view of the columns."""
+    a = _axes(spec)
+    per_group = spec.c_in // spec.groups * math.prod(a.kernel)  # explicit: -1 is ambiguous for an empty batch
+    return im2col(x, spec).reshape(spec.n, spec.groups, per_group, math.prod(a.out))
 
 
 def _grouped_weight(w, spec):
-    """``(groups, C_out/groups, C_in/groups * kh * kw)`` view of the weight."""
+    """``(groups, C_out/groups, C_in/groups * taps)`` view of the weight."""
     return w.reshape(spec.groups, spec.c_out // spec.groups, -1)
+
+
+def _grouped_grad(gy, spec):
+    """``(N, groups, C_out/groups, outputs)`` view of an output gradient."""
+    return gy.reshape(spec.n, spec.groups, spec.c_out // spec.groups, math.prod(_axes(spec).out))
 
 
 def conv2d(x, w, b, spec):
     y = np.matmul(_grouped_weight(w, spec), _grouped_cols(x, spec)).reshape(spec.y_shape)
     if b is not None:
-        y += b.reshape(1, -1, 1, 1)
+        y += b.reshape((1, -1) + (1,) * (y.ndim - 2))
     return y
 
 
 def conv2d_grad_input(gy, w, spec):
-    g = gy.reshape(spec.n, spec.groups, spec.c_out // spec.groups, spec.oh * spec.ow)
-    cols = np.matmul(_grouped_weight(w, spec).transpose(0, 2, 1), g)
-    return col2im(cols.reshape(spec.n, spec.c_in, spec.kh, spec.kw, spec.oh, spec.ow), spec)
+    cols = np.matmul(_grouped_weight(w, spec).transpose(0, 2, 1), _grouped_grad(gy, spec))
+    a = _axes(spec)
+    return col2im(cols.reshape((spec.n, spec.c_in) + a.kernel + a.out), spec)
 
 
 def conv2d_grad_weight(gy, x, spec):
-    g = gy.reshape(spec.n, spec.groups, spec.c_out // spec.groups, spec.oh * spec.ow)
-    gw = np.matmul(g, _grouped_cols(x, spec).transpose(0, 1, 3, 2)).sum(axis=0)
+    gw = np.matmul(_grouped_grad(gy, spec), _grouped_cols(x, spec).transpose(0, 1, 3, 2)).sum(axis=0)
     return gw.reshape(spec.w_shape)
 
 
 def conv2d_grad_bias(gy):
-    return gy.sum(axis=(0, 2, 3))
+    return gy.sum(axis=(0,) + tuple(range(2, gy.ndim)))
 
 
 # -------------------------------------------------------------------------------- pooling
-def _pool_padding(spec):
-    """(top, bottom, left, right) padding that holds every window, the ceil_mode overhang included."""
-    (pt, _, pl, _), (sh, sw), (dh, dw) = spec.padding, spec.stride, spec.dilation
-    bottom = max(0, (spec.oh - 1) * sh + dh * (spec.kh - 1) + 1 - spec.h - pt)
-    right = max(0, (spec.ow - 1) * sw + dw * (spec.kw - 1) + 1 - spec.w - pl)
-    return pt, bottom, pl, right
+def _pool_padding(a):
+    """``(before, after)`` padding per axis that holds every window, the ceil_mode overhang included."""
+    return tuple((p, max(0, (o - 1) * s + d * (k - 1) + 1 - n - p))
+                 for n, k, o, s, (p, _), d in zip(a.size, a.kernel, a.out, a.stride, a.pads, a.dilation))
 
 
 def _windows(x, spec, fill):
-    """Every pooling window: ``(N, C, kh * kw, oh, ow)``."""
-    pads = _pool_padding(spec)
-    cols = unfold(pad(x, *pads, value=fill), spec.kh, spec.kw, spec.oh, spec.ow, spec.stride, spec.dilation)
-    return cols.reshape(spec.n, spec.c, spec.kh * spec.kw, spec.oh, spec.ow)
+    """Every pooling window: ``(N, C, taps, *out)``."""
+    a = _axes(spec)
+    cols = unfold_axes(pad_axes(x, _pool_padding(a), fill), a.kernel, a.out, a.stride, a.dilation)
+    return cols.reshape((spec.n, spec.c, math.prod(a.kernel)) + a.out)
 
 
 def _unwindow(cols, spec):
     """Adjoint of :func:`_windows`: add window entries back into an input-shaped array."""
-    pt, pb, pl, pr = _pool_padding(spec)
-    cols = cols.reshape(spec.n, spec.c, spec.kh, spec.kw, spec.oh, spec.ow)
-    padded = fold(cols, (spec.h + pt + pb, spec.w + pl + pr), spec.stride, spec.dilation)
-    return np.ascontiguousarray(padded[:, :, pt:pt + spec.h, pl:pl + spec.w])
+    a = _axes(spec)
+    pads = _pool_padding(a)
+    cols = cols.reshape((spec.n, spec.c) + a.kernel + a.out)
+    padded = fold_axes(cols, tuple(n + p + q for n, (p, q) in zip(a.size, pads)), a.stride, a.dilation)
+    return np.ascontiguousarray(_crop(padded, dataclasses.replace(a, pads=pads)))
 
 
 def max_pool2d(x, spec):
-    """Max over each window, and the flat index ``row * W + col`` of the winner in its (n, c) plane."""
+    """Max over each window, and the flat index of the winner in its (n, c) plane (``row * W + col``;
+    ``(depth * H + row) * W + col`` in a volume)."""
     win = _windows(x, spec, -np.inf)
     tap = np.argmax(win, axis=2)
     y = np.take_along_axis(win, tap[:, :, None], axis=2)[:, :, 0]
     # A window whose values are all -inf points at its first real pixel (as PyTorch), never at padding.
-    inside = _windows(np.ones((1, 1, spec.h, spec.w), dtype=np.int8), dataclasses.replace(spec, n=1, c=1), 0)
+    one = dataclasses.replace(spec, n=1, c=1)
+    inside = _windows(np.ones(one.x_shape, dtype=np.int8), one, 0)
     tap = np.where(y == -np.inf, np.argmax(inside, axis=2), tap)
-    sh, sw, pt, pl, dh, dw = spec.window
-    rows = np.arange(spec.oh)[:, None] * sh - pt + (tap // spec.kw) * dh
-    cols = np.arange(spec.ow)[None, :] * sw - pl + (tap % spec.kw) * dw
-    return y, (rows * spec.w + cols).astype(np.int64)
+    a = _axes(spec)
+    flat = np.zeros((), np.int64)
+    for axis, (t, n, o, s, (p, _), d) in enumerate(zip(np.unravel_index(tap, a.kernel), a.size, a.out, a.stride,
+                                                        a.pads, a.dilation)):
+        start = np.arange(o).reshape((o,) + (1,) * (len(a.out) - axis - 1)) * s - p
+        flat = flat * n + start + t * d
+    return y, flat.astype(np.int64)
 
 
 def _plane(a):
@@ -155,17 +209,20 @@ def _scatter_add(values, indices, n, c, size):
 
 
 def max_pool2d_grad(gy, indices, spec):
-    return _scatter_add(gy, indices, spec.n, spec.c, spec.h * spec.w).reshape(spec.x_shape)
+    return _scatter_add(gy, indices, spec.n, spec.c, math.prod(_axes(spec).size)).reshape(spec.x_shape)
+
+
+def _divisors(spec, dtype):
+    return spec.divisors5(dtype) if spec.dims == 3 else spec.divisors(dtype)
 
 
 def avg_pool2d(x, spec):
-    divisor = spec.divisors(x.dtype)
-    return _windows(x, spec, 0.0).sum(axis=2) / divisor
+    return _windows(x, spec, 0.0).sum(axis=2) / _divisors(spec, x.dtype)
 
 
 def avg_pool2d_grad(gy, spec):
-    g = gy / spec.divisors(gy.dtype)
-    cols = np.broadcast_to(g[:, :, None], (spec.n, spec.c, spec.kh * spec.kw, spec.oh, spec.ow))
+    g = gy / _divisors(spec, gy.dtype)
+    cols = np.broadcast_to(g[:, :, None], (spec.n, spec.c, math.prod(_axes(spec).kernel)) + g.shape[2:])
     return _unwindow(cols, spec)
 
 

@@ -8,6 +8,9 @@ algorithm)`` says where each one can run. ``NONFINITE_CHECKS[algorithm][op]`` na
 NaN or inf the algorithm does not turn into the reference's outputs (the planner checks those, see
 ``plan``; tests/test_nonfinite.py finds them).
 
+A backend whose kernels also take 3-D specs (5-D arrays) lists those kernels in ``DEPTH_OPS``; the
+planner runs every other backend's on 3-D specs through ``depth``.
+
 Names: ``"cython"`` (a backend) or ``"cython:blocked"`` (one of its algorithms).
 """
 import functools
@@ -84,6 +87,13 @@ def runs(name, op):
     """Whether backend ``name`` has a kernel for ``op``."""
     module = usable(name)
     return module is not None and callable(getattr(module, op, None))
+
+
+def runs_depth(name, op):
+    """Whether backend ``name`` (``"numpy"`` or ``"numpy:..."``) runs 3-D specs of ``op`` itself (its
+    ``DEPTH_OPS``); the planner runs the others' through ``depth``."""
+    module = usable(parse(name)[0])
+    return module is not None and op in getattr(module, "DEPTH_OPS", ())
 
 
 def algorithms(name, op):

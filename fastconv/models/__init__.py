@@ -1,6 +1,8 @@
-"""Reference models: LeNet-5 for MNIST, convolutional nets for MNIST-1D; ``create(name)`` by name."""
+"""Reference models: LeNet-5 for MNIST, convolutional nets for MNIST-1D (``create(name)`` by name), and a
+tiny 3-D U-Net for volumes (``UNet3d``)."""
 from .lenet import LeNet5
 from .mnist1d import MNIST1DConvNet, MNIST1DWideNet
+from .unet3d import UNet3d
 
 MODELS = {
     "lenet5": lambda **kw: LeNet5("modern", **kw),
@@ -23,4 +25,4 @@ def create(name, **kwargs):
     return MODELS[name](**kwargs)
 
 
-__all__ = ["LeNet5", "MNIST1DConvNet", "MNIST1DWideNet", "create", "MODELS", "SAMPLE_SHAPES"]
+__all__ = ["LeNet5", "MNIST1DConvNet", "MNIST1DWideNet", "UNet3d", "create", "MODELS", "SAMPLE_SHAPES"]

@@ -16,7 +16,8 @@ from .module import Module, Parameter
 
 __all__ = ["Conv1d", "Conv2d", "ConvTranspose1d", "ConvTranspose2d", "Linear", "MaxPool1d", "MaxPool2d",
            "AvgPool1d", "AvgPool2d", "AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "ReLU", "Tanh", "Sigmoid",
-           "Flatten", "Dropout", "Identity", "Sequential", "ModuleList", "CrossEntropyLoss", "MSELoss"]
+           "Flatten", "Dropout", "Identity", "Sequential", "ModuleList", "CrossEntropyLoss", "MSELoss",
+           "Conv3d", "ConvTranspose3d", "MaxPool3d", "AvgPool3d", "AdaptiveAvgPool3d", "Upsample"]
 
 
 def _channels(in_channels, out_channels, groups):
@@ -369,3 +370,64 @@ class MSELoss(Module):
     def forward(self, input, target):
         return F.mse_loss(input, target, self.reduction)
 
+
+
+# ------------------------------------------------------------------------------------ volumes
+class Conv3d(_ConvNd):
+    """3-D convolution of ``(N, C_in, D, H, W)``; weight ``(C_out, C_in/groups, KD, KH, KW)``."""
+    dims = 3
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 bias=True, dtype=np.float32, backend="auto"):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                         dtype=dtype, backend=backend)
+
+    def forward(self, x, activation=None):
+        return F.conv3d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
+                        backend=self.backend, activation=activation)
+
+
+class ConvTranspose3d(_ConvNd):
+    """Transposed 3-D convolution; weight ``(C_in, C_out/groups, KD, KH, KW)``."""
+    dims, transposed, takes_activation = 3, True, None
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, output_padding=0,
+                 groups=1, bias=True, dilation=1, dtype=np.float32, backend="auto"):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                         output_padding, dtype, backend)
+
+    def forward(self, x):
+        return F.conv_transpose3d(x, self.weight, self.bias, self.stride, self.padding, self.output_padding,
+                                  self.groups, self.dilation, backend=self.backend)
+
+
+class MaxPool3d(_MaxPool):
+    op, dims = "max_pool3d", 3
+
+
+class AvgPool3d(_AvgPool):
+    op, dims = "avg_pool3d", 3
+
+
+class AdaptiveAvgPool3d(AdaptiveAvgPool1d):
+    """Average pooling to a fixed size; ``AdaptiveAvgPool3d(1)`` is global average pooling."""
+    dims = 3
+
+    def forward(self, x):
+        return F.adaptive_avg_pool3d(x, self.output_size)
+
+
+class Upsample(Module):
+    """Resize ``(N, C, L)``, ``(N, C, H, W)`` or ``(N, C, D, H, W)`` to ``size`` or by ``scale_factor``
+    (:func:`fastconv.functional.interpolate`): modes ``nearest``, ``linear``, ``bilinear``, ``trilinear``."""
+
+    def __init__(self, size=None, scale_factor=None, mode="nearest", align_corners=None):
+        shapes.resize_args(size, scale_factor, mode, align_corners)
+        self.size, self.scale_factor, self.mode, self.align_corners = size, scale_factor, mode, align_corners
+
+    def forward(self, x):
+        return F.interpolate(x, self.size, self.scale_factor, self.mode, self.align_corners)
+
+    def extra_repr(self):
+        what = f"size={self.size}" if self.size is not None else f"scale_factor={self.scale_factor}"
+        return f"{what}, mode={self.mode!r}"
