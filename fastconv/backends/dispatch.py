@@ -11,6 +11,7 @@ MODULES = {
     "numba": "fastconv.backends.numba_cpu",
     "cython": "fastconv.backends.cython_cpu",
     "fft": "fastconv.backends.fft",
+    "winograd": "fastconv.backends.winograd",
     "cuda": "fastconv.backends.cuda",
 }
 CPU_BACKENDS = ("numpy", "numba", "cython", "fft")

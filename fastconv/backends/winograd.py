@@ -1,0 +1,215 @@
+"""The Winograd backend (``"winograd"``): stride-1 3x3 convolutions in float32 with fewer multiplications.
+
+Winograd's minimal filtering algorithm F(m x m, 3 x 3) computes a tile of m x m outputs from the
+(m + 2) x (m + 2) input patch under it with (m + 2)^2 multiplications per channel pair instead of 9 m^2:
+4x fewer for ``tile=4`` (F(4x4, 3x3)), 2.25x fewer for ``tile=2`` (F(2x2, 3x3)). The input patches,
+the kernels and the output tiles go through small linear transforms, and the sum over input channels
+becomes one matrix product per transform coordinate (``src_cython/winograd.h`` has the matrices and the
+kernels, ``_winograd.pyx`` the parallel driver).
+
+- forward: per call the weights are transformed (no cache: a weight may change in place between calls;
+  the transform reads the weights once per block of output channels, a few percent of the call on
+  large layers);
+- input gradient: the forward pass of the adjoint convolution (the output gradient correlated with the
+  kernels flipped in space, in and out channels swapped, padding ``2d - p``), read from the same
+  weights;
+- weight gradient: the adjoint of the same bilinear form, ``gw = G^T [sum over tiles of
+  (A gy A^T) . (B^T x B)] G``: the sum over tiles is accumulated in the transformed domain.
+- dilation d: the d x d interleaved sub-grids of the output are each a dense 3x3 convolution of one
+  sub-grid of the input; each becomes its own plane of tiles.
+
+Any padding, groups (depthwise included), batch and channel counts. ``supports(op, spec, dtype)`` says
+what runs here; anything else (strides, other kernels, float64, which the exact paths keep) goes to the
+automatic choice.
+
+Error. The transforms' constants (up to 8 in A, 5 in B, 1/24 in G for ``tile=4``) amplify float32
+rounding: measured on the benchmark shapes and random cases (``tests/test_winograd.py``), the largest
+deviation from the float64 reference, relative to ``max|x| * max|w| * C_in/groups * 9`` (the largest
+output the layer could produce), stays below ``ERROR_BOUND[tile]``; for the weight gradient the same
+with the output gradient in place of the weights and ``N * OH * OW`` in place of ``C_in/groups * 9``.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from .workspaces import workspace
+
+try:
+    from .._cy import _omp, _winograd
+except ImportError as err:  # extension not compiled
+    _IMPORT_ERROR = err
+else:
+    _IMPORT_ERROR = None
+
+#: The output tile sizes m of F(m x m, 3 x 3) this backend runs.
+TILES = (4, 2)
+OPS = ("conv2d", "conv2d_grad_input", "conv2d_grad_weight")
+#: max |y - reference| / (max|x| * max|w| * reduction), see the module docstring, per tile size.
+ERROR_BOUND = {4: 2e-6, 2: 5e-7}
+#: Transformed tiles of one chunk (all channels) held at once, bytes: the chunk stays in L3.
+CHUNK_BYTES = 8 << 20
+#: A forward task's products per transform coordinate, bytes of output (stays in L2).
+PRODUCT_BYTES = 256 << 10
+#: Output channels per forward task (rows of the register tile: two blocks of 14 with AVX-512).
+FORWARD_CHANNELS = 28
+#: Output x input channels per weight-gradient task.
+GRAD_WEIGHT_CHANNELS = 32
+
+
+def check_available():
+    """Raise ImportError naming the fix when the compiled extension is missing."""
+    if _IMPORT_ERROR is not None:
+        raise ImportError(f"fastconv's Cython extension is not built ({_IMPORT_ERROR}); reinstall fastconv "
+                          f"with a C compiler available, e.g. `pip install --no-build-isolation -e .`")
+
+
+def supports(op, spec, dtype):
+    """Whether this backend runs kernel ``op`` on ``spec`` in ``dtype``: stride-1 3x3 float32
+    convolutions (any padding, dilation, groups)."""
+    return (op in OPS and np.dtype(dtype) == np.float32 and spec.dims == 2 and spec.kh == spec.kw == 3
+            and spec.stride == (1, 1))
+
+
+def default_tile(spec):
+    """F(4x4, 3x3) unless the output planes are so small that 4x4 tiles would be mostly padding."""
+    planes_h = -(-spec.oh // spec.dilation[0])
+    planes_w = -(-spec.ow // spec.dilation[1])
+    waste4 = (4 * -(-planes_h // 4)) * (4 * -(-planes_w // 4)) / max(1, planes_h * planes_w)
+    return 2 if waste4 > 1.5 else 4
+
+
+def _check_tile(tile, spec):
+    tile = default_tile(spec) if tile is None else tile
+    if tile not in TILES:
+        raise ValueError(f"tile must be None or one of {TILES}, got {tile!r}")
+    return tile
+
+
+def _automatic(op, spec, dtype):
+    from . import dispatch
+    return getattr(dispatch.select(op, "auto", spec, "cpu", dtype), op)
+
+
+# ------------------------------------------------------------------------------- geometry
+@lru_cache(maxsize=256)
+def _plan(geo, m, weight_grad=False):
+    """Tile rows, chunks and block sizes of one convolution ``geo = (n, c_in, h, w, c_out, oh, ow, pt,
+    pl, dh, dw, groups)`` (stride 1, 3x3; negative padding crops) for tile ``m``."""
+    rows = _tile_rows(geo, m)
+    n, c_in, _, _, c_out, *_ = geo
+    channels = c_in + c_out if weight_grad else c_in
+    per_tile = 4 * (m + 2) ** 2 * max(1, channels)
+    chunks, start, tiles = [], 0, 0
+    for r in range(len(rows)):
+        if r > start and (tiles + rows[r, 13]) * per_tile > CHUNK_BYTES:
+            chunks.append((start, r))
+            start, tiles = r, 0
+        tiles += rows[r, 13]
+    if len(rows):
+        chunks.append((start, len(rows)))
+    chunks = np.array(chunks, dtype=np.intp).reshape(-1, 2)
+    longest = max((int(rows[b - 1, 14] + rows[b - 1, 13] - rows[a, 14]) for a, b in chunks), default=0)
+    return rows, chunks, _winograd.round_tiles(longest)
+
+
+def _tile_rows(geo, m):
+    """The rows of tiles (``wg_row`` in ``winograd.h``) of every sample and dilation sub-grid."""
+    n, c_in, h, w, c_out, oh, ow, pt, pl, dh, dw, _ = geo
+    planes = []
+    for r in range(dh):
+        for s in range(dw):
+            out_h, out_w = -(-(oh - r) // dh), -(-(ow - s) // dw)
+            if out_h <= 0 or out_w <= 0:
+                continue
+            top, left = (r - pt) // dh, (s - pl) // dw  # first input row / column of the sub-grid's tiles
+            er, es = r - pt - top * dh, s - pl - left * dw  # the input sub-grid they read
+            in_h, in_w = max(0, -(-(h - er) // dh)), max(0, -(-(w - es) // dw))
+            planes.append((er * w + es, r * ow + s, in_h, in_w, dh * w, dw, out_h, out_w, dh * ow, dw,
+                           top, left, -(-out_h // m), -(-out_w // m)))
+    rows, t = [], 0
+    for b in range(n):
+        for x0, y0, in_h, in_w, xr, xc, out_h, out_w, yr, yc, top, left, tiles_y, tiles_x in planes:
+            for ty in range(tiles_y):
+                rows.append((b * c_in * h * w + x0, b * c_out * oh * ow + y0, in_h, in_w, xr, xc, out_h, out_w,
+                             yr, yc, top + ty * m, left, ty * m, tiles_x, t, 0))
+                t += tiles_x
+    return np.array(rows, dtype=np.int64).reshape(-1, _winograd.ROW_FIELDS)
+
+
+def _geo(spec):
+    return (spec.n, spec.c_in, spec.h, spec.w, spec.c_out, spec.oh, spec.ow, spec.padding[0],
+            spec.padding[2], *spec.dilation, spec.groups)
+
+
+def _adjoint_geo(spec):
+    """The stride-1 convolution of the output gradient whose output is the input gradient: kernels
+    flipped, channels swapped, padding ``2d - p`` (negative: a crop)."""
+    dh, dw = spec.dilation
+    return (spec.n, spec.c_out, spec.oh, spec.ow, spec.c_in, spec.h, spec.w, 2 * dh - spec.padding[0],
+            2 * dw - spec.padding[2], dh, dw, spec.groups)
+
+
+def _blocks(total, most):
+    """Block size for ``total`` items in blocks of at most ``most``, as even as possible."""
+    count = -(-total // most)
+    return -(-total // count)
+
+
+# ----------------------------------------------------------------------------- kernels
+def _forward(x, w, b, y, geo, m, flip):
+    threads = _omp.max_threads()
+    rows, chunks, longest = _plan(geo, m)
+    lanes, a2, groups = _winograd.lanes(), (m + 2) ** 2, geo[-1]
+    cin, cout = x.shape[1] // groups, y.shape[1] // groups
+    nkb = _blocks(cout, FORWARD_CHANNELS)
+    us = _winograd.round_tiles(nkb)
+    kblocks = -(-cout // nkb)
+    # tile ranges per task: enough tasks for every thread, at least two vectors each
+    splits = max(1, min(longest // (2 * lanes), -(-4 * threads // (groups * kblocks))))
+    span = _winograd.round_tiles(-(-longest // splits)) if longest else lanes
+    tsub = max(lanes, min(span, PRODUCT_BYTES // (4 * a2 * us) // lanes * lanes))
+    v = workspace("winograd_v", (max(1, a2 * x.shape[1] * longest),), np.float32)
+    stage = workspace("winograd_stage", (threads, max(1, a2 * longest)), np.float32)
+    ubuf = workspace("winograd_u", (threads, a2 * cin * us), np.float32)
+    mbuf = workspace("winograd_m", (threads, a2 * us * tsub), np.float32)
+    obuf = workspace("winograd_o", (threads, m * m * tsub), np.float32)
+    _winograd.forward(x, w, b, y, rows, chunks, m, groups, flip, nkb, span, tsub, v, stage, ubuf, mbuf, obuf)
+    return y
+
+
+def conv2d(x, w, b, spec, tile=None):
+    if not supports("conv2d", spec, x.dtype):
+        return _automatic("conv2d", spec, x.dtype)(x, w, b, spec)
+    m = _check_tile(tile, spec)
+    y = np.empty(spec.y_shape, np.float32)
+    b = None if b is None else np.ascontiguousarray(b, np.float32)
+    return _forward(np.ascontiguousarray(x), np.ascontiguousarray(w), b, y, _geo(spec), m, False)
+
+
+def conv2d_grad_input(gy, w, spec, tile=None):
+    if not supports("conv2d_grad_input", spec, gy.dtype):
+        return _automatic("conv2d_grad_input", spec, gy.dtype)(gy, w, spec)
+    m = _check_tile(tile, spec)
+    gx = np.empty(spec.x_shape, np.float32)
+    return _forward(np.ascontiguousarray(gy), np.ascontiguousarray(w), None, gx, _adjoint_geo(spec), m, True)
+
+
+def conv2d_grad_weight(gy, x, spec, tile=None):
+    if not supports("conv2d_grad_weight", spec, gy.dtype):
+        return _automatic("conv2d_grad_weight", spec, gy.dtype)(gy, x, spec)
+    m = _check_tile(tile, spec)
+    threads = _omp.max_threads()
+    rows, chunks, longest = _plan(_geo(spec), m, weight_grad=True)
+    a2 = (m + 2) ** 2
+    cin, cout = spec.c_in // spec.groups, spec.c_out // spec.groups
+    kb, cb = _blocks(cout, GRAD_WEIGHT_CHANNELS), _winograd.round_tiles(_blocks(cin, GRAD_WEIGHT_CHANNELS))
+    gw = np.empty(spec.w_shape, np.float32)
+    v = workspace("winograd_v", (max(1, a2 * spec.c_in * longest),), np.float32)
+    z = workspace("winograd_z", (max(1, a2 * spec.c_out * longest),), np.float32)
+    stage = workspace("winograd_stage", (threads, max(1, a2 * longest)), np.float32)
+    mbuf = workspace("winograd_m", (threads, a2 * _winograd.weight_block_pad(kb) * cb), np.float32)
+    _winograd.grad_weight(np.ascontiguousarray(gy), np.ascontiguousarray(x), gw, rows, chunks, m, spec.groups,
+                          kb, cb, v, z, stage, mbuf)
+    return gw

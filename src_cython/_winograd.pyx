@@ -1,0 +1,164 @@
+# cython: language_level=3
+"""Winograd convolution F(m x m, 3 x 3), m = 4 or 2, float32: forward pass (which also runs input
+gradients, as the forward pass of the adjoint convolution) and weight gradient.
+
+The transforms and the per-coordinate matrix products are in ``winograd.h``; here they are driven over
+OpenMP threads. Tiles are enumerated by the rows table of the caller (``fastconv.backends.winograd``)
+and processed in chunks of whole tile rows, each chunk in two parallel phases:
+
+1. every input channel's tiles are transformed into the shared buffer ``v`` (and, for the weight
+   gradient, every output channel's output-gradient tiles into ``z``);
+2. forward: tasks (group, block of output channels, range of tiles) transform their block's weights
+   into thread scratch (once per thread and block), multiply per transform coordinate and write the
+   output tiles; weight gradient: tasks (group, block of output channels, block of input channels)
+   reduce over the chunk's tiles and add the transformed-back gradient to ``gw``.
+"""
+from cython.parallel cimport parallel, prange, threadid
+
+import numpy as np
+
+cdef extern from "winograd.h" nogil:
+    ctypedef struct wg_row:
+        pass
+    int WG_LANES
+    int WG_MK
+    void wg_input_channel(int m, const float* x, const wg_row* rows, Py_ssize_t nrows, Py_ssize_t t0,
+                          float* s, float* v, Py_ssize_t vs)
+    void wg_gy_channel(int m, const float* gy, const wg_row* rows, Py_ssize_t nrows, Py_ssize_t t0,
+                       float* s, float* z, Py_ssize_t zs)
+    void wg_weights(int m, const float* w, Py_ssize_t ks, Py_ssize_t cs, int flip, Py_ssize_t k0,
+                    Py_ssize_t nk, Py_ssize_t cin, float* u, Py_ssize_t us)
+    void wg_multiply(int m, const float* u, Py_ssize_t us, Py_ssize_t nk, Py_ssize_t cin, const float* v,
+                     Py_ssize_t vs, Py_ssize_t n, float* m_, Py_ssize_t ms)
+    void wg_output(int m, const float* m_, Py_ssize_t us, Py_ssize_t ms, Py_ssize_t nk, const float* bias,
+                   Py_ssize_t t_lo, Py_ssize_t n, const wg_row* rows, Py_ssize_t nrows, Py_ssize_t t0,
+                   float* o, float* y, Py_ssize_t yk)
+    void wg_weight_grad(int m, const float* z, Py_ssize_t kz, const float* v, Py_ssize_t cv,
+                        Py_ssize_t sp, Py_ssize_t nk, Py_ssize_t nc, float* mt, float* gw, Py_ssize_t cin,
+                        int acc)
+
+ROW_FIELDS = 16  # int64 fields of one tile row (wg_row)
+
+
+def lanes():
+    """Tiles per vector of this build (16 with AVX-512, 8 with AVX2)."""
+    return WG_LANES
+
+
+def round_tiles(Py_ssize_t n):
+    """``n`` tiles rounded up to whole vectors: the padded length of every per-tile buffer."""
+    return (n + WG_LANES - 1) // WG_LANES * WG_LANES
+
+
+def weight_block_pad(Py_ssize_t n):
+    """``n`` output channels rounded up to the rows of the weight-gradient tile."""
+    return (n + WG_MK - 1) // WG_MK * WG_MK
+
+
+cdef inline const wg_row* row_ptr(const Py_ssize_t[:, ::1] rows, Py_ssize_t r) noexcept nogil:
+    return <const wg_row*>&rows[r, 0]
+
+
+cdef inline Py_ssize_t chunk_tiles(const Py_ssize_t[:, ::1] rows, Py_ssize_t ra, Py_ssize_t rb) noexcept nogil:
+    """Tiles of rows [ra, rb), rounded up to whole vectors."""
+    return (rows[rb - 1, 14] + rows[rb - 1, 13] - rows[ra, 14] + WG_LANES - 1) // WG_LANES * WG_LANES
+
+
+cdef void products(int m, const float* u, Py_ssize_t us, Py_ssize_t nk, Py_ssize_t cin, const float* v,
+                   Py_ssize_t sp, Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t tsub, const float* bias,
+                   const wg_row* rows, Py_ssize_t nrows, Py_ssize_t t0, float* mbuf, float* obuf, float* y,
+                   Py_ssize_t ohw) noexcept nogil:
+    """Output tiles [lo, hi) of one block of ``nk`` output channels, ``tsub`` tiles at a time."""
+    cdef Py_ssize_t s0 = lo
+    while s0 < hi:
+        wg_multiply(m, u, us, nk, cin, v + s0, sp, min(tsub, hi - s0), mbuf, tsub)
+        wg_output(m, mbuf, us, tsub, nk, bias, s0, min(tsub, hi - s0), rows, nrows, t0, obuf, y, ohw)
+        s0 += tsub
+
+
+def forward(const float[:, :, :, ::1] x, const float[:, :, :, ::1] w, const float[::1] b,
+            float[:, :, :, ::1] y, const Py_ssize_t[:, ::1] rows, const Py_ssize_t[:, ::1] chunks, int m,
+            Py_ssize_t groups, bint flip, Py_ssize_t nkb, Py_ssize_t span, Py_ssize_t tsub, float[::1] v,
+            float[:, ::1] stage, float[:, ::1] ubuf, float[:, ::1] mbuf, float[:, ::1] obuf):
+    """``y = conv(x, w) + b`` (``b`` may be None) for a stride-1 3x3 convolution whose tiles ``rows``
+    lists, in ``chunks`` (row ranges). With ``flip`` the kernels are ``w`` flipped in space with in and
+    out channels swapped (the adjoint convolution: ``w`` is then ``(C_in, C_out/groups, 3, 3)`` of
+    this convolution's channels). Output channels run in blocks of ``nkb``, tiles in ranges of at most
+    ``span`` per task and ``tsub`` per product (both multiples of ``lanes()``). Scratch: ``v`` shared,
+    the rest per thread (sizes: ``fastconv.backends.winograd``)."""
+    cdef Py_ssize_t c_in = x.shape[1], c_out = y.shape[1], cin = c_in // groups, cout = c_out // groups
+    cdef Py_ssize_t a2 = (m + 2) * (m + 2), hw = x.shape[2] * x.shape[3], ohw = y.shape[2] * y.shape[3]
+    cdef Py_ssize_t kblocks = (cout + nkb - 1) // nkb, us = round_tiles(nkb)
+    cdef Py_ssize_t ks = 9 if flip else cin * 9, cs = cout * 9 if flip else 9
+    cdef Py_ssize_t ci, ra, rb, t0, sp, splits, task, tid, g, kb, k0, nk, lo, key
+    cdef const float* bp = NULL
+    cdef Py_ssize_t[::1] last = np.full(ubuf.shape[0], -1, np.intp)
+    if y.size == 0 or rows.shape[0] == 0:
+        return
+    if b is not None:
+        bp = &b[0]
+    for ci in range(chunks.shape[0]):
+        ra, rb = chunks[ci, 0], chunks[ci, 1]
+        t0, sp = rows[ra, 14], chunk_tiles(rows, ra, rb)
+        with nogil, parallel():
+            for task in prange(c_in, schedule="dynamic"):
+                wg_input_channel(m, &x[0, task, 0, 0], row_ptr(rows, ra), rb - ra, t0,
+                                 &stage[threadid(), 0],
+                                 &v[((task // cin) * a2 * cin + task % cin) * sp], cin * sp)
+        splits = (sp + span - 1) // span
+        with nogil, parallel():
+            for task in prange(groups * kblocks * splits, schedule="static"):
+                tid = threadid()
+                g = task // (kblocks * splits)
+                kb = task // splits % kblocks
+                k0 = kb * nkb
+                nk = min(nkb, cout - k0)
+                key = task // splits
+                if last[tid] != key:
+                    wg_weights(m, &w[0, 0, 0, 0] + g * cout * cin * 9, ks, cs, flip, k0, nk, cin,
+                               &ubuf[tid, 0], us)
+                    last[tid] = key
+                lo = task % splits * span
+                products(m, &ubuf[tid, 0], us, nk, cin, &v[g * a2 * cin * sp], sp, lo,
+                         min(lo + span, rows[rb - 1, 14] + rows[rb - 1, 13] - t0), tsub,
+                         bp + g * cout + k0 if bp != NULL else NULL, row_ptr(rows, ra), rb - ra, t0,
+                         &mbuf[tid, 0], &obuf[tid, 0], &y[0, 0, 0, 0] + (g * cout + k0) * ohw, ohw)
+
+def grad_weight(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x, float[:, :, :, ::1] gw,
+                const Py_ssize_t[:, ::1] rows, const Py_ssize_t[:, ::1] chunks, int m, Py_ssize_t groups,
+                Py_ssize_t kb, Py_ssize_t cb, float[::1] v, float[::1] z, float[:, ::1] stage,
+                float[:, ::1] mbuf):
+    """``gw`` = the weight gradient of the stride-1 3x3 convolution whose tiles ``rows`` lists, summed
+    over ``chunks``; tasks own blocks of ``kb`` output by ``cb`` input channels (``cb`` a multiple of
+    ``lanes()``). Scratch: ``v``, ``z`` shared, the rest per thread."""
+    cdef Py_ssize_t c_in = x.shape[1], c_out = gy.shape[1], cin = c_in // groups, cout = c_out // groups
+    cdef Py_ssize_t a2 = (m + 2) * (m + 2), kblocks = (cout + kb - 1) // kb, cblocks = (cin + cb - 1) // cb
+    cdef Py_ssize_t ci, ra, rb, t0, sp, task, g, k0, c0, ch
+    cdef int acc
+    if gw.size == 0:
+        return
+    if rows.shape[0] == 0:
+        gw[...] = 0
+        return
+    for ci in range(chunks.shape[0]):
+        ra, rb = chunks[ci, 0], chunks[ci, 1]
+        t0, sp = rows[ra, 14], chunk_tiles(rows, ra, rb)
+        acc = ci > 0
+        with nogil, parallel():
+            for task in prange(c_in + c_out, schedule="dynamic"):
+                if task < c_in:
+                    wg_input_channel(m, &x[0, task, 0, 0], row_ptr(rows, ra), rb - ra, t0,
+                                     &stage[threadid(), 0],
+                                     &v[((task // cin) * a2 * cin + task % cin) * sp], cin * sp)
+                else:
+                    ch = task - c_in
+                    wg_gy_channel(m, &gy[0, ch, 0, 0], row_ptr(rows, ra), rb - ra, t0, &stage[threadid(), 0],
+                                  &z[((ch // cout) * a2 * cout + ch % cout) * sp], cout * sp)
+        with nogil, parallel():
+            for task in prange(groups * kblocks * cblocks, schedule="dynamic"):
+                g = task // (kblocks * cblocks)
+                k0 = task // cblocks % kblocks * kb
+                c0 = task % cblocks * cb
+                wg_weight_grad(m, &z[(g * a2 * cout + k0) * sp], cout, &v[(g * a2 * cin + c0) * sp], cin, sp,
+                               min(kb, cout - k0), min(cb, cin - c0), &mbuf[threadid(), 0],
+                               &gw[0, 0, 0, 0] + ((g * cout + k0) * cin + c0) * 9, cin, acc)
