@@ -6,12 +6,16 @@ The transforms and the per-coordinate matrix products are in ``winograd.h``; her
 OpenMP threads. Tiles are enumerated by the rows table of the caller (``fastconv.backends.winograd``)
 and processed in chunks of whole tile rows, each chunk in two parallel phases:
 
-1. every input channel's tiles are transformed into the shared buffer ``v`` (and, for the weight
-   gradient, every output channel's output-gradient tiles into ``z``);
+1. every input channel's tiles are transformed into the shared buffer ``v`` (for the weight gradient,
+   also every block of output channels' output-gradient tiles into ``z``);
 2. forward: tasks (group, block of output channels, range of tiles) transform their block's weights
    into thread scratch (once per thread and block), multiply per transform coordinate and write the
-   output tiles; weight gradient: tasks (group, block of output channels, block of input channels)
+   output tiles; weight gradient: tasks (group, block of input channels, block of output channels)
    reduce over the chunk's tiles and add the transformed-back gradient to ``gw``.
+
+Buffer layouts (per group; ``L = lanes()``, ``a2 = (m + 2)^2``, ``sp`` a chunk's tiles rounded up to
+``L``): ``v[t // L][xi][c][t % L]``, ``z[xi][t][k]`` (``k`` up to the output channels rounded up to
+``L``).
 """
 from cython.parallel cimport parallel, prange, threadid
 
@@ -21,20 +25,19 @@ cdef extern from "winograd.h" nogil:
     ctypedef struct wg_row:
         pass
     int WG_LANES
-    int WG_MK
     void wg_input_channel(int m, const float* x, const wg_row* rows, Py_ssize_t nrows, Py_ssize_t t0,
-                          float* s, float* v, Py_ssize_t vs)
-    void wg_gy_channel(int m, const float* gy, const wg_row* rows, Py_ssize_t nrows, Py_ssize_t t0,
-                       float* s, float* z, Py_ssize_t zs)
+                          float* line, float* s, float* v, Py_ssize_t vt, Py_ssize_t vx)
+    void wg_gy_block(int m, const float* gy, Py_ssize_t yk, Py_ssize_t nk, const wg_row* rows,
+                     Py_ssize_t nrows, Py_ssize_t t0, float* line, float* s, float* z, Py_ssize_t kz)
     void wg_weights(int m, const float* w, Py_ssize_t ks, Py_ssize_t cs, int flip, Py_ssize_t k0,
                     Py_ssize_t nk, Py_ssize_t cin, float* u, Py_ssize_t us)
     void wg_multiply(int m, const float* u, Py_ssize_t us, Py_ssize_t nk, Py_ssize_t cin, const float* v,
-                     Py_ssize_t vs, Py_ssize_t n, float* m_, Py_ssize_t ms)
+                     Py_ssize_t vt, Py_ssize_t vx, Py_ssize_t n, float* m_, Py_ssize_t ms)
     void wg_output(int m, const float* m_, Py_ssize_t us, Py_ssize_t ms, Py_ssize_t nk, const float* bias,
                    Py_ssize_t t_lo, Py_ssize_t n, const wg_row* rows, Py_ssize_t nrows, Py_ssize_t t0,
                    float* o, float* y, Py_ssize_t yk)
-    void wg_weight_grad(int m, const float* z, Py_ssize_t kz, const float* v, Py_ssize_t cv,
-                        Py_ssize_t sp, Py_ssize_t nk, Py_ssize_t nc, float* mt, float* gw, Py_ssize_t cin,
+    void wg_weight_grad(int m, const float* v, Py_ssize_t vt, Py_ssize_t vx, const float* z, Py_ssize_t kz,
+                        Py_ssize_t sp, Py_ssize_t nc, Py_ssize_t nk, float* mt, float* gw, Py_ssize_t cin,
                         int acc)
 
 ROW_FIELDS = 16  # int64 fields of one tile row (wg_row)
@@ -46,13 +49,8 @@ def lanes():
 
 
 def round_tiles(Py_ssize_t n):
-    """``n`` tiles rounded up to whole vectors: the padded length of every per-tile buffer."""
+    """``n`` rounded up to whole vectors: the padded length of every per-tile buffer."""
     return (n + WG_LANES - 1) // WG_LANES * WG_LANES
-
-
-def weight_block_pad(Py_ssize_t n):
-    """``n`` output channels rounded up to the rows of the weight-gradient tile."""
-    return (n + WG_MK - 1) // WG_MK * WG_MK
 
 
 cdef inline const wg_row* row_ptr(const Py_ssize_t[:, ::1] rows, Py_ssize_t r) noexcept nogil:
@@ -60,18 +58,29 @@ cdef inline const wg_row* row_ptr(const Py_ssize_t[:, ::1] rows, Py_ssize_t r) n
 
 
 cdef inline Py_ssize_t chunk_tiles(const Py_ssize_t[:, ::1] rows, Py_ssize_t ra, Py_ssize_t rb) noexcept nogil:
-    """Tiles of rows [ra, rb), rounded up to whole vectors."""
-    return (rows[rb - 1, 14] + rows[rb - 1, 13] - rows[ra, 14] + WG_LANES - 1) // WG_LANES * WG_LANES
+    """Tiles of rows [ra, rb)."""
+    return rows[rb - 1, 14] + rows[rb - 1, 13] - rows[ra, 14]
+
+
+cdef void transform_inputs(int m, const float[:, :, :, ::1] x, Py_ssize_t groups,
+                           const Py_ssize_t[:, ::1] rows, Py_ssize_t ra, Py_ssize_t rb, Py_ssize_t sp,
+                           float[::1] v, float[:, ::1] stage, Py_ssize_t line, Py_ssize_t channel) noexcept nogil:
+    """Phase 1 for one input channel: its transformed tiles in ``v``."""
+    cdef Py_ssize_t cin = x.shape[1] // groups, a2 = (m + 2) * (m + 2), tid = threadid()
+    wg_input_channel(m, &x[0, channel, 0, 0], row_ptr(rows, ra), rb - ra, rows[ra, 14], &stage[tid, line],
+                     &stage[tid, 0], &v[(channel // cin) * a2 * cin * sp + channel % cin * WG_LANES],
+                     a2 * cin * WG_LANES, cin * WG_LANES)
 
 
 cdef void products(int m, const float* u, Py_ssize_t us, Py_ssize_t nk, Py_ssize_t cin, const float* v,
-                   Py_ssize_t sp, Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t tsub, const float* bias,
-                   const wg_row* rows, Py_ssize_t nrows, Py_ssize_t t0, float* mbuf, float* obuf, float* y,
+                   Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t tsub, const float* bias, const wg_row* rows,
+                   Py_ssize_t nrows, Py_ssize_t t0, float* mbuf, float* obuf, float* y,
                    Py_ssize_t ohw) noexcept nogil:
     """Output tiles [lo, hi) of one block of ``nk`` output channels, ``tsub`` tiles at a time."""
-    cdef Py_ssize_t s0 = lo
+    cdef Py_ssize_t s0 = lo, a2 = (m + 2) * (m + 2)
     while s0 < hi:
-        wg_multiply(m, u, us, nk, cin, v + s0, sp, min(tsub, hi - s0), mbuf, tsub)
+        wg_multiply(m, u, us, nk, cin, v + s0 // WG_LANES * a2 * cin * WG_LANES, a2 * cin * WG_LANES,
+                    cin * WG_LANES, min(tsub, hi - s0), mbuf, tsub)
         wg_output(m, mbuf, us, tsub, nk, bias, s0, min(tsub, hi - s0), rows, nrows, t0, obuf, y, ohw)
         s0 += tsub
 
@@ -79,18 +88,19 @@ cdef void products(int m, const float* u, Py_ssize_t us, Py_ssize_t nk, Py_ssize
 def forward(const float[:, :, :, ::1] x, const float[:, :, :, ::1] w, const float[::1] b,
             float[:, :, :, ::1] y, const Py_ssize_t[:, ::1] rows, const Py_ssize_t[:, ::1] chunks, int m,
             Py_ssize_t groups, bint flip, Py_ssize_t nkb, Py_ssize_t span, Py_ssize_t tsub, float[::1] v,
-            float[:, ::1] stage, float[:, ::1] ubuf, float[:, ::1] mbuf, float[:, ::1] obuf):
+            float[:, ::1] stage, Py_ssize_t line, float[:, ::1] ubuf, float[:, ::1] mbuf, float[:, ::1] obuf):
     """``y = conv(x, w) + b`` (``b`` may be None) for a stride-1 3x3 convolution whose tiles ``rows``
     lists, in ``chunks`` (row ranges). With ``flip`` the kernels are ``w`` flipped in space with in and
     out channels swapped (the adjoint convolution: ``w`` is then ``(C_in, C_out/groups, 3, 3)`` of
     this convolution's channels). Output channels run in blocks of ``nkb``, tiles in ranges of at most
     ``span`` per task and ``tsub`` per product (both multiples of ``lanes()``). Scratch: ``v`` shared,
-    the rest per thread (sizes: ``fastconv.backends.winograd``)."""
+    the rest per thread; ``stage[thread, line:]`` holds one zero-padded input row (sizes:
+    ``fastconv.backends.winograd``)."""
     cdef Py_ssize_t c_in = x.shape[1], c_out = y.shape[1], cin = c_in // groups, cout = c_out // groups
-    cdef Py_ssize_t a2 = (m + 2) * (m + 2), hw = x.shape[2] * x.shape[3], ohw = y.shape[2] * y.shape[3]
+    cdef Py_ssize_t a2 = (m + 2) * (m + 2), ohw = y.shape[2] * y.shape[3]
     cdef Py_ssize_t kblocks = (cout + nkb - 1) // nkb, us = round_tiles(nkb)
     cdef Py_ssize_t ks = 9 if flip else cin * 9, cs = cout * 9 if flip else 9
-    cdef Py_ssize_t ci, ra, rb, t0, sp, splits, task, tid, g, kb, k0, nk, lo, key
+    cdef Py_ssize_t ci, ra, rb, t0, sp, tiles, splits, task, tid, g, k0, nk, lo, key
     cdef const float* bp = NULL
     cdef Py_ssize_t[::1] last = np.full(ubuf.shape[0], -1, np.intp)
     if y.size == 0 or rows.shape[0] == 0:
@@ -99,41 +109,42 @@ def forward(const float[:, :, :, ::1] x, const float[:, :, :, ::1] w, const floa
         bp = &b[0]
     for ci in range(chunks.shape[0]):
         ra, rb = chunks[ci, 0], chunks[ci, 1]
-        t0, sp = rows[ra, 14], chunk_tiles(rows, ra, rb)
+        t0, tiles = rows[ra, 14], chunk_tiles(rows, ra, rb)
+        sp = round_tiles(tiles)
         with nogil, parallel():
             for task in prange(c_in, schedule="dynamic"):
-                wg_input_channel(m, &x[0, task, 0, 0], row_ptr(rows, ra), rb - ra, t0,
-                                 &stage[threadid(), 0],
-                                 &v[((task // cin) * a2 * cin + task % cin) * sp], cin * sp)
+                transform_inputs(m, x, groups, rows, ra, rb, sp, v, stage, line, task)
         splits = (sp + span - 1) // span
         with nogil, parallel():
             for task in prange(groups * kblocks * splits, schedule="static"):
                 tid = threadid()
-                g = task // (kblocks * splits)
-                kb = task // splits % kblocks
-                k0 = kb * nkb
-                nk = min(nkb, cout - k0)
                 key = task // splits
+                g = key // kblocks
+                k0 = key % kblocks * nkb
+                nk = min(nkb, cout - k0)
                 if last[tid] != key:
                     wg_weights(m, &w[0, 0, 0, 0] + g * cout * cin * 9, ks, cs, flip, k0, nk, cin,
                                &ubuf[tid, 0], us)
                     last[tid] = key
                 lo = task % splits * span
-                products(m, &ubuf[tid, 0], us, nk, cin, &v[g * a2 * cin * sp], sp, lo,
-                         min(lo + span, rows[rb - 1, 14] + rows[rb - 1, 13] - t0), tsub,
+                products(m, &ubuf[tid, 0], us, nk, cin, &v[g * a2 * cin * sp], lo, min(lo + span, tiles), tsub,
                          bp + g * cout + k0 if bp != NULL else NULL, row_ptr(rows, ra), rb - ra, t0,
                          &mbuf[tid, 0], &obuf[tid, 0], &y[0, 0, 0, 0] + (g * cout + k0) * ohw, ohw)
 
+
 def grad_weight(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x, float[:, :, :, ::1] gw,
                 const Py_ssize_t[:, ::1] rows, const Py_ssize_t[:, ::1] chunks, int m, Py_ssize_t groups,
-                Py_ssize_t kb, Py_ssize_t cb, float[::1] v, float[::1] z, float[:, ::1] stage,
+                Py_ssize_t cb, Py_ssize_t kb, float[::1] v, float[::1] z, float[:, ::1] stage, Py_ssize_t line,
                 float[:, ::1] mbuf):
     """``gw`` = the weight gradient of the stride-1 3x3 convolution whose tiles ``rows`` lists, summed
-    over ``chunks``; tasks own blocks of ``kb`` output by ``cb`` input channels (``cb`` a multiple of
-    ``lanes()``). Scratch: ``v``, ``z`` shared, the rest per thread."""
+    over ``chunks``; tasks own blocks of ``cb`` input by ``kb`` output channels (``kb`` a multiple of
+    ``lanes()``). Scratch: ``v``, ``z`` shared, the rest per thread (``stage[thread, line:]``: one
+    zero-padded row)."""
     cdef Py_ssize_t c_in = x.shape[1], c_out = gy.shape[1], cin = c_in // groups, cout = c_out // groups
-    cdef Py_ssize_t a2 = (m + 2) * (m + 2), kblocks = (cout + kb - 1) // kb, cblocks = (cin + cb - 1) // cb
-    cdef Py_ssize_t ci, ra, rb, t0, sp, task, g, k0, c0, ch
+    cdef Py_ssize_t a2 = (m + 2) * (m + 2), ohw = gy.shape[2] * gy.shape[3], kz = round_tiles(cout)
+    cdef Py_ssize_t zblocks = (cout + WG_LANES - 1) // WG_LANES
+    cdef Py_ssize_t kblocks = (cout + kb - 1) // kb, cblocks = (cin + cb - 1) // cb
+    cdef Py_ssize_t ci, ra, rb, t0, sp, task, tid, g, k0, c0
     cdef int acc
     if gw.size == 0:
         return
@@ -142,23 +153,24 @@ def grad_weight(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x, float
         return
     for ci in range(chunks.shape[0]):
         ra, rb = chunks[ci, 0], chunks[ci, 1]
-        t0, sp = rows[ra, 14], chunk_tiles(rows, ra, rb)
+        t0 = rows[ra, 14]
+        sp = round_tiles(chunk_tiles(rows, ra, rb))
         acc = ci > 0
         with nogil, parallel():
-            for task in prange(c_in + c_out, schedule="dynamic"):
+            for task in prange(c_in + groups * zblocks, schedule="dynamic"):
                 if task < c_in:
-                    wg_input_channel(m, &x[0, task, 0, 0], row_ptr(rows, ra), rb - ra, t0,
-                                     &stage[threadid(), 0],
-                                     &v[((task // cin) * a2 * cin + task % cin) * sp], cin * sp)
+                    transform_inputs(m, x, groups, rows, ra, rb, sp, v, stage, line, task)
                 else:
-                    ch = task - c_in
-                    wg_gy_channel(m, &gy[0, ch, 0, 0], row_ptr(rows, ra), rb - ra, t0, &stage[threadid(), 0],
-                                  &z[((ch // cout) * a2 * cout + ch % cout) * sp], cout * sp)
+                    tid = threadid()
+                    g = (task - c_in) // zblocks
+                    k0 = (task - c_in) % zblocks * WG_LANES
+                    wg_gy_block(m, &gy[0, g * cout + k0, 0, 0], ohw, min(WG_LANES, cout - k0), row_ptr(rows, ra),
+                                rb - ra, t0, &stage[tid, line], &stage[tid, 0], &z[g * a2 * sp * kz + k0], kz)
         with nogil, parallel():
-            for task in prange(groups * kblocks * cblocks, schedule="dynamic"):
-                g = task // (kblocks * cblocks)
-                k0 = task // cblocks % kblocks * kb
-                c0 = task % cblocks * cb
-                wg_weight_grad(m, &z[(g * a2 * cout + k0) * sp], cout, &v[(g * a2 * cin + c0) * sp], cin, sp,
-                               min(kb, cout - k0), min(cb, cin - c0), &mbuf[threadid(), 0],
-                               &gw[0, 0, 0, 0] + ((g * cout + k0) * cin + c0) * 9, cin, acc)
+            for task in prange(groups * cblocks * kblocks, schedule="dynamic"):
+                g = task // (cblocks * kblocks)
+                c0 = task // kblocks % cblocks * cb
+                k0 = task % kblocks * kb
+                wg_weight_grad(m, &v[g * a2 * cin * sp + c0 * WG_LANES], a2 * cin * WG_LANES, cin * WG_LANES,
+                               &z[g * a2 * sp * kz + k0], kz, sp, min(cb, cin - c0), min(kb, cout - k0),
+                               &mbuf[threadid(), 0], &gw[0, 0, 0, 0] + ((g * cout + k0) * cin + c0) * 9, cin, acc)

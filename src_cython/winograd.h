@@ -3,7 +3,7 @@
  * A tile of m x m outputs of a stride-1 3x3 convolution is Y = A^T [(G g G^T) . (B^T d B)] A, with d
  * the (m + 2) x (m + 2) input patch under the tile and "." the elementwise product: 36 products per
  * channel pair and 4x4 tile (16 for 2x2) instead of 144 (36). Summed over input channels, the
- * elementwise products become one matrix product per transform coordinate (xi, an entry of the
+ * elementwise products become one matrix product per transform coordinate xi (an entry of the
  * alpha x alpha transformed tile, alpha = m + 2):
  *
  *     M[xi][k][t] = sum_c U[xi][c][k] V[xi][c][t],   U = G g G^T (weights), V = B^T d B (tiles t)
@@ -11,11 +11,11 @@
  * The weight gradient is the adjoint of the same bilinear form, with the same three matrices:
  * gw[k][c] = G^T [sum_t (A gy_t A^T) . (B^T d_t B)] G, gy_t the tile's m x m output gradient.
  *
- * Vectors run over tiles: a vector holds one transform coordinate of WG_LANES tiles, so every
- * transform is elementwise vector arithmetic and the products are register-tiled GEMMs that broadcast
- * weights (forward) or reduce over tiles (weight gradient). Tiles are enumerated row by row (see
- * wg_row); the gathers and scatters that move tile rows between NCHW planes and tile-major buffers are
- * the only strided accesses.
+ * Vectors run over tiles: a vector holds one transform coordinate of WG_LANES tiles, so the transforms
+ * are elementwise vector arithmetic. Transformed input tiles are stored by vector of tiles, then
+ * coordinate, then channel, so a product's reduction over channels reads consecutive vectors. The
+ * products are register-tiled: rows of broadcast scalars (transformed weights; in the weight gradient,
+ * transformed inputs) times one or two vectors (tiles; in the weight gradient, output channels).
  *
  * The vector type is GCC/Clang's generic one (AVX-512, AVX2 or SSE with the matching -march); other
  * compilers get WG_LANES = 1, the same code on scalars.
@@ -29,19 +29,16 @@
 #if defined(__GNUC__) || defined(__clang__)
 #if defined(__AVX512F__)
 #define WG_LANES 16
-#define WG_NK2 14     /* forward tile: 14 x 2 accumulators of 32 registers */
-#define WG_NK1 28     /* 28 x 1 */
-#define WG_MK 4       /* weight-gradient tile: 4 x 4 accumulators, reduced to one vector */
+#define WG_NK2 14     /* register tile: 14 rows x 2 vectors of 32 registers */
+#define WG_NK1 28     /* or 28 x 1 */
 #elif defined(__AVX__)
 #define WG_LANES 8
-#define WG_NK2 6      /* 16 registers: 6 x 2 accumulators */
+#define WG_NK2 6      /* 16 registers: 6 x 2 */
 #define WG_NK1 12
-#define WG_MK 4       /* 4 x 2 */
 #else
 #define WG_LANES 4
 #define WG_NK2 6
 #define WG_NK1 12
-#define WG_MK 2       /* 2 x 2 */
 #endif
 typedef float wg_vec __attribute__((vector_size(4 * WG_LANES)));
 #define WG_INLINE static inline __attribute__((always_inline))
@@ -49,12 +46,10 @@ typedef float wg_vec __attribute__((vector_size(4 * WG_LANES)));
 #define WG_LANES 1
 #define WG_NK2 4
 #define WG_NK1 8
-#define WG_MK 1
 typedef float wg_vec;
 #define WG_INLINE static inline
 #endif
-#define WG_MC (WG_LANES / WG_MK)   /* input channels of the weight-gradient tile */
-#define WG_MAX_NK (WG_NK1 > 2 * WG_NK2 ? WG_NK1 : 2 * WG_NK2)
+#define WG_MAX_NK (WG_NK1 > WG_NK2 ? WG_NK1 : WG_NK2)
 
 WG_INLINE wg_vec wg_load(const float *p) { wg_vec v; memcpy(&v, p, sizeof v); return v; }
 WG_INLINE void wg_store(float *p, wg_vec v) { memcpy(p, &v, sizeof v); }
@@ -166,27 +161,79 @@ WG_INLINE void wg_gt(int m, const wg_vec *p, int s, wg_vec *q, int r)
     }
 }
 
-/* The 2-D transforms, one vector of tiles at a time: p holds an n x n tile (entry (i, j) at
- * src[(i * n + j) * ss]), q the transformed tile at dst[(xi * n' + nu) * ds]. */
+/* The 2-D transforms, one vector of tiles at a time: an n x n tile (entry (i, j) at src[(i * n + j) * ss])
+ * to the n' x n' transformed tile (entry (xi, nu) at dst[(xi * n' + nu) * ds]): the 1-D transform of
+ * every column, then of every row. */
 #define WG_2D(NAME, ONE_D, N_IN, N_OUT)                                                          \
     WG_INLINE void NAME(int m, const float *src, ptrdiff_t ss, float *dst, ptrdiff_t ds)          \
     {                                                                                            \
         const int ni = N_IN, no = N_OUT;                                                         \
-        wg_vec p[36], t[36], q[36];                                                              \
-        for (int k = 0; k < ni * ni; k++)                                                        \
-            p[k] = wg_load(src + k * ss);                                                        \
-        for (int j = 0; j < ni; j++)                                                             \
-            ONE_D(m, p + j, ni, t + j, ni);          /* columns: t[xi][j], xi < no */            \
-        for (int i = 0; i < no; i++)                                                             \
-            ONE_D(m, t + i * ni, 1, q + i * no, 1);  /* rows: q[xi][nu] */                       \
-        for (int k = 0; k < no * no; k++)                                                        \
-            wg_store(dst + k * ds, q[k]);                                                        \
+        wg_vec t[36];                                                                            \
+        for (int j = 0; j < ni; j++) {                                                           \
+            wg_vec col[6];                                                                       \
+            for (int i = 0; i < ni; i++)                                                         \
+                col[i] = wg_load(src + (i * ni + j) * ss);                                       \
+            ONE_D(m, col, 1, t + j, ni);                   /* t[xi][j], xi < no */               \
+        }                                                                                        \
+        for (int i = 0; i < no; i++) {                                                           \
+            wg_vec row[6];                                                                       \
+            ONE_D(m, t + i * ni, 1, row, 1);                                                     \
+            for (int k = 0; k < no; k++)                                                         \
+                wg_store(dst + (i * no + k) * ds, row[k]);                                       \
+        }                                                                                        \
     }
 WG_2D(wg_input_tile, wg_bt, m + 2, m + 2)    /* B^T d B */
 WG_2D(wg_output_tile, wg_at, m + 2, m)       /* A^T M A */
 WG_2D(wg_weight_tile, wg_g, 3, m + 2)        /* G g G^T */
 WG_2D(wg_gy_tile, wg_a, m, m + 2)            /* A gy A^T */
 WG_2D(wg_gw_tile, wg_gt, m + 2, 3)           /* G^T M G */
+
+/* Transpose WG_LANES vectors in place (r[i] lane j <-> r[j] lane i): log2(WG_LANES) rounds, each
+ * swapping the off-diagonal b x b blocks of every 2b x 2b block. */
+#if defined(__GNUC__) && !defined(__clang__) && WG_LANES > 1
+typedef int wg_mask __attribute__((vector_size(4 * WG_LANES)));
+#define WG_SWAP(B, LO, HI)                                                                       \
+    for (int i = 0; i < WG_LANES; i++)                                                           \
+        if (!(i & B)) {                                                                          \
+            wg_vec a = r[i], b = r[i + B];                                                       \
+            r[i] = __builtin_shuffle(a, b, (wg_mask)LO);                                         \
+            r[i + B] = __builtin_shuffle(a, b, (wg_mask)HI);                                     \
+        }
+WG_INLINE void wg_transpose(wg_vec *r)
+{
+#if WG_LANES == 16
+    WG_SWAP(8, ((wg_mask){0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23}),
+            ((wg_mask){8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31}))
+    WG_SWAP(4, ((wg_mask){0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27}),
+            ((wg_mask){4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31}))
+    WG_SWAP(2, ((wg_mask){0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29}),
+            ((wg_mask){2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31}))
+    WG_SWAP(1, ((wg_mask){0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30}),
+            ((wg_mask){1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31}))
+#elif WG_LANES == 8
+    WG_SWAP(4, ((wg_mask){0, 1, 2, 3, 8, 9, 10, 11}),
+            ((wg_mask){4, 5, 6, 7, 12, 13, 14, 15}))
+    WG_SWAP(2, ((wg_mask){0, 1, 8, 9, 4, 5, 12, 13}),
+            ((wg_mask){2, 3, 10, 11, 6, 7, 14, 15}))
+    WG_SWAP(1, ((wg_mask){0, 8, 2, 10, 4, 12, 6, 14}),
+            ((wg_mask){1, 9, 3, 11, 5, 13, 7, 15}))
+#else
+    WG_SWAP(2, ((wg_mask){0, 1, 4, 5}),
+            ((wg_mask){2, 3, 6, 7}))
+    WG_SWAP(1, ((wg_mask){0, 4, 2, 6}),
+            ((wg_mask){1, 5, 3, 7}))
+#endif
+}
+#else
+WG_INLINE void wg_transpose(wg_vec *r)
+{
+    float a[WG_LANES][WG_LANES];
+    memcpy(a, r, sizeof a);
+    for (int i = 0; i < WG_LANES; i++)
+        for (int j = 0; j < WG_LANES; j++)
+            ((float *)&r[i])[j] = a[j][i];
+}
+#endif
 
 /* ---------------------------------------------------------------------------- tile rows
  * One row of tiles of one plane of one sample. A plane is the whole image, or with dilation d one of
@@ -203,19 +250,52 @@ typedef struct {
     ptrdiff_t unused;
 } wg_row;
 
-/* Stage n x n patches: s[(i * n + j) * sp + t] = plane[row0 + i][col0 + tx * m + j] of every tile of
- * the rows (zero outside the plane), t the tile's index from t0. The patch of tile tx starts m columns
- * after tile tx - 1's; n = m + 2 for input patches (rows from top), m for output-gradient tiles. */
-WG_INLINE void wg_gather(int m, int n, const float *plane, const wg_row *r, ptrdiff_t row0,
-                         ptrdiff_t col0, ptrdiff_t h, ptrdiff_t w, ptrdiff_t xr, ptrdiff_t xc, float *s,
+/* s[j * sp + tx] = q[tx * m + j] for j < k (k = m, or 2 < m) and tx < n: the interleaved loads that
+ * GCC turns into vector permutes. */
+WG_INLINE void wg_split(int m, int k, const float *restrict q, float *restrict s, ptrdiff_t sp, ptrdiff_t n)
+{
+    float *restrict s0 = s, *restrict s1 = s + sp, *restrict s2 = s + 2 * sp, *restrict s3 = s + 3 * sp;
+    if (k == 4)
+        for (ptrdiff_t tx = 0; tx < n; tx++) {
+            s0[tx] = q[4 * tx];
+            s1[tx] = q[4 * tx + 1];
+            s2[tx] = q[4 * tx + 2];
+            s3[tx] = q[4 * tx + 3];
+        }
+    else
+        for (ptrdiff_t tx = 0; tx < n; tx++) {
+            s0[tx] = q[m * tx];
+            s1[tx] = q[m * tx + 1];
+        }
+}
+
+/* The inverse of wg_split for k = m: q[tx * m + j] = s[j * sp + tx], tx < n. */
+WG_INLINE void wg_merge(int m, const float *restrict s, ptrdiff_t sp, float *restrict q, ptrdiff_t n)
+{
+    const float *restrict s0 = s, *restrict s1 = s + sp, *restrict s2 = s + 2 * sp, *restrict s3 = s + 3 * sp;
+    if (m == 4)
+        for (ptrdiff_t tx = 0; tx < n; tx++) {
+            q[4 * tx] = s0[tx];
+            q[4 * tx + 1] = s1[tx];
+            q[4 * tx + 2] = s2[tx];
+            q[4 * tx + 3] = s3[tx];
+        }
+    else
+        for (ptrdiff_t tx = 0; tx < n; tx++) {
+            q[2 * tx] = s0[tx];
+            q[2 * tx + 1] = s1[tx];
+        }
+}
+
+/* Stage the n x n patches of one row of tiles (n = m + 2: input patches; n = m: output-gradient
+ * tiles): s[(i * n + j) * sp + tx] = plane[row0 + i][col0 + tx * m + j], zero outside the h x w plane
+ * (row and column strides xr, xc). A row that runs past the plane's edge, or is strided, is first
+ * copied zero-padded into line (tiles * m + 2 floats). */
+WG_INLINE void wg_gather(int m, int n, const float *plane, ptrdiff_t tiles, ptrdiff_t row0, ptrdiff_t col0,
+                         ptrdiff_t h, ptrdiff_t w, ptrdiff_t xr, ptrdiff_t xc, float *line, float *s,
                          ptrdiff_t sp)
 {
-    ptrdiff_t tiles = r->tiles;
-    /* tiles [lo, hi) read columns inside the plane only */
-    ptrdiff_t lo = col0 >= 0 ? 0 : (-col0 + m - 1) / m;
-    ptrdiff_t hi = w - n - col0 >= 0 ? (w - n - col0) / m + 1 : 0;
-    hi = wg_min(hi, tiles);
-    lo = wg_min(lo, hi);
+    ptrdiff_t len = tiles * m + n - m, lo = wg_min(wg_max(-col0, 0), len), hi = wg_max(wg_min(w - col0, len), lo);
     for (int i = 0; i < n; i++) {
         float *si = s + (ptrdiff_t)i * n * sp;
         ptrdiff_t u = row0 + i;
@@ -224,59 +304,51 @@ WG_INLINE void wg_gather(int m, int n, const float *plane, const wg_row *r, ptrd
                 memset(si + j * sp, 0, sizeof(float) * tiles);
             continue;
         }
-        const float *row = plane + u * xr;
-        for (ptrdiff_t tx = 0; tx < tiles; tx++) {
-            if (tx == lo)
-                tx = hi;
-            if (tx >= tiles)
-                break;
-            for (int j = 0; j < n; j++) {
-                ptrdiff_t col = col0 + tx * m + j;
-                si[j * sp + tx] = col >= 0 && col < w ? row[col * xc] : 0.0f;
-            }
+        const float *q = plane + u * xr + col0 * xc;
+        if (xc != 1 || lo > 0 || hi < len) {
+            memset(line, 0, sizeof(float) * lo);
+            if (xc == 1)
+                memcpy(line + lo, q + lo, sizeof(float) * (hi - lo));
+            else
+                for (ptrdiff_t k = lo; k < hi; k++)
+                    line[k] = q[k * xc];
+            memset(line + hi, 0, sizeof(float) * (len - hi));
+            q = line;
         }
-        if (xc == 1) {
-            const float *q = row + col0;
-            for (ptrdiff_t tx = lo; tx < hi; tx++)
-                for (int j = 0; j < n; j++)
-                    si[j * sp + tx] = q[tx * m + j];
-        } else {
-            for (ptrdiff_t tx = lo; tx < hi; tx++)
-                for (int j = 0; j < n; j++)
-                    si[j * sp + tx] = row[(col0 + tx * m + j) * xc];
-        }
+        wg_split(m, m, q, si, sp, tiles);
+        if (n > m)  /* the two columns past a tile's m are the next tile's first two */
+            wg_split(m, 2, q + m, si + m * sp, sp, tiles);
     }
 }
 
-/* Transformed input tiles of one channel: v[xi * vs + t] = (B^T d_t B)[xi] for the tiles of rows
- * [0, nrows) (t counted from t0; the tiles up to wg_round(count) are zero). s: stage of
- * alpha^2 * wg_round(count) floats. */
-static void wg_input_channel(int m, const float *x, const wg_row *rows, ptrdiff_t nrows, ptrdiff_t t0,
-                             float *s, float *v, ptrdiff_t vs)
+/* Stage the patches of every tile of rows[0, nrows) of one plane-0 pointer x (input patches from
+ * the rows' input planes, or with gy the output-gradient tiles from their output planes); tiles are
+ * counted from t0, the stage is zero from the last tile up to sp = wg_round(tiles). Returns sp. */
+static ptrdiff_t wg_stage(int m, int gy, const float *x, const wg_row *rows, ptrdiff_t nrows, ptrdiff_t t0,
+                          float *line, float *s)
 {
-    int a = m + 2;
+    int n = gy ? m : m + 2;
     const wg_row *last = rows + nrows - 1;
     ptrdiff_t count = last->t + last->tiles - t0, sp = wg_round(count);
     for (const wg_row *r = rows; r <= last; r++)
-        wg_gather(m, a, x + r->x, r, r->top, r->left, r->h, r->w, r->xr, r->xc, s + (r->t - t0), sp);
-    for (int k = 0; k < a * a; k++)
+        if (gy)
+            wg_gather(m, n, x + r->y, r->tiles, r->oy, 0, r->oh, r->ow, r->yr, r->yc, line, s + (r->t - t0), sp);
+        else
+            wg_gather(m, n, x + r->x, r->tiles, r->top, r->left, r->h, r->w, r->xr, r->xc, line,
+                      s + (r->t - t0), sp);
+    for (int k = 0; k < n * n; k++)
         memset(s + k * sp + count, 0, sizeof(float) * (sp - count));
-    for (ptrdiff_t t = 0; t < sp; t += WG_LANES)
-        wg_input_tile(m, s + t, sp, v + t, vs);
+    return sp;
 }
 
-/* Transformed output-gradient tiles of one channel: z[xi * zs + t] = (A gy_t A^T)[xi]. */
-static void wg_gy_channel(int m, const float *gy, const wg_row *rows, ptrdiff_t nrows, ptrdiff_t t0,
-                          float *s, float *z, ptrdiff_t zs)
+/* Transformed input tiles of one channel: v[(t / L) * vt + xi * vx + t % L] = (B^T d_t B)[xi] (L =
+ * WG_LANES; tiles past the last are zero). s: stage of alpha^2 * wg_round(tiles) floats. */
+static void wg_input_channel(int m, const float *x, const wg_row *rows, ptrdiff_t nrows, ptrdiff_t t0,
+                             float *line, float *s, float *v, ptrdiff_t vt, ptrdiff_t vx)
 {
-    const wg_row *last = rows + nrows - 1;
-    ptrdiff_t count = last->t + last->tiles - t0, sp = wg_round(count);
-    for (const wg_row *r = rows; r <= last; r++)
-        wg_gather(m, m, gy + r->y, r, r->oy, 0, r->oh, r->ow, r->yr, r->yc, s + (r->t - t0), sp);
-    for (int k = 0; k < m * m; k++)
-        memset(s + k * sp + count, 0, sizeof(float) * (sp - count));
+    ptrdiff_t sp = wg_stage(m, 0, x, rows, nrows, t0, line, s);
     for (ptrdiff_t t = 0; t < sp; t += WG_LANES)
-        wg_gy_tile(m, s + t, sp, z + t, zs);
+        wg_input_tile(m, s + t, sp, v + t / WG_LANES * vt, vx);
 }
 
 /* Write output tiles [t_lo, t_hi) (counted from t0) of one channel: o[(i * m + j) * os + t - t_lo]
@@ -288,22 +360,98 @@ static void wg_scatter(int m, const float *o, ptrdiff_t os, ptrdiff_t t_lo, ptrd
         ptrdiff_t first = r->t - t0, lo = wg_max(t_lo, first), hi = wg_min(t_hi, first + r->tiles);
         if (lo >= hi)
             continue;
-        ptrdiff_t tx0 = lo - first, tx1 = hi - first, full = wg_min(tx1, r->ow / m);
-        const float *src = o + (first - t_lo);
+        ptrdiff_t tx0 = lo - first, tx1 = hi - first, full = wg_max(tx0, wg_min(tx1, r->ow / m));
+        const float *src = o + (lo - t_lo);
         for (int i = 0; i < m && r->oy + i < r->oh; i++) {
-            float *row = y + r->y + (r->oy + i) * r->yr;
+            float *row = y + r->y + (r->oy + i) * r->yr + tx0 * m * r->yc;
             const float *si = src + i * m * os;
-            ptrdiff_t tx = tx0;
-            if (r->yc == 1)
-                for (; tx < full; tx++)
-                    for (int j = 0; j < m; j++)
-                        row[tx * m + j] = si[j * os + tx];
-            for (; tx < tx1; tx++)
-                for (int j = 0; j < m && tx * m + j < r->ow; j++)
+            ptrdiff_t tx = 0;
+            if (r->yc == 1) {
+                wg_merge(m, si, os, row, full - tx0);
+                tx = full - tx0;
+            }
+            for (; tx < tx1 - tx0; tx++)
+                for (int j = 0; j < m && (tx0 + tx) * m + j < r->ow; j++)
                     row[(tx * m + j) * r->yc] = si[j * os + tx];
         }
     }
 }
+
+/* ----------------------------------------------------------------------- matrix products */
+
+/* out[o * os + q * L + l] = sum over i < ni, j < nj of b[i * bi + j * bj + o * bo] *
+ * v[i * vi + j * vj + q * vq + l], for rows o < nk and vectors q < nt (L = WG_LANES): nk x nt
+ * accumulators stay in registers through the whole reduction. */
+WG_INLINE void wg_mul_tile(const float *b, ptrdiff_t bi, ptrdiff_t bj, int bo, const float *v, ptrdiff_t vi,
+                           ptrdiff_t vj, ptrdiff_t vq, ptrdiff_t ni, ptrdiff_t nj, int nk, int nt, float *out,
+                           ptrdiff_t os)
+{
+    wg_vec acc[WG_MAX_NK][2];
+    for (int o = 0; o < nk; o++)
+        for (int q = 0; q < nt; q++)
+            acc[o][q] = (wg_vec){0};
+    for (ptrdiff_t i = 0; i < ni; i++) {
+        const float *bp = b + i * bi, *vp = v + i * vi;
+        for (ptrdiff_t j = 0; j < nj; j++, bp += bj, vp += vj) {
+            wg_vec v0 = wg_load(vp), v1 = nt > 1 ? wg_load(vp + vq) : v0;
+            for (int o = 0; o < nk; o++) {
+                acc[o][0] += bp[o * bo] * v0;
+                if (nt > 1)
+                    acc[o][1] += bp[o * bo] * v1;
+            }
+        }
+    }
+    for (int o = 0; o < nk; o++)
+        for (int q = 0; q < nt; q++)
+            wg_store(out + o * os + q * WG_LANES, acc[o][q]);
+}
+
+#define WG_MUL_CASE(NK) case NK: wg_mul_tile(b, bi, bj, ROW, v, vi, vj, vq, ni, nj, NK, NT, out, os); return;
+#define WG_MUL_6 WG_MUL_CASE(1) WG_MUL_CASE(2) WG_MUL_CASE(3) WG_MUL_CASE(4) WG_MUL_CASE(5) WG_MUL_CASE(6)
+#define WG_MUL_14 WG_MUL_6 WG_MUL_CASE(7) WG_MUL_CASE(8) WG_MUL_CASE(9) WG_MUL_CASE(10) WG_MUL_CASE(11) \
+                  WG_MUL_CASE(12) WG_MUL_CASE(13) WG_MUL_CASE(14)
+#define WG_MUL_28 WG_MUL_14 WG_MUL_CASE(15) WG_MUL_CASE(16) WG_MUL_CASE(17) WG_MUL_CASE(18) WG_MUL_CASE(19) \
+                  WG_MUL_CASE(20) WG_MUL_CASE(21) WG_MUL_CASE(22) WG_MUL_CASE(23) WG_MUL_CASE(24)          \
+                  WG_MUL_CASE(25) WG_MUL_CASE(26) WG_MUL_CASE(27) WG_MUL_CASE(28)
+#if WG_NK2 >= 14
+#define WG_MUL_NK2 WG_MUL_14
+#else
+#define WG_MUL_NK2 WG_MUL_6
+#endif
+#if WG_NK1 >= 28
+#define WG_MUL_NK1 WG_MUL_28
+#elif WG_NK1 >= 12
+#define WG_MUL_NK1 WG_MUL_14
+#else
+#define WG_MUL_NK1 WG_MUL_6
+#endif
+
+/* wg_mul_tile with constant nk and row stride bo (1, or WG_LANES): nk <= WG_NK2 for nt = 2 vectors,
+ * nk <= WG_NK1 for one. */
+#define WG_MUL_ANY(NAME, BO)                                                                          \
+    static void NAME(const float *b, ptrdiff_t bi, ptrdiff_t bj, const float *v, ptrdiff_t vi,          \
+                     ptrdiff_t vj, ptrdiff_t vq, ptrdiff_t ni, ptrdiff_t nj, int nk, int nt, float *out, \
+                     ptrdiff_t os)                                                                    \
+    {                                                                                                 \
+        enum { ROW = BO };                                                                            \
+        if (nt == 2) {                                                                                \
+            enum { NT = 2 };                                                                          \
+            switch (nk) { WG_MUL_NK2 }                                                                \
+        } else {                                                                                      \
+            enum { NT = 1 };                                                                          \
+            switch (nk) { WG_MUL_NK1 }                                                                \
+        }                                                                                             \
+    }
+WG_MUL_ANY(wg_mul_rows, 1)           /* rows adjacent: transformed weights (forward) */
+WG_MUL_ANY(wg_mul_lanes, WG_LANES)   /* rows a vector apart: transformed tiles (weight gradient) */
+
+/* nk rows in blocks of nearly equal size, at most most rows each: calls body(first, count). */
+#define WG_ROW_BLOCKS(NK, MOST, FIRST, COUNT, BODY)                                \
+    for (ptrdiff_t FIRST = 0, blocks_ = ((NK) + (MOST) - 1) / (MOST); FIRST < (NK); blocks_--) { \
+        int COUNT = (int)(((NK) - FIRST + blocks_ - 1) / blocks_);                 \
+        BODY;                                                                      \
+        FIRST += COUNT;                                                            \
+    }
 
 /* ------------------------------------------------------------------------ forward pass */
 
@@ -325,87 +473,26 @@ static void wg_weights(int m, const float *w, ptrdiff_t ks, ptrdiff_t cs, int fl
         }
 }
 
-/* out[o * os + q * WG_LANES + l] = sum_c u[c * us + o] v[c * vs + q * WG_LANES + l], o < nk, q < nt. */
-WG_INLINE void wg_mul_tile(const float *u, ptrdiff_t us, const float *v, ptrdiff_t vs, ptrdiff_t n,
-                           int nk, int nt, float *out, ptrdiff_t os)
-{
-    wg_vec acc[WG_MAX_NK][2];
-    for (int o = 0; o < nk; o++)
-        for (int q = 0; q < nt; q++)
-            acc[o][q] = (wg_vec){0};
-    for (ptrdiff_t c = 0; c < n; c++, u += us, v += vs) {
-        wg_vec v0 = wg_load(v), v1 = nt > 1 ? wg_load(v + WG_LANES) : v0;
-        for (int o = 0; o < nk; o++) {
-            acc[o][0] += u[o] * v0;
-            if (nt > 1)
-                acc[o][1] += u[o] * v1;
-        }
-    }
-    for (int o = 0; o < nk; o++)
-        for (int q = 0; q < nt; q++)
-            wg_store(out + o * os + q * WG_LANES, acc[o][q]);
-}
-
-#define WG_MUL_CASE(NK, NT) case NK: wg_mul_tile(u, us, v, vs, n, NK, NT, out, os); return;
-#define WG_MUL_CASES_6(NT) WG_MUL_CASE(1, NT) WG_MUL_CASE(2, NT) WG_MUL_CASE(3, NT) WG_MUL_CASE(4, NT) \
-                           WG_MUL_CASE(5, NT) WG_MUL_CASE(6, NT)
-#define WG_MUL_CASES_14(NT) WG_MUL_CASES_6(NT) WG_MUL_CASE(7, NT) WG_MUL_CASE(8, NT) WG_MUL_CASE(9, NT) \
-                            WG_MUL_CASE(10, NT) WG_MUL_CASE(11, NT) WG_MUL_CASE(12, NT)           \
-                            WG_MUL_CASE(13, NT) WG_MUL_CASE(14, NT)
-#define WG_MUL_CASES_28(NT) WG_MUL_CASES_14(NT) WG_MUL_CASE(15, NT) WG_MUL_CASE(16, NT)            \
-                            WG_MUL_CASE(17, NT) WG_MUL_CASE(18, NT) WG_MUL_CASE(19, NT)           \
-                            WG_MUL_CASE(20, NT) WG_MUL_CASE(21, NT) WG_MUL_CASE(22, NT)           \
-                            WG_MUL_CASE(23, NT) WG_MUL_CASE(24, NT) WG_MUL_CASE(25, NT)           \
-                            WG_MUL_CASE(26, NT) WG_MUL_CASE(27, NT) WG_MUL_CASE(28, NT)
-
-/* wg_mul_tile with constant nk (<= WG_NK2 for two vectors of tiles, <= WG_NK1 for one). */
-static void wg_mul_any(const float *u, ptrdiff_t us, const float *v, ptrdiff_t vs, ptrdiff_t n, int nk,
-                       int nt, float *out, ptrdiff_t os)
-{
-    if (nt == 2) {
-        switch (nk) {
-#if WG_NK2 >= 14
-            WG_MUL_CASES_14(2)
-#else
-            WG_MUL_CASES_6(2)
-#endif
-        }
-    } else {
-        switch (nk) {
-#if WG_NK1 >= 28
-            WG_MUL_CASES_28(1)
-#else
-            WG_MUL_CASES_14(1)
-#endif
-        }
-    }
-}
-
-/* M[xi][o][t] = sum_c u[xi][c][o] v[xi][c][t] for o < nk, t < n (rounded up to vectors):
- * u as wg_weights writes it, v[(xi * cin + c) * vs + t], m_[(xi * us + o) * ms + t]. */
+/* M[xi][o][t] = sum_c u[xi][c][o] v[xi][c][t] for o < nk, tiles t < n (rounded up to vectors): u as
+ * wg_weights writes it, v as wg_input_channel writes it (vt, vx: its strides; v at the first tile's
+ * vector), m_[(xi * us + o) * ms + t]. */
 static void wg_multiply(int m, const float *u, ptrdiff_t us, ptrdiff_t nk, ptrdiff_t cin, const float *v,
-                        ptrdiff_t vs, ptrdiff_t n, float *m_, ptrdiff_t ms)
+                        ptrdiff_t vt, ptrdiff_t vx, ptrdiff_t n, float *m_, ptrdiff_t ms)
 {
     int a2 = (m + 2) * (m + 2);
     ptrdiff_t np = wg_round(n);
     for (int xi = 0; xi < a2; xi++) {
-        const float *ux = u + xi * cin * us, *vx = v + xi * cin * vs;
+        const float *ux = u + xi * cin * us;
         float *mx = m_ + xi * us * ms;
         ptrdiff_t t = 0;
-        for (; t + 2 * WG_LANES <= np; t += 2 * WG_LANES)  /* two vectors of tiles, rows in even blocks */
-            for (ptrdiff_t o = 0, blocks = (nk + WG_NK2 - 1) / WG_NK2; o < nk;) {
-                int rows = (int)((nk - o + blocks - 1) / blocks);
-                wg_mul_any(ux + o, us, vx + t, vs, cin, rows, 2, mx + o * ms + t, ms);
-                o += rows;
-                blocks--;
-            }
+        for (; t + 2 * WG_LANES <= np; t += 2 * WG_LANES)
+            WG_ROW_BLOCKS(nk, WG_NK2, o, rows,
+                          wg_mul_rows(ux + o, 0, us, v + t / WG_LANES * vt + xi * vx, 0, WG_LANES, vt, 1, cin,
+                                      rows, 2, mx + o * ms + t, ms))
         for (; t < np; t += WG_LANES)
-            for (ptrdiff_t o = 0, blocks = (nk + WG_NK1 - 1) / WG_NK1; o < nk;) {
-                int rows = (int)((nk - o + blocks - 1) / blocks);
-                wg_mul_any(ux + o, us, vx + t, vs, cin, rows, 1, mx + o * ms + t, ms);
-                o += rows;
-                blocks--;
-            }
+            WG_ROW_BLOCKS(nk, WG_NK1, o, rows,
+                          wg_mul_rows(ux + o, 0, us, v + t / WG_LANES * vt + xi * vx, 0, WG_LANES, vt, 1, cin,
+                                      rows, 1, mx + o * ms + t, ms))
     }
 }
 
@@ -428,86 +515,58 @@ static void wg_output(int m, const float *m_, ptrdiff_t us, ptrdiff_t ms, ptrdif
 
 /* --------------------------------------------------------------------- weight gradient */
 
-/* Sum the lanes of WG_LANES vectors: lane l of the result is the sum of acc[l] (a tree of shuffles). */
-WG_INLINE wg_vec wg_reduce(wg_vec *acc)
+/* Transformed output-gradient tiles of nk <= WG_LANES channels (channel k's sample-0 plane at
+ * gy + k * yk), channels in lanes: z[(xi * sp + t) * kz + k] = (A gy_t A^T)[xi] for every tile t
+ * (sp tiles, rounded up to vectors, zero past the last). s: stage of WG_LANES * m^2 * sp floats;
+ * line: as for wg_gather. */
+static void wg_gy_block(int m, const float *gy, ptrdiff_t yk, ptrdiff_t nk, const wg_row *rows,
+                        ptrdiff_t nrows, ptrdiff_t t0, float *line, float *s, float *z, ptrdiff_t kz)
 {
-#if defined(__GNUC__) && !defined(__clang__) && WG_LANES > 1
-    typedef int wg_mask __attribute__((vector_size(4 * WG_LANES)));
-    for (int h = WG_LANES / 2, n = WG_LANES; h >= 1; h /= 2, n /= 2) {
-        wg_mask lo, hi;
-        for (int l = 0; l < WG_LANES; l++) {
-            lo[l] = l / h * 2 * h + l % h;
-            hi[l] = lo[l] + h;
+    int m2 = m * m;
+    const wg_row *last = rows + nrows - 1;
+    ptrdiff_t sp = wg_round(last->t + last->tiles - t0);
+    float tile[WG_LANES * 16 * WG_LANES];  /* m^2 entries of WG_LANES tiles, channels in lanes */
+    for (ptrdiff_t k = 0; k < nk; k++)
+        wg_stage(m, 1, gy + k * yk, rows, nrows, t0, line, s + k * m2 * sp);
+    for (ptrdiff_t t = 0; t < sp; t += WG_LANES) {
+        for (int e = 0; e < m2; e++) {  /* e-th entry of WG_LANES tiles: to tiles of channel lanes */
+            wg_vec r[WG_LANES];
+            for (int k = 0; k < WG_LANES; k++)
+                r[k] = k < nk ? wg_load(s + (k * m2 + e) * sp + t) : (wg_vec){0};
+            wg_transpose(r);
+            for (int l = 0; l < WG_LANES; l++)
+                wg_store(tile + (l * m2 + e) * WG_LANES, r[l]);
         }
-        for (int p = 0; p < n / 2; p++)
-            acc[p] = __builtin_shuffle(acc[2 * p], acc[2 * p + 1], lo)
-                   + __builtin_shuffle(acc[2 * p], acc[2 * p + 1], hi);
-    }
-    return acc[0];
-#else
-    float sums[WG_LANES], lanes[WG_LANES];
-    for (int k = 0; k < WG_LANES; k++) {
-        memcpy(lanes, &acc[k], sizeof lanes);
-        sums[k] = 0.0f;
         for (int l = 0; l < WG_LANES; l++)
-            sums[k] += lanes[l];
+            wg_gy_tile(m, tile + l * m2 * WG_LANES, WG_LANES, z + (t + l) * kz, sp * kz);
     }
-    return wg_load(sums);
-#endif
 }
 
-/* sums[a * WG_MC + b] = sum_t z[a][t] v[b][t] over t < n (a multiple of WG_LANES), a < WG_MK,
- * b < WG_MC: WG_LANES accumulators over tiles, reduced at the end. */
-WG_INLINE void wg_reduce_tile(const float *const *z, const float *const *v, ptrdiff_t n, float *sums)
-{
-    wg_vec acc[WG_LANES];
-    for (int k = 0; k < WG_LANES; k++)
-        acc[k] = (wg_vec){0};
-    for (ptrdiff_t t = 0; t < n; t += WG_LANES) {
-        wg_vec zv[WG_MK], vv[WG_MC];
-        for (int a = 0; a < WG_MK; a++)
-            zv[a] = wg_load(z[a] + t);
-        for (int b = 0; b < WG_MC; b++)
-            vv[b] = wg_load(v[b] + t);
-        for (int a = 0; a < WG_MK; a++)
-            for (int b = 0; b < WG_MC; b++)
-                acc[a * WG_MC + b] += zv[a] * vv[b];
-    }
-    wg_store(sums, wg_reduce(acc));
-}
-
-/* The weight gradient of a block of nk output by nc input channels over one chunk of tiles:
- * gw[(k * cin + c) * 9 + tap] (+)= G^T [sum_t z[xi][k][t] v[xi][c][t]] G, with
- * z[(xi * kz + k) * sp + t], v[(xi * cv + c) * sp + t], sp tiles (zero past the last one); acc
- * false: assign. mt: scratch of alpha^2 * kp * cp floats, nk and nc rounded up to WG_MK and WG_LANES. */
-static void wg_weight_grad(int m, const float *z, ptrdiff_t kz, const float *v, ptrdiff_t cv, ptrdiff_t sp,
-                           ptrdiff_t nk, ptrdiff_t nc, float *mt, float *gw, ptrdiff_t cin, int acc)
+/* The weight gradient of nc input by nk output channels over one chunk of sp tiles (a multiple of
+ * WG_LANES): gw[(k * cin + c) * 9 + tap] (+)= G^T [sum_t v[xi][c][t] z[xi][t][k]] G, with v as
+ * wg_input_channel writes it (at channel c = 0; strides vt, vx) and z as wg_gy_block writes it (at
+ * k = 0; row stride kz); acc false: assign. mt: scratch of alpha^2 * nc * wg_round(nk) floats. */
+static void wg_weight_grad(int m, const float *v, ptrdiff_t vt, ptrdiff_t vx, const float *z, ptrdiff_t kz,
+                           ptrdiff_t sp, ptrdiff_t nc, ptrdiff_t nk, float *mt, float *gw, ptrdiff_t cin, int acc)
 {
     int a2 = (m + 2) * (m + 2);
-    ptrdiff_t kp = (nk + WG_MK - 1) / WG_MK * WG_MK, cp = wg_round(nc);
+    ptrdiff_t kp = wg_round(nk), ntb = sp / WG_LANES;
     for (int xi = 0; xi < a2; xi++) {
-        const float *zx = z + xi * kz * sp, *vx = v + xi * cv * sp;
-        for (ptrdiff_t k = 0; k < kp; k += WG_MK)
-            for (ptrdiff_t c = 0; c < cp; c += WG_MC) {
-                /* rows past the block repeat its last row: their sums land in padding never read */
-                const float *zr[WG_MK], *vr[WG_MC];
-                float sums[WG_LANES];
-                for (int a = 0; a < WG_MK; a++)
-                    zr[a] = zx + wg_min(k + a, nk - 1) * sp;
-                for (int b = 0; b < WG_MC; b++)
-                    vr[b] = vx + wg_min(c + b, nc - 1) * sp;
-                wg_reduce_tile(zr, vr, sp, sums);
-                for (int a = 0; a < WG_MK; a++)
-                    memcpy(mt + (xi * kp + k + a) * cp + c, sums + a * WG_MC, sizeof(float) * WG_MC);
-            }
+        float *mx = mt + xi * nc * kp;
+        for (ptrdiff_t k = 0; k < kp; k += 2 * WG_LANES) {
+            int nt = k + WG_LANES < kp ? 2 : 1;
+            WG_ROW_BLOCKS(nc, nt == 2 ? WG_NK2 : WG_NK1, c, rows,
+                          wg_mul_lanes(v + xi * vx + c * WG_LANES, vt, 1, z + xi * sp * kz + k, WG_LANES * kz,
+                                       kz, WG_LANES, ntb, WG_LANES, rows, nt, mx + c * kp + k, kp))
+        }
     }
     float taps[9 * WG_LANES];
-    for (ptrdiff_t k = 0; k < nk; k++)
-        for (ptrdiff_t c = 0; c < cp; c += WG_LANES) {
-            wg_gw_tile(m, mt + k * cp + c, kp * cp, taps, WG_LANES);
-            for (ptrdiff_t l = 0; l < WG_LANES && c + l < nc; l++)
+    for (ptrdiff_t c = 0; c < nc; c++)
+        for (ptrdiff_t k = 0; k < kp; k += WG_LANES) {
+            wg_gw_tile(m, mt + c * kp + k, nc * kp, taps, WG_LANES);
+            for (ptrdiff_t l = 0; l < WG_LANES && k + l < nk; l++)
                 for (int tap = 0; tap < 9; tap++) {
-                    float *g = gw + (k * cin + c + l) * 9 + tap;
+                    float *g = gw + ((k + l) * cin + c) * 9 + tap;
                     *g = acc ? *g + taps[tap * WG_LANES + l] : taps[tap * WG_LANES + l];
                 }
         }

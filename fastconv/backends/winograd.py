@@ -158,6 +158,13 @@ def _blocks(total, most):
 
 
 # ----------------------------------------------------------------------------- kernels
+def _stage(threads, m, longest, rows, per_tile):
+    """Per-thread stage of ``per_tile`` floats per tile, then room for one zero-padded row."""
+    line = per_tile * longest
+    width = int(rows[:, 13].max()) * m + 2 if len(rows) else 0
+    return workspace("winograd_stage", (threads, line + width + 16), np.float32), line
+
+
 def _forward(x, w, b, y, geo, m, flip):
     threads = _omp.max_threads()
     rows, chunks, longest = _plan(geo, m)
@@ -171,11 +178,12 @@ def _forward(x, w, b, y, geo, m, flip):
     span = _winograd.round_tiles(-(-longest // splits)) if longest else lanes
     tsub = max(lanes, min(span, PRODUCT_BYTES // (4 * a2 * us) // lanes * lanes))
     v = workspace("winograd_v", (max(1, a2 * x.shape[1] * longest),), np.float32)
-    stage = workspace("winograd_stage", (threads, max(1, a2 * longest)), np.float32)
+    stage, line = _stage(threads, m, longest, rows, a2)
     ubuf = workspace("winograd_u", (threads, a2 * cin * us), np.float32)
     mbuf = workspace("winograd_m", (threads, a2 * us * tsub), np.float32)
     obuf = workspace("winograd_o", (threads, m * m * tsub), np.float32)
-    _winograd.forward(x, w, b, y, rows, chunks, m, groups, flip, nkb, span, tsub, v, stage, ubuf, mbuf, obuf)
+    _winograd.forward(x, w, b, y, rows, chunks, m, groups, flip, nkb, span, tsub, v, stage, line, ubuf, mbuf,
+                      obuf)
     return y
 
 
@@ -196,20 +204,33 @@ def conv2d_grad_input(gy, w, spec, tile=None):
     return _forward(np.ascontiguousarray(gy), np.ascontiguousarray(w), None, gx, _adjoint_geo(spec), m, True)
 
 
+def _grad_weight_blocks(cin, cout, groups, threads, lanes):
+    """Input x output channels per weight-gradient task: large blocks (each task reads its channels'
+    transformed tiles once), cut until every thread has two tasks."""
+    cb, kb = min(cin, 28), min(_winograd.round_tiles(cout), 64)
+    while groups * -(-cin // cb) * -(-cout // kb) < 2 * threads and (cb > 7 or kb > lanes):
+        if kb > lanes and (kb >= 2 * cb or cb <= 7):
+            kb = _winograd.round_tiles(kb // 2)
+        else:
+            cb = -(-cb // 2)
+    return cb, kb
+
+
 def conv2d_grad_weight(gy, x, spec, tile=None):
     if not supports("conv2d_grad_weight", spec, gy.dtype):
         return _automatic("conv2d_grad_weight", spec, gy.dtype)(gy, x, spec)
     m = _check_tile(tile, spec)
     threads = _omp.max_threads()
     rows, chunks, longest = _plan(_geo(spec), m, weight_grad=True)
-    a2 = (m + 2) ** 2
+    lanes, a2 = _winograd.lanes(), (m + 2) ** 2
     cin, cout = spec.c_in // spec.groups, spec.c_out // spec.groups
-    kb, cb = _blocks(cout, GRAD_WEIGHT_CHANNELS), _winograd.round_tiles(_blocks(cin, GRAD_WEIGHT_CHANNELS))
+    cb, kb = _grad_weight_blocks(cin, cout, spec.groups, threads, lanes)
+    kz = _winograd.round_tiles(cout)
     gw = np.empty(spec.w_shape, np.float32)
     v = workspace("winograd_v", (max(1, a2 * spec.c_in * longest),), np.float32)
-    z = workspace("winograd_z", (max(1, a2 * spec.c_out * longest),), np.float32)
-    stage = workspace("winograd_stage", (threads, max(1, a2 * longest)), np.float32)
-    mbuf = workspace("winograd_m", (threads, a2 * _winograd.weight_block_pad(kb) * cb), np.float32)
+    z = workspace("winograd_z", (max(1, spec.groups * a2 * longest * kz),), np.float32)
+    stage, line = _stage(threads, m, longest, rows, max(a2, lanes * m * m))
+    mbuf = workspace("winograd_m", (threads, a2 * cb * kb), np.float32)
     _winograd.grad_weight(np.ascontiguousarray(gy), np.ascontiguousarray(x), gw, rows, chunks, m, spec.groups,
-                          kb, cb, v, z, stage, mbuf)
+                          cb, kb, v, z, stage, line, mbuf)
     return gw
