@@ -15,7 +15,7 @@ and processed in chunks of whole tile rows, each chunk in two parallel phases:
 
 Buffer layouts (per group; ``L = lanes()``, ``a2 = (m + 2)^2``, ``sp`` a chunk's tiles rounded up to
 ``L``): ``v[t // L][xi][c][t % L]``, ``z[xi][t][k]`` (``k`` up to the output channels rounded up to
-``L``).
+``L``); consecutive coordinates ``xi`` lie ``wg_skew(n)`` floats apart (``n`` the floats of one).
 """
 from cython.parallel cimport parallel, prange, threadid
 
@@ -25,6 +25,7 @@ cdef extern from "winograd.h" nogil:
     ctypedef struct wg_row:
         pass
     int WG_LANES
+    Py_ssize_t wg_skew(Py_ssize_t n)
     void wg_input_channel(int m, const float* x, const wg_row* rows, Py_ssize_t nrows, Py_ssize_t t0,
                           float* line, float* s, float* v, Py_ssize_t vt, Py_ssize_t vx)
     void wg_gy_block(int m, const float* gy, Py_ssize_t yk, Py_ssize_t nk, const wg_row* rows,
@@ -53,6 +54,11 @@ def round_tiles(Py_ssize_t n):
     return (n + WG_LANES - 1) // WG_LANES * WG_LANES
 
 
+def skew(Py_ssize_t n):
+    """The stride of a buffer's transform coordinates that hold ``n`` floats each (``wg_skew``)."""
+    return wg_skew(n)
+
+
 cdef inline const wg_row* row_ptr(const Py_ssize_t[:, ::1] rows, Py_ssize_t r) noexcept nogil:
     return <const wg_row*>&rows[r, 0]
 
@@ -66,10 +72,10 @@ cdef void transform_inputs(int m, const float[:, :, :, ::1] x, Py_ssize_t groups
                            const Py_ssize_t[:, ::1] rows, Py_ssize_t ra, Py_ssize_t rb, Py_ssize_t sp,
                            float[::1] v, float[:, ::1] stage, Py_ssize_t line, Py_ssize_t channel) noexcept nogil:
     """Phase 1 for one input channel: its transformed tiles in ``v``."""
-    cdef Py_ssize_t cin = x.shape[1] // groups, a2 = (m + 2) * (m + 2), tid = threadid()
+    cdef Py_ssize_t cin = x.shape[1] // groups, tid = threadid()
+    cdef Py_ssize_t vx = wg_skew(cin * WG_LANES), vt = (m + 2) * (m + 2) * vx
     wg_input_channel(m, &x[0, channel, 0, 0], row_ptr(rows, ra), rb - ra, rows[ra, 14], &stage[tid, line],
-                     &stage[tid, 0], &v[(channel // cin) * a2 * cin * sp + channel % cin * WG_LANES],
-                     a2 * cin * WG_LANES, cin * WG_LANES)
+                     &stage[tid, 0], &v[channel // cin * (sp // WG_LANES) * vt + channel % cin * WG_LANES], vt, vx)
 
 
 cdef void products(int m, const float* u, Py_ssize_t us, Py_ssize_t nk, Py_ssize_t cin, const float* v,
@@ -77,10 +83,9 @@ cdef void products(int m, const float* u, Py_ssize_t us, Py_ssize_t nk, Py_ssize
                    Py_ssize_t nrows, Py_ssize_t t0, float* mbuf, float* obuf, float* y,
                    Py_ssize_t ohw) noexcept nogil:
     """Output tiles [lo, hi) of one block of ``nk`` output channels, ``tsub`` tiles at a time."""
-    cdef Py_ssize_t s0 = lo, a2 = (m + 2) * (m + 2)
+    cdef Py_ssize_t s0 = lo, vx = wg_skew(cin * WG_LANES), vt = (m + 2) * (m + 2) * vx
     while s0 < hi:
-        wg_multiply(m, u, us, nk, cin, v + s0 // WG_LANES * a2 * cin * WG_LANES, a2 * cin * WG_LANES,
-                    cin * WG_LANES, min(tsub, hi - s0), mbuf, tsub)
+        wg_multiply(m, u, us, nk, cin, v + s0 // WG_LANES * vt, vt, vx, min(tsub, hi - s0), mbuf, tsub)
         wg_output(m, mbuf, us, tsub, nk, bias, s0, min(tsub, hi - s0), rows, nrows, t0, obuf, y, ohw)
         s0 += tsub
 
@@ -127,7 +132,8 @@ def forward(const float[:, :, :, ::1] x, const float[:, :, :, ::1] w, const floa
                                &ubuf[tid, 0], us)
                     last[tid] = key
                 lo = task % splits * span
-                products(m, &ubuf[tid, 0], us, nk, cin, &v[g * a2 * cin * sp], lo, min(lo + span, tiles), tsub,
+                products(m, &ubuf[tid, 0], us, nk, cin, &v[g * sp * a2 * wg_skew(cin * WG_LANES) // WG_LANES], lo,
+                         min(lo + span, tiles), tsub,
                          bp + g * cout + k0 if bp != NULL else NULL, row_ptr(rows, ra), rb - ra, t0,
                          &mbuf[tid, 0], &obuf[tid, 0], &y[0, 0, 0, 0] + (g * cout + k0) * ohw, ohw)
 
@@ -165,12 +171,13 @@ def grad_weight(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x, float
                     g = (task - c_in) // zblocks
                     k0 = (task - c_in) % zblocks * WG_LANES
                     wg_gy_block(m, &gy[0, g * cout + k0, 0, 0], ohw, min(WG_LANES, cout - k0), row_ptr(rows, ra),
-                                rb - ra, t0, &stage[tid, line], &stage[tid, 0], &z[g * a2 * sp * kz + k0], kz)
+                                rb - ra, t0, &stage[tid, line], &stage[tid, 0], &z[g * a2 * wg_skew(sp * kz) + k0], kz)
         with nogil, parallel():
             for task in prange(groups * cblocks * kblocks, schedule="dynamic"):
                 g = task // (cblocks * kblocks)
                 c0 = task // kblocks % cblocks * cb
                 k0 = task % kblocks * kb
-                wg_weight_grad(m, &v[g * a2 * cin * sp + c0 * WG_LANES], a2 * cin * WG_LANES, cin * WG_LANES,
-                               &z[g * a2 * sp * kz + k0], kz, sp, min(cb, cin - c0), min(kb, cout - k0),
+                wg_weight_grad(m, &v[g * sp * a2 * wg_skew(cin * WG_LANES) // WG_LANES + c0 * WG_LANES],
+                               a2 * wg_skew(cin * WG_LANES), wg_skew(cin * WG_LANES), &z[g * a2 * wg_skew(sp * kz) + k0], kz, sp,
+                               min(cb, cin - c0), min(kb, cout - k0),
                                &mbuf[threadid(), 0], &gw[0, 0, 0, 0] + ((g * cout + k0) * cin + c0) * 9, cin, acc)

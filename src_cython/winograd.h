@@ -25,12 +25,15 @@
 
 #include <stddef.h>
 #include <string.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #if defined(__GNUC__) || defined(__clang__)
 #if defined(__AVX512F__)
 #define WG_LANES 16
 #define WG_NK2 14     /* register tile: 14 rows x 2 vectors of 32 registers */
-#define WG_NK1 28     /* or 28 x 1 */
+#define WG_NK1 14     /* or 14 x 1 (28 x 1 is bound by its broadcasts) */
 #elif defined(__AVX__)
 #define WG_LANES 8
 #define WG_NK2 6      /* 16 registers: 6 x 2 */
@@ -56,6 +59,10 @@ WG_INLINE void wg_store(float *p, wg_vec v) { memcpy(p, &v, sizeof v); }
 WG_INLINE ptrdiff_t wg_min(ptrdiff_t a, ptrdiff_t b) { return a < b ? a : b; }
 WG_INLINE ptrdiff_t wg_max(ptrdiff_t a, ptrdiff_t b) { return a > b ? a : b; }
 WG_INLINE ptrdiff_t wg_round(ptrdiff_t n) { return (n + WG_LANES - 1) / WG_LANES * WG_LANES; }
+/* The stride between transform coordinates of a buffer whose coordinates hold n floats each: one
+ * vector more, so that the alpha^2 coordinates a transform reads or writes at once do not map to the
+ * same cache sets (strides of a multiple of 4 KB would). */
+WG_INLINE ptrdiff_t wg_skew(ptrdiff_t n) { return n + WG_LANES; }
 
 /* ------------------------------------------------------------------ the 1-D transforms
  * Each maps n inputs p[0], p[s], ... to outputs q[0], q[r], ...; applied to the columns and then the
@@ -322,38 +329,47 @@ WG_INLINE void wg_gather(int m, int n, const float *plane, ptrdiff_t tiles, ptrd
 }
 
 /* Stage the patches of every tile of rows[0, nrows) of one plane-0 pointer x (input patches from
- * the rows' input planes, or with gy the output-gradient tiles from their output planes); tiles are
- * counted from t0, the stage is zero from the last tile up to sp = wg_round(tiles). Returns sp. */
-static ptrdiff_t wg_stage(int m, int gy, const float *x, const wg_row *rows, ptrdiff_t nrows, ptrdiff_t t0,
-                          float *line, float *s)
+ * the rows' input planes, or with gy the output-gradient tiles from their output planes), entry e of
+ * tile t at s[e * wg_skew(sp) + t]; tiles are counted from t0 and zero from the last one up to
+ * sp = wg_round(tiles). Returns sp. */
+WG_INLINE ptrdiff_t wg_stage(int m, int gy, const float *x, const wg_row *rows, ptrdiff_t nrows, ptrdiff_t t0,
+                             float *line, float *s)
 {
     int n = gy ? m : m + 2;
     const wg_row *last = rows + nrows - 1;
-    ptrdiff_t count = last->t + last->tiles - t0, sp = wg_round(count);
+    ptrdiff_t count = last->t + last->tiles - t0, sp = wg_round(count), ss = wg_skew(sp);
     for (const wg_row *r = rows; r <= last; r++)
         if (gy)
-            wg_gather(m, n, x + r->y, r->tiles, r->oy, 0, r->oh, r->ow, r->yr, r->yc, line, s + (r->t - t0), sp);
+            wg_gather(m, n, x + r->y, r->tiles, r->oy, 0, r->oh, r->ow, r->yr, r->yc, line, s + (r->t - t0), ss);
         else
             wg_gather(m, n, x + r->x, r->tiles, r->top, r->left, r->h, r->w, r->xr, r->xc, line,
-                      s + (r->t - t0), sp);
+                      s + (r->t - t0), ss);
     for (int k = 0; k < n * n; k++)
-        memset(s + k * sp + count, 0, sizeof(float) * (sp - count));
+        memset(s + k * ss + count, 0, sizeof(float) * (sp - count));
     return sp;
 }
 
 /* Transformed input tiles of one channel: v[(t / L) * vt + xi * vx + t % L] = (B^T d_t B)[xi] (L =
- * WG_LANES; tiles past the last are zero). s: stage of alpha^2 * wg_round(tiles) floats. */
-static void wg_input_channel(int m, const float *x, const wg_row *rows, ptrdiff_t nrows, ptrdiff_t t0,
+ * WG_LANES; tiles past the last are zero). s: stage of alpha^2 * wg_skew(wg_round(tiles)) floats. */
+WG_INLINE void wg_input_channel_m(int m, const float *x, const wg_row *rows, ptrdiff_t nrows, ptrdiff_t t0,
                              float *line, float *s, float *v, ptrdiff_t vt, ptrdiff_t vx)
 {
     ptrdiff_t sp = wg_stage(m, 0, x, rows, nrows, t0, line, s);
     for (ptrdiff_t t = 0; t < sp; t += WG_LANES)
-        wg_input_tile(m, s + t, sp, v + t / WG_LANES * vt, vx);
+        wg_input_tile(m, s + t, wg_skew(sp), v + t / WG_LANES * vt, vx);
+}
+static void wg_input_channel(int m, const float *x, const wg_row *rows, ptrdiff_t nrows, ptrdiff_t t0,
+                             float *line, float *s, float *v, ptrdiff_t vt, ptrdiff_t vx)
+{
+    if (m == 4)
+        wg_input_channel_m(4, x, rows, nrows, t0, line, s, v, vt, vx);
+    else
+        wg_input_channel_m(2, x, rows, nrows, t0, line, s, v, vt, vx);
 }
 
 /* Write output tiles [t_lo, t_hi) (counted from t0) of one channel: o[(i * m + j) * os + t - t_lo]
  * holds output (i, j) of tile t; y points at the channel's sample-0 plane. */
-static void wg_scatter(int m, const float *o, ptrdiff_t os, ptrdiff_t t_lo, ptrdiff_t t_hi,
+WG_INLINE void wg_scatter(int m, const float *o, ptrdiff_t os, ptrdiff_t t_lo, ptrdiff_t t_hi,
                        const wg_row *rows, ptrdiff_t nrows, ptrdiff_t t0, float *y)
 {
     for (const wg_row *r = rows; r < rows + nrows; r++) {
@@ -455,35 +471,56 @@ WG_MUL_ANY(wg_mul_lanes, WG_LANES)   /* rows a vector apart: transformed tiles (
 
 /* ------------------------------------------------------------------------ forward pass */
 
-/* Transformed weights of a block of output channels: u[(xi * cin + c) * us + o] = (G g G^T)[xi] of
+/* Transformed weights of a block of output channels: u[xi * wg_skew(cin * us) + c * us + o] = (G g G^T)[xi] of
  * the kernel of output channel k0 + o and input channel c, o < nk (columns up to us are zero). The
  * kernel tap (i, j) of (k, c) is w[k * ks + c * cs + 3i + j], or with flip w[... + 8 - 3i - j]. */
-static void wg_weights(int m, const float *w, ptrdiff_t ks, ptrdiff_t cs, int flip, ptrdiff_t k0,
+WG_INLINE void wg_weights_m(int m, const float *w, ptrdiff_t ks, ptrdiff_t cs, int flip, ptrdiff_t k0,
                        ptrdiff_t nk, ptrdiff_t cin, float *u, ptrdiff_t us)
 {
     float taps[9 * WG_LANES];
-    for (ptrdiff_t c = 0; c < cin; c++)
-        for (ptrdiff_t o0 = 0; o0 < us; o0 += WG_LANES) {
+    for (ptrdiff_t o0 = 0; o0 < us; o0 += WG_LANES)
+        for (ptrdiff_t c = 0; c < cin; c++) {
+#if WG_LANES == 16 && defined(__AVX512F__)  /* a kernel per vector, transposed to a vector per tap */
+            wg_vec r[WG_LANES];
+            for (int l = 0; l < WG_LANES; l++) {
+                const float *g = w + (k0 + o0 + l) * ks + c * cs;
+                if (o0 + l < nk && c + 16 < cin)
+                    __builtin_prefetch(g + 16 * cs);  /* 16 rows a channel stride apart outrun the prefetcher */
+                r[l] = o0 + l < nk ? (wg_vec)_mm512_maskz_loadu_ps(0x1ff, g) : (wg_vec){0};
+            }
+            wg_transpose(r);
+            for (int k = 0; k < 9; k++)
+                wg_store(taps + k * WG_LANES, r[flip ? 8 - k : k]);
+#else
             for (int l = 0; l < WG_LANES; l++) {
                 const float *g = w + (k0 + o0 + l) * ks + c * cs;
                 for (int k = 0; k < 9; k++)
                     taps[k * WG_LANES + l] = o0 + l < nk ? g[flip ? 8 - k : k] : 0.0f;
             }
-            wg_weight_tile(m, taps, WG_LANES, u + c * us + o0, cin * us);
+#endif
+            wg_weight_tile(m, taps, WG_LANES, u + c * us + o0, wg_skew(cin * us));
         }
+}
+static void wg_weights(int m, const float *w, ptrdiff_t ks, ptrdiff_t cs, int flip, ptrdiff_t k0,
+                       ptrdiff_t nk, ptrdiff_t cin, float *u, ptrdiff_t us)
+{
+    if (m == 4)
+        wg_weights_m(4, w, ks, cs, flip, k0, nk, cin, u, us);
+    else
+        wg_weights_m(2, w, ks, cs, flip, k0, nk, cin, u, us);
 }
 
 /* M[xi][o][t] = sum_c u[xi][c][o] v[xi][c][t] for o < nk, tiles t < n (rounded up to vectors): u as
  * wg_weights writes it, v as wg_input_channel writes it (vt, vx: its strides; v at the first tile's
- * vector), m_[(xi * us + o) * ms + t]. */
-static void wg_multiply(int m, const float *u, ptrdiff_t us, ptrdiff_t nk, ptrdiff_t cin, const float *v,
+ * vector), m_[xi * wg_skew(us * ms) + o * ms + t]. */
+WG_INLINE void wg_multiply_m(int m, const float *u, ptrdiff_t us, ptrdiff_t nk, ptrdiff_t cin, const float *v,
                         ptrdiff_t vt, ptrdiff_t vx, ptrdiff_t n, float *m_, ptrdiff_t ms)
 {
     int a2 = (m + 2) * (m + 2);
     ptrdiff_t np = wg_round(n);
     for (int xi = 0; xi < a2; xi++) {
-        const float *ux = u + xi * cin * us;
-        float *mx = m_ + xi * us * ms;
+        const float *ux = u + xi * wg_skew(cin * us);
+        float *mx = m_ + xi * wg_skew(us * ms);
         ptrdiff_t t = 0;
         for (; t + 2 * WG_LANES <= np; t += 2 * WG_LANES)
             WG_ROW_BLOCKS(nk, WG_NK2, o, rows,
@@ -495,16 +532,24 @@ static void wg_multiply(int m, const float *u, ptrdiff_t us, ptrdiff_t nk, ptrdi
                                       rows, 1, mx + o * ms + t, ms))
     }
 }
+static void wg_multiply(int m, const float *u, ptrdiff_t us, ptrdiff_t nk, ptrdiff_t cin, const float *v,
+                        ptrdiff_t vt, ptrdiff_t vx, ptrdiff_t n, float *m_, ptrdiff_t ms)
+{
+    if (m == 4)
+        wg_multiply_m(4, u, us, nk, cin, v, vt, vx, n, m_, ms);
+    else
+        wg_multiply_m(2, u, us, nk, cin, v, vt, vx, n, m_, ms);
+}
 
 /* Output tiles [t_lo, t_lo + n) of channels k < nk from m_ (as wg_multiply writes it), plus bias,
  * into y (channel k's sample-0 plane at y + k * yk); o: stage of m * m * ms floats. */
-static void wg_output(int m, const float *m_, ptrdiff_t us, ptrdiff_t ms, ptrdiff_t nk, const float *bias,
+WG_INLINE void wg_output_m(int m, const float *m_, ptrdiff_t us, ptrdiff_t ms, ptrdiff_t nk, const float *bias,
                       ptrdiff_t t_lo, ptrdiff_t n, const wg_row *rows, ptrdiff_t nrows, ptrdiff_t t0,
                       float *o, float *y, ptrdiff_t yk)
 {
     for (ptrdiff_t k = 0; k < nk; k++) {
         for (ptrdiff_t t = 0; t < n; t += WG_LANES) {
-            wg_output_tile(m, m_ + k * ms + t, us * ms, o + t, ms);
+            wg_output_tile(m, m_ + k * ms + t, wg_skew(us * ms), o + t, ms);
             if (bias)
                 for (int e = 0; e < m * m; e++)
                     wg_store(o + e * ms + t, wg_load(o + e * ms + t) + bias[k]);
@@ -512,64 +557,89 @@ static void wg_output(int m, const float *m_, ptrdiff_t us, ptrdiff_t ms, ptrdif
         wg_scatter(m, o, ms, t_lo, t_lo + n, rows, nrows, t0, y + k * yk);
     }
 }
+static void wg_output(int m, const float *m_, ptrdiff_t us, ptrdiff_t ms, ptrdiff_t nk, const float *bias,
+                      ptrdiff_t t_lo, ptrdiff_t n, const wg_row *rows, ptrdiff_t nrows, ptrdiff_t t0,
+                      float *o, float *y, ptrdiff_t yk)
+{
+    if (m == 4)
+        wg_output_m(4, m_, us, ms, nk, bias, t_lo, n, rows, nrows, t0, o, y, yk);
+    else
+        wg_output_m(2, m_, us, ms, nk, bias, t_lo, n, rows, nrows, t0, o, y, yk);
+}
 
 /* --------------------------------------------------------------------- weight gradient */
 
 /* Transformed output-gradient tiles of nk <= WG_LANES channels (channel k's sample-0 plane at
- * gy + k * yk), channels in lanes: z[(xi * sp + t) * kz + k] = (A gy_t A^T)[xi] for every tile t
- * (sp tiles, rounded up to vectors, zero past the last). s: stage of WG_LANES * m^2 * sp floats;
- * line: as for wg_gather. */
-static void wg_gy_block(int m, const float *gy, ptrdiff_t yk, ptrdiff_t nk, const wg_row *rows,
+ * gy + k * yk), channels in lanes: z[xi * wg_skew(sp * kz) + t * kz + k] = (A gy_t A^T)[xi] for
+ * every tile t (sp tiles, rounded up to vectors, zero past the last). s: stage of
+ * WG_LANES * m^2 * wg_skew(sp) floats; line: as for wg_gather. */
+WG_INLINE void wg_gy_block_m(int m, const float *gy, ptrdiff_t yk, ptrdiff_t nk, const wg_row *rows,
                         ptrdiff_t nrows, ptrdiff_t t0, float *line, float *s, float *z, ptrdiff_t kz)
 {
     int m2 = m * m;
     const wg_row *last = rows + nrows - 1;
-    ptrdiff_t sp = wg_round(last->t + last->tiles - t0);
+    ptrdiff_t sp = wg_round(last->t + last->tiles - t0), ss = wg_skew(sp);
     float tile[WG_LANES * 16 * WG_LANES];  /* m^2 entries of WG_LANES tiles, channels in lanes */
     for (ptrdiff_t k = 0; k < nk; k++)
-        wg_stage(m, 1, gy + k * yk, rows, nrows, t0, line, s + k * m2 * sp);
+        wg_stage(m, 1, gy + k * yk, rows, nrows, t0, line, s + k * m2 * ss);
     for (ptrdiff_t t = 0; t < sp; t += WG_LANES) {
         for (int e = 0; e < m2; e++) {  /* e-th entry of WG_LANES tiles: to tiles of channel lanes */
             wg_vec r[WG_LANES];
             for (int k = 0; k < WG_LANES; k++)
-                r[k] = k < nk ? wg_load(s + (k * m2 + e) * sp + t) : (wg_vec){0};
+                r[k] = k < nk ? wg_load(s + (k * m2 + e) * ss + t) : (wg_vec){0};
             wg_transpose(r);
             for (int l = 0; l < WG_LANES; l++)
                 wg_store(tile + (l * m2 + e) * WG_LANES, r[l]);
         }
         for (int l = 0; l < WG_LANES; l++)
-            wg_gy_tile(m, tile + l * m2 * WG_LANES, WG_LANES, z + (t + l) * kz, sp * kz);
+            wg_gy_tile(m, tile + l * m2 * WG_LANES, WG_LANES, z + (t + l) * kz, wg_skew(sp * kz));
     }
+}
+static void wg_gy_block(int m, const float *gy, ptrdiff_t yk, ptrdiff_t nk, const wg_row *rows,
+                        ptrdiff_t nrows, ptrdiff_t t0, float *line, float *s, float *z, ptrdiff_t kz)
+{
+    if (m == 4)
+        wg_gy_block_m(4, gy, yk, nk, rows, nrows, t0, line, s, z, kz);
+    else
+        wg_gy_block_m(2, gy, yk, nk, rows, nrows, t0, line, s, z, kz);
 }
 
 /* The weight gradient of nc input by nk output channels over one chunk of sp tiles (a multiple of
  * WG_LANES): gw[(k * cin + c) * 9 + tap] (+)= G^T [sum_t v[xi][c][t] z[xi][t][k]] G, with v as
  * wg_input_channel writes it (at channel c = 0; strides vt, vx) and z as wg_gy_block writes it (at
- * k = 0; row stride kz); acc false: assign. mt: scratch of alpha^2 * nc * wg_round(nk) floats. */
-static void wg_weight_grad(int m, const float *v, ptrdiff_t vt, ptrdiff_t vx, const float *z, ptrdiff_t kz,
+ * k = 0; row stride kz); acc false: assign. mt: scratch of alpha^2 * wg_skew(nc * wg_round(nk)) floats. */
+WG_INLINE void wg_weight_grad_m(int m, const float *v, ptrdiff_t vt, ptrdiff_t vx, const float *z, ptrdiff_t kz,
                            ptrdiff_t sp, ptrdiff_t nc, ptrdiff_t nk, float *mt, float *gw, ptrdiff_t cin, int acc)
 {
     int a2 = (m + 2) * (m + 2);
     ptrdiff_t kp = wg_round(nk), ntb = sp / WG_LANES;
     for (int xi = 0; xi < a2; xi++) {
-        float *mx = mt + xi * nc * kp;
+        float *mx = mt + xi * wg_skew(nc * kp);
         for (ptrdiff_t k = 0; k < kp; k += 2 * WG_LANES) {
             int nt = k + WG_LANES < kp ? 2 : 1;
             WG_ROW_BLOCKS(nc, nt == 2 ? WG_NK2 : WG_NK1, c, rows,
-                          wg_mul_lanes(v + xi * vx + c * WG_LANES, vt, 1, z + xi * sp * kz + k, WG_LANES * kz,
+                          wg_mul_lanes(v + xi * vx + c * WG_LANES, vt, 1, z + xi * wg_skew(sp * kz) + k, WG_LANES * kz,
                                        kz, WG_LANES, ntb, WG_LANES, rows, nt, mx + c * kp + k, kp))
         }
     }
     float taps[9 * WG_LANES];
     for (ptrdiff_t c = 0; c < nc; c++)
         for (ptrdiff_t k = 0; k < kp; k += WG_LANES) {
-            wg_gw_tile(m, mt + c * kp + k, nc * kp, taps, WG_LANES);
+            wg_gw_tile(m, mt + c * kp + k, wg_skew(nc * kp), taps, WG_LANES);
             for (ptrdiff_t l = 0; l < WG_LANES && k + l < nk; l++)
                 for (int tap = 0; tap < 9; tap++) {
                     float *g = gw + ((k + l) * cin + c) * 9 + tap;
                     *g = acc ? *g + taps[tap * WG_LANES + l] : taps[tap * WG_LANES + l];
                 }
         }
+}
+static void wg_weight_grad(int m, const float *v, ptrdiff_t vt, ptrdiff_t vx, const float *z, ptrdiff_t kz,
+                           ptrdiff_t sp, ptrdiff_t nc, ptrdiff_t nk, float *mt, float *gw, ptrdiff_t cin, int acc)
+{
+    if (m == 4)
+        wg_weight_grad_m(4, v, vt, vx, z, kz, sp, nc, nk, mt, gw, cin, acc);
+    else
+        wg_weight_grad_m(2, v, vt, vx, z, kz, sp, nc, nk, mt, gw, cin, acc);
 }
 
 #endif

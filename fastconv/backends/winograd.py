@@ -52,8 +52,10 @@ ERROR_BOUND = {4: 2e-6, 2: 5e-7}
 CHUNK_BYTES = 8 << 20
 #: A forward task's products per transform coordinate, bytes of output (stays in L2).
 PRODUCT_BYTES = 256 << 10
-#: Output channels per forward task (rows of the register tile: two blocks of 14 with AVX-512).
+#: Output channels per forward task (rows of the register tile: two blocks of 14 with AVX-512), fewer
+#: where their transformed weights would outgrow this many bytes (they stay in L2 beside the tiles).
 FORWARD_CHANNELS = 28
+WEIGHT_BYTES = 1 << 20
 #: Output x input channels per weight-gradient task.
 GRAD_WEIGHT_CHANNELS = 32
 
@@ -159,10 +161,15 @@ def _blocks(total, most):
 
 # ----------------------------------------------------------------------------- kernels
 def _stage(threads, m, longest, rows, per_tile):
-    """Per-thread stage of ``per_tile`` floats per tile, then room for one zero-padded row."""
-    line = per_tile * longest
+    """Per-thread stage of ``per_tile`` rows of tiles, then room for one zero-padded row."""
+    line = per_tile * _winograd.skew(longest)
     width = int(rows[:, 13].max()) * m + 2 if len(rows) else 0
     return workspace("winograd_stage", (threads, line + width + 16), np.float32), line
+
+
+def _v_size(m, cin, groups, longest):
+    """Floats of the transformed input tiles of a chunk of ``longest`` tiles (``_winograd``'s layout)."""
+    return groups * longest // _winograd.lanes() * (m + 2) ** 2 * _winograd.skew(cin * _winograd.lanes())
 
 
 def _forward(x, w, b, y, geo, m, flip):
@@ -170,17 +177,17 @@ def _forward(x, w, b, y, geo, m, flip):
     rows, chunks, longest = _plan(geo, m)
     lanes, a2, groups = _winograd.lanes(), (m + 2) ** 2, geo[-1]
     cin, cout = x.shape[1] // groups, y.shape[1] // groups
-    nkb = _blocks(cout, FORWARD_CHANNELS)
+    nkb = _blocks(cout, max(lanes, min(FORWARD_CHANNELS, WEIGHT_BYTES // (4 * a2 * cin) // lanes * lanes)))
     us = _winograd.round_tiles(nkb)
     kblocks = -(-cout // nkb)
     # tile ranges per task: enough tasks for every thread, at least two vectors each
     splits = max(1, min(longest // (2 * lanes), -(-4 * threads // (groups * kblocks))))
     span = _winograd.round_tiles(-(-longest // splits)) if longest else lanes
     tsub = max(lanes, min(span, PRODUCT_BYTES // (4 * a2 * us) // lanes * lanes))
-    v = workspace("winograd_v", (max(1, a2 * x.shape[1] * longest),), np.float32)
+    v = workspace("winograd_v", (max(1, _v_size(m, cin, groups, longest)),), np.float32)
     stage, line = _stage(threads, m, longest, rows, a2)
-    ubuf = workspace("winograd_u", (threads, a2 * cin * us), np.float32)
-    mbuf = workspace("winograd_m", (threads, a2 * us * tsub), np.float32)
+    ubuf = workspace("winograd_u", (threads, a2 * _winograd.skew(cin * us)), np.float32)
+    mbuf = workspace("winograd_m", (threads, a2 * _winograd.skew(us * tsub)), np.float32)
     obuf = workspace("winograd_o", (threads, m * m * tsub), np.float32)
     _winograd.forward(x, w, b, y, rows, chunks, m, groups, flip, nkb, span, tsub, v, stage, line, ubuf, mbuf,
                       obuf)
@@ -227,10 +234,10 @@ def conv2d_grad_weight(gy, x, spec, tile=None):
     cb, kb = _grad_weight_blocks(cin, cout, spec.groups, threads, lanes)
     kz = _winograd.round_tiles(cout)
     gw = np.empty(spec.w_shape, np.float32)
-    v = workspace("winograd_v", (max(1, a2 * spec.c_in * longest),), np.float32)
-    z = workspace("winograd_z", (max(1, spec.groups * a2 * longest * kz),), np.float32)
+    v = workspace("winograd_v", (max(1, _v_size(m, cin, spec.groups, longest)),), np.float32)
+    z = workspace("winograd_z", (max(1, spec.groups * a2 * _winograd.skew(longest * kz)),), np.float32)
     stage, line = _stage(threads, m, longest, rows, max(a2, lanes * m * m))
-    mbuf = workspace("winograd_m", (threads, a2 * cb * kb), np.float32)
+    mbuf = workspace("winograd_m", (threads, a2 * _winograd.skew(cb * kb)), np.float32)
     _winograd.grad_weight(np.ascontiguousarray(gy), np.ascontiguousarray(x), gw, rows, chunks, m, spec.groups,
                           cb, kb, v, z, stage, line, mbuf)
     return gw
