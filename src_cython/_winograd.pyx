@@ -93,14 +93,15 @@ cdef void products(int m, const float* u, Py_ssize_t us, Py_ssize_t nk, Py_ssize
 def forward(const float[:, :, :, ::1] x, const float[:, :, :, ::1] w, const float[::1] b,
             float[:, :, :, ::1] y, const Py_ssize_t[:, ::1] rows, const Py_ssize_t[:, ::1] chunks, int m,
             Py_ssize_t groups, bint flip, Py_ssize_t nkb, Py_ssize_t span, Py_ssize_t tsub, float[::1] v,
-            float[:, ::1] stage, Py_ssize_t line, float[:, ::1] ubuf, float[:, ::1] mbuf, float[:, ::1] obuf):
+            float[:, ::1] stage, Py_ssize_t line, float[:, ::1] ubuf, float[:, ::1] mbuf, float[:, ::1] obuf,
+            int threads):
     """``y = conv(x, w) + b`` (``b`` may be None) for a stride-1 3x3 convolution whose tiles ``rows``
     lists, in ``chunks`` (row ranges). With ``flip`` the kernels are ``w`` flipped in space with in and
     out channels swapped (the adjoint convolution: ``w`` is then ``(C_in, C_out/groups, 3, 3)`` of
     this convolution's channels). Output channels run in blocks of ``nkb``, tiles in ranges of at most
-    ``span`` per task and ``tsub`` per product (both multiples of ``lanes()``). Scratch: ``v`` shared,
-    the rest per thread; ``stage[thread, line:]`` holds one zero-padded input row (sizes:
-    ``fastconv.backends.winograd``)."""
+    ``span`` per task and ``tsub`` per product (both multiples of ``lanes()``), on ``threads`` threads.
+    Scratch: ``v`` shared, the rest per thread; ``stage[thread, line:]`` holds one zero-padded input row
+    (sizes: ``fastconv.backends.winograd``)."""
     cdef Py_ssize_t c_in = x.shape[1], c_out = y.shape[1], cin = c_in // groups, cout = c_out // groups
     cdef Py_ssize_t a2 = (m + 2) * (m + 2), ohw = y.shape[2] * y.shape[3]
     cdef Py_ssize_t kblocks = (cout + nkb - 1) // nkb, us = round_tiles(nkb)
@@ -116,11 +117,11 @@ def forward(const float[:, :, :, ::1] x, const float[:, :, :, ::1] w, const floa
         ra, rb = chunks[ci, 0], chunks[ci, 1]
         t0, tiles = rows[ra, 14], chunk_tiles(rows, ra, rb)
         sp = round_tiles(tiles)
-        with nogil, parallel():
+        with nogil, parallel(num_threads=threads):
             for task in prange(c_in, schedule="dynamic"):
                 transform_inputs(m, x, groups, rows, ra, rb, sp, v, stage, line, task)
         splits = (sp + span - 1) // span
-        with nogil, parallel():
+        with nogil, parallel(num_threads=threads):
             for task in prange(groups * kblocks * splits, schedule="static"):
                 tid = threadid()
                 key = task // splits
@@ -141,11 +142,11 @@ def forward(const float[:, :, :, ::1] x, const float[:, :, :, ::1] w, const floa
 def grad_weight(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x, float[:, :, :, ::1] gw,
                 const Py_ssize_t[:, ::1] rows, const Py_ssize_t[:, ::1] chunks, int m, Py_ssize_t groups,
                 Py_ssize_t cb, Py_ssize_t kb, float[::1] v, float[::1] z, float[:, ::1] stage, Py_ssize_t line,
-                float[:, ::1] mbuf):
+                float[:, ::1] mbuf, int threads):
     """``gw`` = the weight gradient of the stride-1 3x3 convolution whose tiles ``rows`` lists, summed
     over ``chunks``; tasks own blocks of ``cb`` input by ``kb`` output channels (``kb`` a multiple of
-    ``lanes()``). Scratch: ``v``, ``z`` shared, the rest per thread (``stage[thread, line:]``: one
-    zero-padded row)."""
+    ``lanes()``), on ``threads`` threads. Scratch: ``v``, ``z`` shared, the rest per thread
+    (``stage[thread, line:]``: one zero-padded row)."""
     cdef Py_ssize_t c_in = x.shape[1], c_out = gy.shape[1], cin = c_in // groups, cout = c_out // groups
     cdef Py_ssize_t a2 = (m + 2) * (m + 2), ohw = gy.shape[2] * gy.shape[3], kz = round_tiles(cout)
     cdef Py_ssize_t zblocks = (cout + WG_LANES - 1) // WG_LANES
@@ -162,7 +163,7 @@ def grad_weight(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x, float
         t0 = rows[ra, 14]
         sp = round_tiles(chunk_tiles(rows, ra, rb))
         acc = ci > 0
-        with nogil, parallel():
+        with nogil, parallel(num_threads=threads):
             for task in prange(c_in + groups * zblocks, schedule="dynamic"):
                 if task < c_in:
                     transform_inputs(m, x, groups, rows, ra, rb, sp, v, stage, line, task)
@@ -172,7 +173,7 @@ def grad_weight(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x, float
                     k0 = (task - c_in) % zblocks * WG_LANES
                     wg_gy_block(m, &gy[0, g * cout + k0, 0, 0], ohw, min(WG_LANES, cout - k0), row_ptr(rows, ra),
                                 rb - ra, t0, &stage[tid, line], &stage[tid, 0], &z[g * a2 * wg_skew(sp * kz) + k0], kz)
-        with nogil, parallel():
+        with nogil, parallel(num_threads=threads):
             for task in prange(groups * cblocks * kblocks, schedule="dynamic"):
                 g = task // (cblocks * kblocks)
                 c0 = task // kblocks % cblocks * cb

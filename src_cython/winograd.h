@@ -294,15 +294,41 @@ WG_INLINE void wg_merge(int m, const float *restrict s, ptrdiff_t sp, float *res
         }
 }
 
+/* Copy len floats of a plane row from column col0 on (stride xc) into line, zero outside [0, w). */
+WG_INLINE void wg_pad_row(const float *row, ptrdiff_t col0, ptrdiff_t len, ptrdiff_t w, ptrdiff_t xc, float *line)
+{
+    ptrdiff_t lo = wg_min(wg_max(-col0, 0), len), hi = wg_max(wg_min(w - col0, len), lo);
+    memset(line, 0, sizeof(float) * lo);
+    if (xc == 1)
+        memcpy(line + lo, row + col0 + lo, sizeof(float) * (hi - lo));
+    else
+        for (ptrdiff_t k = lo; k < hi; k++)
+            line[k] = row[(col0 + k) * xc];
+    memset(line + hi, 0, sizeof(float) * (len - hi));
+}
+
+/* One row of the n x n patches of count tiles (n = m + 2: input patches; n = m: output-gradient
+ * tiles): s[j * sp + tx] = q[tx * m + j], j < n (the two columns past a tile's m are the next tile's
+ * first two). */
+WG_INLINE void wg_split_tiles(int m, int n, const float *q, float *s, ptrdiff_t sp, ptrdiff_t count)
+{
+    wg_split(m, m, q, s, sp, count);
+    if (n > m)
+        wg_split(m, 2, q + m, s + m * sp, sp, count);
+}
+
 /* Stage the n x n patches of one row of tiles (n = m + 2: input patches; n = m: output-gradient
  * tiles): s[(i * n + j) * sp + tx] = plane[row0 + i][col0 + tx * m + j], zero outside the h x w plane
- * (row and column strides xr, xc). A row that runs past the plane's edge, or is strided, is first
- * copied zero-padded into line (tiles * m + 2 floats). */
+ * (row and column strides xr, xc). Tiles inside the plane are read in place; those over its edge, or
+ * every tile of a strided plane, from a zero-padded copy in line (tiles * m + 2 floats). */
 WG_INLINE void wg_gather(int m, int n, const float *plane, ptrdiff_t tiles, ptrdiff_t row0, ptrdiff_t col0,
                          ptrdiff_t h, ptrdiff_t w, ptrdiff_t xr, ptrdiff_t xc, float *line, float *s,
                          ptrdiff_t sp)
 {
-    ptrdiff_t len = tiles * m + n - m, lo = wg_min(wg_max(-col0, 0), len), hi = wg_max(wg_min(w - col0, len), lo);
+    /* tiles [lo, hi) read columns inside the plane only */
+    ptrdiff_t lo = col0 >= 0 ? 0 : (-col0 + m - 1) / m, hi = w - n - col0 >= 0 ? (w - n - col0) / m + 1 : 0;
+    hi = xc == 1 ? wg_min(hi, tiles) : 0;
+    lo = wg_min(lo, hi);
     for (int i = 0; i < n; i++) {
         float *si = s + (ptrdiff_t)i * n * sp;
         ptrdiff_t u = row0 + i;
@@ -311,20 +337,16 @@ WG_INLINE void wg_gather(int m, int n, const float *plane, ptrdiff_t tiles, ptrd
                 memset(si + j * sp, 0, sizeof(float) * tiles);
             continue;
         }
-        const float *q = plane + u * xr + col0 * xc;
-        if (xc != 1 || lo > 0 || hi < len) {
-            memset(line, 0, sizeof(float) * lo);
-            if (xc == 1)
-                memcpy(line + lo, q + lo, sizeof(float) * (hi - lo));
-            else
-                for (ptrdiff_t k = lo; k < hi; k++)
-                    line[k] = q[k * xc];
-            memset(line + hi, 0, sizeof(float) * (len - hi));
-            q = line;
+        const float *row = plane + u * xr;
+        wg_split_tiles(m, n, row + col0 + lo * m, si + lo, sp, hi - lo);
+        if (lo > 0) {
+            wg_pad_row(row, col0, lo * m + n - m, w, xc, line);
+            wg_split_tiles(m, n, line, si, sp, lo);
         }
-        wg_split(m, m, q, si, sp, tiles);
-        if (n > m)  /* the two columns past a tile's m are the next tile's first two */
-            wg_split(m, 2, q + m, si + m * sp, sp, tiles);
+        if (hi < tiles) {
+            wg_pad_row(row, col0 + hi * m, (tiles - hi) * m + n - m, w, xc, line);
+            wg_split_tiles(m, n, line, si + hi, sp, tiles - hi);
+        }
     }
 }
 
@@ -626,11 +648,25 @@ WG_INLINE void wg_weight_grad_m(int m, const float *v, ptrdiff_t vt, ptrdiff_t v
     for (ptrdiff_t c = 0; c < nc; c++)
         for (ptrdiff_t k = 0; k < kp; k += WG_LANES) {
             wg_gw_tile(m, mt + c * kp + k, wg_skew(nc * kp), taps, WG_LANES);
+#if WG_LANES == 16 && defined(__AVX512F__)  /* transposed to a vector of 9 taps per output channel */
+            wg_vec r[WG_LANES];
+            for (int tap = 0; tap < WG_LANES; tap++)
+                r[tap] = tap < 9 ? wg_load(taps + tap * WG_LANES) : (wg_vec){0};
+            wg_transpose(r);
+            for (ptrdiff_t l = 0; l < WG_LANES && k + l < nk; l++) {
+                float *g = gw + ((k + l) * cin + c) * 9;
+                __m512 add = (__m512)r[l];
+                if (acc)
+                    add = _mm512_add_ps(add, _mm512_maskz_loadu_ps(0x1ff, g));
+                _mm512_mask_storeu_ps(g, 0x1ff, add);
+            }
+#else
             for (ptrdiff_t l = 0; l < WG_LANES && k + l < nk; l++)
                 for (int tap = 0; tap < 9; tap++) {
                     float *g = gw + ((k + l) * cin + c) * 9 + tap;
                     *g = acc ? *g + taps[tap * WG_LANES + l] : taps[tap * WG_LANES + l];
                 }
+#endif
         }
 }
 static void wg_weight_grad(int m, const float *v, ptrdiff_t vt, ptrdiff_t vx, const float *z, ptrdiff_t kz,

@@ -65,8 +65,9 @@ PRODUCT_BYTES = 256 << 10
 #: where their transformed weights would outgrow this many bytes (they stay in L2 beside the tiles).
 FORWARD_CHANNELS = 28
 WEIGHT_BYTES = 1 << 20
-#: Output x input channels per weight-gradient task.
-GRAD_WEIGHT_CHANNELS = 32
+#: Direct-algorithm flops per thread below which a call runs on fewer threads (a parallel region and its
+#: barriers cost more than they save on tiny layers).
+FLOPS_PER_THREAD = 4e6
 
 
 def check_available():
@@ -169,6 +170,11 @@ def _blocks(total, most):
 
 
 # ----------------------------------------------------------------------------- kernels
+def _threads(spec):
+    """Threads for one call: all of OpenMP's, fewer on tiny convolutions."""
+    return max(1, min(_omp.max_threads(), int(spec.flops / FLOPS_PER_THREAD)))
+
+
 def _stage(threads, m, longest, rows, per_tile):
     """Per-thread stage of ``per_tile`` rows of tiles, then room for one zero-padded row."""
     line = per_tile * _winograd.skew(longest)
@@ -176,22 +182,30 @@ def _stage(threads, m, longest, rows, per_tile):
     return workspace("winograd_stage", (threads, line + width + 16), np.float32), line
 
 
+def _tile_span(tiles, blocks, threads, lanes):
+    """Tiles per forward task (a multiple of ``lanes``): the chunk's ``tiles`` are split until the tasks
+    (``blocks`` of output channels times splits) give every thread four, in a multiple of the threads so
+    that the static schedule is even, each split keeping at least two vectors of tiles."""
+    most = max(1, tiles // (2 * lanes))
+    splits = max(1, min(most, -(-4 * threads // blocks)))
+    while blocks * splits % threads and splits < most:
+        splits += 1
+    return _winograd.round_tiles(-(-tiles // splits)) if tiles else lanes
+
+
 def _v_size(m, cin, groups, longest):
     """Floats of the transformed input tiles of a chunk of ``longest`` tiles (``_winograd``'s layout)."""
     return groups * longest // _winograd.lanes() * (m + 2) ** 2 * _winograd.skew(cin * _winograd.lanes())
 
 
-def _forward(x, w, b, y, geo, m, flip):
-    threads = _omp.max_threads()
+def _forward(x, w, b, y, geo, m, flip, threads):
     rows, chunks, longest = _plan(geo, m)
     lanes, a2, groups = _winograd.lanes(), (m + 2) ** 2, geo[-1]
     cin, cout = x.shape[1] // groups, y.shape[1] // groups
     nkb = _blocks(cout, max(lanes, min(FORWARD_CHANNELS, WEIGHT_BYTES // (4 * a2 * cin) // lanes * lanes)))
     us = _winograd.round_tiles(nkb)
     kblocks = -(-cout // nkb)
-    # tile ranges per task: enough tasks for every thread, at least two vectors each
-    splits = max(1, min(longest // (2 * lanes), -(-4 * threads // (groups * kblocks))))
-    span = _winograd.round_tiles(-(-longest // splits)) if longest else lanes
+    span = _tile_span(longest, groups * kblocks, threads, lanes)
     tsub = max(lanes, min(span, PRODUCT_BYTES // (4 * a2 * us) // lanes * lanes))
     v = workspace("winograd_v", (max(1, _v_size(m, cin, groups, longest)),), np.float32)
     stage, line = _stage(threads, m, longest, rows, a2)
@@ -199,7 +213,7 @@ def _forward(x, w, b, y, geo, m, flip):
     mbuf = workspace("winograd_m", (threads, a2 * _winograd.skew(us * tsub)), np.float32)
     obuf = workspace("winograd_o", (threads, m * m * tsub), np.float32)
     _winograd.forward(x, w, b, y, rows, chunks, m, groups, flip, nkb, span, tsub, v, stage, line, ubuf, mbuf,
-                      obuf)
+                      obuf, threads)
     return y
 
 
@@ -209,7 +223,7 @@ def conv2d(x, w, b, spec, tile=None):
     m = _check_tile(tile, spec)
     y = np.empty(spec.y_shape, np.float32)
     b = None if b is None else np.ascontiguousarray(b, np.float32)
-    return _forward(np.ascontiguousarray(x), np.ascontiguousarray(w), b, y, _geo(spec), m, False)
+    return _forward(np.ascontiguousarray(x), np.ascontiguousarray(w), b, y, _geo(spec), m, False, _threads(spec))
 
 
 def conv2d_grad_input(gy, w, spec, tile=None):
@@ -217,18 +231,19 @@ def conv2d_grad_input(gy, w, spec, tile=None):
         return _automatic("conv2d_grad_input", spec, gy.dtype)(gy, w, spec)
     m = _check_tile(tile, spec)
     gx = np.empty(spec.x_shape, np.float32)
-    return _forward(np.ascontiguousarray(gy), np.ascontiguousarray(w), None, gx, _adjoint_geo(spec), m, True)
+    return _forward(np.ascontiguousarray(gy), np.ascontiguousarray(w), None, gx, _adjoint_geo(spec), m, True,
+                    _threads(spec))
 
 
 def _grad_weight_blocks(cin, cout, groups, threads, lanes):
     """Input x output channels per weight-gradient task: large blocks (each task reads its channels'
     transformed tiles once), cut until every thread has two tasks."""
-    cb, kb = min(cin, 28), min(_winograd.round_tiles(cout), 64)
+    cb, kb = _blocks(cin, 28), min(_winograd.round_tiles(cout), 64)
     while groups * -(-cin // cb) * -(-cout // kb) < 2 * threads and (cb > 7 or kb > lanes):
         if kb > lanes and (kb >= 2 * cb or cb <= 7):
             kb = _winograd.round_tiles(kb // 2)
         else:
-            cb = -(-cb // 2)
+            cb = _blocks(cin, -(-cb // 2))
     return cb, kb
 
 
@@ -236,7 +251,7 @@ def conv2d_grad_weight(gy, x, spec, tile=None):
     if not supports("conv2d_grad_weight", spec, gy.dtype):
         return _automatic("conv2d_grad_weight", spec, gy.dtype)(gy, x, spec)
     m = _check_tile(tile, spec)
-    threads = _omp.max_threads()
+    threads = _threads(spec)
     rows, chunks, longest = _plan(_geo(spec), m, weight_grad=True)
     lanes, a2 = _winograd.lanes(), (m + 2) ** 2
     cin, cout = spec.c_in // spec.groups, spec.c_out // spec.groups
@@ -248,5 +263,5 @@ def conv2d_grad_weight(gy, x, spec, tile=None):
     stage, line = _stage(threads, m, longest, rows, max(a2, lanes * m * m))
     mbuf = workspace("winograd_m", (threads, a2 * _winograd.skew(cb * kb)), np.float32)
     _winograd.grad_weight(np.ascontiguousarray(gy), np.ascontiguousarray(x), gw, rows, chunks, m, spec.groups,
-                          cb, kb, v, z, stage, line, mbuf)
+                          cb, kb, v, z, stage, line, mbuf, threads)
     return gw
