@@ -229,7 +229,14 @@ def test_tile_is_checked_and_defaults_by_map_size():
     with pytest.raises(ValueError, match="tile"):
         wg.conv2d(*_arrays(spec, 0)[:3], spec, tile=3)
     assert wg.default_tile(_spec(1, 2, 56, 3)) == 4
-    assert wg.default_tile(_spec(1, 2, 5, 3)) == 2
+    assert wg.default_tile(_spec(1, 2, 5, 3)) == 2  # 4 tiles of 4x4 would fill a quarter of a vector
+
+
+@TILES
+def test_tile_count_is_the_tiles_the_kernels_run(tile):
+    spec = _spec(3, 2, (13, 11), 4, padding=(1, 2), dilation=(2, 3))
+    rows = wg._plan(wg._geo(spec), tile)[0]
+    assert wg.tile_count(spec, tile) == rows[:, 13].sum() == rows[-1, 14] + rows[-1, 13]
 
 
 @pytest.mark.parametrize("dtype, stride, kernel", [(np.float64, 1, 3), (np.float32, 2, 3), (np.float32, 1, 5)])
