@@ -14,8 +14,8 @@ and processed in chunks of whole tile rows, each chunk in two parallel phases:
    reduce over the chunk's tiles and add the transformed-back gradient to ``gw``.
 
 Buffer layouts (per group; ``L = lanes()``, ``a2 = (m + 2)^2``, ``sp`` a chunk's tiles rounded up to
-``L``): ``v[t // L][xi][c][t % L]``, ``z[xi][t][k]`` (``k`` up to the output channels rounded up to
-``L``); consecutive coordinates ``xi`` lie ``wg_skew(n)`` floats apart (``n`` the floats of one).
+``L``): ``v[t // L][xi][c][t % L]``, ``z[xi][k // L][t][k % L]`` (panels of ``L`` output channels);
+consecutive coordinates ``xi`` lie ``skew(n)`` floats apart (``n`` the floats of one).
 """
 from cython.parallel cimport parallel, prange, threadid
 
@@ -29,7 +29,7 @@ cdef extern from "winograd.h" nogil:
     void wg_input_channel(int m, const float* x, const wg_row* rows, Py_ssize_t nrows, Py_ssize_t t0,
                           float* line, float* s, float* v, Py_ssize_t vt, Py_ssize_t vx)
     void wg_gy_block(int m, const float* gy, Py_ssize_t yk, Py_ssize_t nk, const wg_row* rows,
-                     Py_ssize_t nrows, Py_ssize_t t0, float* line, float* s, float* z, Py_ssize_t kz)
+                     Py_ssize_t nrows, Py_ssize_t t0, float* line, float* s, float* z, Py_ssize_t zx)
     void wg_weights(int m, const float* w, Py_ssize_t ks, Py_ssize_t cs, int flip, Py_ssize_t k0,
                     Py_ssize_t nk, Py_ssize_t cin, float* u, Py_ssize_t us)
     void wg_multiply(int m, const float* u, Py_ssize_t us, Py_ssize_t nk, Py_ssize_t cin, const float* v,
@@ -37,7 +37,7 @@ cdef extern from "winograd.h" nogil:
     void wg_output(int m, const float* m_, Py_ssize_t us, Py_ssize_t ms, Py_ssize_t nk, const float* bias,
                    Py_ssize_t t_lo, Py_ssize_t n, const wg_row* rows, Py_ssize_t nrows, Py_ssize_t t0,
                    float* o, float* y, Py_ssize_t yk)
-    void wg_weight_grad(int m, const float* v, Py_ssize_t vt, Py_ssize_t vx, const float* z, Py_ssize_t kz,
+    void wg_weight_grad(int m, const float* v, Py_ssize_t vt, Py_ssize_t vx, const float* z, Py_ssize_t zx,
                         Py_ssize_t sp, Py_ssize_t nc, Py_ssize_t nk, float* mt, float* gw, Py_ssize_t cin,
                         int acc)
 
@@ -148,8 +148,8 @@ def grad_weight(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x, float
     ``lanes()``), on ``threads`` threads. Scratch: ``v``, ``z`` shared, the rest per thread
     (``stage[thread, line:]``: one zero-padded row)."""
     cdef Py_ssize_t c_in = x.shape[1], c_out = gy.shape[1], cin = c_in // groups, cout = c_out // groups
-    cdef Py_ssize_t a2 = (m + 2) * (m + 2), ohw = gy.shape[2] * gy.shape[3], kz = round_tiles(cout)
-    cdef Py_ssize_t zblocks = (cout + WG_LANES - 1) // WG_LANES
+    cdef Py_ssize_t a2 = (m + 2) * (m + 2), ohw = gy.shape[2] * gy.shape[3]
+    cdef Py_ssize_t zblocks = (cout + WG_LANES - 1) // WG_LANES, zx
     cdef Py_ssize_t kblocks = (cout + kb - 1) // kb, cblocks = (cin + cb - 1) // cb
     cdef Py_ssize_t ci, ra, rb, t0, sp, task, tid, g, k0, c0
     cdef int acc
@@ -162,6 +162,7 @@ def grad_weight(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x, float
         ra, rb = chunks[ci, 0], chunks[ci, 1]
         t0 = rows[ra, 14]
         sp = round_tiles(chunk_tiles(rows, ra, rb))
+        zx = wg_skew(zblocks * sp * WG_LANES)
         acc = ci > 0
         with nogil, parallel(num_threads=threads):
             for task in prange(c_in + groups * zblocks, schedule="dynamic"):
@@ -172,13 +173,13 @@ def grad_weight(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x, float
                     g = (task - c_in) // zblocks
                     k0 = (task - c_in) % zblocks * WG_LANES
                     wg_gy_block(m, &gy[0, g * cout + k0, 0, 0], ohw, min(WG_LANES, cout - k0), row_ptr(rows, ra),
-                                rb - ra, t0, &stage[tid, line], &stage[tid, 0], &z[g * a2 * wg_skew(sp * kz) + k0], kz)
+                                rb - ra, t0, &stage[tid, line], &stage[tid, 0], &z[g * a2 * zx + k0 * sp], zx)
         with nogil, parallel(num_threads=threads):
             for task in prange(groups * cblocks * kblocks, schedule="dynamic"):
                 g = task // (cblocks * kblocks)
                 c0 = task // kblocks % cblocks * cb
                 k0 = task % kblocks * kb
                 wg_weight_grad(m, &v[g * sp * a2 * wg_skew(cin * WG_LANES) // WG_LANES + c0 * WG_LANES],
-                               a2 * wg_skew(cin * WG_LANES), wg_skew(cin * WG_LANES), &z[g * a2 * wg_skew(sp * kz) + k0], kz, sp,
-                               min(cb, cin - c0), min(kb, cout - k0),
+                               a2 * wg_skew(cin * WG_LANES), wg_skew(cin * WG_LANES), &z[g * a2 * zx + k0 * sp], zx,
+                               sp, min(cb, cin - c0), min(kb, cout - k0),
                                &mbuf[threadid(), 0], &gw[0, 0, 0, 0] + ((g * cout + k0) * cin + c0) * 9, cin, acc)

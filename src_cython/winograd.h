@@ -592,11 +592,11 @@ static void wg_output(int m, const float *m_, ptrdiff_t us, ptrdiff_t ms, ptrdif
 /* --------------------------------------------------------------------- weight gradient */
 
 /* Transformed output-gradient tiles of nk <= WG_LANES channels (channel k's sample-0 plane at
- * gy + k * yk), channels in lanes: z[xi * wg_skew(sp * kz) + t * kz + k] = (A gy_t A^T)[xi] for
- * every tile t (sp tiles, rounded up to vectors, zero past the last). s: stage of
+ * gy + k * yk), channels in lanes: z[xi * zx + t * WG_LANES + k] = (A gy_t A^T)[xi] for every tile t
+ * (sp tiles, rounded up to vectors, zero past the last): one panel of output channels. s: stage of
  * WG_LANES * m^2 * wg_skew(sp) floats; line: as for wg_gather. */
 WG_INLINE void wg_gy_block_m(int m, const float *gy, ptrdiff_t yk, ptrdiff_t nk, const wg_row *rows,
-                        ptrdiff_t nrows, ptrdiff_t t0, float *line, float *s, float *z, ptrdiff_t kz)
+                        ptrdiff_t nrows, ptrdiff_t t0, float *line, float *s, float *z, ptrdiff_t zx)
 {
     int m2 = m * m;
     const wg_row *last = rows + nrows - 1;
@@ -614,23 +614,24 @@ WG_INLINE void wg_gy_block_m(int m, const float *gy, ptrdiff_t yk, ptrdiff_t nk,
                 wg_store(tile + (l * m2 + e) * WG_LANES, r[l]);
         }
         for (int l = 0; l < WG_LANES; l++)
-            wg_gy_tile(m, tile + l * m2 * WG_LANES, WG_LANES, z + (t + l) * kz, wg_skew(sp * kz));
+            wg_gy_tile(m, tile + l * m2 * WG_LANES, WG_LANES, z + (t + l) * WG_LANES, zx);
     }
 }
 static void wg_gy_block(int m, const float *gy, ptrdiff_t yk, ptrdiff_t nk, const wg_row *rows,
-                        ptrdiff_t nrows, ptrdiff_t t0, float *line, float *s, float *z, ptrdiff_t kz)
+                        ptrdiff_t nrows, ptrdiff_t t0, float *line, float *s, float *z, ptrdiff_t zx)
 {
     if (m == 4)
-        wg_gy_block_m(4, gy, yk, nk, rows, nrows, t0, line, s, z, kz);
+        wg_gy_block_m(4, gy, yk, nk, rows, nrows, t0, line, s, z, zx);
     else
-        wg_gy_block_m(2, gy, yk, nk, rows, nrows, t0, line, s, z, kz);
+        wg_gy_block_m(2, gy, yk, nk, rows, nrows, t0, line, s, z, zx);
 }
 
 /* The weight gradient of nc input by nk output channels over one chunk of sp tiles (a multiple of
  * WG_LANES): gw[(k * cin + c) * 9 + tap] (+)= G^T [sum_t v[xi][c][t] z[xi][t][k]] G, with v as
- * wg_input_channel writes it (at channel c = 0; strides vt, vx) and z as wg_gy_block writes it (at
- * k = 0; row stride kz); acc false: assign. mt: scratch of alpha^2 * wg_skew(nc * wg_round(nk)) floats. */
-WG_INLINE void wg_weight_grad_m(int m, const float *v, ptrdiff_t vt, ptrdiff_t vx, const float *z, ptrdiff_t kz,
+ * wg_input_channel writes it (at channel c = 0; strides vt, vx) and z as wg_gy_block writes its panels
+ * (at k = 0, panels sp * WG_LANES apart, coordinates zx apart); acc false: assign. mt: scratch of
+ * alpha^2 * wg_skew(nc * wg_round(nk)) floats. */
+WG_INLINE void wg_weight_grad_m(int m, const float *v, ptrdiff_t vt, ptrdiff_t vx, const float *z, ptrdiff_t zx,
                            ptrdiff_t sp, ptrdiff_t nc, ptrdiff_t nk, float *mt, float *gw, ptrdiff_t cin, int acc)
 {
     int a2 = (m + 2) * (m + 2);
@@ -640,8 +641,8 @@ WG_INLINE void wg_weight_grad_m(int m, const float *v, ptrdiff_t vt, ptrdiff_t v
         for (ptrdiff_t k = 0; k < kp; k += 2 * WG_LANES) {
             int nt = k + WG_LANES < kp ? 2 : 1;
             WG_ROW_BLOCKS(nc, nt == 2 ? WG_NK2 : WG_NK1, c, rows,
-                          wg_mul_lanes(v + xi * vx + c * WG_LANES, vt, 1, z + xi * wg_skew(sp * kz) + k, WG_LANES * kz,
-                                       kz, WG_LANES, ntb, WG_LANES, rows, nt, mx + c * kp + k, kp))
+                          wg_mul_lanes(v + xi * vx + c * WG_LANES, vt, 1, z + xi * zx + k * sp, WG_LANES * WG_LANES,
+                                       WG_LANES, sp * WG_LANES, ntb, WG_LANES, rows, nt, mx + c * kp + k, kp))
         }
     }
     float taps[9 * WG_LANES];
@@ -669,13 +670,13 @@ WG_INLINE void wg_weight_grad_m(int m, const float *v, ptrdiff_t vt, ptrdiff_t v
 #endif
         }
 }
-static void wg_weight_grad(int m, const float *v, ptrdiff_t vt, ptrdiff_t vx, const float *z, ptrdiff_t kz,
+static void wg_weight_grad(int m, const float *v, ptrdiff_t vt, ptrdiff_t vx, const float *z, ptrdiff_t zx,
                            ptrdiff_t sp, ptrdiff_t nc, ptrdiff_t nk, float *mt, float *gw, ptrdiff_t cin, int acc)
 {
     if (m == 4)
-        wg_weight_grad_m(4, v, vt, vx, z, kz, sp, nc, nk, mt, gw, cin, acc);
+        wg_weight_grad_m(4, v, vt, vx, z, zx, sp, nc, nk, mt, gw, cin, acc);
     else
-        wg_weight_grad_m(2, v, vt, vx, z, kz, sp, nc, nk, mt, gw, cin, acc);
+        wg_weight_grad_m(2, v, vt, vx, z, zx, sp, nc, nk, mt, gw, cin, acc);
 }
 
 #endif

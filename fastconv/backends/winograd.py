@@ -57,8 +57,11 @@ OPS = ("conv2d", "conv2d_grad_input", "conv2d_grad_weight")
 #: max |y - y_ref| / (max|x| * max|w| * reduction) and ||y - y_ref|| / ||y_ref|| (module docstring).
 ERROR_BOUND = 2e-6
 NORM_BOUND = {4: 2e-5, 2: 5e-6}
-#: Transformed tiles of one chunk (all channels) held at once, bytes: the chunk stays in L3.
-CHUNK_BYTES = 8 << 20
+#: Transformed tiles of one chunk (all channels) held at once, bytes (the chunk stays in cache), unless
+#: that is fewer than ``CHUNK_TILES`` tiles: the weights, transformed again for every chunk, must serve
+#: many tiles.
+CHUNK_BYTES = 4 << 20
+CHUNK_TILES = 128
 #: A forward task's products per transform coordinate, bytes of output (stays in L2).
 PRODUCT_BYTES = 256 << 10
 #: Output channels per forward task (rows of the register tile: two blocks of 14 with AVX-512), fewer
@@ -123,21 +126,20 @@ def _automatic(op, spec, dtype):
 # ------------------------------------------------------------------------------- geometry
 @lru_cache(maxsize=256)
 def _plan(geo, m, weight_grad=False):
-    """Tile rows, chunks and block sizes of one convolution ``geo = (n, c_in, h, w, c_out, oh, ow, pt,
-    pl, dh, dw, groups)`` (stride 1, 3x3; negative padding crops) for tile ``m``."""
+    """Tile rows, chunks (row ranges of nearly equal tile counts, see ``CHUNK_BYTES``) and the longest
+    chunk's tiles rounded up to vectors, for one
+    convolution ``geo = (n, c_in, h, w, c_out, oh, ow, pt, pl, dh, dw, groups)`` (stride 1, 3x3;
+    negative padding crops) and tile ``m``."""
     rows = _tile_rows(geo, m)
     n, c_in, _, _, c_out, *_ = geo
     channels = c_in + c_out if weight_grad else c_in
-    per_tile = 4 * (m + 2) ** 2 * max(1, channels)
-    chunks, start, tiles = [], 0, 0
-    for r in range(len(rows)):
-        if r > start and (tiles + rows[r, 13]) * per_tile > CHUNK_BYTES:
-            chunks.append((start, r))
-            start, tiles = r, 0
-        tiles += rows[r, 13]
-    if len(rows):
-        chunks.append((start, len(rows)))
-    chunks = np.array(chunks, dtype=np.intp).reshape(-1, 2)
+    total = int(rows[:, 13].sum())
+    per_chunk = max(CHUNK_TILES, CHUNK_BYTES // (4 * (m + 2) ** 2 * max(1, channels)))
+    count = -(-total // per_chunk)
+    # chunk i ends at the first row whose end passes i/count of the tiles
+    ends = np.searchsorted(rows[:, 14] + rows[:, 13], np.arange(1, count + 1) * total / count, "left") + 1
+    bounds = np.unique(np.concatenate([[0], np.minimum(ends, len(rows))]))
+    chunks = np.stack([bounds[:-1], bounds[1:]], axis=1).astype(np.intp)
     longest = max((int(rows[b - 1, 14] + rows[b - 1, 13] - rows[a, 14]) for a, b in chunks), default=0)
     return rows, chunks, _winograd.round_tiles(longest)
 
