@@ -120,7 +120,8 @@ def bench_shape(shape, repeat, min_time):
     print(_head("autograd", heads))
     for impl in END_TO_END:
         seconds = [end[h].get(impl) for h in heads]
-        print("  " + _row(impl, seconds, [spec.flops, 3 * spec.flops], [end[h].get(common.TORCH) for h in heads]))
+        torch_s = [end[h].get(common.TORCH) for h in heads]
+        print("  " + _row(impl, seconds, [spec.flops, 3 * spec.flops], torch_s))
         times.update({("autograd", impl, h): s * 1e3 for h, s in zip(heads, seconds) if s is not None})
     per = {}
     for kernel in KERNELS:

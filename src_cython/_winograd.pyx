@@ -63,19 +63,31 @@ cdef inline const wg_row* row_ptr(const Py_ssize_t[:, ::1] rows, Py_ssize_t r) n
     return <const wg_row*>&rows[r, 0]
 
 
-cdef inline Py_ssize_t chunk_tiles(const Py_ssize_t[:, ::1] rows, Py_ssize_t ra, Py_ssize_t rb) noexcept nogil:
+cdef inline Py_ssize_t chunk_tiles(const Py_ssize_t[:, ::1] rows, Py_ssize_t ra,
+                                   Py_ssize_t rb) noexcept nogil:
     """Tiles of rows [ra, rb)."""
     return rows[rb - 1, 14] + rows[rb - 1, 13] - rows[ra, 14]
 
 
+cdef inline Py_ssize_t v_coordinate(Py_ssize_t cin) noexcept nogil:
+    """Floats between transform coordinates of ``v``: a vector of tiles of each of ``cin`` channels."""
+    return wg_skew(cin * WG_LANES)
+
+
+cdef inline Py_ssize_t v_group(int m, Py_ssize_t cin, Py_ssize_t sp) noexcept nogil:
+    """Floats of one group's transformed tiles in ``v`` (``sp`` tiles)."""
+    return sp // WG_LANES * (m + 2) * (m + 2) * v_coordinate(cin)
+
+
 cdef void transform_inputs(int m, const float[:, :, :, ::1] x, Py_ssize_t groups,
                            const Py_ssize_t[:, ::1] rows, Py_ssize_t ra, Py_ssize_t rb, Py_ssize_t sp,
-                           float[::1] v, float[:, ::1] stage, Py_ssize_t line, Py_ssize_t channel) noexcept nogil:
+                           float[::1] v, float[:, ::1] stage, Py_ssize_t line,
+                           Py_ssize_t channel) noexcept nogil:
     """Phase 1 for one input channel: its transformed tiles in ``v``."""
-    cdef Py_ssize_t cin = x.shape[1] // groups, tid = threadid()
-    cdef Py_ssize_t vx = wg_skew(cin * WG_LANES), vt = (m + 2) * (m + 2) * vx
+    cdef Py_ssize_t cin = x.shape[1] // groups, tid = threadid(), vx = v_coordinate(cin)
     wg_input_channel(m, &x[0, channel, 0, 0], row_ptr(rows, ra), rb - ra, rows[ra, 14], &stage[tid, line],
-                     &stage[tid, 0], &v[channel // cin * (sp // WG_LANES) * vt + channel % cin * WG_LANES], vt, vx)
+                     &stage[tid, 0], &v[channel // cin * v_group(m, cin, sp) + channel % cin * WG_LANES],
+                     (m + 2) * (m + 2) * vx, vx)
 
 
 cdef void products(int m, const float* u, Py_ssize_t us, Py_ssize_t nk, Py_ssize_t cin, const float* v,
@@ -83,7 +95,7 @@ cdef void products(int m, const float* u, Py_ssize_t us, Py_ssize_t nk, Py_ssize
                    Py_ssize_t nrows, Py_ssize_t t0, float* mbuf, float* obuf, float* y,
                    Py_ssize_t ohw) noexcept nogil:
     """Output tiles [lo, hi) of one block of ``nk`` output channels, ``tsub`` tiles at a time."""
-    cdef Py_ssize_t s0 = lo, vx = wg_skew(cin * WG_LANES), vt = (m + 2) * (m + 2) * vx
+    cdef Py_ssize_t s0 = lo, vx = v_coordinate(cin), vt = (m + 2) * (m + 2) * vx
     while s0 < hi:
         wg_multiply(m, u, us, nk, cin, v + s0 // WG_LANES * vt, vt, vx, min(tsub, hi - s0), mbuf, tsub)
         wg_output(m, mbuf, us, tsub, nk, bias, s0, min(tsub, hi - s0), rows, nrows, t0, obuf, y, ohw)
@@ -103,8 +115,7 @@ def forward(const float[:, :, :, ::1] x, const float[:, :, :, ::1] w, const floa
     Scratch: ``v`` shared, the rest per thread; ``stage[thread, line:]`` holds one zero-padded input row
     (sizes: ``fastconv.backends.winograd``)."""
     cdef Py_ssize_t c_in = x.shape[1], c_out = y.shape[1], cin = c_in // groups, cout = c_out // groups
-    cdef Py_ssize_t a2 = (m + 2) * (m + 2), ohw = y.shape[2] * y.shape[3]
-    cdef Py_ssize_t kblocks = (cout + nkb - 1) // nkb, us = round_tiles(nkb)
+    cdef Py_ssize_t ohw = y.shape[2] * y.shape[3], kblocks = (cout + nkb - 1) // nkb, us = round_tiles(nkb)
     cdef Py_ssize_t ks = 9 if flip else cin * 9, cs = cout * 9 if flip else 9
     cdef Py_ssize_t ci, ra, rb, t0, sp, tiles, splits, task, tid, g, k0, nk, lo, key
     cdef const float* bp = NULL
@@ -133,23 +144,23 @@ def forward(const float[:, :, :, ::1] x, const float[:, :, :, ::1] w, const floa
                                &ubuf[tid, 0], us)
                     last[tid] = key
                 lo = task % splits * span
-                products(m, &ubuf[tid, 0], us, nk, cin, &v[g * sp * a2 * wg_skew(cin * WG_LANES) // WG_LANES], lo,
-                         min(lo + span, tiles), tsub,
-                         bp + g * cout + k0 if bp != NULL else NULL, row_ptr(rows, ra), rb - ra, t0,
+                products(m, &ubuf[tid, 0], us, nk, cin, &v[g * v_group(m, cin, sp)], lo,
+                         min(lo + span, tiles), tsub, bp + g * cout + k0 if bp != NULL else NULL,
+                         row_ptr(rows, ra), rb - ra, t0,
                          &mbuf[tid, 0], &obuf[tid, 0], &y[0, 0, 0, 0] + (g * cout + k0) * ohw, ohw)
 
 
 def grad_weight(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x, float[:, :, :, ::1] gw,
                 const Py_ssize_t[:, ::1] rows, const Py_ssize_t[:, ::1] chunks, int m, Py_ssize_t groups,
-                Py_ssize_t cb, Py_ssize_t kb, float[::1] v, float[::1] z, float[:, ::1] stage, Py_ssize_t line,
-                float[:, ::1] mbuf, int threads):
+                Py_ssize_t cb, Py_ssize_t kb, float[::1] v, float[::1] z, float[:, ::1] stage,
+                Py_ssize_t line, float[:, ::1] mbuf, int threads):
     """``gw`` = the weight gradient of the stride-1 3x3 convolution whose tiles ``rows`` lists, summed
     over ``chunks``; tasks own blocks of ``cb`` input by ``kb`` output channels (``kb`` a multiple of
     ``lanes()``), on ``threads`` threads. Scratch: ``v``, ``z`` shared, the rest per thread
     (``stage[thread, line:]``: one zero-padded row)."""
     cdef Py_ssize_t c_in = x.shape[1], c_out = gy.shape[1], cin = c_in // groups, cout = c_out // groups
-    cdef Py_ssize_t a2 = (m + 2) * (m + 2), ohw = gy.shape[2] * gy.shape[3]
-    cdef Py_ssize_t zblocks = (cout + WG_LANES - 1) // WG_LANES, zx
+    cdef Py_ssize_t a2 = (m + 2) * (m + 2), ohw = gy.shape[2] * gy.shape[3], vx = v_coordinate(cin)
+    cdef Py_ssize_t panels = (cout + WG_LANES - 1) // WG_LANES, zx
     cdef Py_ssize_t kblocks = (cout + kb - 1) // kb, cblocks = (cin + cb - 1) // cb
     cdef Py_ssize_t ci, ra, rb, t0, sp, task, tid, g, k0, c0
     cdef int acc
@@ -162,24 +173,25 @@ def grad_weight(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x, float
         ra, rb = chunks[ci, 0], chunks[ci, 1]
         t0 = rows[ra, 14]
         sp = round_tiles(chunk_tiles(rows, ra, rb))
-        zx = wg_skew(zblocks * sp * WG_LANES)
+        zx = wg_skew(panels * sp * WG_LANES)
         acc = ci > 0
         with nogil, parallel(num_threads=threads):
-            for task in prange(c_in + groups * zblocks, schedule="dynamic"):
+            for task in prange(c_in + groups * panels, schedule="dynamic"):
                 if task < c_in:
                     transform_inputs(m, x, groups, rows, ra, rb, sp, v, stage, line, task)
                 else:
                     tid = threadid()
-                    g = (task - c_in) // zblocks
-                    k0 = (task - c_in) % zblocks * WG_LANES
-                    wg_gy_block(m, &gy[0, g * cout + k0, 0, 0], ohw, min(WG_LANES, cout - k0), row_ptr(rows, ra),
-                                rb - ra, t0, &stage[tid, line], &stage[tid, 0], &z[g * a2 * zx + k0 * sp], zx)
+                    g = (task - c_in) // panels
+                    k0 = (task - c_in) % panels * WG_LANES
+                    wg_gy_block(m, &gy[0, g * cout + k0, 0, 0], ohw, min(WG_LANES, cout - k0),
+                                row_ptr(rows, ra), rb - ra, t0, &stage[tid, line], &stage[tid, 0],
+                                &z[g * a2 * zx + k0 * sp], zx)
         with nogil, parallel(num_threads=threads):
             for task in prange(groups * cblocks * kblocks, schedule="dynamic"):
                 g = task // (cblocks * kblocks)
                 c0 = task // kblocks % cblocks * cb
                 k0 = task % kblocks * kb
-                wg_weight_grad(m, &v[g * sp * a2 * wg_skew(cin * WG_LANES) // WG_LANES + c0 * WG_LANES],
-                               a2 * wg_skew(cin * WG_LANES), wg_skew(cin * WG_LANES), &z[g * a2 * zx + k0 * sp], zx,
-                               sp, min(cb, cin - c0), min(kb, cout - k0),
-                               &mbuf[threadid(), 0], &gw[0, 0, 0, 0] + ((g * cout + k0) * cin + c0) * 9, cin, acc)
+                wg_weight_grad(m, &v[g * v_group(m, cin, sp) + c0 * WG_LANES], a2 * vx, vx,
+                               &z[g * a2 * zx + k0 * sp], zx, sp, min(cb, cin - c0), min(kb, cout - k0),
+                               &mbuf[threadid(), 0], &gw[0, 0, 0, 0] + ((g * cout + k0) * cin + c0) * 9, cin,
+                               acc)

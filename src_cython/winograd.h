@@ -295,7 +295,8 @@ WG_INLINE void wg_merge(int m, const float *restrict s, ptrdiff_t sp, float *res
 }
 
 /* Copy len floats of a plane row from column col0 on (stride xc) into line, zero outside [0, w). */
-WG_INLINE void wg_pad_row(const float *row, ptrdiff_t col0, ptrdiff_t len, ptrdiff_t w, ptrdiff_t xc, float *line)
+WG_INLINE void wg_pad_row(const float *row, ptrdiff_t col0, ptrdiff_t len, ptrdiff_t w, ptrdiff_t xc,
+                          float *line)
 {
     ptrdiff_t lo = wg_min(wg_max(-col0, 0), len), hi = wg_max(wg_min(w - col0, len), lo);
     memset(line, 0, sizeof(float) * lo);
@@ -362,7 +363,8 @@ WG_INLINE ptrdiff_t wg_stage(int m, int gy, const float *x, const wg_row *rows, 
     ptrdiff_t count = last->t + last->tiles - t0, sp = wg_round(count), ss = wg_skew(sp);
     for (const wg_row *r = rows; r <= last; r++)
         if (gy)
-            wg_gather(m, n, x + r->y, r->tiles, r->oy, 0, r->oh, r->ow, r->yr, r->yc, line, s + (r->t - t0), ss);
+            wg_gather(m, n, x + r->y, r->tiles, r->oy, 0, r->oh, r->ow, r->yr, r->yc, line, s + (r->t - t0),
+                      ss);
         else
             wg_gather(m, n, x + r->x, r->tiles, r->top, r->left, r->h, r->w, r->xr, r->xc, line,
                       s + (r->t - t0), ss);
@@ -493,8 +495,9 @@ WG_MUL_ANY(wg_mul_lanes, WG_LANES)   /* rows a vector apart: transformed tiles (
 
 /* ------------------------------------------------------------------------ forward pass */
 
-/* Transformed weights of a block of output channels: u[xi * wg_skew(cin * us) + c * us + o] = (G g G^T)[xi] of
- * the kernel of output channel k0 + o and input channel c, o < nk (columns up to us are zero). The
+/* Transformed weights of a block of output channels: u[xi * wg_skew(cin * us) + c * us + o] =
+ * (G g G^T)[xi] of the kernel of output channel k0 + o and input channel c, o < nk (columns up to us
+ * are zero). The
  * kernel tap (i, j) of (k, c) is w[k * ks + c * cs + 3i + j], or with flip w[... + 8 - 3i - j]. */
 WG_INLINE void wg_weights_m(int m, const float *w, ptrdiff_t ks, ptrdiff_t cs, int flip, ptrdiff_t k0,
                        ptrdiff_t nk, ptrdiff_t cin, float *u, ptrdiff_t us)
@@ -507,7 +510,7 @@ WG_INLINE void wg_weights_m(int m, const float *w, ptrdiff_t ks, ptrdiff_t cs, i
             for (int l = 0; l < WG_LANES; l++) {
                 const float *g = w + (k0 + o0 + l) * ks + c * cs;
                 if (o0 + l < nk && c + 16 < cin)
-                    __builtin_prefetch(g + 16 * cs);  /* 16 rows a channel stride apart outrun the prefetcher */
+                    __builtin_prefetch(g + 16 * cs);  /* 16 rows far apart outrun the prefetcher */
                 r[l] = o0 + l < nk ? (wg_vec)_mm512_maskz_loadu_ps(0x1ff, g) : (wg_vec){0};
             }
             wg_transpose(r);
@@ -565,9 +568,9 @@ static void wg_multiply(int m, const float *u, ptrdiff_t us, ptrdiff_t nk, ptrdi
 
 /* Output tiles [t_lo, t_lo + n) of channels k < nk from m_ (as wg_multiply writes it), plus bias,
  * into y (channel k's sample-0 plane at y + k * yk); o: stage of m * m * ms floats. */
-WG_INLINE void wg_output_m(int m, const float *m_, ptrdiff_t us, ptrdiff_t ms, ptrdiff_t nk, const float *bias,
-                      ptrdiff_t t_lo, ptrdiff_t n, const wg_row *rows, ptrdiff_t nrows, ptrdiff_t t0,
-                      float *o, float *y, ptrdiff_t yk)
+WG_INLINE void wg_output_m(int m, const float *m_, ptrdiff_t us, ptrdiff_t ms, ptrdiff_t nk,
+                            const float *bias, ptrdiff_t t_lo, ptrdiff_t n, const wg_row *rows,
+                            ptrdiff_t nrows, ptrdiff_t t0, float *o, float *y, ptrdiff_t yk)
 {
     for (ptrdiff_t k = 0; k < nk; k++) {
         for (ptrdiff_t t = 0; t < n; t += WG_LANES) {
@@ -631,8 +634,9 @@ static void wg_gy_block(int m, const float *gy, ptrdiff_t yk, ptrdiff_t nk, cons
  * wg_input_channel writes it (at channel c = 0; strides vt, vx) and z as wg_gy_block writes its panels
  * (at k = 0, panels sp * WG_LANES apart, coordinates zx apart); acc false: assign. mt: scratch of
  * alpha^2 * wg_skew(nc * wg_round(nk)) floats. */
-WG_INLINE void wg_weight_grad_m(int m, const float *v, ptrdiff_t vt, ptrdiff_t vx, const float *z, ptrdiff_t zx,
-                           ptrdiff_t sp, ptrdiff_t nc, ptrdiff_t nk, float *mt, float *gw, ptrdiff_t cin, int acc)
+WG_INLINE void wg_weight_grad_m(int m, const float *v, ptrdiff_t vt, ptrdiff_t vx, const float *z,
+                                 ptrdiff_t zx, ptrdiff_t sp, ptrdiff_t nc, ptrdiff_t nk, float *mt, float *gw,
+                                 ptrdiff_t cin, int acc)
 {
     int a2 = (m + 2) * (m + 2);
     ptrdiff_t kp = wg_round(nk), ntb = sp / WG_LANES;
@@ -641,8 +645,9 @@ WG_INLINE void wg_weight_grad_m(int m, const float *v, ptrdiff_t vt, ptrdiff_t v
         for (ptrdiff_t k = 0; k < kp; k += 2 * WG_LANES) {
             int nt = k + WG_LANES < kp ? 2 : 1;
             WG_ROW_BLOCKS(nc, nt == 2 ? WG_NK2 : WG_NK1, c, rows,
-                          wg_mul_lanes(v + xi * vx + c * WG_LANES, vt, 1, z + xi * zx + k * sp, WG_LANES * WG_LANES,
-                                       WG_LANES, sp * WG_LANES, ntb, WG_LANES, rows, nt, mx + c * kp + k, kp))
+                          wg_mul_lanes(v + xi * vx + c * WG_LANES, vt, 1, z + xi * zx + k * sp,
+                                       WG_LANES * WG_LANES, WG_LANES, sp * WG_LANES, ntb, WG_LANES, rows, nt,
+                                       mx + c * kp + k, kp))
         }
     }
     float taps[9 * WG_LANES];
@@ -671,7 +676,8 @@ WG_INLINE void wg_weight_grad_m(int m, const float *v, ptrdiff_t vt, ptrdiff_t v
         }
 }
 static void wg_weight_grad(int m, const float *v, ptrdiff_t vt, ptrdiff_t vx, const float *z, ptrdiff_t zx,
-                           ptrdiff_t sp, ptrdiff_t nc, ptrdiff_t nk, float *mt, float *gw, ptrdiff_t cin, int acc)
+                           ptrdiff_t sp, ptrdiff_t nc, ptrdiff_t nk, float *mt, float *gw, ptrdiff_t cin,
+                           int acc)
 {
     if (m == 4)
         wg_weight_grad_m(4, v, vt, vx, z, zx, sp, nc, nk, mt, gw, cin, acc);

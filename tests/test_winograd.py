@@ -128,9 +128,10 @@ def test_chunks_blocks_and_splits(tile, monkeypatch):
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(n=st.integers(1, 3), groups=st.sampled_from([1, 1, 2]), c_in=st.integers(1, 6), c_out=st.integers(1, 6),
-       h=st.integers(1, 12), w=st.integers(1, 12), padding=st.integers(0, 2), dilation=st.integers(1, 3),
-       tile=st.sampled_from(wg.TILES), uniform=st.booleans(), seed=st.integers(0, 2**16))
+@given(n=st.integers(1, 3), groups=st.sampled_from([1, 1, 2]), c_in=st.integers(1, 6),
+       c_out=st.integers(1, 6), h=st.integers(1, 12), w=st.integers(1, 12), padding=st.integers(0, 2),
+       dilation=st.integers(1, 3), tile=st.sampled_from(wg.TILES), uniform=st.booleans(),
+       seed=st.integers(0, 2**16))
 def test_random_cases(n, groups, c_in, c_out, h, w, padding, dilation, tile, uniform, seed):
     reach = 2 * dilation + 1 - 2 * padding
     spec = _spec(n, groups * c_in, (max(h, reach), max(w, reach)), groups * c_out, padding, dilation, groups)
@@ -239,7 +240,8 @@ def test_tile_count_is_the_tiles_the_kernels_run(tile):
     assert wg.tile_count(spec, tile) == rows[:, 13].sum() == rows[-1, 14] + rows[-1, 13]
 
 
-@pytest.mark.parametrize("dtype, stride, kernel", [(np.float64, 1, 3), (np.float32, 2, 3), (np.float32, 1, 5)])
+@pytest.mark.parametrize("dtype, stride, kernel", [(np.float64, 1, 3), (np.float32, 2, 3),
+                                                   (np.float32, 1, 5)])
 def test_unsupported_convolutions_take_the_automatic_choice(dtype, stride, kernel):
     """backend="winograd" on what it does not run gives the automatic choice's result (float64 exact)."""
     rng = np.random.default_rng(0)
@@ -262,7 +264,8 @@ def test_autograd_through_the_backend():
     arrays = [rng.standard_normal(s).astype(np.float32) for s in ((2, 5, 10, 9), (7, 5, 3, 3), (7,))]
     results = []
     for backend in ("winograd", "numpy"):
-        ts = [fc.tensor(a.astype(np.float64) if backend == "numpy" else a, requires_grad=True) for a in arrays]
+        dtype = np.float64 if backend == "numpy" else np.float32
+        ts = [fc.tensor(a.astype(dtype), requires_grad=True) for a in arrays]
         y = F.conv2d(*ts, padding="same", backend=backend)
         y.backward(np.cos(np.arange(y.size)).reshape(y.shape).astype(y.dtype))
         results.append([y.numpy()] + [t.grad for t in ts])

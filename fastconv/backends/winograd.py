@@ -162,8 +162,8 @@ def _tile_rows(geo, m):
     for b in range(n):
         for x0, y0, in_h, in_w, xr, xc, out_h, out_w, yr, yc, top, left, tiles_y, tiles_x in planes:
             for ty in range(tiles_y):
-                rows.append((b * c_in * h * w + x0, b * c_out * oh * ow + y0, in_h, in_w, xr, xc, out_h, out_w,
-                             yr, yc, top + ty * m, left, ty * m, tiles_x, t, 0))
+                rows.append((b * c_in * h * w + x0, b * c_out * oh * ow + y0, in_h, in_w, xr, xc, out_h,
+                             out_w, yr, yc, top + ty * m, left, ty * m, tiles_x, t, 0))
                 t += tiles_x
     return np.array(rows, dtype=np.int64).reshape(-1, _winograd.ROW_FIELDS)
 
@@ -241,7 +241,8 @@ def conv2d(x, w, b, spec, tile=None):
     m = _check_tile(tile, spec)
     y = np.empty(spec.y_shape, np.float32)
     b = None if b is None else np.ascontiguousarray(b, np.float32)
-    return _forward(np.ascontiguousarray(x), np.ascontiguousarray(w), b, y, _geo(spec), m, False, _threads(spec))
+    return _forward(np.ascontiguousarray(x), np.ascontiguousarray(w), b, y, _geo(spec), m, False,
+                    _threads(spec))
 
 
 def conv2d_grad_input(gy, w, spec, tile=None):
