@@ -230,7 +230,7 @@ def test_tile_is_checked_and_defaults_by_map_size():
     with pytest.raises(ValueError, match="tile"):
         wg.conv2d(*_arrays(spec, 0)[:3], spec, tile=3)
     assert wg.default_tile(_spec(1, 2, 56, 3)) == 4
-    assert wg.default_tile(_spec(1, 2, 5, 3)) == 2  # 4 tiles of 4x4 would fill a quarter of a vector
+    assert wg.default_tile(_spec(1, 2, 3, 3)) == 2  # one 4x4 tile would fill a sixteenth of a vector
 
 
 @TILES
