@@ -25,6 +25,7 @@ cdef extern from "winograd.h" nogil:
     ctypedef struct wg_row:
         pass
     int WG_LANES
+    Py_ssize_t wg_round(Py_ssize_t n)
     Py_ssize_t wg_skew(Py_ssize_t n)
     void wg_input_channel(int m, const float* x, const wg_row* rows, Py_ssize_t nrows, Py_ssize_t t0,
                           float* line, float* s, float* v, Py_ssize_t vt, Py_ssize_t vx)
@@ -51,7 +52,7 @@ def lanes():
 
 def round_tiles(Py_ssize_t n):
     """``n`` rounded up to whole vectors: the padded length of every per-tile buffer."""
-    return (n + WG_LANES - 1) // WG_LANES * WG_LANES
+    return wg_round(n)
 
 
 def skew(Py_ssize_t n):
@@ -81,13 +82,25 @@ cdef inline Py_ssize_t v_group(int m, Py_ssize_t cin, Py_ssize_t sp) noexcept no
 
 cdef void transform_inputs(int m, const float[:, :, :, ::1] x, Py_ssize_t groups,
                            const Py_ssize_t[:, ::1] rows, Py_ssize_t ra, Py_ssize_t rb, Py_ssize_t sp,
-                           float[::1] v, float[:, ::1] stage, Py_ssize_t line,
-                           Py_ssize_t channel) noexcept nogil:
+                           float* v, float[:, ::1] stage, Py_ssize_t line, Py_ssize_t channel) noexcept nogil:
     """Phase 1 for one input channel: its transformed tiles in ``v``."""
     cdef Py_ssize_t cin = x.shape[1] // groups, tid = threadid(), vx = v_coordinate(cin)
     wg_input_channel(m, &x[0, channel, 0, 0], row_ptr(rows, ra), rb - ra, rows[ra, 14], &stage[tid, line],
-                     &stage[tid, 0], &v[channel // cin * v_group(m, cin, sp) + channel % cin * WG_LANES],
+                     &stage[tid, 0], v + channel // cin * v_group(m, cin, sp) + channel % cin * WG_LANES,
                      (m + 2) * (m + 2) * vx, vx)
+
+
+cdef void transform_output_gradients(int m, const float[:, :, :, ::1] gy, Py_ssize_t groups,
+                                     const Py_ssize_t[:, ::1] rows, Py_ssize_t ra, Py_ssize_t rb,
+                                     Py_ssize_t sp, float* z, float[:, ::1] stage, Py_ssize_t line,
+                                     Py_ssize_t panel) noexcept nogil:
+    """Phase 1 for one panel of ``lanes()`` output channels: their transformed tiles in ``z``."""
+    cdef Py_ssize_t cout = gy.shape[1] // groups, panels = (cout + WG_LANES - 1) // WG_LANES
+    cdef Py_ssize_t g = panel // panels, k0 = panel % panels * WG_LANES, tid = threadid()
+    cdef Py_ssize_t zx = wg_skew(panels * sp * WG_LANES)
+    wg_gy_block(m, &gy[0, g * cout + k0, 0, 0], gy.shape[2] * gy.shape[3], min(WG_LANES, cout - k0),
+                row_ptr(rows, ra), rb - ra, rows[ra, 14], &stage[tid, line], &stage[tid, 0],
+                z + g * (m + 2) * (m + 2) * zx + k0 * sp, zx)
 
 
 cdef void products(int m, const float* u, Py_ssize_t us, Py_ssize_t nk, Py_ssize_t cin, const float* v,
@@ -102,9 +115,45 @@ cdef void products(int m, const float* u, Py_ssize_t us, Py_ssize_t nk, Py_ssize
         s0 += tsub
 
 
+cdef void private_forward(int m, const float[:, :, :, ::1] x, const float[:, :, :, ::1] w, const float* bp,
+                          float[:, :, :, ::1] y, const Py_ssize_t[:, ::1] rows,
+                          const Py_ssize_t[:, ::1] chunks, Py_ssize_t groups, bint flip, Py_ssize_t nkb,
+                          Py_ssize_t tsub, float[:, ::1] v, float[:, ::1] stage, Py_ssize_t line,
+                          float[:, ::1] ubuf, float[:, ::1] mbuf, float[:, ::1] obuf, int threads):
+    """``forward`` with each thread running whole chunks, both phases, in one parallel region: its
+    tiles stay in its cache, and no thread waits for another. Each thread transforms every block's
+    weights once (``ubuf[thread]`` holds them all): for layers with few channels."""
+    cdef Py_ssize_t c_in = x.shape[1], c_out = y.shape[1], cin = c_in // groups, cout = c_out // groups
+    cdef Py_ssize_t ohw = y.shape[2] * y.shape[3], kblocks = (cout + nkb - 1) // nkb, us = wg_round(nkb)
+    cdef Py_ssize_t ks = 9 if flip else cin * 9, cs = cout * 9 if flip else 9
+    cdef Py_ssize_t block = (m + 2) * (m + 2) * wg_skew(cin * us)
+    cdef Py_ssize_t ci, ra, rb, sp, tiles, tid, c, key, g, k0
+    cdef Py_ssize_t[::1] done = np.zeros(ubuf.shape[0], np.intp)  # blocks transformed, per thread
+    with nogil, parallel(num_threads=threads):
+        for ci in prange(chunks.shape[0], schedule="dynamic"):
+            tid = threadid()
+            ra = chunks[ci, 0]
+            rb = chunks[ci, 1]
+            tiles = chunk_tiles(rows, ra, rb)
+            sp = wg_round(tiles)
+            for c in range(c_in):
+                transform_inputs(m, x, groups, rows, ra, rb, sp, &v[tid, 0], stage, line, c)
+            for key in range(groups * kblocks):
+                g = key // kblocks
+                k0 = key % kblocks * nkb
+                if done[tid] == key:
+                    wg_weights(m, &w[0, 0, 0, 0] + g * cout * cin * 9, ks, cs, flip, k0, min(nkb, cout - k0),
+                               cin, &ubuf[tid, key * block], us)
+                    done[tid] = key + 1
+                products(m, &ubuf[tid, key * block], us, min(nkb, cout - k0), cin,
+                         &v[tid, g * v_group(m, cin, sp)], 0, tiles, tsub,
+                         bp + g * cout + k0 if bp != NULL else NULL, row_ptr(rows, ra), rb - ra, rows[ra, 14],
+                         &mbuf[tid, 0], &obuf[tid, 0], &y[0, 0, 0, 0] + (g * cout + k0) * ohw, ohw)
+
+
 def forward(const float[:, :, :, ::1] x, const float[:, :, :, ::1] w, const float[::1] b,
             float[:, :, :, ::1] y, const Py_ssize_t[:, ::1] rows, const Py_ssize_t[:, ::1] chunks, int m,
-            Py_ssize_t groups, bint flip, Py_ssize_t nkb, Py_ssize_t span, Py_ssize_t tsub, float[::1] v,
+            Py_ssize_t groups, bint flip, Py_ssize_t nkb, Py_ssize_t span, Py_ssize_t tsub, float[:, ::1] v,
             float[:, ::1] stage, Py_ssize_t line, float[:, ::1] ubuf, float[:, ::1] mbuf, float[:, ::1] obuf,
             int threads):
     """``y = conv(x, w) + b`` (``b`` may be None) for a stride-1 3x3 convolution whose tiles ``rows``
@@ -112,10 +161,13 @@ def forward(const float[:, :, :, ::1] x, const float[:, :, :, ::1] w, const floa
     out channels swapped (the adjoint convolution: ``w`` is then ``(C_in, C_out/groups, 3, 3)`` of
     this convolution's channels). Output channels run in blocks of ``nkb``, tiles in ranges of at most
     ``span`` per task and ``tsub`` per product (both multiples of ``lanes()``), on ``threads`` threads.
-    Scratch: ``v`` shared, the rest per thread; ``stage[thread, line:]`` holds one zero-padded input row
-    (sizes: ``fastconv.backends.winograd``)."""
+
+    With one row of ``v`` the chunks run one after the other, each in the two phases (``v`` shared);
+    with a row per thread each thread runs whole chunks (``private_forward``). Scratch otherwise per
+    thread; ``stage[thread, line:]`` holds one zero-padded input row (sizes:
+    ``fastconv.backends.winograd``)."""
     cdef Py_ssize_t c_in = x.shape[1], c_out = y.shape[1], cin = c_in // groups, cout = c_out // groups
-    cdef Py_ssize_t ohw = y.shape[2] * y.shape[3], kblocks = (cout + nkb - 1) // nkb, us = round_tiles(nkb)
+    cdef Py_ssize_t ohw = y.shape[2] * y.shape[3], kblocks = (cout + nkb - 1) // nkb, us = wg_round(nkb)
     cdef Py_ssize_t ks = 9 if flip else cin * 9, cs = cout * 9 if flip else 9
     cdef Py_ssize_t ci, ra, rb, t0, sp, tiles, splits, task, tid, g, k0, nk, lo, key
     cdef const float* bp = NULL
@@ -124,13 +176,17 @@ def forward(const float[:, :, :, ::1] x, const float[:, :, :, ::1] w, const floa
         return
     if b is not None:
         bp = &b[0]
+    if v.shape[0] > 1:
+        private_forward(m, x, w, bp, y, rows, chunks, groups, flip, nkb, tsub, v, stage, line, ubuf, mbuf,
+                        obuf, threads)
+        return
     for ci in range(chunks.shape[0]):
         ra, rb = chunks[ci, 0], chunks[ci, 1]
         t0, tiles = rows[ra, 14], chunk_tiles(rows, ra, rb)
-        sp = round_tiles(tiles)
+        sp = wg_round(tiles)
         with nogil, parallel(num_threads=threads):
             for task in prange(c_in, schedule="dynamic"):
-                transform_inputs(m, x, groups, rows, ra, rb, sp, v, stage, line, task)
+                transform_inputs(m, x, groups, rows, ra, rb, sp, &v[0, 0], stage, line, task)
         splits = (sp + span - 1) // span
         with nogil, parallel(num_threads=threads):
             for task in prange(groups * kblocks * splits, schedule="static"):
@@ -144,54 +200,73 @@ def forward(const float[:, :, :, ::1] x, const float[:, :, :, ::1] w, const floa
                                &ubuf[tid, 0], us)
                     last[tid] = key
                 lo = task % splits * span
-                products(m, &ubuf[tid, 0], us, nk, cin, &v[g * v_group(m, cin, sp)], lo,
+                products(m, &ubuf[tid, 0], us, nk, cin, &v[0, g * v_group(m, cin, sp)], lo,
                          min(lo + span, tiles), tsub, bp + g * cout + k0 if bp != NULL else NULL,
                          row_ptr(rows, ra), rb - ra, t0,
                          &mbuf[tid, 0], &obuf[tid, 0], &y[0, 0, 0, 0] + (g * cout + k0) * ohw, ohw)
 
 
-def grad_weight(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x, float[:, :, :, ::1] gw,
-                const Py_ssize_t[:, ::1] rows, const Py_ssize_t[:, ::1] chunks, int m, Py_ssize_t groups,
-                Py_ssize_t cb, Py_ssize_t kb, float[::1] v, float[::1] z, float[:, ::1] stage,
-                Py_ssize_t line, float[:, ::1] mbuf, int threads):
-    """``gw`` = the weight gradient of the stride-1 3x3 convolution whose tiles ``rows`` lists, summed
-    over ``chunks``; tasks own blocks of ``cb`` input by ``kb`` output channels (``kb`` a multiple of
-    ``lanes()``), on ``threads`` threads. Scratch: ``v``, ``z`` shared, the rest per thread
-    (``stage[thread, line:]``: one zero-padded row)."""
-    cdef Py_ssize_t c_in = x.shape[1], c_out = gy.shape[1], cin = c_in // groups, cout = c_out // groups
-    cdef Py_ssize_t a2 = (m + 2) * (m + 2), ohw = gy.shape[2] * gy.shape[3], vx = v_coordinate(cin)
-    cdef Py_ssize_t panels = (cout + WG_LANES - 1) // WG_LANES, zx
+cdef void weight_task(int m, float[:, ::1] gw, Py_ssize_t part, Py_ssize_t groups, Py_ssize_t cin,
+                      Py_ssize_t cout, Py_ssize_t cb, Py_ssize_t kb, const float* v, const float* z,
+                      Py_ssize_t sp, float[:, ::1] mbuf, Py_ssize_t task, int acc) noexcept nogil:
+    """Phase 2 of the weight gradient for one block of input by output channels, into ``gw[part]``."""
     cdef Py_ssize_t kblocks = (cout + kb - 1) // kb, cblocks = (cin + cb - 1) // cb
-    cdef Py_ssize_t ci, ra, rb, t0, sp, task, tid, g, k0, c0
-    cdef int acc
+    cdef Py_ssize_t g = task // (cblocks * kblocks), c0 = task // kblocks % cblocks * cb
+    cdef Py_ssize_t k0 = task % kblocks * kb
+    cdef Py_ssize_t a2 = (m + 2) * (m + 2), vx = v_coordinate(cin)
+    cdef Py_ssize_t zx = wg_skew((cout + WG_LANES - 1) // WG_LANES * sp * WG_LANES)
+    wg_weight_grad(m, v + g * v_group(m, cin, sp) + c0 * WG_LANES, a2 * vx, vx, z + g * a2 * zx + k0 * sp, zx,
+                   sp, min(cb, cin - c0), min(kb, cout - k0), &mbuf[threadid(), 0],
+                   &gw[part, ((g * cout + k0) * cin + c0) * 9], cin, acc)
+
+
+def grad_weight(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x, float[:, ::1] gw,
+                const Py_ssize_t[:, ::1] rows, const Py_ssize_t[:, ::1] chunks, int m, Py_ssize_t groups,
+                Py_ssize_t cb, Py_ssize_t kb, float[:, ::1] v, float[:, ::1] z, float[:, ::1] stage,
+                Py_ssize_t line, float[:, ::1] mbuf, int threads):
+    """The weight gradient of the stride-1 3x3 convolution whose tiles ``rows`` lists, summed over
+    ``chunks``, in ``gw`` (flat weights per row); tasks own blocks of ``cb`` input by ``kb`` output
+    channels (``kb`` a multiple of ``lanes()``), on ``threads`` threads.
+
+    With one row of ``v``, ``z`` and ``gw`` the chunks run one after the other, each in the two phases;
+    with a row of ``v`` and ``z`` per thread each thread runs whole chunks in one parallel region, chunk
+    ``i``'s gradient in row ``i`` of ``gw`` (the caller sums the rows in order: the result does not
+    depend on which thread ran which chunk). Scratch otherwise per thread (``stage[thread, line:]``: one
+    zero-padded row)."""
+    cdef Py_ssize_t c_in = x.shape[1], c_out = gy.shape[1], cin = c_in // groups, cout = c_out // groups
+    cdef Py_ssize_t panels = groups * ((cout + WG_LANES - 1) // WG_LANES)
+    cdef Py_ssize_t tasks = groups * ((cin + cb - 1) // cb) * ((cout + kb - 1) // kb)
+    cdef Py_ssize_t ci, ra, rb, sp, task, tid
     if gw.size == 0:
         return
     if rows.shape[0] == 0:
         gw[...] = 0
         return
+    if v.shape[0] > 1:
+        with nogil, parallel(num_threads=threads):
+            for ci in prange(chunks.shape[0], schedule="dynamic"):
+                tid = threadid()
+                ra = chunks[ci, 0]
+                rb = chunks[ci, 1]
+                sp = wg_round(chunk_tiles(rows, ra, rb))
+                for task in range(c_in):
+                    transform_inputs(m, x, groups, rows, ra, rb, sp, &v[tid, 0], stage, line, task)
+                for task in range(panels):
+                    transform_output_gradients(m, gy, groups, rows, ra, rb, sp, &z[tid, 0], stage, line, task)
+                for task in range(tasks):
+                    weight_task(m, gw, ci, groups, cin, cout, cb, kb, &v[tid, 0], &z[tid, 0], sp, mbuf, task,
+                                0)
+        return
     for ci in range(chunks.shape[0]):
         ra, rb = chunks[ci, 0], chunks[ci, 1]
-        t0 = rows[ra, 14]
-        sp = round_tiles(chunk_tiles(rows, ra, rb))
-        zx = wg_skew(panels * sp * WG_LANES)
-        acc = ci > 0
+        sp = wg_round(chunk_tiles(rows, ra, rb))
         with nogil, parallel(num_threads=threads):
-            for task in prange(c_in + groups * panels, schedule="dynamic"):
+            for task in prange(c_in + panels, schedule="dynamic"):
                 if task < c_in:
-                    transform_inputs(m, x, groups, rows, ra, rb, sp, v, stage, line, task)
+                    transform_inputs(m, x, groups, rows, ra, rb, sp, &v[0, 0], stage, line, task)
                 else:
-                    tid = threadid()
-                    g = (task - c_in) // panels
-                    k0 = (task - c_in) % panels * WG_LANES
-                    wg_gy_block(m, &gy[0, g * cout + k0, 0, 0], ohw, min(WG_LANES, cout - k0),
-                                row_ptr(rows, ra), rb - ra, t0, &stage[tid, line], &stage[tid, 0],
-                                &z[g * a2 * zx + k0 * sp], zx)
+                    transform_output_gradients(m, gy, groups, rows, ra, rb, sp, &z[0, 0], stage, line,
+                                               task - c_in)
         with nogil, parallel(num_threads=threads):
-            for task in prange(groups * cblocks * kblocks, schedule="dynamic"):
-                g = task // (cblocks * kblocks)
-                c0 = task // kblocks % cblocks * cb
-                k0 = task % kblocks * kb
-                wg_weight_grad(m, &v[g * v_group(m, cin, sp) + c0 * WG_LANES], a2 * vx, vx,
-                               &z[g * a2 * zx + k0 * sp], zx, sp, min(cb, cin - c0), min(kb, cout - k0),
-                               &mbuf[threadid(), 0], &gw[0, 0, 0, 0] + ((g * cout + k0) * cin + c0) * 9, cin,
-                               acc)
+            for task in prange(tasks, schedule="dynamic"):
+                weight_task(m, gw, 0, groups, cin, cout, cb, kb, &v[0, 0], &z[0, 0], sp, mbuf, task, ci > 0)

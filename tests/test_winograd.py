@@ -113,18 +113,33 @@ def test_layer_sized(tile):
     _check(_spec(2, 70, (20, 40), 45), tile)
 
 
-@TILES
-def test_chunks_blocks_and_splits(tile, monkeypatch):
-    """Tiles in several chunks (the weight gradient accumulates over them), output channels in several
-    blocks, tiles of a chunk split over tasks."""
-    monkeypatch.setattr(wg, "CHUNK_BYTES", 64 * 1024)
-    monkeypatch.setattr(wg, "FORWARD_CHANNELS", 5)
-    monkeypatch.setattr(wg, "PRODUCT_BYTES", 4096)
+def _small_chunks(monkeypatch, private):
+    """Chunks of a few rows of tiles, shared by the threads or each run by one (``private``), output
+    channels in blocks of 5, products of few tiles, every layer on all threads."""
+    for name, value in (("CHUNK_BYTES", 16 * 1024), ("CHUNK_TILES", 16), ("PRIVATE_CHUNK_BYTES", 16 * 1024),
+                        ("PRIVATE_WEIGHT_BYTES", 1 << 20 if private else 0), ("FORWARD_CHANNELS", 5),
+                        ("PRODUCT_BYTES", 4096), ("FLOPS_PER_THREAD", 1)):
+        monkeypatch.setattr(wg, name, value)
     wg._plan.cache_clear()
-    try:
-        _check(_spec(3, 6, (17, 23), 11, dilation=2, padding=2), tile)
-    finally:
-        wg._plan.cache_clear()
+
+
+@pytest.fixture
+def plans():
+    yield
+    wg._plan.cache_clear()
+
+
+@TILES
+@pytest.mark.parametrize("private", [False, True])
+def test_chunks_blocks_and_splits(tile, private, monkeypatch, plans):
+    """Tiles in several chunks (the weight gradient adds them up), shared by the threads or each run by
+    one; output channels in several blocks, tiles of a chunk split over tasks."""
+    _small_chunks(monkeypatch, private)
+    spec = _spec(3, 6, (17, 23), 11, dilation=2, padding=2)
+    for weight_grad in (False, True):
+        _, chunks, _, runs_private = wg._plan(wg._geo(spec), tile, weight_grad)
+        assert runs_private == private and len(chunks) >= 4
+    _check(spec, tile)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -273,8 +288,11 @@ def test_autograd_through_the_backend():
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
 
-def test_same_result_on_any_thread_count():
-    """Every output and gradient is summed by one task in a fixed order: thread counts change nothing."""
+@pytest.mark.parametrize("private", [False, True])
+def test_same_result_on_any_thread_count(private, monkeypatch, plans):
+    """Every output and gradient is summed in an order fixed by the shape alone: thread counts change
+    nothing, whether the threads share chunks or run their own."""
+    _small_chunks(monkeypatch, private)
     spec = _spec(3, 20, (15, 18), 30)
     x, w, b, gy = _arrays(spec, 5)
     threads = fc.get_num_threads()

@@ -70,6 +70,13 @@ NORM_BOUND = {4: 2e-5, 2: 5e-6}
 #: many tiles.
 CHUNK_BYTES = 4 << 20
 CHUNK_TILES = 128
+#: Layers whose transformed weights fit in this many bytes, with tiles for ``PRIVATE_CHUNKS`` chunks,
+#: run privately: each thread runs whole chunks of ``PRIVATE_CHUNK_BYTES`` (its tiles stay in its L2)
+#: in a single parallel region, transforming all the weights once itself. Larger layers share each
+#: chunk among the threads: two parallel regions per chunk, each thread transforming some weights.
+PRIVATE_WEIGHT_BYTES = 1 << 20
+PRIVATE_CHUNK_BYTES = 1 << 20
+PRIVATE_CHUNKS = 4
 #: A forward task's products per transform coordinate, bytes of output (stays in L2).
 PRODUCT_BYTES = 256 << 10
 #: Output channels per forward task (rows of the register tile: two blocks of 14 with AVX-512), fewer
@@ -132,21 +139,28 @@ def _automatic(op, spec, dtype):
 # ------------------------------------------------------------------------------- geometry
 @lru_cache(maxsize=256)
 def _plan(geo, m, weight_grad=False):
-    """Tile rows, chunks (row ranges of nearly equal tile counts, see ``CHUNK_BYTES``) and the longest
-    chunk's tiles rounded up to vectors, for the convolution ``geo = (n, c_in, h, w, c_out, oh, ow, pt,
-    pl, dh, dw, groups)`` (stride 1, 3x3; negative padding crops) and tile ``m``."""
+    """``(rows, chunks, longest, private)`` for the convolution ``geo = (n, c_in, h, w, c_out, oh, ow, pt,
+    pl, dh, dw, groups)`` (stride 1, 3x3; negative padding crops) and tile ``m``: the tile rows, the
+    chunks (row ranges of nearly equal tile counts), the longest chunk's tiles rounded up to vectors,
+    and whether each thread runs whole chunks (see ``PRIVATE_WEIGHT_BYTES``). The thread count decides
+    nothing here, so that results do not depend on it."""
     rows = _tile_rows(geo, m)
-    n, c_in, _, _, c_out, *_ = geo
-    channels = c_in + c_out if weight_grad else c_in
+    n, c_in, _, _, c_out, *_, groups = geo
+    a2 = (m + 2) ** 2
+    per_tile = 4 * a2 * max(1, c_in + c_out if weight_grad else c_in)
     total = int(rows[:, 13].sum())
-    per_chunk = max(CHUNK_TILES, CHUNK_BYTES // (4 * (m + 2) ** 2 * max(1, channels)))
+    per_chunk = max(CHUNK_TILES, PRIVATE_CHUNK_BYTES // per_tile)
+    private = (4 * a2 * c_in // groups * c_out <= PRIVATE_WEIGHT_BYTES
+               and total >= PRIVATE_CHUNKS * per_chunk)
+    if not private:
+        per_chunk = max(CHUNK_TILES, CHUNK_BYTES // per_tile)
     count = -(-total // per_chunk)
     # chunk i ends at the first row whose end passes i/count of the tiles
     ends = np.searchsorted(rows[:, 14] + rows[:, 13], np.arange(1, count + 1) * total / count, "left") + 1
     bounds = np.unique(np.concatenate([[0], np.minimum(ends, len(rows))]))
     chunks = np.stack([bounds[:-1], bounds[1:]], axis=1).astype(np.intp)
     longest = max((int(rows[b - 1, 14] + rows[b - 1, 13] - rows[a, 14]) for a, b in chunks), default=0)
-    return rows, chunks, _winograd.round_tiles(longest)
+    return rows, chunks, _winograd.round_tiles(longest), private
 
 
 def _tile_rows(geo, m):
@@ -222,7 +236,7 @@ def _v_size(m, cin, groups, longest):
 
 
 def _forward(x, w, b, y, geo, m, flip, threads):
-    rows, chunks, longest = _plan(geo, m)
+    rows, chunks, longest, private = _plan(geo, m)
     lanes, a2, groups = _winograd.lanes(), (m + 2) ** 2, geo[-1]
     cin, cout = x.shape[1] // groups, y.shape[1] // groups
     nkb = _blocks(cout, max(lanes, min(FORWARD_CHANNELS, WEIGHT_BYTES // (4 * a2 * cin) // lanes * lanes)))
@@ -230,9 +244,11 @@ def _forward(x, w, b, y, geo, m, flip, threads):
     kblocks = -(-cout // nkb)
     span = _tile_span(longest, groups * kblocks, threads, lanes)
     tsub = max(lanes, min(span, PRODUCT_BYTES // (4 * a2 * us) // lanes * lanes))
-    v = workspace("winograd_v", (max(1, _v_size(m, cin, groups, longest)),), np.float32)
+    copies = threads if private else 1
+    v = workspace("winograd_v", (copies, max(1, _v_size(m, cin, groups, longest))), np.float32)
     stage, line = _stage(threads, m, longest, rows, a2)
-    ubuf = workspace("winograd_u", (threads, a2 * _winograd.skew(cin * us)), np.float32)
+    blocks = groups * kblocks if private else 1
+    ubuf = workspace("winograd_u", (threads, blocks * a2 * _winograd.skew(cin * us)), np.float32)
     mbuf = workspace("winograd_m", (threads, a2 * _winograd.skew(us * tsub)), np.float32)
     obuf = workspace("winograd_o", (threads, m * m * tsub), np.float32)
     _winograd.forward(x, w, b, y, rows, chunks, m, groups, flip, nkb, span, tsub, v, stage, line, ubuf, mbuf,
@@ -282,16 +298,19 @@ def conv2d_grad_weight(gy, x, spec, tile=None):
         return _automatic("conv2d_grad_weight", spec, gy.dtype)(gy, x, spec)
     m = tile or default_tile(spec)
     threads = _threads(spec)
-    rows, chunks, longest = _plan(_geo(spec), m, weight_grad=True)
+    rows, chunks, longest, private = _plan(_geo(spec), m, weight_grad=True)
     lanes, a2 = _winograd.lanes(), (m + 2) ** 2
     cin, cout = spec.c_in // spec.groups, spec.c_out // spec.groups
-    cb, kb = _grad_weight_blocks(cin, cout, spec.groups, threads, lanes)
+    cb, kb = _grad_weight_blocks(cin, cout, spec.groups, 1 if private else threads, lanes)
     kz = _winograd.round_tiles(cout)
-    gw = np.empty(spec.w_shape, np.float32)
-    v = workspace("winograd_v", (max(1, _v_size(m, cin, spec.groups, longest)),), np.float32)
-    z = workspace("winograd_z", (max(1, spec.groups * a2 * _winograd.skew(longest * kz)),), np.float32)
+    copies = threads if private else 1
+    v = workspace("winograd_v", (copies, max(1, _v_size(m, cin, spec.groups, longest))), np.float32)
+    z = workspace("winograd_z", (copies, max(1, spec.groups * a2 * _winograd.skew(longest * kz))), np.float32)
     stage, line = _stage(threads, m, longest, rows, max(a2, lanes * m * m))
     mbuf = workspace("winograd_m", (threads, a2 * _winograd.skew(cb * kb)), np.float32)
-    _winograd.grad_weight(np.ascontiguousarray(gy), np.ascontiguousarray(x), gw, rows, chunks, m, spec.groups,
-                          cb, kb, v, z, stage, line, mbuf, threads)
-    return gw
+    size = int(np.prod(spec.w_shape))
+    # private: one gradient per chunk, summed below; shared: the gradient itself
+    parts = workspace("winograd_gw", (len(chunks), size), np.float32) if private else np.empty((1, size), np.float32)
+    _winograd.grad_weight(np.ascontiguousarray(gy), np.ascontiguousarray(x), parts, rows, chunks, m,
+                          spec.groups, cb, kb, v, z, stage, line, mbuf, threads)
+    return (parts.sum(axis=0) if private else parts[0]).reshape(spec.w_shape)
