@@ -309,8 +309,10 @@ def conv2d_grad_weight(gy, x, spec, tile=None):
     stage, line = _stage(threads, m, longest, rows, max(a2, lanes * m * m))
     mbuf = workspace("winograd_m", (threads, a2 * _winograd.skew(cb * kb)), np.float32)
     size = int(np.prod(spec.w_shape))
-    # private: one gradient per chunk, summed below; shared: the gradient itself
-    parts = workspace("winograd_gw", (len(chunks), size), np.float32) if private else np.empty((1, size), np.float32)
+    if private:  # one gradient per chunk, summed below
+        parts = workspace("winograd_gw", (len(chunks), size), np.float32)
+    else:
+        parts = np.empty((1, size), np.float32)
     _winograd.grad_weight(np.ascontiguousarray(gy), np.ascontiguousarray(x), parts, rows, chunks, m,
                           spec.groups, cb, kb, v, z, stage, line, mbuf, threads)
     return (parts.sum(axis=0) if private else parts[0]).reshape(spec.w_shape)
