@@ -4,14 +4,18 @@ gradients, as the forward pass of the adjoint convolution) and weight gradient.
 
 The transforms and the per-coordinate matrix products are in ``winograd.h``; here they are driven over
 OpenMP threads. Tiles are enumerated by the rows table of the caller (``fastconv.backends.winograd``)
-and processed in chunks of whole tile rows, each chunk in two parallel phases:
+and processed in chunks of whole tile rows, each chunk in two phases:
 
-1. every input channel's tiles are transformed into the shared buffer ``v`` (for the weight gradient,
-   also every block of output channels' output-gradient tiles into ``z``);
-2. forward: tasks (group, block of output channels, range of tiles) transform their block's weights
-   into thread scratch (once per thread and block), multiply per transform coordinate and write the
-   output tiles; weight gradient: tasks (group, block of input channels, block of output channels)
-   reduce over the chunk's tiles and add the transformed-back gradient to ``gw``.
+1. every input channel's tiles are transformed into ``v`` (for the weight gradient, also every panel
+   of output channels' output-gradient tiles into ``z``);
+2. forward: per block of output channels, the block's weights are transformed (once per thread and
+   block), multiplied per transform coordinate and the output tiles written; weight gradient: per
+   block of input by output channels, the products are reduced over the chunk's tiles and the
+   transformed-back gradient added to ``gw``.
+
+Large layers share each chunk among the threads: each phase is a parallel loop (over channels, then
+over blocks and ranges of tiles), ``v`` and ``z`` are shared. Layers with few channels run privately:
+each thread runs whole chunks, both phases, with its own ``v`` and ``z``, in one parallel region.
 
 Buffer layouts (per group; ``L = lanes()``, ``a2 = (m + 2)^2``, ``sp`` a chunk's tiles rounded up to
 ``L``): ``v[t // L][xi][c][t % L]``, ``z[xi][k // L][t][k % L]`` (panels of ``L`` output channels);
