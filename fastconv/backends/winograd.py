@@ -24,11 +24,11 @@ Any padding, groups (depthwise included), batch and channel counts. ``supports(o
 what runs here; anything else (strides, other kernels, float64, which the exact paths keep) goes to the
 automatic choice. Where it pays (one thread, CPU ms, Winograd ``tile=4`` against the kernel ``"auto"``
 runs, forward / input gradient / weight gradient, AMD EPYC Zen 5): with 32 or more channels per group
-it wins (vgg_3x3 5.4 / 5.4 / 5.6 against 10.9 / 10 / 11; 512 channels at 7x7, batch 8: 4.8 / 6.4 / 7.7
-against 13 / 23 / 21), dilated and grouped 32-channel layers are even (3.9 / 4.4 / 4.5 against
-3.9 / 4.0 / 4.5), and it loses on few channels (LeNet's 6 to 16: 0.50 / 0.74 / 0.55 against
-0.22 / 0.44 / 0.24; 3 input channels at 224x224) and badly on depthwise layers (12 / 14 / 42 against
-2.4 / 2.5 / 3.5): the planner's to weigh.
+it wins (vgg_3x3 5.4 / 5.3 / 5.9 against 10.6 / 11.0 / 12.3; 512 channels at 7x7, batch 8:
+4.8 / 6.4 / 7.7 against 13 / 23 / 21; the dilated shape 3.3 / 3.5 / 3.6 against 4.0 / 4.2 / 4.7; 128
+channels in 4 groups at 28x28 2.8 / 2.6 / 2.7 against 3.0 / 2.8 / 3.7), and it loses on few channels
+(LeNet's 6 to 16: 0.50 / 0.74 / 0.55 against 0.22 / 0.44 / 0.24; 3 input channels at 224x224) and
+badly on depthwise layers (8.7 / 9.0 / 42 against 2.3 / 2.4 / 3.4): the planner's to weigh.
 
 Error. The transforms' constants (up to 8 in A, 5 in B, 1/24 in G for ``tile=4``) amplify float32
 rounding. The bound, for every output (``x``, ``w``: the operands; the reduction ``R = C_in/groups * 9``
@@ -39,8 +39,9 @@ for the forward pass, ``C_out/groups * 9`` for the input gradient with the outpu
 
 and, on zero-mean data, ``||y - y_ref|| / ||y_ref|| <= NORM_BOUND[tile]`` (2e-5 for ``tile=4``, 5e-6 for
 ``tile=2``). Measured against the float64 reference on the benchmark shapes (vgg_3x3, a LeNet-sized 3x3
-layer, dilated, 512 channels at 14x14) and 120 random configurations, normal and uniform data: largest
-elementwise ratio 6.5e-7 (``tile=4``) and 5.7e-7 (``tile=2``); norm-wise 5.6e-6 and 1.7e-6. The direct
+layer, dilated, 512 channels at 14x14) and 60 random configurations, each with both tiles, normal and
+uniform data: largest elementwise ratio 6.5e-7 (``tile=4``) and 5.7e-7 (``tile=2``); norm-wise 5.6e-6
+and 1.7e-6. The direct
 float32 kernel measures ~4e-7 norm-wise on the same data: F(2x2) is as accurate, F(4x4) ~4x less.
 ``tests/test_winograd.py`` asserts both bounds. float64 is not offered: exact paths keep it.
 """
