@@ -41,8 +41,8 @@ and, on zero-mean data, ``||y - y_ref|| / ||y_ref|| <= NORM_BOUND[tile]`` (2e-5 
 ``tile=2``). Measured against the float64 reference on the benchmark shapes (vgg_3x3, a LeNet-sized 3x3
 layer, dilated, 512 channels at 14x14) and 60 random configurations, each with both tiles, normal and
 uniform data: largest elementwise ratio 6.5e-7 (``tile=4``) and 5.7e-7 (``tile=2``); norm-wise 5.6e-6
-and 1.7e-6. The direct
-float32 kernel measures ~4e-7 norm-wise on the same data: F(2x2) is as accurate, F(4x4) ~4x less.
+and 1.7e-6. The direct float32 kernel measures ~4e-7 norm-wise on the same data: F(2x2) is as
+accurate, F(4x4) ~4x less.
 ``tests/test_winograd.py`` asserts both bounds. float64 is not offered: exact paths keep it.
 """
 from __future__ import annotations
