@@ -9,7 +9,7 @@ back-to-back calls (``compare.time_interleaved``), with the same thread count fo
 - each kernel alone (forward, input gradient, weight gradient): PyTorch's (``torch.nn.grad``), Winograd
   with ``tile=4`` and ``tile=2``, and the kernel ``"auto"`` picks.
 
-Printed: median ms, GFLOP/s-equivalent (the direct algorithm's flops over the time), the ratio
+Printed: median (``--stat min``: fastest) ms, GFLOP/s-equivalent (the direct algorithm's flops over the time), the ratio
 ``torch ms / fastconv ms`` (above 1: fastconv is faster), the CPU, its vector instructions and the float32
 GEMM rate measured in the same run. Every output is checked against PyTorch's first.
 
@@ -85,9 +85,13 @@ def _checked(calls, what):
     return kept
 
 
-def _medians(calls, repeat, min_time):
+STATS = {"median": statistics.median, "min": min}
+
+
+def _times(calls, repeat, min_time, stat):
+    """Seconds per call of each implementation: ``stat`` ("median" or "min") of its timed blocks."""
     samples = time_interleaved(calls, repeat, min_time)
-    return {name: statistics.median(s) for name, s in samples.items()}
+    return {name: STATS[stat](s) for name, s in samples.items()}
 
 
 def _head(title, columns):
@@ -107,7 +111,7 @@ def _row(label, seconds, flops, torch_s):
     return "".join(cells)
 
 
-def bench_shape(shape, repeat, min_time):
+def bench_shape(shape, repeat, min_time, stat="median"):
     """Print the end-to-end and the per-kernel tables of one shape; returns {(table, impl, col): ms}."""
     spec = shape.spec()
     print(f"\n{shape.name}: {shape.describe()}  ({spec.flops / 1e9:.2f} GFLOP per direct pass)")
@@ -116,7 +120,7 @@ def bench_shape(shape, repeat, min_time):
     end = {}
     for mode, grad in zip(heads, (False, True)):
         calls = _checked({impl: common.runner(impl, shape, grad) for impl in END_TO_END}, mode)
-        end[mode] = _medians(calls, repeat, min_time)
+        end[mode] = _times(calls, repeat, min_time, stat)
     print(_head("autograd", heads))
     for impl in END_TO_END:
         seconds = [end[h].get(impl) for h in heads]
@@ -125,7 +129,7 @@ def bench_shape(shape, repeat, min_time):
         times.update({("autograd", impl, h): s * 1e3 for h, s in zip(heads, seconds) if s is not None})
     per = {}
     for kernel in KERNELS:
-        per[kernel] = _medians(_checked(_kernel_calls(shape, kernel), kernel), repeat, min_time)
+        per[kernel] = _times(_checked(_kernel_calls(shape, kernel), kernel), repeat, min_time, stat)
     names = list(dict.fromkeys(n for k in KERNELS for n in per[k]))
     print(_head("kernel", [k.replace("conv2d_", "").replace("conv2d", "forward") for k in KERNELS]))
     for name in names:
@@ -141,6 +145,8 @@ def parse_args(argv):
     p.add_argument("--threads", type=int, default=2, help="threads for fastconv, torch and BLAS (default 2)")
     p.add_argument("--repeat", type=int, default=7, help="interleaved repetitions (default 7)")
     p.add_argument("--min-time", type=float, default=0.05, help="seconds per timed block (default 0.05)")
+    p.add_argument("--stat", choices=list(STATS), default="median",
+                   help="statistic of the blocks (default median; min: the least disturbed, on a busy machine)")
     p.add_argument("--tiny", action="store_true", help="tiny shapes, 3 repetitions: runs in seconds")
     args = p.parse_args(argv)
     table = TINY if args.tiny else SHAPES
@@ -166,9 +172,9 @@ def main(argv=None):
     gemm = gemm_rate(256 if args.tiny else 2048)
     print(f"CPU: {common.cpu_name()} ({os.cpu_count()} cores), {_omp.simd()}; threads: {set_to}")
     print("float32 GEMM (same run): " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in gemm.items()))
-    print(f"median of {args.repeat} interleaved blocks; GF/s-eq = direct-algorithm GFLOP / time; "
+    print(f"{args.stat} of {args.repeat} interleaved blocks; GF/s-eq = direct-algorithm GFLOP / time; "
           f"torch/ = torch ms / fastconv ms")
-    return {shape.name: bench_shape(shape, args.repeat, args.min_time) for shape in args.shape_list}
+    return {shape.name: bench_shape(shape, args.repeat, args.min_time, args.stat) for shape in args.shape_list}
 
 
 if __name__ == "__main__":
