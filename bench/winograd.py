@@ -9,9 +9,10 @@ back-to-back calls (``compare.time_interleaved``), with the same thread count fo
 - each kernel alone (forward, input gradient, weight gradient): PyTorch's (``torch.nn.grad``), Winograd
   with ``tile=4`` and ``tile=2``, and the kernel ``"auto"`` picks.
 
-Printed: median (``--stat min``: fastest) ms, GFLOP/s-equivalent (the direct algorithm's flops over the time), the ratio
-``torch ms / fastconv ms`` (above 1: fastconv is faster), the CPU, its vector instructions and the float32
-GEMM rate measured in the same run. Every output is checked against PyTorch's first.
+Printed: median (``--stat min``: fastest) ms, GFLOP/s-equivalent (the direct algorithm's flops over
+the time), the ratio ``torch ms / fastconv ms`` (above 1: fastconv is faster), the CPU, its vector
+instructions and the float32 GEMM rate measured in the same run. Every output is checked against
+PyTorch's first.
 
     python bench/winograd.py                        # every shape, 2 threads
     python bench/winograd.py --shapes c512_14_b1,vgg_3x3 --repeat 11
@@ -146,7 +147,7 @@ def parse_args(argv):
     p.add_argument("--repeat", type=int, default=7, help="interleaved repetitions (default 7)")
     p.add_argument("--min-time", type=float, default=0.05, help="seconds per timed block (default 0.05)")
     p.add_argument("--stat", choices=list(STATS), default="median",
-                   help="statistic of the blocks (default median; min: the least disturbed, on a busy machine)")
+                   help="statistic of the blocks (default median; min: the least disturbed on a busy machine)")
     p.add_argument("--tiny", action="store_true", help="tiny shapes, 3 repetitions: runs in seconds")
     args = p.parse_args(argv)
     table = TINY if args.tiny else SHAPES
@@ -174,7 +175,7 @@ def main(argv=None):
     print("float32 GEMM (same run): " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in gemm.items()))
     print(f"{args.stat} of {args.repeat} interleaved blocks; GF/s-eq = direct-algorithm GFLOP / time; "
           f"torch/ = torch ms / fastconv ms")
-    return {shape.name: bench_shape(shape, args.repeat, args.min_time, args.stat) for shape in args.shape_list}
+    return {s.name: bench_shape(s, args.repeat, args.min_time, args.stat) for s in args.shape_list}
 
 
 if __name__ == "__main__":
