@@ -147,7 +147,7 @@ def parse_args(argv):
     p.add_argument("--repeat", type=int, default=7, help="interleaved repetitions (default 7)")
     p.add_argument("--min-time", type=float, default=0.05, help="seconds per timed block (default 0.05)")
     p.add_argument("--stat", choices=list(STATS), default="median",
-                   help="statistic of the blocks (default median; min: the least disturbed on a busy machine)")
+                   help="block statistic (default median; min: the least disturbed on a busy machine)")
     p.add_argument("--tiny", action="store_true", help="tiny shapes, 3 repetitions: runs in seconds")
     args = p.parse_args(argv)
     table = TINY if args.tiny else SHAPES
