@@ -315,3 +315,40 @@ def test_empty_batch():
     assert wg.conv2d(x, w, b, spec).shape == spec.y_shape
     assert wg.conv2d_grad_input(gy, w, spec).shape == spec.x_shape
     np.testing.assert_array_equal(wg.conv2d_grad_weight(gy, x, spec), np.zeros(spec.w_shape, np.float32))
+
+
+# ------------------------------------------------------------------------ benchmarks
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
+
+
+def _bench_suites():
+    """bench/benchmarks/bench_winograd.py (the asv suites), imported as asv does."""
+    if BENCH not in sys.path:
+        sys.path.insert(0, BENCH)
+    return importlib.import_module("benchmarks.bench_winograd")
+
+
+def test_asv_suites_run_each_tile_and_kernel():
+    suites = _bench_suites()
+    assert set(suites.SHAPES) >= {"vgg_3x3", "c256_28_b1", "c256_28_b8", "c512_14_b1", "c512_14_b8"}
+    spec = suites.shape("tiny_dilated").spec()
+    expected = {"conv2d": spec.y_shape, "conv2d_grad_input": spec.x_shape, "conv2d_grad_weight": spec.w_shape}
+    for tile in suites.TILES:
+        for kernel, shape in expected.items():
+            assert suites.warm_kernel(tile, kernel, "tiny_dilated")().shape == shape
+
+
+def test_bench_script_runs_on_tiny_shapes(capsys):
+    pytest.importorskip("torch")
+    spec = importlib.util.spec_from_file_location("_bench_winograd", os.path.join(BENCH, "winograd.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    before = fc.get_num_threads()
+    try:
+        times = script.main(["--tiny", "--shapes", "tiny_3x3", "--threads", "1"])
+    finally:
+        script.common.set_threads(before)
+    out = capsys.readouterr().out
+    assert "GEMM (same run)" in out and "WARNING" not in out
+    assert {("autograd", "winograd", "fwd+bwd"), ("kernel", "winograd4", "conv2d_grad_weight")} <= set(
+        times["tiny_3x3"])
