@@ -257,41 +257,43 @@ typedef struct {
     ptrdiff_t unused;
 } wg_row;
 
-/* s[j * sp + tx] = q[tx * m + j] for j < k (k = m, or 2 < m) and tx < n: the interleaved loads that
- * GCC turns into vector permutes. */
+/* s[j * sp + tx] = q[tx * m + j] for j < k (k = m, or 2 < m) and tx < n, a multiple of WG_LANES: the
+ * interleaved loads that GCC turns into vector permutes, whole vectors at a time. */
 WG_INLINE void wg_split(int m, int k, const float *restrict q, float *restrict s, ptrdiff_t sp, ptrdiff_t n)
 {
     float *restrict s0 = s, *restrict s1 = s + sp, *restrict s2 = s + 2 * sp, *restrict s3 = s + 3 * sp;
-    if (k == 4)
-        for (ptrdiff_t tx = 0; tx < n; tx++) {
-            s0[tx] = q[4 * tx];
-            s1[tx] = q[4 * tx + 1];
-            s2[tx] = q[4 * tx + 2];
-            s3[tx] = q[4 * tx + 3];
-        }
-    else
-        for (ptrdiff_t tx = 0; tx < n; tx++) {
-            s0[tx] = q[m * tx];
-            s1[tx] = q[m * tx + 1];
-        }
+    for (ptrdiff_t t = 0; t < n; t += WG_LANES, q += m * WG_LANES)
+        if (k == 4)
+            for (int l = 0; l < WG_LANES; l++) {
+                s0[t + l] = q[4 * l];
+                s1[t + l] = q[4 * l + 1];
+                s2[t + l] = q[4 * l + 2];
+                s3[t + l] = q[4 * l + 3];
+            }
+        else
+            for (int l = 0; l < WG_LANES; l++) {
+                s0[t + l] = q[m * l];
+                s1[t + l] = q[m * l + 1];
+            }
 }
 
-/* The inverse of wg_split for k = m: q[tx * m + j] = s[j * sp + tx], tx < n. */
+/* The inverse of wg_split for k = m: q[tx * m + j] = s[j * sp + tx], tx < n (a multiple of WG_LANES). */
 WG_INLINE void wg_merge(int m, const float *restrict s, ptrdiff_t sp, float *restrict q, ptrdiff_t n)
 {
     const float *restrict s0 = s, *restrict s1 = s + sp, *restrict s2 = s + 2 * sp, *restrict s3 = s + 3 * sp;
-    if (m == 4)
-        for (ptrdiff_t tx = 0; tx < n; tx++) {
-            q[4 * tx] = s0[tx];
-            q[4 * tx + 1] = s1[tx];
-            q[4 * tx + 2] = s2[tx];
-            q[4 * tx + 3] = s3[tx];
-        }
-    else
-        for (ptrdiff_t tx = 0; tx < n; tx++) {
-            q[2 * tx] = s0[tx];
-            q[2 * tx + 1] = s1[tx];
-        }
+    for (ptrdiff_t t = 0; t < n; t += WG_LANES, q += m * WG_LANES)
+        if (m == 4)
+            for (int l = 0; l < WG_LANES; l++) {
+                q[4 * l] = s0[t + l];
+                q[4 * l + 1] = s1[t + l];
+                q[4 * l + 2] = s2[t + l];
+                q[4 * l + 3] = s3[t + l];
+            }
+        else
+            for (int l = 0; l < WG_LANES; l++) {
+                q[2 * l] = s0[t + l];
+                q[2 * l + 1] = s1[t + l];
+            }
 }
 
 /* Copy len floats of a plane row from column col0 on (stride xc) into line, zero outside [0, w). */
@@ -308,28 +310,118 @@ WG_INLINE void wg_pad_row(const float *row, ptrdiff_t col0, ptrdiff_t len, ptrdi
     memset(line + hi, 0, sizeof(float) * (len - hi));
 }
 
-/* One row of the n x n patches of count tiles (n = m + 2: input patches; n = m: output-gradient
- * tiles): s[j * sp + tx] = q[tx * m + j], j < n (the two columns past a tile's m are the next tile's
- * first two). */
-WG_INLINE void wg_split_tiles(int m, int n, const float *q, float *s, ptrdiff_t sp, ptrdiff_t count)
+#if WG_LANES == 16 && defined(__AVX512F__) && defined(__GNUC__) && !defined(__clang__)
+/* AVX-512: rows of tiles move between planes and tile-major buffers through masked loads and stores
+ * (lanes outside the plane read as zero and are not written) and in-register permutes, 16 tiles at a
+ * time, without a copy of the row. */
+#define WG_MASKED 1
+#define WG_SHUF(a, b, ...) __builtin_shuffle(a, b, (wg_mask){__VA_ARGS__})
+
+/* Lanes [lo, hi) of a vector. */
+WG_INLINE __mmask16 wg_lanes(ptrdiff_t lo, ptrdiff_t hi)
 {
-    wg_split(m, m, q, s, sp, count);
-    if (n > m)
-        wg_split(m, 2, q + m, s + m * sp, sp, count);
+    lo = wg_max(lo, 0);
+    hi = wg_min(hi, 16);
+    return hi > lo ? (__mmask16)(((1u << hi) - 1) & ~((1u << lo) - 1)) : 0;
 }
+
+/* The 16 floats of a row of w from column c on, zero outside [0, w). */
+WG_INLINE wg_vec wg_load_cols(const float *row, ptrdiff_t c, ptrdiff_t w)
+{
+    if (c >= 0 && c + 16 <= w)
+        return wg_load(row + c);
+    return (wg_vec)_mm512_maskz_loadu_ps(wg_lanes(-c, w - c), row + c);
+}
+
+/* Phases j < k (k = 2 or 4) of 16 tiles of 4 columns, the 64 floats a..d: p[j][l] = (a..d)[4l + j]. */
+WG_INLINE void wg_phases4(wg_vec a, wg_vec b, wg_vec c, wg_vec d, int k, wg_vec *p)
+{
+    wg_vec lo = WG_SHUF(a, b, 0, 4, 8, 12, 16, 20, 24, 28, 1, 5, 9, 13, 17, 21, 25, 29), hi = WG_SHUF(c, d, 0, 4, 8, 12, 16, 20, 24, 28, 1, 5, 9, 13, 17, 21, 25, 29);  /* phases 0, 1 of 8 tiles each */
+    p[0] = WG_SHUF(lo, hi, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);
+    p[1] = WG_SHUF(lo, hi, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+    if (k == 4) {
+        lo = WG_SHUF(a, b, 2, 6, 10, 14, 18, 22, 26, 30, 3, 7, 11, 15, 19, 23, 27, 31);
+        hi = WG_SHUF(c, d, 2, 6, 10, 14, 18, 22, 26, 30, 3, 7, 11, 15, 19, 23, 27, 31);
+        p[2] = WG_SHUF(lo, hi, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);
+        p[3] = WG_SHUF(lo, hi, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+    }
+}
+
+/* Phases 0, 1 of 16 tiles of 2 columns, the 32 floats a, b. */
+WG_INLINE void wg_phases2(wg_vec a, wg_vec b, wg_vec *p)
+{
+    p[0] = WG_SHUF(a, b, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    p[1] = WG_SHUF(a, b, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+}
+
+/* Stage one plane row (unit column stride) of count tiles (a multiple of 16) as wg_split does, from
+ * column col0 on, zero outside [0, w). */
+WG_INLINE void wg_split_row(int m, int n, const float *row, ptrdiff_t col0, ptrdiff_t w, float *s, ptrdiff_t sp,
+                            ptrdiff_t count)
+{
+    for (ptrdiff_t t = 0; t < count; t += 16) {
+        ptrdiff_t c = col0 + t * m;
+        wg_vec p[6];
+        if (m == 4) {
+            wg_phases4(wg_load_cols(row, c, w), wg_load_cols(row, c + 16, w), wg_load_cols(row, c + 32, w),
+                       wg_load_cols(row, c + 48, w), 4, p);
+            if (n > 4)  /* the next tile's first two columns: phases 0, 1 four columns on */
+                wg_phases4(wg_load_cols(row, c + 4, w), wg_load_cols(row, c + 20, w),
+                           wg_load_cols(row, c + 36, w), wg_load_cols(row, c + 52, w), 2, p + 4);
+        } else {
+            wg_phases2(wg_load_cols(row, c, w), wg_load_cols(row, c + 16, w), p);
+            if (n > 2)
+                wg_phases2(wg_load_cols(row, c + 2, w), wg_load_cols(row, c + 18, w), p + 2);
+        }
+        for (int j = 0; j < n; j++)
+            wg_store(s + j * sp + t, p[j]);
+    }
+}
+
+/* The inverse for output rows: row[tx * m + j] = s[j * sp + tx] for the columns in [0, w), tx < count
+ * (a multiple of 16); other columns are not written. */
+WG_INLINE void wg_merge_row(int m, const float *s, ptrdiff_t sp, float *row, ptrdiff_t w, ptrdiff_t count)
+{
+    for (ptrdiff_t t = 0; t < count; t += 16) {
+        ptrdiff_t c = t * m;
+        wg_vec p0 = wg_load(s + t), p1 = wg_load(s + sp + t), out[4];
+        if (m == 4) {
+            wg_vec p2 = wg_load(s + 2 * sp + t), p3 = wg_load(s + 3 * sp + t);
+            wg_vec a = WG_SHUF(p0, p1, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23), b = WG_SHUF(p2, p3, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);  /* tiles 0-7 */
+            wg_vec e = WG_SHUF(p0, p1, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31), f = WG_SHUF(p2, p3, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);  /* tiles 8-15 */
+            out[0] = WG_SHUF(a, b, 0, 1, 16, 17, 2, 3, 18, 19, 4, 5, 20, 21, 6, 7, 22, 23);
+            out[1] = WG_SHUF(a, b, 8, 9, 24, 25, 10, 11, 26, 27, 12, 13, 28, 29, 14, 15, 30, 31);
+            out[2] = WG_SHUF(e, f, 0, 1, 16, 17, 2, 3, 18, 19, 4, 5, 20, 21, 6, 7, 22, 23);
+            out[3] = WG_SHUF(e, f, 8, 9, 24, 25, 10, 11, 26, 27, 12, 13, 28, 29, 14, 15, 30, 31);
+        } else {
+            out[0] = WG_SHUF(p0, p1, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+            out[1] = WG_SHUF(p0, p1, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+        }
+        for (int v = 0; v < m; v++) {
+            ptrdiff_t k = w - c - 16 * v;  /* columns of this vector inside the row */
+            if (k >= 16)
+                wg_store(row + c + 16 * v, out[v]);
+            else if (k > 0)
+                _mm512_mask_storeu_ps(row + c + 16 * v, (__mmask16)((1u << k) - 1), (__m512)out[v]);
+        }
+    }
+}
+#endif
 
 /* Stage the n x n patches of one row of tiles (n = m + 2: input patches; n = m: output-gradient
  * tiles): s[(i * n + j) * sp + tx] = plane[row0 + i][col0 + tx * m + j], zero outside the h x w plane
- * (row and column strides xr, xc). Tiles inside the plane are read in place; those over its edge, or
- * every tile of a strided plane, from a zero-padded copy in line (tiles * m + 2 floats). */
+ * (row and column strides xr, xc), for tx < wg_round(tiles): up to a vector past the row's tiles, which
+ * the next row overwrites (or the stage's zero tail, or its skew). Each plane row is first copied,
+ * zero-padded, into line (wg_round(tiles) * m + 2 floats). */
 WG_INLINE void wg_gather(int m, int n, const float *plane, ptrdiff_t tiles, ptrdiff_t row0, ptrdiff_t col0,
                          ptrdiff_t h, ptrdiff_t w, ptrdiff_t xr, ptrdiff_t xc, float *line, float *s,
                          ptrdiff_t sp)
 {
-    /* tiles [lo, hi) read columns inside the plane only */
-    ptrdiff_t lo = col0 >= 0 ? 0 : (-col0 + m - 1) / m, hi = w - n - col0 >= 0 ? (w - n - col0) / m + 1 : 0;
-    hi = xc == 1 ? wg_min(hi, tiles) : 0;
-    lo = wg_min(lo, hi);
+    ptrdiff_t count = wg_round(tiles), width = wg_min(w, count * m + n - m) * xc;
+    for (int k = 0; k < m; k++)  /* the rows the next row of tiles adds, on their way from memory */
+        if (row0 + n + k < h)
+            for (ptrdiff_t b = 0; b < width; b += 64 / sizeof(float))
+                __builtin_prefetch(plane + (row0 + n + k) * xr + b);
     for (int i = 0; i < n; i++) {
         float *si = s + (ptrdiff_t)i * n * sp;
         ptrdiff_t u = row0 + i;
@@ -338,16 +430,16 @@ WG_INLINE void wg_gather(int m, int n, const float *plane, ptrdiff_t tiles, ptrd
                 memset(si + j * sp, 0, sizeof(float) * tiles);
             continue;
         }
-        const float *row = plane + u * xr;
-        wg_split_tiles(m, n, row + col0 + lo * m, si + lo, sp, hi - lo);
-        if (lo > 0) {
-            wg_pad_row(row, col0, lo * m + n - m, w, xc, line);
-            wg_split_tiles(m, n, line, si, sp, lo);
+#ifdef WG_MASKED
+        if (xc == 1) {
+            wg_split_row(m, n, plane + u * xr, col0, w, si, sp, count);
+            continue;
         }
-        if (hi < tiles) {
-            wg_pad_row(row, col0 + hi * m, (tiles - hi) * m + n - m, w, xc, line);
-            wg_split_tiles(m, n, line, si + hi, sp, tiles - hi);
-        }
+#endif
+        wg_pad_row(plane + u * xr, col0, count * m + n - m, w, xc, line);
+        wg_split(m, m, line, si, sp, count);
+        if (n > m)  /* the two columns past a tile's m are the next tile's first two */
+            wg_split(m, 2, line + m, si + m * sp, sp, count);
     }
 }
 
@@ -392,27 +484,30 @@ static void wg_input_channel(int m, const float *x, const wg_row *rows, ptrdiff_
 }
 
 /* Write output tiles [t_lo, t_hi) (counted from t0) of one channel: o[(i * m + j) * os + t - t_lo]
- * holds output (i, j) of tile t; y points at the channel's sample-0 plane. */
+ * holds output (i, j) of tile t (o readable a vector of tiles past t_hi); y points at the channel's
+ * sample-0 plane. Each output row goes through line (wg_round(tiles) * m floats). */
 WG_INLINE void wg_scatter(int m, const float *o, ptrdiff_t os, ptrdiff_t t_lo, ptrdiff_t t_hi,
-                       const wg_row *rows, ptrdiff_t nrows, ptrdiff_t t0, float *y)
+                          const wg_row *rows, ptrdiff_t nrows, ptrdiff_t t0, float *y, float *line)
 {
     for (const wg_row *r = rows; r < rows + nrows; r++) {
         ptrdiff_t first = r->t - t0, lo = wg_max(t_lo, first), hi = wg_min(t_hi, first + r->tiles);
         if (lo >= hi)
             continue;
-        ptrdiff_t tx0 = lo - first, tx1 = hi - first, full = wg_max(tx0, wg_min(tx1, r->ow / m));
-        const float *src = o + (lo - t_lo);
+        ptrdiff_t tx0 = lo - first, len = wg_min((hi - first) * m, r->ow) - tx0 * m;
         for (int i = 0; i < m && r->oy + i < r->oh; i++) {
             float *row = y + r->y + (r->oy + i) * r->yr + tx0 * m * r->yc;
-            const float *si = src + i * m * os;
-            ptrdiff_t tx = 0;
+#ifdef WG_MASKED
             if (r->yc == 1) {
-                wg_merge(m, si, os, row, full - tx0);
-                tx = full - tx0;
+                wg_merge_row(m, o + i * m * os + (lo - t_lo), os, row, len, wg_round(hi - lo));
+                continue;
             }
-            for (; tx < tx1 - tx0; tx++)
-                for (int j = 0; j < m && (tx0 + tx) * m + j < r->ow; j++)
-                    row[(tx * m + j) * r->yc] = si[j * os + tx];
+#endif
+            wg_merge(m, o + i * m * os + (lo - t_lo), os, line, wg_round(hi - lo));
+            if (r->yc == 1)
+                memcpy(row, line, sizeof(float) * len);
+            else
+                for (ptrdiff_t k = 0; k < len; k++)
+                    row[k * r->yc] = line[k];
         }
     }
 }
@@ -567,7 +662,8 @@ static void wg_multiply(int m, const float *u, ptrdiff_t us, ptrdiff_t nk, ptrdi
 }
 
 /* Output tiles [t_lo, t_lo + n) of channels k < nk from m_ (as wg_multiply writes it), plus bias,
- * into y (channel k's sample-0 plane at y + k * yk); o: stage of m * m * ms floats. */
+ * into y (channel k's sample-0 plane at y + k * yk); o: a stage of m * m * ms floats, a vector, then a
+ * line of wg_round(tiles) * m floats (wg_scatter). */
 WG_INLINE void wg_output_m(int m, const float *m_, ptrdiff_t us, ptrdiff_t ms, ptrdiff_t nk,
                             const float *bias, ptrdiff_t t_lo, ptrdiff_t n, const wg_row *rows,
                             ptrdiff_t nrows, ptrdiff_t t0, float *o, float *y, ptrdiff_t yk)
@@ -579,7 +675,7 @@ WG_INLINE void wg_output_m(int m, const float *m_, ptrdiff_t us, ptrdiff_t ms, p
                 for (int e = 0; e < m * m; e++)
                     wg_store(o + e * ms + t, wg_load(o + e * ms + t) + bias[k]);
         }
-        wg_scatter(m, o, ms, t_lo, t_lo + n, rows, nrows, t0, y + k * yk);
+        wg_scatter(m, o, ms, t_lo, t_lo + n, rows, nrows, t0, y + k * yk, o + m * m * ms + WG_LANES);
     }
 }
 static void wg_output(int m, const float *m_, ptrdiff_t us, ptrdiff_t ms, ptrdiff_t nk, const float *bias,

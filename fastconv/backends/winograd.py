@@ -213,11 +213,15 @@ def _threads(spec):
     return max(1, min(_omp.max_threads(), int(spec.flops / FLOPS_PER_THREAD)))
 
 
+def _line(m, rows):
+    """Floats of one zero-padded row of tiles: the widest row, rounded up to vectors of tiles."""
+    return _winograd.round_tiles(int(rows[:, 13].max()) if len(rows) else 0) * m + 2
+
+
 def _stage(threads, m, longest, rows, per_tile):
     """Per-thread stage of ``per_tile`` rows of tiles, then room for one zero-padded row."""
     line = per_tile * _winograd.skew(longest)
-    width = int(rows[:, 13].max()) * m + 2 if len(rows) else 0
-    return workspace("winograd_stage", (threads, line + width + 16), np.float32), line
+    return workspace("winograd_stage", (threads, line + _line(m, rows)), np.float32), line
 
 
 def _tile_span(tiles, blocks, threads, lanes):
@@ -251,7 +255,7 @@ def _forward(x, w, b, y, geo, m, flip, threads):
     blocks = groups * kblocks if private else 1
     ubuf = workspace("winograd_u", (threads, blocks * a2 * _winograd.skew(cin * us)), np.float32)
     mbuf = workspace("winograd_m", (threads, a2 * _winograd.skew(us * tsub)), np.float32)
-    obuf = workspace("winograd_o", (threads, m * m * tsub), np.float32)
+    obuf = workspace("winograd_o", (threads, m * m * tsub + lanes + _line(m, rows)), np.float32)
     _winograd.forward(x, w, b, y, rows, chunks, m, groups, flip, nkb, span, tsub, v, stage, line, ubuf, mbuf,
                       obuf, threads)
     return y
