@@ -209,8 +209,8 @@ typedef int wg_mask __attribute__((vector_size(4 * WG_LANES)));
 WG_INLINE void wg_transpose(wg_vec *r)
 {
 #if WG_LANES == 16
-    WG_SWAP(8, ((wg_mask){0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23}),
-            ((wg_mask){8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31}))
+    WG_SWAP(8, ((wg_mask){WG_LOW_HALVES}),
+            ((wg_mask){WG_HIGH_HALVES}))
     WG_SWAP(4, ((wg_mask){0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27}),
             ((wg_mask){4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31}))
     WG_SWAP(2, ((wg_mask){0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29}),
@@ -316,6 +316,19 @@ WG_INLINE void wg_pad_row(const float *row, ptrdiff_t col0, ptrdiff_t len, ptrdi
  * time, without a copy of the row. */
 #define WG_MASKED 1
 #define WG_SHUF(a, b, ...) __builtin_shuffle(a, b, (wg_mask){__VA_ARGS__})
+/* Shuffle masks: lane l of the result is lane mask[l] of the concatenated pair (32 lanes). Columns 0 and
+ * 1 (2 and 3) of 8 tiles of 4 columns; the low (high) 8 lanes of each; even and odd lanes; lanes 0-7
+ * (8-15) of each interleaved one by one, two by two. */
+#define WG_PHASES01 0, 4, 8, 12, 16, 20, 24, 28, 1, 5, 9, 13, 17, 21, 25, 29
+#define WG_PHASES23 2, 6, 10, 14, 18, 22, 26, 30, 3, 7, 11, 15, 19, 23, 27, 31
+#define WG_LOW_HALVES 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23
+#define WG_HIGH_HALVES 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31
+#define WG_EVEN 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30
+#define WG_ODD 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31
+#define WG_ZIP_LOW 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23
+#define WG_ZIP_HIGH 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31
+#define WG_ZIP2_LOW 0, 1, 16, 17, 2, 3, 18, 19, 4, 5, 20, 21, 6, 7, 22, 23
+#define WG_ZIP2_HIGH 8, 9, 24, 25, 10, 11, 26, 27, 12, 13, 28, 29, 14, 15, 30, 31
 
 /* Lanes [lo, hi) of a vector. */
 WG_INLINE __mmask16 wg_lanes(ptrdiff_t lo, ptrdiff_t hi)
@@ -336,28 +349,28 @@ WG_INLINE wg_vec wg_load_cols(const float *row, ptrdiff_t c, ptrdiff_t w)
 /* Phases j < k (k = 2 or 4) of 16 tiles of 4 columns, the 64 floats a..d: p[j][l] = (a..d)[4l + j]. */
 WG_INLINE void wg_phases4(wg_vec a, wg_vec b, wg_vec c, wg_vec d, int k, wg_vec *p)
 {
-    wg_vec lo = WG_SHUF(a, b, 0, 4, 8, 12, 16, 20, 24, 28, 1, 5, 9, 13, 17, 21, 25, 29), hi = WG_SHUF(c, d, 0, 4, 8, 12, 16, 20, 24, 28, 1, 5, 9, 13, 17, 21, 25, 29);  /* phases 0, 1 of 8 tiles each */
-    p[0] = WG_SHUF(lo, hi, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);
-    p[1] = WG_SHUF(lo, hi, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+    wg_vec lo = WG_SHUF(a, b, WG_PHASES01), hi = WG_SHUF(c, d, WG_PHASES01);  /* 8 tiles each */
+    p[0] = WG_SHUF(lo, hi, WG_LOW_HALVES);
+    p[1] = WG_SHUF(lo, hi, WG_HIGH_HALVES);
     if (k == 4) {
-        lo = WG_SHUF(a, b, 2, 6, 10, 14, 18, 22, 26, 30, 3, 7, 11, 15, 19, 23, 27, 31);
-        hi = WG_SHUF(c, d, 2, 6, 10, 14, 18, 22, 26, 30, 3, 7, 11, 15, 19, 23, 27, 31);
-        p[2] = WG_SHUF(lo, hi, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);
-        p[3] = WG_SHUF(lo, hi, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+        lo = WG_SHUF(a, b, WG_PHASES23);
+        hi = WG_SHUF(c, d, WG_PHASES23);
+        p[2] = WG_SHUF(lo, hi, WG_LOW_HALVES);
+        p[3] = WG_SHUF(lo, hi, WG_HIGH_HALVES);
     }
 }
 
 /* Phases 0, 1 of 16 tiles of 2 columns, the 32 floats a, b. */
 WG_INLINE void wg_phases2(wg_vec a, wg_vec b, wg_vec *p)
 {
-    p[0] = WG_SHUF(a, b, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    p[1] = WG_SHUF(a, b, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    p[0] = WG_SHUF(a, b, WG_EVEN);
+    p[1] = WG_SHUF(a, b, WG_ODD);
 }
 
 /* Stage one plane row (unit column stride) of count tiles (a multiple of 16) as wg_split does, from
  * column col0 on, zero outside [0, w). */
-WG_INLINE void wg_split_row(int m, int n, const float *row, ptrdiff_t col0, ptrdiff_t w, float *s, ptrdiff_t sp,
-                            ptrdiff_t count)
+WG_INLINE void wg_split_row(int m, int n, const float *row, ptrdiff_t col0, ptrdiff_t w, float *s,
+                            ptrdiff_t sp, ptrdiff_t count)
 {
     for (ptrdiff_t t = 0; t < count; t += 16) {
         ptrdiff_t c = col0 + t * m;
@@ -387,15 +400,15 @@ WG_INLINE void wg_merge_row(int m, const float *s, ptrdiff_t sp, float *row, ptr
         wg_vec p0 = wg_load(s + t), p1 = wg_load(s + sp + t), out[4];
         if (m == 4) {
             wg_vec p2 = wg_load(s + 2 * sp + t), p3 = wg_load(s + 3 * sp + t);
-            wg_vec a = WG_SHUF(p0, p1, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23), b = WG_SHUF(p2, p3, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);  /* tiles 0-7 */
-            wg_vec e = WG_SHUF(p0, p1, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31), f = WG_SHUF(p2, p3, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);  /* tiles 8-15 */
-            out[0] = WG_SHUF(a, b, 0, 1, 16, 17, 2, 3, 18, 19, 4, 5, 20, 21, 6, 7, 22, 23);
-            out[1] = WG_SHUF(a, b, 8, 9, 24, 25, 10, 11, 26, 27, 12, 13, 28, 29, 14, 15, 30, 31);
-            out[2] = WG_SHUF(e, f, 0, 1, 16, 17, 2, 3, 18, 19, 4, 5, 20, 21, 6, 7, 22, 23);
-            out[3] = WG_SHUF(e, f, 8, 9, 24, 25, 10, 11, 26, 27, 12, 13, 28, 29, 14, 15, 30, 31);
+            wg_vec a = WG_SHUF(p0, p1, WG_ZIP_LOW), b = WG_SHUF(p2, p3, WG_ZIP_LOW);    /* tiles 0-7 */
+            wg_vec e = WG_SHUF(p0, p1, WG_ZIP_HIGH), f = WG_SHUF(p2, p3, WG_ZIP_HIGH);  /* tiles 8-15 */
+            out[0] = WG_SHUF(a, b, WG_ZIP2_LOW);
+            out[1] = WG_SHUF(a, b, WG_ZIP2_HIGH);
+            out[2] = WG_SHUF(e, f, WG_ZIP2_LOW);
+            out[3] = WG_SHUF(e, f, WG_ZIP2_HIGH);
         } else {
-            out[0] = WG_SHUF(p0, p1, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-            out[1] = WG_SHUF(p0, p1, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+            out[0] = WG_SHUF(p0, p1, WG_ZIP_LOW);
+            out[1] = WG_SHUF(p0, p1, WG_ZIP_HIGH);
         }
         for (int v = 0; v < m; v++) {
             ptrdiff_t k = w - c - 16 * v;  /* columns of this vector inside the row */
