@@ -209,8 +209,8 @@ typedef int wg_mask __attribute__((vector_size(4 * WG_LANES)));
 WG_INLINE void wg_transpose(wg_vec *r)
 {
 #if WG_LANES == 16
-    WG_SWAP(8, ((wg_mask){WG_LOW_HALVES}),
-            ((wg_mask){WG_HIGH_HALVES}))
+    WG_SWAP(8, ((wg_mask){0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23}),
+            ((wg_mask){8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31}))
     WG_SWAP(4, ((wg_mask){0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27}),
             ((wg_mask){4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31}))
     WG_SWAP(2, ((wg_mask){0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29}),
