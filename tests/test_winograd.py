@@ -86,8 +86,9 @@ def test_map_sizes_across_tile_edges(size, tile):
 
 
 @TILES
-@pytest.mark.parametrize("padding", [0, 1, 2, (0, 2), (2, 1)])
+@pytest.mark.parametrize("padding", [0, 1, 2, (0, 2), (2, 1), 3, (4, 0)])
 def test_padding(padding, tile):
+    """Padding 3 and 4 exceed the kernel's reach: the input gradient's adjoint convolution crops."""
     _check(_spec(1, 4, 8, 6, padding=padding), tile)
 
 
