@@ -17,14 +17,15 @@ def _spatial(draw, dims, lo=1, hi=9):
 
 
 @st.composite
-def conv_cases(draw, dims=2, max_size=9):
+def conv_cases(draw, dims=2, max_size=9, kernel=None, stride=None):
+    """A convolution; ``kernel`` / ``stride`` fix those (a plan that runs only 3x3 stride 1, say)."""
     groups = draw(st.sampled_from([1, 1, 2, 3]))
     c_in = groups * draw(st.integers(1, 3))
     c_out = groups * draw(st.integers(1, 3))
-    kernel = _spatial(draw, dims, 1, 4)
+    kernel = kernel or _spatial(draw, dims, 1, 4)
     dilation = _spatial(draw, dims, 1, 3)
     mode = draw(st.sampled_from(["int", "tuple", "same", "valid"]))
-    stride = (1,) * dims if mode == "same" else _spatial(draw, dims, 1, 3)
+    stride = (1,) * dims if mode == "same" else stride or _spatial(draw, dims, 1, 3)
     if mode == "int":
         padding = draw(st.integers(0, 3))
     elif mode == "tuple":
@@ -42,19 +43,19 @@ def conv_cases(draw, dims=2, max_size=9):
 
 
 @st.composite
-def conv_transpose_cases(draw, dims=2):
+def conv_transpose_cases(draw, dims=2, kernel=None, stride=None):
     groups = draw(st.sampled_from([1, 1, 2]))
     c_in = groups * draw(st.integers(1, 3))
     c_out = groups * draw(st.integers(1, 3))
-    kernel = _spatial(draw, dims, 1, 4)
-    stride = _spatial(draw, dims, 1, 3)
+    kernel = kernel or _spatial(draw, dims, 1, 4)
+    stride = stride or _spatial(draw, dims, 1, 3)
     dilation = _spatial(draw, dims, 1, 2)
     padding = tuple(draw(st.integers(0, d * (k - 1))) for k, d in zip(kernel, dilation))
     output_padding = tuple(draw(st.integers(0, max(s, d) - 1)) for s, d in zip(stride, dilation))
     size = _spatial(draw, dims, 1, 7)
     for length, k, s, d, p, op in zip(size, kernel, stride, dilation, padding, output_padding):
         if (length - 1) * s - 2 * p + d * (k - 1) + op + 1 < 1:
-            return draw(conv_transpose_cases(dims))
+            return draw(conv_transpose_cases(dims, kernel, stride))
     return dict(op=f"conv_transpose{dims}d", dims=dims, n=draw(st.integers(1, 3)), c_in=c_in, c_out=c_out,
                 size=size, kernel=kernel, stride=stride, padding=padding, output_padding=output_padding,
                 dilation=dilation, groups=groups, bias=draw(st.booleans()),
@@ -122,7 +123,7 @@ def cpu_plans():
     from fastconv.backends import registry
     from helpers import REQUIRED_BACKENDS
     names = ["numpy"]
-    for backend in ("numba", "cython", "fft"):
+    for backend in ("numba", "cython", "fft", "winograd"):
         module = registry.usable(backend)
         if module is not None:
             names += [f"{backend}:{a}" for a in module.ALGORITHMS]
@@ -153,3 +154,17 @@ def matches_reference(name, case, seed):
     return runs_here(name, lambda: check_against(
         lambda *t: call(F, case, t, backend=name), lambda *t: call(F, case, t, backend="numpy"),
         arrays, what=f"{name} {case}") or True)
+
+
+def for_plan(plan, cases):
+    """``cases`` (a strategy) narrowed to what plan ``plan`` runs, so that hypothesis does not filter out
+    nearly every case: 1-D for the FFT's blocks of long signals, 2-D stride-1 3x3 for Winograd; float32
+    for the float32-only kernels."""
+    if plan == "fft:overlap":
+        cases = st.one_of(conv_cases(1), conv_transpose_cases(1))
+    elif plan.startswith("winograd"):
+        cases = st.one_of(conv_cases(2, kernel=(3, 3), stride=(1, 1)),
+                          conv_transpose_cases(2, kernel=(3, 3), stride=(1, 1)))
+    if plan == "cython:blocked" or plan.startswith("winograd"):
+        cases = cases.map(lambda case: dict(case, dtype=np.float32))
+    return cases

@@ -14,18 +14,13 @@ import cases
 PLANS = [name for name in cases.cpu_plans() if name != "numpy"]
 
 
-def _cases(plan):
-    if plan == "fft:overlap":  # blocks of long 1-D signals: 1-D convolutions only
-        return st.one_of(cases.conv_cases(1), cases.conv_transpose_cases(1))
-    return st.one_of(cases.all_cases(2), cases.all_cases(1))
-
-
 @pytest.mark.parametrize("plan", PLANS)
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                  HealthCheck.filter_too_much])
 @given(data=st.data(), seed=st.integers(0, 2**16))
 def test_plan_matches_reference(plan, data, seed):
-    assume(cases.matches_reference(plan, data.draw(_cases(plan)), seed) is not None)
+    case = data.draw(cases.for_plan(plan, st.one_of(cases.all_cases(2), cases.all_cases(1))))
+    assume(cases.matches_reference(plan, case, seed) is not None)
 
 
 @pytest.mark.parametrize("plan", PLANS)

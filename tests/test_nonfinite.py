@@ -27,7 +27,7 @@ VALUES = [np.nan, np.inf, -np.inf]
 
 def _algorithms():
     names = []
-    for backend in ("numba", "cython", "fft"):
+    for backend in ("numba", "cython", "fft", "winograd"):
         if registry.usable(backend) is not None:
             names += [f"{backend}:{a}" for a in registry.load(backend).ALGORITHMS]
     return names

@@ -58,9 +58,9 @@ def _spec(case):
 @given(data=st.data(), dims=st.sampled_from([1, 2]), seed=SEEDS)
 def test_conv_translation_equivariance(plan, data, dims, seed):
     """Shifting the input by the stride shifts the output by one, wherever no padding is involved."""
-    case = data.draw(cases.conv_cases(dims))
-    if plan == "cython:blocked":
-        case["dtype"] = np.float32  # float32-only kernel
+    case = data.draw(cases.for_plan(plan, cases.conv_cases(dims)).filter(lambda c: c["op"].startswith("conv")
+                                                                          and not c["op"].startswith("conv_t")))
+    dims = case["dims"]
     case["size"] = tuple(size + 3 * s + 4 for size, s in zip(case["size"], case["stride"]))
     x, w = cases.make_args(case, np.random.default_rng(seed))[:2]
     spec = _spec(case)
@@ -105,9 +105,9 @@ def test_max_pool_invariant_to_shifts_within_a_window(dims):
 
 # -------------------------------------------------------------------- convolution as a matrix
 @st.composite
-def small_conv_cases(draw, dims):
+def small_conv_cases(draw, dims, kernel=None, stride=None):
     """Conv cases with symmetric padding (so that a transposed convolution can undo the geometry)."""
-    case = draw(cases.conv_cases(dims, max_size=4))
+    case = draw(cases.conv_cases(dims, max_size=4, kernel=kernel, stride=stride))
     if case["padding"] == "valid":
         case["padding"] = 0
     assume(case["padding"] != "same")
@@ -152,8 +152,9 @@ def impulse_matrix(case, w):
 @settings(max_examples=12, **SETTINGS)
 @given(data=st.data(), dims=st.sampled_from([1, 2]), seed=SEEDS)
 def test_conv_is_its_explicit_matrix(plan, data, dims, seed):
-    case = data.draw(small_conv_cases(dims))
-    case["dtype"] = np.float32 if plan == "cython:blocked" else np.float64  # float32-only kernel
+    winograd = plan.startswith("winograd")
+    case = data.draw(small_conv_cases(2 if winograd else dims, *([(3, 3), (1, 1)] if winograd else [])))
+    case["dtype"] = np.float32 if plan == "cython:blocked" or winograd else np.float64  # float32-only kernels
     rng = np.random.default_rng(seed)
     x, w = cases.make_args(case, rng)[:2]
     w64 = w.astype(np.float64)

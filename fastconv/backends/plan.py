@@ -41,7 +41,7 @@ from .. import runtime
 from . import depth, model, registry, separable, tune
 
 #: Backends the automatic choice considers on the CPU (the model orders them).
-AUTO = ("numpy", "numba", "cython", "fft")
+AUTO = ("numpy", "numba", "cython", "fft", "winograd")
 #: Every kernel the ops plan.
 OPS = registry.CONV_OPS + ("max_pool2d", "max_pool2d_grad", "avg_pool2d", "avg_pool2d_grad", "max_unpool2d",
                            "max_unpool2d_grad")

@@ -21,6 +21,7 @@ MODULES = {
     "numba": "fastconv.backends.numba_cpu",
     "cython": "fastconv.backends.cython_cpu",
     "fft": "fastconv.backends.fft",
+    "winograd": "fastconv.backends.winograd",
     "cuda": "fastconv.gpu.backend",
 }
 #: The kernels of one convolution layer (forward, input gradient, weight gradient).
