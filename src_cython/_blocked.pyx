@@ -12,7 +12,6 @@ tile (see ``grad_weight``); the input gradient is the forward pass of another co
 caller's ``adjoint_spec``).
 """
 from cython.parallel cimport parallel, prange, threadid
-from libc.string cimport memcpy, memset
 
 import numpy as np
 
@@ -23,14 +22,23 @@ cdef extern from "blocked_conv.h" nogil:
     ctypedef struct fc_src:
         const float* x
         const Py_ssize_t* taps
-        int ntaps, sw
+        int ntaps, kw, dw, sw
         const Py_ssize_t* cols
+    ctypedef struct fc_dst:
+        float* y
+        Py_ssize_t yc
+        int nc
+        const float* bias
+        int add
     int FC_LANES
     int FC_MAX_NV
     int FC_MAX_NJ
     void fc_conv_row(const fc_src* s, const float* w, int nv, int ow, float* y, Py_ssize_t yc, int nc,
                      const float* bias)
-    void fc_tile_any(const fc_src* s, const float* w, int nj, int nv, float* out)
+    void fc_tile_any(const fc_src* s, const float* w, int nj, int nv, const fc_dst* d)
+    int fc_tile_width(Py_ssize_t n)
+    int fc_pack_block(const float* src, Py_ssize_t so, int runs, Py_ssize_t srun, int len, int rev, int nc,
+                      int width, float* out, int fresh)
 
 
 def tile_shape():
@@ -43,6 +51,11 @@ cdef inline int vectors(Py_ssize_t cog) noexcept nogil:
     return 1 if cog <= FC_LANES else FC_MAX_NV
 
 
+def block_width(Py_ssize_t cog):
+    """Output channels per weight block (a tile's channels) for ``cog`` output channels per group."""
+    return FC_LANES * vectors(cog)
+
+
 def packed_size(tuple geo):
     """Elements of the packed weights: per group and block of ``lanes * nv`` output channels, a
     ``(taps, lanes * nv)`` matrix (channels past the group's end are zero)."""
@@ -51,21 +64,31 @@ def packed_size(tuple geo):
     return g.groups * ((g.cog + width - 1) // width) * g.taps * width
 
 
-def pack_weights(const float[:, :, :, ::1] w, float[::1] out, tuple geo):
-    """``w[oc, c, i, j]`` into ``out[group, block, (c, i, j), lane]`` (see ``packed_size``)."""
+def pack_weights(const float[:, :, :, ::1] w, float[::1] out, tuple geo, bint adjoint=False,
+                 bint fresh=True):
+    """``w[oc, c, i, j]`` into ``out[group, block, (c, i, j), lane]`` (see ``packed_size``) for the
+    convolution ``geo``; with ``adjoint``, ``geo`` is the adjoint of ``w``'s convolution (the input
+    gradient's forward pass, :func:`fastconv.backends.cython_cpu.adjoint_spec`) and the kernels are
+    flipped, in and out channels swapped, on the way. Unless ``fresh``, ``out`` holds an earlier packing
+    and only what differs is written. Returns the number of blocks written."""
     cdef Geo g = make_geo(geo)
     cdef Py_ssize_t width = FC_LANES * vectors(g.cog), blocks = (g.cog + width - 1) // width
-    cdef Py_ssize_t grp, blk, t, lane, oc
-    cdef const float* wf = &w[0, 0, 0, 0]
-    cdef float* dst
+    cdef Py_ssize_t khw = g.kh * g.kw, per_group = g.cog * g.taps, so, srun, task
+    cdef int runs, length
+    cdef int[::1] changed = np.zeros(max(1, g.groups * blocks), np.intc)
+    if g.taps == 0 or g.cog == 0:
+        return 0
+    if adjoint:  # lane oc, tap (c, r) reads w[group * cig + c, oc, flipped r]: a reversed run per c
+        so, runs, srun, length = khw, g.cig, g.cog * khw, khw
+    else:        # lane oc reads the run w[oc, :, :, :]
+        so, runs, srun, length = g.taps, 1, 0, g.taps
     with nogil:
-        for grp in range(g.groups):
-            for blk in range(blocks):
-                dst = &out[(grp * blocks + blk) * g.taps * width]
-                for t in range(g.taps):
-                    for lane in range(width):
-                        oc = blk * width + lane
-                        dst[t * width + lane] = wf[(grp * g.cog + oc) * g.taps + t] if oc < g.cog else 0
+        for task in prange(g.groups * blocks, schedule="static"):
+            changed[task] = fc_pack_block(&w[0, 0, 0, 0] + (task // blocks) * per_group
+                                          + (task % blocks) * width * so, so, runs, srun, length, adjoint,
+                                          min(width, g.cog - (task % blocks) * width), width,
+                                          &out[task * g.taps * width], fresh)
+    return int(np.sum(changed))
 
 
 cdef inline bint padded(Geo* g) noexcept nogil:
@@ -91,98 +114,99 @@ cdef (Py_ssize_t, Py_ssize_t) strides(Geo* g, Py_ssize_t rows) noexcept nogil:
     return g.hw, g.w
 
 
-cdef Py_ssize_t[::1] tap_offsets(Geo* g, Py_ssize_t xc, Py_ssize_t xr):
-    """Offset of each kernel tap ``(c, i, j)`` of a group from its first input pixel."""
-    cdef Py_ssize_t[::1] taps = np.empty(max(g.taps, 1), np.intp)
+cdef Py_ssize_t[::1] tap_offsets(Geo* g, Py_ssize_t xc, Py_ssize_t xr, bint rows):
+    """Offset of each kernel tap ``(c, i, j)`` of a group from its first input pixel, or with ``rows``
+    of each kernel row ``(c, i)`` (its taps follow at ``j * dw``)."""
+    cdef Py_ssize_t kw = 1 if rows else g.kw
+    cdef Py_ssize_t[::1] taps = np.empty(max(g.cig * g.kh * kw, 1), np.intp)
     cdef Py_ssize_t c, i, j
     for c in range(g.cig):
         for i in range(g.kh):
-            for j in range(g.kw):
-                taps[(c * g.kh + i) * g.kw + j] = c * xc + i * g.dh * xr + j * g.dw
+            for j in range(kw):
+                taps[(c * g.kh + i) * kw + j] = c * xc + i * g.dh * xr + j * g.dw
     return taps
 
 
 def scratch_size(tuple geo, Py_ssize_t rows):
     """Elements of scratch per thread for bands of ``rows`` output rows (0 when nothing is padded)."""
     cdef Geo g = make_geo(geo)
-    return g.c_in * band_rows(&g, rows) * band_width(&g) if padded(&g) else 0
+    return g.cig * band_rows(&g, rows) * band_width(&g) if padded(&g) else 0
 
 
-cdef void copy_band(const float* x, float* buf, Geo* g, Py_ssize_t n, Py_ssize_t r0,
+cdef void copy_band(const float* x, float* buf, Geo* g, Py_ssize_t n, Py_ssize_t grp, Py_ssize_t r0,
                     Py_ssize_t rows, Py_ssize_t stride) noexcept nogil:
-    """Input rows of output rows ``[r0, r0 + rows)`` of sample ``n``, all channels, zero-padded:
-    ``buf[c * stride + r * width + col]`` holds input pixel ``(r0*sh - pt + r, col - pl)``."""
-    cdef Py_ssize_t nr = band_rows(g, rows), wp = band_width(g), c, r, ih, lo, hi
+    """Input rows of output rows ``[r0, r0 + rows)`` of sample ``n``, the channels of group ``grp``,
+    zero-padded: ``buf[c * stride + r * width + col]`` holds input pixel ``(r0*sh - pt + r, col - pl)``."""
+    cdef Py_ssize_t nr = band_rows(g, rows), wp = band_width(g), c, lo, hi, top, valid
     cdef const float* src
     cdef float* dst
     lo = min(g.pl, wp)                        # first column inside the input
     hi = max(lo, min(wp, g.pl + g.w))         # first column past it
-    for c in range(g.c_in):
-        for r in range(nr):
-            dst = buf + c * stride + r * wp
-            ih = r0 * g.sh - g.pt + r
-            if ih < 0 or ih >= g.h:
-                memset(dst, 0, wp * sizeof(float))
-                continue
-            src = x + ((n * g.c_in + c) * g.h + ih) * g.w
-            memset(dst, 0, lo * sizeof(float))
-            memcpy(dst + lo, src + (lo - g.pl), (hi - lo) * sizeof(float))
-            memset(dst + hi, 0, (wp - hi) * sizeof(float))
+    top = min(nr, max(0, g.pt - r0 * g.sh))   # rows above the input
+    valid = max(0, min(nr, g.h + g.pt - r0 * g.sh) - top)
+    for c in range(g.cig):
+        dst = buf + c * stride
+        src = x + ((n * g.c_in + grp * g.cig + c) * g.h + r0 * g.sh - g.pt + top) * g.w + lo - g.pl
+        fill(dst, <float>0, top * wp)
+        blk_copy(dst + top * wp, wp, src, g.w, valid, lo, hi, wp, 1)
+        fill(dst + (top + valid) * wp, <float>0, (nr - top - valid) * wp)
 
 
-cdef void band(const float* x, const float* wp, const float* b, float* y, float* buf,
-               const Py_ssize_t* taps, Geo* g, Py_ssize_t n, Py_ssize_t r0, Py_ssize_t rows,
-               Py_ssize_t full) noexcept nogil:
-    """Output rows ``[r0, r0 + rows)`` of sample ``n``, every channel (``full``: rows of a whole band,
-    which fixes the channel stride of the padded copy)."""
+cdef void conv_task(const float* x, const float* wp, const float* b, float* y, float* buf,
+                    const Py_ssize_t* taps, Geo* g, Py_ssize_t n, Py_ssize_t grp, Py_ssize_t r0,
+                    Py_ssize_t rows, Py_ssize_t blk0, Py_ssize_t blk1, Py_ssize_t xc, Py_ssize_t xr) noexcept nogil:
+    """Output rows ``[r0, r0 + rows)`` of sample ``n``, the channels of blocks ``[blk0, blk1)`` of group
+    ``grp``: each block's weights stay in cache while it runs every row of the band."""
     cdef int nv = vectors(g.cog)
-    cdef Py_ssize_t width = FC_LANES * nv, blocks = (g.cog + width - 1) // width, grp, blk, r, oc
-    cdef Py_ssize_t xc, xr
+    cdef Py_ssize_t width = FC_LANES * nv, blocks = (g.cog + width - 1) // width, blk, r, oc
     cdef fc_src s
     cdef const float* base
-    s.taps, s.ntaps, s.sw, s.cols = taps, g.taps, g.sw, NULL
-    xc, xr = strides(g, full)
+    s.taps, s.ntaps, s.kw, s.dw, s.sw, s.cols = taps, g.cig * g.kh, g.kw, g.dw, g.sw, NULL
     if padded(g):
-        copy_band(x, buf, g, n, r0, rows, xc)
+        copy_band(x, buf, g, n, grp, r0, rows, xc)
         base = buf
     else:
-        base = x + n * g.c_in * g.hw + r0 * g.sh * g.w
-    for r in range(rows):  # a row's input stays in cache while every block of channels reads it
-        for grp in range(g.groups):
-            for blk in range(blocks):
-                oc = grp * g.cog + blk * width
-                s.x = base + grp * g.cig * xc + r * g.sh * xr
-                fc_conv_row(&s, wp + (grp * blocks + blk) * g.taps * width, nv, g.ow,
-                            y + ((n * g.c_out + oc) * g.oh + r0 + r) * g.ow, g.ohw,
-                            min(width, g.cog - blk * width), b + oc if b != NULL else NULL)
+        base = x + (n * g.c_in + grp * g.cig) * g.hw + r0 * g.sh * g.w
+    for blk in range(blk0, blk1):
+        oc = grp * g.cog + blk * width
+        for r in range(rows):
+            s.x = base + r * g.sh * xr
+            fc_conv_row(&s, wp + (grp * blocks + blk) * g.taps * width, nv, g.ow,
+                        y + ((n * g.c_out + oc) * g.oh + r0 + r) * g.ow, g.ohw,
+                        min(width, g.cog - blk * width), b + oc if b != NULL else NULL)
 
 
 def conv2d(const float[:, :, :, ::1] x, const float[::1] packed, const float[::1] b,
-           float[:, :, :, ::1] y, float[:, ::1] scratch, tuple geo, Py_ssize_t rows):
+           float[:, :, :, ::1] y, float[:, ::1] scratch, tuple geo, Py_ssize_t rows, Py_ssize_t chunk):
     """``y = conv(x, w) + b`` (``b`` may be None) from ``pack_weights``' output, in tasks of ``rows``
-    output rows; ``scratch``: ``scratch_size(geo, rows)`` elements per thread."""
+    output rows of one sample by ``chunk`` blocks of output channels of one group; ``scratch``:
+    ``scratch_size(geo, rows)`` elements per thread."""
     cdef Geo g = make_geo(geo)
     cdef const float* bp = NULL
-    cdef Py_ssize_t bands = (g.oh + rows - 1) // rows, t, r0, xc, xr
+    cdef Py_ssize_t width = FC_LANES * vectors(g.cog), blocks = (g.cog + width - 1) // width
+    cdef Py_ssize_t bands = (g.oh + rows - 1) // rows, chunks = (blocks + chunk - 1) // chunk
+    cdef Py_ssize_t t, k, r0, xc, xr
     cdef Py_ssize_t[::1] taps
     if y.size == 0:
         return
     if b is not None:
         bp = &b[0]
     xc, xr = strides(&g, rows)
-    taps = tap_offsets(&g, xc, xr)
+    taps = tap_offsets(&g, xc, xr, True)
     with nogil, parallel():
-        for t in prange(g.n * bands, schedule="dynamic"):
-            r0 = (t % bands) * rows
-            band(&x[0, 0, 0, 0], &packed[0], bp, &y[0, 0, 0, 0], &scratch[threadid(), 0], &taps[0], &g,
-                 t // bands, r0, min(rows, g.oh - r0), rows)
+        for t in prange(g.n * g.groups * bands * chunks, schedule="dynamic"):
+            k = t % chunks
+            r0 = (t // chunks % bands) * rows
+            conv_task(&x[0, 0, 0, 0], &packed[0], bp, &y[0, 0, 0, 0], &scratch[threadid(), 0], &taps[0], &g,
+                      t // (chunks * bands * g.groups), t // (chunks * bands) % g.groups, r0,
+                      min(rows, g.oh - r0), k * chunk, min(blocks, (k + 1) * chunk), xc, xr)
 
 
 def grad_weight_scratch(tuple geo):
     """``(padded input, packed gradient)`` elements per thread that ``grad_weight`` needs."""
     cdef Geo g = make_geo(geo)
     cdef Py_ssize_t width = FC_LANES * vectors(g.cog)
-    return scratch_size(geo, g.oh), (g.ohw + FC_MAX_NJ) * width
+    return scratch_size(geo, g.oh), g.ohw * width
 
 
 cdef void weight_task(const float* gy, const float* x, float* parts, float* scratch, float* packed,
@@ -191,32 +215,28 @@ cdef void weight_task(const float* gy, const float* x, float* parts, float* scra
     """One task of ``grad_weight``: sample ``n``, group ``grp``, block ``blk`` of its output channels."""
     cdef int nv = vectors(g.cog)
     cdef Py_ssize_t width = FC_LANES * nv, oc0 = grp * g.cog + blk * width
-    cdef Py_ssize_t nc = min(width, g.cog - blk * width), tiles = (g.taps + FC_MAX_NJ - 1) // FC_MAX_NJ
-    cdef Py_ssize_t nj = (g.taps + tiles - 1) // tiles, c, p, o, t, t0, count
-    cdef float* tile = packed + g.ohw * width
+    cdef Py_ssize_t nc = min(width, g.cog - blk * width), nj = fc_tile_width(g.taps), c, p, t0, tile
     cdef const float* src
     cdef fc_src s
-    tiles = (g.taps + nj - 1) // nj
+    cdef fc_dst d
     if padded(g):
-        if last[0] != n:
-            copy_band(x, scratch, g, n, 0, g.oh, xc)
-            last[0] = n
-        s.x = scratch + grp * g.cig * xc
+        if last[0] != n * g.groups + grp:
+            copy_band(x, scratch, g, n, grp, 0, g.oh, xc)
+            last[0] = n * g.groups + grp
+        s.x = scratch
     else:
         s.x = x + (n * g.c_in + grp * g.cig) * g.hw
     for c in range(width):  # the block's output gradient, pixel-major: the micro-kernel's "weights"
         src = gy + (n * g.c_out + oc0 + c) * g.ohw
         for p in range(g.ohw):
             packed[p * width + c] = src[p] if c < nc else 0
-    s.taps, s.ntaps, s.sw = pixels, g.ohw, 0
-    for t in range(tiles):  # tiles of nearly equal width
-        t0 = t * nj
-        count = min(nj, g.taps - t0)
+    s.taps, s.ntaps, s.kw, s.dw, s.sw = pixels, g.ohw, 1, 0, 0  # cols: one tap per row
+    d.yc, d.nc, d.bias, d.add = g.taps, nc, NULL, 1
+    for tile in range((g.taps + nj - 1) // nj):  # tiles of nearly equal width
+        t0 = tile * nj
         s.cols = taps + t0
-        fc_tile_any(&s, packed, count, nv, tile)
-        for o in range(count):
-            for c in range(nc):
-                parts[(oc0 + c) * g.taps + t0 + o] += tile[o * width + c]
+        d.y = parts + oc0 * g.taps + t0
+        fc_tile_any(&s, packed, min(nj, g.taps - t0), nv, &d)
 
 
 def grad_weight(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x, float[:, :, ::1] parts,
@@ -239,7 +259,7 @@ def grad_weight(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x, float
     if gy.size == 0 or x.size == 0 or g.taps == 0:
         return
     xc, xr = strides(&g, g.oh)
-    taps = tap_offsets(&g, xc, xr)
+    taps = tap_offsets(&g, xc, xr, False)
     for oy in range(g.oh):
         for ox in range(g.ow):
             pixels[oy * g.ow + ox] = oy * g.sh * xr + ox * g.sw

@@ -23,11 +23,14 @@ a one-thread BLAS, or, with fewer tiles than threads, one tile at a time with a 
 two thread pools never compete. (SciPy's BLAS thread count is process-wide: it is set for the duration
 of a call and restored.) Scratch comes from ``workspaces`` (per Python thread and dtype, grown as needed).
 """
+import collections
 import contextlib
 import ctypes
+import functools
 import glob
 import os
 import sys
+import threading
 
 import numpy as np
 
@@ -248,23 +251,87 @@ def _wide_workspace(spec, dtype):
     return workspace("planes", (num_threads(), _conv.wide_size(conv_geo(spec))), dtype)
 
 
-def _band_rows(spec):
-    """Output rows per task of the blocked kernel: whole samples, cut into bands while a band's padded
-    input copy exceeds ``_BAND_BYTES`` or there are too few tasks to balance the threads."""
+@functools.lru_cache(maxsize=512)
+def _blocked_plan(spec, threads, band_bytes):
+    """``(geo, rows, chunk, scratch)`` of a blocked forward pass: tasks of ``rows`` output rows of one
+    sample by ``chunk`` blocks of output channels, ``scratch`` elements of padded band per thread.
+
+    Picks the split with the shortest estimated makespan (tasks per thread times a task's time: its
+    multiply-adds, its band copy and its weights read from the shared cache), among bands whose input
+    stays within ``band_bytes`` (L2) beside one block of weights: a thread that runs every block of a
+    band copies it once; splitting the blocks feeds more threads (batch 1 and small maps) at the price
+    of copying the band once per chunk, and splitting the rows at the price of reading the weights
+    once per band.
+    """
     geo = conv_geo(spec)
-    rows, tasks = spec.oh, 4 * num_threads()
-    while rows > 1 and (4 * _blocked.scratch_size(geo, rows) > _BAND_BYTES
-                        or spec.n * -(-spec.oh // rows) < tasks):
-        rows = (rows + 1) // 2
-    return rows
+    cig, cog = spec.c_in // spec.groups, spec.c_out // spec.groups
+    width = _blocked.block_width(cog)
+    blocks = max(1, -(-cog // width))
+    block_bytes = 4 * width * cig * spec.kh * spec.kw
+    best = None
+    for rows in range(spec.oh, 0, -1):
+        band = 4 * _blocked.scratch_size(geo, rows) or 4 * cig * ((rows - 1) * spec.stride[0] + 1) * spec.w
+        if band + block_bytes > band_bytes and rows > 1:
+            continue
+        bands = -(-spec.oh // rows)
+        for chunk in sorted({-(-blocks // k) for k in range(1, blocks + 1)}, reverse=True):
+            tasks = spec.n * spec.groups * bands * -(-blocks // chunk)
+            # cycles at 64 flop, 16 copied bytes or 32 bytes of weights per cycle
+            task = (2 * rows * spec.ow * chunk * width * cig * spec.kh * spec.kw / 64
+                    + 4 * _blocked.scratch_size(geo, rows) / 16 + chunk * block_bytes / 32)
+            cost = (-(-tasks // threads) * task, tasks)
+            if best is None or cost < best[0]:
+                best = cost, rows, chunk
+    _, rows, chunk = best
+    return geo, rows, chunk, max(1, _blocked.scratch_size(geo, rows))
 
 
-def _blocked_conv2d(x, w, b, y, spec):
-    geo, rows = conv_geo(spec), _band_rows(spec)
-    packed = workspace("packed", (_blocked.packed_size(geo),), np.float32)
-    _blocked.pack_weights(w, packed, geo)
-    scratch = workspace("band", (num_threads(), max(1, _blocked.scratch_size(geo, rows))), np.float32)
-    _blocked.conv2d(x, packed, b, y, scratch, geo, rows)
+class _PackedWeights(threading.local):
+    """Weights packed for the blocked kernel, per Python thread, keyed by the weight array's address,
+    shape and packing. Every call checks the packed copy against the weights (bit for bit, in the
+    packing pass itself: one read of each) and rewrites what differs, so an optimizer step,
+    ``load_state_dict`` or any write into the array is seen, while inference repacks nothing. Least
+    recently used entries go beyond ``PACKED_WEIGHTS_BYTES``."""
+
+    def __init__(self):
+        self.entries = collections.OrderedDict()  # (address, shape, form) -> packed
+        self.bytes = 0
+        self.blocks_written = 0  # blocks packed or repacked (tests read it)
+
+    def get(self, w, geo, form, adjoint):
+        key = (w.ctypes.data, w.shape, form)
+        packed = self.entries.get(key)
+        if packed is None:
+            packed = self.entries[key] = np.empty(_blocked.packed_size(geo), np.float32)
+            self.bytes += packed.nbytes
+            self.blocks_written += _blocked.pack_weights(w, packed, geo, adjoint, True)
+            self._evict()
+        else:
+            self.entries.move_to_end(key)
+            self.blocks_written += _blocked.pack_weights(w, packed, geo, adjoint, False)
+        return packed
+
+    def _evict(self):
+        while self.bytes > PACKED_WEIGHTS_BYTES and len(self.entries) > 1:
+            self.bytes -= self.entries.popitem(last=False)[1].nbytes
+
+    def clear(self):
+        self.entries.clear()
+        self.bytes = 0
+
+
+#: Bytes of packed weights kept per Python thread.
+PACKED_WEIGHTS_BYTES = 256 << 20
+packed_weights = _PackedWeights()
+
+
+def _blocked_conv2d(x, w, b, y, spec, adjoint=None):
+    """The blocked forward pass of ``spec``, or with ``adjoint`` (the forward's spec) its input
+    gradient: ``x`` is then the output gradient and ``w`` the forward's weights."""
+    geo, rows, chunk, scratch = _blocked_plan(spec, num_threads(), _BAND_BYTES)
+    form = ("adjoint" if adjoint else "forward", spec.groups)
+    packed = packed_weights.get(w, geo, form, adjoint is not None)
+    _blocked.conv2d(x, packed, b, y, workspace("band", (num_threads(), scratch), np.float32), geo, rows, chunk)
     return y
 
 
@@ -289,7 +356,7 @@ def conv2d_grad_input(gy, w, spec, algorithm=None):
     gx = np.empty(spec.x_shape, gy.dtype)
     algorithm = _algorithm(spec, algorithm, gy.dtype, "conv2d_grad_input")
     if algorithm == "blocked":
-        return _blocked_conv2d(gy, adjoint_weight(w, spec), None, gx, adjoint_spec(spec))
+        return _blocked_conv2d(gy, w, None, gx, adjoint_spec(spec), adjoint=spec)
     if algorithm == "direct":
         _conv.conv2d_grad_input(gy, w, gx, _wide_workspace(spec, gy.dtype), conv_geo(spec))
         return gx
