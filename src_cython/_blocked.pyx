@@ -24,6 +24,7 @@ cdef extern from "blocked_conv.h" nogil:
         const Py_ssize_t* taps
         int ntaps, kw, dw, sw
         const Py_ssize_t* cols
+        int ekw, edw
     ctypedef struct fc_dst:
         float* y
         Py_ssize_t yc
@@ -161,7 +162,7 @@ cdef void conv_task(const float* x, const float* wp, const float* b, float* y, f
     cdef Py_ssize_t width = FC_LANES * nv, blocks = (g.cog + width - 1) // width, blk, r, oc
     cdef fc_src s
     cdef const float* base
-    s.taps, s.ntaps, s.kw, s.dw, s.sw, s.cols = taps, g.cig * g.kh, g.kw, g.dw, g.sw, NULL
+    s.taps, s.ntaps, s.kw, s.dw, s.sw, s.cols, s.ekw, s.edw = taps, g.cig * g.kh, g.kw, g.dw, g.sw, NULL, 1, 0
     if padded(g):
         copy_band(x, buf, g, n, grp, r0, rows, xc)
         base = buf
@@ -209,63 +210,78 @@ def grad_weight_scratch(tuple geo):
     return scratch_size(geo, g.oh), g.ohw * width
 
 
-cdef void weight_task(const float* gy, const float* x, float* parts, float* scratch, float* packed,
-                      const Py_ssize_t* pixels, const Py_ssize_t* taps, Py_ssize_t* last, Geo* g,
-                      Py_ssize_t xc, Py_ssize_t n, Py_ssize_t grp, Py_ssize_t blk) noexcept nogil:
-    """One task of ``grad_weight``: sample ``n``, group ``grp``, block ``blk`` of its output channels."""
+cdef inline bint row_tiles(Geo* g) noexcept nogil:
+    """Whether the weight gradient's tiles are whole kernel rows (kernel widths with a specialised tile)."""
+    return (g.kw == 3 or g.kw == 5) and (g.dw == 1 or (g.kw == 3 and g.dw == 2))
+
+
+cdef void weight_task(const float* gy, const float* x, float* out, float* scratch, float* packed,
+                      const Py_ssize_t* rows, const Py_ssize_t* taps, Geo* g, Py_ssize_t xc, Py_ssize_t n0,
+                      Py_ssize_t n1, Py_ssize_t grp, Py_ssize_t blk0, Py_ssize_t blk1) noexcept nogil:
+    """One task of ``grad_weight``: ``out[oc, tap]`` for the output channels of blocks ``[blk0, blk1)``
+    of group ``grp``, summed over samples ``[n0, n1)``."""
     cdef int nv = vectors(g.cog)
-    cdef Py_ssize_t width = FC_LANES * nv, oc0 = grp * g.cog + blk * width
-    cdef Py_ssize_t nc = min(width, g.cog - blk * width), nj = fc_tile_width(g.taps), c, p, t0, tile
-    cdef const float* src
+    cdef Py_ssize_t width = FC_LANES * nv, oc0, nc, step, count, t0, tile, n, blk
     cdef fc_src s
     cdef fc_dst d
-    if padded(g):
-        if last[0] != n * g.groups + grp:
+    s.taps, s.ntaps, s.kw, s.dw, s.sw = rows, g.oh, <int>g.ow, <int>g.sw, 0  # reduce over output rows
+    if row_tiles(g):  # tiles of whole kernel rows (c, i): nearly equal numbers of rows
+        s.ekw, s.edw, count = g.kw, g.dw, g.cig * g.kh
+        step = max(1, fc_tile_width(count * g.kw) // g.kw)
+    else:             # tiles of nearly equal numbers of taps
+        s.ekw, s.edw, count = 1, 0, g.taps
+        step = fc_tile_width(count)
+    oc0 = grp * g.cog + blk0 * width
+    fill(out + oc0 * g.taps, <float>0, (min(g.cog, blk1 * width) - blk0 * width) * g.taps)
+    for n in range(n0, n1):
+        if padded(g):
             copy_band(x, scratch, g, n, grp, 0, g.oh, xc)
-            last[0] = n * g.groups + grp
-        s.x = scratch
-    else:
-        s.x = x + (n * g.c_in + grp * g.cig) * g.hw
-    for c in range(width):  # the block's output gradient, pixel-major: the micro-kernel's "weights"
-        src = gy + (n * g.c_out + oc0 + c) * g.ohw
-        for p in range(g.ohw):
-            packed[p * width + c] = src[p] if c < nc else 0
-    s.taps, s.ntaps, s.kw, s.dw, s.sw = pixels, g.ohw, 1, 0, 0  # cols: one tap per row
-    d.yc, d.nc, d.bias, d.add = g.taps, nc, NULL, 1
-    for tile in range((g.taps + nj - 1) // nj):  # tiles of nearly equal width
-        t0 = tile * nj
-        s.cols = taps + t0
-        d.y = parts + oc0 * g.taps + t0
-        fc_tile_any(&s, packed, min(nj, g.taps - t0), nv, &d)
+            s.x = scratch
+        else:
+            s.x = x + (n * g.c_in + grp * g.cig) * g.hw
+        for blk in range(blk0, blk1):
+            oc0 = grp * g.cog + blk * width
+            nc = min(width, g.cog - blk * width)
+            # the block's output gradient, pixel-major: the micro-kernel's "weights"
+            fc_pack_block(gy + (n * g.c_out + oc0) * g.ohw, g.ohw, 1, 0, <int>g.ohw, 0, <int>nc, <int>width,
+                          packed, 1)
+            d.yc, d.nc, d.bias, d.add = g.taps, nc, NULL, 1
+            for tile in range((count + step - 1) // step):
+                t0 = tile * step
+                s.cols = taps + t0
+                d.y = out + oc0 * g.taps + t0 * s.ekw
+                fc_tile_any(&s, packed, min(step, count - t0) * s.ekw, nv, &d)
 
 
-def grad_weight(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x, float[:, :, ::1] parts,
-                float[:, ::1] scratch, float[:, ::1] packed, tuple geo):
-    """``parts[thread, oc, tap] +=`` the weight gradient of the samples each thread ran (the caller
-    zeroes ``parts``, ``(threads, c_out, taps)``, and sums it over threads).
+def grad_weight(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x, float[:, :, ::1] out,
+                float[:, ::1] scratch, float[:, ::1] packed, tuple geo, Py_ssize_t chunk):
+    """The weight gradient: ``out[k, oc, tap]`` sums it over the ``k``-th of ``out.shape[0]`` equal
+    runs of samples (the caller sums over ``k``), in tasks of ``chunk`` blocks of output channels.
 
-    The same micro-kernel with the roles turned: the reduction runs over a sample's output pixels, the
-    tile holds up to ``FC_MAX_NJ`` kernel taps by a block of output channels. A task (sample, group,
-    block of output channels) transposes the block's output gradient to pixel-major rows in
-    ``packed[thread]`` (they play the weights) and reads the sample's zero-padded input from
-    ``scratch[thread]`` (copied when the thread moves to another sample); sizes: ``grad_weight_scratch``.
+    The same micro-kernel with the roles turned: the reduction runs over output pixels, the tile holds
+    up to ``FC_MAX_NJ`` kernel taps by a block of output channels. A task (run of samples, group, blocks)
+    reads each sample's zero-padded input from ``scratch[thread]`` and transposes each block's output
+    gradient to pixel-major rows in ``packed[thread]`` (they play the weights); sizes:
+    ``grad_weight_scratch``.
     """
     cdef Geo g = make_geo(geo)
-    cdef Py_ssize_t blocks = (g.cog + FC_LANES * vectors(g.cog) - 1) // (FC_LANES * vectors(g.cog))
-    cdef Py_ssize_t task, tid, oy, ox, xc, xr
-    cdef Py_ssize_t[::1] pixels = np.empty(max(g.ohw, 1), np.intp)
+    cdef Py_ssize_t width = FC_LANES * vectors(g.cog), blocks = (g.cog + width - 1) // width
+    cdef Py_ssize_t runs = out.shape[0], per_run = (g.n + runs - 1) // runs
+    cdef Py_ssize_t chunks = (blocks + chunk - 1) // chunk, task, run, k, oy, xc, xr
+    cdef Py_ssize_t[::1] rows = np.empty(max(g.oh, 1), np.intp)
     cdef Py_ssize_t[::1] taps
-    cdef Py_ssize_t[::1] last = np.full(scratch.shape[0], -1, np.intp)
     if gy.size == 0 or x.size == 0 or g.taps == 0:
+        out[...] = 0
         return
     xc, xr = strides(&g, g.oh)
-    taps = tap_offsets(&g, xc, xr, False)
+    taps = tap_offsets(&g, xc, xr, row_tiles(&g))
     for oy in range(g.oh):
-        for ox in range(g.ow):
-            pixels[oy * g.ow + ox] = oy * g.sh * xr + ox * g.sw
+        rows[oy] = oy * g.sh * xr
     with nogil, parallel():
-        for task in prange(g.n * g.groups * blocks, schedule="static"):
-            tid = threadid()
-            weight_task(&gy[0, 0, 0, 0], &x[0, 0, 0, 0], &parts[tid, 0, 0], &scratch[tid, 0],
-                        &packed[tid, 0], &pixels[0], &taps[0], &last[tid], &g, xc,
-                        task // (g.groups * blocks), (task // blocks) % g.groups, task % blocks)
+        for task in prange(runs * g.groups * chunks, schedule="dynamic"):
+            k = task % chunks
+            run = task // (chunks * g.groups)
+            weight_task(&gy[0, 0, 0, 0], &x[0, 0, 0, 0], &out[run, 0, 0], &scratch[threadid(), 0],
+                        &packed[threadid(), 0], &rows[0], &taps[0], &g, xc, min(g.n, run * per_run),
+                        min(g.n, (run + 1) * per_run), task // chunks % g.groups, k * chunk,
+                        min(blocks, (k + 1) * chunk))

@@ -35,7 +35,9 @@
 
 /* Where one tile reads its input. The reduction runs over ntaps rows of kw taps each: tap j of row r
  * reads x + taps[r] + j*dw, and tile element o (an output pixel of the forward pass, a kernel tap of
- * the weight gradient) adds cols[o], or o * sw. The weights hold one vector (or nv) per tap, in order. */
+ * the weight gradient) adds o * sw, or, with a table, cols[o / ekw] + (o % ekw) * edw (the weight
+ * gradient's elements are the taps of ekw-tap kernel rows). The weights hold one vector (or nv) per
+ * tap, in order. */
 typedef struct {
     const float *x;         /* input at the tile's first element */
     const ptrdiff_t *taps;  /* row offsets from x: the kernel rows (c, i) of the forward pass,
@@ -43,8 +45,9 @@ typedef struct {
                                gradient */
     int ntaps;              /* rows */
     int kw, dw;             /* taps per row and their spacing */
-    int sw;                 /* tile element o reads x + taps[r] + j*dw + o * sw ... */
-    const ptrdiff_t *cols;  /* ... or x + taps[r] + j*dw + cols[o] when this is not NULL */
+    int sw;                 /* element o adds o * sw ... */
+    const ptrdiff_t *cols;  /* ... or, when this is not NULL, cols[o / ekw] + (o % ekw) * edw */
+    int ekw, edw;
 } fc_src;
 
 /* Where one tile's results go: y[c * yc + o] = tile(o, c) (+ bias[c]), for channels c < nc; with add,
@@ -127,20 +130,20 @@ static inline __attribute__((always_inline)) void fc_store(fc_vec acc[][FC_MAX_N
     }
 }
 
-/* out(o, c) = sum over rows r and taps j of w[r*kw + j, c] * x[taps[r] + j*dw + (cols ? cols[o] : o*sw)],
- * o < nj, written by fc_store. Inlined with constant nj, nv and (in the common cases) sw, kw and dw, so
- * the accumulators are registers, the input offsets constants, and a pixel that several taps of a row
- * read (o*sw + j*dw equal) is broadcast once. */
+/* out(o, c) = sum over rows r and taps j of w[r*kw + j, c] * x[taps[r] + j*dw + offset of element o],
+ * o < nj, written by fc_store. Inlined with constant nj, nv and (in the common cases) sw, kw, dw, ekw
+ * and edw, so the accumulators are registers, the input offsets constants (or a table entry plus a
+ * constant), and a pixel that several taps of a row read (o*sw + j*dw equal) is broadcast once. */
 static inline __attribute__((always_inline)) void fc_tile(const fc_src *s, const float *w, int nj, int nv,
                                                           int sw, int kw, int dw, const ptrdiff_t *cols,
-                                                          const fc_dst *d)
+                                                          int ekw, int edw, const fc_dst *d)
 {
     fc_vec acc[FC_MAX_NJ][FC_MAX_NV], wv[FC_MAX_NV];
     ptrdiff_t off[FC_MAX_NJ];
     const float *x = s->x;
     const ptrdiff_t *taps = s->taps;
     for (int o = 0; o < nj; o++) {
-        off[o] = cols ? cols[o] : (ptrdiff_t)o * sw;
+        off[o] = cols ? cols[o / ekw] : (ptrdiff_t)o * sw;  /* a table's entries: per ekw elements */
         for (int v = 0; v < nv; v++)
             acc[o][v] = (fc_vec){0};
     }
@@ -149,7 +152,7 @@ static inline __attribute__((always_inline)) void fc_tile(const fc_src *s, const
         for (int j = 0; j < kw; j++, w += FC_LANES * nv) {
             memcpy(wv, w, sizeof(fc_vec) * nv);
             for (int o = 0; o < nj; o++) {
-                float xv = p[off[o] + j * dw];
+                float xv = cols ? p[off[o] + (o % ekw) * edw + j * dw] : p[off[o] + j * dw];
                 for (int v = 0; v < nv; v++)
                     acc[o][v] += xv * wv[v];
             }
@@ -159,16 +162,18 @@ static inline __attribute__((always_inline)) void fc_tile(const fc_src *s, const
 }
 #else
 static void fc_tile(const fc_src *s, const float *w, int nj, int nv, int sw, int kw, int dw,
-                    const ptrdiff_t *cols, const fc_dst *d)
+                    const ptrdiff_t *cols, int ekw, int edw, const fc_dst *d)
 {
     int width = FC_LANES * nv;
     float out[FC_MAX_NJ * FC_MAX_NV * FC_LANES];
     memset(out, 0, sizeof(float) * nj * width);
     for (int r = 0; r < s->ntaps; r++)
         for (int j = 0; j < kw; j++, w += width)
-            for (int o = 0; o < nj; o++)
+            for (int o = 0; o < nj; o++) {
+                ptrdiff_t off = cols ? cols[o / ekw] + (o % ekw) * edw : (ptrdiff_t)o * sw;
                 for (int c = 0; c < width; c++)
-                    out[o * width + c] += s->x[s->taps[r] + j * dw + (cols ? cols[o] : (ptrdiff_t)o * sw)] * w[c];
+                    out[o * width + c] += s->x[s->taps[r] + j * dw + off] * w[c];
+            }
     for (int c = 0; c < d->nc; c++)
         for (int o = 0; o < nj; o++) {
             float *y = d->y + c * d->yc + o;
@@ -177,16 +182,22 @@ static void fc_tile(const fc_src *s, const float *w, int nj, int nv, int sw, int
 }
 #endif
 
-/* The specialisations: (sw, kw, dw) of 3x3 and 5x5 kernels, stride 1 or 2, dilation 1 or 2, of 1x1
- * kernels, and any other row (runtime sw, kw, dw), or a table of element offsets. */
-#define FC_CASE(NJ, NV) case NJ:                                                           \
-    if (s->cols) fc_tile(s, w, NJ, NV, 0, 1, 0, s->cols, d);  /* kw = 1 */                 \
-    else if (s->sw == 1 && s->kw == 3 && s->dw == 1) fc_tile(s, w, NJ, NV, 1, 3, 1, NULL, d); \
-    else if (s->sw == 1 && s->kw == 1) fc_tile(s, w, NJ, NV, 1, 1, 1, NULL, d);             \
-    else if (s->sw == 1 && s->kw == 5 && s->dw == 1) fc_tile(s, w, NJ, NV, 1, 5, 1, NULL, d); \
-    else if (s->sw == 2 && s->kw == 3 && s->dw == 1) fc_tile(s, w, NJ, NV, 2, 3, 1, NULL, d); \
-    else if (s->sw == 1 && s->kw == 3 && s->dw == 2) fc_tile(s, w, NJ, NV, 1, 3, 2, NULL, d); \
-    else fc_tile(s, w, NJ, NV, s->sw, s->kw, s->dw, NULL, d);                                \
+/* The specialisations: rows (sw, kw, dw) of 3x3 and 5x5 kernels, stride 1 or 2, dilation 1 or 2, of
+ * 1x1 kernels, and any other row (runtime sw, kw, dw); element tables (one tap per row) of kernel rows
+ * of 3 or 5 taps, dilation 1 or 2, or of single elements. */
+#define FC_CASE(NJ, NV) case NJ:                                                                      \
+    if (s->cols) {                                                                                     \
+        if (s->ekw == 3 && s->edw == 1) fc_tile(s, w, NJ, NV, 0, s->kw, s->dw, s->cols, 3, 1, d);      \
+        else if (s->ekw == 5 && s->edw == 1) fc_tile(s, w, NJ, NV, 0, s->kw, s->dw, s->cols, 5, 1, d); \
+        else if (s->ekw == 3 && s->edw == 2) fc_tile(s, w, NJ, NV, 0, s->kw, s->dw, s->cols, 3, 2, d); \
+        else fc_tile(s, w, NJ, NV, 0, s->kw, s->dw, s->cols, 1, 0, d);                                 \
+    }                                                                                                  \
+    else if (s->sw == 1 && s->kw == 3 && s->dw == 1) fc_tile(s, w, NJ, NV, 1, 3, 1, NULL, 1, 0, d);    \
+    else if (s->sw == 1 && s->kw == 1) fc_tile(s, w, NJ, NV, 1, 1, 1, NULL, 1, 0, d);                  \
+    else if (s->sw == 1 && s->kw == 5 && s->dw == 1) fc_tile(s, w, NJ, NV, 1, 5, 1, NULL, 1, 0, d);    \
+    else if (s->sw == 2 && s->kw == 3 && s->dw == 1) fc_tile(s, w, NJ, NV, 2, 3, 1, NULL, 1, 0, d);    \
+    else if (s->sw == 1 && s->kw == 3 && s->dw == 2) fc_tile(s, w, NJ, NV, 1, 3, 2, NULL, 1, 0, d);    \
+    else fc_tile(s, w, NJ, NV, s->sw, s->kw, s->dw, NULL, 1, 0, d);                                    \
     return;
 #if FC_MAX_NJ > 6
 #define FC_WIDE_CASES(NV) FC_CASE(7, NV) FC_CASE(8, NV) FC_CASE(9, NV) FC_CASE(10, NV) FC_CASE(11, NV) \
@@ -197,7 +208,8 @@ static void fc_tile(const fc_src *s, const float *w, int nj, int nv, int sw, int
 #define FC_CASES(NV) FC_CASE(1, NV) FC_CASE(2, NV) FC_CASE(3, NV) FC_CASE(4, NV) FC_CASE(5, NV) \
                      FC_CASE(6, NV) FC_WIDE_CASES(NV)
 
-/* fc_tile specialised for each nj (1 <= nj <= FC_MAX_NJ), nv (1 <= nv <= FC_MAX_NV) and row shape. */
+/* fc_tile specialised for each nj (1 <= nj <= FC_MAX_NJ), nv (1 <= nv <= FC_MAX_NV) and row shape
+ * (the weight gradient's tables of ekw-tap rows need nj a multiple of ekw). */
 static void fc_tile_any(const fc_src *s, const float *w, int nj, int nv, const fc_dst *d)
 {
     if (nv == 1) {

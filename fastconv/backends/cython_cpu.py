@@ -367,15 +367,50 @@ def conv2d_grad_input(gy, w, spec, algorithm=None):
     return gx
 
 
+@functools.lru_cache(maxsize=512)
+def _grad_weight_plan(spec, threads):
+    """``(geo, runs, chunk)`` of a blocked weight gradient: tasks of ``chunk`` blocks of output channels
+    of one group over one of ``runs`` runs of samples.
+
+    A task copies each sample's padded input once and transposes each block's output gradient once; its
+    sums go straight into the gradient (one run) or into one partial gradient per run, added up after.
+    Picks the shortest estimated makespan (tasks per thread times a task's multiply-adds and copies,
+    plus the partial gradients' sum): many blocks (large layers, small batches) give every thread its
+    own blocks, few blocks (LeNet's 16 channels) cut the batch into runs.
+    """
+    geo = conv_geo(spec)
+    cig, cog = spec.c_in // spec.groups, spec.c_out // spec.groups
+    width = _blocked.block_width(cog)
+    blocks = max(1, -(-cog // width))
+    taps, pixels = cig * spec.kh * spec.kw, spec.oh * spec.ow
+    sample_bytes = 4 * max(_blocked.scratch_size(geo, spec.oh), 0)
+    best = None
+    for runs in range(1, max(1, min(spec.n, 4 * threads)) + 1):
+        per_run = -(-spec.n // runs)
+        for chunk in sorted({-(-blocks // k) for k in range(1, blocks + 1)}, reverse=True):
+            tasks = runs * spec.groups * -(-blocks // chunk)
+            # cycles at 64 flop, 16 copied or summed bytes per cycle
+            task = per_run * (2 * chunk * width * taps * pixels / 64 + sample_bytes / 16
+                              + 4 * chunk * width * pixels / 16)
+            total = 4 * spec.c_out * taps * runs / 16 if runs > 1 else 0
+            cost = (-(-tasks // threads) * task + total, tasks)
+            if best is None or cost < best[0]:
+                best = cost, runs, chunk
+    return geo, best[1], best[2]
+
+
 def _blocked_grad_weight(gy, x, spec):
-    geo, threads = conv_geo(spec), num_threads()
+    geo, runs, chunk = _grad_weight_plan(spec, num_threads())
     scratch_size, packed_size = _blocked.grad_weight_scratch(geo)
-    parts = workspace("grad_weight", (threads, int(np.prod(spec.w_shape))), np.float32)
-    parts.fill(0)
-    _blocked.grad_weight(gy, x, parts.reshape(threads, spec.c_out, -1),
-                         workspace("band", (threads, max(1, scratch_size)), np.float32),
-                         workspace("packed_grad", (threads, packed_size), np.float32), geo)
-    return parts.sum(axis=0).reshape(spec.w_shape)
+    threads = num_threads()
+    if runs == 1:
+        gw = np.empty(spec.w_shape, np.float32)
+        out = gw.reshape(1, spec.c_out, -1)
+    else:
+        out = workspace("grad_weight", (runs, spec.c_out, int(np.prod(spec.w_shape[1:]))), np.float32)
+    _blocked.grad_weight(gy, x, out, workspace("band", (threads, max(1, scratch_size)), np.float32),
+                         workspace("packed_grad", (threads, max(1, packed_size)), np.float32), geo, chunk)
+    return gw if runs == 1 else out.sum(axis=0).reshape(spec.w_shape)
 
 
 def conv2d_grad_weight(gy, x, spec, algorithm=None):
