@@ -34,6 +34,7 @@ cdef extern from "blocked_conv.h" nogil:
     int FC_LANES
     int FC_MAX_NV
     int FC_MAX_NJ
+    bint FC_ROW_SHAPE(Py_ssize_t sw, Py_ssize_t kw, Py_ssize_t dw)
     void fc_conv_row(const fc_src* s, const float* w, int nv, int ow, float* y, Py_ssize_t yc, int nc,
                      const float* bias)
     void fc_tile_any(const fc_src* s, const float* w, int nj, int nv, const fc_dst* d)
@@ -162,7 +163,11 @@ cdef void conv_task(const float* x, const float* wp, const float* b, float* y, f
     cdef Py_ssize_t width = FC_LANES * nv, blocks = (g.cog + width - 1) // width, blk, r, oc
     cdef fc_src s
     cdef const float* base
-    s.taps, s.ntaps, s.kw, s.dw, s.sw, s.cols, s.ekw, s.edw = taps, g.cig * g.kh, g.kw, g.dw, g.sw, NULL, 1, 0
+    s.taps, s.sw, s.cols, s.ekw, s.edw = taps, g.sw, NULL, 1, 0
+    if FC_ROW_SHAPE(g.sw, g.kw, g.dw):
+        s.ntaps, s.kw, s.dw = g.cig * g.kh, g.kw, g.dw
+    else:
+        s.ntaps, s.kw, s.dw = g.taps, 1, 0
     if padded(g):
         copy_band(x, buf, g, n, grp, r0, rows, xc)
         base = buf
@@ -193,7 +198,7 @@ def conv2d(const float[:, :, :, ::1] x, const float[::1] packed, const float[::1
     if b is not None:
         bp = &b[0]
     xc, xr = strides(&g, rows)
-    taps = tap_offsets(&g, xc, xr, True)
+    taps = tap_offsets(&g, xc, xr, FC_ROW_SHAPE(g.sw, g.kw, g.dw))
     with nogil, parallel():
         for t in prange(g.n * g.groups * bands * chunks, schedule="dynamic"):
             k = t % chunks

@@ -149,6 +149,7 @@ static inline __attribute__((always_inline)) void fc_tile(const fc_src *s, const
     }
     for (int r = 0, n = s->ntaps; r < n; r++) {
         const float *p = x + taps[r];
+#pragma GCC unroll 12
         for (int j = 0; j < kw; j++, w += FC_LANES * nv) {
             memcpy(wv, w, sizeof(fc_vec) * nv);
             for (int o = 0; o < nj; o++) {
@@ -182,9 +183,14 @@ static void fc_tile(const fc_src *s, const float *w, int nj, int nv, int sw, int
 }
 #endif
 
-/* The specialisations: rows (sw, kw, dw) of 3x3 and 5x5 kernels, stride 1 or 2, dilation 1 or 2, of
- * 1x1 kernels, and any other row (runtime sw, kw, dw); element tables (one tap per row) of kernel rows
- * of 3 or 5 taps, dilation 1 or 2, or of single elements. */
+/* The specialisations: rows (sw, kw, dw) of 3x3 kernels (stride 1 or 2, dilation 1 or 2) and 5x5
+ * kernels, single taps (1x1 kernels, or any kernel as a flat table of taps: see FC_ROW_SHAPE) at stride
+ * 1, 2 or 4, and any other row (runtime sw, kw, dw); element tables (one tap per row) of kernel rows of
+ * 3 or 5 taps, dilation 1 or 2, or of single elements. */
+/* Whether the forward tile runs kernel rows of (sw, kw, dw) (else a flat table of single taps): the
+ * specialised rows, where the pixels that several taps read fit in registers beside the accumulators. */
+#define FC_ROW_SHAPE(sw, kw, dw) ((kw) == 1 || ((sw) == 1 && (kw) == 3 && (dw) <= 2) \
+                                  || ((sw) == 1 && (kw) == 5 && (dw) == 1) || ((sw) == 2 && (kw) == 3 && (dw) == 1))
 #define FC_CASE(NJ, NV) case NJ:                                                                      \
     if (s->cols) {                                                                                     \
         if (s->ekw == 3 && s->edw == 1) fc_tile(s, w, NJ, NV, 0, s->kw, s->dw, s->cols, 3, 1, d);      \
@@ -197,6 +203,8 @@ static void fc_tile(const fc_src *s, const float *w, int nj, int nv, int sw, int
     else if (s->sw == 1 && s->kw == 5 && s->dw == 1) fc_tile(s, w, NJ, NV, 1, 5, 1, NULL, 1, 0, d);    \
     else if (s->sw == 2 && s->kw == 3 && s->dw == 1) fc_tile(s, w, NJ, NV, 2, 3, 1, NULL, 1, 0, d);    \
     else if (s->sw == 1 && s->kw == 3 && s->dw == 2) fc_tile(s, w, NJ, NV, 1, 3, 2, NULL, 1, 0, d);    \
+    else if (s->sw == 2 && s->kw == 1) fc_tile(s, w, NJ, NV, 2, 1, 1, NULL, 1, 0, d);                  \
+    else if (s->sw == 4 && s->kw == 1) fc_tile(s, w, NJ, NV, 4, 1, 1, NULL, 1, 0, d);                  \
     else fc_tile(s, w, NJ, NV, s->sw, s->kw, s->dw, NULL, 1, 0, d);                                    \
     return;
 #if FC_MAX_NJ > 6
