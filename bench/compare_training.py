@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchmarks import common  # noqa: E402
 
 BASELINE = "fastconv cpu auto"
-# label -> (implementation, device); the fastconv CPU backends come from dispatch at run time
+# label -> (implementation, device); the fastconv CPU backends come from the registry at run time
 GPU_RUNS = {"fastconv cuda": ("cuda", "cuda"), "pytorch cuda": (common.TORCH, "cuda")}
 
 

@@ -8,14 +8,18 @@
 """
 from . import cuda, functional, shapes
 from . import data, models, nn, optim  # noqa: E402  (need functional and tensor first)
+from . import onnx, viz  # their optional packages (onnx, matplotlib) load on first use
 from ._version import __version__
-from .backends.dispatch import available as available_backends
-from .backends.dispatch import get_backend, set_backend
-from .backends.choose import autotune
+from .backends.plan import get_backend, get_exact, set_backend, set_exact
+from .backends.registry import available as available_backends
+from .backends.tune import enable as autotune
 from .config import get_num_threads, set_num_threads, show_config
+from .explain import explain
 from .random import manual_seed
-from .tensor import Tensor, is_grad_enabled, no_grad, tensor
+from .summary import summary
+from .tensor import Tensor, from_dlpack, is_grad_enabled, no_grad, tensor
 
-__all__ = ["Tensor", "tensor", "no_grad", "is_grad_enabled", "functional", "shapes", "cuda",
+__all__ = ["Tensor", "tensor", "from_dlpack", "no_grad", "is_grad_enabled", "functional", "shapes", "cuda",
            "set_backend", "get_backend", "available_backends", "set_num_threads", "get_num_threads",
-           "show_config", "manual_seed", "autotune", "__version__", "nn", "optim", "data", "models"]
+           "show_config", "manual_seed", "autotune", "explain", "set_exact", "get_exact", "summary",
+           "__version__", "nn", "optim", "data", "models", "onnx", "viz"]

@@ -3,6 +3,9 @@
     fastconv train mnist1d                    # the MNIST-1D paper's CNN and recipe, offline, seconds
     fastconv train lenet5 --epochs 10         # LeNet-5 on MNIST ($FASTCONV_DATA or --data-dir)
     fastconv info                             # versions, threads, OpenMP, BLAS, CUDA, backends
+    fastconv plan lenet5 --batch 128          # which kernel runs each pass of a model, and why
+    fastconv plan conv2d --input 8,64,56,56 --weight 64,64,3,3 --padding 1 --measure
+    fastconv tune                             # measure the kernels of every model's layers, keep the fastest
     fastconv bench [args]                     # bench/compare.py: fastconv vs PyTorch, per op
     fastconv compare [args]                   # bench/compare_training.py: training, fastconv vs PyTorch
 
@@ -54,7 +57,7 @@ def run_script(command, argv):
 
 def _parser():
     parser = argparse.ArgumentParser(prog="fastconv", description="fastconv: convolution engine for Python")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,info,bench,compare}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,info,plan,tune,bench,compare}")
 
     from .models import MODELS
     from .train import OPTIMIZERS, SCHEDULES
@@ -90,9 +93,79 @@ def _parser():
     t.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
     sub.add_parser("info", help="versions, threads, OpenMP, BLAS, CUDA and backends")
+    p = sub.add_parser("plan", help="which kernel runs each pass of a model or a convolution, and why",
+                       description="Print the plan of every pass: backend and algorithm, the model's time, "
+                                   "the measured time (--measure) and the reason.")
+    p.add_argument("target", choices=sorted(MODELS) + ["conv1d", "conv2d"],
+                   help="a model (one training step's passes) or one convolution")
+    p.add_argument("--batch", type=int, default=128, help="batch size of the model's input (default 128)")
+    p.add_argument("--input", type=_shape, help="conv: input shape, e.g. 8,64,56,56")
+    p.add_argument("--weight", type=_shape, help="conv: weight shape, e.g. 64,64,3,3")
+    for name in ("stride", "padding", "dilation", "groups"):
+        p.add_argument(f"--{name}", type=int, default=0 if name == "padding" else 1)
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--backend", default="auto", help="auto, a backend (cython) or an algorithm (cython:blocked)")
+    p.add_argument("--measure", action="store_true", help="time each kernel here")
+    t = sub.add_parser("tune", help="measure the kernels of the models' layers here and keep the fastest",
+                       description="Time every candidate kernel of every pass of the reference models' layers "
+                                   "(their training batch sizes) and store the fastest in the planner's cache, "
+                                   "which later runs on this machine use.")
+    t.add_argument("models", nargs="*", choices=sorted(MODELS), metavar="MODEL",
+                   help=f"models to measure (default: lenet5 paper wide; any of {', '.join(sorted(MODELS))})")
+    t.add_argument("--batch", type=int, help="batch size (default: each model's training recipe)")
     for name, (_, text) in SCRIPTS.items():
         sub.add_parser(name, help=text, add_help=False)
     return parser
+
+
+def _shape(text):
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated ints such as 8,3,32,32, got {text!r}")
+
+
+def plan(args):
+    """``fastconv plan``: print :func:`fastconv.explain` for a model or one convolution."""
+    import numpy as np
+
+    from . import functional as F
+    from . import models
+    from .explain import explain
+    from .tensor import tensor
+    if args.target in ("conv1d", "conv2d"):
+        if args.input is None or args.weight is None:
+            raise ValueError(f"fastconv plan {args.target} needs --input and --weight shapes")
+        rng = np.random.default_rng(0)
+        x, w = (tensor(rng.standard_normal(s).astype(args.dtype), requires_grad=True) for s in (args.input, args.weight))
+        op = getattr(F, args.target)
+        print(explain(op, x, w, stride=args.stride, padding=args.padding, dilation=args.dilation,
+                      groups=args.groups, backend=args.backend, measure=args.measure))
+        return 0
+    model = models.create(args.target, backend=args.backend)
+    print(explain(model, (args.batch,) + models.SAMPLE_SHAPES[args.target], measure=args.measure))
+    return 0
+
+
+def tune(args):
+    """``fastconv tune``: :func:`fastconv.calibrate.calibrate` over reference models, printed as a table."""
+    from . import models
+    from .backends import tune as cache
+    from .calibrate import calibrate, table
+    from .train import RECIPES
+    rows = []
+    for name in args.models or ["lenet5", "paper", "wide"]:
+        batch = args.batch or RECIPES[name]["batch_size"]
+        shape = (batch,) + models.SAMPLE_SHAPES[name]
+        print(f"measuring {name} on {'x'.join(map(str, shape))} ...", file=sys.stderr, flush=True)
+        rows += calibrate(models.create(name), shape,
+                          progress=lambda r: print(f"  {r['layer']} {r['pass']} {r['shape']}: {r['winner']}",
+                                                   file=sys.stderr, flush=True))
+    print(table(rows))
+    changed = sum(r["winner"] != r["model"] for r in rows)
+    print(f"\n{len(rows)} passes measured; the measured fastest differs from the model's choice in {changed}; "
+          f"stored in {cache.cache_path()}")
+    return 0
 
 
 def main(argv=None):
@@ -104,6 +177,14 @@ def main(argv=None):
         from .config import show_config
         show_config()
         return 0
+    if args.command == "tune":
+        return tune(args)
+    if args.command == "plan":
+        try:
+            return plan(args)
+        except (ValueError, TypeError, RuntimeError) as err:
+            print(f"fastconv plan: error: {err}", file=sys.stderr)
+            return 2
     from .data import DatasetError
     from .train import TrainConfig, train
     fields = {k: v for k, v in vars(args).items() if k != "command"}

@@ -92,7 +92,7 @@ def config():
     import scipy
 
     from . import __version__, cuda
-    from .backends import dispatch
+    from .backends import plan, registry
     omp = _cython_omp()
     try:
         layer = numba.threading_layer()
@@ -116,8 +116,8 @@ def config():
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "unset"),
         "NUMBA_NUM_THREADS": os.environ.get("NUMBA_NUM_THREADS", "unset"),
         "cuda": (f"available ({cuda.device_name()})" if cuda.is_available() else "not available"),
-        "backends": ", ".join(dispatch.available()),
-        "default backend": dispatch.get_backend(),
+        "backends": ", ".join(registry.available()),
+        "default backend": plan.get_backend(),
     }
 
 

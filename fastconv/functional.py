@@ -1,7 +1,7 @@
 """The public ops, with PyTorch's names and semantics (``torch.nn.functional``).
 
 Each op: turn its arguments into Tensors, validate them through ``fastconv.shapes`` (before any work),
-pick a backend through ``dispatch``, compute, and record its backward beside the forward. Inputs may be
+plan its kernels through ``backends.plan``, compute, and record its backward beside the forward. Inputs may be
 Tensors or arrays; the graph is recorded when an input requires grad. 1-D ops run as 2-D ops on a unit
 height, so every kernel exists once.
 """
@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 
 from . import shapes
-from .backends import dispatch
+from .backends import plan
 from .random import generator
-from .tensor import Tensor, as_tensor, make
+from .tensor import Tensor, as_tensor, is_grad_enabled, make
 
 __all__ = [
     "conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d",
@@ -57,29 +57,41 @@ def _bias_grad(xp, g4):
     return xp.sum(xp.sum(g4.reshape(n, c, h * w), axis=0), axis=1)
 
 
-# ---------------------------------------------------------------------------- convolution
+# --------------------------------------------------------------------- kernel-backed ops
+# Each op: its spec (validation, before any work), the plans of its kernels (forward and gradients
+# together, see ``backends.plan``), the forward kernel, and the gradient kernels in ``backward``.
+def _planned(label, spec, x, backend, forward, **gradients):
+    """The plans of an op's ``forward`` kernel and of the gradient kernels it will need (``gradients``:
+    kernel name -> the tensor whose gradient it computes), for ``x``'s dtype and device."""
+    needed = [op for op, t in gradients.items() if is_grad_enabled() and t is not None and t.requires_grad]
+    return plan.layer(label, [forward] + needed, spec, x.dtype, x.device, backend)
+
+
+def _grad(t, compute):
+    """``compute()`` when ``t`` needs a gradient, else None (gradients nobody asked for are not computed)."""
+    return compute() if t is not None and t.requires_grad else None
+
+
+def _result(y, user_shape, parents, backward):
+    parents = tuple(p for p in parents if p is not None)
+    return make(y.reshape(user_shape), parents, backward)
+
+
 def _conv(input, weight, bias, dims, stride, padding, dilation, groups, backend):
     x, w, b = _tensors(input=input, weight=weight, bias=bias)
     _floats(input=x, weight=w, bias=b)
     spec = shapes.conv_spec(x.shape, w.shape, None if b is None else b.shape,
                             stride, padding, dilation, groups, dims)
-    device = x.device
+    run = _planned(f"conv{dims}d", spec, x, backend, "conv2d", conv2d_grad_input=x, conv2d_grad_weight=w)
     x4, w4 = _as4(x.data, spec.x_shape), _as4(w.data, spec.w_shape)
-    y = dispatch.select("conv2d", backend, spec, device, x.dtype).conv2d(x4, w4, None if b is None else b.data, spec)
+    y = run.conv2d(x4, w4, None if b is None else b.data, spec)
 
     def backward(g):
         g4 = _as4(g, spec.y_shape)
-        gx = gw = gb = None
-        if x.requires_grad:
-            impl = dispatch.select("conv2d_grad_input", backend, spec, device, x.dtype)
-            gx = impl.conv2d_grad_input(g4, w4, spec).reshape(x.shape)
-        if w.requires_grad:
-            impl = dispatch.select("conv2d_grad_weight", backend, spec, device, x.dtype)
-            gw = impl.conv2d_grad_weight(g4, x4, spec).reshape(w.shape)
-        if b is not None and b.requires_grad:
-            gb = _bias_grad(x.xp, g4)
-        return gx, gw, gb
-    return make(y.reshape(spec.user_shape(spec.y_shape)), (x, w) + ((b,) if b is not None else ()), backward)
+        return (_grad(x, lambda: run.conv2d_grad_input(g4, w4, spec).reshape(x.shape)),
+                _grad(w, lambda: run.conv2d_grad_weight(g4, x4, spec).reshape(w.shape)),
+                _grad(b, lambda: _bias_grad(x.xp, g4)))
+    return _result(y, spec.user_shape(spec.y_shape), (x, w, b), backward)
 
 
 def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, backend="auto"):
@@ -91,6 +103,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     """2-D cross-correlation of ``input (N, C_in, H, W)`` with ``weight (C_out, C_in/groups, KH, KW)``.
 
     ``padding``: an int, a pair, ``"valid"`` (none) or ``"same"`` (output size = input size, stride 1).
+    ``backend``: ``"auto"``, a backend (``"cython"``) or one of its algorithms (``"cython:blocked"``).
     """
     return _conv(input, weight, bias, 2, stride, padding, dilation, groups, backend)
 
@@ -101,24 +114,19 @@ def _conv_transpose(input, weight, bias, dims, stride, padding, output_padding, 
     spec = shapes.conv_transpose_spec(x.shape, w.shape, None if b is None else b.shape, stride, padding,
                                       output_padding, groups, dilation, dims)
     # ``spec`` is the convolution this op is the adjoint of: its output has x's shape, its input y's.
-    device = x.device
+    run = _planned(f"conv_transpose{dims}d", spec, x, backend, "conv2d_grad_input", conv2d=x,
+                   conv2d_grad_weight=w)
     x4, w4 = _as4(x.data, spec.y_shape), _as4(w.data, spec.w_shape)
-    y = dispatch.select("conv2d_grad_input", backend, spec, device, x.dtype).conv2d_grad_input(x4, w4, spec)
+    y = run.conv2d_grad_input(x4, w4, spec)
     if b is not None:
         y += b.data.reshape(1, -1, 1, 1)
 
     def backward(g):
         g4 = _as4(g, spec.x_shape)
-        gx = gw = gb = None
-        if x.requires_grad:
-            gx = dispatch.select("conv2d", backend, spec, device, x.dtype).conv2d(g4, w4, None, spec).reshape(x.shape)
-        if w.requires_grad:
-            impl = dispatch.select("conv2d_grad_weight", backend, spec, device, x.dtype)
-            gw = impl.conv2d_grad_weight(x4, g4, spec).reshape(w.shape)
-        if b is not None and b.requires_grad:
-            gb = _bias_grad(x.xp, g4)
-        return gx, gw, gb
-    return make(y.reshape(spec.user_shape(spec.x_shape)), (x, w) + ((b,) if b is not None else ()), backward)
+        return (_grad(x, lambda: run.conv2d(g4, w4, None, spec).reshape(x.shape)),
+                _grad(w, lambda: run.conv2d_grad_weight(x4, g4, spec).reshape(w.shape)),
+                _grad(b, lambda: _bias_grad(x.xp, g4)))
+    return _result(y, spec.user_shape(spec.x_shape), (x, w, b), backward)
 
 
 def conv_transpose1d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
@@ -144,13 +152,12 @@ def _pool_input(input, dims, **spec_args):
 def _max_pool(input, dims, kernel_size, stride, padding, dilation, ceil_mode, return_indices, backend):
     x, spec, x4 = _pool_input(input, dims, kernel_size=kernel_size, stride=stride, padding=padding,
                               dilation=dilation, ceil_mode=ceil_mode)
-    device = x.device
-    y, indices = dispatch.select("max_pool2d", backend, spec, device, x.dtype).max_pool2d(x4, spec)
+    run = _planned(f"max_pool{dims}d", spec, x, backend, "max_pool2d", max_pool2d_grad=x)
+    y, indices = run.max_pool2d(x4, spec)
 
     def backward(g):
-        impl = dispatch.select("max_pool2d_grad", backend, spec, device, x.dtype)
-        return (impl.max_pool2d_grad(_as4(g, spec.y_shape), indices, spec).reshape(x.shape),)
-    out = make(y.reshape(spec.user_shape(spec.y_shape)), (x,), backward)
+        return (run.max_pool2d_grad(_as4(g, spec.y_shape), indices, spec).reshape(x.shape),)
+    out = _result(y, spec.user_shape(spec.y_shape), (x,), backward)
     if return_indices:
         return out, Tensor(indices.reshape(out.shape))
     return out
@@ -171,13 +178,12 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
 def _avg_pool(input, dims, kernel_size, stride, padding, ceil_mode, count_include_pad, backend):
     x, spec, x4 = _pool_input(input, dims, kernel_size=kernel_size, stride=stride, padding=padding,
                               ceil_mode=ceil_mode, count_include_pad=count_include_pad)
-    device = x.device
-    y = dispatch.select("avg_pool2d", backend, spec, device, x.dtype).avg_pool2d(x4, spec)
+    run = _planned(f"avg_pool{dims}d", spec, x, backend, "avg_pool2d", avg_pool2d_grad=x)
+    y = run.avg_pool2d(x4, spec)
 
     def backward(g):
-        impl = dispatch.select("avg_pool2d_grad", backend, spec, device, x.dtype)
-        return (impl.avg_pool2d_grad(_as4(g, spec.y_shape), spec).reshape(x.shape),)
-    return make(y.reshape(spec.user_shape(spec.y_shape)), (x,), backward)
+        return (run.avg_pool2d_grad(_as4(g, spec.y_shape), spec).reshape(x.shape),)
+    return _result(y, spec.user_shape(spec.y_shape), (x,), backward)
 
 
 def avg_pool1d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
@@ -230,10 +236,12 @@ def _max_unpool(input, indices, dims, kernel_size, stride, padding, output_size,
         raise ValueError(f"indices must lie in [0, {out_hw[0] * out_hw[1]}) for output size {out}")
     shape4 = shapes.as_4d(x.shape, dims)
     x4, i4 = _as4(x.data, shape4), _as4(idx.data, shape4)
-    impl = dispatch.select("max_unpool2d", backend, None, x.device)
-    y = impl.max_unpool2d(x4, i4, out_hw)
-    return make(y.reshape(x.shape[:2] + out), (x,),
-                lambda g: (impl.max_unpool2d_grad(_as4(g, (x.shape[0], x.shape[1]) + out_hw), i4).reshape(x.shape),))
+    run = _planned(f"max_unpool{dims}d", None, x, backend, "max_unpool2d", max_unpool2d_grad=x)
+    y = run.max_unpool2d(x4, i4, out_hw)
+
+    def backward(g):
+        return (run.max_unpool2d_grad(_as4(g, (x.shape[0], x.shape[1]) + out_hw), i4).reshape(x.shape),)
+    return _result(y, x.shape[:2] + out, (x,), backward)
 
 
 def max_unpool1d(input, indices, kernel_size, stride=None, padding=0, output_size=None, backend="auto"):

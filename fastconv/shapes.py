@@ -4,6 +4,10 @@ Every op turns its user-facing arguments (ints, tuples, ``"same"``, ``"valid"``)
 immutable description here, before any work is done: a :class:`ConvSpec` for convolutions and a
 :class:`PoolSpec` for pooling. Every backend reads the loop nest from these, so the geometry is computed
 in one place. 1-D ops are 2-D ops with a unit height (``h == kh == oh == 1``).
+
+The compiled kernels read one integer layout, :data:`GEOMETRY` (``spec.geometry()``): a pooling op is
+laid out as the depthwise convolution it walks like (one channel per group). Padding is
+``(top, bottom, left, right)`` in both specs.
 """
 from __future__ import annotations
 
@@ -12,6 +16,13 @@ from dataclasses import dataclass
 import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+#: The integer layout every compiled kernel reads (``spec.geometry()``): sizes, then the window. Output
+#: ``(oy, ox)`` of group ``g`` reads input ``(oy*sh - pt + i*dh, ox*sw - pl + j*dw)`` for kernel tap
+#: ``(i, j)``, channels ``g*c_in/groups ...``. The Cython ``Geo`` struct (``src_cython/_loops.pxi``)
+#: holds these fields in this order (tests/test_shapes.py checks it).
+GEOMETRY = ("n", "c_in", "h", "w", "c_out", "kh", "kw", "oh", "ow", "sh", "sw", "pt", "pl", "dh", "dw", "groups")
+#: The part of :data:`GEOMETRY` that describes the window: ``spec.window``.
+WINDOW = slice(GEOMETRY.index("sh"), GEOMETRY.index("dw") + 1)
 
 
 # ----------------------------------------------------------------------------------------- sizes
@@ -140,6 +151,16 @@ class ConvSpec:
         """A 4-D (N, C, H, W) shape as the user sees it: (N, C, L) for 1-D ops."""
         return (shape4[0], shape4[1], shape4[3]) if self.dims == 1 else tuple(shape4)
 
+    def geometry(self):
+        """The ints of :data:`GEOMETRY`, the layout the compiled kernels read."""
+        return (self.n, self.c_in, self.h, self.w, self.c_out, self.kh, self.kw, self.oh, self.ow,
+                *self.stride, self.padding[0], self.padding[2], *self.dilation, self.groups)
+
+    @property
+    def window(self):
+        """``(sh, sw, pt, pl, dh, dw)``: where each output's window starts and how it steps."""
+        return self.geometry()[WINDOW]
+
 
 def _conv_padding(padding, dims, kernel, dilation, stride):
     """Explicit (before, after) padding per spatial dim from an int, a tuple, "valid" or "same"."""
@@ -195,6 +216,39 @@ def conv_spec(x_shape, w_shape, bias_shape=None, stride=1, padding=0, dilation=1
                         (0, 0) + pads[0], (1, dilation[0]), groups, dims=1)
     return ConvSpec(n, c_in, spatial[0], spatial[1], c_out, kernel[0], kernel[1], out[0], out[1],
                     stride, pads[0] + pads[1], dilation, groups)
+
+
+def is_pointwise(spec):
+    """1x1, stride 1, no padding: a convolution that is a plain matrix product."""
+    return spec.kh == spec.kw == 1 and spec.stride == (1, 1) and not any(spec.padding)
+
+
+def adjoint_spec(spec):
+    """The stride-1 convolution whose forward pass is the input gradient of stride-1 ``spec``: ``gy``
+    correlated with the flipped kernels (in and out channels swapped, :func:`adjoint_weight`), padded by
+    the kernel's reach minus the padding. None when ``spec`` is strided or padded beyond that reach."""
+    reach_h, reach_w = spec.dilation[0] * (spec.kh - 1), spec.dilation[1] * (spec.kw - 1)
+    pt, pl = reach_h - spec.padding[0], reach_w - spec.padding[2]
+    pb, pr = spec.h - spec.oh + reach_h - pt, spec.w - spec.ow + reach_w - pl
+    if spec.stride != (1, 1) or min(pt, pb, pl, pr) < 0:
+        return None
+    return ConvSpec(spec.n, spec.c_out, spec.oh, spec.ow, spec.c_in, spec.kh, spec.kw, spec.h, spec.w,
+                    (1, 1), (pt, pb, pl, pr), spec.dilation, spec.groups, spec.dims)
+
+
+def adjoint_weight(w, spec):
+    """``w`` flipped in space with in and out channels swapped per group: the weights of
+    :func:`adjoint_spec`."""
+    g, cog, cig = spec.groups, spec.c_out // spec.groups, spec.c_in // spec.groups
+    flipped = w.reshape(g, cog, cig, spec.kh, spec.kw)[..., ::-1, ::-1].transpose(0, 2, 1, 3, 4)
+    return np.ascontiguousarray(flipped).reshape(spec.c_in, cog, spec.kh, spec.kw)
+
+
+def adjoint_padding(spec):
+    """The share of padding in the input of the adjoint convolution (zeros an input gradient computed as
+    the adjoint's forward pass reads)."""
+    rh, rw = spec.dilation[0] * (spec.kh - 1), spec.dilation[1] * (spec.kw - 1)
+    return 1 - spec.oh * spec.ow / ((spec.oh + 2 * rh) * (spec.ow + 2 * rw))
 
 
 def conv_transpose_spec(x_shape, w_shape, bias_shape=None, stride=1, padding=0, output_padding=0,
@@ -259,7 +313,7 @@ class PoolSpec:
     oh: int
     ow: int
     stride: tuple   # (sh, sw)
-    padding: tuple  # (pt, pl): symmetric, as in PyTorch
+    padding: tuple  # (top, bottom, left, right): symmetric, as in PyTorch
     dilation: tuple  # (dh, dw)
     ceil_mode: bool = False
     count_include_pad: bool = True
@@ -275,6 +329,28 @@ class PoolSpec:
 
     def user_shape(self, shape4):
         return (shape4[0], shape4[1], shape4[3]) if self.dims == 1 else tuple(shape4)
+
+    def geometry(self):
+        """The ints of :data:`GEOMETRY`: the depthwise convolution the windows walk like."""
+        return (self.n, self.c, self.h, self.w, self.c, self.kh, self.kw, self.oh, self.ow, *self.stride,
+                self.padding[0], self.padding[2], *self.dilation, max(self.c, 1))
+
+    @property
+    def window(self):
+        """``(sh, sw, pt, pl, dh, dw)``: where each output's window starts and how it steps."""
+        return self.geometry()[WINDOW]
+
+    def divisors(self, dtype=np.float64):
+        """What average pooling divides each output by, ``(oh, ow)``, PyTorch's rule: the window clipped
+        to the padded input (``count_include_pad``) or to the input itself; the ``ceil_mode`` overhang past
+        the padding never counts."""
+        def one_axis(out, size, k, s, p):
+            start = np.arange(out) * s - p
+            end = np.minimum(start + k, size + p)
+            return end - start if self.count_include_pad else np.minimum(end, size) - np.maximum(start, 0)
+        rows = one_axis(self.oh, self.h, self.kh, self.stride[0], self.padding[0])
+        cols = one_axis(self.ow, self.w, self.kw, self.stride[1], self.padding[2])
+        return np.ascontiguousarray(np.outer(rows, cols), dtype=dtype)
 
 
 def pool_spec(x_shape, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
@@ -299,10 +375,10 @@ def pool_spec(x_shape, kernel_size, stride=None, padding=0, dilation=1, ceil_mod
         out.append(length)
     n, c = x_shape[:2]
     if dims == 1:
-        return PoolSpec(n, c, 1, spatial[0], 1, kernel[0], 1, out[0], (1, stride[0]), (0, pads[0]),
+        return PoolSpec(n, c, 1, spatial[0], 1, kernel[0], 1, out[0], (1, stride[0]), (0, 0, pads[0], pads[0]),
                         (1, dilation[0]), bool(ceil_mode), bool(count_include_pad), dims=1)
-    return PoolSpec(n, c, spatial[0], spatial[1], kernel[0], kernel[1], out[0], out[1], stride, pads,
-                    dilation, bool(ceil_mode), bool(count_include_pad))
+    return PoolSpec(n, c, spatial[0], spatial[1], kernel[0], kernel[1], out[0], out[1], stride,
+                    (pads[0], pads[0], pads[1], pads[1]), dilation, bool(ceil_mode), bool(count_include_pad))
 
 
 def unpool_output_size(x_shape, kernel, stride, padding, output_size, dims):
@@ -333,6 +409,7 @@ def ints(name, value, n, minimum=0):
     return _ints(name, value, n, minimum)
 
 
-__all__ = ["conv_output_size", "conv_transpose_output_size", "pool_output_size", "receptive_field",
+__all__ = ["GEOMETRY", "conv_output_size", "conv_transpose_output_size", "pool_output_size", "receptive_field",
            "ConvSpec", "PoolSpec", "conv_spec", "conv_transpose_spec", "pool_spec", "check_float",
-           "unpool_output_size", "as_4d", "ints"]
+           "unpool_output_size", "as_4d", "ints", "is_pointwise", "adjoint_spec", "adjoint_weight",
+           "adjoint_padding"]

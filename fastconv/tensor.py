@@ -54,6 +54,22 @@ def tensor(data, requires_grad=False, dtype=None, device="cpu"):
     return Tensor(to_device(array, check_device(device)), requires_grad=requires_grad)
 
 
+def from_dlpack(obj):
+    """A Tensor sharing the memory of ``obj`` (a PyTorch tensor, NumPy, JAX or CuPy array, or any object
+    with ``__dlpack__``): no copy. GPU arrays are read through ``__cuda_array_interface__`` (or DLPack)."""
+    if not hasattr(obj, "__dlpack__") and not hasattr(obj, "__cuda_array_interface__"):
+        raise TypeError(f"from_dlpack needs an object with __dlpack__ (a tensor or array), got "
+                        f"{type(obj).__name__}")
+    on_gpu = hasattr(obj, "__cuda_array_interface__") or (
+        hasattr(obj, "__dlpack_device__") and obj.__dlpack_device__()[0] != 1)  # 1: kDLCPU
+    if on_gpu:
+        from .backends import cuda_array
+        from .cuda import require
+        require()
+        return Tensor(cuda_array.asarray(obj))
+    return Tensor(np.from_dlpack(obj))
+
+
 def as_tensor(value):
     """Tensors pass through; arrays and scalars are wrapped (no copy for NumPy arrays)."""
     return value if isinstance(value, Tensor) else Tensor(np.asarray(value) if device_of(value) == "cpu"
@@ -83,12 +99,25 @@ class Tensor:
 
     def __init__(self, data, requires_grad=False, _parents=(), _backward=None):
         self.data = data
-        self.grad = None
+        self._grad = None
         self.requires_grad = bool(requires_grad)
         self._parents = _parents
         self._backward = _backward
 
     # ------------------------------------------------------------------ properties
+    @property
+    def grad(self):
+        """The gradient that ``backward()`` accumulated, a Tensor on this tensor's device (or ``None``)."""
+        return self._grad
+
+    @grad.setter
+    def grad(self, value):
+        if value is not None:
+            value = value if isinstance(value, Tensor) else Tensor(value)  # arrays are wrapped, not copied
+            if value.shape != self.shape:
+                raise ValueError(f"grad must have the tensor's shape {self.shape}, got {value.shape}")
+        self._grad = value
+
     @property
     def device(self):
         return device_of(self.data)
@@ -132,6 +161,38 @@ class Tensor:
 
     def item(self):
         return self.numpy().item()
+
+    def __array__(self, dtype=None, copy=None):
+        """``np.asarray(tensor)``: the values on the host (no copy on the CPU unless one is asked for)."""
+        array = np.asarray(self.numpy())
+        if dtype is not None and np.dtype(dtype) != array.dtype:
+            return array.astype(dtype)
+        return array.copy() if copy else array
+
+    # ------------------------------------------------------------------ DLPack
+    def __dlpack__(self, *, stream=None, max_version=None, dl_device=None, copy=None):
+        """Share this tensor's memory through DLPack (``np.from_dlpack``, ``torch.from_dlpack``, JAX):
+        no copy. On the GPU, use ``__cuda_array_interface__`` (``torch.as_tensor``, ``cupy.asarray``)."""
+        if self.device != "cpu":
+            raise BufferError("DLPack export of GPU tensors is not supported: read them without a copy "
+                              "through __cuda_array_interface__ (torch.as_tensor(t, device='cuda'), "
+                              "cupy.asarray(t))")
+        kwargs = {k: v for k, v in (("stream", stream), ("max_version", max_version), ("dl_device", dl_device),
+                                    ("copy", copy)) if v is not None}
+        return self.data.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self):
+        if self.device == "cuda":
+            from numba import cuda
+            return 2, cuda.get_current_device().id  # kDLCUDA
+        return self.data.__dlpack_device__()
+
+    @property
+    def __cuda_array_interface__(self):
+        """The GPU array's interface (CuPy, PyTorch and Numba read GPU tensors without a copy)."""
+        if self.device != "cuda":
+            raise AttributeError("__cuda_array_interface__ exists on GPU tensors only")
+        return self.data.__cuda_array_interface__
 
     def detach(self):
         return Tensor(self.data)
@@ -199,7 +260,7 @@ class Tensor:
             g = grads.pop(id(node), None)
             if node._backward is None:
                 if g is not None:
-                    node.grad = g if node.grad is None else node.grad + g
+                    node.grad = g if node.grad is None else node.grad.data + g
                 continue
             if g is not None:
                 for parent, pg in zip(node._parents, node._backward(g)):

@@ -123,8 +123,8 @@ def resolve(config):
     if not (isinstance(cfg.lr, (int, float)) and cfg.lr > 0):
         raise ValueError(f"lr must be a positive number, got {cfg.lr!r}")
     if cfg.backend != "auto":
-        from .backends import dispatch
-        dispatch.load(cfg.backend)  # unknown or unusable backends fail here, before any work
+        from .backends import registry
+        registry.load(registry.parse(cfg.backend)[0])  # unknown or unusable backends fail here, before any work
     return cfg
 
 
@@ -333,6 +333,13 @@ def _plot(log, path):
     return True
 
 
+def _plot_kernels(model, path):
+    """The first convolution layer's filters as a PNG (see ``fastconv.viz.kernels``)."""
+    from . import viz
+    name, layer = viz.first_conv(model)
+    viz.kernels(layer, path=path, title=f"{name} ({type(layer).__name__}) filters after training")
+
+
 # -------------------------------------------------------------------------------- the loop
 def train(config=None, callback=None, stream=None, **overrides):
     """Run ``config`` (a TrainConfig, or its fields as keywords) and return the log dict.
@@ -435,5 +442,6 @@ def train(config=None, callback=None, stream=None, **overrides):
                         "train_time_s": train_time, "epoch_time_s": train_time / len(log["epochs"])}
         _write_json(log_path, log)
         if _plot(log, os.path.join(cfg.out, "curves.png")):
-            print(f"wrote {log_path}, {ckpt_path} and {os.path.join(cfg.out, 'curves.png')}")
+            _plot_kernels(model, os.path.join(cfg.out, "kernels.png"))
+            print(f"wrote {log_path}, {ckpt_path}, {os.path.join(cfg.out, 'curves.png')} and kernels.png")
     return log

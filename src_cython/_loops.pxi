@@ -1,7 +1,8 @@
 # The one description of a convolution / pooling loop nest, shared by every Cython kernel (included
 # textually by _im2col.pyx, _conv.pyx and _pool.pyx, so the helpers inline into each module).
 #
-# ``Geo`` mirrors the fields of fastconv.shapes.ConvSpec / PoolSpec. Every kernel walks the same nest:
+# ``Geo`` holds fastconv.shapes.GEOMETRY (``spec.geometry()``) in its order, then derived sizes (checked
+# by tests/test_shapes.py through ``_pool.geometry``). Every kernel walks the same nest:
 # for each kernel tap (i, j) (``make_tap``), input pixel ``(oy*sh - pt + i*dh, ox*sw - pl + j*dw)`` feeds
 # output ``(oy, ox)``; the tap holds the block of outputs for which that pixel lies inside the input, so
 # no kernel tests bounds per pixel, and one ``blk_*`` call does the tap's work over its whole block.
@@ -22,8 +23,7 @@ cdef struct Geo:
 
 
 cdef inline Geo make_geo(tuple t):
-    """Geo from the tuple ``geo(spec)`` of the Python wrapper builds:
-    (n, c_in, h, w, c_out, kh, kw, oh, ow, sh, sw, pt, pl, dh, dw, groups)."""
+    """Geo from ``spec.geometry()``: (n, c_in, h, w, c_out, kh, kw, oh, ow, sh, sw, pt, pl, dh, dw, groups)."""
     cdef Geo g
     (g.n, g.c_in, g.h, g.w, g.c_out, g.kh, g.kw, g.oh, g.ow,
      g.sh, g.sw, g.pt, g.pl, g.dh, g.dw, g.groups) = t

@@ -12,25 +12,17 @@ from libc.math cimport INFINITY
 include "_loops.pxi"
 
 
-cdef inline Py_ssize_t window_count(Py_ssize_t o, Py_ssize_t stride, Py_ssize_t pad, Py_ssize_t k,
-                                    Py_ssize_t size, bint include_pad) noexcept nogil:
-    """Pixels of window ``o`` along one axis that an average divides by (PyTorch's rule: padding
-    counts when ``include_pad``, the ceil_mode overhang past the padding never does)."""
-    cdef Py_ssize_t start = o * stride - pad
-    cdef Py_ssize_t end = min(start + k, size + pad)
-    if include_pad:
-        return end - start
-    return min(end, size) - max(start, 0)
+def geometry(tuple geo):
+    """The ``Geo`` struct built from ``spec.geometry()``, as a dict (its fields in order): how the tests
+    check the struct against ``fastconv.shapes.GEOMETRY``."""
+    return make_geo(geo)
 
 
-cdef void scale_by_divisor(const real* src, real* dst, Geo* g, bint include_pad) noexcept nogil:
-    """``dst = src / divisor`` over one output plane."""
-    cdef Py_ssize_t oy, ox, cy
-    for oy in range(g.oh):
-        cy = window_count(oy, g.sh, g.pt, g.kh, g.h, include_pad)
-        for ox in range(g.ow):
-            dst[oy * g.ow + ox] = src[oy * g.ow + ox] / <real>(
-                cy * window_count(ox, g.sw, g.pl, g.kw, g.w, include_pad))
+cdef void divide(const real* src, const real* divisors, real* dst, Py_ssize_t count) noexcept nogil:
+    """``dst = src / divisors`` over one output plane (``PoolSpec.divisors``)."""
+    cdef Py_ssize_t k
+    for k in range(count):
+        dst[k] = src[k] / divisors[k]
 
 
 def max_pool2d(const real[:, :, :, ::1] x, real[:, :, :, ::1] y, int64_t[:, :, :, ::1] idx, tuple geo):
@@ -81,7 +73,8 @@ def scatter(const real[:, :, :, ::1] values, const int64_t[:, :, :, ::1] idx, re
                 op[ip[k]] = vp[k]
 
 
-def avg_pool2d(const real[:, :, :, ::1] x, real[:, :, :, ::1] y, tuple geo, bint count_include_pad):
+def avg_pool2d(const real[:, :, :, ::1] x, real[:, :, :, ::1] y, const real[:, ::1] divisors, tuple geo):
+    """Window sums divided by ``divisors`` (``(oh, ow)``, from ``PoolSpec.divisors``)."""
     cdef Geo g = make_geo(geo)
     cdef Py_ssize_t p, i, j
     cdef Tap t
@@ -98,11 +91,11 @@ def avg_pool2d(const real[:, :, :, ::1] x, real[:, :, :, ::1] y, tuple geo, bint
                 t = make_tap(&g, i, j)
                 blk_axpy(yp + tap_out(&g, &t, t.oy0), g.ow, xp + tap_in(&g, &t, t.oy0), g.sh * g.w, <real>1,
                          t.oy1 - t.oy0, t.ox1 - t.ox0, g.sw)
-        scale_by_divisor(yp, yp, &g, count_include_pad)
+        divide(yp, &divisors[0, 0], yp, g.ohw)
 
 
-def avg_pool2d_grad(const real[:, :, :, ::1] gy, real[:, :, :, ::1] gx, real[:, ::1] ws, tuple geo,
-                    bint count_include_pad):
+def avg_pool2d_grad(const real[:, :, :, ::1] gy, real[:, :, :, ::1] gx, real[:, ::1] ws,
+                    const real[:, ::1] divisors, tuple geo):
     """``ws``: one output plane of scratch per thread (the divided gradient)."""
     cdef Geo g = make_geo(geo)
     cdef Py_ssize_t p, i, j
@@ -114,7 +107,7 @@ def avg_pool2d_grad(const real[:, :, :, ::1] gy, real[:, :, :, ::1] gx, real[:, 
     with nogil, parallel():
         for p in prange(g.n * g.c_in, schedule="static"):
             s = &ws[threadid(), 0]
-            scale_by_divisor(&gy[0, 0, 0, 0] + p * g.ohw, s, &g, count_include_pad)
+            divide(&gy[0, 0, 0, 0] + p * g.ohw, &divisors[0, 0], s, g.ohw)
             gxp = &gx[0, 0, 0, 0] + p * g.hw
             fill(gxp, <real>0, g.hw)
             for i in range(g.kh):

@@ -113,3 +113,26 @@ def all_cases(dims):
     """Every op family at ``dims`` spatial dims, as one strategy."""
     return st.one_of(conv_cases(dims), conv_transpose_cases(dims), pool_cases("max", dims),
                      pool_cases("avg", dims))
+
+
+def cpu_plans():
+    """Every CPU backend and algorithm a user can force (``"numpy"``, ``"cython:blocked"``, ...) that can
+    run here: the names the suites run every property and oracle check under."""
+    from fastconv.backends import registry
+    names = ["numpy"]
+    for backend in ("numba", "cython", "fft"):
+        module = registry.usable(backend)
+        if module is not None:
+            names += [f"{backend}:{a}" for a in module.ALGORITHMS]
+    return names
+
+
+def runs_here(name, fn):
+    """``fn()``, or None when the plan ``name`` cannot run this input (a float32-only algorithm given
+    float64, a backend without the op): the planner says so with a ValueError naming the backend."""
+    try:
+        return fn()
+    except ValueError as err:
+        if f"'{name.split(':')[0]}" in str(err) and ("cannot run" in str(err) or "has no" in str(err)):
+            return None
+        raise

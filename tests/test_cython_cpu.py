@@ -15,14 +15,15 @@ from hypothesis import strategies as st
 
 import fastconv as fc
 from fastconv import shapes
-from fastconv.backends import dispatch
+import fastconv.functional as F
+from fastconv.backends import model, plan, registry
 from fastconv.backends import reference as ref
 
 import cases
 from helpers import assert_close
 
 try:
-    cy = dispatch.load("cython")
+    cy = registry.load("cython")
 except Exception as err:  # extension not built here
     pytest.skip(f"cython backend unavailable: {err}", allow_module_level=True)
 
@@ -45,18 +46,22 @@ def _spec(case):
 
 
 def _check_conv(spec, dtype, algorithm, seed=0, bias=True):
-    """conv2d and both gradients of the backend, forced to ``algorithm``, against the reference."""
+    """conv2d and both gradients of the backend, forced to ``algorithm``, against the reference (kernels
+    the algorithm does not support are refused by the planner, checked too)."""
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(spec.x_shape).astype(dtype)
     w = rng.standard_normal(spec.w_shape).astype(dtype)
     b = rng.standard_normal(spec.c_out).astype(dtype) if bias else None
     gy = rng.standard_normal(spec.y_shape).astype(dtype)
     what = f"{algorithm} {spec}"
-    assert_close(cy.conv2d(x, w, b, spec, algorithm=algorithm), ref.conv2d(x, w, b, spec), dtype, what)
-    assert_close(cy.conv2d_grad_input(gy, w, spec, algorithm=algorithm), ref.conv2d_grad_input(gy, w, spec),
-                 dtype, what + " grad input")
-    assert_close(cy.conv2d_grad_weight(gy, x, spec, algorithm=algorithm), ref.conv2d_grad_weight(gy, x, spec),
-                 dtype, what + " grad weight")
+    for op, args, want in [("conv2d", (x, w, b), ref.conv2d(x, w, b, spec)),
+                           ("conv2d_grad_input", (gy, w), ref.conv2d_grad_input(gy, w, spec)),
+                           ("conv2d_grad_weight", (gy, x), ref.conv2d_grad_weight(gy, x, spec))]:
+        if not cy.supports(op, spec, dtype, algorithm):
+            with pytest.raises(ValueError, match="cannot run"):
+                plan.plan(op, spec, dtype, backend=f"cython:{algorithm}")
+            continue
+        assert_close(getattr(cy, op)(*args, spec, algorithm=algorithm), want, dtype, f"{what} {op}")
 
 
 @pytest.mark.parametrize("algorithm", ["direct", "gemm", "blocked"])
@@ -90,7 +95,7 @@ AUTO_DIRECT = [
 def test_each_algorithm_on_shapes_the_other_would_get(shape, dtype):
     x_shape, w_shape, kw = shape
     spec = shapes.conv_spec(x_shape, w_shape, None, **kw)
-    auto = cy.conv_algorithm(spec, np.float64)
+    auto = model.cython_algorithm("conv2d", spec, np.float64)[0]
     assert auto == ("gemm" if shape in AUTO_GEMM else "direct")
     _check_conv(spec, dtype, OTHER[auto])
     _check_conv(spec, dtype, auto)
@@ -132,7 +137,7 @@ def test_gemm_tiles_and_thread_plans(monkeypatch, tile):
 
 
 def test_where_blocked_runs():
-    """The measured rules of ``conv_algorithm`` (float32; float64 never runs blocked)."""
+    """The measured rules of ``model.cython_algorithm`` (float32; float64 never runs blocked)."""
     spec = lambda x, w, **kw: shapes.conv_spec(x, w, None, **kw)  # noqa: E731
     c1, c3, c5 = spec((64, 1, 32, 32), (6, 1, 5, 5)), spec((64, 6, 14, 14), (16, 6, 5, 5)), \
         spec((64, 16, 5, 5), (120, 16, 5, 5))
@@ -144,14 +149,14 @@ def test_where_blocked_runs():
     tiny = spec((2, 16, 9, 9), (16, 16, 3, 3))  # under 2 MFLOP
 
     def algorithms(op, *specs):
-        return [cy.conv_algorithm(s, np.float32, op) for s in specs]
+        return [model.cython_algorithm(op, s, np.float32)[0] for s in specs]
     assert algorithms("conv2d", c1, c3, c5, vgg, strided, small, pointwise, depthwise, one_channel, tiny) == \
         ["gemm", "blocked", "gemm", "blocked", "blocked", "blocked", "blocked", "direct", "gemm", "gemm"]
     assert algorithms("conv2d_grad_input", c3, c5, vgg, strided, small, pointwise) == \
         ["gemm", "gemm", "blocked", "gemm", "gemm", "gemm"]
     assert algorithms("conv2d_grad_weight", c3, c5, vgg, strided, small, pointwise) == \
         ["blocked", "gemm", "blocked", "gemm", "gemm", "gemm"]
-    assert [cy.conv_algorithm(s, np.float64) for s in (c3, vgg, pointwise)] == ["gemm"] * 3
+    assert [model.cython_algorithm("conv2d", s, np.float64)[0] for s in (c3, vgg, pointwise)] == ["gemm"] * 3
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -181,7 +186,7 @@ def test_blocked_input_gradient_through_the_adjoint(case, seed):
     channels swapped, padding = reach - padding), transposed convolutions' output padding included;
     where no adjoint exists (strided, padded past the kernel's reach) the spec says so."""
     spec = _spec(case)
-    adjoint = cy.adjoint_spec(spec)
+    adjoint = shapes.adjoint_spec(spec)
     if adjoint is None:
         pt, pb, pl, pr = spec.padding
         reach = (spec.dilation[0] * (spec.kh - 1), spec.dilation[1] * (spec.kw - 1))
@@ -191,7 +196,7 @@ def test_blocked_input_gradient_through_the_adjoint(case, seed):
     w = rng.standard_normal(spec.w_shape).astype(np.float32)
     gy = rng.standard_normal(spec.y_shape).astype(np.float32)
     want = ref.conv2d_grad_input(gy.astype(np.float64), w.astype(np.float64), spec)
-    assert_close(ref.conv2d(gy, cy.adjoint_weight(w, spec), None, adjoint), want, np.float32,
+    assert_close(ref.conv2d(gy, shapes.adjoint_weight(w, spec), None, adjoint), want, np.float32,
                  f"adjoint {spec}")
     assert_close(cy.conv2d_grad_input(gy, w, spec, algorithm="blocked"), want, np.float32,
                  f"blocked grad input {spec}")
@@ -249,10 +254,9 @@ def test_blocked_tile_and_block_edges(c_out, ow):
 
 
 def test_unknown_algorithm_is_rejected():
-    spec = shapes.conv_spec((1, 1, 4, 4), (1, 1, 3, 3))
-    x, w = np.zeros(spec.x_shape, np.float32), np.zeros(spec.w_shape, np.float32)
-    with pytest.raises(ValueError, match="algorithm"):
-        cy.conv2d(x, w, None, spec, algorithm="winograd")
+    x, w = np.zeros((1, 1, 4, 4), np.float32), np.zeros((1, 1, 3, 3), np.float32)
+    with pytest.raises(ValueError, match="no algorithm 'nonesuch'.*direct, gemm, blocked"):
+        F.conv2d(x, w, backend="cython:nonesuch")
 
 
 def test_workspace_is_reused_across_shapes():
@@ -266,24 +270,6 @@ def test_workspace_is_reused_across_shapes():
     assert np.shares_memory(first, cy.workspace("cols", (1, 1), np.float32))
     _check_conv(small, np.float64, "gemm")        # another dtype has its own buffer
     assert not np.shares_memory(first, cy.workspace("cols", (1, 1), np.float64))
-
-
-@pytest.mark.parametrize("algorithm", ["direct", "gemm", "blocked"])
-def test_nan_propagates_like_the_reference(algorithm):
-    spec = shapes.conv_spec((2, 4, 7, 7), (4, 2, 3, 3), None, padding=1, groups=2)
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal(spec.x_shape)
-    w = rng.standard_normal(spec.w_shape)
-    gy = rng.standard_normal(spec.y_shape)
-    x[0, 1, 3, 2] = np.nan
-    gy[1, 3, 0, 6] = np.nan
-    pairs = [(cy.conv2d(x, w, None, spec, algorithm=algorithm), ref.conv2d(x, w, None, spec)),
-             (cy.conv2d_grad_input(gy, w, spec, algorithm=algorithm), ref.conv2d_grad_input(gy, w, spec)),
-             (cy.conv2d_grad_weight(gy, x, spec, algorithm=algorithm), ref.conv2d_grad_weight(gy, x, spec))]
-    for got, want in pairs:
-        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
-        assert np.isnan(want).any()
-        np.testing.assert_allclose(got[~np.isnan(got)], want[~np.isnan(want)], rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -332,10 +318,10 @@ def test_set_num_threads_reaches_the_kernels():
     try:
         fc.set_num_threads(1)
         assert cy.num_threads() == 1
-        one = cy.conv2d(np.ones(spec.x_shape), np.ones(spec.w_shape), None, spec)
+        one = cy.conv2d(np.ones(spec.x_shape), np.ones(spec.w_shape), None, spec, algorithm="gemm")
         fc.set_num_threads(3)
         assert cy.num_threads() == 3
-        three = cy.conv2d(np.ones(spec.x_shape), np.ones(spec.w_shape), None, spec)
+        three = cy.conv2d(np.ones(spec.x_shape), np.ones(spec.w_shape), None, spec, algorithm="gemm")
     finally:
         fc.set_num_threads(before)
     np.testing.assert_array_equal(one, three)
@@ -460,7 +446,7 @@ def test_blocked_forward_task_plans(plan):
     """Forward tasks of any (rows, chunk of channel blocks), the last band and chunk shorter."""
     rows, chunk = plan
     spec = shapes.conv_spec((2, 5, 7, 19), (50, 5, 3, 3), None, padding=1)
-    geo = cy.conv_geo(spec)
+    geo = spec.geometry()
     rng = np.random.default_rng(rows)
     x, w = rng.standard_normal(spec.x_shape, np.float32), rng.standard_normal(spec.w_shape, np.float32)
     packed = np.empty(cy._blocked.packed_size(geo), np.float32)

@@ -4,7 +4,7 @@ import pytest
 
 import fastconv as fc
 import fastconv.functional as F
-from fastconv.backends import dispatch
+from fastconv.backends import plan, registry
 
 
 def _x(*shape, dtype=np.float32):
@@ -158,11 +158,11 @@ def test_bad_input_raises_naming_the_argument(call, error, match):
 
 def test_unavailable_backend(monkeypatch):
     """A known backend that cannot run here is a BackendUnavailable (a RuntimeError) naming it."""
-    monkeypatch.setitem(dispatch.MODULES, "ghost", "fastconv.backends._no_such_module")
-    monkeypatch.delitem(dispatch._loaded, "ghost", raising=False)
-    with pytest.raises(dispatch.BackendUnavailable, match="'ghost'"):
+    monkeypatch.setitem(registry.MODULES, "ghost", "fastconv.backends._no_such_module")
+    monkeypatch.delitem(registry._loaded, "ghost", raising=False)
+    with pytest.raises(registry.BackendUnavailable, match="'ghost'"):
         F.conv2d(X2, W2, backend="ghost")
-    with pytest.raises(dispatch.BackendUnavailable, match="'ghost'"):
+    with pytest.raises(registry.BackendUnavailable, match="'ghost'"):
         fc.set_backend("ghost")
     assert fc.get_backend() != "ghost"
     assert "ghost" not in fc.available_backends()
@@ -172,8 +172,8 @@ def test_unavailable_cuda_backend():
     from fastconv import cuda
     if cuda.is_available():
         pytest.skip("a GPU (or the simulator) is available here")
-    with pytest.raises(dispatch.BackendUnavailable, match="cuda"):
-        dispatch.load("cuda")
+    with pytest.raises(registry.BackendUnavailable, match="cuda"):
+        registry.load("cuda")
     with pytest.raises((ValueError, RuntimeError), match="cuda"):
         fc.tensor(_x(3), device="cuda")
 
@@ -183,10 +183,10 @@ BEFORE_DISPATCH = [k for k in CASES if "backend" not in k]
 
 @pytest.mark.parametrize("name", BEFORE_DISPATCH)
 def test_errors_come_before_any_work(name, monkeypatch):
-    """Validation runs before a backend is chosen: with dispatch disabled, the same error comes out."""
+    """Validation runs before a kernel is planned: with the planner disabled, the same error comes out."""
     def no_work(*args, **kwargs):
-        raise AssertionError("a kernel was dispatched before the arguments were validated")
-    monkeypatch.setattr(dispatch, "select", no_work)
+        raise AssertionError("a kernel was planned before the arguments were validated")
+    monkeypatch.setattr(plan, "layer", no_work)
     call, error, match = CASES[name]
     with pytest.raises(error, match=match):
         call()

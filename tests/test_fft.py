@@ -1,15 +1,21 @@
 """The FFT backend's own paths (blocked long signals, untransformed rows, spectrum cache, float32 accuracy
 on big kernels) and the separable (rank-1) passes, against the NumPy reference."""
+import functools
+
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import fastconv.functional as F
 from fastconv import shapes
-from fastconv.backends import fft, reference, separable
+from fastconv.backends import fft, model, reference, separable
 
 from helpers import assert_close, check_against
 
-RUNNERS = {"numpy": reference, "fft": fft}
+#: Pass kernels for the separable tests: ``(op, spec) -> kernel`` on one backend.
+RUNNERS = {"numpy": lambda op, spec: getattr(reference, op),
+           "fft": lambda op, spec: functools.partial(getattr(fft, op), algorithm="whole")}
 
 
 def _arrays(spec, dtype, rng, bias=True):
@@ -20,6 +26,8 @@ def _arrays(spec, dtype, rng, bias=True):
 
 
 def _kernels(spec, x, w, gy, module, **kw):
+    if module is fft:
+        kw = {"algorithm": "whole", **kw}
     return (module.conv2d(x, w, None, spec, **kw), module.conv2d_grad_input(gy, w, spec, **kw),
             module.conv2d_grad_weight(gy, x, spec, **kw))
 
@@ -29,7 +37,7 @@ def _kernels(spec, x, w, gy, module, **kw):
 def test_long_signal_takes_blocked_path_and_matches_reference(dtype):
     x_shape, w_shape = (2, 4, 3000), (6, 2, 9)
     spec = shapes.conv_spec(x_shape, w_shape, None, stride=2, padding=5, dilation=3, groups=2, dims=1)
-    assert fft._blocked(spec)
+    assert fft.long_signal(spec)
     arrays = [a.reshape(s) for a, s in zip(_arrays(spec, dtype, np.random.default_rng(0)),
                                             (x_shape, w_shape, (6,)))]
     kw = dict(stride=2, padding=5, dilation=3, groups=2)
@@ -50,16 +58,45 @@ def test_blocked_kernels_with_any_block_length(block, stride, padding, dilation)
     rng = np.random.default_rng(block)
     x, w = _arrays(spec, np.float64, rng, bias=False)
     gy = rng.standard_normal(spec.y_shape)
-    got = (fft._blocked_conv2d(x, w, spec, block), fft._blocked_grad_input(gy, w, spec, block),
-           fft._blocked_grad_weight(gy, x, spec, block))
+    got = (fft._overlap_conv2d(x, w, spec, block), fft._overlap_grad_input(gy, w, spec, block),
+           fft._overlap_grad_weight(gy, x, spec, block))
     for a, e, name in zip(got, _kernels(spec, x, w, gy, reference), ("forward", "grad input", "grad weight")):
         assert_close(a, e, np.float64, f"blocked {name}, block {block}")
 
 
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(extent=st.integers(129, 599), ratio=st.floats(8.05, 30.0), stride=st.integers(1, 3),
+       padding=st.integers(0, 40), seed=st.integers(0, 2**16))
+def test_overlap_save_over_extents_and_lengths(extent, ratio, stride, padding, seed):
+    """Long signals against the reference for kernel extents over 128 (most are not 5-smooth, so one
+    block is itself longer than eight extents: a block must never be cut again)."""
+    dilation = 1 + extent % 3
+    taps = (extent - 1) // dilation + 1
+    length = max(int(ratio * extent), 1100)
+    spec = shapes.conv_spec((1, 2, length), (2, 2, taps), None, stride, padding, dilation, dims=1)
+    assert fft.long_signal(spec)
+    rng = np.random.default_rng(seed)
+    x, w = _arrays(spec, np.float64, rng, bias=False)
+    gy = rng.standard_normal(spec.y_shape)
+    got = _kernels(spec, x, w, gy, fft, algorithm="overlap")
+    for a, e, name in zip(got, _kernels(spec, x, w, gy, reference), ("forward", "grad input", "grad weight")):
+        assert_close(a, e, np.float64, f"overlap {name}")
+
+
+@pytest.mark.parametrize("x_shape,w_shape,dilation", [((4, 8, 20000), (8, 8, 131), 1),
+                                                      ((8, 16, 8000), (16, 16, 64), 3)])
+def test_long_signals_with_big_kernels_run_by_default(x_shape, w_shape, dilation):
+    """The default backend on long signals with kernels whose block length is not 5-smooth."""
+    rng = np.random.default_rng(0)
+    x, w = (rng.standard_normal(s).astype(np.float32) for s in (x_shape, w_shape))
+    want = F.conv1d(x[:1], w, dilation=dilation, backend="numpy").numpy()
+    assert_close(F.conv1d(x, w, dilation=dilation).numpy()[:1], want, np.float32, "auto conv1d")
+
+
 def test_short_signals_do_not_block():
-    assert not fft._blocked(shapes.conv_spec((1, 1, 1000), (1, 1, 9), dims=1))     # under 1024 samples
-    assert not fft._blocked(shapes.conv_spec((1, 1, 2000), (1, 1, 300), dims=1))   # under 8 kernels
-    assert not fft._blocked(shapes.conv_spec((1, 1, 40, 2000), (1, 1, 3, 9)))      # 2-D
+    assert not fft.long_signal(shapes.conv_spec((1, 1, 1000), (1, 1, 9), dims=1))     # under 1024 samples
+    assert not fft.long_signal(shapes.conv_spec((1, 1, 2000), (1, 1, 300), dims=1))   # under 8 kernels
+    assert not fft.long_signal(shapes.conv_spec((1, 1, 40, 2000), (1, 1, 3, 9)))      # 2-D
 
 
 # ------------------------------------------------------------------- rows kept untransformed
@@ -114,11 +151,11 @@ def test_spectrum_cache_follows_content_not_identity():
     """A weight updated in place must not reuse the spectrum of its old values."""
     spec = shapes.conv_spec((2, 3, 20, 20), (4, 3, 5, 5), None, padding=2)
     x, w = _arrays(spec, np.float64, np.random.default_rng(3), bias=False)
-    first = fft.conv2d(x, w, None, spec)
-    assert_close(fft.conv2d(x, w, None, spec), first, np.float64, "cached spectra")
+    first = fft.conv2d(x, w, None, spec, "whole")
+    assert_close(fft.conv2d(x, w, None, spec, "whole"), first, np.float64, "cached spectra")
     w *= -0.5  # in place: same object, same address
     x[0, 0, 0, 0] += 1.0
-    assert_close(fft.conv2d(x, w, None, spec), reference.conv2d(x, w, None, spec), np.float64, "after update")
+    assert_close(fft.conv2d(x, w, None, spec, "whole"), reference.conv2d(x, w, None, spec), np.float64, "after update")
 
 
 def test_spectrum_cache_can_be_disabled():
@@ -126,7 +163,7 @@ def test_spectrum_cache_can_be_disabled():
     x, w = _arrays(spec, np.float64, np.random.default_rng(4), bias=False)
     try:
         fft.set_cache_bytes(0)
-        assert_close(fft.conv2d(x, w, None, spec), reference.conv2d(x, w, None, spec), np.float64, "no cache")
+        assert_close(fft.conv2d(x, w, None, spec, "whole"), reference.conv2d(x, w, None, spec), np.float64, "no cache")
         assert not fft._cache._entries
     finally:
         fft.set_cache_bytes(fft.CACHE_BYTES)
@@ -195,17 +232,49 @@ def test_separable_passes_match_full_kernel(runner, case, dtype):
     w = _rank1_weight(w_shape, rng, dtype)
     x, b, gy = (rng.standard_normal(s).astype(dtype) for s in (x_shape, w_shape[:1], spec.y_shape))
     u, v = separable.factors(w)
-    module = RUNNERS[runner]
-    assert_close(separable.conv2d(x, u, v, b, spec, module), reference.conv2d(x, w, b, spec), dtype, "passes")
-    assert_close(separable.conv2d_grad_input(gy, u, v, spec, module), reference.conv2d_grad_input(gy, w, spec),
+    passes = RUNNERS[runner]
+    assert_close(separable.conv2d(x, u, v, b, spec, passes), reference.conv2d(x, w, b, spec), dtype, "passes")
+    assert_close(separable.conv2d_grad_input(gy, u, v, spec, passes), reference.conv2d_grad_input(gy, w, spec),
                  dtype, "adjoint passes")
-    front = separable.Passes(module)  # the wrapper auto uses: rank-1 and full kernels alike
-    assert_close(front.conv2d(x, w, b, spec), reference.conv2d(x, w, b, spec), dtype, "Passes rank 1")
+    # the kernels the planner uses: rank-1 weights as passes, full-rank ones through the fallback
+    forward = separable.kernel("conv2d", reference.conv2d, passes)
+    backward = separable.kernel("conv2d_grad_input", reference.conv2d_grad_input, passes)
+    assert_close(forward(x, w, b, spec), reference.conv2d(x, w, b, spec), dtype, "kernel rank 1")
     full = rng.standard_normal(w_shape).astype(dtype)
-    assert_close(front.conv2d_grad_input(gy, full, spec), reference.conv2d_grad_input(gy, full, spec), dtype,
-                 "Passes full rank")
+    assert_close(backward(gy, full, spec), reference.conv2d_grad_input(gy, full, spec), dtype,
+                 "kernel full rank")
 
 
 def test_separable_worthwhile_counts_taps():
-    assert separable.worthwhile(shapes.conv_spec((1, 1, 64, 64), (1, 1, 7, 7), None, padding=3))
-    assert not separable.worthwhile(shapes.conv_spec((1, 1, 64, 64), (1, 1, 1, 7)))
+    assert model.separable_worthwhile("conv2d", shapes.conv_spec((1, 1, 64, 64), (1, 1, 7, 7), None, padding=3))
+    assert not model.separable_worthwhile("conv2d", shapes.conv_spec((1, 1, 64, 64), (1, 1, 1, 7)))
+
+
+# ------------------------------------------------------------------------------ the error bound
+def _norms(a):
+    """``||a[i, j]||_2`` over the spatial axes, ``(N, C)``."""
+    return np.sqrt((a.astype(np.float64) ** 2).sum(axis=(2, 3)))
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**16), outlier=st.booleans(), dtype=st.sampled_from([np.float32, np.float64]))
+def test_error_within_the_documented_bound(seed, outlier, dtype):
+    """|error| <= eps * log2(L) * sum_c ||x[n, c]|| ||w[o, c]|| for each output channel (the module
+    docstring), the input gradient and the weight gradient likewise, one huge input value included."""
+    rng = np.random.default_rng(seed)
+    c, o, size, k = rng.integers(1, 5), rng.integers(1, 4), rng.integers(16, 60), rng.integers(5, 16)
+    x, w = rng.standard_normal((2, c, size, size)), rng.standard_normal((o, c, k, k))
+    if outlier:
+        x[0, 0, size // 2, size // 3] = 1e30
+    spec = shapes.conv_spec(x.shape, w.shape, None, padding=k // 2)
+    gy = rng.standard_normal(spec.y_shape)
+    rows, cols = fft._geometry(spec)
+    scale = np.finfo(dtype).eps * np.log2(rows.fft * cols.fft)
+    got = _kernels(spec, x.astype(dtype), w.astype(dtype), gy.astype(dtype), fft)
+    want = _kernels(spec, x, w, gy, reference)
+    bounds = (scale * _norms(x) @ _norms(w).T,                    # (N, C_out)
+              scale * _norms(gy) @ _norms(w),                     # (N, C_in)
+              scale * _norms(gy).T @ _norms(x))                   # (C_out, C_in)
+    for a, e, bound, name in zip(got, want, bounds, ("forward", "grad input", "grad weight")):
+        err = np.abs(a.astype(np.float64) - e).max(axis=(2, 3))
+        assert np.all(err <= bound), f"{name}: error {err.max():.3g} over the bound {bound.min():.3g}"

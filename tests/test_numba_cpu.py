@@ -7,6 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fastconv import shapes
+from fastconv.backends import model
 from fastconv.backends import numba_cpu as nb
 from fastconv.backends import reference as ref
 
@@ -110,7 +111,7 @@ def test_per_task_sample_counts(monkeypatch, limit):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_pointwise_gemm(chunking, dtype):
     """1x1 stride-1 unpadded convolution: the input is its own columns (no im2col, no col2im)."""
-    assert nb._is_pointwise(shapes.conv_spec((3, 6, 5, 4), (4, 3, 1, 1), groups=2))
+    assert shapes.is_pointwise(shapes.conv_spec((3, 6, 5, 4), (4, 3, 1, 1), groups=2))
     _check_conv(shapes.conv_spec((3, 6, 5, 4), (4, 3, 1, 1), groups=2), dtype, "gemm")
     _check_conv(shapes.conv_spec((3, 6, 5, 4), (6, 6, 1, 1), stride=2), dtype, "gemm")  # not pointwise
 
@@ -125,11 +126,13 @@ def test_automatic_choice():
              shapes.conv_spec((100, 15, 19), (15, 15, 3), stride=2, dims=1)]
     big = [shapes.conv_spec((8, 64, 56, 56), (64, 64, 3, 3), padding=1),
            shapes.conv_spec((16, 256, 28, 28), (128, 256, 1, 1))]
-    assert [nb.conv_algorithm(s) for s in (depthwise, thin)] == ["direct"] * 2
-    assert [nb.conv_algorithm(s) for s in small] == ["per_task"] * 3
-    expected = "per_task" if nb._blas_control() is not None else "gemm"
-    assert [nb.conv_algorithm(s) for s in big] == [expected] * 2
-    assert nb.conv_algorithm(shapes.conv_spec((1, 64, 56, 56), (64, 64, 3, 3), padding=1)) == "gemm"
+    def algorithm(spec):
+        return model.numba_algorithm("conv2d", spec, np.float32)[0]
+    assert [algorithm(s) for s in (depthwise, thin)] == ["direct"] * 2
+    assert [algorithm(s) for s in small] == ["per_task"] * 3
+    expected = "per_task" if nb.holds_blas() else "gemm"
+    assert [algorithm(s) for s in big] == [expected] * 2
+    assert algorithm(shapes.conv_spec((1, 64, 56, 56), (64, 64, 3, 3), padding=1)) == "gemm"
 
 
 @pytest.mark.parametrize("mode", ["bands of rows", "BLAS not controllable"])

@@ -138,3 +138,49 @@ def test_receptive_field_is_the_support_of_an_impulse_response(layers):
     first, second = _support(layers, 1), _support(layers, 2)
     assert first[-1] - first[0] + 1 == field
     assert second[0] - first[0] == jump
+
+
+# ------------------------------------------------------------------------------- one geometry
+def test_every_spec_has_the_one_geometry_the_compiled_kernels_read():
+    conv = shapes.conv_spec((2, 4, 9, 8), (6, 2, 3, 3), padding=(1, 2), stride=(2, 1), dilation=(1, 2), groups=2)
+    pool = shapes.pool_spec((2, 3, 9, 8), (3, 2), stride=(2, 1), padding=1, dilation=(2, 1), ceil_mode=True)
+    for spec, c_out, groups in ((conv, 6, 2), (pool, 3, 3)):
+        geo = dict(zip(shapes.GEOMETRY, spec.geometry()))
+        assert (geo["n"], geo["h"], geo["w"], geo["kh"], geo["kw"], geo["oh"], geo["ow"]) == \
+            (spec.n, spec.h, spec.w, spec.kh, spec.kw, spec.oh, spec.ow)
+        assert (geo["c_out"], geo["groups"]) == (c_out, groups)
+        assert (geo["sh"], geo["sw"], geo["dh"], geo["dw"]) == spec.stride + spec.dilation
+        assert (geo["pt"], geo["pl"]) == (spec.padding[0], spec.padding[2])
+        assert spec.window == spec.geometry()[9:15]
+    assert pool.padding == (1, 1, 1, 1)  # (top, bottom, left, right) as in a ConvSpec
+
+
+def test_the_cython_geometry_struct_holds_the_same_fields_in_order():
+    try:
+        from fastconv._cy import _pool
+    except ImportError:
+        pytest.skip("Cython extension not built")
+    spec = shapes.conv_spec((2, 4, 9, 8), (6, 2, 3, 3), padding=(1, 2), stride=(2, 1), dilation=(1, 2), groups=2)
+    struct = _pool.geometry(spec.geometry())
+    assert list(struct)[:len(shapes.GEOMETRY)] == list(shapes.GEOMETRY)
+    assert tuple(struct.values())[:len(shapes.GEOMETRY)] == spec.geometry()
+
+
+@pytest.mark.parametrize("count_include_pad", [True, False])
+@pytest.mark.parametrize("ceil_mode", [True, False])
+def test_average_pool_divisors_count_the_window_as_pytorch_does(count_include_pad, ceil_mode):
+    """Each divisor is the number of cells of its window inside the input (plus the padding when it counts,
+    never the ceil_mode overhang past the padding): counted here cell by cell."""
+    spec = shapes.pool_spec((1, 1, 7, 6), 3, stride=2, padding=1, ceil_mode=ceil_mode,
+                            count_include_pad=count_include_pad)
+    want = np.zeros((spec.oh, spec.ow))
+    for oy in range(spec.oh):
+        for ox in range(spec.ow):
+            for i in range(3):
+                for j in range(3):
+                    r, c = oy * 2 - 1 + i, ox * 2 - 1 + j
+                    inside = 0 <= r < 7 and 0 <= c < 6
+                    in_padding = -1 <= r < 8 and -1 <= c < 7
+                    want[oy, ox] += inside or (count_include_pad and in_padding)
+    np.testing.assert_array_equal(spec.divisors(), want)
+    assert spec.divisors(np.float32).dtype == np.float32

@@ -46,7 +46,7 @@ def _same_checkpoints(a, b):
 def test_outputs(tmp_path, capsys):
     log = _run(tmp_path, "run", epochs=3, eval_every=2)
     out = tmp_path / "run"
-    assert {"checkpoint.npz", "log.json", "curves.png"} <= set(os.listdir(out))
+    assert {"checkpoint.npz", "log.json", "curves.png", "kernels.png"} <= set(os.listdir(out))
     assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
     saved = json.loads((out / "log.json").read_text())
     assert saved["config"]["model"] == "paper" and saved["config"]["lr"] == 1e-2  # the paper's recipe
@@ -151,7 +151,7 @@ def test_progress_and_plot_without_optional_packages(tmp_path, monkeypatch, caps
     out = capsys.readouterr().out
     assert "step 2/8" in out and "img/s" in out  # plain progress lines
     assert "matplotlib is not installed" in out
-    assert not (tmp_path / "bare" / "curves.png").exists()
+    assert not (tmp_path / "bare" / "curves.png").exists() and not (tmp_path / "bare" / "kernels.png").exists()
 
 
 # ------------------------------------------------------------------------------------- CLI

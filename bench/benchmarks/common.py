@@ -114,11 +114,11 @@ LARGE = ("vgg_3x3", "resnet_s2", "maxpool_large")  # the peak-memory suites
 # ----------------------------------------------------------------------- implementations
 def backend_status(names=None):
     """``{name: None if usable else the reason}`` for the fastconv backends ``names`` (default: all)."""
-    from fastconv.backends import dispatch
+    from fastconv.backends import registry
     status = {}
-    for name in dispatch.MODULES if names is None else names:
+    for name in registry.MODULES if names is None else names:
         try:
-            dispatch.load(name)
+            registry.load(name)
             status[name] = None
         except Exception as err:  # missing module, unbuilt extension, no GPU: say why, don't fail
             status[name] = str(err).splitlines()[0] if str(err) else type(err).__name__
@@ -126,7 +126,7 @@ def backend_status(names=None):
 
 
 def cpu_backends():
-    """The fastconv CPU backends that can run here, in the order dispatch lists them."""
+    """The fastconv CPU backends that can run here, in the order the registry lists them."""
     import fastconv
     return [name for name in fastconv.available_backends() if name in CPU_BACKENDS]
 
@@ -135,9 +135,9 @@ def supports(impl, shape):
     """Whether ``impl`` runs ``shape`` itself (a forced backend without pooling would just run "auto")."""
     if impl in (TORCH, "auto"):
         return True
-    from fastconv.backends import dispatch
+    from fastconv.backends import registry
     op = "conv2d" if shape.kind == "conv" else f"{shape.op}_pool2d"
-    return hasattr(dispatch.load(impl), op)
+    return registry.runs(registry.parse(impl)[0], op)
 
 
 def has_torch():
@@ -361,12 +361,11 @@ def warm_kernel(backend, algorithm, kernel, shape):
     ``algorithm=`` forced, run once (compiled), or a skip: where the automatic choices come from."""
     def build():
         skip_unless_runnable(backend)
-        from fastconv.backends import dispatch
-        module = dispatch.load(backend)
-        algorithms = getattr(module, "ALGORITHMS", ())
-        if algorithm not in algorithms:
-            raise NotImplementedError(f"backend {backend} has no algorithm {algorithm!r}")
+        from fastconv.backends import registry
+        module = registry.load(backend)
         spec = shape.spec()
+        if not registry.supports(backend, kernel, spec, np.float32, algorithm):
+            raise NotImplementedError(f"{backend}:{algorithm} cannot run {kernel} on {shape.name}")
         x, w, _, gy = inputs(shape)
         x, w, gy = x.reshape(spec.x_shape), w.reshape(spec.w_shape), gy.reshape(spec.y_shape)
         args = {"conv2d": (x, w, None), "conv2d_grad_input": (gy, w), "conv2d_grad_weight": (gy, x)}[kernel]

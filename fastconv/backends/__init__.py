@@ -1,4 +1,5 @@
-"""Backends: sibling modules with identical kernel signatures (see ``reference``), chosen by ``dispatch``.
+"""Backends: sibling modules with identical kernel signatures (see ``reference``), listed in ``registry``,
+chosen by ``plan`` (the planner; its rules in ``model``, its measurements in ``tune``).
 
 - ``reference`` (``"numpy"``): the NumPy definition every other backend is tested against.
 - ``numba_cpu`` (``"numba"``): ``@njit(parallel=True)`` loops.

@@ -399,20 +399,9 @@ def max_pool(x, y, idx, kh, kw, sh, sw, pt, pl, dh, dw):
                         idx[m, ch, oy, _u(ox)] = iy * wd + ox * sw + off if hit else old
 
 
-@njit(inline="always", cache=True)
-def _avg_extent(o, s, p, k, size, count_pad):
-    """Divisor of output ``o`` along one axis, PyTorch's rule: the window clipped to the padded input
-    (``count_pad``) or to the input itself."""
-    start = o * s - p
-    end = min(start + k, size + p)
-    if count_pad:
-        return end - start
-    return min(end, size) - max(start, 0)
-
-
 @njit(**_EXACT)
-def avg_pool(x, y, kh, kw, sh, sw, pt, pl, count_pad):
-    """Mean of every window (``sum / divisor``)."""
+def avg_pool(x, y, divisors, kh, kw, sh, sw, pt, pl):
+    """Mean of every window (``sum / divisors[oy, ox]``, see ``PoolSpec.divisors``)."""
     n, c, h, wd = x.shape
     oh, ow = y.shape[2], y.shape[3]
     taps = tap_table(oh, sh, pt, 1, kh, h)
@@ -429,13 +418,12 @@ def avg_pool(x, y, kh, kw, sh, sw, pt, pl, count_pad):
                     lo, hi = reach[j, 0], reach[j, 1]
                     for ox in range(lo, hi):
                         y[m, ch, oy, _u(ox)] += x[m, ch, iy, _u(ox * sw - pl + j)]
-            dy = _avg_extent(oy, sh, pt, kh, h, count_pad)
             for ox in range(ow):
-                y[m, ch, oy, ox] /= dy * _avg_extent(ox, sw, pl, kw, wd, count_pad)
+                y[m, ch, oy, ox] /= divisors[oy, ox]
 
 
 @njit(**_EXACT)
-def avg_pool_grad(gy, gx, kh, kw, sh, sw, pt, pl, count_pad):
+def avg_pool_grad(gy, gx, divisors, kh, kw, sh, sw, pt, pl):
     """The adjoint of :func:`avg_pool`: each output gradient / divisor added to its window's pixels."""
     n, c, h, wd = gx.shape
     oh, ow = gy.shape[2], gy.shape[3]
@@ -448,9 +436,8 @@ def avg_pool_grad(gy, gx, kh, kw, sh, sw, pt, pl, count_pad):
             for ix in range(wd):
                 gx[m, ch, iy, ix] = 0
         for oy in range(oh):
-            dy = _avg_extent(oy, sh, pt, kh, h, count_pad)
             for ox in range(ow):
-                g[ox] = gy[m, ch, oy, ox] / (dy * _avg_extent(ox, sw, pl, kw, wd, count_pad))
+                g[ox] = gy[m, ch, oy, ox] / divisors[oy, ox]
             ilo, ihi = taps[oy, 0], taps[oy, 1]
             for i in range(ilo, ihi):
                 iy = oy * sh - pt + i

@@ -33,7 +33,7 @@ def check_available():
     """Raise BackendUnavailable unless CUDA kernels can run here (a GPU or the simulator)."""
     from .. import cuda as fc_cuda
     if not fc_cuda.is_available():
-        from .dispatch import BackendUnavailable
+        from .registry import BackendUnavailable
         raise BackendUnavailable("backend 'cuda' needs an NVIDIA GPU with a working driver "
                                  "(numba.cuda.is_available() is False), or NUMBA_ENABLE_CUDASIM=1")
 
@@ -356,7 +356,7 @@ P_H, P_W, P_KH, P_KW, P_OH, P_OW, P_SH, P_SW, P_PT, P_PL, P_DH, P_DW, P_CIP = ra
 
 
 def pool_geometry(spec):
-    (sh, sw), (pt, pl), (dh, dw) = spec.stride, spec.padding, spec.dilation
+    sh, sw, pt, pl, dh, dw = spec.window
     return (spec.h, spec.w, spec.kh, spec.kw, spec.oh, spec.ow, sh, sw, pt, pl, dh, dw,
             int(spec.count_include_pad))
 

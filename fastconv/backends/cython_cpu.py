@@ -1,7 +1,7 @@
 """The Cython/OpenMP CPU backend (``"cython"``): wraps the extension modules built from ``src_cython/``.
 
-Convolutions run one of three algorithms, chosen per shape by :func:`conv_algorithm` (or forced with
-``algorithm=``):
+Convolutions run one of three algorithms, the one they are handed (``algorithm=``; the planner chooses,
+see ``model.cython_algorithm`` for where each wins):
 
 - ``"direct"``: loops over kernel taps (``_cy._conv``), for depthwise-like convolutions (one or two
   channels per group in and out), where a matrix product would be too thin to pay for unfolding the
@@ -14,8 +14,7 @@ Convolutions run one of three algorithms, chosen per shape by :func:`conv_algori
   reduction, reading the input in place, so nothing is unfolded. It runs forward passes, weight
   gradients (the same tile turned: kernel taps by output channels, reduced over output pixels) and the
   input gradients of stride-1 convolutions (the forward pass of the adjoint convolution: flipped
-  kernels, channels swapped), where :func:`conv_algorithm` found it faster; asked for float64 or for a
-  strided input gradient, it means the automatic choice between the other two.
+  kernels, channels swapped; see :func:`supports`).
 
 Pooling and unpooling run ``_cy._pool``. Every kernel is parallel over OpenMP threads
 (``fastconv.set_num_threads`` / ``OMP_NUM_THREADS``). The GEMM kernels either run tiles in parallel with
@@ -34,7 +33,7 @@ import threading
 
 import numpy as np
 
-from ..shapes import ConvSpec
+from ..shapes import adjoint_spec
 from .workspaces import clear_workspaces, workspace  # noqa: F401 (part of this module's API)
 
 try:
@@ -45,6 +44,10 @@ else:
     _IMPORT_ERROR = None
 
 ALGORITHMS = ("direct", "gemm", "blocked")
+#: Operands whose NaN or inf an algorithm does not propagate as the reference does (it skips the padding
+#: that the reference multiplies): the planner checks them (see ``registry.nonfinite_checks``).
+NONFINITE_CHECKS = {"direct": {"conv2d": ("w",), "conv2d_grad_input": ("w",), "conv2d_grad_weight": ("gy", "x")},
+                    "blocked": {"conv2d_grad_input": ("w",)}}
 _TILE_BYTES = 1 << 20  # im2col tile per thread: stays in a core's L2
 _BAND_BYTES = 1 << 19  # padded input rows of one "blocked" task: stay in L2 beside the weights
 _MIN_TILE = 64  # outputs: thinner matrix products waste the GEMM
@@ -64,107 +67,25 @@ def num_threads():
 
 
 # ------------------------------------------------------------------------------- geometry
-def conv_geo(spec):
-    """The tuple the kernels turn into their ``Geo`` struct (``src_cython/_loops.pxi``)."""
-    return (spec.n, spec.c_in, spec.h, spec.w, spec.c_out, spec.kh, spec.kw, spec.oh, spec.ow,
-            *spec.stride, spec.padding[0], spec.padding[2], *spec.dilation, spec.groups)
-
-
-def pool_geo(spec):
-    """A pooling op as a depthwise convolution: one channel per group."""
-    return (spec.n, spec.c, spec.h, spec.w, spec.c, spec.kh, spec.kw, spec.oh, spec.ow,
-            *spec.stride, *spec.padding, *spec.dilation, max(spec.c, 1))
-
-
-def is_pointwise(spec):
-    """1x1, stride 1, no padding: a convolution that is a plain matrix product."""
-    return (spec.kh == spec.kw == 1 and spec.stride == (1, 1) and not any(spec.padding))
-
-
-def adjoint_spec(spec):
-    """The stride-1 convolution whose forward pass is the input gradient of stride-1 ``spec``: ``gy``
-    correlated with the flipped kernels (in and out channels swapped, :func:`adjoint_weight`), padded by
-    the kernel's reach minus the padding. None when ``spec`` is strided or padded beyond that reach."""
-    reach_h, reach_w = spec.dilation[0] * (spec.kh - 1), spec.dilation[1] * (spec.kw - 1)
-    pt, pl = reach_h - spec.padding[0], reach_w - spec.padding[2]
-    pb, pr = spec.h - spec.oh + reach_h - pt, spec.w - spec.ow + reach_w - pl
-    if spec.stride != (1, 1) or min(pt, pb, pl, pr) < 0:
-        return None
-    return ConvSpec(spec.n, spec.c_out, spec.oh, spec.ow, spec.c_in, spec.kh, spec.kw, spec.h, spec.w,
-                    (1, 1), (pt, pb, pl, pr), spec.dilation, spec.groups, spec.dims)
-
-
-def adjoint_weight(w, spec):
-    """``w`` flipped in space with in and out channels swapped per group: the weights of ``adjoint_spec``."""
-    g, cog, cig = spec.groups, spec.c_out // spec.groups, spec.c_in // spec.groups
-    flipped = w.reshape(g, cog, cig, spec.kh, spec.kw)[..., ::-1, ::-1].transpose(0, 2, 1, 3, 4)
-    return np.ascontiguousarray(flipped).reshape(spec.c_in, cog, spec.kh, spec.kw)
-
-
-def _blocked_applies(spec, dtype, op):
-    """Whether the register-blocked kernel can run ``op``: float32 forward passes and weight gradients,
-    and the input gradients of stride-1 convolutions (as the forward pass of their adjoint)."""
-    if np.dtype(dtype) != np.float32:
+def supports(op, spec, dtype, algorithm):
+    """``"direct"`` and ``"gemm"`` run every convolution; ``"blocked"`` float32 forward passes and weight
+    gradients, and the input gradients of stride-1 convolutions (as the forward pass of their adjoint,
+    which must exist: ``shapes.adjoint_spec``)."""
+    if algorithm != "blocked":
+        return algorithm in ALGORITHMS
+    if dtype is None or np.dtype(dtype) != np.float32:
         return False
     return op != "conv2d_grad_input" or adjoint_spec(spec) is not None
 
 
-#: Below these the register-blocked kernel loses to the GEMM path (see ``conv_algorithm``).
-BLOCKED_MIN_CHANNELS = 8     # output channels per group of the tile (input channels for the input gradient)
-BLOCKED_MIN_PIXELS = 32      # output pixels per sample: the weight gradient's reduction
-BLOCKED_MAX_PADDING = 0.25   # share of the adjoint's input that is padding (input gradient)
-BLOCKED_MIN_TAPS = 16        # reduction length of a forward tile (input channels per group x kernel taps)
-BLOCKED_MIN_FLOPS = 2e6      # forward passes smaller than this are dominated by the call's set-up
+#: Seconds per multiply-add of the convolution kernels on one core (the cost model's constant; only its
+#: ratio to the FFT's constants matters).
+SECONDS_PER_MAC = 6e-11
 
 
-def _adjoint_padding(spec):
-    """The share of padding in the input of the adjoint convolution (zeros the input gradient reads)."""
-    rh, rw = spec.dilation[0] * (spec.kh - 1), spec.dilation[1] * (spec.kw - 1)
-    return 1 - spec.oh * spec.ow / ((spec.oh + 2 * rh) * (spec.ow + 2 * rw))
-
-
-def conv_algorithm(spec, dtype=np.float32, op="conv2d"):
-    """The algorithm for ``op`` (``"conv2d"``, ``"conv2d_grad_input"`` or ``"conv2d_grad_weight"``) on
-    this convolution. The matrix products of im2col + GEMM have ``C_out/groups`` rows and
-    ``C_in/groups * kh * kw`` columns; when both channel counts per group are tiny (depthwise: 1 and 1)
-    they are too thin to beat the direct loops, which are memory-bound. Elsewhere the register-blocked
-    kernel runs where it applies and was measured faster (2 threads, ms, blocked against GEMM):
-
-    - forward passes with 8 or more output channels per group (a tile's vector of channels is then
-      mostly full: LeNet's C1, 6 channels, 0.99 against 0.72 at batch 128), pointwise too
-      (x(16, 256, 28, 28), w(128, 256, 1, 1): 4.8 against 6.1), except one-pixel outputs (LeNet's C5),
-      reductions of fewer than 16 taps (MNIST-1D's first layer, one input channel: 0.066 against
-      0.021) and passes under 2 MFLOP (its third: 0.085 against 0.060; its second, 3.8 MFLOP: 0.116
-      against 0.149);
-    - input gradients with 8 or more input channels per group (lenet_c3's 6: 0.78 against 0.32) whose
-      adjoint reads at most 25% padding (vgg_3x3 9.3 against 11.5; LeNet's C5, 1x1 outputs padded to
-      9x9: 2.1 against 0.35), pointwise excepted (5.7 against 4.9);
-    - weight gradients of stride-1 convolutions with 8 or more output channels per group and at least
-      32 output pixels per sample to reduce over (vgg_3x3 11.8 against 14.0, dilated 3.6 against 5.1,
-      lenet_c3 0.75 against 1.8; 4x4 outputs: 1.0 against 0.8; resnet_s2's stride 2: 6.1 against 5.6),
-      pointwise excepted (5.9 against 5.3).
-    """
-    cig, cog = spec.c_in // spec.groups, spec.c_out // spec.groups
-    pointwise, pixels = is_pointwise(spec), spec.oh * spec.ow
-    if not pointwise and cig * cog <= 4:
-        return "direct"
-    wins = {"conv2d": (cog >= BLOCKED_MIN_CHANNELS and pixels > 1 and spec.flops >= BLOCKED_MIN_FLOPS
-                       and cig * spec.kh * spec.kw >= BLOCKED_MIN_TAPS),
-            "conv2d_grad_input": (cig >= BLOCKED_MIN_CHANNELS and not pointwise
-                                  and _adjoint_padding(spec) <= BLOCKED_MAX_PADDING),
-            "conv2d_grad_weight": (cog >= BLOCKED_MIN_CHANNELS and pixels >= BLOCKED_MIN_PIXELS
-                                   and spec.stride == (1, 1) and not pointwise)}[op]
-    return "blocked" if wins and _blocked_applies(spec, dtype, op) else "gemm"
-
-
-def _algorithm(spec, algorithm, dtype, op):
-    if algorithm is None:
-        return conv_algorithm(spec, dtype, op)
-    if algorithm not in ALGORITHMS:
-        raise ValueError(f"algorithm must be None or one of {ALGORITHMS}, got {algorithm!r}")
-    if algorithm == "blocked" and not _blocked_applies(spec, dtype, op):
-        return conv_algorithm(spec, np.float64, op)  # the choice among the other two
-    return algorithm
+def seconds(op, spec, dtype, algorithm):
+    """Model time of one convolution kernel (forward and both gradients cost the same)."""
+    return SECONDS_PER_MAC * spec.flops / 2
 
 
 # ------------------------------------------------------------------------------ BLAS threads
@@ -248,7 +169,7 @@ def _cols_workspace(spec, tile, threads, dtype):
 
 
 def _wide_workspace(spec, dtype):
-    return workspace("planes", (num_threads(), _conv.wide_size(conv_geo(spec))), dtype)
+    return workspace("planes", (num_threads(), _conv.wide_size(spec.geometry())), dtype)
 
 
 @functools.lru_cache(maxsize=512)
@@ -263,7 +184,7 @@ def _blocked_plan(spec, threads, band_bytes):
     of copying the band once per chunk, and splitting the rows at the price of reading the weights
     once per band.
     """
-    geo = conv_geo(spec)
+    geo = spec.geometry()
     cig, cog = spec.c_in // spec.groups, spec.c_out // spec.groups
     width = _blocked.block_width(cog)
     blocks = max(1, -(-cog // width))
@@ -336,34 +257,32 @@ def _blocked_conv2d(x, w, b, y, spec, adjoint=None):
 
 
 # ----------------------------------------------------------------------------- convolution
-def conv2d(x, w, b, spec, algorithm=None):
+def conv2d(x, w, b, spec, algorithm):
     y = np.empty(spec.y_shape, x.dtype)
     b = None if b is None else np.ascontiguousarray(b, x.dtype)
-    algorithm = _algorithm(spec, algorithm, x.dtype, "conv2d")
     if algorithm == "blocked":
         return _blocked_conv2d(x, w, b, y, spec)
     if algorithm == "direct":
-        _conv.conv2d(x, w, b, y, _wide_workspace(spec, x.dtype), conv_geo(spec))
+        _conv.conv2d(x, w, b, y, _wide_workspace(spec, x.dtype), spec.geometry())
         return y
     tile, threads, blas = _gemm_plan(spec, x.itemsize)
     with blas_threads(blas):
-        _im2col.conv2d_gemm(x, w, b, y, _cols_workspace(spec, tile, threads, x.dtype), conv_geo(spec),
+        _im2col.conv2d_gemm(x, w, b, y, _cols_workspace(spec, tile, threads, x.dtype), spec.geometry(),
                             tile, threads)
     return y
 
 
-def conv2d_grad_input(gy, w, spec, algorithm=None):
+def conv2d_grad_input(gy, w, spec, algorithm):
     gx = np.empty(spec.x_shape, gy.dtype)
-    algorithm = _algorithm(spec, algorithm, gy.dtype, "conv2d_grad_input")
     if algorithm == "blocked":
         return _blocked_conv2d(gy, w, None, gx, adjoint_spec(spec), adjoint=spec)
     if algorithm == "direct":
-        _conv.conv2d_grad_input(gy, w, gx, _wide_workspace(spec, gy.dtype), conv_geo(spec))
+        _conv.conv2d_grad_input(gy, w, gx, _wide_workspace(spec, gy.dtype), spec.geometry())
         return gx
     tile, threads, blas = _gemm_plan(spec, gy.itemsize, whole_samples=True)
     with blas_threads(blas):
         _im2col.conv2d_grad_input_gemm(gy, w, gx, _cols_workspace(spec, tile, threads, gy.dtype),
-                                       conv_geo(spec), tile, threads)
+                                       spec.geometry(), tile, threads)
     return gx
 
 
@@ -378,7 +297,7 @@ def _grad_weight_plan(spec, threads):
     plus the partial gradients' sum): many blocks (large layers, small batches) give every thread its
     own blocks, few blocks (LeNet's 16 channels) cut the batch into runs.
     """
-    geo = conv_geo(spec)
+    geo = spec.geometry()
     cig, cog = spec.c_in // spec.groups, spec.c_out // spec.groups
     width = _blocked.block_width(cog)
     blocks = max(1, -(-cog // width))
@@ -413,21 +332,20 @@ def _blocked_grad_weight(gy, x, spec):
     return gw if runs == 1 else out.sum(axis=0).reshape(spec.w_shape)
 
 
-def conv2d_grad_weight(gy, x, spec, algorithm=None):
-    algorithm = _algorithm(spec, algorithm, gy.dtype, "conv2d_grad_weight")
+def conv2d_grad_weight(gy, x, spec, algorithm):
     if algorithm == "blocked":
         return _blocked_grad_weight(gy, x, spec)
     if algorithm == "direct":
         gw = np.empty(spec.w_shape, gy.dtype)
         acc = workspace("tap_sums", (num_threads(), spec.kh * spec.kw), np.float64)
-        _conv.conv2d_grad_weight(gy, x, gw, acc, _wide_workspace(spec, gy.dtype), conv_geo(spec))
+        _conv.conv2d_grad_weight(gy, x, gw, acc, _wide_workspace(spec, gy.dtype), spec.geometry())
         return gw
     tile, threads, blas = _gemm_plan(spec, gy.itemsize)
     acc = workspace("grad_weight", (threads, int(np.prod(spec.w_shape))), gy.dtype)
     acc.fill(0)
     with blas_threads(blas):
         _im2col.conv2d_grad_weight_gemm(gy, x, acc, _cols_workspace(spec, tile, threads, gy.dtype),
-                                        conv_geo(spec), tile, threads)
+                                        spec.geometry(), tile, threads)
     return acc.sum(axis=0).reshape(spec.w_shape)
 
 
@@ -435,7 +353,7 @@ def conv2d_grad_weight(gy, x, spec, algorithm=None):
 def max_pool2d(x, spec):
     y = np.empty(spec.y_shape, x.dtype)
     indices = np.empty(spec.y_shape, np.int64)
-    _pool.max_pool2d(x, y, indices, pool_geo(spec))
+    _pool.max_pool2d(x, y, indices, spec.geometry())
     return y, indices
 
 
@@ -447,14 +365,14 @@ def max_pool2d_grad(gy, indices, spec):
 
 def avg_pool2d(x, spec):
     y = np.empty(spec.y_shape, x.dtype)
-    _pool.avg_pool2d(x, y, pool_geo(spec), spec.count_include_pad)
+    _pool.avg_pool2d(x, y, spec.divisors(x.dtype), spec.geometry())
     return y
 
 
 def avg_pool2d_grad(gy, spec):
     gx = np.empty(spec.x_shape, gy.dtype)
     scratch = workspace("avg_grad", (num_threads(), max(1, spec.oh * spec.ow)), gy.dtype)
-    _pool.avg_pool2d_grad(gy, gx, scratch, pool_geo(spec), spec.count_include_pad)
+    _pool.avg_pool2d_grad(gy, gx, scratch, spec.divisors(gy.dtype), spec.geometry())
     return gx
 
 

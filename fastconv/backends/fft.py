@@ -26,6 +26,18 @@ How, per spatial axis (the two axes are independent):
   overlap-add for the input gradient.
 
 float32 stays float32 / complex64 end to end (``scipy.fft`` keeps single precision); float64 is complex128.
+
+Error. A direct sum's rounding error stays local (each output's error scales with its own window), an
+FFT's is spread over the plane: every output of channel ``o`` may be off by up to
+
+    eps * log2(L) * sum_c ||x[n, c]||_2 * ||w[o, c]||_2          (L: the grid's points; the input
+                                                                    gradient and the weight gradient
+                                                                    likewise, with their operands)
+
+(``eps`` of the dtype; measured at most half of it over random cases, one input of 1e30 included:
+tests/test_fft.py). So one huge input value leaks into far outputs (1e30 gives ~1e23 in float32) and
+small outputs next to large ones lose relative precision. ``fc.set_exact(True)`` keeps the automatic
+choice off the FFT; NaN and inf never reach here (the planner runs them on the reference).
 """
 from __future__ import annotations
 
@@ -48,6 +60,14 @@ BLOCK_MIN_RATIO = 8
 BLOCK_MIN_LENGTH = 1024
 #: The spectra the cache may hold, with the copies of their sources (bytes); 0 disables it.
 CACHE_BYTES = 64 * 2**20
+# Cost model constants: seconds on one core (single-thread CPU time on a 2-core development machine; only
+# their ratios to the direct kernels' constants matter).
+#: Seconds per grid point and per log2(grid points) of one real 2-D transform, copies included.
+SECONDS_PER_FFT_POINT = 2.5e-10
+#: Seconds per complex multiply-add of the per-frequency channel products.
+SECONDS_PER_SPECTRAL_MAC = 5e-10
+#: Fixed cost of one call: planning, transposes, small arrays.
+FFT_CALL_SECONDS = 1e-4
 #: Per-frequency matrix products of at most this many multiply-adds run as broadcast products;
 #: larger ones go through ``numpy.matmul`` (whose per-matrix call overhead dominates tiny products).
 SMALL_PRODUCT = 16
@@ -270,15 +290,28 @@ def _kernel_dft(w, rows, cols):
 
 
 # --------------------------------------------------------------------------------- the kernels
+ALGORITHMS = ("whole", "overlap")
+#: Every operand: each output mixes every input of its plane, so one NaN or inf reaches them all (the
+#: planner checks the operands and runs non-finite ones on the reference).
+_EVERY_OPERAND = {"conv2d": ("x", "w"), "conv2d_grad_input": ("gy", "w"), "conv2d_grad_weight": ("gy", "x")}
+NONFINITE_CHECKS = {"whole": _EVERY_OPERAND, "overlap": _EVERY_OPERAND}
+
+
+def supports(op, spec, dtype, algorithm):
+    """``"whole"`` runs any convolution; ``"overlap"`` (overlap-save / overlap-add in blocks) runs 1-D
+    convolutions, whose blocks become batch entries."""
+    return algorithm == "whole" or (spec.h == 1 and spec.kh == 1 and spec.padding[:2] == (0, 0))
+
+
 def _empty(spec):
     return spec.n == 0 or spec.c_in == 0 or spec.c_out == 0
 
 
-def conv2d(x, w, b, spec):
+def conv2d(x, w, b, spec, algorithm):
     if _empty(spec):
         y = np.zeros(spec.y_shape, dtype=x.dtype)
-    elif _blocked(spec):
-        y = _blocked_conv2d(x, w, spec)
+    elif algorithm == "overlap":
+        y = _overlap_conv2d(x, w, spec)
     else:
         rows, cols = _geometry(spec)
         xs = _grouped(_input_spectrum(x, rows, cols), spec.groups)                     # (R, F, G, N, Cig)
@@ -290,11 +323,11 @@ def conv2d(x, w, b, spec):
     return y
 
 
-def conv2d_grad_input(gy, w, spec):
+def conv2d_grad_input(gy, w, spec, algorithm):
     if _empty(spec):
         return np.zeros(spec.x_shape, dtype=gy.dtype)
-    if _blocked(spec):
-        return _blocked_grad_input(gy, w, spec)
+    if algorithm == "overlap":
+        return _overlap_grad_input(gy, w, spec)
     rows, cols = _geometry(spec)
     gs = _grouped(_grad_spectrum(gy, rows, cols), spec.groups)                         # (R, F, G, N, Cog)
     ws = _weight_spectrum(w, rows, cols)                                               # (R, F, Cout, Cig)
@@ -303,11 +336,11 @@ def conv2d_grad_input(gy, w, spec):
     return _inverse(xs, rows, cols, rows.grad_input_index(), cols.grad_input_index())
 
 
-def conv2d_grad_weight(gy, x, spec):
+def conv2d_grad_weight(gy, x, spec, algorithm):
     if _empty(spec):
         return np.zeros(spec.w_shape, dtype=gy.dtype)
-    if _blocked(spec):
-        return _blocked_grad_weight(gy, x, spec)
+    if algorithm == "overlap":
+        return _overlap_grad_weight(gy, x, spec)
     rows, cols = _geometry(spec)
     gs = _grouped(_grad_spectrum(gy, rows, cols), spec.groups).swapaxes(-1, -2)        # (R, F, G, Cog, N)
     xs = _grouped(_input_spectrum(x, rows, cols), spec.groups)                         # (R, F, G, N, Cig)
@@ -316,12 +349,31 @@ def conv2d_grad_weight(gy, x, spec):
     return _inverse(ws, rows, cols, rows.grad_weight_index(), cols.grad_weight_index(), sum_rows=True)
 
 
+# ------------------------------------------------------------------------------- cost model
+def seconds(op, spec, dtype, algorithm):
+    """Model time of one kernel (forward and both gradients cost about the same): real transforms of the
+    input and output planes (the kernel's, mostly zeros, counts as half a plane per channel pair) plus
+    the per-frequency channel products. ``"overlap"`` prices its blocks: ``N * count`` batch entries of
+    one block's length each."""
+    if algorithm == "overlap":
+        _, count, one = _block_plan(spec)
+        spec = one
+    rows, cols = _geometry(spec)
+    grid = (rows.fft if rows.transformed else 1) * cols.fft
+    planes = spec.n * (spec.c_in + spec.c_out) + 0.5 * spec.c_out * (spec.c_in // spec.groups)
+    transform = SECONDS_PER_FFT_POINT * planes * rows.fft * cols.fft * math.log2(max(grid, 2))
+    products = SECONDS_PER_SPECTRAL_MAC * spec.n * spec.c_out * (spec.c_in // spec.groups) * (
+        rows.fft * (cols.fft // 2 + 1))
+    return FFT_CALL_SECONDS + transform + products
+
+
 # --------------------------------------------------------------------------- long 1-D signals
-def _blocked(spec):
-    """Whether ``spec`` is a 1-D convolution long enough for the blocked path."""
-    _, cols = _geometry(spec)
-    if spec.h != 1 or spec.kh != 1 or spec.padding[:2] != (0, 0):
+def long_signal(spec):
+    """Whether a 1-D ``spec`` is long enough for blocks to pay: longer than ``BLOCK_MIN_RATIO`` dilated
+    kernel extents and than ``BLOCK_MIN_LENGTH`` samples."""
+    if not supports("conv2d", spec, None, "overlap"):
         return False
+    _, cols = _geometry(spec)
     padded = spec.w + spec.padding[2] + spec.padding[3]
     return padded > BLOCK_MIN_RATIO * cols.extent and padded > BLOCK_MIN_LENGTH
 
@@ -365,17 +417,19 @@ def _grad_blocks(gy, spec, step, count):
     return np.ascontiguousarray(blocks).reshape(spec.n * count, spec.c_out, 1, step)
 
 
-def _blocked_conv2d(x, w, spec, block=None):
+def _overlap_conv2d(x, w, spec, block=None):
+    """Overlap-save: each window of the padded input gives ``step`` outputs. The blocks run as one
+    ``"whole"`` convolution (a block is never cut again, whatever its length)."""
     step, count, one = _block_plan(spec, block)
-    y = conv2d(_windows(x, spec, step, count, one.w), w, None, one)           # (N * count, Cout, 1, step)
+    y = conv2d(_windows(x, spec, step, count, one.w), w, None, one, "whole")           # (N * count, Cout, 1, step)
     y = y.reshape(spec.n, count, spec.c_out, step).transpose(0, 2, 1, 3).reshape(spec.n, spec.c_out, -1)
     return np.ascontiguousarray(y[:, :, :spec.ow * spec.stride[1]:spec.stride[1]]).reshape(spec.y_shape)
 
 
-def _blocked_grad_input(gy, w, spec, block=None):
+def _overlap_grad_input(gy, w, spec, block=None):
     """Overlap-add: each block's full convolution lands ``step`` samples after the previous one's."""
     step, count, one = _block_plan(spec, block)
-    parts = conv2d_grad_input(_grad_blocks(gy, spec, step, count), w, one)    # (N * count, C, 1, L)
+    parts = conv2d_grad_input(_grad_blocks(gy, spec, step, count), w, one, "whole")    # (N * count, C, 1, L)
     parts = parts.reshape(spec.n, count, spec.c_in, one.w).transpose(0, 2, 1, 3)
     total = max((count + -(-one.w // step)) * step, spec.padding[2] + spec.w)
     out = np.zeros((spec.n, spec.c_in, total), dtype=gy.dtype)
@@ -387,10 +441,11 @@ def _blocked_grad_input(gy, w, spec, block=None):
     return np.ascontiguousarray(out[:, :, pl:pl + spec.w]).reshape(spec.x_shape)
 
 
-def _blocked_grad_weight(gy, x, spec, block=None):
+def _overlap_grad_weight(gy, x, spec, block=None):
     """The weight gradient sums over the batch, so the blocks (batch entries) add up by themselves."""
     step, count, one = _block_plan(spec, block)
-    return conv2d_grad_weight(_grad_blocks(gy, spec, step, count), _windows(x, spec, step, count, one.w), one)
+    return conv2d_grad_weight(_grad_blocks(gy, spec, step, count), _windows(x, spec, step, count, one.w),
+                              one, "whole")
 
 
 # ----------------------------------------------------------------------------- spectrum cache

@@ -1,6 +1,6 @@
 """The Numba CPU backend (``"numba"``): parallel compiled loops, and BLAS where a convolution is a GEMM.
 
-Every convolution kernel picks one of three algorithms by shape (:func:`conv_algorithm`):
+Every convolution kernel runs one of three algorithms (the planner chooses, see ``model.numba_algorithm``):
 
 - ``"direct"``: loops over the window (``_numba_loops.conv_*_direct``), one output plane per thread task.
   Used for depthwise and other thin groups, where each group's GEMM would be a matrix-vector product.
@@ -24,10 +24,14 @@ import os
 import numba
 import numpy as np
 
+from ..shapes import is_pointwise
 from . import _numba_loops as loops
 from .workspaces import clear_workspaces, workspace  # noqa: F401 (part of this module's API)
 
 ALGORITHMS = ("direct", "gemm", "per_task")
+#: Operands whose NaN or inf an algorithm does not propagate as the reference does (the direct loops skip
+#: the padding that the reference multiplies): the planner checks them (``registry.nonfinite_checks``).
+NONFINITE_CHECKS = {"direct": {"conv2d": ("w",), "conv2d_grad_weight": ("gy",)}}
 MAX_COLUMN_BYTES = 8 << 20    # one sample's columns above this are cut into bands of output rows
 MERGE_BYTES = 2 << 20         # samples' columns are put side by side up to this (about the L2 cache)
 POINTWISE_MERGE_BELOW = 1024  # ... for a 1x1 conv only when a sample has fewer output pixels than this
@@ -60,22 +64,12 @@ _start_threads()
 
 
 # ----------------------------------------------------------------------------- convolution
-def _geometry(spec):
-    """The window arguments every conv loop takes: ``(sh, sw, pt, pl, dh, dw)``."""
-    (sh, sw), pad, (dh, dw) = spec.stride, spec.padding, spec.dilation
-    return sh, sw, pad[0], pad[2], dh, dw
-
-
-def _is_pointwise(spec):
-    return spec.kh == spec.kw == 1 and spec.stride == (1, 1) and not any(spec.padding)
-
-
 BLAS_ONE_THREAD = 65536 * 4  # OpenBLAS runs a GEMM of at most this m*n*k on the calling thread
 TASK_BYTES = 1 << 20         # columns of one "per_task" band, at most (half the L2 cache) ...
 TASK_MERGE_BYTES = 256 << 10  # ... and of the samples one task merges (smaller blocks measured faster)
 
 
-def _sample_gemm_size(spec):
+def sample_gemm_size(spec):
     """``m*n*k`` of one sample's GEMM for one group."""
     cig, cog = spec.c_in // spec.groups, spec.c_out // spec.groups
     return cog * cig * spec.kh * spec.kw * spec.oh * spec.ow
@@ -117,17 +111,29 @@ def _on_one_blas_thread(kernel, *args):
             control[1](before)
 
 
-def conv_algorithm(spec):
-    """``"direct"`` for thin groups (fewer than 4 output channels per group: depthwise), where each
-    group's GEMM would be a matrix-vector product; else ``"per_task"`` when there are samples for every
-    thread and BLAS can be held to one thread inside each task (or the GEMMs are small enough for it to
-    stay there by itself): the whole op is then one parallel region; else ``"gemm"``."""
-    if spec.c_out // spec.groups < 4:
-        return "direct"
-    if spec.n >= max(2, numba.get_num_threads()) and (
-            _sample_gemm_size(spec) <= BLAS_ONE_THREAD or _blas_control() is not None):
-        return "per_task"
-    return "gemm"
+def num_threads():
+    """Threads of Numba's parallel kernels."""
+    return numba.get_num_threads()
+
+
+def holds_blas():
+    """Whether BLAS can be held to one thread inside each ``"per_task"`` task (SciPy's OpenBLAS)."""
+    return _blas_control() is not None
+
+
+def supports(op, spec, dtype, algorithm):
+    """Every algorithm runs every convolution (float32 and float64)."""
+    return algorithm in ALGORITHMS
+
+
+#: Seconds per multiply-add of the convolution kernels on one core (the cost model's constant; only its
+#: ratio to the FFT's constants matters).
+SECONDS_PER_MAC = 6e-11
+
+
+def seconds(op, spec, dtype, algorithm):
+    """Model time of one convolution kernel (forward and both gradients cost the same)."""
+    return SECONDS_PER_MAC * spec.flops / 2
 
 
 def _task_shape(spec, itemsize):
@@ -138,7 +144,7 @@ def _task_shape(spec, itemsize):
     row_bytes = spec.c_in * spec.kh * spec.kw * spec.ow * itemsize
     rows = max(1, TASK_BYTES // row_bytes)
     if _blas_control() is None:
-        rows = min(rows, max(1, BLAS_ONE_THREAD * spec.oh // max(1, _sample_gemm_size(spec))))
+        rows = min(rows, max(1, BLAS_ONE_THREAD * spec.oh // max(1, sample_gemm_size(spec))))
     if rows < oh:
         return 1, -(-oh // -(-oh // rows))
     threads = numba.get_num_threads()
@@ -176,7 +182,7 @@ def _blocks(spec, itemsize):
         bh = max(1, MAX_COLUMN_BYTES // row_bytes)
         bh = -(-oh // -(-oh // bh))
         return [(m, 1, oy0, min(bh, oh - oy0)) for m in range(n) for oy0 in range(0, oh, bh)]
-    merge = not _is_pointwise(spec) or oh * ow < POINTWISE_MERGE_BELOW
+    merge = not is_pointwise(spec) or oh * ow < POINTWISE_MERGE_BELOW
     nb = max(1, min(n, MERGE_BYTES // (row_bytes * oh))) if merge else 1
     nb = -(-n // -(-n // nb)) if n else 1
     return [(n0, min(nb, n - n0), 0, oh) for n0 in range(0, n, nb)]
@@ -185,10 +191,10 @@ def _blocks(spec, itemsize):
 def _columns(x, spec, n0, nb, oy0, bh):
     """The columns of a block as ``(groups, C_in/groups * kh * kw, nb * bh * ow)``."""
     g = spec.groups
-    if nb == 1 and _is_pointwise(spec):  # the input is its own columns
+    if nb == 1 and is_pointwise(spec):  # the input is its own columns
         return x[n0].reshape(g, spec.c_in // g, -1)[:, :, oy0 * spec.w:(oy0 + bh) * spec.w]
     cols = workspace("cols", (spec.c_in, spec.kh, spec.kw, nb, bh, spec.ow), x.dtype)
-    loops.im2col(x, n0, oy0, cols, *_geometry(spec))
+    loops.im2col(x, n0, oy0, cols, *spec.window)
     return cols.reshape(g, -1, nb * bh * spec.ow)
 
 
@@ -207,18 +213,17 @@ def _bias(b, c_out, dtype):
     return np.zeros(c_out, dtype) if b is None else b
 
 
-def conv2d(x, w, b, spec, algorithm=None):
+def conv2d(x, w, b, spec, algorithm):
     y = np.empty(spec.y_shape, x.dtype)
     if spec.n == 0:  # empty batch: nothing to compute (and the reshapes below would be ambiguous)
         return y
-    algorithm = algorithm or conv_algorithm(spec)
     if algorithm == "direct":
-        loops.conv_direct(x, w, _bias(b, spec.c_out, x.dtype), y, *_geometry(spec))
+        loops.conv_direct(x, w, _bias(b, spec.c_out, x.dtype), y, *spec.window)
         return y
     if algorithm == "per_task":
         _on_one_blas_thread(loops.conv_per_task, x, w.reshape(spec.groups, spec.c_out // spec.groups, -1),
                             _bias(b, spec.c_out, x.dtype), _grouped(y, spec, spec.c_out),
-                            *_task_buffers(spec, x.dtype), *_geometry(spec))
+                            *_task_buffers(spec, x.dtype), *spec.window)
         return y
     wg = w.reshape(spec.groups, spec.c_out // spec.groups, -1)
     y3 = y.reshape(spec.n, spec.c_out, -1)
@@ -237,22 +242,21 @@ def conv2d(x, w, b, spec, algorithm=None):
     return y
 
 
-def conv2d_grad_input(gy, w, spec, algorithm=None):
+def conv2d_grad_input(gy, w, spec, algorithm):
     gx = np.empty(spec.x_shape, gy.dtype)
     if spec.n == 0:
         return gx
-    algorithm = algorithm or conv_algorithm(spec)
     if algorithm == "direct":
-        loops.conv_grad_input_direct(gy, w, gx, *_geometry(spec))
+        loops.conv_grad_input_direct(gy, w, gx, *spec.window)
         return gx
     if algorithm == "per_task":
         _on_one_blas_thread(loops.conv_grad_input_per_task, _grouped(gy, spec, spec.c_out),
                             w.reshape(spec.groups, spec.c_out // spec.groups, -1), gx,
-                            *_task_buffers(spec, gy.dtype), *_geometry(spec))
+                            *_task_buffers(spec, gy.dtype), *spec.window)
         return gx
     wt = w.reshape(spec.groups, spec.c_out // spec.groups, -1).transpose(0, 2, 1)
     gy3 = gy.reshape(spec.n, spec.c_out, -1)
-    pointwise = _is_pointwise(spec)
+    pointwise = is_pointwise(spec)
     for n0, nb, oy0, bh in _blocks(spec, gy.itemsize):
         gyc = _block_rows(gy3, spec, n0, nb, oy0, bh, "gy_merged")
         if nb == 1 and pointwise:  # the columns are the input gradient itself
@@ -261,17 +265,16 @@ def conv2d_grad_input(gy, w, spec, algorithm=None):
             continue
         cols = workspace("cols", (spec.c_in, spec.kh, spec.kw, nb, bh, spec.ow), gy.dtype)
         np.matmul(wt, gyc, out=cols.reshape(wt.shape[0], wt.shape[1], -1))
-        loops.col2im(cols, n0, oy0, gx, oy0 == 0, *_geometry(spec))
+        loops.col2im(cols, n0, oy0, gx, oy0 == 0, *spec.window)
     return gx
 
 
-def conv2d_grad_weight(gy, x, spec, algorithm=None):
+def conv2d_grad_weight(gy, x, spec, algorithm):
     gw = np.zeros(spec.w_shape, gy.dtype)
     if spec.n == 0:
         return gw
-    algorithm = algorithm or conv_algorithm(spec)
     if algorithm == "direct":
-        loops.conv_grad_weight_direct(gy, x, gw, *_geometry(spec))
+        loops.conv_grad_weight_direct(gy, x, gw, *spec.window)
         return gw
     if algorithm == "per_task":
         g, cog, threads = spec.groups, spec.c_out // spec.groups, numba.config.NUMBA_NUM_THREADS
@@ -280,7 +283,7 @@ def conv2d_grad_weight(gy, x, spec, algorithm=None):
         cols, rows = _task_buffers(spec, gy.dtype)
         _on_one_blas_thread(loops.conv_grad_weight_per_task, _grouped(gy, spec, spec.c_out), x, parts, rows,
                             workspace("gw_prod", (threads,) + parts.shape[2:], gy.dtype), cols,
-                            *_geometry(spec))
+                            *spec.window)
         return parts.sum(axis=0).reshape(spec.w_shape)
     gw3 = gw.reshape(spec.groups, spec.c_out // spec.groups, -1)
     gy3 = gy.reshape(spec.n, spec.c_out, -1)
@@ -293,15 +296,10 @@ def conv2d_grad_weight(gy, x, spec, algorithm=None):
 
 
 # ---------------------------------------------------------------------------------- pooling
-def _pool_geometry(spec):
-    (sh, sw), (pt, pl) = spec.stride, spec.padding
-    return spec.kh, spec.kw, sh, sw, pt, pl
-
-
 def max_pool2d(x, spec):
     y = np.empty(spec.y_shape, x.dtype)
     indices = np.empty(spec.y_shape, np.int64)
-    loops.max_pool(x, y, indices, *_pool_geometry(spec), *spec.dilation)
+    loops.max_pool(x, y, indices, spec.kh, spec.kw, *spec.window)
     return y, indices
 
 
@@ -319,13 +317,13 @@ def max_pool2d_grad(gy, indices, spec):
 
 def avg_pool2d(x, spec):
     y = np.empty(spec.y_shape, x.dtype)
-    loops.avg_pool(x, y, *_pool_geometry(spec), spec.count_include_pad)
+    loops.avg_pool(x, y, spec.divisors(x.dtype), spec.kh, spec.kw, *spec.window[:4])
     return y
 
 
 def avg_pool2d_grad(gy, spec):
     gx = np.empty(spec.x_shape, gy.dtype)
-    loops.avg_pool_grad(gy, gx, *_pool_geometry(spec), spec.count_include_pad)
+    loops.avg_pool_grad(gy, gx, spec.divisors(gy.dtype), spec.kh, spec.kw, *spec.window[:4])
     return gx
 
 

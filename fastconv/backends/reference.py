@@ -106,7 +106,7 @@ def conv2d_grad_bias(gy):
 # -------------------------------------------------------------------------------- pooling
 def _pool_padding(spec):
     """(top, bottom, left, right) padding that holds every window, the ceil_mode overhang included."""
-    (pt, pl), (sh, sw), (dh, dw) = spec.padding, spec.stride, spec.dilation
+    (pt, _, pl, _), (sh, sw), (dh, dw) = spec.padding, spec.stride, spec.dilation
     bottom = max(0, (spec.oh - 1) * sh + dh * (spec.kh - 1) + 1 - spec.h - pt)
     right = max(0, (spec.ow - 1) * sw + dw * (spec.kw - 1) + 1 - spec.w - pl)
     return pt, bottom, pl, right
@@ -135,7 +135,7 @@ def max_pool2d(x, spec):
     # A window whose values are all -inf points at its first real pixel (as PyTorch), never at padding.
     inside = _windows(np.ones((1, 1, spec.h, spec.w), dtype=np.int8), dataclasses.replace(spec, n=1, c=1), 0)
     tap = np.where(y == -np.inf, np.argmax(inside, axis=2), tap)
-    (sh, sw), (pt, pl), (dh, dw) = spec.stride, spec.padding, spec.dilation
+    sh, sw, pt, pl, dh, dw = spec.window
     rows = np.arange(spec.oh)[:, None] * sh - pt + (tap // spec.kw) * dh
     cols = np.arange(spec.ow)[None, :] * sw - pl + (tap % spec.kw) * dw
     return y, (rows * spec.w + cols).astype(np.int64)
@@ -158,26 +158,13 @@ def max_pool2d_grad(gy, indices, spec):
     return _scatter_add(gy, indices, spec.n, spec.c, spec.h * spec.w).reshape(spec.x_shape)
 
 
-def _avg_divisor(spec):
-    """Divisor of every output cell, ``(oh, ow)``, following PyTorch's ceil_mode / count_include_pad."""
-    def one_axis(out, size, k, s, p):
-        start = np.arange(out) * s - p
-        end = np.minimum(start + k, size + p)
-        full = end - start
-        clipped = np.minimum(end, size) - np.maximum(start, 0)
-        return full, clipped
-    fh, ch = one_axis(spec.oh, spec.h, spec.kh, spec.stride[0], spec.padding[0])
-    fw, cw = one_axis(spec.ow, spec.w, spec.kw, spec.stride[1], spec.padding[1])
-    return np.outer(fh, fw) if spec.count_include_pad else np.outer(ch, cw)
-
-
 def avg_pool2d(x, spec):
-    divisor = _avg_divisor(spec).astype(x.dtype)
+    divisor = spec.divisors(x.dtype)
     return _windows(x, spec, 0.0).sum(axis=2) / divisor
 
 
 def avg_pool2d_grad(gy, spec):
-    g = gy / _avg_divisor(spec).astype(gy.dtype)
+    g = gy / spec.divisors(gy.dtype)
     cols = np.broadcast_to(g[:, :, None], (spec.n, spec.c, spec.kh * spec.kw, spec.oh, spec.ow))
     return _unwindow(cols, spec)
 

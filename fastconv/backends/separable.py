@@ -2,8 +2,8 @@
 
 When every kernel slice is an outer product, ``w[o, c] = u[o, c] v[o, c]^T`` (Gaussian and box blurs,
 Sobel, many designed filters), a direct convolution needs ``kh + kw`` multiply-adds per output and channel
-pair instead of ``kh * kw``. Both passes are ordinary convolutions, so any backend runs them with its own
-kernels (``runner`` below is a backend module):
+pair instead of ``kh * kw``. Both passes are ordinary convolutions, planned like any other (``passes`` below gives each pass's
+kernel):
 
 * pass 1 (columns): every input channel is its own group and gets one output per ``u[o, c]``, with the
   row stride, padding and dilation: ``t[n, (g, c, o)] = x[n, (g, c)] (*) u[g, o, c]``;
@@ -13,7 +13,7 @@ kernels (``runner`` below is a backend module):
 The input gradient runs the adjoint passes in reverse order; the weight gradient is not separable (it is
 a full ``kh x kw`` array) and stays with the backend's own kernel. The intermediate ``t`` holds
 ``C_in * C_out / groups`` planes, so the two passes only pay when channel counts are small or the kernel
-is large; the caller decides (:func:`worthwhile` is the flop count rule).
+is large; the planner decides where to look for rank-1 weights (``model.separable_worthwhile``).
 """
 from __future__ import annotations
 
@@ -100,61 +100,48 @@ def _reorder(t, spec, src):
     return np.ascontiguousarray(t.reshape((n, g) + inner + (h, w)).swapaxes(2, 3)).reshape(t.shape)
 
 
-def conv2d(x, u, v, b, spec, runner):
-    """Forward convolution with the rank-1 kernel ``(u, v)`` through ``runner.conv2d``."""
+def conv2d(x, u, v, b, spec, passes):
+    """Forward convolution with the rank-1 kernel ``(u, v)``: ``passes(op, spec)`` gives the kernel of
+    each pass (a planned convolution)."""
     first, second = pass_specs(spec)
     wu, wv = pass_weights(u, v, spec)
-    t = _reorder(runner.conv2d(x, wu, None, first), spec, "gco")
-    return runner.conv2d(t, wv, b, second)
+    t = _reorder(passes("conv2d", first)(x, wu, None, first), spec, "gco")
+    return passes("conv2d", second)(t, wv, b, second)
 
 
-def conv2d_grad_input(gy, u, v, spec, runner):
+def conv2d_grad_input(gy, u, v, spec, passes):
     """Input gradient of :func:`conv2d`: the adjoint passes, rows then columns."""
     first, second = pass_specs(spec)
     wu, wv = pass_weights(u, v, spec)
-    t = _reorder(runner.conv2d_grad_input(gy, wv, second), spec, "goc")
-    return runner.conv2d_grad_input(t, wu, first)
+    t = _reorder(passes("conv2d_grad_input", second)(gy, wv, second), spec, "goc")
+    return passes("conv2d_grad_input", first)(t, wu, first)
 
 
-def worthwhile(spec):
-    """Whether the two passes do fewer multiply-adds than the full kernel (per channel pair)."""
-    passes = spec.oh * spec.w * spec.kh + spec.oh * spec.ow * spec.kw
-    return spec.kh > 1 and spec.kw > 1 and passes < spec.oh * spec.ow * spec.kh * spec.kw
+_last = [None]  # (weight copy, factors) of the last rank-1 weight: the backward pass finds it again
 
 
-class Passes:
-    """A backend whose forward and input-gradient kernels run rank-1 kernels as two passes.
+def cached_factors(w):
+    """:func:`factors` of ``w``, remembered for the last rank-1 weight (compared by value)."""
+    last = _last[0]
+    if last is not None and last[0].shape == w.shape and last[0].dtype == w.dtype and np.array_equal(last[0], w):
+        return last[1]
+    found = factors(w)
+    if found is not None:
+        _last[0] = (w.copy(), found)
+    return found
 
-    The automatic choice wraps a direct backend in this for specs where :func:`worthwhile` holds; kernels
-    that are not rank 1 (the usual case, rejected by the cheap test) go to the backend unchanged. The
-    factors of the last separable weight are kept (with a copy of it) for the backward pass.
-    """
 
-    def __init__(self, runner):
-        self.runner = runner
-        self._last = None  # (weight copy, factors)
-
-    def __repr__(self):
-        return f"<separable passes over {self.runner.__name__}>"
-
-    def _factors(self, w):
-        last = self._last
-        if last is not None and last[0].shape == w.shape and last[0].dtype == w.dtype \
-                and np.array_equal(last[0], w):
-            return last[1]
-        found = factors(w)
-        if found is not None:
-            self._last = (w.copy(), found)
-        return found
-
-    def conv2d(self, x, w, b, spec):
-        found = self._factors(w)
-        if found is None:
-            return self.runner.conv2d(x, w, b, spec)
-        return conv2d(x, *found, b, spec, self.runner)
-
-    def conv2d_grad_input(self, gy, w, spec):
-        found = self._factors(w)
-        if found is None:
-            return self.runner.conv2d_grad_input(gy, w, spec)
-        return conv2d_grad_input(gy, *found, spec, self.runner)
+def kernel(op, fallback, passes):
+    """The kernel of ``op`` (``"conv2d"`` or ``"conv2d_grad_input"``) that runs rank-1 weights as two
+    passes and every other weight with ``fallback`` (the usual case, rejected by the cheap test)."""
+    if op == "conv2d":
+        def run(x, w, b, spec):
+            found = cached_factors(w)
+            return fallback(x, w, b, spec) if found is None else conv2d(x, *found, b, spec, passes)
+    elif op == "conv2d_grad_input":
+        def run(gy, w, spec):
+            found = cached_factors(w)
+            return fallback(gy, w, spec) if found is None else conv2d_grad_input(gy, *found, spec, passes)
+    else:
+        raise ValueError(f"separable passes run conv2d and conv2d_grad_input, not {op!r}")
+    return run

@@ -10,6 +10,10 @@ MODELS = {
     "wide": lambda **kw: MNIST1DWideNet(**kw),
 }
 
+#: The shape of one input sample of each model.
+SAMPLE_SHAPES = {"lenet5": (1, 32, 32), "lenet5-classic": (1, 32, 32), "paper": (1, 40), "book": (1, 40),
+                 "wide": (1, 40)}
+
 
 def create(name, **kwargs):
     """A model by its short name: one of ``MODELS`` (``lenet5``, ``lenet5-classic``, ``paper``, ``book``,
@@ -19,4 +23,4 @@ def create(name, **kwargs):
     return MODELS[name](**kwargs)
 
 
-__all__ = ["LeNet5", "MNIST1DConvNet", "MNIST1DWideNet", "create", "MODELS"]
+__all__ = ["LeNet5", "MNIST1DConvNet", "MNIST1DWideNet", "create", "MODELS", "SAMPLE_SHAPES"]

@@ -150,7 +150,7 @@ class Linear(Module):
 
 # ---------------------------------------------------------------------------------- pooling
 class _MaxPool(Module):
-    op = None
+    op = None  # the name of the op in fastconv.functional, looked up at call time (so tracing sees it)
 
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False,
                  backend="auto"):
@@ -159,19 +159,19 @@ class _MaxPool(Module):
         self.backend = backend
 
     def forward(self, x):
-        return type(self).op(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
-                             self.return_indices, backend=self.backend)
+        return getattr(F, self.op)(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
+                                   self.return_indices, backend=self.backend)
 
     def extra_repr(self):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
 
 
 class MaxPool1d(_MaxPool):
-    op = staticmethod(F.max_pool1d)
+    op = "max_pool1d"
 
 
 class MaxPool2d(_MaxPool):
-    op = staticmethod(F.max_pool2d)
+    op = "max_pool2d"
 
 
 class _AvgPool(Module):
@@ -184,19 +184,19 @@ class _AvgPool(Module):
         self.backend = backend
 
     def forward(self, x):
-        return type(self).op(x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
-                             self.count_include_pad, backend=self.backend)
+        return getattr(F, self.op)(x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
+                                   self.count_include_pad, backend=self.backend)
 
     def extra_repr(self):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
 
 
 class AvgPool1d(_AvgPool):
-    op = staticmethod(F.avg_pool1d)
+    op = "avg_pool1d"
 
 
 class AvgPool2d(_AvgPool):
-    op = staticmethod(F.avg_pool2d)
+    op = "avg_pool2d"
 
 
 class AdaptiveAvgPool1d(Module):

@@ -7,6 +7,7 @@ equivalent models line up key for key.
 """
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 
 import numpy as np
@@ -97,7 +98,7 @@ class Module:
         for p in self.parameters():
             p.data = to_device(p.data, device)
             if p.grad is not None:
-                p.grad = to_device(p.grad, device)
+                p.grad = p.grad.to(device)
         return self
 
     def set_backend(self, backend):
@@ -115,14 +116,21 @@ class Module:
     def load_state_dict(self, state, strict=True):
         """Copy arrays into the parameters in place, after checking names and shapes.
 
-        ``strict``: every parameter must be in ``state`` and every key of ``state`` must be a parameter.
-        Values are cast to each parameter's dtype and stay on its device. Returns ``(missing, unexpected)``.
+        ``state``: a mapping of name -> array (NumPy, Tensor, or anything ``np.asarray`` reads, such as a
+        PyTorch CPU tensor), or the path of a ``.safetensors`` file (as :meth:`save` writes, or PyTorch's
+        ``safetensors.torch.save_file``: names are PyTorch's dotted paths). ``strict``: every parameter must
+        be in ``state`` and every key of ``state`` must be a parameter. Values are cast to each parameter's
+        dtype and stay on its device. Returns ``(missing, unexpected)``.
         """
+        if isinstance(state, (str, os.PathLike)):
+            from ..safetensors import load_file
+            state = load_file(state)
         params = dict(self.named_parameters())
         missing = [name for name in params if name not in state]
         unexpected = [name for name in state if name not in params]
         if strict and (missing or unexpected):
-            raise KeyError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
+            raise KeyError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected} "
+                           f"(this model's keys: {list(params)})")
         wrong = [f"{name}: expected {p.shape}, got {tuple(np.shape(state[name]))}"
                  for name, p in params.items() if name in state and tuple(np.shape(state[name])) != p.shape]
         if wrong:
@@ -138,6 +146,13 @@ class Module:
             else:
                 p.data.copy_to_device(value)
         return missing, unexpected
+
+    def save(self, path, metadata=None):
+        """Write the parameters to ``path`` in the safetensors format, under PyTorch's names: the file
+        loads back with ``load_state_dict(path)``, and into the equivalent PyTorch model with
+        ``model.load_state_dict(safetensors.torch.load_file(path))``. ``metadata``: extra str -> str."""
+        from ..safetensors import save_file
+        save_file(self.state_dict(), path, {"format": "pt", **(metadata or {})})
 
     # ------------------------------------------------------------------ display
     def extra_repr(self):

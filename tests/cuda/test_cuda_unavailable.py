@@ -13,7 +13,7 @@ SCRIPT = textwrap.dedent("""
     import fastconv as fc
     import fastconv.functional as F
     import fastconv.backends.cuda  # importing the kernels needs no GPU
-    from fastconv.backends import dispatch
+    from fastconv.backends import plan
 
     assert not fc.cuda.is_available()
     assert "cuda" not in fc.available_backends()
@@ -32,7 +32,7 @@ SCRIPT = textwrap.dedent("""
     expect(RuntimeError, lambda: fc.tensor(x, device="cuda"), ["no CUDA GPU", "NUMBA_ENABLE_CUDASIM"])
     expect(RuntimeError, lambda: fc.tensor(x).to("cuda"), ["no CUDA GPU"])
     expect(RuntimeError, lambda: fc.nn.Linear(2, 2).to("cuda"), ["no CUDA GPU"])
-    expect(RuntimeError, lambda: dispatch.set_backend("cuda"), ["GPU"])
+    expect(RuntimeError, lambda: plan.set_backend("cuda"), ["GPU"])
     expect(ValueError, lambda: F.conv2d(x, np.ones((1, 1, 3, 3), np.float32), backend="cuda"), ["GPU"])
     print("OK")
 """)

@@ -1,0 +1,121 @@
+"""Every backend by name, loaded on first use: what ``backend=`` accepts and what the planner chooses from.
+
+A backend is a module with the kernels of the ops it runs, under the op's name (``conv2d``,
+``conv2d_grad_input``, ``max_pool2d``, ...; signatures in ``reference``). A backend with several
+algorithms for its convolution kernels lists them in ``ALGORITHMS``; those kernels then take
+``algorithm=`` and run the one they are handed (they decide nothing), and ``supports(op, spec, dtype,
+algorithm)`` says where each one can run. ``NONFINITE_CHECKS[algorithm][op]`` names the operands whose
+NaN or inf the algorithm does not turn into the reference's outputs (the planner checks those, see
+``plan``; tests/test_nonfinite.py finds them).
+
+Names: ``"cython"`` (a backend) or ``"cython:blocked"`` (one of its algorithms).
+"""
+import functools
+import importlib
+
+MODULES = {
+    "numpy": "fastconv.backends.reference",
+    "numba": "fastconv.backends.numba_cpu",
+    "cython": "fastconv.backends.cython_cpu",
+    "fft": "fastconv.backends.fft",
+    "cuda": "fastconv.backends.cuda",
+}
+#: The kernels of one convolution layer (forward, input gradient, weight gradient).
+CONV_OPS = ("conv2d", "conv2d_grad_input", "conv2d_grad_weight")
+#: The array arguments of each convolution kernel, by position.
+OPERANDS = {"conv2d": ("x", "w", "b"), "conv2d_grad_input": ("gy", "w"), "conv2d_grad_weight": ("gy", "x")}
+_loaded = {}
+
+
+class BackendUnavailable(RuntimeError):
+    """A backend that exists but cannot run here."""
+
+
+def parse(name):
+    """``"cython:blocked"`` -> ``("cython", "blocked")``; ``"fft"`` -> ``("fft", None)``. ValueError for
+    names that are not a known backend (and one of its algorithms)."""
+    if not isinstance(name, str):
+        raise TypeError(f"backend must be a string such as 'auto', 'cython' or 'cython:blocked', got {name!r}")
+    backend, _, algorithm = name.partition(":")
+    if backend not in MODULES:
+        raise ValueError(f"backend must be 'auto' or one of {sorted(MODULES)} (optionally with ':algorithm'),"
+                         f" got {name!r}")
+    if not algorithm:
+        return backend, None
+    known = load(backend).__dict__.get("ALGORITHMS", ())
+    if algorithm not in known:
+        raise ValueError(f"backend {backend!r} has no algorithm {algorithm!r}; its algorithms: "
+                         f"{', '.join(known) or 'none'}")
+    return backend, algorithm
+
+
+def load(name):
+    """The module of backend ``name``; ValueError for unknown names, BackendUnavailable if it can't run."""
+    module = _loaded.get(name)
+    if module is not None:
+        return module
+    if name not in MODULES:
+        raise ValueError(f"backend must be 'auto' or one of {sorted(MODULES)}, got {name!r}")
+    try:
+        module = importlib.import_module(MODULES[name])
+    except ImportError as err:
+        raise BackendUnavailable(f"backend {name!r} is not available here: {err}") from err
+    check = getattr(module, "check_available", None)
+    if check is not None:
+        check()
+    _loaded[name] = module
+    return module
+
+
+def usable(name):
+    """The module of ``name``, or None when it cannot run here."""
+    try:
+        return load(name)
+    except (BackendUnavailable, ImportError, RuntimeError):
+        return None
+
+
+def available():
+    """Names of the backends that can run on this machine."""
+    return [name for name in MODULES if usable(name) is not None]
+
+
+def runs(name, op):
+    """Whether backend ``name`` has a kernel for ``op``."""
+    module = usable(name)
+    return module is not None and callable(getattr(module, op, None))
+
+
+def algorithms(name, op):
+    """The algorithms of backend ``name`` for ``op``: its ``ALGORITHMS`` for convolution kernels, else
+    ``(None,)`` (one kernel, no choice)."""
+    found = getattr(load(name), "ALGORITHMS", ())
+    return tuple(found) if op in CONV_OPS and found else (None,)
+
+
+def supports(name, op, spec, dtype, algorithm=None):
+    """Whether ``name`` (with ``algorithm``) can run ``op`` on ``spec`` in ``dtype``."""
+    if not runs(name, op):
+        return False
+    check = getattr(load(name), "supports", None)
+    if check is None or spec is None or op not in CONV_OPS:
+        return True
+    return bool(check(op, spec, dtype, algorithm))
+
+
+def nonfinite_checks(name, op, algorithm):
+    """Positions of the arguments of ``op`` whose NaN or inf ``name:algorithm`` would not turn into the
+    reference's outputs (empty: it always gives the reference's)."""
+    checks = getattr(load(name), "NONFINITE_CHECKS", {}).get(algorithm, {}).get(op, ())
+    return tuple(OPERANDS[op].index(operand) for operand in checks)
+
+
+def kernel(name, op, algorithm=None):
+    """The callable that runs ``op`` with ``algorithm`` on backend ``name``."""
+    fn = getattr(load(name), op)
+    return fn if algorithm is None else functools.partial(fn, algorithm=algorithm)
+
+
+def clear():
+    """Forget the loaded modules (tests that change ``MODULES``)."""
+    _loaded.clear()
