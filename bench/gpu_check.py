@@ -33,8 +33,7 @@ import traceback
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchmarks import common  # noqa: E402  (the one shape table)
+from fastconv.bench import common  # the one shape table
 
 RTOL = {np.dtype(np.float32): 1e-4, np.dtype(np.float64): 1e-10}  # x max|oracle|; sums of up to 25k terms
 

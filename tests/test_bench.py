@@ -1,7 +1,7 @@
-"""Smoke tests of the benchmark tooling (bench/): the shape table, the runners, the timing and summary
-helpers, compare.py and compare_training.py on tiny settings, and the asv suites' wiring. They check that
+"""Smoke tests of the benchmark tooling (fastconv.bench and bench/): the shape table, the runners, the timing
+and summary helpers, ``fastconv bench`` and ``fastconv compare`` on tiny settings, and the asv suites' wiring. They check that
 the tools run and report what they measured, never how fast anything is."""
-import importlib.util
+import importlib
 import json
 import math
 import os
@@ -10,28 +10,21 @@ import sys
 import numpy as np
 import pytest
 
+from fastconv.bench import common
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(REPO, "bench")
-sys.path.insert(0, BENCH)
-
-from benchmarks import common  # noqa: E402
-
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", os.path.join(BENCH, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+sys.path.insert(0, BENCH)  # the asv suites (bench/benchmarks)
 
 
 @pytest.fixture(scope="module")
 def compare():
-    return _load("compare")
+    return importlib.import_module("fastconv.bench.compare")
 
 
 @pytest.fixture(scope="module")
 def compare_training():
-    return _load("compare_training")
+    return importlib.import_module("fastconv.bench.compare_training")
 
 
 # ------------------------------------------------------------------------------ shape table
@@ -64,14 +57,19 @@ def test_fastconv_runner_matches_torch(name):
 
 
 # ----------------------------------------------------------------------------- helpers
-def test_time_interleaved_rotates_and_counts(compare):
+def test_time_blocks_rotates_settles_and_counts(compare):
     order = []
     calls = {name: (lambda name=name: order.append(name)) for name in "abc"}
-    samples = compare.time_interleaved(calls, repeat=3, min_time=0.0)
+    samples = compare.time_blocks(calls, repeat=3, min_time=0.0)
     assert {k: len(v) for k, v in samples.items()} == {"a": 3, "b": 3, "c": 3}
     timed = order[3:]  # the first three calls calibrate
     assert timed == list("abc") + list("bca") + list("cab")
     assert all(s >= 0 for v in samples.values() for s in v)
+    order.clear()
+    compare.time_blocks(calls, repeat=2, min_time=0.0, settle=0.002)  # untimed calls open every block
+    timed = order[3:]
+    blocks = [k for i, k in enumerate(timed) if i == 0 or timed[i - 1] != k]
+    assert blocks == list("abcbca") and len(timed) > 2 * 3 * 2
 
 
 def test_summary_geometric_means(compare):
@@ -93,7 +91,8 @@ def test_compare_tiny_prints_the_table(compare, tmp_path, capsys):
     assert compare.main(["--tiny", "--shapes", "tiny_3x3,tiny_1d,tiny_maxpool", "--backends", "auto,numpy",
                          "--repeat", "2", "--threads", "1", "--markdown", "--json", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "float32 GEMM" in text and "malloc" in text and "Summary" in text
+    assert "float32 GEMM in this run" in text and "malloc" in text and "Summary" in text
+    assert common.cpu_name() in text and common.cpu_isa() in text
     assert "| tiny_3x3 | auto |" in text  # the Markdown table
     result = json.loads(out.read_text())
     assert result["info"]["threads"] == 1
@@ -128,12 +127,55 @@ def test_compare_flags_wrong_results_and_failing_backends(compare, monkeypatch, 
     assert "auto fwd not run: NotImplementedError: no kernel for this geometry" in text
 
 
+def test_compare_isolated_runs_each_library_in_its_own_process(compare, tmp_path, capsys):
+    pytest.importorskip("torch")
+    out = tmp_path / "r.json"
+    assert compare.main(["--tiny", "--isolate", "--shapes", "tiny_3x3", "--backends", "numpy", "--repeat", "2",
+                         "--threads", "1", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "each implementation in its own process" in text
+    result = json.loads(out.read_text())
+    assert result["info"]["isolate"] is True
+    rows = {(r["impl"], r["mode"]): r for r in result["rows"]}
+    assert set(rows) == {(i, m) for i in ("torch", "numpy") for m in ("fwd", "fwd+bwd")}
+    for r in rows.values():
+        assert "error" not in r and r["ms"] > 0 and len(r["samples_ms"]) == 2 and r["mismatch"] is None
+    assert rows[("numpy", "fwd")]["ratio"] > 0
+
+
+def test_compare_isolated_checks_outputs_across_processes(compare, tmp_path):
+    """A wrong result computed in a worker process is caught against PyTorch's from another."""
+    pytest.importorskip("torch")
+    shape = common.SHAPES["tiny_3x3"]
+    rows = [{"shape": shape.name, "kind": "conv", "dims": 2, "impl": i, "mode": "fwd", "ms": 1.0}
+            for i in ("torch", "numpy")]
+    out = common.runner("torch", shape, False)().numpy()
+    wrong = compare.mismatches({"torch": out, "numpy": 2 * out})
+    done = compare.finish_rows(shape, rows, 100.0, wrong)
+    assert done[1]["mismatch"] > 0.1 and done[1]["ratio"] == 1.0 and done[0]["mismatch"] is None
+
+
+def test_bench_tools_run_from_the_installed_package(tmp_path):
+    """``fastconv bench`` and ``fastconv compare`` import their tools from the package, not from files of a
+    checkout: they run from any folder."""
+    import subprocess
+    from fastconv import cli
+    for command, (module, _) in cli.SCRIPTS.items():
+        assert importlib.import_module(f"fastconv.bench.{module}").main
+    out = subprocess.run([sys.executable, "-m", "fastconv.cli", "bench", "--list"], cwd=tmp_path,
+                         capture_output=True, text=True, check=True)
+    assert "vgg_3x3" in out.stdout and "alexnet_c1" in out.stdout
+    out = subprocess.run([sys.executable, "-m", "fastconv.cli", "compare", "--help"], cwd=tmp_path,
+                         capture_output=True, text=True, check=True)
+    assert "--steps" in out.stdout
+
+
 def test_compare_rejects_bad_arguments(compare):
     with pytest.raises(SystemExit):
         compare.main(["--shapes", "no_such_shape"])
     with pytest.raises(SystemExit):
         compare.main(["--tiny", "--backends", "no_such_backend"])
-    for bad in (["--repeat", "0"], ["--threads", "0"], ["--min-time", "-1"]):
+    for bad in (["--repeat", "0"], ["--threads", "0"], ["--min-time", "-1"], ["--settle", "-1"]):
         with pytest.raises(SystemExit):
             compare.main(["--tiny"] + bad)
 

@@ -3,8 +3,8 @@
 Implementations are ``torch`` (PyTorch CPU, the peer) and fastconv's ``auto`` and CPU backends; those that
 cannot run here are skipped. Shapes come from ``common`` (the table ``bench/compare.py`` uses too).
 """
-from . import common
-from .common import IMPLS, SHAPES, grid
+from fastconv.bench import common
+from fastconv.bench.common import IMPLS, SHAPES, grid
 
 common.preload()
 

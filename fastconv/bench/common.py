@@ -1,4 +1,5 @@
-"""The benchmark shapes and the runners that time them, shared by the asv suites and ``bench/compare.py``.
+"""The benchmark shapes and the runners that time them, shared by the asv suites (``bench/benchmarks``),
+``fastconv bench`` (``compare``) and ``fastconv compare`` (``compare_training``).
 
 One table of shapes (NCHW float32, 1-D shapes as NCL) and one way to build a callable for each
 (implementation, shape, mode): an implementation is ``"torch"`` (``torch.nn.functional`` on the CPU, the
@@ -27,7 +28,7 @@ class Conv:
     x: tuple
     w: tuple
     stride: int = 1
-    padding: int = 0
+    padding: int | tuple = 0  # an int, or (top/bottom, left/right) as PyTorch takes it
     dilation: int = 1
     groups: int = 1
     gemm_bound: bool = False  # dense enough that im2col + GEMM is the natural bound
@@ -87,6 +88,10 @@ CONV2D = (
     Conv("bigkernel", (4, 8, 128, 128), (8, 8, 15, 15), padding=7),
     Conv("pointwise", (16, 256, 28, 28), (128, 256, 1, 1), gemm_bound=True),
     Conv("depthwise", (8, 128, 56, 56), (128, 1, 3, 3), padding=1, groups=128),
+    Conv("alexnet_c1", (8, 3, 224, 224), (64, 3, 11, 11), stride=4, padding=2),
+    Conv("c512_14", (8, 512, 14, 14), (512, 512, 3, 3), padding=1, gemm_bound=True),
+    Conv("odd", (5, 37, 45, 31), (53, 37, 3, 5), padding=(1, 2)),
+    Conv("grouped_3x3", (8, 128, 28, 28), (128, 32, 3, 3), padding=1, groups=4),
 )
 CONV1D = (  # the first two layers of the MNIST-1D CNN of Understanding Deep Learning (models 'book')
     Conv("mnist1d_c1", (100, 1, 40), (15, 1, 3), stride=2),
@@ -265,6 +270,31 @@ def cpu_name():
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def cpu_isa():
+    """The widest x86 vector instructions this CPU has ("AVX-512", "AVX2+FMA", "AVX", "SSE2"), from
+    /proc/cpuinfo (Linux), else the machine's architecture."""
+    import platform
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    for name, needs in (("AVX-512", ("avx512f",)), ("AVX2+FMA", ("avx2", "fma")), ("AVX", ("avx",)),
+                        ("SSE2", ("sse2",))):
+        if all(flag in flags for flag in needs):
+            return name
+    return platform.machine() or "unknown"
+
+
+def kernels_isa():
+    """The vector instructions fastconv's compiled kernels were built for, or why there are none."""
+    try:
+        from fastconv._cy import _omp
+    except ImportError:
+        return "Cython kernels not built"
+    return _omp.simd()
 
 
 def allocator():
