@@ -195,13 +195,32 @@ def test_torch_twin_has_the_same_weights_and_outputs():
             np.testing.assert_allclose(model(fc.tensor(x)).numpy(), expected, rtol=1e-4, atol=1e-5)
 
 
+def test_idiomatic_torch_lenet5_is_the_same_function():
+    """PyTorch's row trains LeNet-5 as PyTorch users write it: C5 as flatten + Linear(400, 120)."""
+    torch = pytest.importorskip("torch")
+    import fastconv as fc
+    from fastconv import models
+    model = models.create("lenet5", backend="numpy")
+    idiomatic = common.torch_idiomatic(model)
+    assert [type(m).__name__ for m in idiomatic.features][-3:] == ["Flatten", "Linear", "ReLU"]
+    assert idiomatic.features[7].in_features == 400 and idiomatic.features[7].out_features == 120
+    x = np.random.default_rng(1).standard_normal((2, 1, 32, 32), dtype=np.float32)
+    with torch.no_grad():
+        expected = idiomatic(torch.from_numpy(x)).numpy()
+    with fc.no_grad():
+        np.testing.assert_allclose(model(fc.tensor(x)).numpy(), expected, rtol=1e-4, atol=1e-5)
+    assert type(common.torch_idiomatic(models.create("paper", backend="numpy")).features[0]).__name__ == "Conv1d"
+
+
 def test_compare_training_mnist1d(compare_training, tmp_path, capsys):
+    """Each run in its own process (``--same-process`` runs the same ``train_run`` here)."""
     pytest.importorskip("torch")
     pytest.importorskip("fastconv.models")
     assert compare_training.main(["--tasks", "mnist1d", "--steps", "3", "--warmup", "1", "--threads", "1",
                                   "--runs", "fastconv cpu numpy,pytorch cpu", "--eval-limit", "100",
                                   "--out", str(tmp_path)]) == 0
     text = capsys.readouterr().out
+    assert "each in its own process" in text
     assert "| mnist1d | fastconv cpu numpy |" in text and "| mnist1d | pytorch cpu |" in text
     assert (tmp_path / "training.md").exists()
     rows = json.loads((tmp_path / "training.json").read_text())["rows"]

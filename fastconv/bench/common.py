@@ -509,6 +509,23 @@ def torch_twin(module):
     return twin
 
 
+def torch_idiomatic(module):
+    """The model as PyTorch users write it, with ``module``'s weights: LeNet-5's C5 (a 5x5 convolution of
+    the 5x5 maps) becomes flatten + ``Linear(400, 120)``, the same function; other models are their twin."""
+    import torch
+    twin = torch_twin(module)
+    layers = list(twin.features.children()) if hasattr(twin, "features") else []
+    if type(module).__name__ != "LeNet5" or len(layers) != 9:
+        return twin
+    c5 = layers[6]
+    linear = torch.nn.Linear(c5.in_channels * c5.kernel_size[0] * c5.kernel_size[1], c5.out_channels)
+    with torch.no_grad():
+        linear.weight.copy_(c5.weight.reshape(c5.out_channels, -1))  # (C, H, W) order, as flatten reads
+        linear.bias.copy_(c5.bias)
+    twin.features = torch.nn.Sequential(*layers[:6], torch.nn.Flatten(), linear, layers[7])
+    return twin
+
+
 def _twin_layer(module, torch):
     name = type(module).__name__
     if name == "Sequential":
@@ -530,8 +547,8 @@ def _twin_layer(module, torch):
 class Trainer:
     """One model and its Adam optimizer on one implementation, for timing training steps.
 
-    ``impl``: a fastconv backend (``"auto"``, ``"numba"``, ...) or ``"torch"`` (the fastconv model's twin,
-    starting from the same weights); ``device``: ``"cpu"`` or ``"cuda"``. Every Trainer of a task built
+    ``impl``: a fastconv backend (``"auto"``, ``"numba"``, ...) or ``"torch"`` (the model as PyTorch users
+    write it, :func:`torch_idiomatic`, starting from the same weights); ``device``: ``"cpu"`` or ``"cuda"``. Every Trainer of a task built
     with the same seed starts from the same weights. NotImplementedError when fastconv.models is missing.
     """
 
@@ -547,7 +564,7 @@ class Trainer:
         model = models.create(name, backend="auto" if impl == TORCH else impl)
         if impl == TORCH:
             import torch
-            self.model = torch_twin(model).to(device)
+            self.model = torch_idiomatic(model).to(device)
             self.opt = torch.optim.Adam(self.model.parameters(), lr=lr)
         else:
             from fastconv import optim

@@ -2,9 +2,11 @@
 
 Trains LeNet-5 on MNIST and the MNIST-1D paper's CNN for a fixed number of Adam steps with each
 implementation: fastconv on the CPU (``auto``, ``numba``, ``cython``) and on the GPU (``cuda``), and
-PyTorch on the CPU and the GPU as the reference. Every run starts from the same weights (the PyTorch model
-is a twin of ``fastconv.models``' one, loaded with its initial weights) and sees the same batches in the
-same order; a few warm-up steps (compilation, autotuning) run first on a throwaway copy. Reported per task
+PyTorch on the CPU and the GPU as the reference, each run in a process of its own (``--same-process``:
+all in this one). Every run starts from the same weights (the PyTorch model is the idiomatic one, e.g.
+LeNet-5's C5 as flatten + ``Linear(400, 120)``, loaded with the initial weights of ``fastconv.models``'
+model) and sees the same batches in the same order; a few warm-up steps (compilation, autotuning) run
+first on a throwaway copy. Reported per task
 and implementation: ms per step, seconds per epoch (extrapolated), images/s, the final loss and test
 accuracy, and the speed-up over fastconv on the CPU (``auto``, else the first fastconv CPU run). Writes
 ``training.md``, ``training.json`` and, with matplotlib, a bar chart ``training.png`` to ``--out``.
@@ -118,9 +120,11 @@ def train_run(task, impl, device, data, steps, warmup, seed, eval_limit):
 
 def markdown(rows, info):
     threads = f"{info['threads']} CPU thread" + ("s" if info["threads"] != 1 else "")
-    lines = [f"Training, {info['steps']} Adam steps per run, {threads}, on {info['cpu']}"
+    lines = [f"Training, {info['steps']} Adam steps per run, {threads}, on {info['cpu']} ({info.get('isa', '?')})"
              + (f" and {info['gpu']}" if info.get("gpu") else "") + ". Same initial weights and batches for "
-             "every run; loss = mean of the last 10 steps; epoch time extrapolated from the steps.", "",
+             "every run" + (", each in its own process" if info.get("isolate") else "") + "; PyTorch runs the "
+             "idiomatic model (LeNet-5's C5 as flatten + Linear(400, 120)); loss = mean of the last 10 steps; "
+             "epoch time extrapolated from the steps.", "",
              "| task | implementation | ms/step | s/epoch | images/s | final loss | test acc | speed-up vs "
              "fastconv CPU |", "|---|---|--:|--:|--:|--:|--:|--:|"]
     for r in rows:
@@ -167,6 +171,8 @@ def parse_args(argv):
     p.add_argument("--warmup", type=int, default=2, help="untimed steps on a throwaway model first (default 2)")
     p.add_argument("--eval-limit", type=int, help="test samples for the accuracy (default: the whole test set)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--same-process", action="store_true", help="run every implementation in this process")
+    p.add_argument("--worker", help=argparse.SUPPRESS)  # one task and run, its row to this file
     args = p.parse_args(argv)
     args.task_list = [t.strip() for t in args.tasks.split(",") if t.strip()]
     unknown = [t for t in args.task_list if t not in common.TRAIN_TASKS]
@@ -202,9 +208,10 @@ def compare_training(args, out=None):
                 print(f"note: run {label!r} is not available here (available: {', '.join(runs)})", file=out)
         runs = {label: runs[label] for label in wanted if label in runs}
     info = {"steps": args.steps, "threads": args.threads, "threads_set": threads, "cpu": common.cpu_name(),
-            "allocator": common.allocator(),
+            "isa": common.cpu_isa(), "allocator": common.allocator(), "isolate": not args.same_process,
             "runs": list(runs), "gpu": _gpu_name(runs)}
-    print(f"threads {threads}; malloc: {info['allocator']}; runs: {', '.join(runs)}", file=out)
+    print(f"{info['cpu']} ({info['isa']}); threads {threads}; malloc: {info['allocator']}; runs: {', '.join(runs)}; "
+          + ("all in this process" if args.same_process else "each in its own process"), file=out)
     rows = []
     for task in args.task_list:
         try:
@@ -216,7 +223,11 @@ def compare_training(args, out=None):
         for label, (impl, device) in runs.items():
             print(f"{task}: {label} ...", end=" ", file=out, flush=True)
             try:
-                row = train_run(task, impl, device, data, args.steps, args.warmup, args.seed, args.eval_limit)
+                if args.same_process:
+                    row = train_run(task, impl, device, data, args.steps, args.warmup, args.seed,
+                                    args.eval_limit)
+                else:
+                    row = run_in_process(task, label, args)
             except NotImplementedError as err:
                 print(f"skipped: {err}", file=out)
                 continue
@@ -245,6 +256,41 @@ def compare_training(args, out=None):
     return {"info": info, "rows": rows}
 
 
+def run_in_process(task, label, args):
+    """``train_run`` of one task and run in a fresh Python process (its own allocator, thread pools and
+    caches); the row comes back through a JSON file."""
+    import subprocess
+    import tempfile
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "row.json")
+        argv = [sys.executable, "-m", "fastconv.bench.compare_training", "--worker", path, "--tasks", task,
+                "--runs", label, "--steps", str(args.steps), "--threads", str(args.threads),
+                "--warmup", str(args.warmup), "--seed", str(args.seed)]
+        argv += ["--data-dir", args.data_dir] if args.data_dir else []
+        argv += ["--eval-limit", str(args.eval_limit)] if args.eval_limit else []
+        done = subprocess.run(argv, capture_output=True, text=True)
+        if done.returncode != 0 or not os.path.exists(path):
+            why = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+            raise NotImplementedError(f"worker process failed: {why}")
+        with open(path) as f:
+            return json.load(f)
+
+
+def _worker(args):
+    """``--worker PATH``: train one task with one run (``--tasks``, ``--runs``), its row to PATH."""
+    common.set_threads(args.threads)
+    common.set_blas_threads(1)
+    label = args.runs
+    backend = label[len("fastconv cpu "):] if label.startswith("fastconv cpu ") else None
+    impl, device = GPU_RUNS.get(label) or ((common.TORCH, "cpu") if label == "pytorch cpu" else (backend, "cpu"))
+    task = args.task_list[0]
+    row = train_run(task, impl, device, load_task_data(task, args.data_dir), args.steps, args.warmup, args.seed,
+                    args.eval_limit)
+    with open(args.worker, "w") as f:
+        json.dump(row, f)
+    return 0
+
+
 def _gpu_name(runs):
     if "pytorch cuda" in runs:
         import torch
@@ -257,6 +303,8 @@ def _gpu_name(runs):
 
 def main(argv=None):
     args, _ = parse_args(argv)
+    if args.worker:
+        return _worker(args)
     compare_training(args)
     return 0
 
