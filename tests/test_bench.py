@@ -30,7 +30,8 @@ def compare_training():
 # ------------------------------------------------------------------------------ shape table
 def test_shape_table_is_valid_and_matches_the_spec():
     from fastconv import shapes
-    assert len(common.SHAPES) == len(common.CONV2D + common.CONV1D + common.POOL + common.TINY)  # unique
+    tables = common.CONV2D + common.CONV1D + common.POOL + common.TINY + common.BATCH1
+    assert len(common.SHAPES) == len(tables)  # unique
     for shape in common.SHAPES.values():
         if shape.kind == "conv":
             spec = shape.spec()
@@ -40,6 +41,9 @@ def test_shape_table_is_valid_and_matches_the_spec():
     vgg, resnet = common.SHAPES["vgg_3x3"], common.SHAPES["resnet_s2"]
     assert vgg.spec().y_shape == (8, 64, 56, 56) and resnet.spec().y_shape == (8, 256, 14, 14)
     assert common.SHAPES["depthwise"].spec().groups == 128
+    assert common.SHAPES["alexnet_c1"].spec().y_shape == (8, 64, 55, 55)
+    assert common.SHAPES["grouped_3x3"].spec().groups == 4 and common.SHAPES["c512_14"].spec().c_in == 512
+    assert common.SHAPES["odd"].spec().y_shape == (5, 53, 45, 31)
     assert common.SHAPES["mnist1d_c1"].spec().y_shape == (100, 15, 1, 19)  # feeds mnist1d_c2's 19
     assert set(common.LARGE) <= set(common.SHAPES)
 
@@ -297,6 +301,17 @@ def test_algorithm_suite_times_what_the_backend_computes(backend):
                 assert not registry.supports(backend, kernel, spec, np.float32, algorithm)
                 continue
             np.testing.assert_allclose(suite.run(), want[kernel], rtol=1e-4, atol=1e-4)
+
+
+def test_blocked_gflops_suite_tracks_each_pass():
+    if "cython" not in common.cpu_backends():
+        pytest.skip("cython backend unavailable")
+    from benchmarks import bench_conv
+    suite = bench_conv.Conv2dBlockedGflops()
+    assert {"b1_64x56", "b1_512x14", "c512_14"} <= set(suite.params[1])
+    for kernel in common.CONV_KERNELS:
+        suite.setup(kernel, "tiny_3x3")
+        assert suite.track_gflops(kernel, "tiny_3x3") > 0
 
 
 def test_asv_suites_import_without_starting_thread_pools():

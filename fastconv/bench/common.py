@@ -111,7 +111,10 @@ TINY = (
     Pool("tiny_maxpool", "max", (2, 3, 8, 8)),
     Pool("tiny_avgpool", "avg", (2, 3, 8, 8)),
 )
-SHAPES = {s.name: s for s in CONV2D + CONV1D + POOL + TINY}
+# The 3x3 layers of the plain-loop-nest experiment (batch 1: every thread must find work in one image).
+BATCH1 = tuple(Conv(f"b1_{c}x{hw}", (1, c, hw, hw), (c, c, 3, 3), padding=1, gemm_bound=True)
+               for c, hw in ((64, 56), (256, 28), (512, 14)))
+SHAPES = {s.name: s for s in CONV2D + CONV1D + POOL + TINY + BATCH1}
 FULL = CONV2D + CONV1D + POOL
 LARGE = ("vgg_3x3", "resnet_s2", "maxpool_large")  # the peak-memory suites
 
@@ -327,15 +330,16 @@ _GRID = {
     "gemm": [s.name for s in CONV2D if s.gemm_bound],
     "peak_conv": [n for n in LARGE if SHAPES[n].kind == "conv"],
     "peak_pool": [n for n in LARGE if SHAPES[n].kind == "pool"],
+    "blocked": [s.name for s in BATCH1] + [s.name for s in CONV2D if s.gemm_bound],
 }
 _SMOKE_GRID = {"conv2d": ["tiny_3x3", "tiny_s2_dil"], "conv1d": ["tiny_1d"],
                "pool": ["tiny_maxpool", "tiny_avgpool"],
-               "gemm": ["tiny_3x3"], "peak_conv": ["tiny_3x3"], "peak_pool": ["tiny_maxpool"]}
+               "gemm": ["tiny_3x3"], "peak_conv": ["tiny_3x3"], "peak_pool": ["tiny_maxpool"], "blocked": ["tiny_3x3"]}
 
 
 def grid(group):
     """Shape names of one asv suite's grid (``conv2d``, ``conv1d``, ``pool``, ``gemm``, ``peak_conv``,
-    ``peak_pool``): the real shapes, or the tiny ones under FASTCONV_BENCH_SMOKE=1."""
+    ``peak_pool``, ``blocked``): the real shapes, or the tiny ones under FASTCONV_BENCH_SMOKE=1."""
     return list((_SMOKE_GRID if SMOKE else _GRID)[group])
 
 
