@@ -66,30 +66,36 @@ def packed_size(tuple geo):
     return g.groups * ((g.cog + width - 1) // width) * g.taps * width
 
 
+cdef int pack_task(const float* w, float* out, Geo* g, bint adjoint, Py_ssize_t task, bint fresh) noexcept nogil:
+    """Packs (or checks) block ``task`` (group ``task // blocks``, block ``task % blocks``) of
+    ``pack_weights``; returns whether it wrote."""
+    cdef Py_ssize_t width = FC_LANES * vectors(g.cog), blocks = (g.cog + width - 1) // width
+    cdef Py_ssize_t khw = g.kh * g.kw, so, srun
+    cdef int runs, length
+    if adjoint:  # lane oc, tap (c, r) reads w[group * cig + c, oc, flipped r]: a reversed run per c
+        so, runs, srun, length = khw, <int>g.cig, g.cog * khw, <int>khw
+    else:        # lane oc reads the run w[oc, :, :, :]
+        so, runs, srun, length = g.taps, 1, 0, <int>g.taps
+    return fc_pack_block(w + (task // blocks) * g.cog * g.taps + (task % blocks) * width * so, so, runs, srun,
+                         length, adjoint, <int>min(width, g.cog - (task % blocks) * width), <int>width,
+                         out + task * g.taps * width, fresh)
+
+
 def pack_weights(const float[:, :, :, ::1] w, float[::1] out, tuple geo, bint adjoint=False,
                  bint fresh=True):
     """``w[oc, c, i, j]`` into ``out[group, block, (c, i, j), lane]`` (see ``packed_size``) for the
     convolution ``geo``; with ``adjoint``, ``geo`` is the adjoint of ``w``'s convolution (the input
-    gradient's forward pass, :func:`fastconv.backends.cython_cpu.adjoint_spec`) and the kernels are
-    flipped, in and out channels swapped, on the way. Unless ``fresh``, ``out`` holds an earlier packing
-    and only what differs is written. Returns the number of blocks written."""
+    gradient's forward pass, :func:`fastconv.shapes.adjoint_spec`) and the kernels are flipped, in and
+    out channels swapped, on the way. Unless ``fresh``, ``out`` holds an earlier packing and only what
+    differs (bit for bit) is written. Returns the number of blocks written."""
     cdef Geo g = make_geo(geo)
-    cdef Py_ssize_t width = FC_LANES * vectors(g.cog), blocks = (g.cog + width - 1) // width
-    cdef Py_ssize_t khw = g.kh * g.kw, per_group = g.cog * g.taps, so, srun, task
-    cdef int runs, length
-    cdef int[::1] changed = np.zeros(max(1, g.groups * blocks), np.intc)
+    cdef Py_ssize_t width = FC_LANES * vectors(g.cog), tasks = g.groups * ((g.cog + width - 1) // width), task
+    cdef int[::1] changed = np.zeros(max(1, tasks), np.intc)
     if g.taps == 0 or g.cog == 0:
         return 0
-    if adjoint:  # lane oc, tap (c, r) reads w[group * cig + c, oc, flipped r]: a reversed run per c
-        so, runs, srun, length = khw, g.cig, g.cog * khw, khw
-    else:        # lane oc reads the run w[oc, :, :, :]
-        so, runs, srun, length = g.taps, 1, 0, g.taps
     with nogil:
-        for task in prange(g.groups * blocks, schedule="static"):
-            changed[task] = fc_pack_block(&w[0, 0, 0, 0] + (task // blocks) * per_group
-                                          + (task % blocks) * width * so, so, runs, srun, length, adjoint,
-                                          min(width, g.cog - (task % blocks) * width), width,
-                                          &out[task * g.taps * width], fresh)
+        for task in prange(tasks, schedule="static"):
+            changed[task] = pack_task(&w[0, 0, 0, 0], &out[0], &g, adjoint, task, fresh)
     return int(np.sum(changed))
 
 
@@ -182,30 +188,41 @@ cdef void conv_task(const float* x, const float* wp, const float* b, float* y, f
                         min(width, g.cog - blk * width), b + oc if b != NULL else NULL)
 
 
-def conv2d(const float[:, :, :, ::1] x, const float[::1] packed, const float[::1] b,
-           float[:, :, :, ::1] y, float[:, ::1] scratch, tuple geo, Py_ssize_t rows, Py_ssize_t chunk):
-    """``y = conv(x, w) + b`` (``b`` may be None) from ``pack_weights``' output, in tasks of ``rows``
-    output rows of one sample by ``chunk`` blocks of output channels of one group; ``scratch``:
-    ``scratch_size(geo, rows)`` elements per thread."""
+def conv2d(const float[:, :, :, ::1] x, const float[:, :, :, ::1] w, float[::1] packed, bint adjoint,
+           bint fresh, const float[::1] b, float[:, :, :, ::1] y, float[:, ::1] scratch, tuple geo,
+           Py_ssize_t rows, Py_ssize_t chunk, int threads):
+    """``y = conv(x, w) + b`` (``b`` may be None) with the weights packed in ``packed`` (packed there
+    first, as ``pack_weights(w, packed, geo, adjoint, fresh)`` does, unless ``w`` is None), in tasks of
+    ``rows`` output rows of one sample by ``chunk`` blocks of output channels of one group; ``scratch``:
+    ``scratch_size(geo, rows)`` elements per thread. One parallel region of ``threads`` threads runs the
+    packing, then the convolution. Returns the number of weight blocks written."""
     cdef Geo g = make_geo(geo)
     cdef const float* bp = NULL
     cdef Py_ssize_t width = FC_LANES * vectors(g.cog), blocks = (g.cog + width - 1) // width
     cdef Py_ssize_t bands = (g.oh + rows - 1) // rows, chunks = (blocks + chunk - 1) // chunk
-    cdef Py_ssize_t t, k, r0, xc, xr
+    cdef Py_ssize_t packs = 0, tasks = 0, t, k, r0, xc, xr
     cdef Py_ssize_t[::1] taps
-    if y.size == 0:
-        return
+    cdef int[::1] changed = np.zeros(max(1, g.groups * blocks), np.intc)
+    if w is not None and g.taps > 0:
+        packs = g.groups * blocks
     if b is not None:
         bp = &b[0]
     xc, xr = strides(&g, rows)
     taps = tap_offsets(&g, xc, xr, FC_ROW_SHAPE(g.sw, g.kw, g.dw))
-    with nogil, parallel():
-        for t in prange(g.n * g.groups * bands * chunks, schedule="dynamic"):
+    if y.size == 0:
+        packs = 0
+    else:
+        tasks = g.n * g.groups * bands * chunks
+    with nogil, parallel(num_threads=threads):
+        for t in prange(packs, schedule="static"):
+            changed[t] = pack_task(&w[0, 0, 0, 0], &packed[0], &g, adjoint, t, fresh)
+        for t in prange(tasks, schedule="dynamic"):
             k = t % chunks
             r0 = (t // chunks % bands) * rows
             conv_task(&x[0, 0, 0, 0], &packed[0], bp, &y[0, 0, 0, 0], &scratch[threadid(), 0], &taps[0], &g,
                       t // (chunks * bands * g.groups), t // (chunks * bands) % g.groups, r0,
                       min(rows, g.oh - r0), k * chunk, min(blocks, (k + 1) * chunk), xc, xr)
+    return int(np.sum(changed))
 
 
 def grad_weight_scratch(tuple geo):
@@ -259,7 +276,7 @@ cdef void weight_task(const float* gy, const float* x, float* out, float* scratc
 
 
 def grad_weight(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x, float[:, :, ::1] out,
-                float[:, ::1] scratch, float[:, ::1] packed, tuple geo, Py_ssize_t chunk):
+                float[:, ::1] scratch, float[:, ::1] packed, tuple geo, Py_ssize_t chunk, int threads):
     """The weight gradient: ``out[k, oc, tap]`` sums it over the ``k``-th of ``out.shape[0]`` equal
     runs of samples (the caller sums over ``k``), in tasks of ``chunk`` blocks of output channels.
 
@@ -267,7 +284,7 @@ def grad_weight(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x, float
     up to ``FC_MAX_NJ`` kernel taps by a block of output channels. A task (run of samples, group, blocks)
     reads each sample's zero-padded input from ``scratch[thread]`` and transposes each block's output
     gradient to pixel-major rows in ``packed[thread]`` (they play the weights); sizes:
-    ``grad_weight_scratch``.
+    ``grad_weight_scratch``. ``threads``: of the parallel region.
     """
     cdef Geo g = make_geo(geo)
     cdef Py_ssize_t width = FC_LANES * vectors(g.cog), blocks = (g.cog + width - 1) // width
@@ -282,7 +299,7 @@ def grad_weight(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x, float
     taps = tap_offsets(&g, xc, xr, row_tiles(&g))
     for oy in range(g.oh):
         rows[oy] = oy * g.sh * xr
-    with nogil, parallel():
+    with nogil, parallel(num_threads=threads):
         for task in prange(runs * g.groups * chunks, schedule="dynamic"):
             k = task % chunks
             run = task // (chunks * g.groups)

@@ -168,6 +168,7 @@ def test_blocked_forward_in_bands(monkeypatch, case, seed, band_bytes, more_thre
     threads = cy._omp.max_threads() + more_threads  # never fewer than OpenMP runs: each needs scratch
     monkeypatch.setattr(cy, "_BAND_BYTES", band_bytes)
     monkeypatch.setattr(cy, "num_threads", lambda: threads)
+    monkeypatch.setattr(cy, "BLOCKED_PARALLEL_FLOPS", 0)  # small passes too on every thread
     spec = _spec(case)
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(spec.x_shape).astype(np.float32)
@@ -422,6 +423,7 @@ def test_blocked_tile_shapes(shape, threads, monkeypatch):
     """Every specialised row shape of the tile (and the general one), forward and both gradients, on
     one thread and split for more threads than OpenMP runs (more bands, chunks and runs of samples)."""
     monkeypatch.setattr(cy, "num_threads", lambda: max(threads, cy._omp.max_threads()))
+    monkeypatch.setattr(cy, "BLOCKED_PARALLEL_FLOPS", 0)  # small passes too on every thread
     spec = shapes.conv_spec(shape[0], shape[1], None, **shape[2])
     _check_conv(spec, np.float32, "blocked", seed=threads)
 
@@ -431,6 +433,7 @@ def test_blocked_weight_gradient_runs_of_samples(n, threads, monkeypatch):
     """The weight gradient summed straight into the result (one run of samples) or over several runs
     (few channel blocks, many threads), batch 1 included."""
     monkeypatch.setattr(cy, "num_threads", lambda: max(threads, cy._omp.max_threads()))
+    monkeypatch.setattr(cy, "BLOCKED_PARALLEL_FLOPS", 0)  # small passes too on every thread
     spec = shapes.conv_spec((n, 6, 12, 10), (40, 6, 3, 3), None, padding=1)
     geo, runs, chunk = cy._grad_weight_plan(spec, cy.num_threads())
     assert 1 <= runs <= n
@@ -450,9 +453,10 @@ def test_blocked_forward_task_plans(plan):
     rng = np.random.default_rng(rows)
     x, w = rng.standard_normal(spec.x_shape, np.float32), rng.standard_normal(spec.w_shape, np.float32)
     packed = np.empty(cy._blocked.packed_size(geo), np.float32)
-    cy._blocked.pack_weights(w, packed, geo)
+    assert cy._blocked.pack_weights(w, packed, geo) == 4  # blocks of 16 channels
     rows = min(rows, spec.oh)
-    scratch = np.empty((cy._omp.max_threads(), max(1, cy._blocked.scratch_size(geo, rows))), np.float32)
+    threads = cy._omp.max_threads()
+    scratch = np.empty((threads, max(1, cy._blocked.scratch_size(geo, rows))), np.float32)
     y = np.full(spec.y_shape, np.nan, np.float32)
-    cy._blocked.conv2d(x, packed, None, y, scratch, geo, rows, chunk)
+    assert cy._blocked.conv2d(x, None, packed, False, False, None, y, scratch, geo, rows, chunk, threads) == 0
     assert_close(y, ref.conv2d(x, w, None, spec), np.float32, f"rows {rows} chunk {chunk}")

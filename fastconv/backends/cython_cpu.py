@@ -172,10 +172,20 @@ def _wide_workspace(spec, dtype):
     return workspace("planes", (num_threads(), _conv.wide_size(spec.geometry())), dtype)
 
 
+#: Passes of fewer flops than this run on one thread: waking a second would cost more than it saves.
+BLOCKED_PARALLEL_FLOPS = 1e6
+
+
+def _threads(spec):
+    """OpenMP threads for a blocked pass of ``spec``."""
+    return num_threads() if spec.flops >= BLOCKED_PARALLEL_FLOPS else 1
+
+
 @functools.lru_cache(maxsize=512)
 def _blocked_plan(spec, threads, band_bytes):
-    """``(geo, rows, chunk, scratch)`` of a blocked forward pass: tasks of ``rows`` output rows of one
-    sample by ``chunk`` blocks of output channels, ``scratch`` elements of padded band per thread.
+    """``(geo, rows, chunk, scratch)`` of a blocked forward pass on ``threads`` threads: tasks of ``rows``
+    output rows of one sample by ``chunk`` blocks of output channels, ``scratch`` elements of padded band
+    per thread.
 
     Picks the split with the shortest estimated makespan (tasks per thread times a task's time: its
     multiply-adds, its band copy and its weights read from the shared cache), among bands whose input
@@ -209,8 +219,8 @@ def _blocked_plan(spec, threads, band_bytes):
 
 class _PackedWeights(threading.local):
     """Weights packed for the blocked kernel, per Python thread, keyed by the weight array's address,
-    shape and packing. Every call checks the packed copy against the weights (bit for bit, in the
-    packing pass itself: one read of each) and rewrites what differs, so an optimizer step,
+    shape and packing. Every call checks the packed copy against the weights (bit for bit, in the kernel's
+    packing pass: one read of each) and rewrites the blocks that differ, so an optimizer step,
     ``load_state_dict`` or any write into the array is seen, while inference repacks nothing. Least
     recently used entries go beyond ``PACKED_WEIGHTS_BYTES``."""
 
@@ -219,18 +229,18 @@ class _PackedWeights(threading.local):
         self.bytes = 0
         self.blocks_written = 0  # blocks packed or repacked (tests read it)
 
-    def get(self, w, geo, form, adjoint):
+    def get(self, w, geo, form):
+        """``(packed, fresh)``: the packed copy of ``w`` for ``geo`` and ``form``, and whether it is new
+        (to be packed whole) rather than to be checked against ``w``."""
         key = (w.ctypes.data, w.shape, form)
         packed = self.entries.get(key)
-        if packed is None:
-            packed = self.entries[key] = np.empty(_blocked.packed_size(geo), np.float32)
-            self.bytes += packed.nbytes
-            self.blocks_written += _blocked.pack_weights(w, packed, geo, adjoint, True)
-            self._evict()
-        else:
+        if packed is not None:
             self.entries.move_to_end(key)
-            self.blocks_written += _blocked.pack_weights(w, packed, geo, adjoint, False)
-        return packed
+            return packed, False
+        packed = self.entries[key] = np.empty(_blocked.packed_size(geo), np.float32)
+        self.bytes += packed.nbytes
+        self._evict()
+        return packed, True
 
     def _evict(self):
         while self.bytes > PACKED_WEIGHTS_BYTES and len(self.entries) > 1:
@@ -249,10 +259,12 @@ packed_weights = _PackedWeights()
 def _blocked_conv2d(x, w, b, y, spec, adjoint=None):
     """The blocked forward pass of ``spec``, or with ``adjoint`` (the forward's spec) its input
     gradient: ``x`` is then the output gradient and ``w`` the forward's weights."""
-    geo, rows, chunk, scratch = _blocked_plan(spec, num_threads(), _BAND_BYTES)
-    form = ("adjoint" if adjoint else "forward", spec.groups)
-    packed = packed_weights.get(w, geo, form, adjoint is not None)
-    _blocked.conv2d(x, packed, b, y, workspace("band", (num_threads(), scratch), np.float32), geo, rows, chunk)
+    threads = _threads(spec)
+    geo, rows, chunk, scratch = _blocked_plan(spec, threads, _BAND_BYTES)
+    packed, fresh = packed_weights.get(w, geo, ("adjoint" if adjoint else "forward", spec.groups))
+    packed_weights.blocks_written += _blocked.conv2d(
+        x, w, packed, adjoint is not None, fresh, b, y, workspace("band", (threads, scratch), np.float32),
+        geo, rows, chunk, threads)
     return y
 
 
@@ -319,16 +331,16 @@ def _grad_weight_plan(spec, threads):
 
 
 def _blocked_grad_weight(gy, x, spec):
-    geo, runs, chunk = _grad_weight_plan(spec, num_threads())
+    threads = _threads(spec)
+    geo, runs, chunk = _grad_weight_plan(spec, threads)
     scratch_size, packed_size = _blocked.grad_weight_scratch(geo)
-    threads = num_threads()
     if runs == 1:
         gw = np.empty(spec.w_shape, np.float32)
         out = gw.reshape(1, spec.c_out, -1)
     else:
         out = workspace("grad_weight", (runs, spec.c_out, int(np.prod(spec.w_shape[1:]))), np.float32)
     _blocked.grad_weight(gy, x, out, workspace("band", (threads, max(1, scratch_size)), np.float32),
-                         workspace("packed_grad", (threads, max(1, packed_size)), np.float32), geo, chunk)
+                         workspace("packed_grad", (threads, max(1, packed_size)), np.float32), geo, chunk, threads)
     return gw if runs == 1 else out.sum(axis=0).reshape(spec.w_shape)
 
 
