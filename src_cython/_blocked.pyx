@@ -11,9 +11,13 @@ thread's scratch, zero-padded, so the micro-kernel never tests bounds. The weigh
 tile (see ``grad_weight``); the input gradient is the forward pass of another convolution (the
 caller's ``adjoint_spec``).
 """
+cimport numpy as cnp
 from cython.parallel cimport parallel, prange, threadid
+from libc.stdlib cimport free, malloc
 
 import numpy as np
+
+cnp.import_array()
 
 include "_loops.pxi"
 
@@ -53,6 +57,11 @@ cdef inline int vectors(Py_ssize_t cog) noexcept nogil:
     return 1 if cog <= FC_LANES else FC_MAX_NV
 
 
+def address(cnp.ndarray a not None):
+    """The address of ``a``'s first element (``a.ctypes.data``, without building a ctypes object)."""
+    return <size_t>cnp.PyArray_DATA(a)
+
+
 def block_width(Py_ssize_t cog):
     """Output channels per weight block (a tile's channels) for ``cog`` output channels per group."""
     return FC_LANES * vectors(cog)
@@ -90,13 +99,13 @@ def pack_weights(const float[:, :, :, ::1] w, float[::1] out, tuple geo, bint ad
     differs (bit for bit) is written. Returns the number of blocks written."""
     cdef Geo g = make_geo(geo)
     cdef Py_ssize_t width = FC_LANES * vectors(g.cog), tasks = g.groups * ((g.cog + width - 1) // width), task
-    cdef int[::1] changed = np.zeros(max(1, tasks), np.intc)
+    cdef Py_ssize_t written = 0
     if g.taps == 0 or g.cog == 0:
         return 0
     with nogil:
         for task in prange(tasks, schedule="static"):
-            changed[task] = pack_task(&w[0, 0, 0, 0], &out[0], &g, adjoint, task, fresh)
-    return int(np.sum(changed))
+            written += pack_task(&w[0, 0, 0, 0], &out[0], &g, adjoint, task, fresh)
+    return written
 
 
 cdef inline bint padded(Geo* g) noexcept nogil:
@@ -122,16 +131,17 @@ cdef (Py_ssize_t, Py_ssize_t) strides(Geo* g, Py_ssize_t rows) noexcept nogil:
     return g.hw, g.w
 
 
-cdef Py_ssize_t[::1] tap_offsets(Geo* g, Py_ssize_t xc, Py_ssize_t xr, bint rows):
+cdef Py_ssize_t* tap_offsets(Geo* g, Py_ssize_t xc, Py_ssize_t xr, bint rows) noexcept nogil:
     """Offset of each kernel tap ``(c, i, j)`` of a group from its first input pixel, or with ``rows``
-    of each kernel row ``(c, i)`` (its taps follow at ``j * dw``)."""
+    of each kernel row ``(c, i)`` (its taps follow at ``j * dw``); the caller frees the table."""
     cdef Py_ssize_t kw = 1 if rows else g.kw
-    cdef Py_ssize_t[::1] taps = np.empty(max(g.cig * g.kh * kw, 1), np.intp)
+    cdef Py_ssize_t* taps = <Py_ssize_t*>malloc(max(g.cig * g.kh * kw, 1) * sizeof(Py_ssize_t))
     cdef Py_ssize_t c, i, j
-    for c in range(g.cig):
-        for i in range(g.kh):
-            for j in range(kw):
-                taps[(c * g.kh + i) * kw + j] = c * xc + i * g.dh * xr + j * g.dw
+    if taps != NULL:
+        for c in range(g.cig):
+            for i in range(g.kh):
+                for j in range(kw):
+                    taps[(c * g.kh + i) * kw + j] = c * xc + i * g.dh * xr + j * g.dw
     return taps
 
 
@@ -200,29 +210,31 @@ def conv2d(const float[:, :, :, ::1] x, const float[:, :, :, ::1] w, float[::1] 
     cdef const float* bp = NULL
     cdef Py_ssize_t width = FC_LANES * vectors(g.cog), blocks = (g.cog + width - 1) // width
     cdef Py_ssize_t bands = (g.oh + rows - 1) // rows, chunks = (blocks + chunk - 1) // chunk
-    cdef Py_ssize_t packs = 0, tasks = 0, t, k, r0, xc, xr
-    cdef Py_ssize_t[::1] taps
-    cdef int[::1] changed = np.zeros(max(1, g.groups * blocks), np.intc)
+    cdef Py_ssize_t packs = 0, tasks = 0, written = 0, t, k, r0, xc, xr
+    cdef Py_ssize_t* taps
     if w is not None and g.taps > 0:
         packs = g.groups * blocks
     if b is not None:
         bp = &b[0]
     xc, xr = strides(&g, rows)
     taps = tap_offsets(&g, xc, xr, FC_ROW_SHAPE(g.sw, g.kw, g.dw))
+    if taps == NULL:
+        raise MemoryError()
     if y.size == 0:
         packs = 0
     else:
         tasks = g.n * g.groups * bands * chunks
     with nogil, parallel(num_threads=threads):
         for t in prange(packs, schedule="static"):
-            changed[t] = pack_task(&w[0, 0, 0, 0], &packed[0], &g, adjoint, t, fresh)
+            written += pack_task(&w[0, 0, 0, 0], &packed[0], &g, adjoint, t, fresh)
         for t in prange(tasks, schedule="dynamic"):
             k = t % chunks
             r0 = (t // chunks % bands) * rows
-            conv_task(&x[0, 0, 0, 0], &packed[0], bp, &y[0, 0, 0, 0], &scratch[threadid(), 0], &taps[0], &g,
+            conv_task(&x[0, 0, 0, 0], &packed[0], bp, &y[0, 0, 0, 0], &scratch[threadid(), 0], taps, &g,
                       t // (chunks * bands * g.groups), t // (chunks * bands) % g.groups, r0,
                       min(rows, g.oh - r0), k * chunk, min(blocks, (k + 1) * chunk), xc, xr)
-    return int(np.sum(changed))
+    free(taps)
+    return written
 
 
 def grad_weight_scratch(tuple geo):
@@ -290,13 +302,18 @@ def grad_weight(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x, float
     cdef Py_ssize_t width = FC_LANES * vectors(g.cog), blocks = (g.cog + width - 1) // width
     cdef Py_ssize_t runs = out.shape[0], per_run = (g.n + runs - 1) // runs
     cdef Py_ssize_t chunks = (blocks + chunk - 1) // chunk, task, run, k, oy, xc, xr
-    cdef Py_ssize_t[::1] rows = np.empty(max(g.oh, 1), np.intp)
-    cdef Py_ssize_t[::1] taps
+    cdef Py_ssize_t* rows
+    cdef Py_ssize_t* taps
     if gy.size == 0 or x.size == 0 or g.taps == 0:
         out[...] = 0
         return
     xc, xr = strides(&g, g.oh)
     taps = tap_offsets(&g, xc, xr, row_tiles(&g))
+    rows = <Py_ssize_t*>malloc(g.oh * sizeof(Py_ssize_t))
+    if taps == NULL or rows == NULL:
+        free(taps)
+        free(rows)
+        raise MemoryError()
     for oy in range(g.oh):
         rows[oy] = oy * g.sh * xr
     with nogil, parallel(num_threads=threads):
@@ -304,6 +321,8 @@ def grad_weight(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x, float
             k = task % chunks
             run = task // (chunks * g.groups)
             weight_task(&gy[0, 0, 0, 0], &x[0, 0, 0, 0], &out[run, 0, 0], &scratch[threadid(), 0],
-                        &packed[threadid(), 0], &rows[0], &taps[0], &g, xc, min(g.n, run * per_run),
+                        &packed[threadid(), 0], rows, taps, &g, xc, min(g.n, run * per_run),
                         min(g.n, (run + 1) * per_run), task // chunks % g.groups, k * chunk,
                         min(blocks, (k + 1) * chunk))
+    free(taps)
+    free(rows)

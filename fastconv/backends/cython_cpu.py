@@ -232,7 +232,7 @@ class _PackedWeights(threading.local):
     def get(self, w, geo, form):
         """``(packed, fresh)``: the packed copy of ``w`` for ``geo`` and ``form``, and whether it is new
         (to be packed whole) rather than to be checked against ``w``."""
-        key = (w.ctypes.data, w.shape, form)
+        key = (_blocked.address(w), w.shape, form)
         packed = self.entries.get(key)
         if packed is not None:
             self.entries.move_to_end(key)
