@@ -81,9 +81,9 @@ def _simd(omp):
     """The Cython kernels' vector instructions and register tile (pixels x channels)."""
     if omp is None:
         return "n/a"
-    from ._cy import _blocked
+    from .backends.cython_cpu import _blocked
     pixels, channels = _blocked.tile_shape()
-    return f"{omp.simd()}, register tile {pixels} px x {channels} ch"
+    return f"{omp.simd()}, register tile {pixels} px x {channels} ch ({_blocked.isa()})"
 
 
 def config():

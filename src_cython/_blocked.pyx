@@ -38,6 +38,7 @@ cdef extern from "blocked_conv.h" nogil:
     int FC_LANES
     int FC_MAX_NV
     int FC_MAX_NJ
+    const char* FC_ISA
     bint FC_ROW_SHAPE(Py_ssize_t sw, Py_ssize_t kw, Py_ssize_t dw)
     void fc_conv_row(const fc_src* s, const float* w, int nv, int ow, float* y, Py_ssize_t yc, int nc,
                      const float* bias)
@@ -45,6 +46,11 @@ cdef extern from "blocked_conv.h" nogil:
     int fc_tile_width(Py_ssize_t n)
     int fc_pack_block(const float* src, Py_ssize_t so, int runs, Py_ssize_t srun, int len, int rev, int nc,
                       int width, float* out, int fresh)
+
+
+def isa():
+    """The vector instructions this build of the kernel uses ("AVX-512", "AVX2+FMA", or none)."""
+    return FC_ISA.decode()
 
 
 def tile_shape():

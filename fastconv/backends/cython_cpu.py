@@ -27,6 +27,7 @@ import contextlib
 import ctypes
 import functools
 import glob
+import importlib
 import os
 import sys
 import threading
@@ -42,6 +43,29 @@ except ImportError as err:  # extension not compiled (no C compiler at install t
     _IMPORT_ERROR = err
 else:
     _IMPORT_ERROR = None
+
+
+def _widest_blocked():
+    """The build of the register-blocked kernel for the widest vectors this CPU has: a portable build
+    (FASTCONV_PORTABLE=1, baseline instructions) also compiles it for AVX2+FMA and AVX-512 (``setup.py``);
+    a native build has the one for its CPU."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as cpu
+    except ImportError:  # NumPy < 2
+        from numpy.core._multiarray_umath import __cpu_features__ as cpu
+    if _blocked.isa() == "AVX-512":
+        return _blocked
+    names = ["_blocked_avx512"] if cpu.get("AVX512_SKX") else []
+    if cpu.get("AVX2") and cpu.get("FMA3") and _blocked.isa() != "AVX2+FMA":
+        names.append("_blocked_avx2")
+    for name in names:
+        with contextlib.suppress(ImportError):
+            return importlib.import_module(f"fastconv._cy.{name}")
+    return _blocked
+
+
+if _IMPORT_ERROR is None:
+    _blocked = _widest_blocked()
 
 ALGORITHMS = ("direct", "gemm", "blocked")
 #: Operands whose NaN or inf an algorithm does not propagate as the reference does (it skips the padding
