@@ -43,6 +43,7 @@ cdef extern from "blocked_conv.h" nogil:
     void fc_conv_row(const fc_src* s, const float* w, int nv, int ow, float* y, Py_ssize_t yc, int nc,
                      const float* bias)
     void fc_tile_any(const fc_src* s, const float* w, int nj, int nv, const fc_dst* d)
+    int fc_wgrad3_any(const fc_src* s, const float* w, int nr, int nv, const fc_dst* d)
     int fc_tile_width(Py_ssize_t n)
     int fc_pack_block(const float* src, Py_ssize_t so, int runs, Py_ssize_t srun, int len, int rev, int nc,
                       int width, float* out, int fresh)
@@ -290,7 +291,8 @@ cdef void weight_task(const float* gy, const float* x, float* out, float* scratc
                 t0 = tile * step
                 s.cols = taps + t0
                 d.y = out + oc0 * g.taps + t0 * s.ekw
-                fc_tile_any(&s, packed, min(step, count - t0) * s.ekw, nv, &d)
+                if not fc_wgrad3_any(&s, packed, <int>min(step, count - t0), nv, &d):
+                    fc_tile_any(&s, packed, min(step, count - t0) * s.ekw, nv, &d)
 
 
 def grad_weight(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x, float[:, :, ::1] out,

@@ -241,6 +241,59 @@ static void fc_tile_any(const fc_src *s, const float *w, int nj, int nv, const f
 #endif
 }
 
+#if defined(__AVX512F__) && (defined(__GNUC__) || defined(__clang__))
+/* The weight gradient's tile for nr kernel rows of 3 taps (dilation 1) at stride 1, one vector of
+ * channels: element (k, e) of output pixel j reads x + taps[r] + cols[k] + j + e. Consecutive pixels
+ * share two of a kernel row's three inputs, so each pixel broadcasts one new input per kernel row (and
+ * loads one vector of output gradient) for 3 * nr multiply-adds. */
+static inline __attribute__((always_inline)) void fc_wgrad3(const fc_src *s, const float *w, int nr,
+                                                            const fc_dst *d)
+{
+    fc_vec acc[FC_MAX_NJ][FC_MAX_NV], b[4][3];
+    for (int o = 0; o < 3 * nr; o++)
+        acc[o][0] = (fc_vec){0};
+    for (int r = 0, n = s->ntaps; r < n; r++) {
+        const float *p = s->x + s->taps[r], *q[4];
+        for (int k = 0; k < nr; k++) {
+            q[k] = p + s->cols[k];
+            b[k][0] = (fc_vec){0} + q[k][0];
+            b[k][1] = (fc_vec){0} + q[k][1];
+        }
+        for (int j = 0, ow = s->kw; j < ow; j++, w += FC_LANES) {
+            fc_vec g = *(const fc_uvec *)w;
+            for (int k = 0; k < nr; k++) {
+                b[k][2] = (fc_vec){0} + q[k][j + 2];
+                for (int e = 0; e < 3; e++)
+                    acc[3 * k + e][0] += b[k][e] * g;
+                b[k][0] = b[k][1];
+                b[k][1] = b[k][2];
+            }
+        }
+    }
+    fc_store(acc, 3 * nr, 1, d);
+}
+
+/* fc_wgrad3 for 1 to 4 kernel rows; returns 0 where it does not apply (then use fc_tile_any). */
+static int fc_wgrad3_any(const fc_src *s, const float *w, int nr, int nv, const fc_dst *d)
+{
+    if (nv != 1 || s->ekw != 3 || s->edw != 1 || s->dw != 1)
+        return 0;
+    switch (nr) {
+    case 1: fc_wgrad3(s, w, 1, d); return 1;
+    case 2: fc_wgrad3(s, w, 2, d); return 1;
+    case 3: fc_wgrad3(s, w, 3, d); return 1;
+    case 4: fc_wgrad3(s, w, 4, d); return 1;
+    }
+    return 0;
+}
+#else
+static int fc_wgrad3_any(const fc_src *s, const float *w, int nr, int nv, const fc_dst *d)
+{
+    (void)s; (void)w; (void)nr; (void)nv; (void)d;
+    return 0;
+}
+#endif
+
 /* Tiles of nearly equal width (at most FC_MAX_NJ elements) covering n elements: returns the width. */
 static inline int fc_tile_width(ptrdiff_t n)
 {
