@@ -13,9 +13,10 @@ from ._version import __version__
 from .backends.plan import get_backend, get_exact, set_backend, set_exact
 from .backends.registry import available as available_backends
 from .backends.tune import enable as autotune
-from .config import get_num_threads, set_num_threads, show_config
 from .explain import explain
+from .info import show_config
 from .random import manual_seed
+from .runtime import get_num_threads, set_num_threads
 from .summary import summary
 from .tensor import Tensor, from_dlpack, is_grad_enabled, no_grad, tensor
 

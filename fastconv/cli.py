@@ -18,6 +18,8 @@ import argparse
 import importlib
 import sys
 
+from .info import show_config
+
 # Subcommands that hand their arguments to a tool of fastconv.bench: name -> (module, what it does)
 SCRIPTS = {
     "bench": ("compare", "time every op against PyTorch (fastconv.bench.compare)"),
@@ -55,19 +57,24 @@ def _parser():
     t.add_argument("--weight-decay", type=float)
     t.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="random shifts of the training batches (default: on for lenet5, off for mnist1d)")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", default="cpu", help="cpu or cuda")
-    t.add_argument("--backend", default="auto", help="auto, numpy, numba, cython, fft or cuda")
+    t.add_argument("--seed", type=int, help="default 0")
+    t.add_argument("--device", help="cpu (default) or cuda")
+    t.add_argument("--backend", help="auto (default), numpy, numba, cython, fft or cuda")
     t.add_argument("--threads", type=int, help="threads of the compiled CPU kernels (default: all cores, "
                                                "or NUMBA_NUM_THREADS / OMP_NUM_THREADS)")
     t.add_argument("--data-dir", help="folder holding mnist/ (default $FASTCONV_DATA, else "
                                       "~/.cache/fastconv/data)")
     t.add_argument("--download", action="store_true", help="fetch missing MNIST files")
     t.add_argument("--out", help="output folder (default runs/<task>-<model>)")
-    t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
+    t.add_argument("--resume", action="store_true",
+                   help="continue from OUT/checkpoint.npz: options left out are the checkpoint's; "
+                        "--epochs/--steps extend the run, settings that change the training are refused")
     t.add_argument("--eval-every", type=int, help="evaluate on the test set every N epochs")
     t.add_argument("--subset", type=int, help="use the first N training and test samples (quick checks)")
     t.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    t.add_argument("--workers", type=int, help="compute each step's gradients in shards on N local dask "
+                                               "worker processes (needs fastconv[dask])")
+    t.add_argument("--dask-scheduler", metavar="ADDRESS", help="... or on the dask cluster at ADDRESS")
 
     sub.add_parser("info", help="versions, threads, OpenMP, BLAS, CUDA and backends")
     p = sub.add_parser("plan", help="which kernel runs each pass of a model or a convolution, and why",
@@ -151,7 +158,6 @@ def main(argv=None):
         return run_script(argv[0], argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "info":
-        from .config import show_config
         show_config()
         return 0
     if args.command == "tune":
@@ -162,17 +168,20 @@ def main(argv=None):
         except (ValueError, TypeError, RuntimeError) as err:
             print(f"fastconv plan: error: {err}", file=sys.stderr)
             return 2
-    from .data import DatasetError
+    from .data import MissingData
     from .train import TrainConfig, train
     fields = {k: v for k, v in vars(args).items() if k != "command"}
     try:
         log = train(TrainConfig(**fields))
-    except (ValueError, TypeError, RuntimeError, FileNotFoundError, DatasetError, ImportError) as err:
+    except MissingData as err:
+        print(f"fastconv train: error: MNIST file {err.name} not found in {err.folder}: add --download to fetch "
+              f"it, or point --data-dir (or $FASTCONV_DATA) at the folder holding mnist/*.gz", file=sys.stderr)
+        return 2
+    except (ValueError, TypeError, RuntimeError, FileNotFoundError, ImportError) as err:
         print(f"fastconv train: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted: the last completed epoch is in the checkpoint; continue with --resume",
-              file=sys.stderr)
+    except KeyboardInterrupt as err:  # train() says what the checkpoint holds; elsewhere nothing was written
+        print(f"\ninterrupted: {err or 'nothing was written'}", file=sys.stderr)
         return 130
     final = log.get("final") or {}
     if final.get("test_acc") is not None:

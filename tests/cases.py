@@ -117,13 +117,17 @@ def all_cases(dims):
 
 def cpu_plans():
     """Every CPU backend and algorithm a user can force (``"numpy"``, ``"cython:blocked"``, ...) that can
-    run here: the names the suites run every property and oracle check under."""
+    run here: the names the suites run every property and oracle check under. A backend the build must
+    have produced (``FASTCONV_REQUIRE_BACKENDS``) stays listed when it cannot run, so its tests fail."""
     from fastconv.backends import registry
+    from helpers import REQUIRED_BACKENDS
     names = ["numpy"]
     for backend in ("numba", "cython", "fft"):
         module = registry.usable(backend)
         if module is not None:
             names += [f"{backend}:{a}" for a in module.ALGORITHMS]
+        elif backend in REQUIRED_BACKENDS:
+            names.append(backend)
     return names
 
 

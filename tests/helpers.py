@@ -1,5 +1,9 @@
-"""One helper that checks any op's forward and gradients against another implementation."""
+"""One helper that checks any op's forward and gradients against another implementation; skipping
+where a backend is unavailable."""
+import os
+
 import numpy as np
+import pytest
 
 import fastconv as fc
 
@@ -47,3 +51,24 @@ def check_against(fn, oracle, arrays, run_oracle=run_fastconv, what="op"):
     assert_close(y, y_ref, dtype, f"{what} forward")
     for i, (g, g_ref) in enumerate(zip(grads, grads_ref)):
         assert_close(g, g_ref, dtype, f"{what} grad of argument {i}")
+
+
+REQUIRED_BACKENDS = [name for name in os.environ.get("FASTCONV_REQUIRE_BACKENDS", "").split(",") if name]
+
+
+def backend_or_skip(name):
+    """The module of backend ``name``; where it cannot run here, skip, or fail where the build must have
+    produced it (``FASTCONV_REQUIRE_BACKENDS=numba,cython``, as CI sets it)."""
+    from fastconv.backends import registry
+    try:
+        return registry.load(name)
+    except Exception as err:  # not built or not installed here
+        unavailable(name, f"backend {name} unavailable: {err}")
+
+
+def unavailable(name, reason):
+    """Skip for ``reason`` (at module level too), or fail if backend ``name`` is required."""
+    if name in REQUIRED_BACKENDS:
+        pytest.fail(f"{reason}, but FASTCONV_REQUIRE_BACKENDS={','.join(REQUIRED_BACKENDS)} requires it",
+                    pytrace=False)
+    pytest.skip(reason, allow_module_level=True)

@@ -16,6 +16,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(REPO, "bench")
 sys.path.insert(0, BENCH)  # the asv suites (bench/benchmarks)
 
+from helpers import unavailable  # noqa: E402
+
 
 @pytest.fixture(scope="module")
 def compare():
@@ -216,6 +218,7 @@ def test_idiomatic_torch_lenet5_is_the_same_function():
     assert type(common.torch_idiomatic(models.create("paper", backend="numpy")).features[0]).__name__ == "Conv1d"
 
 
+@pytest.mark.usefixtures("mnist1d_package")
 def test_compare_training_mnist1d(compare_training, tmp_path, capsys):
     """Each run in its own process (``--same-process`` runs the same ``train_run`` here)."""
     pytest.importorskip("torch")
@@ -282,7 +285,7 @@ def test_algorithm_suite_times_what_the_backend_computes(backend):
     """Conv2dAlgorithms calls each kernel with the algorithm forced: the result is the reference's, and
     an algorithm the backend lacks is a skip."""
     if backend not in common.cpu_backends():
-        pytest.skip(f"{backend} backend unavailable")
+        unavailable(backend, f"{backend} backend unavailable")
     from benchmarks import bench_conv
     from fastconv.backends import reference, registry
     shape = common.SHAPES["tiny_s2_dil"]
@@ -305,7 +308,7 @@ def test_algorithm_suite_times_what_the_backend_computes(backend):
 
 def test_blocked_gflops_suite_tracks_each_pass():
     if "cython" not in common.cpu_backends():
-        pytest.skip("cython backend unavailable")
+        unavailable("cython", "cython backend unavailable")
     from benchmarks import bench_conv
     suite = bench_conv.Conv2dBlockedGflops()
     assert {"b1_64x56", "b1_512x14", "c512_14"} <= set(suite.params[1])
@@ -342,6 +345,6 @@ def test_set_threads_reaches_every_library():
 
 
 def test_set_blas_threads_reaches_numpys_blas():
-    from fastconv.config import set_blas_threads
+    from fastconv.runtime import set_blas_threads
     assert set_blas_threads(1) == 1  # None would mean no BLAS of this process could be told
     assert set_blas_threads(2) == 2

@@ -146,6 +146,10 @@ def test_download_failing_everywhere_leaves_nothing(tmp_path):
 
 
 # ---------------------------------------------------------------------------------- MNIST-1D
+needs_mnist1d = pytest.mark.usefixtures("mnist1d_package")
+
+
+@needs_mnist1d
 def test_mnist1d_regenerates_the_published_set(data_root, tmp_path, monkeypatch):
     monkeypatch.setenv("FASTCONV_CACHE_DIR", str(tmp_path))
     frozen = np.load(os.path.join(data_root, "mnist1d", "mnist1d_data.npz"))
@@ -156,11 +160,13 @@ def test_mnist1d_regenerates_the_published_set(data_root, tmp_path, monkeypatch)
     np.testing.assert_allclose(data["x"], frozen["x"], rtol=0, atol=1e-12)
     np.testing.assert_allclose(data["x_test"], frozen["x_test"], rtol=0, atol=1e-12)
     assert np.array_equal(data["y"], frozen["y"]) and np.array_equal(data["y_test"], frozen["y_test"])
+    assert mnist1d.checksum(data) == mnist1d.PUBLISHED_SHA256
     x, y = MNIST1D().tensors()  # from the caches just written
     assert x.shape == (4000, 1, 40) and x.dtype == np.float32 and y.dtype == np.int64
     assert np.array_equal(x[:, 0], data["x"].astype(np.float32))
 
 
+@needs_mnist1d
 def test_mnist1d_disk_cache_is_used_and_survives_damage(tmp_path, monkeypatch):
     monkeypatch.setenv("FASTCONV_CACHE_DIR", str(tmp_path))
     small = dict(num_samples=50, final_seq_length=40, seed=7)
@@ -178,6 +184,41 @@ def test_mnist1d_disk_cache_is_used_and_survives_damage(tmp_path, monkeypatch):
     assert np.array_equal(first["x"], third["x"])
 
 
+def test_mnist1d_checksum_is_the_frozen_published_set(data_root):
+    """The recorded SHA-256 is that of the paper's frozen arrays; it ignores last-bit float differences
+    (platforms) and sees any change of a signal or a label."""
+    with np.load(os.path.join(data_root, "mnist1d", "mnist1d_data.npz")) as f:
+        frozen = {name: f[name] for name in mnist1d.CHECKED}
+    assert mnist1d.checksum(frozen) == mnist1d.PUBLISHED_SHA256
+    assert mnist1d.checksum({**frozen, "x": frozen["x"] * (1 + 1e-15)}) == mnist1d.PUBLISHED_SHA256
+    x = frozen["x"].copy()
+    x[7, 3] += 1e-4
+    assert mnist1d.checksum({**frozen, "x": x}) != mnist1d.PUBLISHED_SHA256
+    y = frozen["y_test"].copy()
+    y[0] = (y[0] + 1) % 10
+    assert mnist1d.checksum({**frozen, "y_test": y}) != mnist1d.PUBLISHED_SHA256
+
+
+@needs_mnist1d
+def test_mnist1d_from_a_changed_generator_is_a_clear_error(data_root, tmp_path, monkeypatch):
+    """The generator (here serving the frozen arrays, changed or not) is checked; a cache that is not the
+    published set is regenerated, not used."""
+    import mnist1d.data as generator
+    with np.load(os.path.join(data_root, "mnist1d", "mnist1d_data.npz")) as f:
+        frozen = {name: f[name] for name in mnist1d.ARRAYS}
+    changed = {**frozen, "x_test": frozen["x_test"] + 0.01}
+    monkeypatch.setenv("FASTCONV_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(mnist1d, "_cache", {})
+    monkeypatch.setattr(generator, "make_dataset", lambda args: dict(changed))
+    with pytest.raises(DatasetError, match="mnist1d generator changed"):
+        MNIST1D()
+    assert not list(tmp_path.glob("mnist1d-*.npz"))  # nothing cached
+    mnist1d._save_cached(mnist1d._cache_path(mnist1d.PUBLISHED), changed)  # a stale cache
+    monkeypatch.setattr(generator, "make_dataset", lambda args: dict(frozen))
+    assert np.array_equal(MNIST1D(train=False).x, frozen["x_test"].astype(np.float32))
+
+
+@needs_mnist1d
 def test_mnist1d_rejects_unknown_arguments():
     with pytest.raises(ValueError, match="unknown MNIST-1D arguments"):
         MNIST1D(colour="red")

@@ -13,9 +13,12 @@ from fastconv import shapes
 from fastconv.backends import reference
 
 import cases
-from helpers import assert_close
+from helpers import assert_close, unavailable
 
-cy = pytest.importorskip("fastconv._cy._im2col", reason="Cython extension not built")
+try:
+    from fastconv._cy import _im2col as cy
+except ImportError as err:
+    unavailable("cython", f"Cython extension not built: {err}")
 
 SETTINGS = dict(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

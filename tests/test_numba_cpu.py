@@ -1,12 +1,14 @@
 """What is specific to the Numba backend: each conv algorithm forced on shapes where it would not be chosen
 (with and without merged samples), workspace reuse across shapes, NaN propagation and max-pool ties.
 The backend-vs-reference sweep over random cases lives in test_backends.py."""
+import contextlib
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fastconv import shapes
+from fastconv import runtime, shapes
 from fastconv.backends import model
 from fastconv.backends import numba_cpu as nb
 from fastconv.backends import reference as ref
@@ -142,7 +144,7 @@ def test_per_task_bands(monkeypatch, mode):
     if mode == "bands of rows":
         monkeypatch.setattr(nb, "TASK_BYTES", 2000)
     else:
-        monkeypatch.setattr(nb, "_blas_threads", [None])
+        monkeypatch.setattr(runtime, "blas_controllable", lambda: False)
         monkeypatch.setattr(nb, "BLAS_ONE_THREAD", 700)
     spec = shapes.conv_spec((3, 4, 11, 7), (6, 2, 3, 2), None, stride=(1, 2), padding=(2, 1), groups=2)
     assert nb._task_shape(spec, 4)[1] < spec.oh and spec.oh % nb._task_shape(spec, 4)[1]
@@ -150,13 +152,11 @@ def test_per_task_bands(monkeypatch, mode):
     _check_conv(spec, np.float64, "per_task")
 
 
-def test_per_task_restores_blas_threads():
-    control = nb._blas_control()
-    if control is None:
-        pytest.skip("SciPy's BLAS is not OpenBLAS here")
-    before = control[0]()
+def test_per_task_holds_blas_to_one_thread(monkeypatch):
+    held = []
+    monkeypatch.setattr(runtime, "blas_threads", lambda n: held.append(n) or contextlib.nullcontext())
     _check_conv(shapes.conv_spec((4, 3, 6, 6), (4, 3, 3, 3), padding=1), np.float32, "per_task")
-    assert control[0]() == before
+    assert held and set(held) == {1}
 
 
 def test_blocks_cover_every_output_once(monkeypatch):
@@ -250,3 +250,12 @@ def test_unpool_round_trip(dtype):
     assert np.array_equal(up, ref.max_unpool2d(y, idx, (6, 6)))
     g = rng.standard_normal(up.shape).astype(dtype)
     assert np.array_equal(nb.max_unpool2d_grad(g, idx), ref.max_unpool2d_grad(g, idx))
+
+
+@pytest.mark.parametrize("algorithm", nb.ALGORITHMS)
+def test_one_by_one_kernel_with_unread_input_pixels(algorithm):
+    """A transposed convolution's output padding: 1x1, stride 1, unpadded, yet the input has pixels no
+    output reads, so it is not its own column matrix."""
+    spec = shapes.conv_transpose_spec((1, 1, 1), (1, 1, 1), None, output_padding=1, dilation=2, dims=1)
+    assert (spec.w, spec.ow) == (2, 1) and not shapes.is_pointwise(spec)
+    _check_conv(spec, np.float64, algorithm)

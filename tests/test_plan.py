@@ -13,7 +13,7 @@ import fastconv.functional as F
 from fastconv import shapes
 from fastconv.backends import model, plan, registry, tune
 
-from helpers import check_against
+from helpers import backend_or_skip, check_against
 
 BIGKERNEL = shapes.conv_spec((4, 8, 128, 128), (8, 8, 15, 15), (8,), padding=7)
 LENET = [shapes.conv_spec((64, 1, 32, 32), (6, 1, 5, 5), (6,)),
@@ -36,8 +36,7 @@ def fresh_planner(monkeypatch, tmp_path):
 
 def _need(*names):
     for name in names:
-        if registry.usable(name) is None:
-            pytest.skip(f"backend {name} unavailable")
+        backend_or_skip(name)
 
 
 # ------------------------------------------------------------------------------------ the model
@@ -327,7 +326,8 @@ def test_calibration_stores_what_later_plans_use(tmp_path):
     for r, op in zip(rows[2:5], CONV_OPS):
         p = plan.plan(op, spec, np.float32)
         assert (p.fallback or p).name == r["winner"] and "measured earlier" in (p.fallback or p).reason
-    script = ("import numpy as np\nfrom fastconv import shapes\nfrom fastconv.backends import plan\n"
+    script = ("import numpy as np\nimport fastconv as fc\nfrom fastconv import shapes\n"
+              f"from fastconv.backends import plan\nfc.set_num_threads({fc.get_num_threads()})\n"
               "spec = shapes.conv_spec((3, 25, 19), (25, 25, 3), padding=1, stride=2, dims=1)\n"
               "p = plan.plan('conv2d', spec, np.float32)\nprint((p.fallback or p).name, '|', p.reason)\n")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,

@@ -15,7 +15,7 @@ from fastconv import shapes
 from fastconv.backends import registry
 
 import cases
-from helpers import assert_close
+from helpers import assert_close, backend_or_skip
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SEEDS = st.integers(0, 2**32 - 1)
@@ -26,10 +26,7 @@ POOL_BACKENDS = ["numpy", "numba", "cython"]
 
 
 def _need(backend):
-    try:
-        registry.load(registry.parse(backend)[0])
-    except Exception as err:  # not built or not installed here
-        pytest.skip(f"backend {backend} unavailable: {err}")
+    backend_or_skip(registry.parse(backend)[0])
     return backend
 
 

@@ -24,19 +24,18 @@ of a call and restored.) Scratch comes from ``workspaces`` (per Python thread an
 """
 import collections
 import contextlib
-import ctypes
 import functools
-import glob
 import importlib
-import os
-import sys
 import threading
 
 import numpy as np
 
+from .. import runtime
+from .._cy import not_built
 from ..shapes import adjoint_spec
 from .workspaces import clear_workspaces, workspace  # noqa: F401 (part of this module's API)
 
+runtime.start_pools()  # before the extension loads OpenMP, which reads its wait policy only then
 try:
     from .._cy import _blocked, _conv, _im2col, _omp, _pool
 except ImportError as err:  # extension not compiled (no C compiler at install time)
@@ -81,8 +80,7 @@ _SMALL_GEMM = 1 << 20  # m * n * k up to which OpenBLAS multiplies without packi
 def check_available():
     """Raise ImportError naming the fix when the compiled extension is missing."""
     if _IMPORT_ERROR is not None:
-        raise ImportError(f"fastconv's Cython extension is not built ({_IMPORT_ERROR}); reinstall fastconv "
-                          f"with a C compiler available, e.g. `pip install --no-build-isolation -e .`")
+        raise ImportError(f"fastconv's Cython extension is {not_built(_IMPORT_ERROR)}")
 
 
 def num_threads():
@@ -112,50 +110,6 @@ def seconds(op, spec, dtype, algorithm):
     return SECONDS_PER_MAC * spec.flops / 2
 
 
-# ------------------------------------------------------------------------------ BLAS threads
-def _openblas_library():
-    """SciPy's OpenBLAS, loaded with ctypes, if SciPy's BLAS is one (Linux/macOS wheels)."""
-    import scipy
-    root = os.path.dirname(os.path.dirname(scipy.__file__))
-    patterns = [os.path.join(root, "scipy.libs", "*openblas*"),
-                os.path.join(os.path.dirname(scipy.__file__), ".dylibs", "*openblas*")]
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError), open("/proc/self/maps") as maps:
-            patterns = sorted({line.split()[-1] for line in maps
-                               if "openblas" in line and "scipy" in line and "numpy" not in line}) + patterns
-    for pattern in patterns:
-        for path in glob.glob(pattern):
-            with contextlib.suppress(OSError):
-                lib = ctypes.CDLL(path)
-                for prefix in ("scipy_openblas", "openblas"):
-                    get = getattr(lib, f"{prefix}_get_num_threads", None)
-                    set_ = getattr(lib, f"{prefix}_set_num_threads", None)
-                    if get is not None and set_ is not None:
-                        get.restype, set_.argtypes = ctypes.c_int, [ctypes.c_int]
-                        return get, set_
-    return None
-
-
-_blas_threads = None if _IMPORT_ERROR is not None else _openblas_library()
-
-
-@contextlib.contextmanager
-def blas_threads(n):
-    """Run the block with SciPy's BLAS on ``n`` threads (a no-op if its thread count is unknown)."""
-    if _blas_threads is None:
-        yield
-        return
-    get, set_ = _blas_threads
-    old = get()
-    if old != n:
-        set_(n)
-    try:
-        yield
-    finally:
-        if old != n:
-            set_(old)
-
-
 def _gemm_plan(spec, itemsize, whole_samples=False):
     """``(tile, threads, blas)``: outputs per matrix product (flattened over sample and pixel: whole
     rows of one sample within the cache budget, or several whole samples when they are tiny), OpenMP
@@ -171,7 +125,7 @@ def _gemm_plan(spec, itemsize, whole_samples=False):
         tile = min(max(_MIN_TILE, tile), ohw)
         tile -= tile % spec.ow if tile >= spec.ow else 0
     tile = max(1, min(tile, total))
-    if _blas_threads is None:  # can't keep the BLAS to one thread: let it parallelise each product
+    if not runtime.blas_controllable():  # can't keep the BLAS to one thread: let it parallelise each product
         return tile, 1, threads
 
     def tasks(tile):
@@ -302,7 +256,7 @@ def conv2d(x, w, b, spec, algorithm):
         _conv.conv2d(x, w, b, y, _wide_workspace(spec, x.dtype), spec.geometry())
         return y
     tile, threads, blas = _gemm_plan(spec, x.itemsize)
-    with blas_threads(blas):
+    with runtime.blas_threads(blas):
         _im2col.conv2d_gemm(x, w, b, y, _cols_workspace(spec, tile, threads, x.dtype), spec.geometry(),
                             tile, threads)
     return y
@@ -316,7 +270,7 @@ def conv2d_grad_input(gy, w, spec, algorithm):
         _conv.conv2d_grad_input(gy, w, gx, _wide_workspace(spec, gy.dtype), spec.geometry())
         return gx
     tile, threads, blas = _gemm_plan(spec, gy.itemsize, whole_samples=True)
-    with blas_threads(blas):
+    with runtime.blas_threads(blas):
         _im2col.conv2d_grad_input_gemm(gy, w, gx, _cols_workspace(spec, tile, threads, gy.dtype),
                                        spec.geometry(), tile, threads)
     return gx
@@ -379,7 +333,7 @@ def conv2d_grad_weight(gy, x, spec, algorithm):
     tile, threads, blas = _gemm_plan(spec, gy.itemsize)
     acc = workspace("grad_weight", (threads, int(np.prod(spec.w_shape))), gy.dtype)
     acc.fill(0)
-    with blas_threads(blas):
+    with runtime.blas_threads(blas):
         _im2col.conv2d_grad_weight_gemm(gy, x, acc, _cols_workspace(spec, tile, threads, gy.dtype),
                                         spec.geometry(), tile, threads)
     return acc.sum(axis=0).reshape(spec.w_shape)

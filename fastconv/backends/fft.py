@@ -50,7 +50,7 @@ from functools import lru_cache
 import numpy as np
 import scipy.fft as sfft
 
-from ..config import get_num_threads
+from .. import runtime
 from ..shapes import ConvSpec
 from .workspaces import workspace
 
@@ -147,7 +147,7 @@ def _selector(index):
 
 # --------------------------------------------------------------------------------- transforms
 def _workers():
-    return get_num_threads()
+    return runtime.threads()
 
 
 def _spectrum(a, rows, cols):

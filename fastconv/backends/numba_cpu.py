@@ -19,14 +19,15 @@ and allocated again on every call cost page faults. Pooling, unpooling and their
 loops over ``n*c`` planes. Signatures are those of ``reference`` (the conv kernels also take
 ``algorithm=`` to force one). Nothing compiles at import.
 """
-import os
-
 import numba
 import numpy as np
 
+from .. import runtime
 from ..shapes import is_pointwise
 from . import _numba_loops as loops
 from .workspaces import clear_workspaces, workspace  # noqa: F401 (part of this module's API)
+
+runtime.start_pools()  # before Numba's first parallel loop loads OpenMP: the runtime's wait policy and threads
 
 ALGORITHMS = ("direct", "gemm", "per_task")
 #: Operands whose NaN or inf an algorithm does not propagate as the reference does (the direct loops skip
@@ -35,32 +36,6 @@ NONFINITE_CHECKS = {"direct": {"conv2d": ("w",), "conv2d_grad_weight": ("gy",)}}
 MAX_COLUMN_BYTES = 8 << 20    # one sample's columns above this are cut into bands of output rows
 MERGE_BYTES = 2 << 20         # samples' columns are put side by side up to this (about the L2 cache)
 POINTWISE_MERGE_BELOW = 1024  # ... for a 1x1 conv only when a sample has fewer output pixels than this
-
-
-# ---------------------------------------------------------------------------------- threads
-SPIN_COUNT = "10000"  # libgomp's default, 300000 pauses, keeps a worker busy ~5 ms after each region
-
-
-def _start_threads():
-    """Start Numba's thread pool with OpenMP workers that soon stop spinning after a parallel region.
-
-    Spinning workers take a core from the BLAS threads of the GEMM that follows im2col (measured: a few ms
-    of CPU burnt per region). libgomp reads ``GOMP_SPINCOUNT`` once, when it loads, so it is set only
-    while Numba starts its pool, and only if the user chose no policy (``OMP_WAIT_POLICY`` or
-    ``GOMP_SPINCOUNT``) and no pool runs yet; compiling nothing.
-    """
-    from numba.np.ufunc import parallel
-    if (getattr(parallel, "_is_initialized", True) or not hasattr(parallel, "_launch_threads")
-            or "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ):
-        return  # a pool runs already, this Numba starts it differently, or the user chose a policy
-    os.environ["GOMP_SPINCOUNT"] = SPIN_COUNT
-    try:
-        parallel._launch_threads()
-    finally:
-        del os.environ["GOMP_SPINCOUNT"]
-
-
-_start_threads()
 
 
 # ----------------------------------------------------------------------------- convolution
@@ -75,40 +50,11 @@ def sample_gemm_size(spec):
     return cog * cig * spec.kh * spec.kw * spec.oh * spec.ow
 
 
-def _find_blas_threads():
-    """``(get, set)`` of the thread count of the BLAS that Numba's ``np.dot`` calls (SciPy's OpenBLAS),
-    or None where that BLAS is another (then only small GEMMs run inside Numba tasks)."""
-    try:
-        import ctypes
-
-        import scipy.linalg.cython_blas as blas
-        lib = ctypes.CDLL(blas.__file__)
-        return lib.scipy_openblas_get_num_threads, lib.scipy_openblas_set_num_threads
-    except (ImportError, OSError, AttributeError):
-        return None
-
-
-_blas_threads = []  # filled on first use: [(get, set) or None]
-
-
-def _blas_control():
-    if not _blas_threads:
-        _blas_threads.append(_find_blas_threads())
-    return _blas_threads[0]
-
-
 def _on_one_blas_thread(kernel, *args):
-    """Run a ``per_task`` kernel with SciPy's OpenBLAS held to one thread (restored afterwards): each
-    Numba task's product then runs on the task's own thread, never starting BLAS threads inside it."""
-    control = _blas_control()
-    before = control[0]() if control else 1
-    if before != 1:
-        control[1](1)
-    try:
+    """Run a ``per_task`` kernel with the kernels' BLAS held to one thread: each Numba task's product then
+    runs on the task's own thread, never starting BLAS threads inside it."""
+    with runtime.blas_threads(1):
         kernel(*args)
-    finally:
-        if before != 1:
-            control[1](before)
 
 
 def num_threads():
@@ -118,7 +64,7 @@ def num_threads():
 
 def holds_blas():
     """Whether BLAS can be held to one thread inside each ``"per_task"`` task (SciPy's OpenBLAS)."""
-    return _blas_control() is not None
+    return runtime.blas_controllable()
 
 
 def supports(op, spec, dtype, algorithm):
@@ -143,7 +89,7 @@ def _task_shape(spec, itemsize):
     n, oh = spec.n, spec.oh
     row_bytes = spec.c_in * spec.kh * spec.kw * spec.ow * itemsize
     rows = max(1, TASK_BYTES // row_bytes)
-    if _blas_control() is None:
+    if not runtime.blas_controllable():
         rows = min(rows, max(1, BLAS_ONE_THREAD * spec.oh // max(1, sample_gemm_size(spec))))
     if rows < oh:
         return 1, -(-oh // -(-oh // rows))

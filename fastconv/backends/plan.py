@@ -32,6 +32,7 @@ from typing import Callable
 
 import numpy as np
 
+from .. import runtime
 from . import model, registry, separable, tune
 
 #: Backends the automatic choice considers on the CPU (the model orders them).
@@ -115,8 +116,7 @@ def reset():
 
 
 def _threads():
-    from ..config import get_num_threads
-    return get_num_threads()
+    return runtime.threads()
 
 
 # ------------------------------------------------------------------------------------ planning
@@ -124,6 +124,8 @@ def plan(op, spec, dtype, device="cpu", backend=None):
     """The :class:`Plan` of kernel ``op`` for ``spec`` (None for unpooling) in ``dtype`` on ``device``,
     under ``backend`` (None or ``"auto"``: the default)."""
     name = _default if backend is None or backend == "auto" else backend
+    if not isinstance(name, str):
+        registry.parse(name)  # a TypeError naming the argument (a list would fail as a key below)
     dtype = None if dtype is None else np.dtype(dtype)
     key = (op, spec, dtype, device, name, tune.enabled(), _exact, _threads() if device == "cpu" else 0)
     found = _plans.get(key)

@@ -18,7 +18,7 @@ MODULES = {
     "numba": "fastconv.backends.numba_cpu",
     "cython": "fastconv.backends.cython_cpu",
     "fft": "fastconv.backends.fft",
-    "cuda": "fastconv.backends.cuda",
+    "cuda": "fastconv.gpu.backend",
 }
 #: The kernels of one convolution layer (forward, input gradient, weight gradient).
 CONV_OPS = ("conv2d", "conv2d_grad_input", "conv2d_grad_weight")

@@ -27,6 +27,8 @@ import warnings
 
 import numpy as np
 
+from .._version import __version__
+from .. import runtime
 from . import registry
 
 #: Timed calls per candidate (after one warm-up); a call over ``LONG_CALL`` seconds is timed once.
@@ -63,17 +65,6 @@ def cache_path():
     return os.path.join(folder, "autotune.json")
 
 
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def shape_class(spec):
     """The spec with its batch rounded up to a power of two: specs that share a measurement."""
     return dataclasses.replace(spec, n=1 << max(0, spec.n - 1).bit_length())
@@ -81,9 +72,15 @@ def shape_class(spec):
 
 def key(op, spec, dtype, threads):
     """The cache key: what the winner depends on."""
-    from .. import __version__
-    return (f"{op}|{shape_class(spec)!r}|{np.dtype(dtype).name}|{platform.node()}|{_cpu_model()}"
+    shape = None if spec is None else shape_class(spec)
+    return (f"{op}|{shape!r}|{np.dtype(dtype).name}|{platform.node()}|{runtime.cpu_name()}"
             f"|cpus={os.cpu_count()}|threads={threads}|fastconv={__version__}")
+
+
+def entries_here(threads):
+    """The cached winners that apply to this machine, thread count and version: ``{key: name}``."""
+    suffix = key("", None, "float32", threads).split("|", 3)[3]  # machine, cores, threads, version
+    return {k: v for k, v in _entries(cache_path()).items() if k.endswith(suffix)}
 
 
 def known(op, spec, dtype, threads):

@@ -257,22 +257,15 @@ def set_threads(n):
 
 
 def set_blas_threads(n):
-    """Set the thread count of every BLAS NumPy and SciPy loaded (see ``fastconv.config``)."""
-    from fastconv.config import set_blas_threads as set_them
+    """Set the thread count of every BLAS NumPy and SciPy loaded (see ``fastconv.runtime``)."""
+    from fastconv.runtime import set_blas_threads as set_them
     return set_them(n)
 
 
 def cpu_name():
-    """The CPU's model name (Linux), else what ``platform`` knows."""
-    import platform
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The CPU's model name."""
+    from fastconv.runtime import cpu_name
+    return cpu_name()
 
 
 def cpu_isa():

@@ -324,7 +324,7 @@ def machine_info(threads, set_to, gemm):
             "allocator": common.allocator(), "python": platform.python_version(),
             "numpy": np.__version__, "fastconv": fastconv.__version__, "gemm_gflops": gemm}
     try:
-        info["fastconv_config"] = {k: str(v) for k, v in fastconv.config.config().items()}
+        info["fastconv_config"] = {k: str(v) for k, v in fastconv.info.config().items()}
     except Exception as err:  # show_config is informative only
         info["fastconv_config"] = {"error": str(err)}
     if common.has_torch():

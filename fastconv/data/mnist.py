@@ -19,7 +19,9 @@ import zlib
 
 import numpy as np
 
-__all__ = ["MNIST", "DatasetError", "default_root", "MIRRORS", "FILES", "MEAN", "STD", "normalize"]
+from .. import shapes
+
+__all__ = ["MNIST", "DatasetError", "MissingData", "default_root", "MIRRORS", "FILES", "MEAN", "STD", "normalize"]
 
 MIRRORS = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
@@ -46,6 +48,15 @@ class DatasetError(RuntimeError):
     """A data file that is unreadable, truncated, corrupted or not what it claims to be."""
 
 
+class MissingData(FileNotFoundError):
+    """An MNIST file that is not there; ``name`` and ``folder`` say which and where it was looked for (so
+    that a front end can give its own advice: the CLI's is ``--download`` / ``--data-dir``)."""
+
+    def __init__(self, message, name, folder):
+        super().__init__(message)
+        self.name, self.folder = name, folder
+
+
 def default_root():
     """``$FASTCONV_DATA``, else ``~/.cache/fastconv/data``."""
     return os.environ.get("FASTCONV_DATA") or os.path.join(os.path.expanduser("~"), ".cache", "fastconv", "data")
@@ -54,10 +65,11 @@ def default_root():
 def normalize(images, pad=False, dtype=np.float32):
     """uint8 ``(N, 28, 28)`` -> ``(N, 1, 28, 28)`` (or zero-padded by 2 to ``32x32``) float, standardised
     with MNIST's mean and std. Padding is added before standardising, so it matches the background."""
-    images = np.asarray(images)
-    if images.ndim != 3:
-        raise ValueError(f"images must be (N, H, W), got shape {images.shape}")
-    p = 2 if pad else 0
+    images = shapes.as_array("images", images)
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise ValueError(f"images must be uint8 (N, H, W), got {images.dtype} of shape {images.shape}")
+    dtype = shapes.float_dtype("dtype", dtype)
+    p = 2 if shapes.flag("pad", pad) else 0
     lut = ((np.arange(256) / 255.0 - MEAN) / STD).astype(dtype)  # one table lookup per pixel
     out = np.full((images.shape[0], 1, images.shape[1] + 2 * p, images.shape[2] + 2 * p), lut[0], dtype=dtype)
     out[:, 0, p:p + images.shape[1], p:p + images.shape[2]] = lut[images]
@@ -89,9 +101,9 @@ def _read(path, name):
         stat = os.stat(path)
     except FileNotFoundError:
         folder = os.path.dirname(path)
-        raise FileNotFoundError(
+        raise MissingData(
             f"MNIST file {name} not found in {folder}: pass download=True to fetch it, or copy the four "
-            f"standard files from one of {list(MIRRORS)} into {folder} (or set FASTCONV_DATA)") from None
+            f"standard files from one of {list(MIRRORS)} into {folder} (or set FASTCONV_DATA)", name, folder) from None
     key = (os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
     if key not in _cache:
         try:
@@ -138,8 +150,14 @@ class MNIST:
     """
 
     def __init__(self, root=None, train=True, download=False, mirrors=MIRRORS):
+        if root is not None and not isinstance(root, (str, os.PathLike)):
+            raise TypeError(f"root must be a folder's path (str or os.PathLike), got {type(root).__name__}")
+        if isinstance(mirrors, str) or not isinstance(mirrors, (tuple, list)) \
+                or not all(isinstance(m, str) for m in mirrors):
+            raise TypeError(f"mirrors must be a tuple of URL strings, got {mirrors!r}")
+        download = shapes.flag("download", download)
         root = os.fspath(root) if root is not None else default_root()
-        self.train = bool(train)
+        self.train = shapes.flag("train", train)
         names = FILES[self.train]
         folder = root if all(os.path.exists(os.path.join(root, n)) for n in names) else os.path.join(root, "mnist")
         if download:
