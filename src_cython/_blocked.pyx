@@ -5,11 +5,13 @@ gradient.
 The micro-kernel in ``blocked_conv.h`` keeps a tile of outputs (up to 14 pixels of one row by 16
 output channels with AVX-512, 6 by 16 with AVX2) in vector registers while it runs the whole reduction,
 so no column matrix is built and each weight is loaded once per tile. Here: the weights are packed per
-block of output channels, and the work is cut into tasks (one sample, a band of output rows) run in
-parallel over OpenMP. A task of a padded convolution first copies the input rows it reads into its
-thread's scratch, zero-padded, so the micro-kernel never tests bounds. The weight gradient turns the
-tile (see ``grad_weight``); the input gradient is the forward pass of another convolution (the
-caller's ``adjoint_spec``).
+block of output channels (and checked against the caller's weights on every call, in the same parallel
+region), and the work is cut into tasks (one sample, a band of output rows, a chunk of channel blocks)
+run in parallel over OpenMP; a task runs each block of its chunk over every row of its band, so the
+block's weights stay in cache. A task of a padded convolution first copies the input rows it reads into
+its thread's scratch, zero-padded, so the micro-kernel never tests bounds. The weight gradient turns the
+tile (see ``grad_weight``); the input gradient is the forward pass of another convolution
+(``fastconv.shapes.adjoint_spec``), its weights flipped on the way into the packing (``adjoint``).
 """
 cimport numpy as cnp
 from cython.parallel cimport parallel, prange, threadid

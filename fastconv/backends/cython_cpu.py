@@ -14,7 +14,10 @@ see ``model.cython_algorithm`` for where each wins):
   reduction, reading the input in place, so nothing is unfolded. It runs forward passes, weight
   gradients (the same tile turned: kernel taps by output channels, reduced over output pixels) and the
   input gradients of stride-1 convolutions (the forward pass of the adjoint convolution: flipped
-  kernels, channels swapped; see :func:`supports`).
+  kernels, channels swapped; see :func:`supports`). Its packed weights are kept per weight array
+  (``packed_weights``) and checked against the array on every call; the split into tasks comes from
+  ``_blocked_plan`` / ``_grad_weight_plan``; a portable build picks the kernel's build for the widest
+  vectors the CPU has (``_widest_blocked``).
 
 Pooling and unpooling run ``_cy._pool``. Every kernel is parallel over OpenMP threads
 (``fastconv.set_num_threads`` / ``OMP_NUM_THREADS``). The GEMM kernels either run tiles in parallel with
