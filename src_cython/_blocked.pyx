@@ -274,8 +274,9 @@ cdef void weight_task(const float* gy, const float* x, float* out, float* scratc
     else:             # tiles of nearly equal numbers of taps
         s.ekw, s.edw, count = 1, 0, g.taps
         step = fc_tile_width(count)
-    oc0 = grp * g.cog + blk0 * width
-    fill(out + oc0 * g.taps, <float>0, (min(g.cog, blk1 * width) - blk0 * width) * g.taps)
+    if n0 == n1:  # a run without samples (the first sample's tiles write, later ones add)
+        oc0 = grp * g.cog + blk0 * width
+        fill(out + oc0 * g.taps, <float>0, (min(g.cog, blk1 * width) - blk0 * width) * g.taps)
     for n in range(n0, n1):
         if padded(g):
             copy_band(x, scratch, g, n, grp, 0, g.oh, xc)
@@ -288,7 +289,7 @@ cdef void weight_task(const float* gy, const float* x, float* out, float* scratc
             # the block's output gradient, pixel-major: the micro-kernel's "weights"
             fc_pack_block(gy + (n * g.c_out + oc0) * g.ohw, g.ohw, 1, 0, <int>g.ohw, 0, <int>nc, <int>width,
                           packed, 1)
-            d.yc, d.nc, d.bias, d.add = g.taps, nc, NULL, 1
+            d.yc, d.nc, d.bias, d.add = g.taps, nc, NULL, n > n0
             for tile in range((count + step - 1) // step):
                 t0 = tile * step
                 s.cols = taps + t0
