@@ -28,6 +28,12 @@ def _compiler_accepts(compiler, flag, program="int main(void){return 0;}\n"):
     return True
 
 
+#: Portable builds also compile the register-blocked kernel for these instruction sets (the Cython backend
+#: picks the widest the CPU has at import); native builds compile it once, for the CPU at hand.
+ISA_BUILDS = {"_blocked_avx2": ["-mavx2", "-mfma"],
+              "_blocked_avx512": ["-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl", "-mavx2", "-mfma"]}
+
+
 class BuildExt(build_ext):
     def build_extensions(self):
         omp_probe = "#include <omp.h>\nint main(void){return omp_get_max_threads() < 1;}\n"
@@ -39,6 +45,15 @@ class BuildExt(build_ext):
         # (AVX2/AVX-512). FASTCONV_PORTABLE=1 builds for the compiler's baseline instead (wheels).
         native = (os.environ.get("FASTCONV_PORTABLE") != "1"
                   and _compiler_accepts(self.compiler, "-march=native"))
+        kept = []
+        for ext in self.extensions:
+            flags = ISA_BUILDS.get(ext.name.rsplit(".", 1)[-1])
+            if flags is not None:
+                if native or not all(_compiler_accepts(self.compiler, f) for f in flags):
+                    continue
+                ext.extra_compile_args += flags
+            kept.append(ext)
+        self.extensions = kept
         for ext in self.extensions:
             if openmp:
                 ext.extra_compile_args += ["-fopenmp"]
@@ -61,6 +76,7 @@ def _extensions():
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         )
         for path in sorted(glob.glob("src_cython/*.pyx"))
+        if os.environ.get("FASTCONV_PORTABLE") == "1" or os.path.splitext(os.path.basename(path))[0] not in ISA_BUILDS
     ]
     return cythonize(exts, language_level=3, compiler_directives={
         "boundscheck": False, "wraparound": False, "cdivision": True, "initializedcheck": False})

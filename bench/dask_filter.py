@@ -228,7 +228,7 @@ def parse_args(argv):
 
 def machine():
     import fastconv
-    from benchmarks import common
+    from fastconv.bench import common
     from compare import gemm_rate
     return {"cpu": common.cpu_name(), "cores": os.cpu_count(), "simd": fastconv.info.config().get("cython simd"),
             "gemm_gflops": gemm_rate(1024)["numpy"], "load_average": os.getloadavg(),

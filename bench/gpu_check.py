@@ -1,7 +1,7 @@
 """Check and time fastconv's CUDA backend on a GPU machine, in one run.
 
 1. Correctness: every GPU op against fastconv's CPU path on the benchmark shapes of
-   ``bench/benchmarks/common.py``: fresh random data for every check, every output the GPU writes filled
+   ``fastconv/bench/common.py``: fresh random data for every check, every output the GPU writes filled
    with NaN beforehand (``fastconv.gpu.alloc.poison_outputs``), and the CPU oracle computed in float64
    from the same inputs. Convolutions: forward through both kernels (direct and implicit GEMM) and through
    ``F.conv{1,2}d``, input/weight/bias gradients through autograd; transposed convolution; max pooling
@@ -40,8 +40,7 @@ import traceback
 import numpy as np
 from numba import cuda  # a module global: the simulator swaps it for its own inside kernels
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchmarks import common  # noqa: E402  (the one shape table)
+from fastconv.bench import common  # the one shape table
 
 RTOL = {np.dtype(np.float32): 1e-4, np.dtype(np.float64): 1e-10}  # x max|oracle|; sums of up to 25k terms
 
@@ -555,7 +554,7 @@ def _compile_records(launches, ccs, tmp):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="tiny shapes (seconds; runs under the simulator)")
-    parser.add_argument("--shapes", help="comma-separated shape names of bench/benchmarks/common.py")
+    parser.add_argument("--shapes", help="comma-separated shape names of fastconv/bench/common.py")
     parser.add_argument("--dtypes", default=None, help="checked dtypes (default float32; --tiny: both)")
     parser.add_argument("--seed", type=int, help="random data seed (default: the time)")
     parser.add_argument("--repeat", type=int, default=11)

@@ -2,7 +2,7 @@
 
 For stride-1 3x3 layers (vgg_3x3 and dilated from the shared shape table; 64 channels at 56x56, 256 at
 28x28 and 512 at 14x14, batch 1 and 8) this times, after a warm-up and in interleaved blocks of
-back-to-back calls (``compare.time_interleaved``), with the same thread count for every library:
+back-to-back calls (``fastconv.bench.compare.time_blocks``), with the same thread count for every library:
 
 - end to end through each library's autograd: the forward pass, and forward + backward (input, weight
   and bias gradients): PyTorch, fastconv ``backend="winograd"`` (its default tile) and ``"auto"``;
@@ -28,9 +28,9 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchmarks import common  # noqa: E402
+from fastconv.bench import common  # noqa: E402
 from benchmarks.bench_winograd import SHAPES, TINY  # noqa: E402  (the asv suite's shapes)
-from compare import gemm_rate, time_interleaved  # noqa: E402
+from fastconv.bench.compare import gemm_rate, time_blocks  # noqa: E402
 
 KERNELS = common.CONV_KERNELS
 END_TO_END = (common.TORCH, "winograd", "auto")
@@ -91,7 +91,7 @@ STATS = {"median": statistics.median, "min": min}
 
 def _times(calls, repeat, min_time, stat):
     """Seconds per call of each implementation: ``stat`` ("median" or "min") of its timed blocks."""
-    samples = time_interleaved(calls, repeat, min_time)
+    samples = time_blocks(calls, repeat, min_time, settle=0.0 if min_time == 0 else 0.05)
     return {name: STATS[stat](s) for name, s in samples.items()}
 
 

@@ -6,53 +6,30 @@
     fastconv plan lenet5 --batch 128          # which kernel runs each pass of a model, and why
     fastconv plan conv2d --input 8,64,56,56 --weight 64,64,3,3 --padding 1 --measure
     fastconv tune                             # measure the kernels of every model's layers, keep the fastest
-    fastconv bench [args]                     # bench/compare.py: fastconv vs PyTorch, per op
-    fastconv compare [args]                   # bench/compare_training.py: training, fastconv vs PyTorch
+    fastconv bench [args]                     # fastconv vs PyTorch, per op (fastconv.bench.compare)
+    fastconv compare [args]                   # training, fastconv vs PyTorch (fastconv.bench.compare_training)
 
-``bench`` and ``compare`` run scripts of the repository's ``bench/`` folder (not part of the installed
-package): they are found beside the package (editable installs) or in the current directory.
+``bench`` and ``compare`` hand everything after them to the tools in ``fastconv.bench``, which ship with the
+package (``bench/`` of a checkout keeps thin wrappers and the asv suites).
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import os
+import importlib
 import sys
 
 from .info import show_config
 
-# Subcommands that hand their arguments to a script of bench/: name -> (file, what it does)
+# Subcommands that hand their arguments to a tool of fastconv.bench: name -> (module, what it does)
 SCRIPTS = {
-    "bench": ("compare.py", "time every op against PyTorch (bench/compare.py)"),
-    "compare": ("compare_training.py", "compare training runs against PyTorch (bench/compare_training.py)"),
+    "bench": ("compare", "time every op against PyTorch (fastconv.bench.compare)"),
+    "compare": ("compare_training", "compare training runs against PyTorch (fastconv.bench.compare_training)"),
 }
 
 
-def _bench_script(filename):
-    """Path of ``bench/<filename>``: beside the package's source tree, else under the current directory."""
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    for root in (here, os.getcwd()):
-        path = os.path.join(root, "bench", filename)
-        if os.path.isfile(path):
-            return path
-    return None
-
-
 def run_script(command, argv):
-    """Import ``bench/<script>`` and return its ``main(argv)`` (0 when it returns None)."""
-    filename, _ = SCRIPTS[command]
-    path = _bench_script(filename)
-    if path is None:
-        print(f"fastconv {command}: bench/{filename} not found. It ships with the source repository, not "
-              f"the installed package: run this from a checkout of fastconv (or its root directory).",
-              file=sys.stderr)
-        return 2
-    spec = importlib.util.spec_from_file_location(f"fastconv_bench_{command}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not hasattr(module, "main"):
-        print(f"fastconv {command}: {path} defines no main(argv)", file=sys.stderr)
-        return 2
+    """Run ``fastconv.bench.<tool>``'s ``main(argv)`` (0 when it returns None)."""
+    module = importlib.import_module(f"fastconv.bench.{SCRIPTS[command][0]}")
     result = module.main(list(argv))
     return 0 if result is None else int(result)
 

@@ -48,9 +48,9 @@ def _simd(omp):
     """The Cython kernels' vector instructions and register tile (pixels x channels)."""
     if omp is None:
         return "n/a"
-    from ._cy import _blocked
+    from .backends.cython_cpu import _blocked  # the build for the widest vectors this CPU has
     pixels, channels = _blocked.tile_shape()
-    return f"{omp.simd()}, register tile {pixels} px x {channels} ch"
+    return f"{omp.simd()}, register tile {pixels} px x {channels} ch ({_blocked.isa()})"
 
 
 def _numba_layer():

@@ -5,16 +5,21 @@ gradient.
 The micro-kernel in ``blocked_conv.h`` keeps a tile of outputs (up to 14 pixels of one row by 16
 output channels with AVX-512, 6 by 16 with AVX2) in vector registers while it runs the whole reduction,
 so no column matrix is built and each weight is loaded once per tile. Here: the weights are packed per
-block of output channels, and the work is cut into tasks (one sample, a band of output rows) run in
-parallel over OpenMP. A task of a padded convolution first copies the input rows it reads into its
-thread's scratch, zero-padded, so the micro-kernel never tests bounds. The weight gradient turns the
-tile (see ``grad_weight``); the input gradient is the forward pass of another convolution (the
-caller's ``adjoint_spec``).
+block of output channels (and checked against the caller's weights on every call, in the same parallel
+region), and the work is cut into tasks (one sample, a band of output rows, a chunk of channel blocks)
+run in parallel over OpenMP; a task runs each block of its chunk over every row of its band, so the
+block's weights stay in cache. A task of a padded convolution first copies the input rows it reads into
+its thread's scratch, zero-padded, so the micro-kernel never tests bounds. The weight gradient turns the
+tile (see ``grad_weight``); the input gradient is the forward pass of another convolution
+(``fastconv.shapes.adjoint_spec``), its weights flipped on the way into the packing (``adjoint``).
 """
+cimport numpy as cnp
 from cython.parallel cimport parallel, prange, threadid
-from libc.string cimport memcpy, memset
+from libc.stdlib cimport free, malloc
 
 import numpy as np
+
+cnp.import_array()
 
 include "_loops.pxi"
 
@@ -23,14 +28,32 @@ cdef extern from "blocked_conv.h" nogil:
     ctypedef struct fc_src:
         const float* x
         const Py_ssize_t* taps
-        int ntaps, sw
+        int ntaps, kw, dw, sw
         const Py_ssize_t* cols
+        int ekw, edw
+    ctypedef struct fc_dst:
+        float* y
+        Py_ssize_t yc
+        int nc
+        const float* bias
+        int add
     int FC_LANES
     int FC_MAX_NV
     int FC_MAX_NJ
+    const char* FC_ISA
+    bint FC_ROW_SHAPE(Py_ssize_t sw, Py_ssize_t kw, Py_ssize_t dw)
     void fc_conv_row(const fc_src* s, const float* w, int nv, int ow, float* y, Py_ssize_t yc, int nc,
                      const float* bias)
-    void fc_tile_any(const fc_src* s, const float* w, int nj, int nv, float* out)
+    void fc_tile_any(const fc_src* s, const float* w, int nj, int nv, const fc_dst* d)
+    int fc_wgrad3_any(const fc_src* s, const float* w, int nr, int nv, const fc_dst* d)
+    int fc_tile_width(Py_ssize_t n)
+    int fc_pack_block(const float* src, Py_ssize_t so, int runs, Py_ssize_t srun, int len, int rev, int nc,
+                      int width, float* out, int fresh)
+
+
+def isa():
+    """The vector instructions this build of the kernel uses ("AVX-512", "AVX2+FMA", or none)."""
+    return FC_ISA.decode()
 
 
 def tile_shape():
@@ -43,6 +66,16 @@ cdef inline int vectors(Py_ssize_t cog) noexcept nogil:
     return 1 if cog <= FC_LANES else FC_MAX_NV
 
 
+def address(cnp.ndarray a not None):
+    """The address of ``a``'s first element (``a.ctypes.data``, without building a ctypes object)."""
+    return <size_t>cnp.PyArray_DATA(a)
+
+
+def block_width(Py_ssize_t cog):
+    """Output channels per weight block (a tile's channels) for ``cog`` output channels per group."""
+    return FC_LANES * vectors(cog)
+
+
 def packed_size(tuple geo):
     """Elements of the packed weights: per group and block of ``lanes * nv`` output channels, a
     ``(taps, lanes * nv)`` matrix (channels past the group's end are zero)."""
@@ -51,21 +84,37 @@ def packed_size(tuple geo):
     return g.groups * ((g.cog + width - 1) // width) * g.taps * width
 
 
-def pack_weights(const float[:, :, :, ::1] w, float[::1] out, tuple geo):
-    """``w[oc, c, i, j]`` into ``out[group, block, (c, i, j), lane]`` (see ``packed_size``)."""
-    cdef Geo g = make_geo(geo)
+cdef int pack_task(const float* w, float* out, Geo* g, bint adjoint, Py_ssize_t task, bint fresh) noexcept nogil:
+    """Packs (or checks) block ``task`` (group ``task // blocks``, block ``task % blocks``) of
+    ``pack_weights``; returns whether it wrote."""
     cdef Py_ssize_t width = FC_LANES * vectors(g.cog), blocks = (g.cog + width - 1) // width
-    cdef Py_ssize_t grp, blk, t, lane, oc
-    cdef const float* wf = &w[0, 0, 0, 0]
-    cdef float* dst
+    cdef Py_ssize_t khw = g.kh * g.kw, so, srun
+    cdef int runs, length
+    if adjoint:  # lane oc, tap (c, r) reads w[group * cig + c, oc, flipped r]: a reversed run per c
+        so, runs, srun, length = khw, <int>g.cig, g.cog * khw, <int>khw
+    else:        # lane oc reads the run w[oc, :, :, :]
+        so, runs, srun, length = g.taps, 1, 0, <int>g.taps
+    return fc_pack_block(w + (task // blocks) * g.cog * g.taps + (task % blocks) * width * so, so, runs, srun,
+                         length, adjoint, <int>min(width, g.cog - (task % blocks) * width), <int>width,
+                         out + task * g.taps * width, fresh)
+
+
+def pack_weights(const float[:, :, :, ::1] w, float[::1] out, tuple geo, bint adjoint=False,
+                 bint fresh=True):
+    """``w[oc, c, i, j]`` into ``out[group, block, (c, i, j), lane]`` (see ``packed_size``) for the
+    convolution ``geo``; with ``adjoint``, ``geo`` is the adjoint of ``w``'s convolution (the input
+    gradient's forward pass, :func:`fastconv.shapes.adjoint_spec`) and the kernels are flipped, in and
+    out channels swapped, on the way. Unless ``fresh``, ``out`` holds an earlier packing and only what
+    differs (bit for bit) is written. Returns the number of blocks written."""
+    cdef Geo g = make_geo(geo)
+    cdef Py_ssize_t width = FC_LANES * vectors(g.cog), tasks = g.groups * ((g.cog + width - 1) // width), task
+    cdef Py_ssize_t written = 0
+    if g.taps == 0 or g.cog == 0:
+        return 0
     with nogil:
-        for grp in range(g.groups):
-            for blk in range(blocks):
-                dst = &out[(grp * blocks + blk) * g.taps * width]
-                for t in range(g.taps):
-                    for lane in range(width):
-                        oc = blk * width + lane
-                        dst[t * width + lane] = wf[(grp * g.cog + oc) * g.taps + t] if oc < g.cog else 0
+        for task in prange(tasks, schedule="static"):
+            written += pack_task(&w[0, 0, 0, 0], &out[0], &g, adjoint, task, fresh)
+    return written
 
 
 cdef inline bint padded(Geo* g) noexcept nogil:
@@ -91,161 +140,200 @@ cdef (Py_ssize_t, Py_ssize_t) strides(Geo* g, Py_ssize_t rows) noexcept nogil:
     return g.hw, g.w
 
 
-cdef Py_ssize_t[::1] tap_offsets(Geo* g, Py_ssize_t xc, Py_ssize_t xr):
-    """Offset of each kernel tap ``(c, i, j)`` of a group from its first input pixel."""
-    cdef Py_ssize_t[::1] taps = np.empty(max(g.taps, 1), np.intp)
+cdef Py_ssize_t* tap_offsets(Geo* g, Py_ssize_t xc, Py_ssize_t xr, bint rows) noexcept nogil:
+    """Offset of each kernel tap ``(c, i, j)`` of a group from its first input pixel, or with ``rows``
+    of each kernel row ``(c, i)`` (its taps follow at ``j * dw``); the caller frees the table."""
+    cdef Py_ssize_t kw = 1 if rows else g.kw
+    cdef Py_ssize_t* taps = <Py_ssize_t*>malloc(max(g.cig * g.kh * kw, 1) * sizeof(Py_ssize_t))
     cdef Py_ssize_t c, i, j
-    for c in range(g.cig):
-        for i in range(g.kh):
-            for j in range(g.kw):
-                taps[(c * g.kh + i) * g.kw + j] = c * xc + i * g.dh * xr + j * g.dw
+    if taps != NULL:
+        for c in range(g.cig):
+            for i in range(g.kh):
+                for j in range(kw):
+                    taps[(c * g.kh + i) * kw + j] = c * xc + i * g.dh * xr + j * g.dw
     return taps
 
 
 def scratch_size(tuple geo, Py_ssize_t rows):
     """Elements of scratch per thread for bands of ``rows`` output rows (0 when nothing is padded)."""
     cdef Geo g = make_geo(geo)
-    return g.c_in * band_rows(&g, rows) * band_width(&g) if padded(&g) else 0
+    return g.cig * band_rows(&g, rows) * band_width(&g) if padded(&g) else 0
 
 
-cdef void copy_band(const float* x, float* buf, Geo* g, Py_ssize_t n, Py_ssize_t r0,
+cdef void copy_band(const float* x, float* buf, Geo* g, Py_ssize_t n, Py_ssize_t grp, Py_ssize_t r0,
                     Py_ssize_t rows, Py_ssize_t stride) noexcept nogil:
-    """Input rows of output rows ``[r0, r0 + rows)`` of sample ``n``, all channels, zero-padded:
-    ``buf[c * stride + r * width + col]`` holds input pixel ``(r0*sh - pt + r, col - pl)``."""
-    cdef Py_ssize_t nr = band_rows(g, rows), wp = band_width(g), c, r, ih, lo, hi
+    """Input rows of output rows ``[r0, r0 + rows)`` of sample ``n``, the channels of group ``grp``,
+    zero-padded: ``buf[c * stride + r * width + col]`` holds input pixel ``(r0*sh - pt + r, col - pl)``."""
+    cdef Py_ssize_t nr = band_rows(g, rows), wp = band_width(g), c, lo, hi, top, valid
     cdef const float* src
     cdef float* dst
     lo = min(g.pl, wp)                        # first column inside the input
     hi = max(lo, min(wp, g.pl + g.w))         # first column past it
-    for c in range(g.c_in):
-        for r in range(nr):
-            dst = buf + c * stride + r * wp
-            ih = r0 * g.sh - g.pt + r
-            if ih < 0 or ih >= g.h:
-                memset(dst, 0, wp * sizeof(float))
-                continue
-            src = x + ((n * g.c_in + c) * g.h + ih) * g.w
-            memset(dst, 0, lo * sizeof(float))
-            memcpy(dst + lo, src + (lo - g.pl), (hi - lo) * sizeof(float))
-            memset(dst + hi, 0, (wp - hi) * sizeof(float))
+    top = min(nr, max(0, g.pt - r0 * g.sh))   # rows above the input
+    valid = max(0, min(nr, g.h + g.pt - r0 * g.sh) - top)
+    for c in range(g.cig):
+        dst = buf + c * stride
+        src = x + ((n * g.c_in + grp * g.cig + c) * g.h + r0 * g.sh - g.pt + top) * g.w + lo - g.pl
+        fill(dst, <float>0, top * wp)
+        blk_copy(dst + top * wp, wp, src, g.w, valid, lo, hi, wp, 1)
+        fill(dst + (top + valid) * wp, <float>0, (nr - top - valid) * wp)
 
 
-cdef void band(const float* x, const float* wp, const float* b, float* y, float* buf,
-               const Py_ssize_t* taps, Geo* g, Py_ssize_t n, Py_ssize_t r0, Py_ssize_t rows,
-               Py_ssize_t full) noexcept nogil:
-    """Output rows ``[r0, r0 + rows)`` of sample ``n``, every channel (``full``: rows of a whole band,
-    which fixes the channel stride of the padded copy)."""
+cdef void conv_task(const float* x, const float* wp, const float* b, float* y, float* buf,
+                    const Py_ssize_t* taps, Geo* g, Py_ssize_t n, Py_ssize_t grp, Py_ssize_t r0,
+                    Py_ssize_t rows, Py_ssize_t blk0, Py_ssize_t blk1, Py_ssize_t xc, Py_ssize_t xr) noexcept nogil:
+    """Output rows ``[r0, r0 + rows)`` of sample ``n``, the channels of blocks ``[blk0, blk1)`` of group
+    ``grp``: each block's weights stay in cache while it runs every row of the band."""
     cdef int nv = vectors(g.cog)
-    cdef Py_ssize_t width = FC_LANES * nv, blocks = (g.cog + width - 1) // width, grp, blk, r, oc
-    cdef Py_ssize_t xc, xr
+    cdef Py_ssize_t width = FC_LANES * nv, blocks = (g.cog + width - 1) // width, blk, r, oc
     cdef fc_src s
     cdef const float* base
-    s.taps, s.ntaps, s.sw, s.cols = taps, g.taps, g.sw, NULL
-    xc, xr = strides(g, full)
+    s.taps, s.sw, s.cols, s.ekw, s.edw = taps, g.sw, NULL, 1, 0
+    if FC_ROW_SHAPE(g.sw, g.kw, g.dw):
+        s.ntaps, s.kw, s.dw = g.cig * g.kh, g.kw, g.dw
+    else:
+        s.ntaps, s.kw, s.dw = g.taps, 1, 0
     if padded(g):
-        copy_band(x, buf, g, n, r0, rows, xc)
+        copy_band(x, buf, g, n, grp, r0, rows, xc)
         base = buf
     else:
-        base = x + n * g.c_in * g.hw + r0 * g.sh * g.w
-    for r in range(rows):  # a row's input stays in cache while every block of channels reads it
-        for grp in range(g.groups):
-            for blk in range(blocks):
-                oc = grp * g.cog + blk * width
-                s.x = base + grp * g.cig * xc + r * g.sh * xr
-                fc_conv_row(&s, wp + (grp * blocks + blk) * g.taps * width, nv, g.ow,
-                            y + ((n * g.c_out + oc) * g.oh + r0 + r) * g.ow, g.ohw,
-                            min(width, g.cog - blk * width), b + oc if b != NULL else NULL)
+        base = x + (n * g.c_in + grp * g.cig) * g.hw + r0 * g.sh * g.w
+    for blk in range(blk0, blk1):
+        oc = grp * g.cog + blk * width
+        for r in range(rows):
+            s.x = base + r * g.sh * xr
+            fc_conv_row(&s, wp + (grp * blocks + blk) * g.taps * width, nv, g.ow,
+                        y + ((n * g.c_out + oc) * g.oh + r0 + r) * g.ow, g.ohw,
+                        min(width, g.cog - blk * width), b + oc if b != NULL else NULL)
 
 
-def conv2d(const float[:, :, :, ::1] x, const float[::1] packed, const float[::1] b,
-           float[:, :, :, ::1] y, float[:, ::1] scratch, tuple geo, Py_ssize_t rows):
-    """``y = conv(x, w) + b`` (``b`` may be None) from ``pack_weights``' output, in tasks of ``rows``
-    output rows; ``scratch``: ``scratch_size(geo, rows)`` elements per thread."""
+def conv2d(const float[:, :, :, ::1] x, const float[:, :, :, ::1] w, float[::1] packed, bint adjoint,
+           bint fresh, const float[::1] b, float[:, :, :, ::1] y, float[:, ::1] scratch, tuple geo,
+           Py_ssize_t rows, Py_ssize_t chunk, int threads):
+    """``y = conv(x, w) + b`` (``b`` may be None) with the weights packed in ``packed`` (packed there
+    first, as ``pack_weights(w, packed, geo, adjoint, fresh)`` does, unless ``w`` is None), in tasks of
+    ``rows`` output rows of one sample by ``chunk`` blocks of output channels of one group; ``scratch``:
+    ``scratch_size(geo, rows)`` elements per thread. One parallel region of ``threads`` threads runs the
+    packing, then the convolution. Returns the number of weight blocks written."""
     cdef Geo g = make_geo(geo)
     cdef const float* bp = NULL
-    cdef Py_ssize_t bands = (g.oh + rows - 1) // rows, t, r0, xc, xr
-    cdef Py_ssize_t[::1] taps
-    if y.size == 0:
-        return
+    cdef Py_ssize_t width = FC_LANES * vectors(g.cog), blocks = (g.cog + width - 1) // width
+    cdef Py_ssize_t bands = (g.oh + rows - 1) // rows, chunks = (blocks + chunk - 1) // chunk
+    cdef Py_ssize_t packs = 0, tasks = 0, written = 0, t, k, r0, xc, xr
+    cdef Py_ssize_t* taps
+    if w is not None and g.taps > 0:
+        packs = g.groups * blocks
     if b is not None:
         bp = &b[0]
     xc, xr = strides(&g, rows)
-    taps = tap_offsets(&g, xc, xr)
-    with nogil, parallel():
-        for t in prange(g.n * bands, schedule="dynamic"):
-            r0 = (t % bands) * rows
-            band(&x[0, 0, 0, 0], &packed[0], bp, &y[0, 0, 0, 0], &scratch[threadid(), 0], &taps[0], &g,
-                 t // bands, r0, min(rows, g.oh - r0), rows)
+    taps = tap_offsets(&g, xc, xr, FC_ROW_SHAPE(g.sw, g.kw, g.dw))
+    if taps == NULL:
+        raise MemoryError()
+    if y.size == 0:
+        packs = 0
+    else:
+        tasks = g.n * g.groups * bands * chunks
+    with nogil, parallel(num_threads=threads):
+        for t in prange(packs, schedule="static"):
+            written += pack_task(&w[0, 0, 0, 0], &packed[0], &g, adjoint, t, fresh)
+        for t in prange(tasks, schedule="dynamic"):
+            k = t % chunks
+            r0 = (t // chunks % bands) * rows
+            conv_task(&x[0, 0, 0, 0], &packed[0], bp, &y[0, 0, 0, 0], &scratch[threadid(), 0], taps, &g,
+                      t // (chunks * bands * g.groups), t // (chunks * bands) % g.groups, r0,
+                      min(rows, g.oh - r0), k * chunk, min(blocks, (k + 1) * chunk), xc, xr)
+    free(taps)
+    return written
 
 
 def grad_weight_scratch(tuple geo):
     """``(padded input, packed gradient)`` elements per thread that ``grad_weight`` needs."""
     cdef Geo g = make_geo(geo)
     cdef Py_ssize_t width = FC_LANES * vectors(g.cog)
-    return scratch_size(geo, g.oh), (g.ohw + FC_MAX_NJ) * width
+    return scratch_size(geo, g.oh), g.ohw * width
 
 
-cdef void weight_task(const float* gy, const float* x, float* parts, float* scratch, float* packed,
-                      const Py_ssize_t* pixels, const Py_ssize_t* taps, Py_ssize_t* last, Geo* g,
-                      Py_ssize_t xc, Py_ssize_t n, Py_ssize_t grp, Py_ssize_t blk) noexcept nogil:
-    """One task of ``grad_weight``: sample ``n``, group ``grp``, block ``blk`` of its output channels."""
+cdef inline bint row_tiles(Geo* g) noexcept nogil:
+    """Whether the weight gradient's tiles are whole kernel rows (kernel widths with a specialised tile)."""
+    return (g.kw == 3 or g.kw == 5) and (g.dw == 1 or (g.kw == 3 and g.dw == 2))
+
+
+cdef void weight_task(const float* gy, const float* x, float* out, float* scratch, float* packed,
+                      const Py_ssize_t* rows, const Py_ssize_t* taps, Geo* g, Py_ssize_t xc, Py_ssize_t n0,
+                      Py_ssize_t n1, Py_ssize_t grp, Py_ssize_t blk0, Py_ssize_t blk1) noexcept nogil:
+    """One task of ``grad_weight``: ``out[oc, tap]`` for the output channels of blocks ``[blk0, blk1)``
+    of group ``grp``, summed over samples ``[n0, n1)``."""
     cdef int nv = vectors(g.cog)
-    cdef Py_ssize_t width = FC_LANES * nv, oc0 = grp * g.cog + blk * width
-    cdef Py_ssize_t nc = min(width, g.cog - blk * width), tiles = (g.taps + FC_MAX_NJ - 1) // FC_MAX_NJ
-    cdef Py_ssize_t nj = (g.taps + tiles - 1) // tiles, c, p, o, t, t0, count
-    cdef float* tile = packed + g.ohw * width
-    cdef const float* src
+    cdef Py_ssize_t width = FC_LANES * nv, oc0, nc, step, count, t0, tile, n, blk
     cdef fc_src s
-    tiles = (g.taps + nj - 1) // nj
-    if padded(g):
-        if last[0] != n:
-            copy_band(x, scratch, g, n, 0, g.oh, xc)
-            last[0] = n
-        s.x = scratch + grp * g.cig * xc
-    else:
-        s.x = x + (n * g.c_in + grp * g.cig) * g.hw
-    for c in range(width):  # the block's output gradient, pixel-major: the micro-kernel's "weights"
-        src = gy + (n * g.c_out + oc0 + c) * g.ohw
-        for p in range(g.ohw):
-            packed[p * width + c] = src[p] if c < nc else 0
-    s.taps, s.ntaps, s.sw = pixels, g.ohw, 0
-    for t in range(tiles):  # tiles of nearly equal width
-        t0 = t * nj
-        count = min(nj, g.taps - t0)
-        s.cols = taps + t0
-        fc_tile_any(&s, packed, count, nv, tile)
-        for o in range(count):
-            for c in range(nc):
-                parts[(oc0 + c) * g.taps + t0 + o] += tile[o * width + c]
+    cdef fc_dst d
+    s.taps, s.ntaps, s.kw, s.dw, s.sw = rows, g.oh, <int>g.ow, <int>g.sw, 0  # reduce over output rows
+    if row_tiles(g):  # tiles of whole kernel rows (c, i): nearly equal numbers of rows
+        s.ekw, s.edw, count = g.kw, g.dw, g.cig * g.kh
+        step = max(1, fc_tile_width(count * g.kw) // g.kw)
+    else:             # tiles of nearly equal numbers of taps
+        s.ekw, s.edw, count = 1, 0, g.taps
+        step = fc_tile_width(count)
+    if n0 == n1:  # a run without samples (the first sample's tiles write, later ones add)
+        oc0 = grp * g.cog + blk0 * width
+        fill(out + oc0 * g.taps, <float>0, (min(g.cog, blk1 * width) - blk0 * width) * g.taps)
+    for n in range(n0, n1):
+        if padded(g):
+            copy_band(x, scratch, g, n, grp, 0, g.oh, xc)
+            s.x = scratch
+        else:
+            s.x = x + (n * g.c_in + grp * g.cig) * g.hw
+        for blk in range(blk0, blk1):
+            oc0 = grp * g.cog + blk * width
+            nc = min(width, g.cog - blk * width)
+            # the block's output gradient, pixel-major: the micro-kernel's "weights"
+            fc_pack_block(gy + (n * g.c_out + oc0) * g.ohw, g.ohw, 1, 0, <int>g.ohw, 0, <int>nc, <int>width,
+                          packed, 1)
+            d.yc, d.nc, d.bias, d.add = g.taps, nc, NULL, n > n0
+            for tile in range((count + step - 1) // step):
+                t0 = tile * step
+                s.cols = taps + t0
+                d.y = out + oc0 * g.taps + t0 * s.ekw
+                if not fc_wgrad3_any(&s, packed, <int>min(step, count - t0), nv, &d):
+                    fc_tile_any(&s, packed, min(step, count - t0) * s.ekw, nv, &d)
 
 
-def grad_weight(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x, float[:, :, ::1] parts,
-                float[:, ::1] scratch, float[:, ::1] packed, tuple geo):
-    """``parts[thread, oc, tap] +=`` the weight gradient of the samples each thread ran (the caller
-    zeroes ``parts``, ``(threads, c_out, taps)``, and sums it over threads).
+def grad_weight(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x, float[:, :, ::1] out,
+                float[:, ::1] scratch, float[:, ::1] packed, tuple geo, Py_ssize_t chunk, int threads):
+    """The weight gradient: ``out[k, oc, tap]`` sums it over the ``k``-th of ``out.shape[0]`` equal
+    runs of samples (the caller sums over ``k``), in tasks of ``chunk`` blocks of output channels.
 
-    The same micro-kernel with the roles turned: the reduction runs over a sample's output pixels, the
-    tile holds up to ``FC_MAX_NJ`` kernel taps by a block of output channels. A task (sample, group,
-    block of output channels) transposes the block's output gradient to pixel-major rows in
-    ``packed[thread]`` (they play the weights) and reads the sample's zero-padded input from
-    ``scratch[thread]`` (copied when the thread moves to another sample); sizes: ``grad_weight_scratch``.
+    The same micro-kernel with the roles turned: the reduction runs over output pixels, the tile holds
+    up to ``FC_MAX_NJ`` kernel taps by a block of output channels. A task (run of samples, group, blocks)
+    reads each sample's zero-padded input from ``scratch[thread]`` and transposes each block's output
+    gradient to pixel-major rows in ``packed[thread]`` (they play the weights); sizes:
+    ``grad_weight_scratch``. ``threads``: of the parallel region.
     """
     cdef Geo g = make_geo(geo)
-    cdef Py_ssize_t blocks = (g.cog + FC_LANES * vectors(g.cog) - 1) // (FC_LANES * vectors(g.cog))
-    cdef Py_ssize_t task, tid, oy, ox, xc, xr
-    cdef Py_ssize_t[::1] pixels = np.empty(max(g.ohw, 1), np.intp)
-    cdef Py_ssize_t[::1] taps
-    cdef Py_ssize_t[::1] last = np.full(scratch.shape[0], -1, np.intp)
+    cdef Py_ssize_t width = FC_LANES * vectors(g.cog), blocks = (g.cog + width - 1) // width
+    cdef Py_ssize_t runs = out.shape[0], per_run = (g.n + runs - 1) // runs
+    cdef Py_ssize_t chunks = (blocks + chunk - 1) // chunk, task, run, k, oy, xc, xr
+    cdef Py_ssize_t* rows
+    cdef Py_ssize_t* taps
     if gy.size == 0 or x.size == 0 or g.taps == 0:
+        out[...] = 0
         return
     xc, xr = strides(&g, g.oh)
-    taps = tap_offsets(&g, xc, xr)
+    taps = tap_offsets(&g, xc, xr, row_tiles(&g))
+    rows = <Py_ssize_t*>malloc(g.oh * sizeof(Py_ssize_t))
+    if taps == NULL or rows == NULL:
+        free(taps)
+        free(rows)
+        raise MemoryError()
     for oy in range(g.oh):
-        for ox in range(g.ow):
-            pixels[oy * g.ow + ox] = oy * g.sh * xr + ox * g.sw
-    with nogil, parallel():
-        for task in prange(g.n * g.groups * blocks, schedule="static"):
-            tid = threadid()
-            weight_task(&gy[0, 0, 0, 0], &x[0, 0, 0, 0], &parts[tid, 0, 0], &scratch[tid, 0],
-                        &packed[tid, 0], &pixels[0], &taps[0], &last[tid], &g, xc,
-                        task // (g.groups * blocks), (task // blocks) % g.groups, task % blocks)
+        rows[oy] = oy * g.sh * xr
+    with nogil, parallel(num_threads=threads):
+        for task in prange(runs * g.groups * chunks, schedule="dynamic"):
+            k = task % chunks
+            run = task // (chunks * g.groups)
+            weight_task(&gy[0, 0, 0, 0], &x[0, 0, 0, 0], &out[run, 0, 0], &scratch[threadid(), 0],
+                        &packed[threadid(), 0], rows, taps, &g, xc, min(g.n, run * per_run),
+                        min(g.n, (run + 1) * per_run), task // chunks % g.groups, k * chunk,
+                        min(blocks, (k + 1) * chunk))
+    free(taps)
+    free(rows)

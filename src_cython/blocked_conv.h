@@ -3,9 +3,10 @@
  * A tile of output, nj consecutive pixels of one output row by FC_LANES*nv output channels (16 x 1
  * with AVX-512, else 8 x 1 or 2), stays in nj*nv vector registers while the reduction runs over every
  * (input channel, kernel row, kernel column). Each step loads the tap's FC_LANES*nv weights (packed
- * contiguously, see pack_weights in _blocked.pyx), broadcasts the nj input pixels the tap reads, and
- * does nj*nv multiply-adds. Nothing is unfolded: the input is read in place, or from a zero-padded copy
- * of the rows one task needs. The weight gradient runs the same tile with the roles turned (fc_src).
+ * contiguously, see fc_pack), broadcasts the nj input pixels the tap reads, and does nj*nv
+ * multiply-adds. Nothing is unfolded: the input is read in place, or from a zero-padded copy of the
+ * rows one task needs. The finished tile is transposed in registers (AVX-512) and written as nj
+ * consecutive pixels of each channel. The weight gradient runs the same tile with the roles turned.
  *
  * The vector type is GCC/Clang's generic one; built with -march=native it becomes AVX2 or AVX-512
  * fused multiply-adds. Other compilers get the same loops on scalars.
@@ -14,80 +15,210 @@
 #define FASTCONV_BLOCKED_CONV_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <string.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
-/* Floats per vector, vectors per weight block, output pixels per tile. Measured on AVX-512 (Zen 4):
- * 14 x 1 accumulators beat 14 x 2 (which spill) and wider tiles (20 to 28 pixels). */
+/* Floats per vector, vectors per weight block, output pixels per tile. Measured on AVX-512 (Zen 4 and
+ * Zen 5): 14 x 1 accumulators beat 14 x 2 (which spill), 12 x 2, 6 x 4 and wider tiles (20 to 28). */
 #if defined(__AVX512F__)
 #define FC_LANES 16
 #define FC_MAX_NV 1
 #define FC_MAX_NJ 14  /* 32 registers: 14 accumulators, 1 weight vector, 1 broadcast */
+#define FC_ISA "AVX-512"
 #else
 #define FC_LANES 8
 #define FC_MAX_NV 2
 #define FC_MAX_NJ 6   /* 16 registers: 6 x 2 accumulators, 2 weight vectors, 1 broadcast */
+#if defined(__AVX2__) && defined(__FMA__)
+#define FC_ISA "AVX2+FMA"
+#else
+#define FC_ISA "no FMA vectors (a portable build)"
+#endif
 #endif
 
-/* Where one tile reads its input. The reduction runs over ntaps offsets; tile element o (an output
- * pixel of the forward pass, a kernel tap of the weight gradient) adds cols[o], or o * sw. */
+/* Where one tile reads its input. The reduction runs over ntaps rows of kw taps each: tap j of row r
+ * reads x + taps[r] + j*dw, and tile element o (an output pixel of the forward pass, a kernel tap of
+ * the weight gradient) adds o * sw, or, with a table, cols[o / ekw] + (o % ekw) * edw (the weight
+ * gradient's elements are the taps of ekw-tap kernel rows). The weights hold one vector (or nv) per
+ * tap, in order. */
 typedef struct {
     const float *x;         /* input at the tile's first element */
-    const ptrdiff_t *taps;  /* reduction offsets from x: the kernel taps (c, i, j) of the forward pass,
-                               c * channel stride + i*dh * row stride + j*dw; the output pixels of the
-                               weight gradient */
-    int ntaps;
-    int sw;                 /* tile element o reads x + taps[t] + o * sw ... */
-    const ptrdiff_t *cols;  /* ... or x + taps[t] + cols[o] when this is not NULL */
+    const ptrdiff_t *taps;  /* row offsets from x: the kernel rows (c, i) of the forward pass,
+                               c * channel stride + i*dh * row stride; the output pixels of the weight
+                               gradient */
+    int ntaps;              /* rows */
+    int kw, dw;             /* taps per row and their spacing */
+    int sw;                 /* element o adds o * sw ... */
+    const ptrdiff_t *cols;  /* ... or, when this is not NULL, cols[o / ekw] + (o % ekw) * edw */
+    int ekw, edw;
 } fc_src;
+
+/* Where one tile's results go: y[c * yc + o] = tile(o, c) (+ bias[c]), for channels c < nc; with add,
+ * y[c * yc + o] += tile(o, c). */
+typedef struct {
+    float *y;
+    ptrdiff_t yc;
+    int nc;
+    const float *bias;
+    int add;
+} fc_dst;
 
 #if defined(__GNUC__) || defined(__clang__)
 typedef float fc_vec __attribute__((vector_size(4 * FC_LANES)));
+typedef float fc_uvec __attribute__((vector_size(4 * FC_LANES), aligned(4)));  /* for unaligned loads */
 
-/* out[o * FC_LANES*nv + c] = sum over t of w[t, c] * x[taps[t] + (cols ? cols[o] : o*sw)], o < nj.
- * Inlined with constant nj, nv and (for 1 and 2) sw, so the accumulators are registers and the input
- * offsets are constants. */
+#if defined(__AVX512F__)
+/* r[0..15] (row o = tile element, lane c = channel) becomes r[c] = column c, lane o = tile element. */
+static inline __attribute__((always_inline)) void fc_transpose16(__m512 *r)
+{
+    __m512 t[16], u[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; i++) {  /* u[4i + k], 128-bit lane L: rows 4i..4i+3 of column 4L + k */
+        __m512d a0 = _mm512_castps_pd(t[4 * i]), a1 = _mm512_castps_pd(t[4 * i + 1]);
+        __m512d a2 = _mm512_castps_pd(t[4 * i + 2]), a3 = _mm512_castps_pd(t[4 * i + 3]);
+        u[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a0, a2));
+        u[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a0, a2));
+        u[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(a1, a3));
+        u[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(a1, a3));
+    }
+    for (int k = 0; k < 4; k++) {  /* column 4L + k: lane L of u[k], u[4 + k], u[8 + k], u[12 + k] */
+        __m512 ab_lo = _mm512_shuffle_f32x4(u[k], u[4 + k], 0x44), ab_hi = _mm512_shuffle_f32x4(u[k], u[4 + k], 0xEE);
+        __m512 cd_lo = _mm512_shuffle_f32x4(u[8 + k], u[12 + k], 0x44);
+        __m512 cd_hi = _mm512_shuffle_f32x4(u[8 + k], u[12 + k], 0xEE);
+        r[k] = _mm512_shuffle_f32x4(ab_lo, cd_lo, 0x88);
+        r[4 + k] = _mm512_shuffle_f32x4(ab_lo, cd_lo, 0xDD);
+        r[8 + k] = _mm512_shuffle_f32x4(ab_hi, cd_hi, 0x88);
+        r[12 + k] = _mm512_shuffle_f32x4(ab_hi, cd_hi, 0xDD);
+    }
+}
+#endif
+
+/* Writes a finished tile: acc[o][v] holds channels v*FC_LANES.. of tile element o. */
+static inline __attribute__((always_inline)) void fc_store(fc_vec acc[][FC_MAX_NV], int nj, int nv,
+                                                           const fc_dst *d)
+{
+#if defined(__AVX512F__)
+    if (nv == 1) {
+        __m512 r[16];
+        __mmask16 mask = (__mmask16)((1u << nj) - 1);
+        for (int o = 0; o < 16; o++)
+            r[o] = o < nj ? (__m512)acc[o][0] : _mm512_setzero_ps();
+        fc_transpose16(r);
+        for (int c = 0; c < d->nc; c++) {
+            float *y = d->y + c * d->yc;
+            __m512 v = r[c];
+            if (d->bias)
+                v = _mm512_add_ps(v, _mm512_set1_ps(d->bias[c]));
+            if (d->add)
+                v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, y));
+            _mm512_mask_storeu_ps(y, mask, v);
+        }
+        return;
+    }
+#endif
+    int width = FC_LANES * nv;
+    float tile[FC_MAX_NJ * FC_MAX_NV * FC_LANES];
+    for (int o = 0; o < nj; o++)
+        memcpy(tile + o * width, acc[o], sizeof(fc_vec) * nv);
+    for (int c = 0; c < d->nc; c++) {
+        float *y = d->y + c * d->yc, b = d->bias ? d->bias[c] : 0.0f;
+        if (d->add)
+            for (int o = 0; o < nj; o++)
+                y[o] += tile[o * width + c];
+        else
+            for (int o = 0; o < nj; o++)
+                y[o] = tile[o * width + c] + b;
+    }
+}
+
+/* out(o, c) = sum over rows r and taps j of w[r*kw + j, c] * x[taps[r] + j*dw + offset of element o],
+ * o < nj, written by fc_store. Inlined with constant nj, nv and (in the common cases) sw, kw, dw, ekw
+ * and edw, so the accumulators are registers, the input offsets constants (or a table entry plus a
+ * constant), and a pixel that several taps of a row read (o*sw + j*dw equal) is broadcast once. */
 static inline __attribute__((always_inline)) void fc_tile(const fc_src *s, const float *w, int nj, int nv,
-                                                          int sw, const ptrdiff_t *cols, float *out)
+                                                          int sw, int kw, int dw, const ptrdiff_t *cols,
+                                                          int ekw, int edw, const fc_dst *d)
 {
     fc_vec acc[FC_MAX_NJ][FC_MAX_NV], wv[FC_MAX_NV];
     ptrdiff_t off[FC_MAX_NJ];
     const float *x = s->x;
     const ptrdiff_t *taps = s->taps;
     for (int o = 0; o < nj; o++) {
-        off[o] = cols ? cols[o] : (ptrdiff_t)o * sw;
+        off[o] = cols ? cols[o / ekw] : (ptrdiff_t)o * sw;  /* a table's entries: per ekw elements */
         for (int v = 0; v < nv; v++)
             acc[o][v] = (fc_vec){0};
     }
-    for (int t = 0, n = s->ntaps; t < n; t++, w += FC_LANES * nv) {
-        const float *p = x + taps[t];
-        memcpy(wv, w, sizeof(fc_vec) * nv);
-        for (int o = 0; o < nj; o++) {
-            float xv = p[off[o]];
-            for (int v = 0; v < nv; v++)
-                acc[o][v] += xv * wv[v];
+    for (int r = 0, n = s->ntaps; r < n; r++) {
+        const float *p = x + taps[r];
+#pragma GCC unroll 12
+        for (int j = 0; j < kw; j++, w += FC_LANES * nv) {
+            for (int v = 0; v < nv; v++)  /* one vector load each (a memcpy of nv vectors can stall) */
+                wv[v] = ((const fc_uvec *)w)[v];
+            for (int o = 0; o < nj; o++) {
+                float xv = cols ? p[off[o] + (o % ekw) * edw + j * dw] : p[off[o] + j * dw];
+                for (int v = 0; v < nv; v++)
+                    acc[o][v] += xv * wv[v];
+            }
         }
     }
-    for (int o = 0; o < nj; o++)
-        memcpy(out + o * FC_LANES * nv, acc[o], sizeof(fc_vec) * nv);
+    fc_store(acc, nj, nv, d);
 }
 #else
-static void fc_tile(const fc_src *s, const float *w, int nj, int nv, int sw, const ptrdiff_t *cols,
-                    float *out)
+static void fc_tile(const fc_src *s, const float *w, int nj, int nv, int sw, int kw, int dw,
+                    const ptrdiff_t *cols, int ekw, int edw, const fc_dst *d)
 {
     int width = FC_LANES * nv;
+    float out[FC_MAX_NJ * FC_MAX_NV * FC_LANES];
     memset(out, 0, sizeof(float) * nj * width);
-    for (int t = 0; t < s->ntaps; t++, w += width)
-        for (int o = 0; o < nj; o++)
-            for (int c = 0; c < width; c++)
-                out[o * width + c] += s->x[s->taps[t] + (cols ? cols[o] : (ptrdiff_t)o * sw)] * w[c];
+    for (int r = 0; r < s->ntaps; r++)
+        for (int j = 0; j < kw; j++, w += width)
+            for (int o = 0; o < nj; o++) {
+                ptrdiff_t off = cols ? cols[o / ekw] + (o % ekw) * edw : (ptrdiff_t)o * sw;
+                for (int c = 0; c < width; c++)
+                    out[o * width + c] += s->x[s->taps[r] + j * dw + off] * w[c];
+            }
+    for (int c = 0; c < d->nc; c++)
+        for (int o = 0; o < nj; o++) {
+            float *y = d->y + c * d->yc + o;
+            *y = (d->add ? *y : (d->bias ? d->bias[c] : 0.0f)) + out[o * width + c];
+        }
 }
 #endif
 
-#define FC_CASE(NJ, NV) case NJ:                                         \
-    if (s->cols) fc_tile(s, w, NJ, NV, 0, s->cols, out);                  \
-    else if (s->sw == 1) fc_tile(s, w, NJ, NV, 1, NULL, out);             \
-    else if (s->sw == 2) fc_tile(s, w, NJ, NV, 2, NULL, out);             \
-    else fc_tile(s, w, NJ, NV, s->sw, NULL, out);                         \
+/* The specialisations: rows (sw, kw, dw) of 3x3 kernels (stride 1 or 2, dilation 1 or 2) and 5x5
+ * kernels, single taps (1x1 kernels, or any kernel as a flat table of taps: see FC_ROW_SHAPE) at stride
+ * 1, 2 or 4, and any other row (runtime sw, kw, dw); element tables (one tap per row) of kernel rows of
+ * 3 or 5 taps, dilation 1 or 2, or of single elements. */
+/* Whether the forward tile runs kernel rows of (sw, kw, dw) (else a flat table of single taps): the
+ * specialised rows, where the pixels that several taps read fit in registers beside the accumulators
+ * (AVX-512's 32 registers). */
+#if FC_LANES == 16
+#define FC_ROW_SHAPE(sw, kw, dw) ((kw) == 1 || ((sw) == 1 && (kw) == 3 && (dw) <= 2) \
+                                  || ((sw) == 1 && (kw) == 5 && (dw) == 1) || ((sw) == 2 && (kw) == 3 && (dw) == 1))
+#else  /* 16 registers: a row's shared pixels do not fit beside 12 accumulators (AVX2: 75 vs 112 GFLOP/s) */
+#define FC_ROW_SHAPE(sw, kw, dw) ((kw) == 1)
+#endif
+#define FC_CASE(NJ, NV) case NJ:                                                                      \
+    if (s->cols) {                                                                                     \
+        if (s->ekw == 3 && s->edw == 1) fc_tile(s, w, NJ, NV, 0, s->kw, s->dw, s->cols, 3, 1, d);      \
+        else if (s->ekw == 5 && s->edw == 1) fc_tile(s, w, NJ, NV, 0, s->kw, s->dw, s->cols, 5, 1, d); \
+        else if (s->ekw == 3 && s->edw == 2) fc_tile(s, w, NJ, NV, 0, s->kw, s->dw, s->cols, 3, 2, d); \
+        else fc_tile(s, w, NJ, NV, 0, s->kw, s->dw, s->cols, 1, 0, d);                                 \
+    }                                                                                                  \
+    else if (s->sw == 1 && s->kw == 3 && s->dw == 1) fc_tile(s, w, NJ, NV, 1, 3, 1, NULL, 1, 0, d);    \
+    else if (s->sw == 1 && s->kw == 1) fc_tile(s, w, NJ, NV, 1, 1, 1, NULL, 1, 0, d);                  \
+    else if (s->sw == 1 && s->kw == 5 && s->dw == 1) fc_tile(s, w, NJ, NV, 1, 5, 1, NULL, 1, 0, d);    \
+    else if (s->sw == 2 && s->kw == 3 && s->dw == 1) fc_tile(s, w, NJ, NV, 2, 3, 1, NULL, 1, 0, d);    \
+    else if (s->sw == 1 && s->kw == 3 && s->dw == 2) fc_tile(s, w, NJ, NV, 1, 3, 2, NULL, 1, 0, d);    \
+    else if (s->sw == 2 && s->kw == 1) fc_tile(s, w, NJ, NV, 2, 1, 1, NULL, 1, 0, d);                  \
+    else if (s->sw == 4 && s->kw == 1) fc_tile(s, w, NJ, NV, 4, 1, 1, NULL, 1, 0, d);                  \
+    else fc_tile(s, w, NJ, NV, s->sw, s->kw, s->dw, NULL, 1, 0, d);                                    \
     return;
 #if FC_MAX_NJ > 6
 #define FC_WIDE_CASES(NV) FC_CASE(7, NV) FC_CASE(8, NV) FC_CASE(9, NV) FC_CASE(10, NV) FC_CASE(11, NV) \
@@ -98,9 +229,9 @@ static void fc_tile(const fc_src *s, const float *w, int nj, int nv, int sw, con
 #define FC_CASES(NV) FC_CASE(1, NV) FC_CASE(2, NV) FC_CASE(3, NV) FC_CASE(4, NV) FC_CASE(5, NV) \
                      FC_CASE(6, NV) FC_WIDE_CASES(NV)
 
-/* fc_tile specialised for each nj (1 <= nj <= FC_MAX_NJ), nv (1 <= nv <= FC_MAX_NV) and offsets of
- * stride 1, 2, other, or from a table. */
-static void fc_tile_any(const fc_src *s, const float *w, int nj, int nv, float *out)
+/* fc_tile specialised for each nj (1 <= nj <= FC_MAX_NJ), nv (1 <= nv <= FC_MAX_NV) and row shape
+ * (the weight gradient's tables of ekw-tap rows need nj a multiple of ekw). */
+static void fc_tile_any(const fc_src *s, const float *w, int nj, int nv, const fc_dst *d)
 {
     if (nv == 1) {
         switch (nj) { FC_CASES(1) }
@@ -110,25 +241,127 @@ static void fc_tile_any(const fc_src *s, const float *w, int nj, int nv, float *
 #endif
 }
 
-/* One output row of one weight block: y[c * yc + o] (+ bias[c]) for c < nc channels, o < ow pixels.
- * The row is cut into tiles of nearly equal width (at most FC_MAX_NJ pixels). */
+#if defined(__AVX512F__) && (defined(__GNUC__) || defined(__clang__))
+/* The weight gradient's tile for nr kernel rows of 3 taps (dilation 1) at stride 1, one vector of
+ * channels: element (k, e) of output pixel j reads x + taps[r] + cols[k] + j + e. Consecutive pixels
+ * share two of a kernel row's three inputs, so each pixel broadcasts one new input per kernel row (and
+ * loads one vector of output gradient) for 3 * nr multiply-adds. */
+static inline __attribute__((always_inline)) void fc_wgrad3(const fc_src *s, const float *w, int nr,
+                                                            const fc_dst *d)
+{
+    fc_vec acc[FC_MAX_NJ][FC_MAX_NV], b[4][3];
+    for (int o = 0; o < 3 * nr; o++)
+        acc[o][0] = (fc_vec){0};
+    for (int r = 0, n = s->ntaps; r < n; r++) {
+        const float *p = s->x + s->taps[r], *q[4];
+        for (int k = 0; k < nr; k++) {
+            q[k] = p + s->cols[k];
+            b[k][0] = (fc_vec){0} + q[k][0];
+            b[k][1] = (fc_vec){0} + q[k][1];
+        }
+        for (int j = 0, ow = s->kw; j < ow; j++, w += FC_LANES) {
+            fc_vec g = *(const fc_uvec *)w;
+            for (int k = 0; k < nr; k++) {
+                b[k][2] = (fc_vec){0} + q[k][j + 2];
+                for (int e = 0; e < 3; e++)
+                    acc[3 * k + e][0] += b[k][e] * g;
+                b[k][0] = b[k][1];
+                b[k][1] = b[k][2];
+            }
+        }
+    }
+    fc_store(acc, 3 * nr, 1, d);
+}
+
+/* fc_wgrad3 for 1 to 4 kernel rows; returns 0 where it does not apply (then use fc_tile_any). */
+static int fc_wgrad3_any(const fc_src *s, const float *w, int nr, int nv, const fc_dst *d)
+{
+    if (nv != 1 || s->ekw != 3 || s->edw != 1 || s->dw != 1)
+        return 0;
+    switch (nr) {
+    case 1: fc_wgrad3(s, w, 1, d); return 1;
+    case 2: fc_wgrad3(s, w, 2, d); return 1;
+    case 3: fc_wgrad3(s, w, 3, d); return 1;
+    case 4: fc_wgrad3(s, w, 4, d); return 1;
+    }
+    return 0;
+}
+#else
+static int fc_wgrad3_any(const fc_src *s, const float *w, int nr, int nv, const fc_dst *d)
+{
+    (void)s; (void)w; (void)nr; (void)nv; (void)d;
+    return 0;
+}
+#endif
+
+/* Tiles of nearly equal width (at most FC_MAX_NJ elements) covering n elements: returns the width. */
+static inline int fc_tile_width(ptrdiff_t n)
+{
+    ptrdiff_t tiles = (n + FC_MAX_NJ - 1) / FC_MAX_NJ;
+    return tiles ? (int)((n + tiles - 1) / tiles) : 0;
+}
+
+/* One output row of one weight block: y[c * yc + o] (+ bias[c]) for c < nc channels, o < ow pixels. */
 static void fc_conv_row(const fc_src *s, const float *w, int nv, int ow, float *y, ptrdiff_t yc, int nc,
                         const float *bias)
 {
-    float tile[FC_MAX_NJ * FC_MAX_NV * FC_LANES];
-    int width = FC_LANES * nv, tiles = (ow + FC_MAX_NJ - 1) / FC_MAX_NJ;
-    int nj = tiles ? (ow + tiles - 1) / tiles : 0;
-    for (int o0 = 0; o0 < ow; o0 += nj) {
-        int n = ow - o0 < nj ? ow - o0 : nj;
-        fc_src t = *s;
-        t.x += (ptrdiff_t)o0 * s->sw;
-        fc_tile_any(&t, w, n, nv, tile);
-        for (int c = 0; c < nc; c++) {
-            float b = bias ? bias[c] : 0.0f;
-            for (int j = 0; j < n; j++)
-                y[c * yc + o0 + j] = tile[j * width + c] + b;
+    int nj = fc_tile_width(ow);
+    fc_src t = *s;
+    fc_dst d = {y, yc, nc, bias, 0};
+    for (int o0 = 0; o0 < ow; o0 += nj, t.x += (ptrdiff_t)nj * s->sw, d.y += nj)
+        fc_tile_any(&t, w, ow - o0 < nj ? ow - o0 : nj, nv, &d);
+}
+
+/* Packs one block of weights in the order the tile reads them, or checks that it is packed: row
+ * t = run*len + k of out holds, in lane l < nc, src[l*so + run*srun + (rev ? len-1-k : k)] (zero for
+ * lanes past nc). Each source row is a run of consecutive taps, so AVX-512 moves 16 x 16 pieces with one
+ * transpose. Only rows that differ (bit for bit) from what out holds are written, unless fresh; returns
+ * whether any was. */
+#ifndef FC_PACK_AHEAD
+#define FC_PACK_AHEAD 64
+#endif
+static int fc_pack_block(const float *src, ptrdiff_t so, int runs, ptrdiff_t srun, int len, int rev, int nc,
+                         int width, float *out, int fresh)
+{
+    int changed = 0;
+#if defined(__AVX512F__) && (defined(__GNUC__) || defined(__clang__))
+    if (width == 16) {
+        for (int run = 0; run < runs; run++) {
+            const float *base = src + run * srun;
+            float *dst = out + (ptrdiff_t)run * len * 16;
+            for (int k0 = 0; k0 < len; k0 += 16) {
+                int m = len - k0 < 16 ? len - k0 : 16, first = rev ? len - k0 - m : k0;
+                __mmask16 mask = (__mmask16)((1u << m) - 1);
+                __m512 r[16];
+                for (int l = 0; l < 16; l++) {
+                    _mm_prefetch((const char *)(base + l * so + first + FC_PACK_AHEAD), _MM_HINT_T0);
+                    r[l] = l < nc ? _mm512_maskz_loadu_ps(mask, base + l * so + first) : _mm512_setzero_ps();
+                }
+                _mm_prefetch((const char *)(dst + (ptrdiff_t)(rev ? len - first - 16 : first) * 16 + 16 * FC_PACK_AHEAD), _MM_HINT_T0);
+                fc_transpose16(r);  /* r[q]: source tap first + q of every lane */
+                for (int q = 0; q < m; q++) {
+                    float *row = dst + (ptrdiff_t)(rev ? len - 1 - first - q : first + q) * 16;
+                    if (fresh || _mm512_cmpneq_epi32_mask(_mm512_castps_si512(r[q]), _mm512_loadu_si512(row))) {
+                        _mm512_storeu_ps(row, r[q]);
+                        changed = 1;
+                    }
+                }
+            }
         }
+        return changed;
     }
+#endif
+    float row[FC_LANES * FC_MAX_NV];
+    for (int run = 0; run < runs; run++)
+        for (int k = 0; k < len; k++, out += width) {
+            for (int l = 0; l < width; l++)
+                row[l] = l < nc ? src[l * so + run * srun + (rev ? len - 1 - k : k)] : 0.0f;
+            if (fresh || memcmp(row, out, sizeof(float) * width)) {
+                memcpy(out, row, sizeof(float) * width);
+                changed = 1;
+            }
+        }
+    return changed;
 }
 
 #endif

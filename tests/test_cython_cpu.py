@@ -165,6 +165,7 @@ def test_blocked_forward_in_bands(monkeypatch, case, seed, band_bytes, more_thre
     threads = cy._omp.max_threads() + more_threads  # never fewer than OpenMP runs: each needs scratch
     monkeypatch.setattr(cy, "_BAND_BYTES", band_bytes)
     monkeypatch.setattr(cy, "num_threads", lambda: threads)
+    monkeypatch.setattr(cy, "BLOCKED_PARALLEL_FLOPS", 0)  # small passes too on every thread
     spec = _spec(case)
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(spec.x_shape).astype(np.float32)
@@ -337,3 +338,112 @@ def test_missing_extension_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(cy, "_IMPORT_ERROR", ImportError("No module named 'fastconv._cy._conv'"))
     with pytest.raises(ImportError, match="not built.*pip install"):
         cy.check_available()
+
+
+# ------------------------------------------------------------------- packed weights of the blocked kernel
+def _check_blocked(w, x, spec, what):
+    """Forward pass and input gradient of the blocked kernel on ``w`` as it is now, against the reference."""
+    w64, gy = w.astype(np.float64), np.random.default_rng(6).standard_normal(spec.y_shape)
+    assert_close(cy.conv2d(x, w, None, spec, algorithm="blocked"), ref.conv2d(x.astype(np.float64), w64, None, spec),
+                 np.float32, what)
+    assert_close(cy.conv2d_grad_input(gy.astype(np.float32), w, spec, algorithm="blocked"),
+                 ref.conv2d_grad_input(gy, w64, spec), np.float32, what + " grad input")
+
+
+@pytest.mark.parametrize("change", ["optimizer step", "load_state_dict", "user write", "same address"])
+def test_packed_weights_follow_in_place_changes(change):
+    """The packed copy is reused while the weights hold the same values and rewritten as soon as an
+    optimizer step, ``load_state_dict`` or a write into the array changes them in place."""
+    from fastconv import nn, optim
+    cy.packed_weights.clear()
+    conv = nn.Conv2d(8, 20, 3, padding=1)
+    x = np.random.default_rng(5).standard_normal((2, 8, 9, 11)).astype(np.float32)
+    spec = shapes.conv_spec(x.shape, conv.weight.shape, None, padding=1)
+    w = conv.weight.data  # the array the layer passes to the kernels
+    _check_blocked(w, x, spec, "first call")
+    written = cy.packed_weights.blocks_written
+    _check_blocked(w, x, spec, "same weights")
+    assert cy.packed_weights.blocks_written == written  # nothing repacked
+    if change == "optimizer step":
+        conv.weight.grad = np.ones_like(w)
+        optim.SGD([conv.weight], lr=0.5).step()
+    elif change == "load_state_dict":
+        conv.load_state_dict({k: np.full_like(v, 0.25) for k, v in conv.state_dict().items()})
+    elif change == "user write":
+        w[19, 7, 2, 2] += 1.0  # one weight of the last (partly filled) block
+    else:  # another array object over the same memory (what a freed and reallocated one looks like)
+        w = np.frombuffer(w.data, np.float32).reshape(w.shape)
+        w[...] = np.random.default_rng(9).standard_normal(w.shape)
+        assert w.ctypes.data == conv.weight.data.ctypes.data and w is not conv.weight.data
+    _check_blocked(w, x, spec, f"after {change}")
+    assert cy.packed_weights.blocks_written > written
+    if change == "user write":  # only the forward and adjoint blocks holding the changed weight
+        assert cy.packed_weights.blocks_written - written == 2
+
+
+def test_packed_weights_are_bounded(monkeypatch):
+    """Least recently used packings go once their bytes pass the bound; results stay right."""
+    monkeypatch.setattr(cy, "PACKED_WEIGHTS_BYTES", 1)
+    cy.packed_weights.clear()
+    spec = shapes.conv_spec((1, 8, 6, 6), (16, 8, 3, 3), None, padding=1)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(spec.x_shape).astype(np.float32)
+    ws = [rng.standard_normal(spec.w_shape).astype(np.float32) for _ in range(3)]
+    for w in ws + ws:
+        assert_close(cy.conv2d(x, w, None, spec, algorithm="blocked"), ref.conv2d(x, w, None, spec),
+                     np.float32, "bounded cache")
+        assert len(cy.packed_weights.entries) == 1
+
+
+@pytest.mark.parametrize("shape", [
+    ((2, 5, 30, 31), (18, 5, 5, 5), dict(padding=2)),                        # 5x5 rows
+    ((2, 3, 41, 45), (17, 3, 7, 7), dict(stride=2, padding=3)),               # 7x7 stride 2: flat taps
+    ((1, 3, 47, 51), (20, 3, 11, 11), dict(stride=4, padding=2)),             # 11x11 stride 4: flat taps
+    ((2, 24, 15, 17), (33, 24, 1, 1), dict(stride=2)),                        # 1x1 stride 2
+    ((2, 9, 19, 23), (16, 9, 3, 3), dict(stride=2, padding=1)),               # 3x3 stride 2 rows
+    ((2, 9, 19, 23), (16, 9, 3, 3), dict(padding=2, dilation=2)),             # 3x3 dilation 2 rows
+    ((2, 6, 14, 16), (12, 6, 3, 3), dict(stride=3, padding=1)),               # any other stride
+    ((2, 6, 14, 16), (12, 6, 3, 4), dict(dilation=(1, 3), padding=(1, 4))),   # any other row
+])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_blocked_tile_shapes(shape, threads, monkeypatch):
+    """Every specialised row shape of the tile (and the general one), forward and both gradients, on
+    one thread and split for more threads than OpenMP runs (more bands, chunks and runs of samples)."""
+    monkeypatch.setattr(cy, "num_threads", lambda: max(threads, cy._omp.max_threads()))
+    monkeypatch.setattr(cy, "BLOCKED_PARALLEL_FLOPS", 0)  # small passes too on every thread
+    spec = shapes.conv_spec(shape[0], shape[1], None, **shape[2])
+    _check_conv(spec, np.float32, "blocked", seed=threads)
+
+
+@pytest.mark.parametrize("n, threads", [(1, 1), (1, 4), (5, 2), (7, 16)])
+def test_blocked_weight_gradient_runs_of_samples(n, threads, monkeypatch):
+    """The weight gradient summed straight into the result (one run of samples) or over several runs
+    (few channel blocks, many threads), batch 1 included."""
+    monkeypatch.setattr(cy, "num_threads", lambda: max(threads, cy._omp.max_threads()))
+    monkeypatch.setattr(cy, "BLOCKED_PARALLEL_FLOPS", 0)  # small passes too on every thread
+    spec = shapes.conv_spec((n, 6, 12, 10), (40, 6, 3, 3), None, padding=1)
+    geo, runs, chunk = cy._grad_weight_plan(spec, cy.num_threads())
+    assert 1 <= runs <= n
+    rng = np.random.default_rng(n)
+    x, gy = rng.standard_normal(spec.x_shape, np.float32), rng.standard_normal(spec.y_shape, np.float32)
+    assert_close(cy.conv2d_grad_weight(gy, x, spec, algorithm="blocked"),
+                 ref.conv2d_grad_weight(gy.astype(np.float64), x.astype(np.float64), spec), np.float32,
+                 f"runs {runs} chunk {chunk}")
+
+
+@pytest.mark.parametrize("plan", [(1, 1), (2, 1), (3, 2), (100, 100)])
+def test_blocked_forward_task_plans(plan):
+    """Forward tasks of any (rows, chunk of channel blocks), the last band and chunk shorter."""
+    rows, chunk = plan
+    spec = shapes.conv_spec((2, 5, 7, 19), (50, 5, 3, 3), None, padding=1)
+    geo = spec.geometry()
+    rng = np.random.default_rng(rows)
+    x, w = rng.standard_normal(spec.x_shape, np.float32), rng.standard_normal(spec.w_shape, np.float32)
+    packed = np.empty(cy._blocked.packed_size(geo), np.float32)
+    assert cy._blocked.pack_weights(w, packed, geo) == 4  # blocks of 16 channels
+    rows = min(rows, spec.oh)
+    threads = cy._omp.max_threads()
+    scratch = np.empty((threads, max(1, cy._blocked.scratch_size(geo, rows))), np.float32)
+    y = np.full(spec.y_shape, np.nan, np.float32)
+    assert cy._blocked.conv2d(x, None, packed, False, False, None, y, scratch, geo, rows, chunk, threads) == 0
+    assert_close(y, ref.conv2d(x, w, None, spec), np.float32, f"rows {rows} chunk {chunk}")

@@ -436,16 +436,15 @@ def test_cli_cuda_without_gpu_is_a_clear_error(tmp_path, capsys):
     assert code == 2 and "no CUDA GPU is available" in capsys.readouterr().err
 
 
-def test_cli_bench_and_compare_run_the_scripts(tmp_path, monkeypatch, capsys):
-    script = tmp_path / "bench" / "compare_training.py"
-    script.parent.mkdir()
-    script.write_text("def main(argv):\n    print('called with', argv)\n    return 3\n")
-    monkeypatch.setattr(cli, "_bench_script", lambda name: str(tmp_path / "bench" / name)
-                        if (tmp_path / "bench" / name).exists() else None)
+def test_cli_bench_and_compare_run_the_tools(monkeypatch, capsys):
+    """``fastconv bench`` / ``fastconv compare`` hand everything after them to the tools of fastconv.bench."""
+    from fastconv.bench import compare, compare_training
+    monkeypatch.setattr(compare_training, "main", lambda argv: print("compare_training", argv) or 3)
+    monkeypatch.setattr(compare, "main", lambda argv: print("compare", argv))
     assert cli.main(["compare", "--epochs", "1"]) == 3
-    assert "called with ['--epochs', '1']" in capsys.readouterr().out
-    assert cli.main(["bench", "--tiny"]) == 2
-    assert "bench/compare.py not found" in capsys.readouterr().err
+    assert cli.main(["bench", "--tiny"]) == 0
+    out = capsys.readouterr().out
+    assert "compare_training ['--epochs', '1']" in out and "compare ['--tiny']" in out
 
 
 # ------------------------------------------------------------------------- accuracy (CI)

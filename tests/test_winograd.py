@@ -155,13 +155,9 @@ def test_random_cases(n, groups, c_in, c_out, h, w, padding, dilation, tile, uni
 
 
 def _bench_shapes():
-    """The shape table of bench/benchmarks/common.py."""
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "benchmarks",
-                        "common.py")
-    spec = importlib.util.spec_from_file_location("_bench_common", path)
-    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.SHAPES
+    """The benchmarks' shape table."""
+    from fastconv.bench import common
+    return common.SHAPES
 
 
 @TILES

@@ -3,8 +3,8 @@
 Implementations are ``torch`` (PyTorch CPU, the peer) and fastconv's ``auto`` and CPU backends; those that
 cannot run here are skipped. Shapes come from ``common`` (the table ``bench/compare.py`` uses too).
 """
-from . import common
-from .common import IMPLS, SHAPES, grid
+from fastconv.bench import common
+from fastconv.bench.common import IMPLS, SHAPES, grid
 
 common.preload()
 
@@ -78,3 +78,20 @@ class Conv2dAlgorithms:
 
     def time_kernel(self, backend, algorithm, kernel, shape):
         self.run()
+
+
+class Conv2dBlockedGflops:
+    """GFLOP/s (best of 3) of Cython's register-blocked kernel per pass (forward, input gradient, weight
+    gradient), on the 3x3 layers of the plain-loop-nest experiment at batch 1 and the GEMM-bound shapes: the
+    numbers to hold against the GEMM rate and the plain nest. The weights stay the same from call to call
+    (their packed copy is reused, as in inference)."""
+    params = [list(common.CONV_KERNELS), grid("blocked")]
+    param_names = ["kernel", "shape"]
+    unit = "GFLOP/s"
+    timeout = 180
+
+    def setup(self, kernel, shape):
+        self.run = common.warm_kernel("cython", "blocked", kernel, SHAPES[shape])
+
+    def track_gflops(self, kernel, shape):
+        return common.gflops_of(self.run, SHAPES[shape].flops(False))

@@ -5,8 +5,8 @@ Every benchmark raises NotImplementedError (asv: skipped) where no CUDA GPU is u
 (``common.skip_unless_gpu``). Nothing touches CUDA at import: a CUDA context made in asv's forkserver
 would not survive the fork.
 """
-from . import common
-from .common import SHAPES, TORCH, TRAIN_TASKS, grid
+from fastconv.bench import common
+from fastconv.bench.common import SHAPES, TORCH, TRAIN_TASKS, grid
 
 common.preload()
 

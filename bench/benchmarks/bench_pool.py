@@ -1,6 +1,6 @@
 """Pooling suites (max and average, 2x2 stride 2): forward, forward + backward, peak memory."""
-from . import common
-from .common import POOL_IMPLS, SHAPES, grid
+from fastconv.bench import common
+from fastconv.bench.common import POOL_IMPLS, SHAPES, grid
 
 common.preload()
 

@@ -4,8 +4,8 @@ Models come from ``fastconv.models``; the ``torch`` rows run their PyTorch twins
 Batches are random (batch 128 of 1x32x32 for LeNet-5, 100 of 1x40 for MNIST-1D): the step's cost does
 not depend on the data.
 """
-from . import common
-from .common import TRAIN_IMPLS, TRAIN_TASKS
+from fastconv.bench import common
+from fastconv.bench.common import TRAIN_IMPLS, TRAIN_TASKS
 
 common.preload()
 

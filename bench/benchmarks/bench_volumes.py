@@ -1,7 +1,7 @@
 """Volume suites (3-D convolution, transposed convolution and max pooling): forward and forward + backward,
 per implementation x shape (``common.CONV3D``, ``common.POOL3D``)."""
-from . import common
-from .common import IMPLS, POOL_IMPLS, SHAPES, grid
+from fastconv.bench import common
+from fastconv.bench.common import IMPLS, POOL_IMPLS, SHAPES, grid
 
 common.preload()
 

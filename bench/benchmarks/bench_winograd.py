@@ -4,8 +4,8 @@ forward / forward + backward through the autograd API beside PyTorch, on stride-
 The shapes (``SHAPES``) are also those of ``bench/winograd.py``, which prints the same comparison side by
 side in one process.
 """
-from . import common
-from .common import Conv
+from fastconv.bench import common
+from fastconv.bench.common import Conv
 
 common.preload()
 

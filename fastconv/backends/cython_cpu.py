@@ -14,7 +14,10 @@ see ``model.cython_algorithm`` for where each wins):
   reduction, reading the input in place, so nothing is unfolded. It runs forward passes, weight
   gradients (the same tile turned: kernel taps by output channels, reduced over output pixels) and the
   input gradients of stride-1 convolutions (the forward pass of the adjoint convolution: flipped
-  kernels, channels swapped; see :func:`supports`).
+  kernels, channels swapped; see :func:`supports`). Its packed weights are kept per weight array
+  (``packed_weights``) and checked against the array on every call; the split into tasks comes from
+  ``_blocked_plan`` / ``_grad_weight_plan``; a portable build picks the kernel's build for the widest
+  vectors the CPU has (``_widest_blocked``).
 
 Pooling and unpooling run ``_cy._pool``. Every kernel is parallel over OpenMP threads
 (``fastconv.set_num_threads`` / ``OMP_NUM_THREADS``). The GEMM kernels either run tiles in parallel with
@@ -22,11 +25,17 @@ a one-thread BLAS, or, with fewer tiles than threads, one tile at a time with a 
 two thread pools never compete. (SciPy's BLAS thread count is process-wide: it is set for the duration
 of a call and restored.) Scratch comes from ``workspaces`` (per Python thread and dtype, grown as needed).
 """
+import collections
+import contextlib
+import functools
+import importlib
+import threading
+
 import numpy as np
 
 from .. import runtime
 from .._cy import not_built
-from ..shapes import adjoint_spec, adjoint_weight
+from ..shapes import adjoint_spec
 from .workspaces import clear_workspaces, workspace  # noqa: F401 (part of this module's API)
 
 runtime.start_pools()  # before the extension loads OpenMP, which reads its wait policy only then
@@ -36,6 +45,29 @@ except ImportError as err:  # extension not compiled (no C compiler at install t
     _IMPORT_ERROR = err
 else:
     _IMPORT_ERROR = None
+
+
+def _widest_blocked():
+    """The build of the register-blocked kernel for the widest vectors this CPU has: a portable build
+    (FASTCONV_PORTABLE=1, baseline instructions) also compiles it for AVX2+FMA and AVX-512 (``setup.py``);
+    a native build has the one for its CPU."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as cpu
+    except ImportError:  # NumPy < 2
+        from numpy.core._multiarray_umath import __cpu_features__ as cpu
+    if _blocked.isa() == "AVX-512":
+        return _blocked
+    names = ["_blocked_avx512"] if cpu.get("AVX512_SKX") else []
+    if cpu.get("AVX2") and cpu.get("FMA3") and _blocked.isa() != "AVX2+FMA":
+        names.append("_blocked_avx2")
+    for name in names:
+        with contextlib.suppress(ImportError):
+            return importlib.import_module(f"fastconv._cy.{name}")
+    return _blocked
+
+
+if _IMPORT_ERROR is None:
+    _blocked = _widest_blocked()
 
 ALGORITHMS = ("direct", "gemm", "blocked")
 #: Operands whose NaN or inf an algorithm does not propagate as the reference does (it skips the padding
@@ -121,23 +153,99 @@ def _wide_workspace(spec, dtype):
     return workspace("planes", (num_threads(), _conv.wide_size(spec.geometry())), dtype)
 
 
-def _band_rows(spec):
-    """Output rows per task of the blocked kernel: whole samples, cut into bands while a band's padded
-    input copy exceeds ``_BAND_BYTES`` or there are too few tasks to balance the threads."""
+#: Passes of fewer flops than this run on one thread: waking a second would cost more than it saves.
+BLOCKED_PARALLEL_FLOPS = 1e6
+
+
+def _threads(spec):
+    """OpenMP threads for a blocked pass of ``spec``."""
+    return num_threads() if spec.flops >= BLOCKED_PARALLEL_FLOPS else 1
+
+
+@functools.lru_cache(maxsize=512)
+def _blocked_plan(spec, threads, band_bytes):
+    """``(geo, rows, chunk, scratch)`` of a blocked forward pass on ``threads`` threads: tasks of ``rows``
+    output rows of one sample by ``chunk`` blocks of output channels, ``scratch`` elements of padded band
+    per thread.
+
+    Picks the split with the shortest estimated makespan (tasks per thread times a task's time: its
+    multiply-adds, its band copy and its weights read from the shared cache), among bands whose input
+    stays within ``band_bytes`` (L2) beside one block of weights: a thread that runs every block of a
+    band copies it once; splitting the blocks feeds more threads (batch 1 and small maps) at the price
+    of copying the band once per chunk, and splitting the rows at the price of reading the weights
+    once per band.
+    """
     geo = spec.geometry()
-    rows, tasks = spec.oh, 4 * num_threads()
-    while rows > 1 and (4 * _blocked.scratch_size(geo, rows) > _BAND_BYTES
-                        or spec.n * -(-spec.oh // rows) < tasks):
-        rows = (rows + 1) // 2
-    return rows
+    cig, cog = spec.c_in // spec.groups, spec.c_out // spec.groups
+    width = _blocked.block_width(cog)
+    blocks = max(1, -(-cog // width))
+    block_bytes = 4 * width * cig * spec.kh * spec.kw
+    best = None
+    for rows in range(spec.oh, 0, -1):
+        band = 4 * _blocked.scratch_size(geo, rows) or 4 * cig * ((rows - 1) * spec.stride[0] + 1) * spec.w
+        if band + block_bytes > band_bytes and rows > 1:
+            continue
+        bands = -(-spec.oh // rows)
+        for chunk in sorted({-(-blocks // k) for k in range(1, blocks + 1)}, reverse=True):
+            tasks = spec.n * spec.groups * bands * -(-blocks // chunk)
+            # cycles at 64 flop, 16 copied bytes or 32 bytes of weights per cycle
+            task = (2 * rows * spec.ow * chunk * width * cig * spec.kh * spec.kw / 64
+                    + 4 * _blocked.scratch_size(geo, rows) / 16 + chunk * block_bytes / 32)
+            cost = (-(-tasks // threads) * task, tasks)
+            if best is None or cost < best[0]:
+                best = cost, rows, chunk
+    _, rows, chunk = best
+    return geo, rows, chunk, max(1, _blocked.scratch_size(geo, rows))
 
 
-def _blocked_conv2d(x, w, b, y, spec):
-    geo, rows = spec.geometry(), _band_rows(spec)
-    packed = workspace("packed", (_blocked.packed_size(geo),), np.float32)
-    _blocked.pack_weights(w, packed, geo)
-    scratch = workspace("band", (num_threads(), max(1, _blocked.scratch_size(geo, rows))), np.float32)
-    _blocked.conv2d(x, packed, b, y, scratch, geo, rows)
+class _PackedWeights(threading.local):
+    """Weights packed for the blocked kernel, per Python thread, keyed by the weight array's address,
+    shape and packing. Every call checks the packed copy against the weights (bit for bit, in the kernel's
+    packing pass: one read of each) and rewrites the blocks that differ, so an optimizer step,
+    ``load_state_dict`` or any write into the array is seen, while inference repacks nothing. Least
+    recently used entries go beyond ``PACKED_WEIGHTS_BYTES``."""
+
+    def __init__(self):
+        self.entries = collections.OrderedDict()  # (address, shape, form) -> packed
+        self.bytes = 0
+        self.blocks_written = 0  # blocks packed or repacked (tests read it)
+
+    def get(self, w, geo, form):
+        """``(packed, fresh)``: the packed copy of ``w`` for ``geo`` and ``form``, and whether it is new
+        (to be packed whole) rather than to be checked against ``w``."""
+        key = (_blocked.address(w), w.shape, form)
+        packed = self.entries.get(key)
+        if packed is not None:
+            self.entries.move_to_end(key)
+            return packed, False
+        packed = self.entries[key] = np.empty(_blocked.packed_size(geo), np.float32)
+        self.bytes += packed.nbytes
+        self._evict()
+        return packed, True
+
+    def _evict(self):
+        while self.bytes > PACKED_WEIGHTS_BYTES and len(self.entries) > 1:
+            self.bytes -= self.entries.popitem(last=False)[1].nbytes
+
+    def clear(self):
+        self.entries.clear()
+        self.bytes = 0
+
+
+#: Bytes of packed weights kept per Python thread.
+PACKED_WEIGHTS_BYTES = 256 << 20
+packed_weights = _PackedWeights()
+
+
+def _blocked_conv2d(x, w, b, y, spec, adjoint=None):
+    """The blocked forward pass of ``spec``, or with ``adjoint`` (the forward's spec) its input
+    gradient: ``x`` is then the output gradient and ``w`` the forward's weights."""
+    threads = _threads(spec)
+    geo, rows, chunk, scratch = _blocked_plan(spec, threads, _BAND_BYTES)
+    packed, fresh = packed_weights.get(w, geo, ("adjoint" if adjoint else "forward", spec.groups))
+    packed_weights.blocks_written += _blocked.conv2d(
+        x, w, packed, adjoint is not None, fresh, b, y, workspace("band", (threads, scratch), np.float32),
+        geo, rows, chunk, threads)
     return y
 
 
@@ -160,7 +268,7 @@ def conv2d(x, w, b, spec, algorithm):
 def conv2d_grad_input(gy, w, spec, algorithm):
     gx = np.empty(spec.x_shape, gy.dtype)
     if algorithm == "blocked":
-        return _blocked_conv2d(gy, adjoint_weight(w, spec), None, gx, adjoint_spec(spec))
+        return _blocked_conv2d(gy, w, None, gx, adjoint_spec(spec), adjoint=spec)
     if algorithm == "direct":
         _conv.conv2d_grad_input(gy, w, gx, _wide_workspace(spec, gy.dtype), spec.geometry())
         return gx
@@ -171,15 +279,50 @@ def conv2d_grad_input(gy, w, spec, algorithm):
     return gx
 
 
+@functools.lru_cache(maxsize=512)
+def _grad_weight_plan(spec, threads):
+    """``(geo, runs, chunk)`` of a blocked weight gradient: tasks of ``chunk`` blocks of output channels
+    of one group over one of ``runs`` runs of samples.
+
+    A task copies each sample's padded input once and transposes each block's output gradient once; its
+    sums go straight into the gradient (one run) or into one partial gradient per run, added up after.
+    Picks the shortest estimated makespan (tasks per thread times a task's multiply-adds and copies,
+    plus the partial gradients' sum): many blocks (large layers, small batches) give every thread its
+    own blocks, few blocks (LeNet's 16 channels) cut the batch into runs.
+    """
+    geo = spec.geometry()
+    cig, cog = spec.c_in // spec.groups, spec.c_out // spec.groups
+    width = _blocked.block_width(cog)
+    blocks = max(1, -(-cog // width))
+    taps, pixels = cig * spec.kh * spec.kw, spec.oh * spec.ow
+    sample_bytes = 4 * max(_blocked.scratch_size(geo, spec.oh), 0)
+    best = None
+    for runs in range(1, max(1, min(spec.n, 4 * threads)) + 1):
+        per_run = -(-spec.n // runs)
+        for chunk in sorted({-(-blocks // k) for k in range(1, blocks + 1)}, reverse=True):
+            tasks = runs * spec.groups * -(-blocks // chunk)
+            # cycles at 64 flop, 16 copied or summed bytes per cycle
+            task = per_run * (2 * chunk * width * taps * pixels / 64 + sample_bytes / 16
+                              + 4 * chunk * width * pixels / 16)
+            total = 4 * spec.c_out * taps * runs / 16 if runs > 1 else 0
+            cost = (-(-tasks // threads) * task + total, tasks)
+            if best is None or cost < best[0]:
+                best = cost, runs, chunk
+    return geo, best[1], best[2]
+
+
 def _blocked_grad_weight(gy, x, spec):
-    geo, threads = spec.geometry(), num_threads()
+    threads = _threads(spec)
+    geo, runs, chunk = _grad_weight_plan(spec, threads)
     scratch_size, packed_size = _blocked.grad_weight_scratch(geo)
-    parts = workspace("grad_weight", (threads, int(np.prod(spec.w_shape))), np.float32)
-    parts.fill(0)
-    _blocked.grad_weight(gy, x, parts.reshape(threads, spec.c_out, -1),
-                         workspace("band", (threads, max(1, scratch_size)), np.float32),
-                         workspace("packed_grad", (threads, packed_size), np.float32), geo)
-    return parts.sum(axis=0).reshape(spec.w_shape)
+    if runs == 1:
+        gw = np.empty(spec.w_shape, np.float32)
+        out = gw.reshape(1, spec.c_out, -1)
+    else:
+        out = workspace("grad_weight", (runs, spec.c_out, int(np.prod(spec.w_shape[1:]))), np.float32)
+    _blocked.grad_weight(gy, x, out, workspace("band", (threads, max(1, scratch_size)), np.float32),
+                         workspace("packed_grad", (threads, max(1, packed_size)), np.float32), geo, chunk, threads)
+    return gw if runs == 1 else out.sum(axis=0).reshape(spec.w_shape)
 
 
 def conv2d_grad_weight(gy, x, spec, algorithm):

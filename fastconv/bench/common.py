@@ -1,4 +1,5 @@
-"""The benchmark shapes and the runners that time them, shared by the asv suites and ``bench/compare.py``.
+"""The benchmark shapes and the runners that time them, shared by the asv suites (``bench/benchmarks``),
+``fastconv bench`` (``compare``) and ``fastconv compare`` (``compare_training``).
 
 One table of shapes (NCHW float32, 1-D shapes as NCL, volumes as NCDHW) and one way to build a callable for each
 (implementation, shape, mode): an implementation is ``"torch"`` (``torch.nn.functional`` on the CPU, the
@@ -27,7 +28,7 @@ class Conv:
     x: tuple
     w: tuple
     stride: int = 1
-    padding: int = 0
+    padding: int | tuple = 0  # an int, or (top/bottom, left/right) as PyTorch takes it
     dilation: int = 1
     groups: int = 1
     gemm_bound: bool = False  # dense enough that im2col + GEMM is the natural bound
@@ -104,6 +105,10 @@ CONV2D = (
     Conv("bigkernel", (4, 8, 128, 128), (8, 8, 15, 15), padding=7),
     Conv("pointwise", (16, 256, 28, 28), (128, 256, 1, 1), gemm_bound=True),
     Conv("depthwise", (8, 128, 56, 56), (128, 1, 3, 3), padding=1, groups=128),
+    Conv("alexnet_c1", (8, 3, 224, 224), (64, 3, 11, 11), stride=4, padding=2),
+    Conv("c512_14", (8, 512, 14, 14), (512, 512, 3, 3), padding=1, gemm_bound=True),
+    Conv("odd", (5, 37, 45, 31), (53, 37, 3, 5), padding=(1, 2)),
+    Conv("grouped_3x3", (8, 128, 28, 28), (128, 32, 3, 3), padding=1, groups=4),
 )
 CONV1D = (  # the first two layers of the MNIST-1D CNN of Understanding Deep Learning (models 'book')
     Conv("mnist1d_c1", (100, 1, 40), (15, 1, 3), stride=2),
@@ -140,7 +145,10 @@ TINY_VOLUMES = (
     Pool("tiny_maxpool3d", "max", (2, 3, 4, 6, 6)),
 )
 VOLUMES = CONV3D + POOL3D
-SHAPES = {s.name: s for s in CONV2D + CONV1D + POOL + TINY + VOLUMES + TINY_VOLUMES}
+# The 3x3 layers of the plain-loop-nest experiment (batch 1: every thread must find work in one image).
+BATCH1 = tuple(Conv(f"b1_{c}x{hw}", (1, c, hw, hw), (c, c, 3, 3), padding=1, gemm_bound=True)
+               for c, hw in ((64, 56), (256, 28), (512, 14)))
+SHAPES = {s.name: s for s in CONV2D + CONV1D + POOL + TINY + BATCH1 + VOLUMES + TINY_VOLUMES}
 FULL = CONV2D + CONV1D + POOL
 LARGE = ("vgg_3x3", "resnet_s2", "maxpool_large")  # the peak-memory suites
 
@@ -287,24 +295,35 @@ def set_blas_threads(n):
     return set_them(n)
 
 
-def vector_isa():
-    """The widest x86 vector ISA the CPU has (Linux's cpuinfo flags), e.g. ``"AVX-512"``; else the machine."""
+def cpu_name():
+    """The CPU's model name."""
+    from fastconv.runtime import cpu_name
+    return cpu_name()
+
+
+def cpu_isa():
+    """The widest x86 vector instructions this CPU has ("AVX-512", "AVX2+FMA", "AVX", "SSE2"), from
+    /proc/cpuinfo (Linux), else the machine's architecture."""
     import platform
     try:
         with open("/proc/cpuinfo") as f:
             flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
     except OSError:
         flags = []
-    for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"), ("sse4_2", "SSE4.2")):
-        if flag in flags:
+    for name, needs in (("AVX-512", ("avx512f",)), ("AVX2+FMA", ("avx2", "fma")), ("AVX", ("avx",)),
+                        ("SSE2", ("sse2",))):
+        if all(flag in flags for flag in needs):
             return name
-    return platform.machine()
+    return platform.machine() or "unknown"
 
 
-def cpu_name():
-    """The CPU's model name."""
-    from fastconv.runtime import cpu_name
-    return cpu_name()
+def kernels_isa():
+    """The vector instructions fastconv's compiled kernels were built for, or why there are none."""
+    try:
+        from fastconv._cy import _omp
+    except ImportError:
+        return "Cython kernels not built"
+    return _omp.simd()
 
 
 def allocator():
@@ -337,18 +356,20 @@ _GRID = {
     "gemm": [s.name for s in CONV2D if s.gemm_bound],
     "peak_conv": [n for n in LARGE if SHAPES[n].kind == "conv"],
     "peak_pool": [n for n in LARGE if SHAPES[n].kind == "pool"],
+    "blocked": [s.name for s in BATCH1] + [s.name for s in CONV2D if s.gemm_bound],
     "volumes": [s.name for s in CONV3D],
     "pool3d": [s.name for s in POOL3D],
 }
 _SMOKE_GRID = {"conv2d": ["tiny_3x3", "tiny_s2_dil"], "conv1d": ["tiny_1d"],
                "pool": ["tiny_maxpool", "tiny_avgpool"],
                "gemm": ["tiny_3x3"], "peak_conv": ["tiny_3x3"], "peak_pool": ["tiny_maxpool"],
-               "volumes": ["tiny_3d", "tiny_up3d"], "pool3d": ["tiny_maxpool3d"]}
+               "blocked": ["tiny_3x3"], "volumes": ["tiny_3d", "tiny_up3d"], "pool3d": ["tiny_maxpool3d"]}
 
 
 def grid(group):
     """Shape names of one asv suite's grid (``conv2d``, ``conv1d``, ``pool``, ``gemm``, ``peak_conv``,
-    ``peak_pool``, ``volumes``, ``pool3d``): the real shapes, or the tiny ones under FASTCONV_BENCH_SMOKE=1."""
+    ``peak_pool``, ``blocked``, ``volumes``, ``pool3d``): the real shapes, or the tiny ones under
+    FASTCONV_BENCH_SMOKE=1."""
     return list((_SMOKE_GRID if SMOKE else _GRID)[group])
 
 
@@ -522,6 +543,23 @@ def torch_twin(module):
     return twin
 
 
+def torch_idiomatic(module):
+    """The model as PyTorch users write it, with ``module``'s weights: LeNet-5's C5 (a 5x5 convolution of
+    the 5x5 maps) becomes flatten + ``Linear(400, 120)``, the same function; other models are their twin."""
+    import torch
+    twin = torch_twin(module)
+    layers = list(twin.features.children()) if hasattr(twin, "features") else []
+    if type(module).__name__ != "LeNet5" or len(layers) != 9:
+        return twin
+    c5 = layers[6]
+    linear = torch.nn.Linear(c5.in_channels * c5.kernel_size[0] * c5.kernel_size[1], c5.out_channels)
+    with torch.no_grad():
+        linear.weight.copy_(c5.weight.reshape(c5.out_channels, -1))  # (C, H, W) order, as flatten reads
+        linear.bias.copy_(c5.bias)
+    twin.features = torch.nn.Sequential(*layers[:6], torch.nn.Flatten(), linear, layers[7])
+    return twin
+
+
 def _twin_layer(module, torch):
     name = type(module).__name__
     if name == "Sequential":
@@ -543,8 +581,8 @@ def _twin_layer(module, torch):
 class Trainer:
     """One model and its Adam optimizer on one implementation, for timing training steps.
 
-    ``impl``: a fastconv backend (``"auto"``, ``"numba"``, ...) or ``"torch"`` (the fastconv model's twin,
-    starting from the same weights); ``device``: ``"cpu"`` or ``"cuda"``. Every Trainer of a task built
+    ``impl``: a fastconv backend (``"auto"``, ``"numba"``, ...) or ``"torch"`` (the model as PyTorch users
+    write it, :func:`torch_idiomatic`, starting from the same weights); ``device``: ``"cpu"`` or ``"cuda"``. Every Trainer of a task built
     with the same seed starts from the same weights. NotImplementedError when fastconv.models is missing.
     """
 
@@ -560,7 +598,7 @@ class Trainer:
         model = models.create(name, backend="auto" if impl == TORCH else impl)
         if impl == TORCH:
             import torch
-            self.model = torch_twin(model).to(device)
+            self.model = torch_idiomatic(model).to(device)
             self.opt = torch.optim.Adam(self.model.parameters(), lr=lr)
         else:
             from fastconv import optim
