@@ -20,6 +20,7 @@ __all__ = [
     "max_unpool1d", "max_unpool2d", "adaptive_avg_pool1d", "adaptive_avg_pool2d", "interpolate",
     "linear", "relu", "tanh", "sigmoid", "flatten", "reshape", "softmax", "log_softmax",
     "cross_entropy", "nll_loss", "mse_loss", "dropout",
+    "conv1d_local", "conv2d_local", "conv1d_tiled", "conv2d_tiled",
 ]
 
 
@@ -488,3 +489,64 @@ def dropout(input, p=0.5, training=True):
         keep = x.xp.asarray(keep)
     return make(x.data * keep, (x,), lambda g: (g * keep,))
 
+
+
+# ------------------------------------------------------------ tiled and locally-connected
+def _tiled(input, weight, bias, dims, stride, padding, dilation, groups, tiles, local, backend):
+    x, w, b = _tensors(input=input, weight=weight, bias=bias)
+    _floats(input=x, weight=w, bias=b)
+    spec = shapes.tiled_spec(x.shape, w.shape, None if b is None else b.shape, stride, padding, dilation,
+                             groups, dims, tiles, local)
+    run = _planned(f"conv{dims}d_{'local' if local else 'tiled'}", spec, x, backend, "tiled_conv2d",
+                   tiled_conv2d_grad_input=x, tiled_conv2d_grad_weight=w)
+    x4, w6 = _as4(x.data, spec.x_shape), _as4(w.data, spec.w_shape)
+    b3 = None if b is None else _as4(b.data, (spec.c_out, 1, 1) if b.ndim == 1 else (spec.c_out, spec.oh, spec.ow))
+    y = run.tiled_conv2d(x4, w6, b3, spec)
+
+    def backward(g):
+        g4 = _as4(g, spec.y_shape)
+        return (_grad(x, lambda: run.tiled_conv2d_grad_input(g4, w6, spec).reshape(x.shape)),
+                _grad(w, lambda: run.tiled_conv2d_grad_weight(g4, x4, spec).reshape(w.shape)),
+                _grad(b, lambda: (_bias_grad(x.xp, g4) if b.ndim == 1 else x.xp.sum(g4, axis=0)).reshape(b.shape)))
+    return _result(y, spec.user_shape(spec.y_shape), (x, w, b), backward)
+
+
+def conv1d_local(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, backend="auto"):
+    """Locally-connected 1-D layer: a convolution whose every output position has its own kernel.
+
+    ``input (N, C_in, L)``, ``weight (OL, C_out, C_in/groups, K)`` with ``OL`` the output length;
+    ``bias`` ``(C_out,)`` or one per output position, ``(C_out, OL)``.
+    """
+    return _tiled(input, weight, bias, 1, stride, padding, dilation, groups, None, True, backend)
+
+
+def conv2d_local(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, backend="auto"):
+    """Locally-connected 2-D layer (unshared convolution): output ``(oy, ox)`` uses its own kernel.
+
+    ``input (N, C_in, H, W)``, ``weight (OH, OW, C_out, C_in/groups, KH, KW)`` with ``(OH, OW)`` the
+    output size (``weight[oy, ox]`` is the kernel of output ``(oy, ox)``); ``bias`` ``(C_out,)`` or one per
+    output position, ``(C_out, OH, OW)``. Stride, padding (ints, pairs, ``"valid"``, ``"same"``),
+    dilation and groups as in :func:`conv2d`. It is :func:`conv2d_tiled` with tiles the output size.
+    """
+    return _tiled(input, weight, bias, 2, stride, padding, dilation, groups, None, True, backend)
+
+
+def conv1d_tiled(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, tiles=None,
+                 backend="auto"):
+    """Tiled 1-D convolution: ``T`` kernels used in turn, output ``ox`` with kernel ``ox % T``.
+
+    ``weight (T, C_out, C_in/groups, K)``; ``T`` (``tiles``, if given, must match) divides the output
+    length. ``bias`` ``(C_out,)`` or ``(C_out, OL)``.
+    """
+    return _tiled(input, weight, bias, 1, stride, padding, dilation, groups, tiles, False, backend)
+
+
+def conv2d_tiled(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, tiles=None,
+                 backend="auto"):
+    """Tiled 2-D convolution (Le et al., 2010): output ``(oy, ox)`` uses kernel ``(oy % TH, ox % TW)``.
+
+    ``weight (TH, TW, C_out, C_in/groups, KH, KW)``; the tiles ``(TH, TW)`` (``tiles``, if given, must
+    match) divide the output size. Tiles ``(1, 1)`` is :func:`conv2d`; tiles equal to the output size is
+    :func:`conv2d_local`. ``bias`` ``(C_out,)`` or ``(C_out, OH, OW)``.
+    """
+    return _tiled(input, weight, bias, 2, stride, padding, dilation, groups, tiles, False, backend)
