@@ -15,6 +15,7 @@ from .backends.registry import available as available_backends
 from .backends.tune import enable as autotune
 from .config import get_num_threads, set_num_threads, show_config
 from .explain import explain
+from .matrix import conv_matrix
 from .random import manual_seed
 from .summary import summary
 from .tensor import Tensor, from_dlpack, is_grad_enabled, no_grad, tensor
@@ -22,4 +23,4 @@ from .tensor import Tensor, from_dlpack, is_grad_enabled, no_grad, tensor
 __all__ = ["Tensor", "tensor", "from_dlpack", "no_grad", "is_grad_enabled", "functional", "shapes", "cuda",
            "set_backend", "get_backend", "available_backends", "set_num_threads", "get_num_threads",
            "show_config", "manual_seed", "autotune", "explain", "set_exact", "get_exact", "summary",
-           "__version__", "nn", "optim", "data", "models", "onnx", "viz"]
+           "__version__", "nn", "optim", "data", "models", "onnx", "viz", "conv_matrix"]
