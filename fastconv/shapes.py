@@ -375,6 +375,29 @@ def tiled_spec(x_shape, w_shape, bias_shape=None, stride=1, padding=0, dilation=
                          f"{spec.bias_shape(True)} (one per output channel and position), got {tuple(bias_shape)}")
     return spec
 
+
+def separable_spec(x_shape, rows_shape, cols_shape, bias_shape=None, stride=1, padding=0, dilation=1, groups=1):
+    """Validate a separable 2-D convolution and return the :class:`ConvSpec` of its full kernel.
+
+    ``rows_shape`` ``(C_out, C_in/groups, KW)`` and ``cols_shape`` ``(C_out, C_in/groups, KH)`` (each with a
+    leading rank ``R`` for a sum of ``R`` separable kernels) are the row and column factors of the weight
+    ``(C_out, C_in/groups, KH, KW)``.
+    """
+    rows_shape, cols_shape = tuple(rows_shape), tuple(cols_shape)
+    for name, shape in (("row_kernels", rows_shape), ("col_kernels", cols_shape)):
+        if len(shape) not in (3, 4):
+            raise ValueError(f"{name} must be 3-D (C_out, C_in/groups, K) or 4-D (rank, C_out, C_in/groups, K), "
+                             f"got shape {shape}")
+    if rows_shape[:-1] != cols_shape[:-1]:
+        raise ValueError(f"row_kernels and col_kernels must agree in all but their last dim (the kernel "
+                         f"length), got shapes {rows_shape} and {cols_shape}")
+    weight = rows_shape[-3:-1] + (cols_shape[-1], rows_shape[-1])
+    if len(x_shape) == 4 and not isinstance(groups, bool) and isinstance(groups, (int, np.integer)) and groups > 0 \
+            and weight[1] * groups != x_shape[1]:
+        raise ValueError(f"row_kernels.shape[-2] * groups must equal the input channels: expected "
+                         f"{x_shape[1] // groups} for {x_shape[1]} input channels and groups={groups}, got {weight[1]}")
+    return conv_spec(x_shape, weight, bias_shape, stride, padding, dilation, groups)
+
 # ----------------------------------------------------------------------------------- pooling
 @dataclass(frozen=True)
 class PoolSpec:
@@ -488,4 +511,4 @@ def ints(name, value, n, minimum=0):
 __all__ = ["GEOMETRY", "conv_output_size", "conv_transpose_output_size", "pool_output_size", "receptive_field",
            "ConvSpec", "PoolSpec", "conv_spec", "conv_transpose_spec", "pool_spec", "check_float",
            "unpool_output_size", "as_4d", "ints", "is_pointwise", "adjoint_spec", "adjoint_weight",
-           "adjoint_padding", "TiledSpec", "tiled_spec"]
+           "adjoint_padding", "TiledSpec", "tiled_spec", "separable_spec"]

@@ -25,3 +25,10 @@ def test_tiled(dtype):
     check_op(lambda x, w, b: F.conv2d_tiled(x, w, b, padding=(0, 1), tiles=(2, 2)), x, w, b)
     x1, w1 = _rand(2, 1, 6, dtype=dtype), _rand(3, 2, 1, 3, dtype=dtype)
     check_op(lambda x, w: F.conv1d_tiled(x, w, padding="same", tiles=3), x1, w1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_separable(dtype):
+    x, rows, cols, b = (_rand(1, 2, 5, 4, dtype=dtype), _rand(2, 2, 2, 2, dtype=dtype), _rand(2, 2, 2, 3, dtype=dtype),
+                        _rand(2, dtype=dtype))
+    check_op(lambda x, r, c, b: F.separable_conv2d(x, r, c, b, padding=(1, 0)), x, rows, cols, b)
