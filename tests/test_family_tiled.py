@@ -181,3 +181,55 @@ def test_empty_batch(backend):
 def test_bad_input_names_the_argument(call_, message):
     with pytest.raises((ValueError, TypeError), match=message):
         call_()
+
+
+# ---------------------------------------------------------------------------------------- layers
+def test_layers_hold_the_documented_parameters():
+    local = fc.nn.LocallyConnected2d(3, 8, 3, input_size=(10, 12), stride=2, padding=1)
+    assert local.weight.shape == (5, 6, 8, 3, 3, 3) and local.bias.shape == (8, 5, 6)
+    assert fc.nn.LocallyConnected2d(3, 8, 3, (10, 12), position_bias=False).bias.shape == (8,)
+    assert fc.nn.LocallyConnected1d(2, 4, 3, 9, groups=2, bias=False).weight.shape == (7, 4, 1, 3)
+    tiled = fc.nn.TiledConv2d(4, 6, (3, 1), tiles=(2, 3), padding="same", groups=2)
+    assert tiled.weight.shape == (2, 3, 6, 2, 3, 1) and tiled.bias.shape == (6,)
+    assert fc.nn.TiledConv1d(2, 4, 5, tiles=4).weight.shape == (4, 4, 2, 5)
+    bound = 1 / np.sqrt(2 * 3)  # fan-in: input channels per group times kernel taps
+    assert np.abs(tiled.weight.numpy()).max() <= bound and np.abs(tiled.bias.numpy()).max() <= bound
+    assert "tiles=(2, 3)" in repr(tiled) and "output_size=(5, 6)" in repr(local)
+
+
+def test_layers_run_their_ops_and_learn():
+    """A locally-connected layer recovers a target made by another one; every parameter gets a gradient."""
+    fc.manual_seed(0)
+    teacher, student = (fc.nn.LocallyConnected2d(2, 3, 3, (6, 6), padding=1) for _ in range(2))
+    x = np.random.default_rng(0).standard_normal((64, 2, 6, 6)).astype(np.float32)
+    target = teacher(x).numpy()
+    opt = fc.optim.SGD(student.parameters(), lr=4.0)
+    losses = []
+    for _ in range(40):
+        opt.zero_grad()
+        loss = F.mse_loss(student(x), target)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.numpy()))
+    assert losses[-1] < 0.05 * losses[0]
+    tiled = fc.nn.TiledConv2d(2, 3, 3, tiles=(2, 2), padding=1)
+    y = tiled(fc.tensor(x))
+    assert y.shape == (64, 3, 6, 6)
+    y.sum().backward()
+    assert all(p.grad is not None for p in tiled.parameters())
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: fc.nn.LocallyConnected2d(3, 8, 5, input_size=(4, 4)), "kernel size 5"),
+    (lambda: fc.nn.LocallyConnected2d(3, 8, 3, input_size=(4, 0)), "input_size must be positive"),
+    (lambda: fc.nn.TiledConv2d(3, 8, 3, tiles=0), "tiles must be positive"),
+    (lambda: fc.nn.TiledConv2d(3, 8, 3, tiles=2, groups=2), "must be divisible by groups"),
+])
+def test_layer_bad_arguments(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_a_tiled_layer_rejects_inputs_its_tiles_do_not_divide():
+    with pytest.raises(ValueError, match=r"tiles \(2, 2\) .* must divide the output size \(5, 5\)"):
+        fc.nn.TiledConv2d(1, 1, 3, tiles=2)(np.ones((1, 1, 7, 7), np.float32))

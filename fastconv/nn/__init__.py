@@ -4,10 +4,12 @@ from .. import functional
 from . import init
 from .layers import (AdaptiveAvgPool1d, AdaptiveAvgPool2d, AvgPool1d, AvgPool2d, Conv1d, Conv2d,
                      ConvTranspose1d, ConvTranspose2d, CrossEntropyLoss, Dropout, Flatten, Identity, Linear,
-                     MaxPool1d, MaxPool2d, ModuleList, MSELoss, ReLU, Sequential, Sigmoid, Tanh)
+                     LocallyConnected1d, LocallyConnected2d, MaxPool1d, MaxPool2d, ModuleList, MSELoss, ReLU,
+                     Sequential, Sigmoid, Tanh, TiledConv1d, TiledConv2d)
 from .module import Module, Parameter
 
 __all__ = ["Module", "Parameter", "init", "functional", "Conv1d", "Conv2d", "ConvTranspose1d",
            "ConvTranspose2d", "Linear", "MaxPool1d", "MaxPool2d", "AvgPool1d", "AvgPool2d",
            "AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "ReLU", "Tanh", "Sigmoid", "Flatten", "Dropout",
-           "Identity", "Sequential", "ModuleList", "CrossEntropyLoss", "MSELoss"]
+           "Identity", "Sequential", "ModuleList", "CrossEntropyLoss", "MSELoss", "LocallyConnected1d",
+           "LocallyConnected2d", "TiledConv1d", "TiledConv2d"]
