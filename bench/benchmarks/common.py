@@ -267,6 +267,21 @@ def cpu_name():
     return platform.processor() or platform.machine()
 
 
+def vector_isa():
+    """The widest x86 vector instruction set the CPU reports (Linux ``/proc/cpuinfo`` flags), else the
+    machine's name."""
+    import platform
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
+    except OSError:
+        flags = set()
+    for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"), ("sse4_2", "SSE4.2")):
+        if flag in flags:
+            return name
+    return platform.machine()
+
+
 def allocator():
     """Which malloc this process runs under: an LD_PRELOADed or linked jemalloc/tcmalloc/mimalloc, else glibc."""
     preload = os.environ.get("LD_PRELOAD", "")

@@ -11,8 +11,9 @@ their columns within ``TASK_BYTES``, holding as many samples as fit first (:func
 
 - Forward: a task is a row's block; each writes outputs of its own.
 - Input gradient: the GEMMs transposed, then the columns added back into the input gradient (col2im).
-  Rows whose windows overlap must not run at once: rows go in bands tall enough that the windows of
-  bands two apart are disjoint, the even bands first, then the odd ones; a task runs a band's blocks.
+  Rows whose windows overlap must not run at once: with a sample per thread or more, a task takes every
+  row of its own samples; else rows go in bands tall enough that the windows of bands two apart are
+  disjoint, the even bands first, then the odd ones.
 - Weight gradient: ``gw[a, b] += gy_rows[b]^T cols[b]``. A task is a kernel row ``a`` (its kernels are its
   own); with fewer kernel rows than threads, a kernel row's blocks are split into parts that add into
   partial sums of their own.
@@ -53,13 +54,14 @@ def _gather_cols(x, n0, oy, q0, b0, tw, g, cols, kh, kw, sh, sw, pt, pl, dh, dw)
                     plane = x[n0 + m, g * cig + c]
                     for i in range(kh):
                         iy = iy0 + i * dh
-                        for j in range(kw):
-                            ix = ix0 + j * dw
-                            if inside or (0 <= iy < h and 0 <= ix < w):
-                                col[k] = plane[iy, ix]
-                            else:
-                                col[k] = 0
-                            k += 1
+                        if inside:
+                            for j in range(kw):
+                                col[k + j] = plane[iy, ix0 + j * dw]
+                        else:
+                            for j in range(kw):
+                                ix = ix0 + j * dw
+                                col[k + j] = plane[iy, ix] if 0 <= iy < h and 0 <= ix < w else 0
+                        k += kw
 
 
 @njit(cache=True)
@@ -69,21 +71,27 @@ def _scatter_cols(cols, n0, oy, q0, b0, tw, g, gx, kh, kw, sh, sw, pt, pl, dh, d
     cig = cols.shape[3] // (kh * kw)
     h, w = gx.shape[2], gx.shape[3]
     iy0 = oy * sh - pt
+    rows_inside = iy0 >= 0 and iy0 + (kh - 1) * dh < h
     for m in range(nb):
         for qq in range(cq):
             for bb in range(cb):
                 ix0 = ((q0 + qq) * tw + b0 + bb) * sw - pl
+                inside = rows_inside and ix0 >= 0 and ix0 + (kw - 1) * dw < w
                 col = cols[bb, qq, m]
                 k = 0
                 for c in range(cig):
                     plane = gx[n0 + m, g * cig + c]
                     for i in range(kh):
                         iy = iy0 + i * dh
-                        for j in range(kw):
-                            ix = ix0 + j * dw
-                            if 0 <= iy < h and 0 <= ix < w:
-                                plane[iy, ix] += col[k]
-                            k += 1
+                        if inside:
+                            for j in range(kw):
+                                plane[iy, ix0 + j * dw] += col[k + j]
+                        elif 0 <= iy < h:
+                            for j in range(kw):
+                                ix = ix0 + j * dw
+                                if 0 <= ix < w:
+                                    plane[iy, ix] += col[k + j]
+                        k += kw
 
 
 # Output rows live in ``rows[bb, (qq*nb + m)*cog + o]``: one row of the buffer per kernel (``bb``), padded by
@@ -219,24 +227,24 @@ def _grad_weight(gy, x, parts, tiling, cols_ws, rows_ws, prod_ws, kh, kw, sh, sw
 
 
 # ------------------------------------------------------------------------------ the kernels
-def _blocking(spec, itemsize):
+def _blocking(spec, itemsize, most_samples=None):
     """``(nb, cq, cb)``: samples and positions of a block. As many samples as fit ``TASK_BYTES`` (every
-    sample: the kernels are read once), then whole runs of ``tw`` positions (``cq`` of them), else runs
-    of ``cb`` positions within one; each count balanced over its range."""
+    sample: the kernels are read once) up to ``most_samples``, then whole runs of ``tw`` positions (``cq``
+    of them), else runs of ``cb`` positions within one; each count balanced over its range."""
     def balanced(size, most):
         most = max(1, min(size, most))
         return -(-size // -(-size // most))
     column = (spec.c_in // spec.groups) * spec.kh * spec.kw * itemsize
     tw, nq = spec.tiles[1], spec.ow // spec.tiles[1]
-    nb = balanced(spec.n, TASK_BYTES // column)
+    nb = balanced(spec.n, min(TASK_BYTES // column, most_samples or spec.n))
     if tw * nb * column <= TASK_BYTES:
         return nb, balanced(nq, TASK_BYTES // (tw * nb * column)), tw
     return nb, 1, balanced(tw, TASK_BYTES // (nb * column))
 
 
-def _setup(spec, dtype):
+def _setup(spec, dtype, most_samples=None):
     """The blocking and this call's per-thread buffers of columns and output rows."""
-    nb, cq, cb = _blocking(spec, np.dtype(dtype).itemsize)
+    nb, cq, cb = _blocking(spec, np.dtype(dtype).itemsize, most_samples)
     threads, k = numba.config.NUMBA_NUM_THREADS, (spec.c_in // spec.groups) * spec.kh * spec.kw
     cols = workspace("tiled_cols", (threads, nb * cq * cb, k), dtype)
     rows = workspace("tiled_rows", (threads, cb, nb * cq * (spec.c_out // spec.groups) + ROW_PAD), dtype)
@@ -265,10 +273,14 @@ def tiled_conv2d_grad_input(gy, w, spec):
     gx = np.zeros(spec.x_shape, gy.dtype)
     if spec.n == 0:
         return gx
-    band = max(1, spec.dilation[0] * (spec.kh - 1) // spec.stride[0])  # bands two apart never overlap
-    for parity in (0, 1):
-        _on_one_blas_thread(_grad_input, gy, _kernels(w, spec), gx, band, parity, *_setup(spec, gy.dtype),
-                            *_window(spec))
+    threads = numba.get_num_threads()
+    if spec.n >= threads:  # a run of samples per thread, every row: one parallel region
+        band, parities, most_samples = spec.oh, (0,), -(-spec.n // threads)
+    else:  # bands two apart never overlap: the even ones, then the odd ones
+        band, parities, most_samples = max(1, spec.dilation[0] * (spec.kh - 1) // spec.stride[0]), (0, 1), None
+    for parity in parities:
+        _on_one_blas_thread(_grad_input, gy, _kernels(w, spec), gx, band, parity,
+                            *_setup(spec, gy.dtype, most_samples), *_window(spec))
     return gx
 
 
