@@ -122,6 +122,8 @@ def runner(impl, layer, grad, seed=0):
 def torch_workaround(impl, layer, x, w, b):
     """The layer in PyTorch: ``unfold``, then ``einsum`` (``torch_einsum``) or a batched matmul with a
     batch per kernel (``torch_bmm``)."""
+    if impl not in TORCH_IMPLS:
+        raise ValueError(f"impl must be one of {TORCH_IMPLS}, got {impl!r}")
     import torch
     import torch.nn.functional as TF
     n, (oh, ow), (th, tw), c_out = layer.x[0], layer.out, layer.grid, layer.c_out
@@ -130,13 +132,11 @@ def torch_workaround(impl, layer, x, w, b):
     kernels = w.reshape(th, tw, c_out, -1)                                     # (i, j, C_out, K)
     if impl == "torch_einsum":
         y = torch.einsum("nkaibj,ijok->noaibj", cols, kernels).reshape(n, c_out, oh, ow)
-    elif impl == "torch_bmm":
+    else:
         # (i j, N A B, K), copied: bmm on the strided view is tens of times slower
         rows = cols.permute(3, 5, 0, 2, 4, 1).reshape(th * tw, -1, cols.shape[1]).contiguous()
         y = torch.bmm(rows, kernels.reshape(th * tw, c_out, -1).transpose(1, 2))  # (i j, N A B, C_out)
         y = y.reshape(th, tw, n, oh // th, ow // tw, c_out).permute(2, 5, 3, 0, 4, 1).reshape(n, c_out, oh, ow)
-    else:
-        raise ValueError(f"impl must be one of {TORCH_IMPLS}, got {impl!r}")
     return y + (b if b.ndim == 3 else b.reshape(c_out, 1, 1))
 
 
