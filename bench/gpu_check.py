@@ -2,17 +2,23 @@
 
 1. Correctness: every GPU op against fastconv's CPU path on the benchmark shapes of
    ``bench/benchmarks/common.py``: fresh random data for every check, every output the GPU writes filled
-   with NaN beforehand (``cuda_array.poison_outputs``), and the CPU oracle computed in float64 from the
-   same inputs. Convolutions: forward through both kernels (direct and implicit GEMM) and through
+   with NaN beforehand (``fastconv.gpu.alloc.poison_outputs``), and the CPU oracle computed in float64
+   from the same inputs. Convolutions: forward through both kernels (direct and implicit GEMM) and through
    ``F.conv{1,2}d``, input/weight/bias gradients through autograd; transposed convolution; max pooling
-   (values, int64 indices exactly, gradient), average pooling and its gradient; every function of the
-   GPU array namespace against NumPy; linear + cross-entropy; a LeNet-5 training step (loss and updated
-   weights).
-2. Speed: fastconv ``cuda`` against PyTorch (cuDNN) side by side, forward and forward + backward, median
+   (values, int64 indices exactly, gradient), average pooling and its gradient; the fused ops (bias and
+   activation in convolution and linear layers, activation before pooling, cross-entropy); every function
+   of the GPU array namespace against NumPy; a LeNet-5 training step (loss and updated weights).
+2. Launches: microseconds per launch (Numba's own launch of an empty kernel, fastconv's launch path, a
+   whole elementwise op), and per training step (LeNet-5, MNIST-1D): launches, host microseconds per
+   launch, the kernels' GPU time, ms per step against PyTorch (cuDNN) and fastconv on the CPU.
+3. Speed: fastconv ``cuda`` against PyTorch (cuDNN) side by side, forward and forward + backward, median
    ms over interleaved repetitions, the GPU synchronised after every call; a Markdown table. Without
    PyTorch (or without a GPU for it) the torch columns are left out.
 
-    python bench/gpu_check.py                  # benchmark shapes, float32 checks, timings
+Every section reports its own failures and the run goes on, so one missing piece (no PyTorch, no CUDA
+PyTorch, a failing kernel) never hides the rest.
+
+    python bench/gpu_check.py                  # benchmark shapes, float32 checks, launches, timings
     python bench/gpu_check.py --tiny           # tiny shapes; also runs under NUMBA_ENABLE_CUDASIM=1
     python bench/gpu_check.py --shapes vgg_3x3,resnet_s2 --repeat 21 --markdown results.md
     python bench/gpu_check.py --ptx            # no GPU: compile every kernel for sm_80/sm_90 with NVVM
@@ -32,6 +38,7 @@ import time
 import traceback
 
 import numpy as np
+from numba import cuda  # a module global: the simulator swaps it for its own inside kernels
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchmarks import common  # noqa: E402  (the one shape table)
@@ -103,9 +110,9 @@ def check_autograd(chk, what, fn, arrays, gy, dtype):
 
 def check_conv(chk, shape, dtype, rng):
     import fastconv.functional as F
-    from fastconv.backends import cuda as kc
-    from fastconv.backends import cuda_array as ca
     from fastconv.backends import reference as ref
+    from fastconv.gpu import conv as kc
+    from fastconv.gpu import xp as ca
     spec = shape.spec()
     fan_in = float(np.prod(shape.w[1:]))
     x, w, b = _rand(rng, shape.x, dtype), _rand(rng, shape.w, dtype, fan_in ** -0.5), _rand(rng, shape.w[0], dtype)
@@ -117,8 +124,7 @@ def check_conv(chk, shape, dtype, rng):
                      b.astype(np.float64), spec)
     xd, wd, bd = (ca.asarray(a) for a in (x.reshape(spec.x_shape), w.reshape(spec.w_shape), b))
     chk.close(f"{shape.name} implicit-GEMM kernel", kc.conv2d_gemm(xd, wd, bd, spec), y64, dtype)
-    ph, pw = kc._direct_patch(spec)
-    if ph * pw + kc.config().direct[2] * spec.kh * spec.kw <= kc.DIRECT_SMEM:
+    if kc.direct_fits(spec):
         chk.close(f"{shape.name} direct kernel", kc.conv2d_direct(xd, wd, bd, spec), y64, dtype)
     if shape.groups == 1 and shape.stride == 1:  # the transposed convolution of the same weight
         xt = _rand(rng, spec.user_shape(spec.y_shape), dtype)
@@ -155,14 +161,36 @@ def check_glue(chk, dtype, rng, tiny):
     check_autograd(chk, f"linear {np.dtype(dtype)}", F.linear, [x, w, b], _rand(rng, (n, m), dtype), dtype)
     labels = rng.integers(0, 10, n)
     logits = _rand(rng, (n, 10), dtype)
-    check_autograd(chk, f"cross_entropy {np.dtype(dtype)}",
-                   lambda z: F.cross_entropy(z, fc.tensor(labels, device=z.device)), [logits],
-                   np.array(1.0), dtype)
+    for reduction in ("mean", "sum", "none"):
+        check_autograd(chk, f"cross_entropy {reduction} {np.dtype(dtype)}",
+                       lambda z: F.cross_entropy(z, fc.tensor(labels, device=z.device), reduction), [logits],
+                       np.ones(n if reduction == "none" else ()), dtype)
+
+
+def check_fused(chk, dtype, rng, tiny):
+    """The fused ops against the same ops unfused on the CPU: convolution + bias + activation (both
+    kernels: few and many output channels), linear + bias + activation, activation + pooling."""
+    import fastconv.functional as F
+    n = 2 if tiny else 32
+    for act in ("relu", "tanh", "sigmoid"):
+        for c_out in (6, 40):
+            x, w = _rand(rng, (n, 3, 9, 8), dtype), _rand(rng, (c_out, 3, 3, 3), dtype, 0.2)
+            b = _rand(rng, c_out, dtype)
+            gy = _rand(rng, (n, c_out, 9, 8), dtype)
+            check_autograd(chk, f"conv {c_out} channels + {act} {np.dtype(dtype)}",
+                           lambda x, w, b: F.conv2d(x, w, b, padding=1, activation=act), [x, w, b], gy, dtype)
+        x, w, b = _rand(rng, (n, 20), dtype), _rand(rng, (12, 20), dtype, 0.2), _rand(rng, 12, dtype)
+        check_autograd(chk, f"linear + {act} {np.dtype(dtype)}", lambda x, w, b: F.linear(x, w, b, activation=act),
+                       [x, w, b], _rand(rng, (n, 12), dtype), dtype)
+        x = _rand(rng, (n, 3, 9, 8), dtype)
+        check_autograd(chk, f"{act} + max_pool {np.dtype(dtype)}",
+                       lambda x: F.max_pool2d(x, 3, 2, padding=1, activation=act), [x], _rand(rng, (n, 3, 5, 4), dtype),
+                       dtype)
 
 
 def check_namespace(chk, dtype, rng):
     """Every function of the GPU array namespace against NumPy on the same values (float64 oracle)."""
-    from fastconv.backends import cuda_array as xp
+    from fastconv.gpu import xp
     a, b = _rand(rng, (3, 4, 5), dtype), np.abs(_rand(rng, (4, 1), dtype)) + np.asarray(0.5, dtype)
     da, db = xp.asarray(a), xp.asarray(b)
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
@@ -202,6 +230,29 @@ def check_namespace(chk, dtype, rng):
               a64 - np.exp(logp) * a64.sum(axis=1, keepdims=True), dtype)
 
 
+def check_optimizers(chk, dtype, rng):
+    """Three steps of each optimizer's fused update on the GPU against the CPU's, same gradients."""
+    import fastconv as fc
+    from fastconv import optim
+    makers = {"adam": lambda ps: optim.Adam(ps, lr=1e-2, weight_decay=1e-2),
+              "adamw": lambda ps: optim.AdamW(ps, lr=1e-2),
+              "sgd": lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9, dampening=0.1, weight_decay=1e-2)}
+    values = [_rand(rng, s, dtype) for s in ((4, 3), (7,), (2, 2, 5))]
+    grads = [[_rand(rng, v.shape, dtype) for v in values] for _ in range(3)]
+    for name, make in makers.items():
+        results = {}
+        for device in ("cuda", "cpu"):
+            params = [fc.tensor(v, requires_grad=True, device=device) for v in values]
+            opt = make(params)
+            for step in grads:
+                for p, g in zip(params, step):
+                    p.grad = fc.tensor(g, device=device).data
+                opt.step()
+            results[device] = params
+        for i, (p, q) in enumerate(zip(results["cuda"], results["cpu"])):
+            chk.close(f"{name} fused step {np.dtype(dtype)} parameter {i}", p, q, dtype)
+
+
 def check_training(chk):
     """One Adam step of LeNet-5 on the GPU against the same step on the CPU (same initial weights)."""
     import fastconv
@@ -222,25 +273,141 @@ def check_training(chk):
 
 
 def run_checks(shapes, dtypes, tiny, seed):
-    from fastconv.backends import cuda_array as ca
+    from fastconv.gpu import alloc
     chk = Checker()
     start = time.perf_counter()
     rng = np.random.default_rng(seed)
-    ca.poison_outputs(True)
+    alloc.poison_outputs(True)
     try:
         for shape in shapes:
             for dtype in dtypes:
                 print(f"{shape.name} ({shape.describe()}), {np.dtype(dtype)} [{time.perf_counter() - start:.0f} s]")
                 check = check_conv if shape.kind == "conv" else check_pool
                 chk.run(shape.name, lambda: check(chk, shape, dtype, rng))
-        print("array namespace, glue and training")
+        print("array namespace, fused ops, glue and training")
         for dtype in dtypes:
             chk.run("namespace", lambda: check_namespace(chk, dtype, rng))
+            chk.run("fused", lambda: check_fused(chk, dtype, rng, tiny))
+            chk.run("optimizers", lambda: check_optimizers(chk, dtype, rng))
             chk.run("glue", lambda: check_glue(chk, dtype, rng, tiny))
         chk.run("training", lambda: check_training(chk))
     finally:
-        ca.poison_outputs(False)
+        alloc.poison_outputs(False)
     return chk
+
+
+# ------------------------------------------------------------------------------ launches
+def _noop_kernel():
+    """A kernel that does nothing (reads and writes back one element): what a launch costs by itself."""
+    @cuda.jit
+    def noop(a, n):
+        i = cuda.grid(1)
+        if i < n:
+            a[i] = a[i]
+    return noop
+
+
+def _per_call_us(fn, number):
+    from fastconv.gpu import launch
+    fn()  # compile
+    launch.synchronize()
+    start = time.perf_counter()
+    for _ in range(number):
+        fn()
+    launch.synchronize()
+    return (time.perf_counter() - start) / number * 1e6
+
+
+def launch_overhead(number):
+    """Host microseconds per launch, the GPU synchronised once after ``number`` launches: Numba's own
+    launch of an empty kernel, the same kernel through fastconv's launch path (resolved once, reused),
+    and a whole one-element op (``xp.add(a, b, out=c)``: arguments, plan and launch)."""
+    from fastconv.gpu import launch, xp
+    a, b, c = (xp.ones(1, np.float32) for _ in range(3))
+    raw = _noop_kernel()
+    calls = {"numba kernel[1, 32](...)": lambda: raw[1, 32](a._buf, 1),
+             "fastconv launch()": lambda: launch.launch(_noop_kernel, (), 1, 32, a._buf, 1),
+             "fastconv xp.add(a, b, out=c)": lambda: xp.add(a, b, out=c)}
+    return {name: _per_call_us(fn, number) for name, fn in calls.items()}
+
+
+def training_launches(tasks, simulated, with_torch, repeat, min_time):
+    """Per task: launches per Adam step (counted without running them), by category; on a GPU also the
+    host microseconds per launch, the kernels' GPU time, and ms per step of fastconv cuda, PyTorch cuda
+    and fastconv on the CPU, interleaved."""
+    import fastconv
+    from compare import time_interleaved  # bench/compare.py: the interleaved timer
+    rows = []
+    for task in tasks:
+        row = {"task": task, "batch": common.TRAIN_TASKS[task][2]}
+        x, y = common.synthetic_batch(task)
+        trainer = common.Trainer(task, "cuda", device="cuda")
+        with fastconv.cuda.profile(count_only=True):
+            trainer.step(x, y)  # makes the optimizer's state
+        with fastconv.cuda.profile(count_only=True) as counted:
+            trainer.step(x, y)
+        row["launches"], row["categories"] = len(counted), dict(counted.counts().most_common())
+        if not simulated:
+            for _ in range(3):
+                trainer.step(x, y)
+            with fastconv.cuda.profile() as prof:
+                trainer.step(x, y)
+            row["host_us"] = sum(r.host_us for r in prof.launches) / max(1, len(prof))
+            row["gpu_us"] = sum(r.gpu_us or 0.0 for r in prof.launches)
+            calls = {"fastconv cuda": lambda: trainer.step(x, y)}
+            others = {"torch cuda": (common.TORCH, "cuda")} if with_torch else {}
+            others["fastconv cpu"] = ("auto", "cpu")
+            for name, (impl, device) in others.items():
+                try:  # a missing piece leaves its column empty
+                    other = common.Trainer(task, impl, device=device)
+                    other.step(x, y)
+                    calls[name] = (lambda t: lambda: t.step(x, y))(other)
+                except Exception as err:
+                    print(f"  {task} {name}: {type(err).__name__}: {err}")
+            for name, samples in time_interleaved(calls, repeat, min_time).items():
+                row[name] = _median_ms(samples)
+        rows.append(row)
+        print(f"  {task}: {row}")
+    return rows
+
+
+def launches_markdown(overhead, rows, device):
+    lines = [f"Launches on {device}. Host microseconds per launch (GPU synchronised after the loop):", ""]
+    lines += [f"- {name}: {us:.1f} us" for name, us in (overhead or {}).items()]
+    head = ["task", "batch", "launches/step", "by category", "host us/launch", "kernel us/step",
+            "fastconv cuda ms/step", "torch cuda ms/step", "torch/fastconv", "fastconv cpu ms/step", "cpu/cuda"]
+    lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def num(v, fmt):
+        return format(v, fmt) if isinstance(v, float) else "-"
+
+    for r in rows:
+        gpu, torch_ms, cpu = r.get("fastconv cuda"), r.get("torch cuda"), r.get("fastconv cpu")
+        cells = [r["task"], str(r["batch"]), str(r["launches"]),
+                 ", ".join(f"{k} {v}" for k, v in r["categories"].items()), num(r.get("host_us"), ".1f"),
+                 num(r.get("gpu_us"), ".0f"), num(gpu, ".3f"), num(torch_ms, ".3f"),
+                 num(torch_ms / gpu if gpu and torch_ms else None, ".2f"), num(cpu, ".3f"),
+                 num(cpu / gpu if gpu and cpu else None, ".2f")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def run_launches(args, simulated, with_torch, device):
+    """The launches section; every failure is reported and the run goes on."""
+    overhead, rows = None, []
+    try:
+        overhead = launch_overhead(50 if simulated else 5000)
+    except Exception:
+        traceback.print_exc()
+    try:
+        rows = training_launches(list(common.TRAIN_TASKS), simulated, with_torch, 3 if simulated else args.repeat,
+                                 0.0 if simulated else args.min_time)
+    except Exception:
+        traceback.print_exc()
+    table = launches_markdown(overhead, rows, device)
+    if simulated:
+        table += "\n\nsimulator: microseconds measure Python, not a GPU; launches are counted as on a GPU"
+    return table
 
 
 # -------------------------------------------------------------------------------- timing
@@ -321,7 +488,7 @@ def compile_ptx(ccs):
     with tempfile.TemporaryDirectory() as tmp:
         records = os.path.join(tmp, "launches.pkl")
         env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
-        done = subprocess.run([sys.executable, os.path.abspath(__file__), "--tiny", "--no-timing",
+        done = subprocess.run([sys.executable, os.path.abspath(__file__), "--tiny", "--no-timing", "--no-launches",
                                "--record", records], env=env, capture_output=True, text=True)
         if done.returncode:
             print(done.stdout[-3000:], done.stderr[-3000:])
@@ -357,13 +524,12 @@ def _compile_records(launches, ccs, tmp):
     import importlib
     import shutil
     _patch_numba_cuda_without_driver()
-    from numba import cuda
-    from fastconv.backends import _cuda_kernels
+    from fastconv.gpu import launch
     ptxas = shutil.which("ptxas") or ("/usr/local/cuda/bin/ptxas" if os.path.exists("/usr/local/cuda/bin/ptxas")
                                       else None)
     failures = 0
     for module, factory, key, sig in launches:
-        kernel = _cuda_kernels.kernel(getattr(importlib.import_module(module), factory), key)
+        kernel = launch.kernel(getattr(importlib.import_module(module), factory), key)
         for cc in ccs:
             try:
                 ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=cc)
@@ -394,7 +560,8 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, help="random data seed (default: the time)")
     parser.add_argument("--repeat", type=int, default=11)
     parser.add_argument("--min-time", type=float, default=0.05, help="seconds per timing sample")
-    parser.add_argument("--no-timing", action="store_true")
+    parser.add_argument("--no-timing", action="store_true", help="no speed table of the shapes")
+    parser.add_argument("--no-launches", action="store_true", help="no launch counts and overheads")
     parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out of the timings")
     parser.add_argument("--markdown", help="also write the timing table to this file")
     parser.add_argument("--ptx", action="store_true", help="no GPU: compile every kernel to PTX and stop")
@@ -405,10 +572,6 @@ def main(argv=None):
     if args.ptx:
         return compile_ptx([tuple(int(v) for v in cc.split(".")) for cc in args.cc.split(",")])
     import fastconv
-    if args.record:
-        from fastconv.backends import _cuda_kernels
-        launches = []
-        _cuda_kernels.record_launches(launches)
     if not fastconv.cuda.is_available():
         print("no CUDA GPU here (and NUMBA_ENABLE_CUDASIM is not set): nothing to check. "
               "Use --ptx to compile the kernels without a GPU.")
@@ -428,14 +591,26 @@ def main(argv=None):
     start = time.perf_counter()
     seed = int(time.time()) if args.seed is None else args.seed  # fresh data on every run by default
     print(f"seed {seed} (--seed {seed} repeats this run's data)")
+    if args.record:  # every launch's kernel and argument types, for --ptx
+        from fastconv.gpu import launch
+        recorder = launch.Profile(signatures=True)
+        previous = launch.start_profile(recorder)
     chk = run_checks(shapes, dtypes, args.tiny, seed)
     print(f"\n{chk.count} checks, {len(chk.failures)} failures ({time.perf_counter() - start:.1f} s)")
     for failure in chk.failures:
         print(f"  FAIL {failure}")
     if args.record:
-        _cuda_kernels.record_launches(None)
+        launch.stop_profile(previous)
         with open(args.record, "wb") as f:
-            pickle.dump(list(set(launches)), f)
+            pickle.dump(list(set(recorder.signatures)), f)
+
+    if not args.no_launches:
+        print("\nlaunches")
+        table = run_launches(args, simulated, torch_info is not None, f"{device}; {torch_info or 'PyTorch not used'}")
+        print("\n" + table)
+        if args.markdown:
+            with open(args.markdown + ".launches.md", "w") as f:
+                f.write(table + "\n")
 
     if not args.no_timing:
         if simulated:

@@ -5,6 +5,7 @@
     fastconv info                             # versions, threads, OpenMP, BLAS, CUDA, backends
     fastconv plan lenet5 --batch 128          # which kernel runs each pass of a model, and why
     fastconv plan conv2d --input 8,64,56,56 --weight 64,64,3,3 --padding 1 --measure
+    fastconv tune                             # measure the kernels of every model's layers, keep the fastest
     fastconv bench [args]                     # bench/compare.py: fastconv vs PyTorch, per op
     fastconv compare [args]                   # bench/compare_training.py: training, fastconv vs PyTorch
 
@@ -56,7 +57,7 @@ def run_script(command, argv):
 
 def _parser():
     parser = argparse.ArgumentParser(prog="fastconv", description="fastconv: convolution engine for Python")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,info,plan,bench,compare}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,info,plan,tune,bench,compare}")
 
     from .models import MODELS
     from .train import OPTIMIZERS, SCHEDULES
@@ -105,6 +106,13 @@ def _parser():
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--backend", default="auto", help="auto, a backend (cython) or an algorithm (cython:blocked)")
     p.add_argument("--measure", action="store_true", help="time each kernel here")
+    t = sub.add_parser("tune", help="measure the kernels of the models' layers here and keep the fastest",
+                       description="Time every candidate kernel of every pass of the reference models' layers "
+                                   "(their training batch sizes) and store the fastest in the planner's cache, "
+                                   "which later runs on this machine use.")
+    t.add_argument("models", nargs="*", choices=sorted(MODELS), metavar="MODEL",
+                   help=f"models to measure (default: lenet5 paper wide; any of {', '.join(sorted(MODELS))})")
+    t.add_argument("--batch", type=int, help="batch size (default: each model's training recipe)")
     for name, (_, text) in SCRIPTS.items():
         sub.add_parser(name, help=text, add_help=False)
     return parser
@@ -139,6 +147,27 @@ def plan(args):
     return 0
 
 
+def tune(args):
+    """``fastconv tune``: :func:`fastconv.calibrate.calibrate` over reference models, printed as a table."""
+    from . import models
+    from .backends import tune as cache
+    from .calibrate import calibrate, table
+    from .train import RECIPES
+    rows = []
+    for name in args.models or ["lenet5", "paper", "wide"]:
+        batch = args.batch or RECIPES[name]["batch_size"]
+        shape = (batch,) + models.SAMPLE_SHAPES[name]
+        print(f"measuring {name} on {'x'.join(map(str, shape))} ...", file=sys.stderr, flush=True)
+        rows += calibrate(models.create(name), shape,
+                          progress=lambda r: print(f"  {r['layer']} {r['pass']} {r['shape']}: {r['winner']}",
+                                                   file=sys.stderr, flush=True))
+    print(table(rows))
+    changed = sum(r["winner"] != r["model"] for r in rows)
+    print(f"\n{len(rows)} passes measured; the measured fastest differs from the model's choice in {changed}; "
+          f"stored in {cache.cache_path()}")
+    return 0
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in SCRIPTS:  # everything after the subcommand belongs to the script
@@ -148,6 +177,8 @@ def main(argv=None):
         from .config import show_config
         show_config()
         return 0
+    if args.command == "tune":
+        return tune(args)
     if args.command == "plan":
         try:
             return plan(args)

@@ -1,10 +1,13 @@
 """Where an array lives ("cpu" or "cuda"), its array namespace, and moves between devices.
 
-CPU arrays are NumPy arrays and use the ``numpy`` namespace. CUDA arrays are Numba device arrays; their
-namespace (``fastconv.backends.cuda_array``) implements the subset of NumPy's functions that ``Tensor`` and
-the glue ops use, under the same names, so one piece of code serves both devices.
+CPU arrays are NumPy arrays and use ``fastconv.numpy_xp`` (NumPy plus the fused ops). GPU arrays are
+:class:`~fastconv.gpu.array.CudaArray`s; their namespace (``fastconv.gpu.xp``) implements the subset of
+NumPy's functions that ``Tensor`` and the glue ops use and the same fused ops, under the same names, so
+one piece of code serves both devices.
 """
 import numpy as np
+
+from . import numpy_xp
 
 DEVICES = ("cpu", "cuda")
 
@@ -28,16 +31,16 @@ def device_of(data):
 
 
 def _is_cuda_array(data):
-    from .backends import cuda_array  # CudaArray (also under the simulator), Numba device arrays
-    return cuda_array.is_device_array(data)
+    from .gpu import array  # imported on first use: CPU-only work never loads the GPU code
+    return array.is_device_array(data)
 
 
 def array_module(device):
     """The NumPy-like namespace for arrays on ``device``."""
     if device == "cpu":
-        return np
-    from .backends import cuda_array
-    return cuda_array
+        return numpy_xp
+    from .gpu import xp
+    return xp
 
 
 def to_device(data, device):
@@ -45,5 +48,5 @@ def to_device(data, device):
     device = check_device(device)
     if device_of(data) == "cpu" and device == "cpu":
         return data
-    from .backends import cuda_array  # device arrays are wrapped as CudaArrays without a copy
-    return cuda_array.asarray(data) if device == "cuda" else cuda_array.asarray(data).copy_to_host()
+    from .gpu import array  # device arrays are wrapped as CudaArrays without a copy
+    return array.asarray(data) if device == "cuda" else array.asarray(data).copy_to_host()

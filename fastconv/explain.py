@@ -56,6 +56,12 @@ def explain(target, *args, measure=False, **kwargs):
     and ``kwargs`` (float arrays become tensors that require grad, so their gradients are planned too),
     or a module called on an input (an array, or a shape filled with random numbers). ``measure``: time
     each kernel on this machine (fresh random inputs, best of a few calls)."""
+    return Explanation([row for layer in record(target, *args, **kwargs) for row in _rows(layer, measure)])
+
+
+def record(target, *args, **kwargs):
+    """The layers (``plan.Layer``: the plans of each op's kernels) that ``target`` plans when it runs
+    once on ``args``: an op with its arguments, or a module with one input (an array or a shape)."""
     from .nn import Module
     if isinstance(target, Module):
         if len(args) != 1:
@@ -72,7 +78,7 @@ def explain(target, *args, measure=False, **kwargs):
             target(*inputs, **kwargs)
     else:
         raise TypeError(f"target must be an op (a callable) or an nn.Module, got {type(target).__name__}")
-    return Explanation([row for layer in layers for row in _rows(layer, measure)])
+    return layers
 
 
 def _rows(layer, measure):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import shapes
+from . import fusion, shapes
 from .backends import plan, separable
 from .random import generator
 from .tensor import Tensor, as_tensor, is_grad_enabled, make
@@ -26,13 +26,13 @@ __all__ = [
 
 # ------------------------------------------------------------------------------- helpers
 def _tensors(**named):
-    """Wrap arrays as Tensors and check they share one device; ``None`` passes through."""
+    """Wrap arrays as Tensors and check they share one device; ``bias=None`` passes through."""
     out, device = [], None
     for name, value in named.items():
-        if value is None:
+        if value is None and name == "bias":  # the one optional array argument
             out.append(None)
             continue
-        t = as_tensor(value)
+        t = as_tensor(value, name)
         if device is None:
             device = t.device
         elif t.device != device:
@@ -49,13 +49,6 @@ def _as4(array, shape4):
     """The 4-D, C-contiguous array a kernel wants (a view for contiguous input)."""
     array = array.reshape(shape4)
     return array if array.flags.c_contiguous else array.copy()
-
-
-def _bias_grad(xp, g4):
-    # Sum over the batch first (contiguous rows), then over positions: ~20x faster in NumPy than one
-    # sum over axes (0, 2, 3) for the small maps of MNIST-1D and LeNet.
-    n, c, h, w = g4.shape  # explicit sizes: reshape with -1 fails for an empty batch
-    return xp.sum(xp.sum(g4.reshape(n, c, h * w), axis=0), axis=1)
 
 
 # --------------------------------------------------------------------- kernel-backed ops
@@ -78,35 +71,42 @@ def _result(y, user_shape, parents, backward):
     return make(y.reshape(user_shape), parents, backward)
 
 
-def _conv(input, weight, bias, dims, stride, padding, dilation, groups, backend):
+def _conv(input, weight, bias, dims, stride, padding, dilation, groups, backend, activation):
     x, w, b = _tensors(input=input, weight=weight, bias=bias)
     _floats(input=x, weight=w, bias=b)
     spec = shapes.conv_spec(x.shape, w.shape, None if b is None else b.shape,
                             stride, padding, dilation, groups, dims)
+    act = fusion.check_activation(activation)
     run = _planned(f"conv{dims}d", spec, x, backend, "conv2d", conv2d_grad_input=x, conv2d_grad_weight=w)
     x4, w4 = _as4(x.data, spec.x_shape), _as4(w.data, spec.w_shape)
-    y = run.conv2d(x4, w4, None if b is None else b.data, spec)
+    y = fusion.conv2d(run, x.xp, x4, w4, None if b is None else b.data, spec, act)
 
     def backward(g):
-        g4 = _as4(g, spec.y_shape)
-        return (_grad(x, lambda: run.conv2d_grad_input(g4, w4, spec).reshape(x.shape)),
-                _grad(w, lambda: run.conv2d_grad_weight(g4, x4, spec).reshape(w.shape)),
-                _grad(b, lambda: _bias_grad(x.xp, g4)))
+        need = tuple(t is not None and t.requires_grad for t in (x, w, b))
+        gx, gw, gb = fusion.conv2d_grads(run, x.xp, _as4(g, spec.y_shape), x4, w4, y, spec, act, need)
+        return (None if gx is None else gx.reshape(x.shape)), (None if gw is None else gw.reshape(w.shape)), gb
     return _result(y, spec.user_shape(spec.y_shape), (x, w, b), backward)
 
 
-def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, backend="auto"):
-    """1-D cross-correlation of ``input (N, C_in, L)`` with ``weight (C_out, C_in/groups, K)``."""
-    return _conv(input, weight, bias, 1, stride, padding, dilation, groups, backend)
+def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, backend="auto",
+           activation=None):
+    """1-D cross-correlation of ``input (N, C_in, L)`` with ``weight (C_out, C_in/groups, K)``.
+
+    ``activation``: ``"relu"``, ``"tanh"`` or ``"sigmoid"`` applied to the output in the same op (one
+    kernel on the GPU; the same numbers as calling it afterwards).
+    """
+    return _conv(input, weight, bias, 1, stride, padding, dilation, groups, backend, activation)
 
 
-def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, backend="auto"):
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, backend="auto",
+           activation=None):
     """2-D cross-correlation of ``input (N, C_in, H, W)`` with ``weight (C_out, C_in/groups, KH, KW)``.
 
     ``padding``: an int, a pair, ``"valid"`` (none) or ``"same"`` (output size = input size, stride 1).
     ``backend``: ``"auto"``, a backend (``"cython"``) or one of its algorithms (``"cython:blocked"``).
+    ``activation``: as in :func:`conv1d`.
     """
-    return _conv(input, weight, bias, 2, stride, padding, dilation, groups, backend)
+    return _conv(input, weight, bias, 2, stride, padding, dilation, groups, backend, activation)
 
 
 def _conv_transpose(input, weight, bias, dims, stride, padding, output_padding, groups, dilation, backend):
@@ -126,7 +126,7 @@ def _conv_transpose(input, weight, bias, dims, stride, padding, output_padding, 
         g4 = _as4(g, spec.x_shape)
         return (_grad(x, lambda: run.conv2d(g4, w4, None, spec).reshape(x.shape)),
                 _grad(w, lambda: run.conv2d_grad_weight(x4, g4, spec).reshape(w.shape)),
-                _grad(b, lambda: _bias_grad(x.xp, g4)))
+                _grad(b, lambda: fusion.bias_grad(x.xp, g4)))
     return _result(y, spec.user_shape(spec.x_shape), (x, w, b), backward)
 
 
@@ -150,63 +150,75 @@ def _pool_input(input, dims, **spec_args):
     return x, spec, _as4(x.data, spec.x_shape)
 
 
-def _max_pool(input, dims, kernel_size, stride, padding, dilation, ceil_mode, return_indices, backend):
-    x, spec, x4 = _pool_input(input, dims, kernel_size=kernel_size, stride=stride, padding=padding,
-                              dilation=dilation, ceil_mode=ceil_mode)
-    run = _planned(f"max_pool{dims}d", spec, x, backend, "max_pool2d", max_pool2d_grad=x)
-    y, indices = run.max_pool2d(x4, spec)
+def _pool(kind, input, dims, backend, activation, **spec_args):
+    """``kind`` ("max", "avg") pooling of ``activation(input)``: ``(output, indices or None)``."""
+    x, spec, x4 = _pool_input(input, dims, **spec_args)
+    act = fusion.check_activation(activation)
+    op = f"{kind}_pool2d"
+    run = _planned(f"{kind}_pool{dims}d", spec, x, backend, op, **{f"{op}_grad": x})
+    y, saved = fusion.pool(run, x.xp, kind, x4, spec, act)
+    y, indices = y if kind == "max" else (y, None)
 
     def backward(g):
-        return (run.max_pool2d_grad(_as4(g, spec.y_shape), indices, spec).reshape(x.shape),)
-    out = _result(y, spec.user_shape(spec.y_shape), (x,), backward)
+        return (fusion.pool_grad(run, x.xp, kind, _as4(g, spec.y_shape), indices, spec, act, saved).reshape(x.shape),)
+    return _result(y, spec.user_shape(spec.y_shape), (x,), backward), indices
+
+
+def _max_pool(input, dims, kernel_size, stride, padding, dilation, ceil_mode, return_indices, backend,
+              activation):
+    return_indices = shapes.flag("return_indices", return_indices)
+    out, indices = _pool("max", input, dims, backend, activation, kernel_size=kernel_size, stride=stride,
+                         padding=padding, dilation=dilation, ceil_mode=ceil_mode)
     if return_indices:
         return out, Tensor(indices.reshape(out.shape))
     return out
 
 
 def max_pool1d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
-               return_indices=False, backend="auto"):
-    """Max over sliding windows of ``(N, C, L)``; with ``return_indices`` also the argmax positions."""
-    return _max_pool(input, 1, kernel_size, stride, padding, dilation, ceil_mode, return_indices, backend)
+               return_indices=False, backend="auto", activation=None):
+    """Max over sliding windows of ``(N, C, L)``; with ``return_indices`` also the argmax positions.
+
+    ``activation``: ``"relu"``, ``"tanh"`` or ``"sigmoid"`` applied to the input in the same op (one
+    kernel on the GPU; the same numbers as calling it first).
+    """
+    return _max_pool(input, 1, kernel_size, stride, padding, dilation, ceil_mode, return_indices, backend,
+                     activation)
 
 
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
-               return_indices=False, backend="auto"):
-    """Max over sliding windows of ``(N, C, H, W)``; indices are flat (``row * W + col``) per plane."""
-    return _max_pool(input, 2, kernel_size, stride, padding, dilation, ceil_mode, return_indices, backend)
+               return_indices=False, backend="auto", activation=None):
+    """Max over sliding windows of ``(N, C, H, W)``; indices are flat (``row * W + col``) per plane.
+    ``activation``: as in :func:`max_pool1d`."""
+    return _max_pool(input, 2, kernel_size, stride, padding, dilation, ceil_mode, return_indices, backend,
+                     activation)
 
 
-def _avg_pool(input, dims, kernel_size, stride, padding, ceil_mode, count_include_pad, backend):
-    x, spec, x4 = _pool_input(input, dims, kernel_size=kernel_size, stride=stride, padding=padding,
-                              ceil_mode=ceil_mode, count_include_pad=count_include_pad)
-    run = _planned(f"avg_pool{dims}d", spec, x, backend, "avg_pool2d", avg_pool2d_grad=x)
-    y = run.avg_pool2d(x4, spec)
-
-    def backward(g):
-        return (run.avg_pool2d_grad(_as4(g, spec.y_shape), spec).reshape(x.shape),)
-    return _result(y, spec.user_shape(spec.y_shape), (x,), backward)
+def _avg_pool(input, dims, kernel_size, stride, padding, ceil_mode, count_include_pad, backend, activation):
+    return _pool("avg", input, dims, backend, activation, kernel_size=kernel_size, stride=stride,
+                 padding=padding, ceil_mode=ceil_mode, count_include_pad=count_include_pad)[0]
 
 
 def avg_pool1d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
-               backend="auto"):
-    """Mean over sliding windows of ``(N, C, L)``."""
-    return _avg_pool(input, 1, kernel_size, stride, padding, ceil_mode, count_include_pad, backend)
+               backend="auto", activation=None):
+    """Mean over sliding windows of ``(N, C, L)``; ``activation`` as in :func:`max_pool1d`."""
+    return _avg_pool(input, 1, kernel_size, stride, padding, ceil_mode, count_include_pad, backend, activation)
 
 
 def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
-               backend="auto"):
-    """Mean over sliding windows of ``(N, C, H, W)``; ``count_include_pad`` counts zero padding."""
-    return _avg_pool(input, 2, kernel_size, stride, padding, ceil_mode, count_include_pad, backend)
+               backend="auto", activation=None):
+    """Mean over sliding windows of ``(N, C, H, W)``; ``count_include_pad`` counts zero padding;
+    ``activation`` as in :func:`max_pool1d`."""
+    return _avg_pool(input, 2, kernel_size, stride, padding, ceil_mode, count_include_pad, backend, activation)
 
 
 def _lp_pool(input, dims, norm_type, kernel_size, stride, ceil_mode, backend):
-    if not isinstance(norm_type, (int, float)) or norm_type <= 0:
-        raise ValueError(f"norm_type must be a positive number, got {norm_type!r}")
-    kernel = shapes.ints("kernel_size", kernel_size, dims, 1)
-    x = as_tensor(input)
+    norm_type = shapes.real("norm_type", norm_type, 0, None, low_open=True)
+    x = _float_input(input)
+    spec = shapes.pool_spec(x.shape, kernel_size, stride, 0, 1, ceil_mode, dims=dims)  # before x ** p
+    plan.plan("avg_pool2d", spec, x.dtype, x.device, backend)  # so is a bad backend
     # As in PyTorch: the p-th root of the window sum of x**p (an average times the window size).
-    pooled = _avg_pool(x ** norm_type, dims, kernel, stride, 0, ceil_mode, True, backend)
-    return (pooled * float(np.prod(kernel))) ** (1.0 / norm_type)
+    pooled = _avg_pool(x ** norm_type, dims, kernel_size, stride, 0, ceil_mode, True, backend, None)
+    return (pooled * float(spec.kh * spec.kw)) ** (1.0 / norm_type)
 
 
 def lp_pool1d(input, norm_type, kernel_size, stride=None, ceil_mode=False, backend="auto"):
@@ -281,9 +293,7 @@ def _adaptive_matrix(size, out):
 def _adaptive_avg_pool(input, output_size, dims):
     (x,) = _tensors(input=input)
     _floats(input=x)
-    if x.ndim != dims + 2:
-        raise ValueError(f"input must be {dims + 2}-D, got shape {x.shape}")
-    out = shapes.ints("output_size", output_size, dims, 1)
+    out = shapes.adaptive_size(x.shape, output_size, dims)
     return _resample(x, [_adaptive_matrix(s, o) for s, o in zip(x.shape[2:], out)])
 
 
@@ -328,35 +338,16 @@ def interpolate(input, size=None, scale_factor=None, mode="nearest", align_corne
     """Resize ``(N, C, L)`` or ``(N, C, H, W)``: modes ``nearest``, ``linear`` (1-D), ``bilinear`` (2-D)."""
     (x,) = _tensors(input=input)
     _floats(input=x)
-    dims = x.ndim - 2
-    if dims not in (1, 2):
-        raise ValueError(f"input must be 3-D (N, C, L) or 4-D (N, C, H, W), got shape {x.shape}")
-    linear_mode = {1: "linear", 2: "bilinear"}[dims]
-    if mode not in ("nearest", linear_mode):
-        raise ValueError(f"mode must be 'nearest' or '{linear_mode}' for {x.ndim}-D input, got {mode!r}")
-    if mode == "nearest" and align_corners is not None:
-        raise ValueError("align_corners can only be set with a linear mode")
-    if (size is None) == (scale_factor is None):
-        raise ValueError("give exactly one of size and scale_factor")
+    out, scales = shapes.interpolate_size(x.shape, size, scale_factor, mode, align_corners)
     in_sizes = x.shape[2:]
-    if size is not None:
-        out = shapes.ints("size", size, dims, 1)
-        scales = [s / o for s, o in zip(in_sizes, out)]
-    else:
-        factors = (scale_factor,) * dims if isinstance(scale_factor, (int, float)) else tuple(scale_factor)
-        if len(factors) != dims or any(f <= 0 for f in factors):
-            raise ValueError(f"scale_factor must be a positive number or {dims} of them, got {scale_factor!r}")
-        out = tuple(int(np.floor(s * f)) for s, f in zip(in_sizes, factors))
-        if min(out) < 1:
-            raise ValueError(f"scale_factor {scale_factor!r} makes the output empty for input size {in_sizes}")
-        scales = [1.0 / f for f in factors]
     return _resample(x, [_interp_matrix(s, o, sc, mode, bool(align_corners))
                          for s, o, sc in zip(in_sizes, out, scales)])
 
 
 # ------------------------------------------------------------------ layers' glue
-def linear(input, weight, bias=None):
-    """``input @ weight.T + bias`` with ``weight (out_features, in_features)``."""
+def linear(input, weight, bias=None, activation=None):
+    """``input @ weight.T + bias`` with ``weight (out_features, in_features)``; ``activation`` (``"relu"``,
+    ``"tanh"``, ``"sigmoid"``) is applied in the same op (one GEMM on the GPU)."""
     x, w, b = _tensors(input=input, weight=weight, bias=bias)
     _floats(input=x, weight=w, bias=b)
     if w.ndim != 2 or x.ndim < 1 or x.shape[-1] != w.shape[1]:
@@ -364,31 +355,35 @@ def linear(input, weight, bias=None):
                          f"weight.shape[1] of a 2-D weight, got input {x.shape} and weight {w.shape}")
     if b is not None and b.shape != (w.shape[0],):
         raise ValueError(f"bias must have shape ({w.shape[0]},), got {b.shape}")
+    shapes.check_memory("the output", x.shape[:-1] + w.shape[:1], "the shapes of input and weight", x.dtype.itemsize)
+    act = fusion.check_activation(activation)
     xp = x.xp
     x2 = x.data.reshape(-1, w.shape[1])
-    y = xp.matmul(x2, w.data.T)
-    if b is not None:
-        y += b.data
+    y = xp.linear(x2, w.data, None if b is None else b.data, act)
 
     def backward(g):
-        g2 = g.reshape(-1, w.shape[0])
-        gx = xp.matmul(g2, w.data).reshape(x.shape) if x.requires_grad else None
-        gw = xp.matmul(g2.T, x2) if w.requires_grad else None
-        gb = xp.sum(g2, axis=0) if b is not None and b.requires_grad else None
-        return gx, gw, gb
+        need = (x.requires_grad, w.requires_grad, b is not None and b.requires_grad)
+        gx, gw, gb = xp.linear_grad(g.reshape(-1, w.shape[0]), x2, w.data, y, act, need)
+        return (None if gx is None else gx.reshape(x.shape)), gw, gb
     return make(y.reshape(x.shape[:-1] + (w.shape[0],)), (x, w) + ((b,) if b is not None else ()), backward)
 
 
+def _float_input(input):
+    (x,) = _tensors(input=input)
+    _floats(input=x)
+    return x
+
+
 def relu(input):
-    return as_tensor(input).relu()
+    return _float_input(input).relu()
 
 
 def tanh(input):
-    return as_tensor(input).tanh()
+    return _float_input(input).tanh()
 
 
 def sigmoid(input):
-    return as_tensor(input).sigmoid()
+    return _float_input(input).sigmoid()
 
 
 def flatten(input, start_dim=1):
@@ -401,15 +396,11 @@ def reshape(input, shape):
 
 def log_softmax(input, dim=-1):
     """``x - logsumexp(x)`` along ``dim``, computed stably."""
-    x = as_tensor(input)
-    _floats(input=x)
+    x = _float_input(input)
+    dim = shapes.axis("dim", dim, x.ndim)
     xp = x.xp
-    if hasattr(xp, "log_softmax"):  # the GPU namespace has it fused: one kernel each way instead of 6 and 4
-        out = xp.log_softmax(x.data, dim)
-        return make(out, (x,), lambda g: (xp.log_softmax_grad(g, out, dim),))
-    shifted = x.data - xp.max(x.data, axis=dim, keepdims=True)
-    out = shifted - xp.log(xp.sum(xp.exp(shifted), axis=dim, keepdims=True))
-    return make(out, (x,), lambda g: (g - xp.exp(out) * xp.sum(g, axis=dim, keepdims=True),))
+    out = xp.log_softmax(x.data, dim)
+    return make(out, (x,), lambda g: (xp.log_softmax_grad(g, out, dim),))
 
 
 def softmax(input, dim=-1):
@@ -417,7 +408,7 @@ def softmax(input, dim=-1):
 
 
 def _targets(target, n, classes):
-    t = as_tensor(target)
+    t = as_tensor(target, "target")
     if t.dtype.kind not in "iu":
         raise TypeError(f"target must hold integer class labels, got dtype {t.dtype}")
     if t.shape != (n,):
@@ -429,14 +420,12 @@ def _targets(target, n, classes):
 
 
 def _check_reduction(reduction):
-    if reduction not in ("mean", "sum", "none"):
-        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    shapes.choice("reduction", reduction, ("mean", "sum", "none"))
 
 
 def _loss_args(input, target, reduction):
     """Validated ``(input, target)`` of a classification loss: float (N, classes) and labels in range."""
-    x = as_tensor(input)
-    _floats(input=x)
+    x = _float_input(input)
     if x.ndim != 2:
         raise ValueError(f"input must be 2-D (N, classes), got shape {x.shape}")
     _check_reduction(reduction)
@@ -461,9 +450,12 @@ def nll_loss(input, target, reduction="mean"):
 
 
 def cross_entropy(input, target, reduction="mean"):
-    """Softmax cross-entropy of ``logits (N, classes)`` against integer labels ``target (N,)``."""
+    """Softmax cross-entropy of ``logits (N, classes)`` against integer labels ``target (N,)``: log-softmax
+    and NLL as one op (one kernel each way on the GPU)."""
     x, t = _loss_args(input, target, reduction)  # validate before any work
-    return nll_loss(log_softmax(x, dim=1), t, reduction)
+    xp = x.xp
+    loss, logp = xp.cross_entropy(x.data, t.data, reduction)
+    return make(loss, (x,), lambda g: (xp.cross_entropy_grad(g, logp, t.data, reduction),))
 
 
 def mse_loss(input, target, reduction="mean"):
@@ -479,9 +471,8 @@ def mse_loss(input, target, reduction="mean"):
 
 def dropout(input, p=0.5, training=True):
     """Zero each element with probability ``p`` and scale the rest by ``1/(1-p)`` (training only)."""
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"dropout probability p must be in [0, 1], got {p}")
-    x = as_tensor(input)
+    p, training = shapes.real("p", p, 0, 1), shapes.flag("training", training)
+    x = _float_input(input)
     if not training or p == 0.0:
         return x
     keep = (generator().random(x.shape) >= p).astype(x.dtype) * (1.0 / (1.0 - p) if p < 1 else 0.0)
@@ -507,7 +498,7 @@ def _tiled(input, weight, bias, dims, stride, padding, dilation, groups, tiles, 
         g4 = _as4(g, spec.y_shape)
         return (_grad(x, lambda: run.tiled_conv2d_grad_input(g4, w6, spec).reshape(x.shape)),
                 _grad(w, lambda: run.tiled_conv2d_grad_weight(g4, x4, spec).reshape(w.shape)),
-                _grad(b, lambda: (_bias_grad(x.xp, g4) if b.ndim == 1 else x.xp.sum(g4, axis=0)).reshape(b.shape)))
+                _grad(b, lambda: (fusion.bias_grad(x.xp, g4) if b.ndim == 1 else x.xp.sum(g4, axis=0)).reshape(b.shape)))
     return _result(y, spec.user_shape(spec.y_shape), (x, w, b), backward)
 
 
@@ -592,5 +583,5 @@ def separable_conv2d(input, row_kernels, col_kernels, bias=None, stride=1, paddi
                                      for r in range(len(u))).reshape(x.shape)),
                 _grad(rows, lambda: xp.matmul(gw.swapaxes(-1, -2), u.reshape(u.shape + (1,))).reshape(rows.shape)),
                 _grad(cols, lambda: xp.matmul(gw, v.reshape(v.shape + (1,))).reshape(cols.shape)),
-                _grad(b, lambda: _bias_grad(xp, g4)))
+                _grad(b, lambda: fusion.bias_grad(xp, g4)))
     return _result(y, spec.y_shape, (x, rows, cols, b), backward)

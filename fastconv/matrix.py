@@ -13,8 +13,6 @@ memory is refused before anything is allocated.
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 from numba import njit, prange
 
@@ -33,7 +31,7 @@ def conv_matrix(weight, input_shape, stride=1, padding=0, dilation=1, groups=1, 
     C_out, C_in/groups, KH, KW)`` (1-D: ``(T, C_out, C_in/groups, K)``): its leading dims are the tiles,
     the output size for a locally-connected layer. Stride, padding (ints, tuples, ``"valid"``,
     ``"same"``), dilation and groups as in ``F.conv2d``. ``max_bytes``: the most memory the matrix may
-    take (default: the memory available now); a larger one is a ValueError that says its size.
+    take (default: this machine's memory); a larger one is a ValueError that says its size.
 
     The kernel ``(-1, 0, 1)`` (a derivative) on 7 samples, then with stride 2, and its transpose:
 
@@ -112,28 +110,13 @@ def _window_sizes(spec):
     return (inside(spec.oh, spec.h, spec.kh, sh, pt, dh), inside(spec.ow, spec.w, spec.kw, sw, pl, dw))
 
 
-def available_memory():
-    """Bytes of memory available now (Linux ``MemAvailable``, else free pages), or None if unknown."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
 def _check_size(spec, w, nnz, index_bytes, max_bytes):
     """ValueError, with the sizes, when the matrix would take more than ``max_bytes`` (or than memory)."""
     need = nnz * (w.itemsize + index_bytes) + (spec.c_out * spec.oh * spec.ow + 1) * (8 + index_bytes)
-    limit = available_memory() if max_bytes is None else max_bytes
-    if limit is not None and need > limit:
+    limit = shapes.memory_limit() if max_bytes is None else max_bytes
+    if need > limit:
         rows, cols = spec.c_out * spec.oh * spec.ow, spec.c_in * spec.h * spec.w
-        what = "the memory available" if max_bytes is None else "max_bytes"
+        what = "this machine's memory" if max_bytes is None else "max_bytes"
         raise ValueError(f"conv_matrix: weight {w.shape} on input_shape {spec.user_shape(spec.x_shape)[1:]} "
                          f"gives a {rows} x {cols} matrix with {nnz} nonzeros, {need / 2**30:.3g} GiB, more "
                          f"than {what} ({limit / 2**30:.3g} GiB); use a smaller input_shape or fewer channels")

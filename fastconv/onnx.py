@@ -329,6 +329,26 @@ EXPORTERS = {
     "transpose": _export_transpose, "permute": _export_transpose, "astype": _export_astype,
 }
 EXPORTED_OPS = frozenset(EXPORTERS)
+ACTIVATIONS = {"relu": "Relu", "tanh": "Tanh", "sigmoid": "Sigmoid"}
+
+
+def _export_node(w, node):
+    """The ONNX nodes of one recorded op. An ``activation=`` argument (a fused activation) becomes a node of
+    its own: before a pooling, after a convolution or a linear layer."""
+    act = node.args.get("activation")
+    if not act:
+        return EXPORTERS[node.op](w, node)
+    if "pool" in node.op:
+        x = node.args["input"]
+        bound = w.names.get(id(x))
+        w.bind(x, w.add(ACTIVATIONS[act], [w.name(x)])[0])  # the pooling reads the activated input
+        try:
+            return EXPORTERS[node.op](w, node)
+        finally:
+            w.names[id(x)] = bound
+    names = list(EXPORTERS[node.op](w, node))
+    names[0] = w.add(ACTIVATIONS[act], [names[0]])[0]
+    return names
 
 
 def export(model, example_input, path=None, check=True):
@@ -351,7 +371,7 @@ def export(model, example_input, path=None, check=True):
     w = _Writer(onnx, graph)
     w.bind(graph.input, "input")
     for node in graph.nodes:
-        for t, name in zip(node.outputs, EXPORTERS[node.op](w, node)):
+        for t, name in zip(node.outputs, _export_node(w, node)):
             w.bind(t, name)
     outputs = graph.output if isinstance(graph.output, tuple) else (graph.output,)
     if not all(isinstance(t, Tensor) for t in outputs):

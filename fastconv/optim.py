@@ -7,11 +7,12 @@ Updates happen in place on ``param.data`` under ``no_grad``, written with the pa
 ``out=``. State (momentum, moments) and scratch arrays are allocated on the first step and reused, so a
 step allocates nothing proportional to the model.
 
-Each update rule is written once, as a function of whole arrays. On the CPU (``foreach``, the default
-there) a group's parameters are updated together: their gradients are gathered into one flat vector, the
-rule runs once on flat state vectors (whose slices are each parameter's state), and each parameter
-subtracts its slice of the result. Small models have many small tensors, and this turns ~13 NumPy calls
-per tensor into ~13 per group plus one per tensor.
+Each update rule is written once, as a function of whole arrays. By default (``foreach``) a group's
+parameters are updated together, with its states in flat vectors whose slices are each parameter's state.
+On the CPU their gradients are gathered into one flat vector, the rule runs once on the flat vectors, and
+each parameter subtracts its slice of the result: small models have many small tensors, and this turns
+~13 NumPy calls per tensor into ~13 per group plus one per tensor. On the GPU one fused kernel
+(``fastconv.gpu.optim``) runs the same arithmetic over every parameter of the group in one launch.
 
     opt = fastconv.optim.Adam(model.parameters(), lr=1e-3)
     sched = fastconv.optim.CosineAnnealingLR(opt, T_max=steps)
@@ -20,23 +21,27 @@ per tensor into ~13 per group plus one per tensor.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import numpy as np
 
-from .device import to_device
+from . import shapes
+from .device import device_of, to_device
 from .tensor import Tensor, no_grad
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "LRScheduler", "StepLR", "CosineAnnealingLR"]
 
 
 def _check(name, value, low=0.0, high=None, open_high=False):
-    """Hyperparameter ``value`` is a real number in ``[low, high]`` (``[low, high)`` with open_high)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    if value < low or (high is not None and (value >= high if open_high else value > high)):
-        bound = f"[{low}, {high}{')' if open_high else ']'}" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be {bound}, got {value}")
-    return float(value)
+    """Hyperparameter ``value`` is a finite real number in ``[low, high]`` (``[low, high)`` with open_high)."""
+    return shapes.real(name, value, low, high, high_open=open_high)
+
+
+def _mapping(name, value, keys):
+    """``value`` is a mapping holding ``keys`` (a saved state); TypeError naming ``name`` otherwise."""
+    if not isinstance(value, Mapping) or any(k not in value for k in keys):
+        raise TypeError(f"{name} must be a dict with keys {list(keys)} (from state_dict()), "
+                        f"got {type(value).__name__}")
 
 
 class Optimizer:
@@ -47,11 +52,16 @@ class Optimizer:
     """
 
     def __init__(self, params, defaults, foreach=None):
-        if isinstance(params, Tensor):
-            raise TypeError("params must be an iterable of Parameters (e.g. model.parameters()), got a Tensor")
+        if isinstance(params, (Tensor, str, Mapping)) or not hasattr(params, "__iter__"):
+            raise TypeError(f"params must be an iterable of Parameters (e.g. model.parameters()), "
+                            f"got {type(params).__name__}")
         params = list(params)
         if not params:
             raise ValueError("optimizer got an empty parameter list")
+        if len({isinstance(p, Mapping) for p in params}) > 1:
+            raise TypeError("params must hold either Parameters or parameter groups (dicts), not both")
+        if foreach is not None:
+            foreach = shapes.flag("foreach", foreach)
         self.defaults = dict(defaults)
         self.foreach = foreach  # None: flat updates wherever possible (NumPy arrays); False: per tensor
         self.param_groups = []
@@ -62,17 +72,24 @@ class Optimizer:
             self.add_param_group(group)
 
     def add_param_group(self, group):
+        """Add a group ``{"params": [...], **hyperparameters}``; its hyperparameters are checked as the
+        constructor's are."""
+        if not isinstance(group, Mapping) or "params" not in group:
+            raise TypeError(f"a parameter group must be a dict with a 'params' entry, got {type(group).__name__}")
         group = dict(group)
         params = group["params"]
+        if not isinstance(params, Tensor) and (isinstance(params, (str, Mapping)) or not hasattr(params, "__iter__")):
+            raise TypeError(f"params must be an iterable of Parameters, got {type(params).__name__}")
         params = [params] if isinstance(params, Tensor) else list(params)
         for p in params:
             if not isinstance(p, Tensor) or not p.requires_grad or not p.is_leaf:
-                raise TypeError(f"optimizers update leaf tensors that require grad, got {p!r}")
+                raise TypeError(f"params: optimizers update leaf tensors that require grad, got {p!r}")
         known = {id(p) for g in self.param_groups for p in g["params"]}
         if any(id(p) in known for p in params):
             raise ValueError("a parameter appears in more than one parameter group")
         for key, value in self.defaults.items():
             group.setdefault(key, value)
+        group.update(self.check_hyperparameters(**{key: group[key] for key in self.defaults}))
         group["params"] = params
         self.param_groups.append(group)
 
@@ -95,8 +112,14 @@ class Optimizer:
                     for p, g in zip(params, grads):
                         self._step_one(p, g, group)
 
-    # Subclasses: the state names they keep per parameter, and one step on whole arrays.
+    # Subclasses: the state names they keep per parameter, their hyperparameters' check, and one step on
+    # whole arrays.
     state_names = ()
+
+    @staticmethod
+    def check_hyperparameters(**hyper):
+        """The hyperparameters, checked and normalised (TypeError/ValueError naming a bad one)."""
+        return hyper
 
     def _step_one(self, p, grad, group):
         raise NotImplementedError
@@ -114,21 +137,25 @@ class Optimizer:
         return tmp
 
     def _flat_for(self, index, params, grads):
-        """The group's flat buffers for these parameters, or None where they cannot be flattened (not
-        NumPy, mixed dtypes, or parameters whose states are at different steps). The answer is cached
-        until the parameters with gradients (or their arrays' kinds) change."""
+        """The group's flat buffers for these parameters, or None where they cannot be flattened (mixed
+        devices or dtypes, strided parameters on the GPU, or parameters whose states are at different
+        steps). The answer is cached until the parameters with gradients (or their arrays) change."""
         if self.foreach is False:
             return None
-        key = tuple((id(p), type(p.data), p.data.dtype, p.data.shape, type(g), g.dtype)
+        key = tuple((id(p), id(p.data), type(p.data), p.data.dtype, p.data.shape, type(g), g.dtype)
                     for p, g in zip(params, grads))
         cached = self._flat.get(index)
         if cached is not None and cached[0] == key:
             return cached[1]
         dtype = params[0].data.dtype
         flat = None
-        if all(k[1] is np.ndarray and k[4] is np.ndarray and k[2] == dtype and k[5] == dtype for k in key) \
-                and self._states_agree(params):
-            flat = _Flat(params, dtype)
+        if all(k[3] == dtype and k[6] == dtype for k in key) and self._states_agree(params):
+            if all(k[2] is np.ndarray and k[5] is np.ndarray for k in key):
+                flat = _Flat(params, dtype, fused=False)
+            elif all(device_of(p.data) == "cuda" and p.data.flags.c_contiguous and device_of(g) == "cuda"
+                     for p, g in zip(params, grads)):
+                flat = _Flat(params, dtype, fused=True)
+        if flat is not None:
             self._adopt(flat)
         self._flat[index] = (key, flat)
         return flat
@@ -176,6 +203,7 @@ class Optimizer:
     def load_state_dict(self, state_dict):
         """Restore hyperparameters and state saved by :meth:`state_dict` (arrays go to each parameter's
         device and dtype); the parameter groups must have the same sizes and shapes."""
+        _mapping("state_dict", state_dict, ("state", "param_groups"))
         groups = state_dict["param_groups"]
         if len(groups) != len(self.param_groups) or any(
                 len(g["params"]) != len(mine["params"]) for g, mine in zip(groups, self.param_groups)):
@@ -202,22 +230,28 @@ def _is_array(v):
 
 
 class _Flat:
-    """Flat NumPy vectors for a group's parameters: named state vectors, scratch, and per-parameter views.
-    The parameters' state arrays are these views (``load_state_dict`` replaces the state and drops the
+    """Flat vectors for a group's parameters: named state vectors, and per-parameter views. The
+    parameters' state arrays are these views (``load_state_dict`` replaces the state and drops the
     vectors; the next step rebuilds them from the new state).
 
-    ``gather`` copies per-parameter arrays into one vector; ``apply`` subtracts each parameter's slice of
-    an update vector from it.
+    ``fused`` (the GPU): one kernel updates every parameter from the state vectors. Otherwise (NumPy),
+    ``gather`` copies per-parameter arrays into one scratch vector; ``apply`` subtracts each parameter's
+    slice of an update vector from it.
     """
 
-    def __init__(self, params, dtype):
-        self.params, self.dtype = list(params), dtype
+    def __init__(self, params, dtype, fused):
+        self.params, self.dtype, self.fused = list(params), dtype, fused
+        self.xp = params[0].xp
         self.bounds = np.cumsum([0] + [p.data.size for p in params]).tolist()
         self.state = {}
-        self.g, self.w, self.t, self.u = (self.empty() for _ in range(4))
+        if not fused:
+            self.g, self.w, self.t, self.u = (self.empty() for _ in range(4))
 
     def empty(self):
-        return np.empty(self.bounds[-1], self.dtype)
+        return self.xp.empty(self.bounds[-1], self.dtype)
+
+    def zeros(self):
+        return self.xp.asarray(np.zeros(self.bounds[-1], self.dtype))  # copied to a GPU: no fill kernel
 
     def views(self, vec):
         return [vec[a:b].reshape(p.data.shape) for p, a, b in zip(self.params, self.bounds, self.bounds[1:])]
@@ -270,12 +304,18 @@ class SGD(Optimizer):
 
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
                  foreach=None):
-        defaults = dict(lr=_check("lr", lr), momentum=_check("momentum", momentum),
-                        dampening=_check("dampening", dampening),
-                        weight_decay=_check("weight_decay", weight_decay), nesterov=bool(nesterov))
-        if nesterov and (momentum <= 0 or dampening != 0):
+        defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+                        nesterov=nesterov)
+        super().__init__(params, self.check_hyperparameters(**defaults), foreach)
+
+    @staticmethod
+    def check_hyperparameters(lr, momentum, dampening, weight_decay, nesterov):
+        hyper = dict(lr=_check("lr", lr), momentum=_check("momentum", momentum),
+                     dampening=_check("dampening", dampening), weight_decay=_check("weight_decay", weight_decay),
+                     nesterov=shapes.flag("nesterov", nesterov))
+        if hyper["nesterov"] and (hyper["momentum"] <= 0 or hyper["dampening"] != 0):
             raise ValueError("nesterov momentum needs momentum > 0 and dampening = 0")
-        super().__init__(params, defaults, foreach)
+        return hyper
 
     @staticmethod
     def _hyper(group):
@@ -302,6 +342,9 @@ class SGD(Optimizer):
                 flat.state["momentum_buffer"] = buf
                 for p, view in zip(flat.params, flat.views(buf)):
                     self.state.setdefault(p, {})["momentum_buffer"] = view
+        if flat.fused:
+            flat.xp.sgd_update([p.data for p in flat.params], grads, buf, flat.bounds, first, *self._hyper(group))
+            return
         w = flat.gather([p.data for p in flat.params], flat.w) if group["weight_decay"] else None
         flat.apply(_sgd_rule(np, w, flat.gather(grads, flat.g), buf, first, flat.t, flat.u,
                              *self._hyper(group)))
@@ -341,13 +384,16 @@ class Adam(Optimizer):
     state_names = ("exp_avg", "exp_avg_sq")
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, foreach=None):
-        if len(tuple(betas)) != 2:
-            raise ValueError(f"betas must be a pair, got {betas!r}")
-        b1, b2 = betas
-        defaults = dict(lr=_check("lr", lr), betas=(_check("betas[0]", b1, 0.0, 1.0, True),
-                                                    _check("betas[1]", b2, 0.0, 1.0, True)),
-                        eps=_check("eps", eps), weight_decay=_check("weight_decay", weight_decay))
-        super().__init__(params, defaults, foreach)
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+        super().__init__(params, self.check_hyperparameters(**defaults), foreach)
+
+    @staticmethod
+    def check_hyperparameters(lr, betas, eps, weight_decay):
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ValueError(f"betas must be a pair of numbers in [0, 1), got {betas!r}")
+        return dict(lr=_check("lr", lr), betas=(_check("betas[0]", betas[0], 0.0, 1.0, True),
+                                                _check("betas[1]", betas[1], 0.0, 1.0, True)),
+                    eps=_check("eps", eps), weight_decay=_check("weight_decay", weight_decay))
 
     def _decay(self, xp, data, group):
         """AdamW's decoupled decay, ``p *= 1 - lr*wd``, applied before the Adam step."""
@@ -373,11 +419,17 @@ class Adam(Optimizer):
     def _step_flat(self, flat, grads, group):
         if "exp_avg" not in flat.state:
             for name in self.state_names:
-                flat.state[name] = vec = np.zeros(flat.bounds[-1], flat.dtype)
+                flat.state[name] = vec = flat.zeros()
                 for p, view in zip(flat.params, flat.views(vec)):
                     self.state.setdefault(p, {"step": 0})[name] = view
         for p in flat.params:
             self.state[p]["step"] += 1
+        if flat.fused:
+            flat.xp.adam_update([p.data for p in flat.params], grads, flat.state["exp_avg"],
+                                flat.state["exp_avg_sq"], flat.bounds, self.state[flat.params[0]]["step"],
+                                group["lr"], group["betas"], group["eps"], group["weight_decay"], self.decoupled)
+            return
+        for p in flat.params:
             self._decay(np, p.data, group)
         w = flat.gather([p.data for p in flat.params], flat.w) if self._hyper(group)[3] else None
         flat.apply(_adam_rule(np, w, flat.gather(grads, flat.g), flat.state["exp_avg"], flat.state["exp_avg_sq"],
@@ -400,6 +452,7 @@ class LRScheduler:
     def __init__(self, optimizer, last_epoch=-1):
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"optimizer must be a fastconv Optimizer, got {type(optimizer).__name__}")
+        last_epoch = shapes.integer("last_epoch", last_epoch, -1, None)
         self.optimizer = optimizer
         for group in optimizer.param_groups:
             group.setdefault("initial_lr", group["lr"])
@@ -422,6 +475,7 @@ class LRScheduler:
         return {k: v for k, v in vars(self).items() if k != "optimizer"}
 
     def load_state_dict(self, state):
+        _mapping("state", state, ("last_epoch", "base_lrs"))
         vars(self).update({k: v for k, v in state.items() if k != "optimizer"})
 
 
@@ -429,9 +483,7 @@ class StepLR(LRScheduler):
     """Multiply the lr by ``gamma`` every ``step_size`` steps."""
 
     def __init__(self, optimizer, step_size, gamma=0.1, last_epoch=-1):
-        if not isinstance(step_size, int) or step_size < 1:
-            raise ValueError(f"step_size must be a positive int, got {step_size!r}")
-        self.step_size, self.gamma = step_size, _check("gamma", gamma)
+        self.step_size, self.gamma = shapes.integer("step_size", step_size, 1, None), _check("gamma", gamma)
         super().__init__(optimizer, last_epoch)
 
     def lr_at(self, base_lr, epoch):
@@ -442,9 +494,7 @@ class CosineAnnealingLR(LRScheduler):
     """Cosine decay from the initial lr to ``eta_min`` over ``T_max`` steps (SGDR without restarts)."""
 
     def __init__(self, optimizer, T_max, eta_min=0.0, last_epoch=-1):
-        if not isinstance(T_max, int) or T_max < 1:
-            raise ValueError(f"T_max must be a positive int, got {T_max!r}")
-        self.T_max, self.eta_min = T_max, _check("eta_min", eta_min)
+        self.T_max, self.eta_min = shapes.integer("T_max", T_max, 1, None), _check("eta_min", eta_min)
         super().__init__(optimizer, last_epoch)
 
     def lr_at(self, base_lr, epoch):

@@ -11,6 +11,9 @@ laid out as the depthwise convolution it walks like (one channel per group). Pad
 """
 from __future__ import annotations
 
+import functools
+import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,18 +29,27 @@ WINDOW = slice(GEOMETRY.index("sh"), GEOMETRY.index("dw") + 1)
 
 
 # ----------------------------------------------------------------------------------------- sizes
+def _sizes(minimum, **named):
+    """Each named size is an int ``>= minimum`` (no upper bound: these are formulas, not kernels)."""
+    for name, value in named.items():
+        integer(name, value, minimum, None)
+
+
 def conv_output_size(length, kernel, stride=1, padding=0, dilation=1):
     """Output length of a convolution: ``floor((L + 2P - D(K-1) - 1) / S) + 1``.
 
     ``padding`` is the padding of each side, or a ``(before, after)`` pair.
     """
-    total = 2 * padding if isinstance(padding, int) else padding[0] + padding[1]
-    return (length + total - dilation * (kernel - 1) - 1) // stride + 1
+    _sizes(0, length=length)
+    _sizes(1, kernel=kernel, stride=stride, dilation=dilation)
+    return _conv_length(length, kernel, stride, _ints("padding", padding, 2, 0, None), dilation)
 
 
 def conv_transpose_output_size(length, kernel, stride=1, padding=0, output_padding=0, dilation=1):
     """Output length of a transposed convolution: ``(L-1)S - 2P + D(K-1) + output_padding + 1``."""
-    return (length - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1
+    _sizes(0, length=length, padding=padding, output_padding=output_padding)
+    _sizes(1, kernel=kernel, stride=stride, dilation=dilation)
+    return _conv_transpose_length(length, kernel, stride, padding, output_padding, dilation)
 
 
 def pool_output_size(length, kernel, stride, padding=0, dilation=1, ceil_mode=False):
@@ -46,6 +58,21 @@ def pool_output_size(length, kernel, stride, padding=0, dilation=1, ceil_mode=Fa
     With ``ceil_mode`` the last window may hang over the end, but it must start inside the input or its
     left padding.
     """
+    _sizes(0, length=length, padding=padding)
+    _sizes(1, kernel=kernel, stride=stride, dilation=dilation)
+    return _pool_length(length, kernel, stride, padding, dilation, flag("ceil_mode", ceil_mode))
+
+
+# The formulas themselves, for arguments already checked (the specs below).
+def _conv_length(length, kernel, stride, pads, dilation):
+    return (length + pads[0] + pads[1] - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def _conv_transpose_length(length, kernel, stride, padding, output_padding, dilation):
+    return (length - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1
+
+
+def _pool_length(length, kernel, stride, padding, dilation, ceil_mode):
     span = length + 2 * padding - dilation * (kernel - 1) - 1
     if ceil_mode:
         out = -(-span // stride) + 1
@@ -61,34 +88,168 @@ def receptive_field(layers):
     ``layers`` is a sequence of ``(kernel, stride)`` or ``(kernel, stride, dilation)`` tuples, first layer
     first. Returns ``(field, jump)``: e.g. two 3x3 stride-1 convolutions see 5 pixels.
     """
+    if isinstance(layers, (str, bytes)) or not hasattr(layers, "__iter__"):
+        raise TypeError(f"layers must be a sequence of (kernel, stride[, dilation]) tuples, got {_describe(layers)}")
     field, jump = 1, 1
-    for layer in layers:
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, (tuple, list)) or len(layer) not in (2, 3):
+            raise TypeError(f"layers[{i}] must be a (kernel, stride) or (kernel, stride, dilation) tuple, "
+                            f"got {_describe(layer)}")
         kernel, stride, dilation = (tuple(layer) + (1,))[:3]
+        _sizes(1, **{f"layers[{i}] kernel": kernel, f"layers[{i}] stride": stride,
+                     f"layers[{i}] dilation": dilation})
         field += dilation * (kernel - 1) * jump
         jump *= stride
     return field, jump
 
 
-# ------------------------------------------------------------------------------ normalisation
-def _ints(name, value, n, minimum):
-    """``value`` as a tuple of ``n`` ints, each ``>= minimum``; a clear error otherwise."""
-    items = (value,) * n if isinstance(value, (int, np.integer)) else value
+# --------------------------------------------------------------------------------- arguments
+INT_MAX = 2 ** 31 - 1  # sizes reach the compiled kernels as C ints
+
+
+def _describe(value):
+    """A bad value as a message shows it: its repr (cut short) and its type."""
+    text = repr(value)
+    text = text if len(text) <= 60 else text[:57] + "..."
+    return f"{text} ({type(value).__name__})"
+
+
+def is_int(value):
+    """An int or NumPy integer, not a bool."""
+    return type(value) is int or (isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)))
+
+
+def _bounds(name, value, minimum, maximum):
+    if minimum is not None and value < minimum:
+        bound = {0: "non-negative", 1: "positive"}.get(minimum, f">= {minimum}")
+        raise ValueError(f"{name} must be {bound}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be at most {maximum}, got {value!r}")
+
+
+def integer(name, value, minimum=None, maximum=INT_MAX):
+    """``value`` as an int in ``[minimum, maximum]``; TypeError/ValueError naming ``name`` otherwise."""
+    if not is_int(value):
+        raise TypeError(f"{name} must be an int, got {_describe(value)}")
+    _bounds(name, value, minimum, maximum)
+    return int(value)
+
+
+def _ints(name, value, n, minimum, maximum=INT_MAX):
+    """``value`` as a tuple of ``n`` ints in ``[minimum, maximum]``; a clear error otherwise."""
+    if type(value) is int and minimum <= value and (maximum is None or value <= maximum):
+        return (value,) * n  # the common case, fast
+    items = (value,) * n if is_int(value) else value
     try:
         items = tuple(items)
     except TypeError:
-        raise TypeError(f"{name} must be an int or a tuple of {n} ints, got {value!r}") from None
-    if len(items) != n or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-                                  for v in items):
-        raise TypeError(f"{name} must be an int or a tuple of {n} ints, got {value!r}")
-    if any(v < minimum for v in items):
-        bound = "positive" if minimum == 1 else "non-negative"
-        raise ValueError(f"{name} must be {bound}, got {value!r}")
+        raise TypeError(f"{name} must be an int or a tuple of {n} ints, got {_describe(value)}") from None
+    if len(items) != n or not all(is_int(v) for v in items):
+        raise TypeError(f"{name} must be an int or a tuple of {n} ints, got {_describe(value)}")
+    for v in items:
+        _bounds(name, v, minimum, maximum)
     return tuple(int(v) for v in items)
 
 
-def _check_rank(name, shape, rank, layout):
-    if len(shape) != rank:
-        raise ValueError(f"{name} must be {rank}-D ({layout}), got shape {tuple(shape)}")
+def ints(name, value, n, minimum=0, maximum=INT_MAX):
+    """Public form of the int-tuple normaliser, for ops outside this module."""
+    return _ints(name, value, n, minimum, maximum)
+
+
+def real(name, value, low=None, high=None, low_open=False, high_open=False):
+    """``value`` as a finite float in the interval ``low..high`` (ends closed unless ``*_open``)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number, got {_describe(value)}")
+    value = float(value)
+    below = low is not None and (value <= low if low_open else value < low)
+    above = high is not None and (value >= high if high_open else value > high)
+    if not math.isfinite(value) or below or above:
+        interval = ("(" if low_open else "[") + ("-inf" if low is None else f"{low:g}") + ", " \
+            + ("inf" if high is None else f"{high:g}") + (")" if high_open or high is None else "]")
+        raise ValueError(f"{name} must be a finite number in {interval}, got {value}")
+    return value
+
+
+def reals(name, value, n, low=None, high=None, low_open=False):
+    """``value`` (a number or ``n`` of them) as a tuple of ``n`` floats, each checked by :func:`real`."""
+    items = (value,) * n if not isinstance(value, (tuple, list)) else tuple(value)
+    if len(items) != n:
+        raise ValueError(f"{name} must be a number or a tuple of {n} numbers, got {_describe(value)}")
+    return tuple(real(name, v, low, high, low_open) for v in items)
+
+
+def flag(name, value):
+    """``value`` as a bool: True, False (or a NumPy bool, or the ints 0 and 1)."""
+    if isinstance(value, (bool, np.bool_)) or (is_int(value) and value in (0, 1)):
+        return bool(value)
+    raise TypeError(f"{name} must be True or False, got {_describe(value)}")
+
+
+def choice(name, value, options):
+    """``value``, which must be one of ``options`` (strings)."""
+    if not isinstance(value, str) or value not in options:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, options))}, got {_describe(value)}")
+    return value
+
+
+def as_array(name, value):
+    """``value`` (an array, a number or a nested list of numbers) as a NumPy array of numbers.
+
+    None, strings, ragged lists and arbitrary objects are a TypeError naming ``name``, instead of an
+    object array that fails somewhere later.
+    """
+    if value is None or isinstance(value, (str, bytes)):
+        raise TypeError(f"{name} must be an array or a Tensor, got {_describe(value)}")
+    try:
+        array = np.asarray(value)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{name} must be an array or a Tensor, got {type(value).__name__} ({err})") from None
+    if array.dtype.kind not in "biufc":
+        raise TypeError(f"{name} must be an array of numbers, got {_describe(value)} of dtype {array.dtype}")
+    return array
+
+
+def dtype_arg(name, value, kinds="biufc"):
+    """``value`` as a NumPy dtype of one of ``kinds`` (bool, int, uint, float, complex by default)."""
+    try:
+        dtype = np.dtype(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a NumPy dtype, got {_describe(value)}") from None
+    if value is None or dtype.kind not in kinds:
+        raise TypeError(f"{name} must be a numeric dtype, got {_describe(value)}")
+    return dtype
+
+
+def float_dtype(name, value):
+    """``value`` as float32 or float64, the dtypes every op computes in."""
+    dtype = dtype_arg(name, value)
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32 or float64, got {dtype}")
+    return dtype
+
+
+def axes(name, value, ndim):
+    """``value`` (None: every axis, an int or a tuple of ints, negative from the end) as a tuple of
+    distinct axes of an ``ndim``-D array."""
+    if value is None:
+        return tuple(range(ndim))
+    items = (value,) if is_int(value) else value
+    if not isinstance(items, (tuple, list)) or not all(is_int(a) for a in items):
+        raise TypeError(f"{name} must be None, an int or a tuple of ints, got {_describe(value)}")
+    if any(not -ndim <= a < ndim for a in items) or (ndim == 0 and items):
+        raise ValueError(f"{name} {value!r} is out of range for a {ndim}-D tensor")
+    out = tuple(int(a) % ndim for a in items)
+    if len(set(out)) != len(out):
+        raise ValueError(f"{name} {value!r} repeats an axis")
+    return out
+
+
+def axis(name, value, ndim):
+    """``value`` as one axis of an ``ndim``-D array (negative counts from the end)."""
+    value = integer(name, value, None, None)
+    if not -ndim <= value < ndim:
+        raise ValueError(f"{name}={value} is out of range for a {ndim}-D tensor")
+    return value % ndim
 
 
 def check_float(**arrays):
@@ -105,6 +266,37 @@ def check_float(**arrays):
             raise TypeError(f"{name} has dtype {dt} but {first} has {dtype}: convert one of them")
         dtype = dt
     return dtype
+
+
+def _check_rank(name, shape, rank, layout):
+    """``shape`` is a shape (a tuple of non-negative ints) of ``rank`` dims."""
+    if not isinstance(shape, (tuple, list)) or not all(is_int(v) for v in shape) or min(shape, default=0) < 0:
+        raise TypeError(f"{name} shape must be a tuple of non-negative ints, got {_describe(shape)}")
+    if len(shape) != rank:
+        raise ValueError(f"{name} must be {rank}-D ({layout}), got shape {tuple(shape)}")
+
+
+# ------------------------------------------------------------------------------ memory
+@functools.lru_cache(maxsize=1)
+def memory_limit():
+    """Bytes of physical memory: the rule for an array no op may plan (it could never be allocated)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): 1 TiB
+        return 2 ** 40
+
+
+def check_memory(what, shape, culprits, itemsize=4):
+    """An array of ``shape`` (``itemsize`` bytes per element: float32's by default, the smallest dtype
+    an op computes in) fits in this machine's memory; else a ValueError naming ``culprits``, raised
+    before anything is allocated."""
+    nbytes = itemsize
+    for size in shape:
+        nbytes *= int(size)
+    limit = memory_limit()
+    if nbytes > limit:
+        raise ValueError(f"{what} would have shape {tuple(shape)} ({nbytes:.3g} bytes), more than this "
+                         f"machine's memory ({limit:.3g} bytes): check {culprits}")
 
 
 # ------------------------------------------------------------------------------- convolution
@@ -162,8 +354,9 @@ class ConvSpec:
         return self.geometry()[WINDOW]
 
 
-def _conv_padding(padding, dims, kernel, dilation, stride):
-    """Explicit (before, after) padding per spatial dim from an int, a tuple, "valid" or "same"."""
+def conv_padding(padding, dims, kernel, dilation, stride):
+    """Explicit (before, after) padding per spatial dim from an int, a tuple, "valid" or "same" (which
+    needs stride 1)."""
     if isinstance(padding, str):
         if padding == "valid":
             return ((0, 0),) * dims
@@ -186,8 +379,7 @@ def conv_spec(x_shape, w_shape, bias_shape=None, stride=1, padding=0, dilation=1
     _check_rank("weight", w_shape, dims + 2, "C_out, C_in/groups, " + layout[6:])
     stride = _ints("stride", stride, dims, 1)
     dilation = _ints("dilation", dilation, dims, 1)
-    if not isinstance(groups, (int, np.integer)) or isinstance(groups, bool) or groups < 1:
-        raise ValueError(f"groups must be a positive int, got {groups!r}")
+    groups = integer("groups", groups, 1)
     n, c_in = x_shape[:2]
     c_out, c_per_group = w_shape[:2]
     kernel = tuple(w_shape[2:])
@@ -203,14 +395,17 @@ def conv_spec(x_shape, w_shape, bias_shape=None, stride=1, padding=0, dilation=1
                          f" got {c_per_group}")
     if bias_shape is not None and tuple(bias_shape) != (c_out,):
         raise ValueError(f"bias must have shape ({c_out},), got {tuple(bias_shape)}")
-    pads = _conv_padding(padding, dims, kernel, dilation, stride)
+    pads = conv_padding(padding, dims, kernel, dilation, stride)
     spatial = tuple(x_shape[2:])
     out = []
     for axis, (size, k, s, p, d) in enumerate(zip(spatial, kernel, stride, pads, dilation)):
         if size + p[0] + p[1] < d * (k - 1) + 1:
             raise ValueError(f"kernel size {k} (dilation {d}) is larger than the padded input "
                              f"({size} + padding {p[0] + p[1]}) along spatial dim {axis}")
-        out.append(conv_output_size(size, k, s, p, d))
+        out.append(_conv_length(size, k, s, p, d))
+    check_memory("the padded input", (n, c_in) + tuple(size + p[0] + p[1] for size, p in zip(spatial, pads)),
+                 "padding")
+    check_memory("the output", (n, c_out) + tuple(out), "padding")
     if dims == 1:
         return ConvSpec(n, c_in, 1, spatial[0], c_out, 1, kernel[0], 1, out[0], (1, stride[0]),
                         (0, 0) + pads[0], (1, dilation[0]), groups, dims=1)
@@ -219,8 +414,10 @@ def conv_spec(x_shape, w_shape, bias_shape=None, stride=1, padding=0, dilation=1
 
 
 def is_pointwise(spec):
-    """1x1, stride 1, no padding: a convolution that is a plain matrix product."""
-    return spec.kh == spec.kw == 1 and spec.stride == (1, 1) and not any(spec.padding)
+    """1x1, stride 1, no padding, every input pixel read (a transposed convolution's output padding adds
+    pixels no output reads): a convolution that is a plain matrix product of the input planes."""
+    return (spec.kh == spec.kw == 1 and spec.stride == (1, 1) and not any(spec.padding)
+            and (spec.oh, spec.ow) == (spec.h, spec.w))
 
 
 def adjoint_spec(spec):
@@ -268,8 +465,7 @@ def conv_transpose_spec(x_shape, w_shape, bias_shape=None, stride=1, padding=0, 
         raise ValueError(f"padding must be an int or a tuple for transposed convolution, got {padding!r}")
     pads = _ints("padding", padding, dims, 0)
     out_pads = _ints("output_padding", output_padding, dims, 0)
-    if not isinstance(groups, (int, np.integer)) or isinstance(groups, bool) or groups < 1:
-        raise ValueError(f"groups must be a positive int, got {groups!r}")
+    groups = integer("groups", groups, 1)
     n, c_in = x_shape[:2]
     if w_shape[0] != c_in:
         raise ValueError(f"weight.shape[0] must equal the input channels ({c_in}), got {w_shape[0]}")
@@ -287,11 +483,12 @@ def conv_transpose_spec(x_shape, w_shape, bias_shape=None, stride=1, padding=0, 
         if op >= s and op >= d:
             raise ValueError(f"output_padding must be smaller than stride or dilation, got "
                              f"output_padding={out_pads}, stride={stride}, dilation={dilation}")
-        length = conv_transpose_output_size(size, k, s, p, op, d)
+        length = _conv_transpose_length(size, k, s, p, op, d)
         if length < 1:
             raise ValueError(f"transposed convolution output would be empty (length {length}): "
                              f"padding={pads} is too large for the input and kernel")
         out.append(length)
+    check_memory("the output", (n, c_out) + tuple(out), "stride and dilation")
     if dims == 1:
         return ConvSpec(n, c_out, 1, out[0], c_in, 1, kernel[0], 1, spatial[0], (1, stride[0]),
                         (0, 0, pads[0], pads[0]), (1, dilation[0]), groups, dims=1)
@@ -452,49 +649,162 @@ class PoolSpec:
         return np.ascontiguousarray(np.outer(rows, cols), dtype=dtype)
 
 
-def pool_spec(x_shape, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
-              count_include_pad=True, dims=2):
-    """Validate the arguments of a pooling op and return its :class:`PoolSpec`."""
-    _check_rank("input", x_shape, dims + 2, "N, C, L" if dims == 1 else "N, C, H, W")
+def pool_args(kernel_size, stride, padding, dilation, dims):
+    """``(kernel, stride, padding, dilation)`` of a pooling window as tuples of ``dims`` ints, checked
+    (the stride defaults to the kernel size; the padding is at most half the kernel)."""
     kernel = _ints("kernel_size", kernel_size, dims, 1)
-    stride = kernel if stride is None or stride == () else _ints("stride", stride, dims, 1)
+    stride = kernel if stride is None or (isinstance(stride, (tuple, list)) and not stride) \
+        else _ints("stride", stride, dims, 1)
     pads = _ints("padding", padding, dims, 0)
     dilation = _ints("dilation", dilation, dims, 1)
     for k, p in zip(kernel, pads):
         if p > k // 2:
             raise ValueError(f"padding must be at most half the kernel size, got padding={pads}"
                              f" for kernel_size={kernel}")
+    return kernel, stride, pads, dilation
+
+
+def pool_spec(x_shape, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+              count_include_pad=True, dims=2):
+    """Validate the arguments of a pooling op and return its :class:`PoolSpec`."""
+    _check_rank("input", x_shape, dims + 2, "N, C, L" if dims == 1 else "N, C, H, W")
+    kernel, stride, pads, dilation = pool_args(kernel_size, stride, padding, dilation, dims)
+    ceil_mode, count_include_pad = flag("ceil_mode", ceil_mode), flag("count_include_pad", count_include_pad)
     spatial = tuple(x_shape[2:])
     out = []
     for axis, (size, k, s, p, d) in enumerate(zip(spatial, kernel, stride, pads, dilation)):
-        length = pool_output_size(size, k, s, p, d, ceil_mode)
+        length = _pool_length(size, k, s, p, d, ceil_mode)
         if length < 1:
             raise ValueError(f"kernel_size {k} (dilation {d}) is larger than the padded input "
                              f"({size} + padding {2 * p}) along spatial dim {axis}")
         out.append(length)
     n, c = x_shape[:2]
+    check_memory("the padded input", (n, c) + tuple(size + 2 * p for size, p in zip(spatial, pads)),
+                 "kernel_size and padding")
     if dims == 1:
         return PoolSpec(n, c, 1, spatial[0], 1, kernel[0], 1, out[0], (1, stride[0]), (0, 0, pads[0], pads[0]),
-                        (1, dilation[0]), bool(ceil_mode), bool(count_include_pad), dims=1)
+                        (1, dilation[0]), ceil_mode, count_include_pad, dims=1)
     return PoolSpec(n, c, spatial[0], spatial[1], kernel[0], kernel[1], out[0], out[1], stride,
-                    (pads[0], pads[0], pads[1], pads[1]), dilation, bool(ceil_mode), bool(count_include_pad))
+                    (pads[0], pads[0], pads[1], pads[1]), dilation, ceil_mode, count_include_pad)
 
 
 def unpool_output_size(x_shape, kernel, stride, padding, output_size, dims):
-    """Spatial output size of ``max_unpool``: ``(L-1)S - 2P + K`` unless ``output_size`` says otherwise."""
+    """Spatial output size of ``max_unpool``: ``(L-1)S - 2P + K`` unless ``output_size`` (``dims`` ints,
+    or a full shape whose last ``dims`` entries count) says otherwise."""
     default = tuple((length - 1) * s - 2 * p + k
                     for length, k, s, p in zip(x_shape[2:], kernel, stride, padding))
     if output_size is None:
-        return default
-    size = tuple(output_size)[-dims:]
-    if len(size) != dims or any(not isinstance(v, (int, np.integer)) or v < 1 for v in size):
-        raise ValueError(f"output_size must hold {dims} positive ints, got {output_size!r}")
-    for d, (s, k) in enumerate(zip(size, default)):
-        lo = k - stride[d]
-        if not lo < s < k + stride[d]:
-            raise ValueError(f"output_size {size} is out of range: dim {d} must lie in ({lo}, "
-                             f"{k + stride[d]})")
-    return tuple(int(v) for v in size)
+        size = default
+        if min(size, default=1) < 1:
+            raise ValueError(f"max_unpool output would be empty (size {size}): padding={padding} is too "
+                             f"large for kernel_size={kernel} and stride={stride}")
+    else:
+        if isinstance(output_size, (tuple, list)) and len(output_size) in (dims + 1, dims + 2):
+            output_size = tuple(output_size)[-dims:]  # PyTorch also takes (N, C, *spatial)
+        size = _ints("output_size", output_size, dims, 1)
+        for d, (s, k) in enumerate(zip(size, default)):
+            lo = k - stride[d]
+            if not lo < s < k + stride[d]:
+                raise ValueError(f"output_size {size} is out of range: dim {d} must lie in ({lo}, "
+                                 f"{k + stride[d]})")
+    check_memory("the output", tuple(x_shape[:2]) + size, "kernel_size, stride and output_size")
+    return size
+
+
+# ------------------------------------------------------------------------------- resampling
+def adaptive_size(x_shape, output_size, dims):
+    """Output size of ``adaptive_avg_pool{dims}d``, checked (with the memory of its averaging matrices)."""
+    _check_rank("input", x_shape, dims + 2, "N, C, L" if dims == 1 else "N, C, H, W")
+    out = _ints("output_size", output_size, dims, 1)
+    _check_resample(x_shape, out, "output_size")
+    return out
+
+
+def interpolate_size(x_shape, size=None, scale_factor=None, mode="nearest", align_corners=None):
+    """``(output size, scale per axis)`` of ``interpolate``, every argument checked.
+
+    The scale is PyTorch's source step per output cell: ``input / size``, or ``1 / scale_factor``.
+    """
+    dims = len(x_shape) - 2 if isinstance(x_shape, (tuple, list)) else 0
+    if dims not in (1, 2):
+        raise ValueError(f"input must be 3-D (N, C, L) or 4-D (N, C, H, W), got shape {tuple(x_shape)}")
+    _check_rank("input", x_shape, dims + 2, "N, C, L" if dims == 1 else "N, C, H, W")
+    choice("mode", mode, ("nearest", {1: "linear", 2: "bilinear"}[dims]))
+    if align_corners is not None:
+        flag("align_corners", align_corners)
+        if mode == "nearest":
+            raise ValueError("align_corners can only be set with a linear mode")
+    if (size is None) == (scale_factor is None):
+        raise ValueError("give exactly one of size and scale_factor")
+    in_sizes = tuple(x_shape[2:])
+    if size is not None:
+        out = _ints("size", size, dims, 1)
+        scales = tuple(s / o for s, o in zip(in_sizes, out))
+        culprit = "size"
+    else:
+        factors = reals("scale_factor", scale_factor, dims, 0, None, low_open=True)
+        out = tuple(int(np.floor(s * f)) for s, f in zip(in_sizes, factors))
+        if min(out) < 1:
+            raise ValueError(f"scale_factor {scale_factor!r} makes the output empty for input size {in_sizes}")
+        scales = tuple(1.0 / f for f in factors)
+        culprit = "scale_factor"
+    _check_resample(x_shape, out, culprit)
+    return out, scales
+
+
+def _check_resample(x_shape, out, culprit):
+    """The output of a resampling op and its dense (out, in) float64 matrices fit in memory."""
+    check_memory("the output", tuple(x_shape[:2]) + tuple(int(o) for o in out), culprit)
+    for o, s in zip(out, x_shape[2:]):
+        check_memory("a resampling matrix", (int(o), s), culprit, itemsize=8)
+
+
+# ---------------------------------------------------------------------------- tensor shapes
+def _broadcast(name, a, b):
+    """NumPy's broadcasting rule for two shapes (in Python: np.broadcast_shapes costs ~10 us a call)."""
+    a, b = tuple(a), tuple(b)
+    n = max(len(a), len(b))
+    out = []
+    for x, y in zip((1,) * (n - len(a)) + a, (1,) * (n - len(b)) + b):
+        if x != y and x != 1 and y != 1:
+            raise ValueError(f"{name} has shape {b}, which does not broadcast with {a}")
+        out.append(x if y == 1 else y)
+    return tuple(out)
+
+
+def broadcast_shape(name, a, b, itemsize=4):
+    """The shape that shapes ``a`` and ``b`` broadcast to (a ValueError naming ``name``, the second
+    operand, where they do not), which must fit in memory."""
+    shape = _broadcast(name, a, b)
+    check_memory("the result", shape, f"the shape of {name}, {tuple(b)}, against {tuple(a)}", itemsize)
+    return shape
+
+
+def matmul_shape(name, a, b, itemsize=4):
+    """The shape of ``A @ B`` for operands of shapes ``a`` and ``b`` (each at least 2-D), checked."""
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError(f"matmul needs operands of at least 2 dims, got {tuple(a)} and {name} {tuple(b)}")
+    if a[-1] != b[-2]:
+        raise ValueError(f"{name} has shape {tuple(b)}: its rows ({b[-2]}) must match the columns "
+                         f"({a[-1]}) of the left operand {tuple(a)}")
+    shape = _broadcast(name, a[:-2], b[:-2]) + (a[-2], b[-1])
+    check_memory("the result", shape, f"the shape of {name}, {tuple(b)}, against {tuple(a)}", itemsize)
+    return shape
+
+
+def reshape_shape(name, shape, size):
+    """``shape`` (ints, at most one -1) as the shape of ``size`` elements."""
+    if not isinstance(shape, (tuple, list)) or not all(is_int(v) for v in shape):
+        raise TypeError(f"{name} must be a tuple of ints, got {_describe(shape)}")
+    shape = tuple(int(v) for v in shape)
+    if shape.count(-1) > 1 or min(shape, default=0) < -1:
+        raise ValueError(f"{name} {shape} may hold non-negative sizes and at most one -1")
+    known = math.prod(v for v in shape if v != -1)
+    if -1 in shape and known and size % known == 0:
+        shape = tuple(size // known if v == -1 else v for v in shape)
+    if -1 in shape or math.prod(shape) != size:
+        raise ValueError(f"{name} {shape} does not hold the tensor's {size} elements")
+    return shape
 
 
 def as_4d(shape, dims):
@@ -503,12 +813,10 @@ def as_4d(shape, dims):
     return shape[:2] + (1,) + shape[2:] if dims == 1 else shape
 
 
-def ints(name, value, n, minimum=0):
-    """Public form of the int-tuple normaliser, for ops outside this module."""
-    return _ints(name, value, n, minimum)
-
-
 __all__ = ["GEOMETRY", "conv_output_size", "conv_transpose_output_size", "pool_output_size", "receptive_field",
            "ConvSpec", "PoolSpec", "conv_spec", "conv_transpose_spec", "pool_spec", "check_float",
            "unpool_output_size", "as_4d", "ints", "is_pointwise", "adjoint_spec", "adjoint_weight",
-           "adjoint_padding", "TiledSpec", "tiled_spec", "separable_spec"]
+           "adjoint_padding", "integer", "real", "reals", "flag", "choice", "as_array", "dtype_arg",
+           "float_dtype", "axis", "axes", "pool_args", "memory_limit", "check_memory", "conv_padding",
+           "adaptive_size", "interpolate_size", "broadcast_shape", "matmul_shape", "reshape_shape", "INT_MAX",
+           "TiledSpec", "tiled_spec", "separable_spec"]

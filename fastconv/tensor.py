@@ -5,7 +5,7 @@ one gradient per parent (``None`` where a parent needs none). ``Tensor.backward(
 topologically, runs the closures in reverse order, accumulates gradients with ``+`` (a tensor used twice
 gets both contributions), stores them on leaf tensors only, and frees the graph.
 
-Arrays are NumPy arrays on the CPU and Numba device arrays on the GPU; ``xp`` is the matching namespace.
+Arrays are NumPy arrays on the CPU and ``CudaArray``s on the GPU; ``xp`` is the matching namespace.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import contextlib
 
 import numpy as np
 
+from . import shapes
 from .device import array_module, check_device, device_of, to_device
 
 _grad_enabled = True
@@ -42,16 +43,19 @@ def tensor(data, requires_grad=False, dtype=None, device="cpu"):
     """
     if isinstance(data, Tensor):
         data = data.data
+    requires_grad = shapes.flag("requires_grad", requires_grad)
+    dtype = None if dtype is None else shapes.dtype_arg("dtype", dtype)
+    device = check_device(device)
     if device_of(data) == "cuda":
         array = data
     else:
         from_python = not isinstance(data, (np.ndarray, np.generic))
-        array = np.array(data, dtype=dtype, order="C")  # a C-contiguous copy (0-d stays 0-d)
+        array = np.array(shapes.as_array("data", data), dtype=dtype, order="C")  # a C-contiguous copy
         if dtype is None and from_python and array.dtype == np.float64:
             array = array.astype(np.float32)
     if requires_grad and np.dtype(array.dtype).kind != "f":
         raise TypeError(f"only float tensors can require grad, got dtype {array.dtype}")
-    return Tensor(to_device(array, check_device(device)), requires_grad=requires_grad)
+    return Tensor(to_device(array, device), requires_grad=requires_grad)
 
 
 def from_dlpack(obj):
@@ -63,17 +67,19 @@ def from_dlpack(obj):
     on_gpu = hasattr(obj, "__cuda_array_interface__") or (
         hasattr(obj, "__dlpack_device__") and obj.__dlpack_device__()[0] != 1)  # 1: kDLCPU
     if on_gpu:
-        from .backends import cuda_array
         from .cuda import require
+        from .gpu import array
         require()
-        return Tensor(cuda_array.asarray(obj))
+        return Tensor(array.asarray(obj))
     return Tensor(np.from_dlpack(obj))
 
 
-def as_tensor(value):
-    """Tensors pass through; arrays and scalars are wrapped (no copy for NumPy arrays)."""
-    return value if isinstance(value, Tensor) else Tensor(np.asarray(value) if device_of(value) == "cpu"
-                                                          else value)
+def as_tensor(value, name="input"):
+    """Tensors pass through; arrays and scalars are wrapped (no copy for NumPy arrays). Anything else
+    (None, strings, objects) is a TypeError naming the argument ``name``."""
+    if isinstance(value, Tensor):
+        return value
+    return Tensor(shapes.as_array(name, value) if device_of(value) == "cpu" else value)
 
 
 def make(data, parents, backward):
@@ -217,13 +223,17 @@ class Tensor:
         return self.astype(np.float64)
 
     def astype(self, dtype):
-        if self.dtype == np.dtype(dtype):
+        dtype = shapes.dtype_arg("dtype", dtype)
+        if self.dtype == dtype:
             return self
         src = self.dtype
         return make(self.data.astype(dtype), (self,), lambda g: (g.astype(src),))
 
     def requires_grad_(self, flag=True):
-        self.requires_grad = bool(flag)
+        flag = shapes.flag("flag", flag)
+        if flag and self.dtype.kind != "f":
+            raise TypeError(f"only float tensors can require grad, got dtype {self.dtype}")
+        self.requires_grad = flag
         return self
 
     # ------------------------------------------------------------------ autograd
@@ -234,10 +244,12 @@ class Tensor:
         xp = self.xp
         if grad is None:
             if self.size != 1:
-                raise RuntimeError(f"grad must be given for a non-scalar output of shape {self.shape}")
-            grad = xp.ones(self.shape, dtype=self.dtype)
+                raise ValueError(f"grad must be given for a non-scalar output of shape {self.shape}")
+            # read-only for the graph: the GPU keeps one per shape instead of launching a fill each time
+            grad = xp.ones(self.shape, dtype=self.dtype) if self.is_leaf else xp.constant(1, self.shape, self.dtype)
         else:
             grad = grad.data if isinstance(grad, Tensor) else grad
+            grad = shapes.as_array("grad", grad) if device_of(grad) == "cpu" else grad
             grad = to_device(grad, self.device)
             if tuple(grad.shape) != self.shape:
                 raise ValueError(f"grad must have the output's shape {self.shape}, got {tuple(grad.shape)}")
@@ -278,12 +290,19 @@ class Tensor:
             # scalars stay scalars: no parent, dtype follows the tensor (a NumPy scalar would promote
             # float32 to float64 under NEP 50, so it becomes a Python number first)
             return other.item() if isinstance(other, np.generic) else other
-        return as_tensor(other)
+        return as_tensor(other, "other")
+
+    def _broadcast(self, other):
+        """Check that ``other`` broadcasts with this tensor into a result that fits in memory."""
+        if other.shape != self.shape:
+            shapes.broadcast_shape("other", self.shape, other.shape,
+                                   max(self.dtype.itemsize, other.dtype.itemsize))
 
     def __add__(self, other):
         other = self._other(other)
         if not isinstance(other, Tensor):
             return make(self.data + other, (self,), lambda g: (g,))
+        self._broadcast(other)
         xp = self.xp
         a, b = self.shape, other.shape
         return make(self.data + other.data, (self, other),
@@ -295,7 +314,7 @@ class Tensor:
         return make(-self.data, (self,), lambda g: (-g,))
 
     def __sub__(self, other):
-        return self + (-other if not isinstance(other, np.ndarray) else -as_tensor(other))
+        return self + (-self._other(other))
 
     def __rsub__(self, other):
         return (-self) + other
@@ -304,6 +323,7 @@ class Tensor:
         other = self._other(other)
         if not isinstance(other, Tensor):
             return make(self.data * other, (self,), lambda g: (g * other,))
+        self._broadcast(other)
         xp, x, y = self.xp, self, other
 
         def backward(g):
@@ -316,8 +336,8 @@ class Tensor:
 
     def __truediv__(self, other):
         other = self._other(other)
-        if not isinstance(other, Tensor):
-            return self * (1.0 / other)
+        if not isinstance(other, Tensor):  # x / 0 is inf or nan, as in NumPy: no ZeroDivisionError
+            return make(self.data / other, (self,), lambda g: (g / other,))
         return self * other ** -1
 
     def __rtruediv__(self, other):
@@ -330,9 +350,8 @@ class Tensor:
         return make(x.data ** exponent, (x,), lambda g: (g * exponent * x.data ** (exponent - 1),))
 
     def __matmul__(self, other):
-        other = as_tensor(other)
-        if self.ndim < 2 or other.ndim < 2:
-            raise ValueError(f"matmul needs operands of at least 2 dims, got {self.shape} and {other.shape}")
+        other = as_tensor(other, "other")
+        shapes.matmul_shape("other", self.shape, other.shape, max(self.dtype.itemsize, other.dtype.itemsize))
         xp, a, b = self.xp, self, other
 
         def backward(g):
@@ -350,19 +369,20 @@ class Tensor:
         x = self
         return make(self.xp.log(x.data), (x,), lambda g: (g / x.data,))
 
+    def _activation(self, name):
+        """``name(x)``; its gradient from the output (one launch each way on the GPU)."""
+        xp = self.xp
+        out = xp.activation(self.data, name)
+        return make(out, (self,), lambda g: (xp.activation_grad(g, out, name),))
+
     def tanh(self):
-        out = self.xp.tanh(self.data)
-        return make(out, (self,), lambda g: (g * (1 - out * out),))
+        return self._activation("tanh")
 
     def sigmoid(self):
-        xp = self.xp
-        out = 1 / (1 + xp.exp(-self.data))
-        return make(out, (self,), lambda g: (g * out * (1 - out),))
+        return self._activation("sigmoid")
 
     def relu(self):
-        # maximum keeps the dtype (0 is a weak scalar) and NaN, as torch.relu; ~10x faster than where + astype
-        mask = self.data > 0
-        return make(self.xp.maximum(self.data, 0), (self,), lambda g: (g * mask,))
+        return self._activation("relu")
 
     def abs(self):
         xp, x = self.xp, self
@@ -373,33 +393,38 @@ class Tensor:
     # ------------------------------------------------------------------ reductions
     def sum(self, axis=None, keepdims=False):
         xp, shape = self.xp, self.shape
-        axes = _axes(axis, self.ndim)
+        axes = shapes.axes("axis", axis, self.ndim)
+        keepdims = shapes.flag("keepdims", keepdims)
 
         def backward(g):
             if not keepdims:
                 g = g.reshape(tuple(1 if i in axes else s for i, s in enumerate(shape)))
             return (xp.broadcast_to(g, shape).astype(g.dtype),)
-        return make(xp.asarray(xp.sum(self.data, axis=axis, keepdims=keepdims)), (self,), backward)
+        return make(xp.asarray(xp.sum(self.data, axis=axes, keepdims=keepdims)), (self,), backward)
 
     def mean(self, axis=None, keepdims=False):
-        axes = _axes(axis, self.ndim)
+        axes = shapes.axes("axis", axis, self.ndim)
         count = int(np.prod([self.shape[a] for a in axes])) if axes else 1
-        return self.sum(axis, keepdims) * (1.0 / max(count, 1))
+        return self.sum(axes, keepdims) * (1.0 / max(count, 1))
 
     # ------------------------------------------------------------------ shape
     def reshape(self, *shape):
         shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+        shape = shapes.reshape_shape("shape", shape, self.size)
         src = self.shape
         return make(self.data.reshape(shape), (self,), lambda g: (g.reshape(src),))
 
     view = reshape
 
     def flatten(self, start_dim=1):
+        start_dim = shapes.axis("start_dim", start_dim, self.ndim)
         return self.reshape(self.shape[:start_dim] + (int(np.prod(self.shape[start_dim:])),))  # -1: not if empty
 
     def transpose(self, *axes):
         axes = axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes
-        axes = tuple(axes) or tuple(reversed(range(self.ndim)))
+        axes = shapes.axes("axes", tuple(axes), self.ndim) if axes else tuple(reversed(range(self.ndim)))
+        if len(axes) != self.ndim:
+            raise ValueError(f"axes must be a permutation of the {self.ndim} axes, got {axes}")
         inverse = tuple(np.argsort(axes))
         xp = self.xp
         return make(xp.transpose(self.data, axes), (self,), lambda g: (xp.transpose(g, inverse),))
@@ -416,7 +441,7 @@ class Tensor:
 
         def backward(g):
             full = xp.zeros(shape, dtype=dtype)
-            np.add.at(full, index, g) if xp is np else xp.add_at(full, index, g)
+            xp.add_at(full, index, g)
             return (full,)
         return make(self.data[index], (self,), backward)
 
@@ -425,9 +450,3 @@ def _freed(g):
     raise RuntimeError("backward through a graph a second time: its intermediate results were freed by "
                        "the first backward(); recompute the forward pass")
 
-
-def _axes(axis, ndim):
-    if axis is None:
-        return tuple(range(ndim))
-    axes = (axis,) if isinstance(axis, int) else tuple(axis)
-    return tuple(a % ndim for a in axes)

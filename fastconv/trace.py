@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import functional as F
+from .nn.layers import Sequential
 from .nn.module import Module, Parameter
 from .tensor import Tensor, tensor
 
@@ -112,10 +113,12 @@ def _recording(recorder):
     saved = [(F, name, getattr(F, name)) for name in F.__all__]
     saved += [(Tensor, name, Tensor.__dict__[name]) for name in TENSOR_METHODS]
     saved.append((Module, "__call__", Module.__call__))
+    saved.append((Sequential, "fuses", Sequential.fuses))
     try:
-        for owner, name, original in saved[:-1]:
+        for owner, name, original in saved[:-2]:
             setattr(owner, name, recorder.wrap(name, original))
         Module.__call__ = recorder.wrap_call(Module.__call__)
+        Sequential.fuses = False  # every layer as written, not activations run inside their neighbours
         yield
     finally:
         for owner, name, original in saved:

@@ -250,3 +250,12 @@ def test_unpool_round_trip(dtype):
     assert np.array_equal(up, ref.max_unpool2d(y, idx, (6, 6)))
     g = rng.standard_normal(up.shape).astype(dtype)
     assert np.array_equal(nb.max_unpool2d_grad(g, idx), ref.max_unpool2d_grad(g, idx))
+
+
+@pytest.mark.parametrize("algorithm", nb.ALGORITHMS)
+def test_one_by_one_kernel_with_unread_input_pixels(algorithm):
+    """A transposed convolution's output padding: 1x1, stride 1, unpadded, yet the input has pixels no
+    output reads, so it is not its own column matrix."""
+    spec = shapes.conv_transpose_spec((1, 1, 1), (1, 1, 1), None, output_padding=1, dilation=2, dims=1)
+    assert (spec.w, spec.ow) == (2, 1) and not shapes.is_pointwise(spec)
+    _check_conv(spec, np.float64, algorithm)

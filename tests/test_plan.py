@@ -300,3 +300,44 @@ def test_unwritable_cache_folder_warns_and_keeps_working(monkeypatch, tmp_path):
     fc.autotune(True)
     with pytest.warns(RuntimeWarning, match="cannot write"):
         F.conv2d(*_tune_case(), padding=2)
+
+
+# ---------------------------------------------------------------------------------- calibration
+def test_batches_of_one_shape_class_share_a_measurement():
+    spec = shapes.conv_spec((96, 3, 12, 12), (4, 3, 3, 3))
+    threads = fc.get_num_threads()
+    assert tune.shape_class(spec).n == 128
+    assert tune.key("conv2d", spec, np.float32, threads) == \
+        tune.key("conv2d", shapes.conv_spec((128, 3, 12, 12), (4, 3, 3, 3)), np.float32, threads)
+    assert tune.key("conv2d", spec, np.float32, threads) != \
+        tune.key("conv2d", shapes.conv_spec((129, 3, 12, 12), (4, 3, 3, 3)), np.float32, threads)
+
+
+@pytest.mark.filterwarnings("ignore:fastconv autotune. the machine is busy")
+def test_calibration_stores_what_later_plans_use(tmp_path):
+    """``fastconv tune``'s measurements are used without autotune, by this process and by the next."""
+    from fastconv import models
+    from fastconv.calibrate import calibrate, table
+    rows = calibrate(models.create("paper"), (4, 1, 40))
+    assert [r["pass"] for r in rows] == ["forward", "grad weight"] + ["forward", "grad input", "grad weight"] * 2
+    assert all(r["winner_ms"] <= r["model_ms"] or np.isnan(r["model_ms"]) for r in rows)
+    assert "measured fastest" in table(rows).splitlines()[0]
+    assert not tune.enabled()
+    spec = shapes.conv_spec((4, 25, 19), (25, 25, 3), padding=1, stride=2, dims=1)
+    for r, op in zip(rows[2:5], CONV_OPS):
+        p = plan.plan(op, spec, np.float32)
+        assert (p.fallback or p).name == r["winner"] and "measured earlier" in (p.fallback or p).reason
+    script = ("import numpy as np\nfrom fastconv import shapes\nfrom fastconv.backends import plan\n"
+              "spec = shapes.conv_spec((3, 25, 19), (25, 25, 3), padding=1, stride=2, dims=1)\n"
+              "p = plan.plan('conv2d', spec, np.float32)\nprint((p.fallback or p).name, '|', p.reason)\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                         cwd=tmp_path, env=dict(os.environ))  # batch 3: the same class as 4
+    assert out.stdout.strip() == f"{rows[2]['winner']} | measured earlier on this machine (autotune cache)"
+
+
+def test_cli_tune(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "fastconv.cli", "tune", "paper", "--batch", "2"],
+                         capture_output=True, text=True, cwd=tmp_path,
+                         env=dict(os.environ, FASTCONV_CACHE_DIR=str(tmp_path / "cache")))
+    assert out.returncode == 0, out.stderr
+    assert "8 passes measured" in out.stdout and os.path.exists(tmp_path / "cache" / "autotune.json")

@@ -57,7 +57,7 @@ def test_fancy_index_repeated_accumulates():
 def test_backward_on_non_scalar_needs_grad():
     x = leaf([1.0, 2.0])
     y = x * 2.0
-    with pytest.raises(RuntimeError, match="grad must be given"):
+    with pytest.raises(ValueError, match="grad must be given"):
         y.backward()
     y.backward(np.array([1.0, 10.0]))
     np.testing.assert_array_equal(x.grad, [2.0, 20.0])

@@ -1,4 +1,5 @@
-"""GPU suites: fastconv's CUDA backend against PyTorch on the GPU (conv, pooling, a training step).
+"""GPU suites: fastconv's CUDA backend against PyTorch on the GPU (conv, pooling, a training step), and the
+kernel launches of a fastconv training step.
 
 Every benchmark raises NotImplementedError (asv: skipped) where no CUDA GPU is usable
 (``common.skip_unless_gpu``). Nothing touches CUDA at import: a CUDA context made in asv's forkserver
@@ -54,3 +55,30 @@ class GpuTrainStep:
 
     def time_train_step(self, impl, task):
         self.trainer.step(*self.batch)
+
+
+class GpuTrainLaunches:
+    """Kernel launches per fastconv training step (counted without running them) and the host time per
+    launch of a real step: small nets are bound by launches on a GPU."""
+    params = [list(TRAIN_TASKS)]
+    param_names = ["task"]
+    timeout = 180
+
+    def setup(self, task):
+        self.trainer, self.batch = common.warm_trainer(task, "cuda", "cuda")
+
+    def track_launches_per_step(self, task):
+        import fastconv
+        with fastconv.cuda.profile(count_only=True) as prof:
+            self.trainer.step(*self.batch)
+        return len(prof)
+
+    track_launches_per_step.unit = "launches"
+
+    def track_host_us_per_launch(self, task):
+        import fastconv
+        with fastconv.cuda.profile() as prof:
+            self.trainer.step(*self.batch)
+        return sum(launch.host_us for launch in prof.launches) / max(1, len(prof))
+
+    track_host_us_per_launch.unit = "us"

@@ -12,7 +12,8 @@ Where the choice comes from, in order:
 
 1. ``backend="cython:blocked"`` (or ``"fft"``, ``"numba"``...): forced by the user. A backend without
    the op, or an algorithm that cannot run the spec, is a clear error, never a silent fall back.
-2. ``fc.autotune(True)``: the fastest candidate measured on this machine (``tune``).
+2. The fastest candidate measured on this machine for the spec's shape class (``tune``: by
+   ``fastconv tune`` or an earlier ``fc.autotune(True)``), or measured now with ``fc.autotune(True)``.
 3. The cost model and the measured rules of ``model``.
 
 Rank-1 kernels: where ``model.separable_worthwhile`` holds, the plan runs the weight as two 1-D passes
@@ -101,10 +102,15 @@ def get_exact():
     return _exact
 
 
-def reset():
-    """Forget every plan (and what ``tune`` holds in memory)."""
+def forget():
+    """Forget every plan made (later calls plan again: after new measurements, say)."""
     with _lock:
         _plans.clear()
+
+
+def reset():
+    """Forget every plan and what ``tune`` holds in memory."""
+    forget()
     tune.reset()
 
 
@@ -118,6 +124,8 @@ def plan(op, spec, dtype, device="cpu", backend=None):
     """The :class:`Plan` of kernel ``op`` for ``spec`` (None for unpooling) in ``dtype`` on ``device``,
     under ``backend`` (None or ``"auto"``: the default)."""
     name = _default if backend is None or backend == "auto" else backend
+    if not isinstance(name, str):
+        registry.parse(name)  # a TypeError naming the argument (a list would fail as a key below)
     dtype = None if dtype is None else np.dtype(dtype)
     key = (op, spec, dtype, device, name, tune.enabled(), _exact, _threads() if device == "cpu" else 0)
     found = _plans.get(key)
@@ -179,7 +187,7 @@ def _make(op, spec, dtype, device, name):
     candidates = [b for b in AUTO if registry.runs(b, op) and not (_exact and b in model.INEXACT)]
     if not candidates:
         raise ValueError(f"no backend can run {op} here")
-    made = _measured(op, spec, dtype, candidates) if tune.enabled() and spec is not None else None
+    made = _measured(op, spec, dtype, candidates) if spec is not None else None
     if made is None:
         choice = model.choose(op, spec, dtype, candidates)
         made = _plan(choice.backend, op, choice.algorithm, choice.reason, spec, dtype, choice.seconds)
@@ -214,25 +222,41 @@ def _plan(backend, op, algorithm, reason, spec, dtype, seconds=None, guard=True)
                 guard=registry.kernel("numpy", op) if checked else None, checked=checked)
 
 
+def _candidates(op, spec, dtype, backends):
+    """``{name: (backend, algorithm)}`` of every algorithm of ``backends`` that can run ``op`` on ``spec``."""
+    return {(b if a is None else f"{b}:{a}"): (b, a) for b in backends for a in registry.algorithms(b, op)
+            if registry.supports(b, op, spec, dtype, a)}
+
+
 def _measured(op, spec, dtype, candidates):
-    """The plan of the fastest candidate, measured now or earlier (None where ``op`` cannot be timed)."""
-    pairs = [(b, a) for b in candidates for a in registry.algorithms(b, op)
-             if registry.supports(b, op, spec, dtype, a)]
-    names = {(b if a is None else f"{b}:{a}"): (b, a) for b, a in pairs}
-    threads = _threads()
-    winner = tune.known(op, spec, dtype, threads)
+    """The plan of the fastest candidate measured earlier, or now when tuning is on (None otherwise, and
+    where ``op`` cannot be timed)."""
+    names = _candidates(op, spec, dtype, candidates)
+    winner = tune.known(op, spec, dtype, _threads())
     if winner in names:
-        reason = "measured earlier on this machine (autotune cache)"
-    else:
-        try:
-            tune.example_args(op, spec, dtype, np.random.default_rng(0))
-        except ValueError:
-            return None
-        winner, times = tune.measure(op, spec, dtype, threads,
-                                     [(n, registry.kernel(b, op, a)) for n, (b, a) in names.items()])
-        reason = "measured now: " + ", ".join(f"{n} {1e3 * s:.3g} ms" for n, s in sorted(times, key=lambda t: t[1]))
+        backend, algorithm = names[winner]
+        return _plan(backend, op, algorithm, "measured earlier on this machine (autotune cache)", spec, dtype,
+                     model.seconds(backend, op, spec, dtype, algorithm))
+    if not tune.enabled():
+        return None
+    return measure(op, spec, dtype, candidates)[0]
+
+
+def measure(op, spec, dtype, backends=AUTO):
+    """Time every candidate of ``op`` on ``spec`` now and remember the fastest for its shape class:
+    ``(its plan, [(name, seconds), ...] fastest first)``, or ``(None, [])`` where ``op`` cannot be timed."""
+    try:
+        tune.example_args(op, spec, dtype, np.random.default_rng(0))
+    except ValueError:
+        return None, []
+    names = _candidates(op, spec, dtype, [b for b in backends if registry.runs(b, op)
+                                          and not (_exact and b in model.INEXACT)])
+    winner, times = tune.measure(op, spec, dtype, _threads(),
+                                 [(n, registry.kernel(b, op, a)) for n, (b, a) in names.items()])
+    times = sorted(times, key=lambda t: t[1])
     backend, algorithm = names[winner]
-    return _plan(backend, op, algorithm, reason, spec, dtype, model.seconds(backend, op, spec, dtype, algorithm))
+    reason = "measured now: " + ", ".join(f"{n} {1e3 * s:.3g} ms" for n, s in times)
+    return _plan(backend, op, algorithm, reason, spec, dtype, model.seconds(backend, op, spec, dtype, algorithm)), times
 
 
 def _separable(inner, spec, dtype):

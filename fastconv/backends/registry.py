@@ -18,13 +18,13 @@ MODULES = {
     "numba": "fastconv.backends.numba_cpu",
     "cython": "fastconv.backends.cython_cpu",
     "fft": "fastconv.backends.fft",
-    "cuda": "fastconv.backends.cuda",
+    "cuda": "fastconv.gpu.backend",
 }
 #: More kernels of a backend, in modules of their own: the tiled and locally-connected convolutions.
 MORE_KERNELS = {
     "numpy": ("fastconv.backends.tiled",),
     "numba": ("fastconv.backends.tiled_numba",),
-    "cuda": ("fastconv.backends.cuda_tiled",),
+    "cuda": ("fastconv.gpu.tiled",),
 }
 #: The kernels of one convolution layer (forward, input gradient, weight gradient).
 CONV_OPS = ("conv2d", "conv2d_grad_input", "conv2d_grad_weight")

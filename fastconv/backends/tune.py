@@ -1,10 +1,12 @@
 """Measured choices: time the candidate kernels of a spec on this machine and remember the fastest.
 
-``fc.autotune(True)`` makes the planner measure every spec it has no measurement for (once: winners are
-kept in memory and in a JSON file, ``$FASTCONV_CACHE_DIR/autotune.json``, else
-``~/.cache/fastconv/autotune.json``, keyed by op, spec, dtype, machine, thread count and fastconv
-version, written atomically). Measuring is what the cost model cannot do: see the speed of this
-machine's cores, caches and BLAS.
+Winners are kept in memory and in a JSON file (``$FASTCONV_CACHE_DIR/autotune.json``, else
+``~/.cache/fastconv/autotune.json``, written atomically), keyed by op, shape class, dtype, machine,
+thread count and fastconv version; the shape class is the spec with its batch rounded up to a power of
+two (the last, smaller batch of an epoch is the same class). The planner uses a winner whenever one is
+known; ``fc.autotune(True)`` makes it measure the classes it meets without one, and ``fastconv tune``
+(:func:`calibrate`) measures a model's layers ahead of time. Measuring is what the cost model cannot do:
+see the speed of this machine's cores, caches and BLAS.
 
 How a candidate is timed, and why: one warm-up call (JIT compilation, scratch buffers), then the best
 of ``REPEAT`` calls, each on *fresh* random inputs. Fresh inputs matter: kernels keep caches keyed by
@@ -13,6 +15,7 @@ those caches, not the kernel a training step runs (its weights change every step
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -31,6 +34,7 @@ REPEAT = 3
 LONG_CALL = 0.05
 
 _enabled = False
+_warned_busy = False
 _memory = {}   # key -> winner name ("backend:algorithm"), as read from the file or measured here
 _disk = {}     # cache file path -> {key: name} as last read
 _lock = threading.Lock()
@@ -70,11 +74,16 @@ def _cpu_model():
     return platform.processor() or platform.machine()
 
 
+def shape_class(spec):
+    """The spec with its batch rounded up to a power of two: specs that share a measurement."""
+    return dataclasses.replace(spec, n=1 << max(0, spec.n - 1).bit_length())
+
+
 def key(op, spec, dtype, threads):
     """The cache key: what the winner depends on."""
     from .. import __version__
-    return (f"{op}|{spec!r}|{np.dtype(dtype).name}|{platform.node()}|{_cpu_model()}|cpus={os.cpu_count()}"
-            f"|threads={threads}|fastconv={__version__}")
+    return (f"{op}|{shape_class(spec)!r}|{np.dtype(dtype).name}|{platform.node()}|{_cpu_model()}"
+            f"|cpus={os.cpu_count()}|threads={threads}|fastconv={__version__}")
 
 
 def known(op, spec, dtype, threads):
@@ -89,10 +98,25 @@ def known(op, spec, dtype, threads):
     return name
 
 
+def busy():
+    """Whether other work keeps this machine's cores busy (load average above the core count): then
+    parallel kernels wait for descheduled threads and measurements favour single-threaded ones."""
+    try:
+        return os.getloadavg()[0] > (os.cpu_count() or 1)
+    except OSError:
+        return False
+
+
 def measure(op, spec, dtype, threads, candidates):
     """Time each ``(name, kernel)`` of ``candidates`` on fresh random inputs of ``spec``; remember and
     return the fastest name, with every ``(name, seconds)`` measured (failures are skipped with a
-    warning)."""
+    warning). On a busy machine it warns once: those winners describe the load, not the machine."""
+    global _warned_busy
+    if not _warned_busy and busy():
+        _warned_busy = True
+        warnings.warn(f"fastconv autotune: the machine is busy (load average {os.getloadavg()[0]:.1f} on "
+                      f"{os.cpu_count()} cores); kernels measured now favour single-threaded ones. Measure on "
+                      f"a quiet machine, or delete {cache_path()} afterwards.", RuntimeWarning, stacklevel=3)
     rng = np.random.default_rng(0)
     times = []
     for name, kernel in candidates:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import shapes
 from ..random import generator
 
 __all__ = ["DataLoader", "random_shift"]
@@ -25,12 +26,14 @@ class DataLoader:
     def __init__(self, *arrays, batch_size=1, shuffle=False, drop_last=False, seed=None, reuse_buffers=False):
         if not arrays:
             raise ValueError("DataLoader needs at least one array")
-        arrays = tuple(np.asarray(a) for a in arrays)
+        arrays = tuple(shapes.as_array(f"arrays[{i}]", a) for i, a in enumerate(arrays))
         n = len(arrays[0]) if arrays[0].ndim else 0
         if any(a.ndim == 0 or len(a) != n for a in arrays):
             raise ValueError(f"arrays must share their first dimension, got shapes {[a.shape for a in arrays]}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        batch_size = shapes.integer("batch_size", batch_size, 1, None)
+        shuffle, drop_last = shapes.flag("shuffle", shuffle), shapes.flag("drop_last", drop_last)
+        reuse_buffers = shapes.flag("reuse_buffers", reuse_buffers)
+        _check_seed(seed)
         if n == 0 or (drop_last and n < batch_size):
             raise ValueError(f"no batch of {batch_size} fits in {n} samples")
         self.arrays, self.n, self.batch_size = arrays, n, int(batch_size)
@@ -68,17 +71,33 @@ class DataLoader:
         self.rng.bit_generator.state = state["rng"]
 
 
+def _check_seed(seed):
+    """``seed`` is None, a non-negative int or a non-empty sequence of them (NumPy's seeds)."""
+    if seed is None:
+        return
+    items = (seed,) if shapes.is_int(seed) else seed
+    if not isinstance(items, (tuple, list)) or not items or not all(shapes.is_int(v) for v in items):
+        raise TypeError(f"seed must be None, a non-negative int or a sequence of them, got {seed!r}")
+    if min(items) < 0:
+        raise ValueError(f"seed must be non-negative, got {seed!r}")
+
+
 def random_shift(images, max_shift, rng, fill=0.0, out=None):
     """Translate each image of ``(N, C, H, W)`` by its own random ``(dy, dx)`` in ``[-max_shift,
     max_shift]``, filling the uncovered border with ``fill``.
 
     Vectorised over images: one pass per distinct shift ((2*max_shift+1)**2 of them), never per image.
     """
-    images = np.asarray(images)
+    images = shapes.as_array("images", images)
     if images.ndim != 4:
         raise ValueError(f"images must be (N, C, H, W), got shape {images.shape}")
-    if not isinstance(max_shift, (int, np.integer)) or max_shift < 0:
-        raise ValueError(f"max_shift must be a non-negative int, got {max_shift!r}")
+    shapes.integer("max_shift", max_shift, 0, None)
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    shapes.real("fill", fill)
+    if out is not None and (not isinstance(out, np.ndarray) or out.shape != images.shape
+                            or out.dtype != images.dtype):
+        raise ValueError(f"out must be an array of the images' shape {images.shape} and dtype {images.dtype}")
     n, _, h, w = images.shape
     m = int(max_shift)
     if out is None:

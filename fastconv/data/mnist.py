@@ -19,6 +19,8 @@ import zlib
 
 import numpy as np
 
+from .. import shapes
+
 __all__ = ["MNIST", "DatasetError", "default_root", "MIRRORS", "FILES", "MEAN", "STD", "normalize"]
 
 MIRRORS = (
@@ -54,10 +56,11 @@ def default_root():
 def normalize(images, pad=False, dtype=np.float32):
     """uint8 ``(N, 28, 28)`` -> ``(N, 1, 28, 28)`` (or zero-padded by 2 to ``32x32``) float, standardised
     with MNIST's mean and std. Padding is added before standardising, so it matches the background."""
-    images = np.asarray(images)
-    if images.ndim != 3:
-        raise ValueError(f"images must be (N, H, W), got shape {images.shape}")
-    p = 2 if pad else 0
+    images = shapes.as_array("images", images)
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise ValueError(f"images must be uint8 (N, H, W), got {images.dtype} of shape {images.shape}")
+    dtype = shapes.float_dtype("dtype", dtype)
+    p = 2 if shapes.flag("pad", pad) else 0
     lut = ((np.arange(256) / 255.0 - MEAN) / STD).astype(dtype)  # one table lookup per pixel
     out = np.full((images.shape[0], 1, images.shape[1] + 2 * p, images.shape[2] + 2 * p), lut[0], dtype=dtype)
     out[:, 0, p:p + images.shape[1], p:p + images.shape[2]] = lut[images]
@@ -138,8 +141,14 @@ class MNIST:
     """
 
     def __init__(self, root=None, train=True, download=False, mirrors=MIRRORS):
+        if root is not None and not isinstance(root, (str, os.PathLike)):
+            raise TypeError(f"root must be a folder's path (str or os.PathLike), got {type(root).__name__}")
+        if isinstance(mirrors, str) or not isinstance(mirrors, (tuple, list)) \
+                or not all(isinstance(m, str) for m in mirrors):
+            raise TypeError(f"mirrors must be a tuple of URL strings, got {mirrors!r}")
+        download = shapes.flag("download", download)
         root = os.fspath(root) if root is not None else default_root()
-        self.train = bool(train)
+        self.train = shapes.flag("train", train)
         names = FILES[self.train]
         folder = root if all(os.path.exists(os.path.join(root, n)) for n in names) else os.path.join(root, "mnist")
         if download:

@@ -18,6 +18,8 @@ import tempfile
 
 import numpy as np
 
+from .. import shapes
+
 __all__ = ["MNIST1D", "generate", "cache_dir"]
 
 ARRAYS = ("x", "y", "x_test", "y_test", "t")
@@ -74,6 +76,7 @@ def generate(cache=True, **overrides):
 
     ``cache=False`` regenerates (and refreshes the caches); arrays are read-only.
     """
+    cache = shapes.flag("cache", cache)
     key = json.dumps(overrides, sort_keys=True)
     path = _cache_path(overrides)
     if cache and key in _cache:
@@ -122,8 +125,12 @@ class MNIST1D:
 
     def __init__(self, train=True, num_samples=5000, length=40, seed=42, dtype=np.float32, cache=True,
                  **dataset_args):
+        num_samples = shapes.integer("num_samples", num_samples, 2, None)
+        length = shapes.integer("length", length, 1, None)
+        seed = shapes.integer("seed", seed, 0, 2 ** 32 - 1)  # NumPy's legacy seeds
+        dtype = shapes.float_dtype("dtype", dtype)
+        self.train = shapes.flag("train", train)
         data = generate(cache, num_samples=num_samples, final_seq_length=length, seed=seed, **dataset_args)
-        self.train = bool(train)
         x, y = (data["x"], data["y"]) if self.train else (data["x_test"], data["y_test"])
         self.x = x.astype(dtype)  # a private copy (the cached arrays are read-only)
         self.y = y.astype(np.int64)
@@ -133,7 +140,7 @@ class MNIST1D:
 
     def tensors(self, channels=True):
         """``(x, y)`` with ``x`` shaped ``(N, 1, length)`` (``channels=True``) or ``(N, length)``."""
-        return (self.x[:, None, :] if channels else self.x), self.y
+        return (self.x[:, None, :] if shapes.flag("channels", channels) else self.x), self.y
 
     def __repr__(self):
         return f"MNIST1D({'train' if self.train else 'test'}, {len(self)} signals of length {self.x.shape[1]})"

@@ -20,17 +20,9 @@ __all__ = ["Conv1d", "Conv2d", "ConvTranspose1d", "ConvTranspose2d", "Linear", "
            "LocallyConnected1d", "LocallyConnected2d", "TiledConv1d", "TiledConv2d"]
 
 
-def _dtype(dtype):
-    dtype = np.dtype(dtype)
-    if dtype not in shapes.FLOAT_DTYPES:
-        raise TypeError(f"dtype must be float32 or float64, got {dtype}")
-    return dtype
-
-
 def _channels(in_channels, out_channels, groups):
     for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+        shapes.integer(name, value, 1)
     if in_channels % groups or out_channels % groups:
         raise ValueError(f"in_channels ({in_channels}) and out_channels ({out_channels}) must be divisible "
                          f"by groups ({groups})")
@@ -40,8 +32,12 @@ def _window_args(layer, kernel_size, stride, padding, dilation):
     """Set a convolution-like layer's ``kernel_size``, ``stride``, ``padding``, ``dilation`` (normalised)."""
     layer.kernel_size = shapes.ints("kernel_size", kernel_size, layer.dims, 1)
     layer.stride = shapes.ints("stride", stride, layer.dims, 1)
-    layer.padding = padding if isinstance(padding, str) else shapes.ints("padding", padding, layer.dims, 0)
     layer.dilation = shapes.ints("dilation", dilation, layer.dims, 1)
+    if isinstance(padding, str) and not layer.transposed:  # "valid" or "same", checked here
+        shapes.conv_padding(padding, layer.dims, layer.kernel_size, layer.dilation, layer.stride)
+        layer.padding = padding
+    else:
+        layer.padding = shapes.ints("padding", padding, layer.dims, 0)
 
 
 # ----------------------------------------------------------------------------- convolutions
@@ -49,6 +45,7 @@ class _ConvNd(Module):
     """Shared body of Conv1d/2d and ConvTranspose1d/2d: arguments, parameters, initialisation."""
     dims = 2
     transposed = False
+    takes_activation = "after"  # Sequential runs a following ReLU/Tanh/Sigmoid inside it (see Sequential)
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
                  bias=True, output_padding=0, dtype=np.float32, backend="auto"):
@@ -57,8 +54,10 @@ class _ConvNd(Module):
         _window_args(self, kernel_size, stride, padding, dilation)
         self.output_padding = shapes.ints("output_padding", output_padding, self.dims, 0)
         self.backend = backend
-        dtype = _dtype(dtype)
+        dtype = shapes.float_dtype("dtype", dtype)
+        bias = shapes.flag("bias", bias)
         lead = (in_channels, out_channels // groups) if self.transposed else (out_channels, in_channels // groups)
+        shapes.check_memory("the weight", lead + self.kernel_size, "the channels and kernel_size", dtype.itemsize)
         self.weight = Parameter(np.empty(lead + self.kernel_size, dtype=dtype))
         self.bias = Parameter(np.empty(out_channels, dtype=dtype)) if bias else None
         self.reset_parameters()
@@ -85,9 +84,9 @@ class Conv1d(_ConvNd):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
                          dtype=dtype, backend=backend)
 
-    def forward(self, x):
+    def forward(self, x, activation=None):
         return F.conv1d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
-                        backend=self.backend)
+                        backend=self.backend, activation=activation)
 
 
 class Conv2d(_ConvNd):
@@ -98,14 +97,14 @@ class Conv2d(_ConvNd):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
                          dtype=dtype, backend=backend)
 
-    def forward(self, x):
+    def forward(self, x, activation=None):
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
-                        backend=self.backend)
+                        backend=self.backend, activation=activation)
 
 
 class ConvTranspose1d(_ConvNd):
     """Transposed 1-D convolution; weight ``(C_in, C_out/groups, K)``."""
-    dims, transposed = 1, True
+    dims, transposed, takes_activation = 1, True, None
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, output_padding=0,
                  groups=1, bias=True, dilation=1, dtype=np.float32, backend="auto"):
@@ -119,7 +118,7 @@ class ConvTranspose1d(_ConvNd):
 
 class ConvTranspose2d(_ConvNd):
     """Transposed 2-D convolution; weight ``(C_in, C_out/groups, KH, KW)``."""
-    transposed = True
+    transposed, takes_activation = True, None
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, output_padding=0,
                  groups=1, bias=True, dilation=1, dtype=np.float32, backend="auto"):
@@ -133,13 +132,14 @@ class ConvTranspose2d(_ConvNd):
 
 class Linear(Module):
     """``x @ weight.T + bias``; weight ``(out_features, in_features)``."""
+    takes_activation = "after"
 
     def __init__(self, in_features, out_features, bias=True, dtype=np.float32):
-        for name, value in (("in_features", in_features), ("out_features", out_features)):
-            if not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        self.in_features, self.out_features = in_features, out_features
-        dtype = _dtype(dtype)
+        self.in_features = shapes.integer("in_features", in_features, 1)
+        self.out_features = shapes.integer("out_features", out_features, 1)
+        dtype = shapes.float_dtype("dtype", dtype)
+        bias = shapes.flag("bias", bias)
+        shapes.check_memory("the weight", (out_features, in_features), "in_features and out_features", dtype.itemsize)
         self.weight = Parameter(np.empty((out_features, in_features), dtype=dtype))
         self.bias = Parameter(np.empty(out_features, dtype=dtype)) if bias else None
         self.reset_parameters()
@@ -147,8 +147,8 @@ class Linear(Module):
     def reset_parameters(self):
         init.default_init_(self.weight, self.bias)
 
-    def forward(self, x):
-        return F.linear(x, self.weight, self.bias)
+    def forward(self, x, activation=None):
+        return F.linear(x, self.weight, self.bias, activation)
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
@@ -156,24 +156,28 @@ class Linear(Module):
 
 # ---------------------------------------------------------------------------------- pooling
 class _MaxPool(Module):
-    op = None  # the name of the op in fastconv.functional, looked up at call time (so tracing sees it)
+    # op: the name of the op in fastconv.functional, looked up at call time (so tracing sees it)
+    op, dims = None, 2
+    takes_activation = "before"  # Sequential runs a preceding ReLU/Tanh/Sigmoid inside it
 
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False,
                  backend="auto"):
+        shapes.pool_args(kernel_size, stride, padding, dilation, self.dims)
+        ceil_mode, return_indices = shapes.flag("ceil_mode", ceil_mode), shapes.flag("return_indices", return_indices)
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
         self.dilation, self.ceil_mode, self.return_indices = dilation, ceil_mode, return_indices
         self.backend = backend
 
-    def forward(self, x):
+    def forward(self, x, activation=None):
         return getattr(F, self.op)(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
-                                   self.return_indices, backend=self.backend)
+                                   self.return_indices, backend=self.backend, activation=activation)
 
     def extra_repr(self):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
 
 
 class MaxPool1d(_MaxPool):
-    op = "max_pool1d"
+    op, dims = "max_pool1d", 1
 
 
 class MaxPool2d(_MaxPool):
@@ -181,24 +185,28 @@ class MaxPool2d(_MaxPool):
 
 
 class _AvgPool(Module):
-    op = None
+    op, dims = None, 2
+    takes_activation = "before"
 
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
                  backend="auto"):
+        shapes.pool_args(kernel_size, stride, padding, 1, self.dims)
+        ceil_mode = shapes.flag("ceil_mode", ceil_mode)
+        count_include_pad = shapes.flag("count_include_pad", count_include_pad)
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
         self.ceil_mode, self.count_include_pad = ceil_mode, count_include_pad
         self.backend = backend
 
-    def forward(self, x):
+    def forward(self, x, activation=None):
         return getattr(F, self.op)(x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
-                                   self.count_include_pad, backend=self.backend)
+                                   self.count_include_pad, backend=self.backend, activation=activation)
 
     def extra_repr(self):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
 
 
 class AvgPool1d(_AvgPool):
-    op = "avg_pool1d"
+    op, dims = "avg_pool1d", 1
 
 
 class AvgPool2d(_AvgPool):
@@ -207,8 +215,10 @@ class AvgPool2d(_AvgPool):
 
 class AdaptiveAvgPool1d(Module):
     """Average pooling to a fixed length; ``AdaptiveAvgPool1d(1)`` is global average pooling."""
+    dims = 1
 
     def __init__(self, output_size):
+        shapes.ints("output_size", output_size, self.dims, 1)
         self.output_size = output_size
 
     def forward(self, x):
@@ -220,6 +230,7 @@ class AdaptiveAvgPool1d(Module):
 
 class AdaptiveAvgPool2d(AdaptiveAvgPool1d):
     """Average pooling to a fixed size; ``AdaptiveAvgPool2d(1)`` is global average pooling."""
+    dims = 2
 
     def forward(self, x):
         return F.adaptive_avg_pool2d(x, self.output_size)
@@ -227,16 +238,22 @@ class AdaptiveAvgPool2d(AdaptiveAvgPool1d):
 
 # ------------------------------------------------------------------------- elementwise and glue
 class ReLU(Module):
+    activation = "relu"  # the name a neighbouring layer takes it by (see Sequential)
+
     def forward(self, x):
         return F.relu(x)
 
 
 class Tanh(Module):
+    activation = "tanh"
+
     def forward(self, x):
         return F.tanh(x)
 
 
 class Sigmoid(Module):
+    activation = "sigmoid"
+
     def forward(self, x):
         return F.sigmoid(x)
 
@@ -250,7 +267,7 @@ class Flatten(Module):
     """Merge every dimension from ``start_dim`` on: ``(N, C, H, W) -> (N, C*H*W)``."""
 
     def __init__(self, start_dim=1):
-        self.start_dim = start_dim
+        self.start_dim = shapes.integer("start_dim", start_dim, None, None)
 
     def forward(self, x):
         return F.flatten(x, self.start_dim)
@@ -260,9 +277,7 @@ class Dropout(Module):
     """Zero each element with probability ``p`` in training mode (scaling the rest by ``1/(1-p)``)."""
 
     def __init__(self, p=0.5):
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"dropout probability p must be in [0, 1], got {p}")
-        self.p = p
+        self.p = shapes.real("p", p, 0, 1)
 
     def forward(self, x):
         return F.dropout(x, self.p, training=self.training)
@@ -274,13 +289,14 @@ class Dropout(Module):
 # -------------------------------------------------------------------------------- containers
 class Sequential(Module):
     """Run modules in order. ``Sequential(a, b)`` names them "0", "1"; an OrderedDict gives names."""
+    fuses = True  # activations run inside their neighbours (see forward); tracing turns it off
 
     def __init__(self, *modules):
         items = modules[0].items() if len(modules) == 1 and isinstance(modules[0], OrderedDict) \
             else ((str(i), m) for i, m in enumerate(modules))
         for name, module in items:
             if not isinstance(module, Module):
-                raise TypeError(f"Sequential takes Modules, got {type(module).__name__} for {name!r}")
+                raise TypeError(f"modules of a Sequential must be Modules, got {type(module).__name__} for {name!r}")
             setattr(self, name, module)
 
     def __iter__(self):
@@ -295,8 +311,24 @@ class Sequential(Module):
         return list(self.children())[index]
 
     def forward(self, x):
-        for module in self.children():
-            x = module(x)
+        """Run the modules in order. An activation module right after a layer that takes it after
+        (``takes_activation = "after"``: convolutions, linear) or right before one that takes it before
+        (pooling) runs inside that layer: one GPU launch where there were two, the same numbers."""
+        modules = list(self.children())
+        if not self.fuses:
+            for module in modules:
+                x = module(x)
+            return x
+        i = 0
+        while i < len(modules):
+            first, second = modules[i], modules[i + 1] if i + 1 < len(modules) else None
+            after, before = getattr(second, "activation", None), getattr(first, "activation", None)
+            if after and getattr(first, "takes_activation", None) == "after":
+                x, i = first(x, activation=after), i + 2
+            elif before and getattr(second, "takes_activation", None) == "before":
+                x, i = second(x, activation=before), i + 2
+            else:
+                x, i = first(x), i + 1
         return x
 
 
@@ -305,12 +337,14 @@ class ModuleList(Module):
 
     def __init__(self, modules=()):
         self._count = 0
+        if not hasattr(modules, "__iter__"):
+            raise TypeError(f"modules must be an iterable of Modules, got {type(modules).__name__}")
         for module in modules:
             self.append(module)
 
     def append(self, module):
         if not isinstance(module, Module):
-            raise TypeError(f"ModuleList takes Modules, got {type(module).__name__}")
+            raise TypeError(f"modules of a ModuleList must be Modules, got {type(module).__name__}")
         setattr(self, str(self._count), module)
         self._count += 1
         return self
@@ -328,7 +362,7 @@ class ModuleList(Module):
 # ------------------------------------------------------------------------------------ losses
 class CrossEntropyLoss(Module):
     def __init__(self, reduction="mean"):
-        self.reduction = reduction
+        self.reduction = shapes.choice("reduction", reduction, ("mean", "sum", "none"))
 
     def forward(self, logits, target):
         return F.cross_entropy(logits, target, self.reduction)
@@ -336,7 +370,7 @@ class CrossEntropyLoss(Module):
 
 class MSELoss(Module):
     def __init__(self, reduction="mean"):
-        self.reduction = reduction
+        self.reduction = shapes.choice("reduction", reduction, ("mean", "sum", "none"))
 
     def forward(self, input, target):
         return F.mse_loss(input, target, self.reduction)
@@ -349,7 +383,7 @@ class _TiledNd(Module):
     C_in/groups, *kernel)``, the bias, and PyTorch's default initialisation for a convolution's fan-in
     (``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` for weight and bias)."""
     dims = 2
-    local = False
+    local = transposed = False
 
     def __init__(self, in_channels, out_channels, kernel_size, tiles, stride, padding, dilation, groups, bias_shape,
                  dtype, backend):
@@ -357,8 +391,10 @@ class _TiledNd(Module):
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         _window_args(self, kernel_size, stride, padding, dilation)
         self.tiles, self.backend = tiles, backend
-        dtype = _dtype(dtype)
-        self.weight = Parameter(np.empty(tiles + (out_channels, in_channels // groups) + self.kernel_size, dtype))
+        dtype = shapes.float_dtype("dtype", dtype)
+        shape = tiles + (out_channels, in_channels // groups) + self.kernel_size
+        shapes.check_memory("the weight", shape, "the channels, kernel_size and tiles (or input_size)", dtype.itemsize)
+        self.weight = Parameter(np.empty(shape, dtype))
         self.bias = Parameter(np.empty(bias_shape, dtype)) if bias_shape else None
         self.reset_parameters()
 
@@ -393,7 +429,8 @@ class _LocallyConnected(_TiledNd):
         spec = shapes.conv_spec((1, in_channels) + size, (out_channels, in_channels // groups) + kernel, None,
                                 stride, padding, dilation, groups, self.dims)
         out = (spec.oh, spec.ow)[2 - self.dims:]
-        bias_shape = ((out_channels,) + (out if position_bias else ())) if bias else None
+        bias_shape = ((out_channels,) + (out if shapes.flag("position_bias", position_bias) else ())) \
+            if shapes.flag("bias", bias) else None
         super().__init__(in_channels, out_channels, kernel, out, stride, padding, dilation, groups, bias_shape,
                          dtype, backend)
 
@@ -414,7 +451,8 @@ class _Tiled(_TiledNd):
     def __init__(self, in_channels, out_channels, kernel_size, tiles, stride=1, padding=0, dilation=1, groups=1,
                  bias=True, dtype=np.float32, backend="auto"):
         super().__init__(in_channels, out_channels, kernel_size, shapes.ints("tiles", tiles, self.dims, 1), stride,
-                         padding, dilation, groups, (out_channels,) if bias else None, dtype, backend)
+                         padding, dilation, groups, (out_channels,) if shapes.flag("bias", bias) else None, dtype,
+                         backend)
 
 
 class TiledConv1d(_Tiled):

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from collections.abc import Mapping
 
 import numpy as np
 
+from .. import shapes
 from ..device import check_device, device_of, to_device
 from ..tensor import Tensor
 
@@ -23,10 +25,10 @@ class Parameter(Tensor):
         if isinstance(data, Tensor):
             data = data.data
         if device_of(data) == "cpu":
-            data = np.ascontiguousarray(data)
+            data = np.ascontiguousarray(shapes.as_array("data", data))
         if np.dtype(data.dtype).kind != "f":
             raise TypeError(f"a Parameter must hold floats, got dtype {data.dtype}")
-        super().__init__(data, requires_grad=requires_grad)
+        super().__init__(data, requires_grad=shapes.flag("requires_grad", requires_grad))
 
     def __repr__(self):
         return f"Parameter(shape={self.shape}, dtype={self.dtype}, device={self.device!r})"
@@ -79,8 +81,9 @@ class Module:
     # ------------------------------------------------------------------ modes and gradients
     def train(self, mode=True):
         """Training mode (dropout active) or, with ``mode=False``, evaluation mode; returns self."""
+        mode = shapes.flag("mode", mode)
         for module in self.modules():
-            module.training = bool(mode)
+            module.training = mode
         return self
 
     def eval(self):
@@ -125,6 +128,10 @@ class Module:
         if isinstance(state, (str, os.PathLike)):
             from ..safetensors import load_file
             state = load_file(state)
+        if not isinstance(state, Mapping):
+            raise TypeError(f"state must be a mapping of names to arrays or a .safetensors path, "
+                            f"got {type(state).__name__}")
+        strict = shapes.flag("strict", strict)
         params = dict(self.named_parameters())
         missing = [name for name in params if name not in state]
         unexpected = [name for name in state if name not in params]

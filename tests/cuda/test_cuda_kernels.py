@@ -6,21 +6,15 @@ import numpy as np
 import pytest
 
 from fastconv import shapes
-from fastconv.backends import cuda as kc
-from fastconv.backends import cuda_array as ca
 from fastconv.backends import reference as ref
+from fastconv.gpu import launch
+from fastconv.gpu import conv as kc
+from fastconv.gpu import pool as kp
+from fastconv.gpu import xp as ca
 
 from cuda_helpers import CUDA_TESTS, DTYPES, assert_close
 
-pytestmark = CUDA_TESTS
-
-
-@pytest.fixture(autouse=True)
-def poisoned_outputs():
-    """New device arrays start as NaN: an output element a kernel fails to write makes the test fail."""
-    ca.poison_outputs(True)
-    yield
-    ca.poison_outputs(False)
+pytestmark = CUDA_TESTS + [pytest.mark.usefixtures("poisoned_outputs")]
 
 # (x shape, w shape, stride, padding, dilation, groups)
 CONVS = {
@@ -74,7 +68,7 @@ def test_grad_weight_split_k_covers_every_pixel():
     x = rng.standard_normal((2, 1, 6, 6))
     w = rng.standard_normal((2, 1, 2, 2))
     spec = shapes.conv_spec(x.shape, w.shape, None, 1, 0, 1, 1)
-    splits, chunk = kc._splits(spec)
+    splits, chunk = kc._splits(spec, launch.config())
     assert splits > 1 and splits * chunk >= spec.n * spec.oh * spec.ow
     gy = rng.standard_normal(spec.y_shape)
     assert_close(kc.conv2d_grad_weight(_dev(gy), _dev(x), spec), ref.conv2d_grad_weight(gy, x, spec))
@@ -123,12 +117,12 @@ def test_max_pool_and_grad(name, dtype):
     x = rng.standard_normal(xs).astype(dtype)
     x.flat[::7] = x.flat[3]  # ties: the first maximum wins
     spec = shapes.pool_spec(xs, k, s, p, d, ceil)
-    y, idx = kc.max_pool2d(_dev(x), spec)
+    y, idx = kp.max_pool2d(_dev(x), spec)
     y_ref, idx_ref = ref.max_pool2d(x, spec)
     assert_close(y, y_ref, dtype, f"max_pool {name}")
     assert_close(idx, idx_ref, dtype, f"max_pool indices {name}")
     gy = rng.standard_normal(spec.y_shape).astype(dtype)
-    assert_close(kc.max_pool2d_grad(_dev(gy), idx, spec), ref.max_pool2d_grad(gy, idx_ref, spec), dtype,
+    assert_close(kp.max_pool2d_grad(_dev(gy), idx, spec), ref.max_pool2d_grad(gy, idx_ref, spec), dtype,
                  f"max_pool grad {name}")
 
 
@@ -137,7 +131,7 @@ def test_max_pool_nan_and_inf():
                     [np.nan, 0.0, -np.inf, -np.inf],
                     [2.0, 5.0, 4.0, 4.0]]]], np.float32)
     spec = shapes.pool_spec(x.shape, 2, 1, 0, 1, False)
-    y, idx = kc.max_pool2d(_dev(x), spec)
+    y, idx = kp.max_pool2d(_dev(x), spec)
     y_ref, idx_ref = ref.max_pool2d(x, spec)
     assert_close(y, y_ref)
     assert_close(idx, idx_ref)
@@ -151,9 +145,9 @@ def test_avg_pool_and_grad(name, count_include_pad, dtype):
     rng = np.random.default_rng(6)
     x = rng.standard_normal(xs).astype(dtype)
     spec = shapes.pool_spec(xs, k, s, p, 1, ceil, count_include_pad)
-    assert_close(kc.avg_pool2d(_dev(x), spec), ref.avg_pool2d(x, spec), dtype, f"avg_pool {name}")
+    assert_close(kp.avg_pool2d(_dev(x), spec), ref.avg_pool2d(x, spec), dtype, f"avg_pool {name}")
     gy = rng.standard_normal(spec.y_shape).astype(dtype)
-    assert_close(kc.avg_pool2d_grad(_dev(gy), spec), ref.avg_pool2d_grad(gy, spec), dtype, f"avg grad {name}")
+    assert_close(kp.avg_pool2d_grad(_dev(gy), spec), ref.avg_pool2d_grad(gy, spec), dtype, f"avg grad {name}")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -162,21 +156,17 @@ def test_max_unpool_and_grad(dtype):
     x = rng.standard_normal((2, 2, 6, 5)).astype(dtype)
     spec = shapes.pool_spec(x.shape, 2, 2, 0, 1, False)
     y, idx = ref.max_pool2d(x, spec)
-    out = kc.max_unpool2d(_dev(y), _dev(idx), (6, 5))
+    out = kp.max_unpool2d(_dev(y), _dev(idx), (6, 5))
     assert_close(out, ref.max_unpool2d(y, idx, (6, 5)), dtype, "max_unpool")
     g = rng.standard_normal((2, 2, 6, 5)).astype(dtype)
-    assert_close(kc.max_unpool2d_grad(_dev(g), _dev(idx)), ref.max_unpool2d_grad(g, idx), dtype, "unpool grad")
+    assert_close(kp.max_unpool2d_grad(_dev(g), _dev(idx)), ref.max_unpool2d_grad(g, idx), dtype, "unpool grad")
 
 
 @pytest.fixture
 def gpu_launch_config(monkeypatch):
     """The launch shapes a real GPU uses (64x64 GEMM tiles of 16x16 threads, ...) instead of the
-    simulator's small ones, with a fresh kernel cache (kernels are specialised on the tile sizes)."""
-    from fastconv.backends import _cuda_kernels as K
-    gpu = K.Config(threads=256, max_blocks=16384, red_threads=256, gemm=(64, 64, 16, 4, 4), direct=(16, 8, 4))
-    for module in (K, kc, ca):
-        monkeypatch.setattr(module, "config", lambda: gpu)
-    monkeypatch.setattr(K, "_kernels", {})
+    simulator's small ones (kernels are built per launch configuration)."""
+    monkeypatch.setattr(launch, "SIMULATOR", launch.GPU)
 
 
 def test_gpu_launch_configuration(gpu_launch_config):

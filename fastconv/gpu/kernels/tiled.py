@@ -1,26 +1,24 @@
-"""Tiled and locally-connected convolution on the GPU (``backend="cuda"``), with Numba CUDA.
-
-The kernels of ``tiled`` (same signatures) on CudaArrays. Each is one thread per element of its result,
-walking that element's window, so nothing is materialised and no two threads write the same element:
+"""Tiled and locally-connected convolution kernels: one thread per element of the result, walking that
+element's window, so nothing is materialised and no two threads write the same element.
 
 - forward: one output ``(n, o, oy, ox)``, over its window, with kernel ``(oy % th, ox % tw)``;
-- input gradient: one input element, gathering every output whose window reads it (``cuda.source_out``);
+- input gradient: one input element, gathering every output whose window reads it (``source_out``);
 - weight gradient: one weight element ``(a, b, o, c, i, j)``, over the samples and the output positions
   that use kernel ``(a, b)``: for a locally-connected layer the samples only.
 
-The geometry is ``cuda.conv_geometry`` (the ``ConvSpec`` as ints), the tiles ``(th, tw)`` passed beside it.
+The geometry is ``conv.conv_geometry`` (``spec.geometry()``, the extra flags a bias), the tiles ``(th,
+tw)`` passed beside it.
 """
 import numba
 import numpy as np
 from numba import cuda
 
-from . import cuda_array as ca
-from ._cuda_kernels import grid_1d, launch
-from .cuda import (CIN, COUT, DH, DW, EXTRA, GROUPS, KH, KW, OH, OW, PL, PT, SH, SW, H, N, W, conv_geometry,
-                   source_out, split3)
+from ..launch import category
+from .conv import CIN, COUT, DH, DW, EXTRA, GROUPS, KH, KW, OH, OW, PL, PT, SH, SW, H, N, W, source_out, split3
 
 
-def _forward_kernel(dtype):
+@category("conv")
+def forward_kernel(dtype):
     dt = numba.from_dtype(np.dtype(dtype))
 
     @cuda.jit
@@ -49,7 +47,8 @@ def _forward_kernel(dtype):
     return forward
 
 
-def _grad_input_kernel(dtype):
+@category("conv")
+def grad_input_kernel(dtype):
     dt = numba.from_dtype(np.dtype(dtype))
 
     @cuda.jit
@@ -77,7 +76,8 @@ def _grad_input_kernel(dtype):
     return grad_input
 
 
-def _grad_weight_kernel(dtype):
+@category("conv")
+def grad_weight_kernel(dtype):
     dt = numba.from_dtype(np.dtype(dtype))
 
     @cuda.jit
@@ -103,31 +103,3 @@ def _grad_weight_kernel(dtype):
                             acc += gy[((n * geo[COUT] + o) * oh + oy) * ow + ox] * x[plane + iy * wd + ix]
             gw[e] = acc
     return grad_weight
-
-
-def _launch(factory, out, *args):
-    if out.size:
-        blocks, threads = grid_1d(out.size)
-        launch(factory, (out.dtype.str,), blocks, threads, *args, out.size)
-    return out
-
-
-def tiled_conv2d(x, w, b, spec):
-    x, w = ca.ascontiguousarray(x), ca.ascontiguousarray(w)
-    y = ca.empty(spec.y_shape, x.dtype)
-    bias = y if b is None else ca.ascontiguousarray(b)
-    bh, bw = (1, 1) if b is None else b.shape[1:]
-    return _launch(_forward_kernel, y, x._flat(), w._flat(), bias._flat(), y._flat(),
-                   conv_geometry(spec, b is not None), *spec.tiles, bh, bw)
-
-
-def tiled_conv2d_grad_input(gy, w, spec):
-    gy, w = ca.ascontiguousarray(gy), ca.ascontiguousarray(w)
-    gx = ca.empty(spec.x_shape, gy.dtype)
-    return _launch(_grad_input_kernel, gx, gy._flat(), w._flat(), gx._flat(), conv_geometry(spec), *spec.tiles)
-
-
-def tiled_conv2d_grad_weight(gy, x, spec):
-    gy, x = ca.ascontiguousarray(gy), ca.ascontiguousarray(x)
-    gw = ca.empty(spec.w_shape, gy.dtype)
-    return _launch(_grad_weight_kernel, gw, gy._flat(), x._flat(), gw._flat(), conv_geometry(spec), *spec.tiles)
