@@ -8,7 +8,7 @@ blocks of back-to-back calls (``compare.time_interleaved``), and its output is c
 others'. Reported: the median ms of the repetitions with their range, GFLOP/s, and the ratio of the
 faster PyTorch workaround's median to fastconv's (above 1: fastconv is faster); the CPU, its vector
 ISA and the float32 GEMM rate measured in the same run. ``--memory`` adds the peak memory of one forward +
-backward above what the process held before it (each implementation in a fresh process).
+backward above what the process held before it (each implementation in a fresh process; Linux).
 
     python bench/family.py                         # every layer, 2 threads
     python bench/family.py --layers face_3x3_local --repeat 9 --memory
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -66,18 +65,25 @@ def peak_mb(impl, name, threads):
     return float(out.stdout.split()[-1])
 
 
+def _memory(field):
+    """A field of /proc/self/status (``VmRSS``, ``VmHWM``), in bytes."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":"))
+
+
 def _measure_peak(impl, name, threads):
     """Child process: warm the kernels on the tiny layer of the same kind, build the inputs, then print the
-    resident-memory high-water mark of one forward + backward above the memory held just before it."""
+    resident-memory high-water mark of one forward + backward above the memory held just before it (Linux:
+    the mark is reset first, through /proc/self/clear_refs)."""
     common.set_threads(threads)
     layer = family.LAYERS[name]
     family.runner(impl, family.LAYERS["tiny_local" if layer.tiles is None else "tiny_tiled"], True)()
     run = family.runner(impl, layer, True)
-    with open("/proc/self/statm") as f:
-        before = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # VmHWM := VmRSS
+    before = _memory("VmRSS")
     run()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(max(0, peak - before) / 2**20)
+    print(max(0, _memory("VmHWM") - before) / 2**20)
 
 
 def bench_matrices(sizes):

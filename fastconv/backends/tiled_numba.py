@@ -35,12 +35,13 @@ TASK_BYTES = 512 << 10
 # Loops run position by position (no division per element) and read the window of a position from the
 # few input rows it spans; windows wholly inside the input skip the bounds checks.
 @njit(cache=True)
-def _gather_cols(x, n0, oy, q0, b0, tw, g, cols, kh, kw, sh, sw, pt, pl, dh, dw):
-    """``cols[bb, qq, m, (c, i, j)] = x[n0 + m, g*cig + c, oy*sh - pt + i*dh, ox*sw - pl + j*dw]`` for
-    output ``ox = (q0 + qq)*tw + b0 + bb``, zero in the padding."""
+def _columns(a, n0, oy, q0, b0, tw, g, cols, adjoint, kh, kw, sh, sw, pt, pl, dh, dw):
+    """Gather a block's columns, ``cols[bb, qq, m, (c, i, j)] = a[n0 + m, g*cig + c, oy*sh - pt + i*dh,
+    ox*sw - pl + j*dw]`` for output ``ox = (q0 + qq)*tw + b0 + bb``, zero in the padding; or, with
+    ``adjoint``, add them back into ``a`` (col2im: the padding's share is dropped)."""
     cb, cq, nb = cols.shape[0], cols.shape[1], cols.shape[2]
     cig = cols.shape[3] // (kh * kw)
-    h, w = x.shape[2], x.shape[3]
+    h, w = a.shape[2], a.shape[3]
     iy0 = oy * sh - pt
     rows_inside = iy0 >= 0 and iy0 + (kh - 1) * dh < h
     for m in range(nb):
@@ -51,46 +52,18 @@ def _gather_cols(x, n0, oy, q0, b0, tw, g, cols, kh, kw, sh, sw, pt, pl, dh, dw)
                 col = cols[bb, qq, m]
                 k = 0
                 for c in range(cig):
-                    plane = x[n0 + m, g * cig + c]
+                    plane = a[n0 + m, g * cig + c]
                     for i in range(kh):
                         iy = iy0 + i * dh
-                        if inside:
-                            for j in range(kw):
-                                col[k + j] = plane[iy, ix0 + j * dw]
-                        else:
-                            for j in range(kw):
-                                ix = ix0 + j * dw
-                                col[k + j] = plane[iy, ix] if 0 <= iy < h and 0 <= ix < w else 0
-                        k += kw
-
-
-@njit(cache=True)
-def _scatter_cols(cols, n0, oy, q0, b0, tw, g, gx, kh, kw, sh, sw, pt, pl, dh, dw):
-    """The adjoint of :func:`_gather_cols`: add ``cols`` back into ``gx`` (the padding's share dropped)."""
-    cb, cq, nb = cols.shape[0], cols.shape[1], cols.shape[2]
-    cig = cols.shape[3] // (kh * kw)
-    h, w = gx.shape[2], gx.shape[3]
-    iy0 = oy * sh - pt
-    rows_inside = iy0 >= 0 and iy0 + (kh - 1) * dh < h
-    for m in range(nb):
-        for qq in range(cq):
-            for bb in range(cb):
-                ix0 = ((q0 + qq) * tw + b0 + bb) * sw - pl
-                inside = rows_inside and ix0 >= 0 and ix0 + (kw - 1) * dw < w
-                col = cols[bb, qq, m]
-                k = 0
-                for c in range(cig):
-                    plane = gx[n0 + m, g * cig + c]
-                    for i in range(kh):
-                        iy = iy0 + i * dh
-                        if inside:
-                            for j in range(kw):
-                                plane[iy, ix0 + j * dw] += col[k + j]
-                        elif 0 <= iy < h:
-                            for j in range(kw):
-                                ix = ix0 + j * dw
-                                if 0 <= ix < w:
+                        for j in range(kw):
+                            ix = ix0 + j * dw
+                            if inside or (0 <= iy < h and 0 <= ix < w):
+                                if adjoint:
                                     plane[iy, ix] += col[k + j]
+                                else:
+                                    col[k + j] = plane[iy, ix]
+                            elif not adjoint:
+                                col[k + j] = 0
                         k += kw
 
 
@@ -172,7 +145,7 @@ def _forward(x, w5, bias, y, tiling, cols_ws, rows_ws, kh, kw, sh, sw, pt, pl, d
         n0, count, q0, nqc, b0, nbc = _block(task % per_row, n, nb, nq, cq, tw, cb)
         cols, rows = _views(cols_ws, rows_ws, nbc, nqc, count)
         for g in range(groups):
-            _gather_cols(x, n0, oy, q0, b0, tw, g, cols, kh, kw, sh, sw, pt, pl, dh, dw)
+            _columns(x, n0, oy, q0, b0, tw, g, cols, False, kh, kw, sh, sw, pt, pl, dh, dw)
             for bb in range(nbc):
                 np.dot(cols[bb].reshape(-1, cols.shape[3]), w5[oy % th, b0 + bb, g].T,
                        _rows_of(rows, bb, nqc, count, cog))
@@ -201,7 +174,7 @@ def _grad_input(gy, w5, gx, band, parity, tiling, cols_ws, rows_ws, kh, kw, sh, 
                     for bb in range(nbc):
                         np.dot(_rows_of(rows, bb, nqc, count, cog), w5[oy % th, b0 + bb, g],
                                cols[bb].reshape(-1, cols.shape[3]))
-                    _scatter_cols(cols, n0, oy, q0, b0, tw, g, gx, kh, kw, sh, sw, pt, pl, dh, dw)
+                    _columns(gx, n0, oy, q0, b0, tw, g, cols, True, kh, kw, sh, sw, pt, pl, dh, dw)
 
 
 @njit(parallel=True, cache=True)
@@ -219,7 +192,7 @@ def _grad_weight(gy, x, parts, tiling, cols_ws, rows_ws, prod_ws, kh, kw, sh, sw
             n0, count, q0, nqc, b0, nbc = _block(item % per_row, n, nb, nq, cq, tw, cb)
             cols, rows = _views(cols_ws, rows_ws, nbc, nqc, count)
             for g in range(groups):
-                _gather_cols(x, n0, oy, q0, b0, tw, g, cols, kh, kw, sh, sw, pt, pl, dh, dw)
+                _columns(x, n0, oy, q0, b0, tw, g, cols, False, kh, kw, sh, sw, pt, pl, dh, dw)
                 _gather_rows(gy, n0, oy, q0, b0, tw, g, rows, nqc, count, cog)
                 for bb in range(nbc):
                     np.dot(_rows_of(rows, bb, nqc, count, cog).T, cols[bb].reshape(-1, cols.shape[3]), prod)
