@@ -63,13 +63,13 @@ def conv_matrix(weight, input_shape, stride=1, padding=0, dilation=1, groups=1, 
 
     w = np.asarray(weight.numpy() if hasattr(weight, "numpy") else weight)
     spec = _spec(w, input_shape, stride, padding, dilation, groups)
-    rows_valid, cols_valid = _window_sizes(spec)
-    per_pixel = (spec.c_in // spec.groups) * np.outer(rows_valid, cols_valid).ravel()
-    indptr = np.zeros(spec.c_out * spec.oh * spec.ow + 1, np.int64)
-    np.cumsum(np.tile(per_pixel, spec.c_out), out=indptr[1:])
-    nnz, n_cols = int(indptr[-1]), spec.c_in * spec.h * spec.w
+    rows_valid, cols_valid = _window_sizes(spec)  # taps inside the input, per output row and column
+    cig, n_cols = spec.c_in // spec.groups, spec.c_in * spec.h * spec.w
+    nnz = spec.c_out * cig * int(rows_valid.sum()) * int(cols_valid.sum())
     index = np.int32 if max(nnz, n_cols) < 2**31 else np.int64
     _check_size(spec, w, nnz, np.dtype(index).itemsize, max_bytes)
+    indptr = np.zeros(spec.c_out * spec.oh * spec.ow + 1, np.int64)
+    np.cumsum(np.tile(cig * np.outer(rows_valid, cols_valid).ravel(), spec.c_out), out=indptr[1:])
     indices, data = np.empty(nnz, index), np.empty(nnz, w.dtype)
     if nnz:
         w6 = np.ascontiguousarray(w).reshape(spec.tiles + (spec.c_out, spec.c_in // spec.groups, spec.kh, spec.kw))
@@ -111,15 +111,17 @@ def _window_sizes(spec):
 
 
 def _check_size(spec, w, nnz, index_bytes, max_bytes):
-    """ValueError, with the sizes, when the matrix would take more than ``max_bytes`` (or than memory)."""
-    need = nnz * (w.itemsize + index_bytes) + (spec.c_out * spec.oh * spec.ow + 1) * (8 + index_bytes)
+    """ValueError, with the sizes, when the matrix would take more than ``max_bytes`` (default: more than
+    this machine's memory, ``shapes.memory_limit``)."""
+    rows, cols = spec.c_out * spec.oh * spec.ow, spec.c_in * spec.h * spec.w
+    need = nnz * (w.itemsize + index_bytes) + (rows + 1) * (8 + index_bytes)
     limit = shapes.memory_limit() if max_bytes is None else max_bytes
     if need > limit:
-        rows, cols = spec.c_out * spec.oh * spec.ow, spec.c_in * spec.h * spec.w
         what = "this machine's memory" if max_bytes is None else "max_bytes"
         raise ValueError(f"conv_matrix: weight {w.shape} on input_shape {spec.user_shape(spec.x_shape)[1:]} "
-                         f"gives a {rows} x {cols} matrix with {nnz} nonzeros, {need / 2**30:.3g} GiB, more "
-                         f"than {what} ({limit / 2**30:.3g} GiB); use a smaller input_shape or fewer channels")
+                         f"gives a {rows} x {cols} matrix with {nnz} nonzeros ({need:.3g} bytes, "
+                         f"{need / 2**30:.3g} GiB), more than {what} ({limit:.3g} bytes); use a smaller "
+                         f"input_shape or fewer channels")
 
 
 @njit(parallel=True, cache=True)

@@ -86,10 +86,14 @@ def test_weight_sharing_patterns():
     assert counts == [3, 6, 18]
 
 
-def test_too_big_says_how_big_before_building():
+def test_too_big_says_how_big_before_building(monkeypatch):
     with pytest.raises(ValueError, match=r"input_shape \(64, 256, 256\) gives a 4194304 x 4194304 matrix "
-                                         r"with 2403352576 nonzeros, .* GiB, more than max_bytes"):
+                                         r"with 2403352576 nonzeros \(2.89e\+10 bytes, 26.9 GiB\), more than max_bytes"):
         fc.conv_matrix(np.ones((64, 64, 3, 3), np.float32), (64, 256, 256), padding=1, max_bytes=2**34)
+    monkeypatch.setattr(fc.shapes, "memory_limit", lambda: 2 ** 20)  # the default: the machine's memory rule
+    with pytest.raises(ValueError, match=r"more than this machine's memory \(1.05e\+06 bytes\)"):
+        fc.conv_matrix(np.ones((8, 8, 3, 3), np.float32), (8, 32, 32), padding=1)
+    assert fc.conv_matrix(np.ones((2, 2, 3, 3), np.float32), (2, 16, 16), padding=1).nnz == 2 * 2 * 46 * 46
 
 
 @pytest.mark.parametrize("call_, error, message", [
