@@ -335,7 +335,7 @@ def training_launches(tasks, simulated, with_torch, repeat, min_time):
     host microseconds per launch, the kernels' GPU time, and ms per step of fastconv cuda, PyTorch cuda
     and fastconv on the CPU, interleaved."""
     import fastconv
-    from compare import time_interleaved  # bench/compare.py: the interleaved timer
+    from fastconv.bench.compare import time_blocks  # blocks of back-to-back calls, rotating order
     rows = []
     for task in tasks:
         row = {"task": task, "batch": common.TRAIN_TASKS[task][2]}
@@ -363,7 +363,7 @@ def training_launches(tasks, simulated, with_torch, repeat, min_time):
                     calls[name] = (lambda t: lambda: t.step(x, y))(other)
                 except Exception as err:
                     print(f"  {task} {name}: {type(err).__name__}: {err}")
-            for name, samples in time_interleaved(calls, repeat, min_time).items():
+            for name, samples in time_blocks(calls, repeat, min_time).items():
                 row[name] = _median_ms(samples)
         rows.append(row)
         print(f"  {task}: {row}")
@@ -416,7 +416,7 @@ def _median_ms(samples):
 
 def time_shapes(shapes, repeat, min_time, with_torch):
     """Rows of (shape, {impl: {mode: ms}}) with fastconv 'cuda' and, if asked, torch on the GPU."""
-    from compare import MODES, time_interleaved  # bench/compare.py: the interleaved timer
+    from fastconv.bench.compare import MODES, time_blocks  # blocks of back-to-back calls, rotating order
     impls = ["cuda"] + (["torch"] if with_torch else [])
     rows = []
     for shape in shapes:
@@ -431,7 +431,7 @@ def time_shapes(shapes, repeat, min_time, with_torch):
                     calls[impl] = fn
                 except Exception as err:  # report and go on
                     result[impl][mode] = f"error: {type(err).__name__}"
-            for impl, samples in time_interleaved(calls, repeat, min_time).items():
+            for impl, samples in time_blocks(calls, repeat, min_time).items():
                 result[impl][mode] = _median_ms(samples)
         rows.append((shape, result))
         print(f"  timed {shape.name}: " + ", ".join(f"{i} {m} {v:.3f} ms" if isinstance(v, float) else f"{i} {m} {v}"

@@ -12,9 +12,11 @@ from . import onnx, viz  # their optional packages (onnx, matplotlib) load on fi
 from ._version import __version__
 from .backends.plan import get_backend, get_exact, set_backend, set_exact
 from .backends.registry import available as available_backends
+from .backends.separable import separate
 from .backends.tune import enable as autotune
 from .explain import explain
 from .info import show_config
+from .matrix import conv_matrix
 from .random import manual_seed
 from .runtime import get_num_threads, set_num_threads
 from .summary import summary
@@ -23,4 +25,4 @@ from .tensor import Tensor, from_dlpack, is_grad_enabled, no_grad, tensor
 __all__ = ["Tensor", "tensor", "from_dlpack", "no_grad", "is_grad_enabled", "functional", "shapes", "cuda",
            "set_backend", "get_backend", "available_backends", "set_num_threads", "get_num_threads",
            "show_config", "manual_seed", "autotune", "explain", "set_exact", "get_exact", "summary",
-           "__version__", "nn", "optim", "data", "models", "onnx", "viz"]
+           "__version__", "nn", "optim", "data", "models", "onnx", "viz", "conv_matrix", "separate"]

@@ -25,6 +25,7 @@ PASSES = {
     "conv2d": "forward", "conv2d_grad_input": "grad input", "conv2d_grad_weight": "grad weight",
     "max_pool2d": "forward", "max_pool2d_grad": "grad input", "avg_pool2d": "forward",
     "avg_pool2d_grad": "grad input", "max_unpool2d": "forward", "max_unpool2d_grad": "grad input",
+    "tiled_conv2d": "forward", "tiled_conv2d_grad_input": "grad input", "tiled_conv2d_grad_weight": "grad weight",
 }
 TRANSPOSED = {"conv2d_grad_input": "forward", "conv2d": "grad input", "conv2d_grad_weight": "grad weight"}
 

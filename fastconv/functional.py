@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import fusion, shapes
-from .backends import plan
+from .backends import plan, separable
 from .random import generator
 from .tensor import Tensor, as_tensor, is_grad_enabled, make
 
@@ -22,6 +22,7 @@ __all__ = [
     "conv3d", "conv_transpose3d", "max_pool3d", "avg_pool3d", "lp_pool3d", "max_unpool3d", "adaptive_avg_pool3d",
     "linear", "relu", "tanh", "sigmoid", "flatten", "reshape", "softmax", "log_softmax",
     "cross_entropy", "nll_loss", "mse_loss", "dropout",
+    "conv1d_local", "conv2d_local", "conv1d_tiled", "conv2d_tiled", "separable_conv2d",
 ]
 
 
@@ -538,3 +539,108 @@ def dropout(input, p=0.5, training=True):
         keep = x.xp.asarray(keep)
     return make(x.data * keep, (x,), lambda g: (g * keep,))
 
+
+
+# ------------------------------------------------------------ tiled and locally-connected
+def _tiled(input, weight, bias, dims, stride, padding, dilation, groups, tiles, local, backend):
+    x, w, b = _tensors(input=input, weight=weight, bias=bias)
+    _floats(input=x, weight=w, bias=b)
+    spec = shapes.tiled_spec(x.shape, w.shape, None if b is None else b.shape, stride, padding, dilation,
+                             groups, dims, tiles, local)
+    run = _planned(f"conv{dims}d_{'local' if local else 'tiled'}", spec, x, backend, "tiled_conv2d",
+                   tiled_conv2d_grad_input=x, tiled_conv2d_grad_weight=w)
+    x4, w6 = _as4(x.data, spec.x_shape), _as4(w.data, spec.w_shape)
+    b3 = None if b is None else _as4(b.data, (spec.c_out, 1, 1) if b.ndim == 1 else (spec.c_out, spec.oh, spec.ow))
+    y = run.tiled_conv2d(x4, w6, b3, spec)
+
+    def backward(g):
+        g4 = _as4(g, spec.y_shape)
+        return (_grad(x, lambda: run.tiled_conv2d_grad_input(g4, w6, spec).reshape(x.shape)),
+                _grad(w, lambda: run.tiled_conv2d_grad_weight(g4, x4, spec).reshape(w.shape)),
+                _grad(b, lambda: (fusion.bias_grad(x.xp, g4) if b.ndim == 1 else x.xp.sum(g4, axis=0)).reshape(b.shape)))
+    return _result(y, spec.user_shape(spec.y_shape), (x, w, b), backward)
+
+
+def conv1d_local(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, backend="auto"):
+    """Locally-connected 1-D layer: a convolution whose every output position has its own kernel.
+
+    ``input (N, C_in, L)``, ``weight (OL, C_out, C_in/groups, K)`` with ``OL`` the output length;
+    ``bias`` ``(C_out,)`` or one per output position, ``(C_out, OL)``.
+    """
+    return _tiled(input, weight, bias, 1, stride, padding, dilation, groups, None, True, backend)
+
+
+def conv2d_local(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, backend="auto"):
+    """Locally-connected 2-D layer (unshared convolution): output ``(oy, ox)`` uses its own kernel.
+
+    ``input (N, C_in, H, W)``, ``weight (OH, OW, C_out, C_in/groups, KH, KW)`` with ``(OH, OW)`` the
+    output size (``weight[oy, ox]`` is the kernel of output ``(oy, ox)``); ``bias`` ``(C_out,)`` or one per
+    output position, ``(C_out, OH, OW)``. Stride, padding (ints, pairs, ``"valid"``, ``"same"``),
+    dilation and groups as in :func:`conv2d`. It is :func:`conv2d_tiled` with tiles the output size.
+    """
+    return _tiled(input, weight, bias, 2, stride, padding, dilation, groups, None, True, backend)
+
+
+def conv1d_tiled(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, tiles=None,
+                 backend="auto"):
+    """Tiled 1-D convolution: ``T`` kernels used in turn, output ``ox`` with kernel ``ox % T``.
+
+    ``weight (T, C_out, C_in/groups, K)``; ``T`` (``tiles``, if given, must match) divides the output
+    length. ``bias`` ``(C_out,)`` or ``(C_out, OL)``.
+    """
+    return _tiled(input, weight, bias, 1, stride, padding, dilation, groups, tiles, False, backend)
+
+
+def conv2d_tiled(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, tiles=None,
+                 backend="auto"):
+    """Tiled 2-D convolution (Le et al., 2010): output ``(oy, ox)`` uses kernel ``(oy % TH, ox % TW)``.
+
+    ``weight (TH, TW, C_out, C_in/groups, KH, KW)``; the tiles ``(TH, TW)`` (``tiles``, if given, must
+    match) divide the output size. Tiles ``(1, 1)`` is :func:`conv2d`; tiles equal to the output size is
+    :func:`conv2d_local`. ``bias`` ``(C_out,)`` or ``(C_out, OH, OW)``.
+    """
+    return _tiled(input, weight, bias, 2, stride, padding, dilation, groups, tiles, False, backend)
+
+
+# ------------------------------------------------------------------------------ separable kernels
+def separable_conv2d(input, row_kernels, col_kernels, bias=None, stride=1, padding=0, dilation=1, groups=1,
+                     backend="auto"):
+    """2-D convolution with the kernel ``w[o, c, i, j] = col_kernels[o, c, i] * row_kernels[o, c, j]``, run
+    as a column pass and a row pass (``KH + KW`` multiply-adds per output and channel pair, not ``KH * KW``).
+
+    ``row_kernels (C_out, C_in/groups, KW)``, ``col_kernels (C_out, C_in/groups, KH)``; with a leading rank
+    ``R`` (``(R, C_out, C_in/groups, K)``, as ``fc.separate`` gives them) the kernel is the sum of ``R``
+    such products. Other arguments as in :func:`conv2d`. The passes are planned convolutions, the same
+    path the planner takes for rank-1 weights; the factors' gradients come from the full kernel's.
+    """
+    x, rows, cols, b = _tensors(input=input, row_kernels=row_kernels, col_kernels=col_kernels, bias=bias)
+    _floats(input=x, row_kernels=rows, col_kernels=cols, bias=b)
+    spec = shapes.separable_spec(x.shape, rows.shape, cols.shape, None if b is None else b.shape, stride, padding,
+                                 dilation, groups)
+    factors = (spec.c_out, spec.c_in // spec.groups)
+    u, v = cols.data.reshape((-1,) + factors + (spec.kh,)), rows.data.reshape((-1,) + factors + (spec.kw,))
+    first, second = separable.pass_specs(spec)
+    layers = {s: _planned(f"separable_conv2d ({name})", s, x, backend, "conv2d", conv2d_grad_input=x)
+              for s, name in ((first, "columns"), (second, "rows"))}
+
+    def passes(op, pass_spec):
+        return getattr(layers[pass_spec], op)
+    x4 = _as4(x.data, spec.x_shape)
+    y = separable.conv2d(x4, u[0], v[0], None if b is None else b.data, spec, passes)
+    for r in range(1, len(u)):
+        y += separable.conv2d(x4, u[r], v[r], None, spec, passes)
+    # The factors' gradients come from the full kernel's: w = sum_r outer(u_r, v_r), so dL/du_r = gw v_r
+    # and dL/dv_r = gw^T u_r, kernel by kernel.
+    full = _planned("separable_conv2d (kernel)", spec, x, backend, "conv2d_grad_weight") \
+        if is_grad_enabled() and (rows.requires_grad or cols.requires_grad) else None
+
+    def backward(g):
+        g4, xp = _as4(g, spec.y_shape), x.xp
+        gw = None if full is None else full.conv2d_grad_weight(g4, x4, spec)
+        gw = None if gw is None else gw.reshape((1,) + gw.shape)
+        return (_grad(x, lambda: sum(separable.conv2d_grad_input(g4, u[r], v[r], spec, passes)
+                                     for r in range(len(u))).reshape(x.shape)),
+                _grad(rows, lambda: xp.matmul(gw.swapaxes(-1, -2), u.reshape(u.shape + (1,))).reshape(rows.shape)),
+                _grad(cols, lambda: xp.matmul(gw, v.reshape(v.shape + (1,))).reshape(cols.shape)),
+                _grad(b, lambda: fusion.bias_grad(xp, g4)))
+    return _result(y, spec.y_shape, (x, rows, cols, b), backward)

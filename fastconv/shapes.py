@@ -569,6 +569,105 @@ def conv_transpose_spec(x_shape, w_shape, bias_shape=None, stride=1, padding=0, 
                     stride[i:], (pads[i], pads[i], pads[i + 1], pads[i + 1]), dilation[i:], groups, dims, **depth)
 
 
+
+# ------------------------------------------------------------------- tiled and locally-connected
+@dataclass(frozen=True)
+class TiledSpec(ConvSpec):
+    """A tiled convolution: the loop nest of a :class:`ConvSpec` with ``th x tw`` kernels used in turn.
+
+    Output ``(oy, ox)`` is computed with kernel ``(oy % th, ox % tw)`` of the weight ``(th, tw, C_out,
+    C_in/groups, KH, KW)``: tiles ``(1, 1)`` is a convolution, tiles equal to the output size a
+    locally-connected layer (every output position has its own kernel). The tiles divide the output size.
+    """
+    tiles: tuple = (1, 1)  # (th, tw)
+
+    @property
+    def w_shape(self):
+        return self.tiles + (self.c_out, self.c_in // self.groups, self.kh, self.kw)
+
+    @property
+    def weight_layout(self):
+        """The layout of the weight as the user sees it (1-D ops: without the unit height)."""
+        kernel = "KH, KW" if self.dims == 2 else "K"
+        return ("TH, TW" if self.dims == 2 else "T") + ", C_out, C_in/groups, " + kernel
+
+    def user_weight_shape(self, shape6):
+        """A 6-D tiled weight shape as the user sees it: ``(T, C_out, C_in/groups, K)`` for 1-D ops."""
+        return (shape6[1],) + tuple(shape6[2:4]) + (shape6[5],) if self.dims == 1 else tuple(shape6)
+
+    def bias_shape(self, per_position):
+        """The bias a layer holds: one per output channel, or one per output channel and position."""
+        if not per_position:
+            return (self.c_out,)
+        return (self.c_out, self.ow) if self.dims == 1 else (self.c_out, self.oh, self.ow)
+
+
+def tiled_spec(x_shape, w_shape, bias_shape=None, stride=1, padding=0, dilation=1, groups=1, dims=2,
+               tiles=None, local=False):
+    """Validate a tiled (or, with ``local``, locally-connected) convolution and return its
+    :class:`TiledSpec`.
+
+    The weight is ``(TH, TW, C_out, C_in/groups, KH, KW)`` (1-D: ``(T, C_out, C_in/groups, K)``); its
+    leading dims are the tiles (``tiles``, where given, must match them), and for a locally-connected
+    layer the output size. ``bias_shape``: ``(C_out,)`` or one bias per output position, ``(C_out, OH, OW)``
+    (1-D: ``(C_out, OL)``).
+    """
+    spatial = "KH, KW" if dims == 2 else "K"
+    layout = ("OH, OW" if local else "TH, TW") if dims == 2 else ("OL" if local else "T")
+    _check_rank("weight", w_shape, 2 * dims + 2, f"{layout}, C_out, C_in/groups, {spatial}")
+    if not isinstance(groups, (int, np.integer)) or isinstance(groups, bool) or groups < 1:
+        raise ValueError(f"groups must be a positive int, got {groups!r}")
+    lead, (c_out, c_per_group), kernel = tuple(w_shape[:dims]), w_shape[dims:dims + 2], tuple(w_shape[dims + 2:])
+    if min(lead, default=1) < 1 or min(kernel, default=1) < 1:
+        raise ValueError(f"weight ({layout}, C_out, C_in/groups, {spatial}) must have positive sizes, "
+                         f"got shape {tuple(w_shape)}")
+    if c_out % groups:
+        raise ValueError(f"weight.shape[{dims}] (out channels, {c_out}) must be divisible by groups ({groups})")
+    if len(x_shape) == dims + 2 and c_per_group * groups != x_shape[1]:
+        raise ValueError(f"weight.shape[{dims + 1}] * groups must equal the input channels: expected "
+                         f"{x_shape[1] // groups} for {x_shape[1]} input channels and groups={groups}, "
+                         f"got {c_per_group}")
+    spec = conv_spec(x_shape, (c_out, c_per_group) + kernel, None, stride, padding, dilation, groups, dims)
+    out = (spec.oh, spec.ow)[2 - dims:]
+    if local and lead != out:
+        raise ValueError(f"weight.shape[:{dims}] must be the output size {out} of this input, stride, "
+                         f"padding and dilation (one kernel per output position), got {lead}")
+    if tiles is not None:
+        tiles = _ints("tiles", tiles, dims, 1)
+        if tiles != lead:
+            raise ValueError(f"tiles={tiles} must match the weight's leading dims weight.shape[:{dims}] = {lead}")
+    if any(size % t for size, t in zip(out, lead)):
+        raise ValueError(f"tiles {lead} (weight.shape[:{dims}]) must divide the output size {out}")
+    spec = TiledSpec(**{f.name: getattr(spec, f.name) for f in spec.__dataclass_fields__.values()},
+                     tiles=(1,) + lead if dims == 1 else lead)
+    if bias_shape is not None and tuple(bias_shape) not in (spec.bias_shape(False), spec.bias_shape(True)):
+        raise ValueError(f"bias must have shape {spec.bias_shape(False)} (one per output channel) or "
+                         f"{spec.bias_shape(True)} (one per output channel and position), got {tuple(bias_shape)}")
+    return spec
+
+
+def separable_spec(x_shape, rows_shape, cols_shape, bias_shape=None, stride=1, padding=0, dilation=1, groups=1):
+    """Validate a separable 2-D convolution and return the :class:`ConvSpec` of its full kernel.
+
+    ``rows_shape`` ``(C_out, C_in/groups, KW)`` and ``cols_shape`` ``(C_out, C_in/groups, KH)`` (each with a
+    leading rank ``R`` for a sum of ``R`` separable kernels) are the row and column factors of the weight
+    ``(C_out, C_in/groups, KH, KW)``.
+    """
+    rows_shape, cols_shape = tuple(rows_shape), tuple(cols_shape)
+    for name, shape in (("row_kernels", rows_shape), ("col_kernels", cols_shape)):
+        if len(shape) not in (3, 4):
+            raise ValueError(f"{name} must be 3-D (C_out, C_in/groups, K) or 4-D (rank, C_out, C_in/groups, K), "
+                             f"got shape {shape}")
+    if rows_shape[:-1] != cols_shape[:-1]:
+        raise ValueError(f"row_kernels and col_kernels must agree in all but their last dim (the kernel "
+                         f"length), got shapes {rows_shape} and {cols_shape}")
+    weight = rows_shape[-3:-1] + (cols_shape[-1], rows_shape[-1])
+    if len(x_shape) == 4 and not isinstance(groups, bool) and isinstance(groups, (int, np.integer)) and groups > 0 \
+            and weight[1] * groups != x_shape[1]:
+        raise ValueError(f"row_kernels.shape[-2] * groups must equal the input channels: expected "
+                         f"{x_shape[1] // groups} for {x_shape[1]} input channels and groups={groups}, got {weight[1]}")
+    return conv_spec(x_shape, weight, bias_shape, stride, padding, dilation, groups)
+
 # ----------------------------------------------------------------------------------- pooling
 @dataclass(frozen=True)
 class PoolSpec:
@@ -845,4 +944,5 @@ __all__ = ["GEOMETRY", "GEOMETRY3", "LAYOUTS", "conv_output_size", "conv_transpo
            "unpool_output_size", "as_4d", "ints", "is_pointwise", "adjoint_spec", "adjoint_weight",
            "adjoint_padding", "integer", "real", "reals", "flag", "choice", "as_array", "dtype_arg",
            "float_dtype", "axis", "axes", "pool_args", "memory_limit", "check_memory", "conv_padding",
-           "adaptive_size", "interpolate_size", "resize_args", "broadcast_shape", "matmul_shape", "reshape_shape", "INT_MAX"]
+           "adaptive_size", "interpolate_size", "resize_args", "broadcast_shape", "matmul_shape", "reshape_shape",
+           "INT_MAX", "TiledSpec", "tiled_spec", "separable_spec"]

@@ -30,7 +30,9 @@ _KERNELS = {"conv1d": "conv2d", "conv2d": "conv2d", "conv_transpose1d": "conv2d_
             "conv_transpose2d": "conv2d_grad_input", "max_pool1d": "max_pool2d", "max_pool2d": "max_pool2d",
             "avg_pool1d": "avg_pool2d", "avg_pool2d": "avg_pool2d", "lp_pool1d": "avg_pool2d",
             "lp_pool2d": "avg_pool2d", "conv3d": "conv2d", "conv_transpose3d": "conv2d_grad_input",
-            "max_pool3d": "max_pool2d", "avg_pool3d": "avg_pool2d", "lp_pool3d": "avg_pool2d"}
+            "max_pool3d": "max_pool2d", "avg_pool3d": "avg_pool2d", "lp_pool3d": "avg_pool2d",
+            "conv1d_local": "tiled_conv2d", "conv2d_local": "tiled_conv2d", "conv1d_tiled": "tiled_conv2d",
+            "conv2d_tiled": "tiled_conv2d"}
 
 
 @dataclass
@@ -132,6 +134,11 @@ def _spec(node):
         return shapes.conv_transpose_spec(x.shape, a["weight"].shape, None if b is None else b.shape, a["stride"],
                                           a["padding"], a["output_padding"], a["groups"], a["dilation"],
                                           x.ndim - 2)
+    if node.op.endswith(("_local", "_tiled")):
+        b = a["bias"]
+        return shapes.tiled_spec(x.shape, a["weight"].shape, None if b is None else b.shape, a["stride"],
+                                 a["padding"], a["dilation"], a["groups"], x.ndim - 2, a.get("tiles"),
+                                 node.op.endswith("_local"))
     if node.op in _KERNELS:
         return shapes.pool_spec(x.shape, a["kernel_size"], a["stride"], a.get("padding", 0), a.get("dilation", 1),
                                 a["ceil_mode"], a.get("count_include_pad", True), x.ndim - 2)

@@ -156,15 +156,15 @@ def matches_reference(name, case, seed):
         arrays, what=f"{name} {case}") or True)
 
 
-def for_plan(plan, cases):
+def for_plan(plan, cases, dims=2, max_size=9):
     """``cases`` (a strategy) narrowed to what plan ``plan`` runs, so that hypothesis does not filter out
-    nearly every case: 1-D for the FFT's blocks of long signals, 2-D stride-1 3x3 for Winograd; float32
-    for the float32-only kernels."""
+    nearly every case: 1-D for the FFT's blocks of long signals, stride-1 3x3 (``dims`` of them, volumes
+    too: their depth taps run as 2-D convolutions) for Winograd; float32 for the float32-only kernels."""
     if plan == "fft:overlap":
         cases = st.one_of(conv_cases(1), conv_transpose_cases(1))
     elif plan.startswith("winograd"):
-        cases = st.one_of(conv_cases(2, kernel=(3, 3), stride=(1, 1)),
-                          conv_transpose_cases(2, kernel=(3, 3), stride=(1, 1)))
+        cases = st.one_of(conv_cases(dims, max_size, kernel=(3,) * dims, stride=(1,) * dims),
+                          conv_transpose_cases(dims, kernel=(3,) * dims, stride=(1,) * dims))
     if plan == "cython:blocked" or plan.startswith("winograd"):
         cases = cases.map(lambda case: dict(case, dtype=np.float32))
     return cases

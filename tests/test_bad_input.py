@@ -164,6 +164,7 @@ def _functional_entries():
                                                 ("empty output", 1e-9)],
                        align_corners=flags(optional=True))),
         ]
+    entries += _family_entries(x1, x2, conv)
     entries += [
         Entry("linear", F.linear, lambda: dict(input=data(3, 5), weight=data(4, 5), bias=data(4)),
               dict(input=array_variants(data(3, 5), ranks=False) + [("wrong features", data(3, 6))],
@@ -194,6 +195,29 @@ def _functional_entries():
     return entries
 
 
+def _family_entries(x1, x2, conv):
+    """Locally-connected, tiled and separable convolutions (groups 2: 4 -> 6 channels)."""
+    entries = []
+    for dims, x, kernel, out in ((1, x1, (3,), (7,)), (2, x2, (3, 2), (5, 5))):
+        for kind, lead in (("local", out), ("tiled", (7,) if dims == 1 else (5, 1))):
+            w, bias = data(*lead, 6, 2, *kernel), data(6, *out)
+            extra = dict(tiles=sizes(1, optional=True) + [("not the weight's", 2)]) if kind == "tiled" else {}
+            entries.append(Entry(
+                f"conv{dims}d_{kind}", getattr(F, f"conv{dims}d_{kind}"),
+                lambda x=x, w=w, bias=bias: dict(input=x, weight=w, bias=bias, groups=2),
+                dict(input=array_variants(x), weight=array_variants(w) + [("tiles not dividing the output", w[:2])],
+                     bias=not_arrays(optional=True) + [("wrong shape", bias[:5]), ("rank 4", bias[None])],
+                     **conv, **extra)))
+    rows, cols, b = data(6, 2, 2), data(6, 2, 3), data(6)
+    entries.append(Entry(
+        "separable_conv2d", F.separable_conv2d,
+        lambda: dict(input=x2, row_kernels=rows, col_kernels=cols, bias=b, groups=2),
+        dict(input=array_variants(x2), row_kernels=array_variants(rows) + [("other channels", rows[:, :1])],
+             col_kernels=array_variants(cols) + [("other channels", cols[:5])],
+             bias=not_arrays(optional=True) + [("wrong length", b[:5])], **conv)))
+    return entries
+
+
 def _layer_entries():
     conv = lambda cls, **over: Entry(  # noqa: E731
         f"nn.{cls.__name__}", cls, lambda: dict(in_channels=4, out_channels=6, kernel_size=3, **over),
@@ -203,6 +227,12 @@ def _layer_entries():
              bias=flags(), dtype=dtypes()), watch=False)
     entries = [conv(nn.Conv1d), conv(nn.Conv2d), conv(nn.Conv3d), conv(nn.ConvTranspose1d, output_padding=0),
                conv(nn.ConvTranspose2d, output_padding=0), conv(nn.ConvTranspose3d, output_padding=0)]
+    for dims in (1, 2):
+        local, tiled = conv(getattr(nn, f"LocallyConnected{dims}d"), input_size=9), \
+            conv(getattr(nn, f"TiledConv{dims}d"), tiles=2)
+        local.bad.update(input_size=sizes(1), position_bias=flags())
+        tiled.bad.update(tiles=sizes(1))
+        entries += [local, tiled]
     entries += [
         Entry("nn.Linear", nn.Linear, lambda: dict(in_features=3, out_features=4),
               dict(in_features=integers(1), out_features=integers(1), bias=flags(), dtype=dtypes()), watch=False),

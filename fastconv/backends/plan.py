@@ -44,7 +44,7 @@ from . import depth, model, registry, separable, tune
 AUTO = ("numpy", "numba", "cython", "fft", "winograd")
 #: Every kernel the ops plan.
 OPS = registry.CONV_OPS + ("max_pool2d", "max_pool2d_grad", "avg_pool2d", "avg_pool2d_grad", "max_unpool2d",
-                           "max_unpool2d_grad")
+                           "max_unpool2d_grad") + registry.TILED_OPS
 
 _default = "auto"
 _exact = False

@@ -24,8 +24,16 @@ MODULES = {
     "winograd": "fastconv.backends.winograd",
     "cuda": "fastconv.gpu.backend",
 }
+#: More kernels of a backend, in modules of their own: the tiled and locally-connected convolutions.
+MORE_KERNELS = {
+    "numpy": ("fastconv.backends.tiled",),
+    "numba": ("fastconv.backends.tiled_numba",),
+    "cuda": ("fastconv.gpu.tiled",),
+}
 #: The kernels of one convolution layer (forward, input gradient, weight gradient).
 CONV_OPS = ("conv2d", "conv2d_grad_input", "conv2d_grad_weight")
+#: The kernels of a tiled (or locally-connected) convolution layer.
+TILED_OPS = ("tiled_conv2d", "tiled_conv2d_grad_input", "tiled_conv2d_grad_weight")
 #: The array arguments of each convolution kernel, by position.
 OPERANDS = {"conv2d": ("x", "w", "b"), "conv2d_grad_input": ("gy", "w"), "conv2d_grad_weight": ("gy", "x")}
 _loaded = {}
@@ -84,10 +92,21 @@ def available():
     return [name for name in MODULES if usable(name) is not None]
 
 
+def _function(name, op):
+    """The function of kernel ``op`` in backend ``name``'s module or in its :data:`MORE_KERNELS`, or None."""
+    module = usable(name)
+    if module is None:
+        return None
+    found = getattr(module, op, None)
+    for extra in MORE_KERNELS.get(name, ()):
+        if found is None:
+            found = getattr(importlib.import_module(extra), op, None)
+    return found if callable(found) else None
+
+
 def runs(name, op):
     """Whether backend ``name`` has a kernel for ``op``."""
-    module = usable(name)
-    return module is not None and callable(getattr(module, op, None))
+    return _function(name, op) is not None
 
 
 def runs_depth(name, op):
@@ -123,7 +142,10 @@ def nonfinite_checks(name, op, algorithm):
 
 def kernel(name, op, algorithm=None):
     """The callable that runs ``op`` with ``algorithm`` on backend ``name``."""
-    fn = getattr(load(name), op)
+    load(name)
+    fn = _function(name, op)
+    if fn is None:
+        raise ValueError(f"backend {name!r} has no {op} kernel")
     return fn if algorithm is None else functools.partial(fn, algorithm=algorithm)
 
 

@@ -17,6 +17,8 @@ is large; the planner decides where to look for rank-1 weights (``model.separabl
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from ..shapes import ConvSpec
@@ -46,10 +48,70 @@ def factors(w, rtol=None):
     u, s, vt = np.linalg.svd(flat)
     if np.any(s[:, 1] > rtol * s[:, 0]):
         return None
-    scale = np.sqrt(s[:, 0])
-    uu = (u[:, :, 0] * scale[:, None]).reshape(n_out, n_in, kh).astype(w.dtype)
-    vv = (vt[:, 0, :] * scale[:, None]).reshape(n_out, n_in, kw).astype(w.dtype)
-    return uu, vv
+    cols, rows = _outer_factors(u, s, vt, 1, (n_out, n_in), w.dtype)
+    return cols[0], rows[0]
+
+
+def _outer_factors(u, s, vt, rank, lead, dtype):
+    """The first ``rank`` singular triplets of slices ``(S, kh, kw)`` as column and row factors, each
+    scaled by the root of its singular value: ``(rank, *lead, kh)`` and ``(rank, *lead, kw)``."""
+    scale = np.sqrt(s[:, :rank])
+    cols = np.moveaxis(u[:, :, :rank] * scale[:, None, :], 2, 0)
+    rows = np.moveaxis(vt[:, :rank, :] * scale[:, :, None], 1, 0)
+    return (np.ascontiguousarray(cols.reshape((rank,) + lead + (u.shape[1],)), dtype=dtype),
+            np.ascontiguousarray(rows.reshape((rank,) + lead + (vt.shape[2],)), dtype=dtype))
+
+
+@dataclass(frozen=True)
+class Separation:
+    """A 2-D kernel (or every kernel of a weight) as a sum of ``rank`` outer products:
+    ``weight[..., i, j] ~ sum_r col_kernels[r, ..., i] * row_kernels[r, ..., j]``."""
+    row_kernels: np.ndarray       # (rank, *lead, KW): the horizontal factors
+    col_kernels: np.ndarray       # (rank, *lead, KH): the vertical factors
+    rank: int
+    error: float                  # largest relative error of one kernel (Frobenius norm)
+    singular_values: np.ndarray   # (*lead, min(KH, KW)), largest first
+
+    def weight(self):
+        """The kernel the factors make: ``(*lead, KH, KW)``."""
+        return np.einsum("r...i,r...j->...ij", self.col_kernels, self.row_kernels)
+
+
+def separate(weight, tol=None, rank=None):
+    """Factor a 2-D kernel ``(KH, KW)``, or every kernel of a weight ``(..., KH, KW)``, into outer
+    products of a column and a row (its SVD): the fewest products, at most ``min(KH, KW)``, that leave
+    every kernel within relative error ``tol`` (Frobenius norm; default: what the dtype rounds to), or
+    exactly ``rank`` of them. Returns a :class:`Separation`, whose ``error`` says how exact it is;
+    ``F.separable_conv2d(x, s.row_kernels, s.col_kernels)`` then runs the convolution as 1-D passes.
+
+    >>> import numpy as np, fastconv as fc
+    >>> sobel = np.array([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]])
+    >>> s = fc.separate(sobel)
+    >>> s.rank, bool(s.error < 1e-15), np.allclose(s.weight(), sobel)
+    (1, True, True)
+    """
+    w = np.asarray(weight.numpy() if hasattr(weight, "numpy") else weight)
+    if w.dtype not in (np.float32, np.float64):
+        raise TypeError(f"weight must be float32 or float64, got {w.dtype}")
+    if w.ndim < 2 or 0 in w.shape:
+        raise ValueError(f"weight must be a kernel (KH, KW) or a weight (..., KH, KW) with no empty dim, "
+                         f"got shape {w.shape}")
+    lead, (kh, kw) = w.shape[:-2], w.shape[-2:]
+    most = min(kh, kw)
+    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, (int, np.integer))
+                             or not 1 <= rank <= most):
+        raise ValueError(f"rank must be an int from 1 to min(KH, KW) = {most}, got {rank!r}")
+    if tol is not None and not tol >= 0:
+        raise ValueError(f"tol must be a non-negative number, got {tol!r}")
+    u, s, vt = np.linalg.svd(w.reshape(-1, kh, kw).astype(np.float64))
+    energy = np.sum(s ** 2, axis=1, keepdims=True)
+    tail = np.sqrt(np.maximum(energy - np.cumsum(s ** 2, axis=1), 0.0) / np.where(energy == 0, 1.0, energy))
+    errors = tail.max(axis=0)  # errors[r - 1]: the worst kernel's relative error with r products
+    if rank is None:
+        limit = 10 * np.finfo(w.dtype).eps if tol is None else tol
+        rank = next(r for r in range(1, most + 1) if errors[r - 1] <= limit)
+    cols, rows = _outer_factors(u, s, vt, rank, lead, w.dtype)
+    return Separation(rows, cols, int(rank), float(errors[rank - 1]), s.reshape(lead + (most,)))
 
 
 def _minor_small(a, rtol):
@@ -83,11 +145,16 @@ def pass_specs(spec):
     return first, second
 
 
+def _contiguous(a):
+    """``a`` C-contiguous, a NumPy or a GPU array alike (a copy only where it is not)."""
+    return a if a.flags.c_contiguous else a.copy()
+
+
 def pass_weights(u, v, spec):
     """The pass kernels: ``(C_in * C_out/g, 1, kh, 1)`` ordered ``(g, c, o)`` and ``(C_out, C_in/g, 1, kw)``."""
     g, cig, cog = spec.groups, spec.c_in // spec.groups, spec.c_out // spec.groups
-    first = u.reshape(g, cog, cig, spec.kh).transpose(0, 2, 1, 3).reshape(-1, 1, spec.kh, 1)
-    return np.ascontiguousarray(first), np.ascontiguousarray(v[:, :, None, :])
+    first = _contiguous(u.reshape(g, cog, cig, spec.kh).transpose(0, 2, 1, 3)).reshape(-1, 1, spec.kh, 1)
+    return first, _contiguous(v).reshape(spec.c_out, cig, 1, spec.kw)
 
 
 def _reorder(t, spec, src):
@@ -97,7 +164,7 @@ def _reorder(t, spec, src):
     if 1 in inner:
         return t
     n, _, h, w = t.shape
-    return np.ascontiguousarray(t.reshape((n, g) + inner + (h, w)).swapaxes(2, 3)).reshape(t.shape)
+    return _contiguous(t.reshape((n, g) + inner + (h, w)).swapaxes(2, 3)).reshape(t.shape)
 
 
 def conv2d(x, u, v, b, spec, passes):

@@ -153,9 +153,11 @@ def example_args(op, spec, dtype, rng):
         return rng.standard_normal(shape).astype(dtype)
     if op == "conv2d":
         return normal(spec.x_shape), normal(spec.w_shape), normal(spec.c_out), spec
-    if op == "conv2d_grad_input":
+    if op == "tiled_conv2d":
+        return normal(spec.x_shape), normal(spec.w_shape), normal((spec.c_out, 1, 1)), spec
+    if op in ("conv2d_grad_input", "tiled_conv2d_grad_input"):
         return normal(spec.y_shape), normal(spec.w_shape), spec
-    if op == "conv2d_grad_weight":
+    if op in ("conv2d_grad_weight", "tiled_conv2d_grad_weight"):
         return normal(spec.y_shape), normal(spec.x_shape), spec
     if op in ("max_pool2d", "avg_pool2d"):
         return normal(spec.x_shape), spec

@@ -17,7 +17,8 @@ from .module import Module, Parameter
 __all__ = ["Conv1d", "Conv2d", "ConvTranspose1d", "ConvTranspose2d", "Linear", "MaxPool1d", "MaxPool2d",
            "AvgPool1d", "AvgPool2d", "AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "ReLU", "Tanh", "Sigmoid",
            "Flatten", "Dropout", "Identity", "Sequential", "ModuleList", "CrossEntropyLoss", "MSELoss",
-           "Conv3d", "ConvTranspose3d", "MaxPool3d", "AvgPool3d", "AdaptiveAvgPool3d", "Upsample"]
+           "Conv3d", "ConvTranspose3d", "MaxPool3d", "AvgPool3d", "AdaptiveAvgPool3d", "Upsample",
+           "LocallyConnected1d", "LocallyConnected2d", "TiledConv1d", "TiledConv2d"]
 
 
 def _channels(in_channels, out_channels, groups):
@@ -26,6 +27,18 @@ def _channels(in_channels, out_channels, groups):
     if in_channels % groups or out_channels % groups:
         raise ValueError(f"in_channels ({in_channels}) and out_channels ({out_channels}) must be divisible "
                          f"by groups ({groups})")
+
+
+def _window_args(layer, kernel_size, stride, padding, dilation):
+    """Set a convolution-like layer's ``kernel_size``, ``stride``, ``padding``, ``dilation`` (normalised)."""
+    layer.kernel_size = shapes.ints("kernel_size", kernel_size, layer.dims, 1)
+    layer.stride = shapes.ints("stride", stride, layer.dims, 1)
+    layer.dilation = shapes.ints("dilation", dilation, layer.dims, 1)
+    if isinstance(padding, str) and not layer.transposed:  # "valid" or "same", checked here
+        shapes.conv_padding(padding, layer.dims, layer.kernel_size, layer.dilation, layer.stride)
+        layer.padding = padding
+    else:
+        layer.padding = shapes.ints("padding", padding, layer.dims, 0)
 
 
 # ----------------------------------------------------------------------------- convolutions
@@ -39,14 +52,7 @@ class _ConvNd(Module):
                  bias=True, output_padding=0, dtype=np.float32, backend="auto"):
         _channels(in_channels, out_channels, groups)
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
-        self.kernel_size = shapes.ints("kernel_size", kernel_size, self.dims, 1)
-        self.stride = shapes.ints("stride", stride, self.dims, 1)
-        self.dilation = shapes.ints("dilation", dilation, self.dims, 1)
-        if isinstance(padding, str) and not self.transposed:  # "valid" or "same", checked here
-            shapes.conv_padding(padding, self.dims, self.kernel_size, self.dilation, self.stride)
-            self.padding = padding
-        else:
-            self.padding = shapes.ints("padding", padding, self.dims, 0)
+        _window_args(self, kernel_size, stride, padding, dilation)
         self.output_padding = shapes.ints("output_padding", output_padding, self.dims, 0)
         self.backend = backend
         dtype = shapes.float_dtype("dtype", dtype)
@@ -431,3 +437,92 @@ class Upsample(Module):
     def extra_repr(self):
         what = f"size={self.size}" if self.size is not None else f"scale_factor={self.scale_factor}"
         return f"{what}, mode={self.mode!r}"
+
+
+# ------------------------------------------------------------------- tiled and locally-connected
+class _TiledNd(Module):
+    """Shared body of the tiled and locally-connected layers: arguments, the weight ``(*tiles, C_out,
+    C_in/groups, *kernel)``, the bias, and PyTorch's default initialisation for a convolution's fan-in
+    (``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` for weight and bias)."""
+    dims = 2
+    local = transposed = False
+
+    def __init__(self, in_channels, out_channels, kernel_size, tiles, stride, padding, dilation, groups, bias_shape,
+                 dtype, backend):
+        _channels(in_channels, out_channels, groups)
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        _window_args(self, kernel_size, stride, padding, dilation)
+        self.tiles, self.backend = tiles, backend
+        dtype = shapes.float_dtype("dtype", dtype)
+        shape = tiles + (out_channels, in_channels // groups) + self.kernel_size
+        shapes.check_memory("the weight", shape, "the channels, kernel_size and tiles (or input_size)", dtype.itemsize)
+        self.weight = Parameter(np.empty(shape, dtype))
+        self.bias = Parameter(np.empty(bias_shape, dtype)) if bias_shape else None
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        bound = 1.0 / np.sqrt(self.in_channels // self.groups * np.prod(self.kernel_size))
+        for p in (self.weight, self.bias):
+            if p is not None:
+                init.uniform_(p, -bound, bound)
+
+    def forward(self, x):
+        op = getattr(F, f"conv{self.dims}d_{'local' if self.local else 'tiled'}")
+        extra = {} if self.local else {"tiles": self.tiles}
+        return op(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
+                  backend=self.backend, **extra)
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"{'output_size' if self.local else 'tiles'}={self.tiles}, stride={self.stride}, "
+                f"padding={self.padding}" + (f", groups={self.groups}" if self.groups != 1 else "")
+                + ("" if self.bias is not None else ", bias=False"))
+
+
+class _LocallyConnected(_TiledNd):
+    """A convolution whose every output position has its own kernel (and, by default, its own bias)."""
+    local = True
+
+    def __init__(self, in_channels, out_channels, kernel_size, input_size, stride=1, padding=0, dilation=1,
+                 groups=1, bias=True, position_bias=True, dtype=np.float32, backend="auto"):
+        _channels(in_channels, out_channels, groups)
+        size = shapes.ints("input_size", input_size, self.dims, 1)
+        kernel = shapes.ints("kernel_size", kernel_size, self.dims, 1)
+        spec = shapes.conv_spec((1, in_channels) + size, (out_channels, in_channels // groups) + kernel, None,
+                                stride, padding, dilation, groups, self.dims)
+        out = (spec.oh, spec.ow)[2 - self.dims:]
+        bias_shape = ((out_channels,) + (out if shapes.flag("position_bias", position_bias) else ())) \
+            if shapes.flag("bias", bias) else None
+        super().__init__(in_channels, out_channels, kernel, out, stride, padding, dilation, groups, bias_shape,
+                         dtype, backend)
+
+
+class LocallyConnected1d(_LocallyConnected):
+    """Locally-connected 1-D layer on inputs of length ``input_size``: weight ``(OL, C_out, C_in/groups,
+    K)``, bias ``(C_out, OL)`` (``(C_out,)`` with ``position_bias=False``)."""
+    dims = 1
+
+
+class LocallyConnected2d(_LocallyConnected):
+    """Locally-connected 2-D layer (unshared convolution) on inputs of size ``input_size`` ``(H, W)``:
+    weight ``(OH, OW, C_out, C_in/groups, KH, KW)``, bias ``(C_out, OH, OW)`` (``(C_out,)`` with
+    ``position_bias=False``)."""
+
+
+class _Tiled(_TiledNd):
+    def __init__(self, in_channels, out_channels, kernel_size, tiles, stride=1, padding=0, dilation=1, groups=1,
+                 bias=True, dtype=np.float32, backend="auto"):
+        super().__init__(in_channels, out_channels, kernel_size, shapes.ints("tiles", tiles, self.dims, 1), stride,
+                         padding, dilation, groups, (out_channels,) if shapes.flag("bias", bias) else None, dtype,
+                         backend)
+
+
+class TiledConv1d(_Tiled):
+    """Tiled 1-D convolution: ``tiles`` kernels used in turn along the output (which they divide); weight
+    ``(T, C_out, C_in/groups, K)``, bias ``(C_out,)``."""
+    dims = 1
+
+
+class TiledConv2d(_Tiled):
+    """Tiled 2-D convolution: output ``(oy, ox)`` uses kernel ``(oy % TH, ox % TW)`` of ``tiles`` ``(TH,
+    TW)`` (which divide the output size); weight ``(TH, TW, C_out, C_in/groups, KH, KW)``, bias ``(C_out,)``."""

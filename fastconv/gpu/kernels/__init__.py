@@ -9,6 +9,7 @@ or touches a GPU at import time.
   epilogues, activation-gradient prologues, the bias gradient as an extra column, split-K.
 - ``conv``: the geometry of a convolution as index maps, and a direct kernel for few channels.
 - ``pool``: max / average pooling and their gradients (gathers, no atomics).
+- ``tiled``: tiled and locally-connected convolutions and their gradients (one thread per result element).
 - ``loss``: log-softmax and fused log-softmax + NLL (cross-entropy), forward and backward.
 - ``optim``: one Adam / AdamW / SGD update over many tensors per launch.
 """
