@@ -73,18 +73,31 @@ def test_plans_are_made_once_per_spec():
     assert plan.plan("conv2d", BIGKERNEL, np.float64) is not first
 
 
-def test_wide_gemms_prefer_numba_and_lenet_layers_cython():
+def test_wide_float64_gemms_prefer_numba_and_lenet_layers_cython():
     _need("numba", "cython")
     resnet = shapes.conv_spec((8, 128, 28, 28), (256, 128, 3, 3), padding=1, stride=2)
     pointwise = shapes.conv_spec((16, 256, 28, 28), (128, 256, 1, 1))
     lenet = shapes.conv_spec((64, 6, 14, 14), (16, 6, 5, 5))
     assert plan.plan("conv2d", resnet, np.float64).backend == "numba"
-    assert plan.plan("conv2d_grad_weight", resnet, np.float32).backend == "numba"
     assert plan.plan("conv2d", pointwise, np.float64).backend == "numba"
     assert plan.plan("conv2d", lenet, np.float64).backend == "cython"
-    # float32 forward passes run Cython's register-blocked kernel, wide or not
-    assert plan.plan("conv2d", resnet, np.float32).name == "cython:blocked"
-    assert plan.plan("conv2d", pointwise, np.float32).name == "cython:blocked"
+    # float32 passes run Cython's register-blocked kernel, wide or not, strided or not; where it does not
+    # run (the strided input gradient), Cython's GEMM
+    for op in ("conv2d", "conv2d_grad_weight"):
+        assert plan.plan(op, resnet, np.float32).name == "cython:blocked"
+    for op in CONV_OPS:
+        assert plan.plan(op, pointwise, np.float32).name == "cython:blocked"
+    assert plan.plan("conv2d_grad_input", resnet, np.float32).name == "cython:gemm"
+
+
+def test_thin_layers_run_the_direct_loops():
+    _need("cython")
+    thin = shapes.conv_spec((64, 4, 28, 28), (2, 4, 3, 3), padding=1)      # 8 channel pairs, 3x3
+    taps3 = shapes.conv_spec((100, 1, 40), (15, 1, 3), stride=2, dims=1)    # 15 pairs, but 3 taps
+    assert plan.plan("conv2d", thin, np.float32).name == "cython:direct"
+    assert plan.plan("conv2d_grad_weight", thin, np.float64).name == "cython:direct"
+    assert plan.plan("conv2d_grad_input", thin, np.float64).name == "cython:gemm"
+    assert plan.plan("conv2d", taps3, np.float64).name == "cython:gemm"
 
 
 def test_unavailable_backends_fall_back(monkeypatch):

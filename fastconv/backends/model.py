@@ -10,14 +10,14 @@ The rules, in order, for the kernels of a convolution:
    FFT for big kernels: ``"fft"`` when the kernel has at least ``FFT_MIN_TAPS`` taps and its model time
    (``fft.seconds``: transforms and per-frequency products) undercuts the direct backend's
    (``seconds``: multiply-adds) by ``FFT_MARGIN``; long 1-D signals run it in blocks (``"overlap"``).
-2. Else the first direct backend of the op's preference (``PREFERENCE``; wide GEMMs prefer Numba's
-   per-task path unless Cython's register-blocked kernel runs the pass), with that backend's algorithm:
-   :func:`cython_algorithm`, :func:`numba_algorithm`.
+2. Else the first direct backend of the op's preference (``PREFERENCE``; wide float64 GEMMs prefer
+   Numba's per-task path), with that backend's algorithm: :func:`cython_algorithm`, :func:`numba_algorithm`.
 3. Rank-1 kernels: the planner runs :func:`separable_worthwhile` specs as two 1-D passes where the
    weight is rank 1 (a property of the values, checked per call), else as rule 2 says.
 
 Pooling and unpooling: the first backend of the op's preference. Every number here was measured with
-``bench/compare.py`` or the asv suite ``Conv2dAlgorithms`` on a 2-core AVX-512 machine, 2 threads.
+``fastconv bench`` or the asv suite ``Conv2dAlgorithms`` (each kernel with each algorithm forced, in blocks
+of back-to-back calls) on a 2-core AVX-512 AMD EPYC, 2 threads, float32 GEMM 250 GFLOP/s; ms per call.
 """
 from __future__ import annotations
 
@@ -33,9 +33,10 @@ from . import registry
 #: average pooling by a little.
 DEFAULT_PREFERENCE = ("cython", "numba", "numpy")
 PREFERENCE = {"avg_pool2d": ("numba", "cython", "numpy")}
-#: Wide GEMMs (>= 128 output channels per group over a reduction of >= 256) ran faster on Numba's
-#: per-task GEMM path (resnet_s2, pointwise: 0.81 -> 0.84 and 0.86 -> 0.97 of PyTorch's speed, forward),
-#: except the float32 passes that Cython runs register-blocked.
+#: Wide float64 GEMMs (>= 128 output channels per group over a reduction of >= 256) run faster on Numba's
+#: per-task GEMM path than on Cython's im2col + GEMM (resnet_s2 forward / input / weight gradient 9.3 / 9.5
+#: / 10.2 against 16.5 / 17.9 / 17.4, pointwise 17.0 / 8.7 / 11.4 against 19.1 / 14.0 / 16.0); in float32
+#: Cython wins them (resnet_s2's input gradient: GEMM 5.1 against 8.6).
 WIDE_GEMM_PREFERENCE = ("numba", "cython", "numpy")
 WIDE_GEMM_OUT, WIDE_GEMM_REDUCTION = 128, 256
 #: Kernels with fewer taps never go to the FFT, whatever the model says (its error is largest there).
@@ -48,11 +49,15 @@ SEPARABLE_MIN_TAPS = 25
 SEPARABLE_MAX_PAIRS = 16
 
 #: Below these Cython's register-blocked kernel loses to its GEMM path (see :func:`cython_algorithm`).
-BLOCKED_MIN_CHANNELS = 8     # output channels per group of the tile (input channels for the input gradient)
-BLOCKED_MIN_PIXELS = 32      # output pixels per sample: the weight gradient's reduction
-BLOCKED_MAX_PADDING = 0.25   # share of the adjoint's input that is padding (input gradient)
+BLOCKED_MIN_CHANNELS = 4     # output channels per group of the tile (forward pass and weight gradient)
+BLOCKED_MIN_INPUT_CHANNELS = 8  # input channels per group (the input gradient's tile)
+BLOCKED_MAX_PADDING = 0.9    # share of the adjoint's input that is padding (input gradient)
 BLOCKED_MIN_TAPS = 16        # reduction length of a forward tile (input channels per group x kernel taps)
-BLOCKED_MIN_FLOPS = 2e6      # forward passes smaller than this are dominated by the call's set-up
+#: Cython's direct loops, where the register-blocked kernel does not run, for at most this many channel
+#: pairs per group (input x output channels): GEMMs that thin lose to the loops; forward passes and weight
+#: gradients of kernels with ``DIRECT_WIDE_TAPS`` or more taps up to ``DIRECT_MAX_PAIRS_WIDE`` pairs
+#: (see :func:`cython_algorithm`).
+DIRECT_MAX_PAIRS, DIRECT_MAX_PAIRS_WIDE, DIRECT_WIDE_TAPS = 4, 16, 9
 #: Numba's direct loops for fewer output channels per group than this (each group's GEMM would be a
 #: matrix-vector product).
 NUMBA_DIRECT_BELOW = 4
@@ -61,11 +66,12 @@ NUMBA_DIRECT_BELOW = 4
 #: input once, where the decomposition pools each slice and then reduces over depth (bench/compare.py
 #: --volumes, maxpool3d: see the README's table).
 NATIVE_VOLUMES = {"max_pool2d": ("numba",), "max_pool2d_grad": ("numba",)}
-#: Winograd (stride-1 3x3, float32) for at least this many input and output channels per group: measured
-#: on one thread against the kernels auto ran, forward / input gradient / weight gradient ms, vgg_3x3
-#: 5.4 / 5.3 / 5.9 against 10.6 / 11.0 / 12.3, 128 channels in 4 groups (32 per group) at 28x28 2.8 / 2.6 /
-#: 2.7 against 3.0 / 2.8 / 3.7; LeNet's 6 to 16 channels 0.50 / 0.74 / 0.55 against 0.22 / 0.44 / 0.24.
-WINOGRAD_MIN_CHANNELS = 32
+#: Winograd (stride-1 3x3, float32) for at least this many input and output channels per group: against
+#: the register-blocked kernel, forward / input gradient / weight gradient ms, 48 channels at 28x28 (batch
+#: 8) 0.48 / 0.51 / 0.58 against 0.57 / 0.58 / 0.64, vgg_3x3 (64) 2.2 / 2.1 / 2.4 against 4.2 / 4.1 / 4.3,
+#: dilation 2 with 64 channels 3.3 / 3.9 / 4.1 against 4.2 / 4.4 / 4.4; with 32 it loses: dilated (dilation
+#: 2) 3.5 / 4.0 / 3.5 against 1.6 / 1.5 / 1.6, grouped_3x3 (32 per group) 2.1 / 1.1 / 2.6 against 1.0 / 1.1 / 1.2.
+WINOGRAD_MIN_CHANNELS = 48
 #: Backends whose float32 results carry more rounding error than a direct sum; ``exact`` plans skip them.
 INEXACT = ("fft", "winograd")
 
@@ -114,9 +120,9 @@ def choose(op, spec, dtype, backends):
 
 def preference(op, spec, dtype):
     """Direct backends in order of preference for ``op`` on ``spec``."""
-    if (op in registry.CONV_OPS and spec is not None and spec.c_out // spec.groups >= WIDE_GEMM_OUT
-            and (spec.c_in // spec.groups) * spec.kh * spec.kw >= WIDE_GEMM_REDUCTION
-            and cython_algorithm(op, spec, dtype)[0] != "blocked"):
+    if (op in registry.CONV_OPS and spec is not None and np.dtype(dtype) != np.float32
+            and spec.c_out // spec.groups >= WIDE_GEMM_OUT
+            and (spec.c_in // spec.groups) * spec.kh * spec.kw >= WIDE_GEMM_REDUCTION):
         return WIDE_GEMM_PREFERENCE
     return PREFERENCE.get(op, DEFAULT_PREFERENCE)
 
@@ -145,52 +151,66 @@ def winograd_wins(op, spec, dtype):
 
 
 def cython_algorithm(op, spec, dtype):
-    """Cython's algorithm for ``op`` on ``spec``. The matrix products of im2col + GEMM have ``C_out/groups``
-    rows and ``C_in/groups * kh * kw`` columns; when both channel counts per group are tiny (depthwise:
-    1 and 1) they are too thin to beat the direct loops, which are memory-bound. Elsewhere the
-    register-blocked kernel runs where it applies and was measured faster (2 threads, ms, blocked
-    against GEMM):
+    """Cython's algorithm for ``op`` on ``spec``: the register-blocked kernel where it runs (float32; the
+    input gradient at stride 1) and was measured faster (2 threads, ms, blocked against GEMM):
 
-    - forward passes with 8 or more output channels per group (a tile's vector of channels is then
-      mostly full: LeNet's C1, 6 channels, 0.99 against 0.72 at batch 128), pointwise too
-      (x(16, 256, 28, 28), w(128, 256, 1, 1): 4.8 against 6.1), except one-pixel outputs (LeNet's C5),
-      reductions of fewer than 16 taps (MNIST-1D's first layer, one input channel: 0.066 against
-      0.021) and passes under 2 MFLOP (its third: 0.085 against 0.060; its second, 3.8 MFLOP: 0.116
-      against 0.149);
-    - input gradients with 8 or more input channels per group (lenet_c3's 6: 0.78 against 0.32) whose
-      adjoint reads at most 25% padding (vgg_3x3 9.3 against 11.5; LeNet's C5, 1x1 outputs padded to
-      9x9: 2.1 against 0.35), pointwise excepted (5.7 against 4.9);
-    - weight gradients of stride-1 convolutions with 8 or more output channels per group and at least
-      32 output pixels per sample to reduce over (vgg_3x3 11.8 against 14.0, dilated 3.6 against 5.1,
-      lenet_c3 0.75 against 1.8; 4x4 outputs: 1.0 against 0.8; resnet_s2's stride 2: 6.1 against 5.6),
-      pointwise excepted (5.9 against 5.3).
+    - forward passes with 4 or more output channels per group (4 channels from 3 by 5x5 at batch 64:
+      0.30 against 0.91; LeNet's C1, 6: 0.15 against 0.35), pointwise and strided too (pointwise 3.0
+      against 5.1, resnet_s2 2.1 against 5.4, AlexNet's conv1 (11x11, stride 4) 3.2 against 7.2), the
+      smallest too (MNIST-1D's third layer, 0.5 MFLOP: 0.014 against 0.024), except one-pixel outputs
+      (LeNet's C5: 0.13 against 0.11) and reductions of fewer than 16 taps (MNIST-1D's first layer, one
+      input channel and 3 taps: 0.02 against 0.01);
+    - weight gradients with 4 or more output channels per group (the same 4-channel layer 0.32 against
+      0.97; pointwise 2.6 against 4.9, resnet_s2 3.3 against 5.3; 4x4 outputs 0.21 against 0.54, MNIST-1D's
+      first layer 0.02 against 0.03), except one-pixel outputs (LeNet's C5: 0.53 against 0.13);
+    - input gradients with 8 or more input channels per group (lenet_c3's 6: 0.36 against 0.33; odd's
+      37: 1.2 against 2.5; pointwise 2.8 against 3.9) whose adjoint reads at most 90% padding (4x4
+      outputs padded to 12x12, 89%: 0.30 against 0.45; LeNet's C5, 1x1 padded to 9x9: 0.58 against 0.11).
+
+    Elsewhere the direct loops for thin GEMMs (:func:`direct_wins`) and im2col + GEMM for the rest.
     """
     cig, cog = spec.c_in // spec.groups, spec.c_out // spec.groups
-    pointwise, pixels = shapes.is_pointwise(spec), spec.oh * spec.ow
-    if not pointwise and cig * cog <= 4:
-        return "direct", "cython:direct: at most 4 channel pairs per group (depthwise-like)"
-    if not registry.supports("cython", op, spec, dtype, "blocked"):
-        why = "float32 only" if np.dtype(dtype) != np.float32 else "no stride-1 adjoint"
-        return "gemm", f"cython:gemm: the register-blocked kernel does not run this ({why})"
-    losing = {  # the first measured limit this pass is outside of, if any
+    pixels = spec.oh * spec.ow
+    losing = {  # the first measured limit of the register-blocked kernel this pass is outside of, if any
         "conv2d": [(cog < BLOCKED_MIN_CHANNELS, f"{cog} < {BLOCKED_MIN_CHANNELS} output channels per group"),
                    (pixels == 1, "one output pixel"),
-                   (spec.flops < BLOCKED_MIN_FLOPS, f"{spec.flops / 1e6:.2g} < {BLOCKED_MIN_FLOPS / 1e6:g} MFLOP"),
                    (cig * spec.kh * spec.kw < BLOCKED_MIN_TAPS,
                     f"{cig * spec.kh * spec.kw} < {BLOCKED_MIN_TAPS} taps per output")],
-        "conv2d_grad_input": [(cig < BLOCKED_MIN_CHANNELS, f"{cig} < {BLOCKED_MIN_CHANNELS} input channels per group"),
-                              (pointwise, "pointwise"),
+        "conv2d_grad_input": [(cig < BLOCKED_MIN_INPUT_CHANNELS,
+                               f"{cig} < {BLOCKED_MIN_INPUT_CHANNELS} input channels per group"),
                               (shapes.adjoint_padding(spec) > BLOCKED_MAX_PADDING,
                                f"the adjoint reads {shapes.adjoint_padding(spec):.0%} > "
                                f"{BLOCKED_MAX_PADDING:.0%} padding")],
         "conv2d_grad_weight": [(cog < BLOCKED_MIN_CHANNELS, f"{cog} < {BLOCKED_MIN_CHANNELS} output channels per group"),
-                               (pixels < BLOCKED_MIN_PIXELS, f"{pixels} < {BLOCKED_MIN_PIXELS} output pixels"),
-                               (spec.stride != (1, 1), "strided"), (pointwise, "pointwise")],
+                               (pixels == 1, "one output pixel")],
     }[op]
-    why = next((text for failed, text in losing if failed), None)
-    if why is None:
-        return "blocked", "cython:blocked: register-blocked kernel, within its measured limits"
-    return "gemm", f"cython:gemm: the register-blocked kernel loses here ({why})"
+    if not registry.supports("cython", op, spec, dtype, "blocked"):
+        why = "float32 only" if np.dtype(dtype) != np.float32 else "no stride-1 adjoint"
+        why = f"the register-blocked kernel does not run this ({why})"
+    else:
+        why = next((text for failed, text in losing if failed), None)
+        if why is None:
+            return "blocked", "cython:blocked: register-blocked kernel, within its measured limits"
+        why = f"the register-blocked kernel loses here ({why})"
+    pairs = direct_wins(op, spec)
+    if pairs:
+        return "direct", f"cython:direct: {why}; at most {pairs} channel pairs per group"
+    return "gemm", f"cython:gemm: {why}"
+
+
+def direct_wins(op, spec):
+    """The most channel pairs per group (input x output) for which Cython's direct loops beat im2col +
+    GEMM on ``spec``, if ``spec`` has no more, else 0. Measured where the register-blocked kernel does
+    not run (float64, forward / weight gradient ms, direct against GEMM): 2 -> 4 channels 3x3 0.27 / 0.28
+    against 0.55 / 0.66, 3 -> 4 channels 5x5 0.56 / 0.75 against 1.08 / 1.17, LeNet's C1 (1 -> 6, 5x5)
+    0.31 / 0.37 against 0.48 / 0.62; its C3 (96 pairs) 1.46 / 1.90 against 0.59 / 0.64; kernels of 3
+    taps lose beyond depthwise-like layers (MNIST-1D's first layer, 15 pairs, float32: 0.03 against 0.01),
+    and so do input gradients (LeNet's C1 0.37 against 0.32)."""
+    if shapes.is_pointwise(spec):
+        return 0
+    wide = op != "conv2d_grad_input" and spec.kh * spec.kw >= DIRECT_WIDE_TAPS
+    most = DIRECT_MAX_PAIRS_WIDE if wide else DIRECT_MAX_PAIRS
+    return most if (spec.c_in // spec.groups) * (spec.c_out // spec.groups) <= most else 0
 
 
 def numba_algorithm(op, spec, dtype):
