@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import json
 import math
 import os
@@ -429,7 +430,7 @@ def train(config=None, callback=None, stream=None, **overrides):
         cfg = resolve(merged)
     saved = {"epoch": checkpoint[0]["epoch"] if checkpoint else None}  # the last epoch in the checkpoint
     try:
-        with _num_threads(cfg.threads):
+        with _num_threads(cfg.threads), frozen_heap():
             return _run(cfg, path, checkpoint, changes, callback, stream or sys.stderr, saved)
     except KeyboardInterrupt as err:
         raise _interrupted(cfg, path, saved["epoch"]) from err
@@ -447,6 +448,21 @@ def _num_threads(n):
         yield
     finally:
         runtime.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def frozen_heap():
+    """Python's cyclic garbage collector leaves the objects alive now (modules, the libraries' tables)
+    alone inside the block. Its full collections walk every tracked object: with NumPy, SciPy and Numba
+    loaded, about 100 ms each on a 2-core AVX-512 AMD EPYC, a pause every few hundred steps of a
+    millisecond each (MNIST-1D: 0.8 ms per step, 1.9 averaged over 100 steps with one such pause);
+    frozen, 1 ms. Objects made inside the block are collected as before."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def _run(cfg, ckpt_path, checkpoint, changes, callback, stream, saved):

@@ -26,6 +26,7 @@ import time
 
 import numpy as np
 
+from ..train import frozen_heap
 from . import common
 
 BASELINE = "fastconv cpu auto"
@@ -105,10 +106,11 @@ def train_run(task, impl, device, data, steps, warmup, seed, eval_limit):
         throwaway.step(x[idx], y[idx])
     trainer = common.Trainer(task, impl, device, seed)  # fresh weights and optimizer state
     losses = []
-    start = time.perf_counter()
-    for idx in batches:
-        losses.append(trainer.step(x[idx], y[idx]))
-    seconds = time.perf_counter() - start
+    with frozen_heap():  # as ``fastconv train`` runs (and the same for every library)
+        start = time.perf_counter()
+        for idx in batches:
+            losses.append(trainer.step(x[idx], y[idx]))
+        seconds = time.perf_counter() - start
     n_eval = len(yt) if eval_limit is None else min(eval_limit, len(yt))
     batch = batches.shape[1]
     return {"task": task, "run": None, "impl": impl, "device": device, "steps": steps, "batch_size": batch,
