@@ -15,7 +15,8 @@ that sets them:
   (:func:`spin_count`), unless the user chose a policy (``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT``);
   the variable is removed again afterwards.
 - :func:`blas_threads`: the BLAS that the compiled kernels call (SciPy's) held to ``n`` threads for a
-  block; :func:`set_blas_threads`: every BLAS the process loaded.
+  block, :func:`numpy_blas_threads` NumPy's (its ``matmul``: the linear layers); :func:`set_blas_threads`:
+  every BLAS the process loaded.
 
 Importing this module does nothing: no pool starts, no BLAS loads, no environment variable changes.
 The compiled backends call :func:`start_pools` before they load their kernels. It imports nothing from
@@ -260,11 +261,29 @@ def blas_controllable():
     return _kernel_blas() is not None
 
 
-@contextlib.contextmanager
+@functools.lru_cache(maxsize=None)
+def _numpy_blas():
+    """``(get, set)`` of the BLAS that NumPy's ``matmul`` calls (through the libraries its core module
+    links), or None."""
+    import numpy as np
+    core = getattr(np, "_core", None) or np.core
+    return _blas_library(core._multiarray_umath.__file__)
+
+
 def blas_threads(n):
     """Run the block with the kernels' BLAS (SciPy's) on ``n`` threads, restored afterwards (a no-op
     where its thread count cannot be set)."""
-    control = _kernel_blas()
+    return _held(_kernel_blas(), n)
+
+
+def numpy_blas_threads(n):
+    """Run the block with NumPy's BLAS on ``n`` threads, restored afterwards (a no-op where its thread
+    count cannot be set)."""
+    return _held(_numpy_blas(), n)
+
+
+@contextlib.contextmanager
+def _held(control, n):
     old = control[0]() if control is not None else n
     if old != n:
         control[1](n)

@@ -12,6 +12,7 @@ import sys
 import time
 
 import numba
+import numpy as np
 import pytest
 
 import fastconv
@@ -179,6 +180,28 @@ def test_blas_threads_holds_the_kernels_blas_and_restores_it(restore_blas):
         inside = runtime.blas_libraries()
     assert 1 in inside.values()  # SciPy's, which the kernels call
     assert set(runtime.blas_libraries().values()) == {2}
+
+
+@pytest.mark.skipif(not (LINUX and runtime._numpy_blas()), reason="NumPy's BLAS count is not reachable")
+def test_small_linear_products_run_numpy_blas_on_one_thread(restore_blas, monkeypatch):
+    """Linear layers' small products hold NumPy's BLAS to one thread (its idle threads would spin beside
+    the kernels' own), large ones leave it as the user set it, and the count is restored after each."""
+    from fastconv import numpy_xp
+    runtime.set_blas_threads(2)
+    seen = []
+    real = numpy_xp.np.matmul
+
+    def spy(a, b):
+        seen.append(runtime._numpy_blas()[0]())
+        return real(a, b)
+    monkeypatch.setattr(numpy_xp.np, "matmul", spy)
+    x, w = np.ones((8, 16), np.float32), np.ones((4, 16), np.float32)
+    y = numpy_xp.linear(x, w)
+    numpy_xp.linear_grad(np.ones_like(y), x, w, y)
+    monkeypatch.setattr(numpy_xp, "SMALL_GEMM", 8 * 16 * 4 - 1)
+    numpy_xp.linear(x, w)
+    assert seen == [1, 1, 1, 2]
+    assert runtime._numpy_blas()[0]() == 2
 
 
 # -------------------------------------------------------------------------------------- info
