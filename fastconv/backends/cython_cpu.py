@@ -3,9 +3,9 @@
 Convolutions run one of three algorithms, the one they are handed (``algorithm=``; the planner chooses,
 see ``model.cython_algorithm`` for where each wins):
 
-- ``"direct"``: loops over kernel taps (``_cy._conv``), for depthwise-like convolutions (one or two
-  channels per group in and out), where a matrix product would be too thin to pay for unfolding the
-  input. A stride-1 tap is one long vector operation over a zero-padded copy of the plane;
+- ``"direct"``: loops over kernel taps (``_cy._conv``), for thin layers (depthwise-like, or a few
+  channel pairs per group under a wide kernel), where a matrix product would be too thin to pay for
+  unfolding the input. A stride-1 tap is one long vector operation over a zero-padded copy of the plane;
 - ``"gemm"``: im2col of a tile of outputs at a time (rows of a large plane, or several small planes)
   into a per-thread workspace that stays in cache, then BLAS ``?gemm`` (``_cy._im2col``); a 1x1,
   stride-1, unpadded convolution multiplies the input planes directly;
