@@ -90,6 +90,16 @@ def test_wide_float64_gemms_prefer_numba_and_lenet_layers_cython():
     assert plan.plan("conv2d_grad_input", resnet, np.float32).name == "cython:gemm"
 
 
+def test_disjoint_windows_run_their_input_gradient_per_task():
+    _need("numba", "cython")
+    patchify = shapes.conv_spec((16, 64, 64, 64), (64, 64, 2, 2), stride=2)
+    assert plan.plan("conv2d_grad_input", patchify, np.float32).name == "numba:per_task"
+    one_sample = shapes.conv_spec((1, 64, 64, 64), (64, 64, 2, 2), stride=2)  # Numba would not run per task
+    overlapping = shapes.conv_spec((16, 64, 64, 64), (64, 64, 3, 3), stride=2)
+    assert plan.plan("conv2d_grad_input", one_sample, np.float32).name == "cython:gemm"
+    assert plan.plan("conv2d_grad_input", overlapping, np.float32).name == "cython:gemm"
+
+
 def test_thin_layers_run_the_direct_loops():
     _need("cython")
     thin = shapes.conv_spec((64, 4, 28, 28), (2, 4, 3, 3), padding=1)      # 8 channel pairs, 3x3
