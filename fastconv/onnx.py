@@ -86,22 +86,26 @@ class _Writer:
         return self.helper.make_tensor_value_info(name, self.helper.np_dtype_to_tensor_dtype(t.dtype), t.shape)
 
 
-def _spatial(pairs, dims):
-    """The last ``dims`` entries of a (height, width) pair: one for 1-D ops."""
-    return [int(v) for v in pairs[-dims:]]
+def _window(spec, dims):
+    """The window of a convolution or pooling ``spec`` over its ``dims`` spatial axes (depth, rows,
+    columns; the last ``dims`` of them) as ONNX's attributes: kernel_shape, strides, pads (every axis's
+    start, then every axis's end) and dilations."""
+    top, bottom, left, right = spec.padding
+    axes = ((spec.kd, spec.depth_stride) + tuple(spec.depth_padding) + (spec.depth_dilation,),
+            (spec.kh, spec.stride[0], top, bottom, spec.dilation[0]),
+            (spec.kw, spec.stride[1], left, right, spec.dilation[1]))[3 - dims:]
+    kernel, strides, begins, ends, dilations = ([int(v) for v in column] for column in zip(*axes))
+    return dict(kernel_shape=kernel, strides=strides, pads=begins + ends, dilations=dilations)
 
 
 def _conv_attrs(spec, dims):
-    top, bottom, left, right = spec.padding
-    begins, ends = _spatial((top, left), dims), _spatial((bottom, right), dims)
-    return dict(kernel_shape=_spatial((spec.kh, spec.kw), dims), strides=_spatial(spec.stride, dims),
-                pads=begins + ends, dilations=_spatial(spec.dilation, dims), group=spec.groups)
+    return dict(_window(spec, dims), group=spec.groups)
 
 
 def _pool_attrs(spec, dims):
-    pads = _spatial(spec.padding, dims)
-    return dict(kernel_shape=_spatial((spec.kh, spec.kw), dims), strides=_spatial(spec.stride, dims),
-                pads=pads + pads)
+    attrs = _window(spec, dims)
+    del attrs["dilations"]  # only MaxPool has them
+    return attrs
 
 
 def _dims(x):
@@ -140,7 +144,7 @@ def _pool_spec(node, **extra):
 def _export_max_pool(w, node):
     x = node.args["input"]
     dims, spec = _dims(x), _pool_spec(node)
-    attrs = dict(_pool_attrs(spec, dims), dilations=_spatial(spec.dilation, dims), ceil_mode=int(spec.ceil_mode))
+    attrs = dict(_window(spec, dims), ceil_mode=int(spec.ceil_mode))
     if not node.args["return_indices"]:
         return w.add("MaxPool", [w.name(x)], **attrs)
     # ONNX numbers the argmax over the whole (N, C, ...) tensor; fastconv (and PyTorch) within each plane
@@ -191,6 +195,9 @@ def _export_adaptive_avg_pool(w, node):
         kernel = [s // o for s, o in zip(sizes, outs)]
         return w.add("AveragePool", [w.name(x)], kernel_shape=kernel, strides=kernel)
     # uneven windows: the op is one averaging matrix per axis, as fastconv computes it
+    if len(sizes) == 3:
+        raise NotImplementedError("ONNX export of adaptive_avg_pool3d takes a global average or sizes the "
+                                  f"output divides, got {tuple(sizes)} -> {tuple(outs)}")
     mats = [F._adaptive_matrix(s, o).astype(x.dtype) for s, o in zip(sizes, outs)]
     value = w.name(x)
     if len(mats) == 2:
@@ -309,13 +316,10 @@ def _export_astype(w, node):
 
 
 EXPORTERS = {
-    "conv1d": _export_conv, "conv2d": _export_conv,
-    "conv_transpose1d": _export_conv_transpose, "conv_transpose2d": _export_conv_transpose,
-    "max_pool1d": _export_max_pool, "max_pool2d": _export_max_pool,
-    "avg_pool1d": _export_avg_pool, "avg_pool2d": _export_avg_pool,
-    "lp_pool1d": _export_lp_pool, "lp_pool2d": _export_lp_pool,
-    "max_unpool1d": _export_max_unpool, "max_unpool2d": _export_max_unpool,
-    "adaptive_avg_pool1d": _export_adaptive_avg_pool, "adaptive_avg_pool2d": _export_adaptive_avg_pool,
+    **{f"{op}{dims}d": export for dims in (1, 2, 3) for op, export in (
+        ("conv", _export_conv), ("conv_transpose", _export_conv_transpose), ("max_pool", _export_max_pool),
+        ("avg_pool", _export_avg_pool), ("lp_pool", _export_lp_pool), ("max_unpool", _export_max_unpool),
+        ("adaptive_avg_pool", _export_adaptive_avg_pool))},
     "interpolate": _export_interpolate, "linear": _export_linear,
     "relu": _unary("Relu"), "tanh": _unary("Tanh"), "sigmoid": _unary("Sigmoid"), "exp": _unary("Exp"),
     "log": _unary("Log"), "abs": _unary("Abs"),
@@ -470,7 +474,7 @@ def _set(param, value):
 def _import_conv(node, attrs, consts):
     weight, bias = _weights(node, consts, 1), _weights(node, consts, 2)
     dims, transposed = weight.ndim - 2, node.op_type == "ConvTranspose"
-    if dims not in (1, 2):
+    if dims not in (1, 2, 3):
         raise NotImplementedError(f"{node.op_type} node {node.name!r}: {dims}-D convolution is not supported")
     if "output_shape" in attrs:
         raise NotImplementedError(f"ConvTranspose node {node.name!r}: output_shape is not supported "
@@ -481,12 +485,10 @@ def _import_conv(node, attrs, consts):
                 padding=_symmetric_pads(node, attrs, dims, same), dilation=dilation, groups=groups,
                 bias=bias is not None, dtype=weight.dtype)
     if transposed:
-        cls = nn.ConvTranspose1d if dims == 1 else nn.ConvTranspose2d
-        layer = cls(weight.shape[0], weight.shape[1] * groups,
+        layer = getattr(nn, f"ConvTranspose{dims}d")(weight.shape[0], weight.shape[1] * groups,
                     output_padding=_pairs(attrs, dims, "output_padding", 0), **args)
     else:
-        cls = nn.Conv1d if dims == 1 else nn.Conv2d
-        layer = cls(weight.shape[1] * groups, weight.shape[0], **args)
+        layer = getattr(nn, f"Conv{dims}d")(weight.shape[1] * groups, weight.shape[0], **args)
     _set(layer.weight, weight)
     if bias is not None:
         _set(layer.bias, bias)
@@ -509,7 +511,7 @@ def _import_gemm(node, attrs, consts):
 def _pool_args(node, attrs):
     kernel = tuple(int(k) for k in attrs["kernel_shape"])
     dims = len(kernel)
-    if dims not in (1, 2):
+    if dims not in (1, 2, 3):
         raise NotImplementedError(f"{node.op_type} node {node.name!r}: {dims}-D pooling is not supported")
     args = dict(kernel_size=kernel, stride=_pairs(attrs, dims, "strides", 1),
                 ceil_mode=bool(attrs.get("ceil_mode", 0)))
@@ -521,9 +523,9 @@ def _import_max_pool(node, attrs, consts):
     args.update(padding=_symmetric_pads(node, attrs, dims), dilation=_pairs(attrs, dims, "dilations", 1))
     if int(attrs.get("storage_order", 0)):
         raise NotImplementedError(f"MaxPool node {node.name!r}: storage_order=1 is not supported")
-    op = F.max_pool1d if dims == 1 else F.max_pool2d
+    op = getattr(F, f"max_pool{dims}d")
     if len(node.output) < 2 or not node.output[1]:
-        return (nn.MaxPool1d if dims == 1 else nn.MaxPool2d)(**args), node.input[:1]
+        return getattr(nn, f"MaxPool{dims}d")(**args), node.input[:1]
     return _Op("MaxPool", _max_pool_flat_indices, op=op, **args), node.input[:1]
 
 
@@ -544,7 +546,7 @@ def _import_max_unpool(node, attrs, consts):
     size = consts[2] if len(consts) > 2 else None
     if len(node.input) > 2 and node.input[2] and size is None:
         raise NotImplementedError(f"MaxUnpool node {node.name!r}: a computed output_shape is not supported")
-    return _Op("MaxUnpool", _max_unpool_flat_indices, op=F.max_unpool1d if dims == 1 else F.max_unpool2d,
+    return _Op("MaxUnpool", _max_unpool_flat_indices, op=getattr(F, f"max_unpool{dims}d"),
                kernel_size=kernel, stride=_pairs(attrs, dims, "strides", 1),
                padding=_symmetric_pads(node, attrs, dims),
                output_size=None if size is None else tuple(int(s) for s in size[2:])), node.input[:2]
@@ -563,24 +565,23 @@ def _import_avg_pool(node, attrs, consts):
         raise NotImplementedError(f"AveragePool node {node.name!r}: dilations are not supported")
     args.update(padding=_symmetric_pads(node, attrs, dims),
                 count_include_pad=bool(attrs.get("count_include_pad", 0)))
-    return (nn.AvgPool1d if dims == 1 else nn.AvgPool2d)(**args), node.input[:1]
+    return getattr(nn, f"AvgPool{dims}d")(**args), node.input[:1]
 
 
 def _import_lp_pool(node, attrs, consts):
     dims, args = _pool_args(node, attrs)
     if any(_symmetric_pads(node, attrs, dims)) or any(d != 1 for d in attrs.get("dilations", [1] * dims)):
         raise NotImplementedError(f"LpPool node {node.name!r}: pads and dilations are not supported")
-    op = F.lp_pool1d if dims == 1 else F.lp_pool2d
-    return _Op("LpPool", op, norm_type=int(attrs.get("p", 2)), **args), node.input[:1]
+    return _Op("LpPool", getattr(F, f"lp_pool{dims}d"), norm_type=int(attrs.get("p", 2)), **args), node.input[:1]
 
 
 def _global_pool(kind):
     def pool(x):
-        if x.ndim not in (3, 4):
-            raise ValueError(f"Global{kind}Pool takes 3-D or 4-D input, got shape {x.shape}")
+        if x.ndim not in (3, 4, 5):
+            raise ValueError(f"Global{kind}Pool takes 3-D, 4-D or 5-D input, got shape {x.shape}")
         if kind == "Average":
-            return (F.adaptive_avg_pool1d if x.ndim == 3 else F.adaptive_avg_pool2d)(x, 1)
-        return (F.max_pool1d if x.ndim == 3 else F.max_pool2d)(x, tuple(x.shape[2:]))
+            return getattr(F, f"adaptive_avg_pool{x.ndim - 2}d")(x, 1)
+        return getattr(F, f"max_pool{x.ndim - 2}d")(x, tuple(x.shape[2:]))
     return lambda node, attrs, consts: (_Op(f"Global{kind}Pool", pool), node.input[:1])
 
 
@@ -606,7 +607,7 @@ def _import_resize(node, attrs, consts):
 
 
 def _resize(x, scales=None, sizes=None, mode="nearest", align_corners=None):
-    mode = {("linear", 3): "linear", ("linear", 4): "bilinear"}.get((mode, x.ndim), mode)
+    mode = {("linear", 3): "linear", ("linear", 4): "bilinear", ("linear", 5): "trilinear"}.get((mode, x.ndim), mode)
     if sizes is not None and np.size(sizes):
         return F.interpolate(x, size=tuple(int(s) for s in as_array(sizes)[2:]), mode=mode, align_corners=align_corners)
     factors = [float(f) for f in as_array(scales)]

@@ -60,3 +60,23 @@ class EveryLayer1d(nn.Module):
         x = F.interpolate(x, scale_factor=1.6, mode="nearest")             # 5 -> 8
         x = self.adaptive(x).flatten(1)
         return F.softmax(self.fc(x), dim=-1)
+
+
+class EveryLayer3d(nn.Module):
+    """The 3-D ops on (N, 2, 6, 8, 8) volumes: convolutions (padding per axis, dilation, groups), max
+    pooling with indices and unpooling, average/L2/adaptive pooling, transposed convolution, trilinear
+    interpolation."""
+
+    def __init__(self):
+        self.conv = nn.Conv3d(2, 4, 3, padding=(1, 1, 0))                        # 6x8x8 -> 6x8x6
+        self.grouped = nn.Conv3d(4, 4, (2, 3, 3), padding=2, dilation=(1, 2, 2), groups=2)  # -> 9x8x6
+        self.up = nn.ConvTranspose3d(4, 3, 2, stride=2)
+        self.gap = nn.AdaptiveAvgPool3d(1)
+
+    def forward(self, x):
+        x = F.relu(self.grouped(F.tanh(self.conv(x))))
+        pooled, indices = F.max_pool3d(x, 2, return_indices=True)                   # 9x8x6 -> 4x4x3
+        x = F.max_unpool3d(pooled, indices, 2, output_size=x.shape[2:]) + x
+        x = F.avg_pool3d(x, 2, stride=(1, 2, 2)) + F.lp_pool3d(x, 2, 2, stride=(1, 2, 2))  # -> 8x4x3
+        x = F.interpolate(self.up(x), scale_factor=0.5, mode="trilinear")              # -> 8x4x3
+        return x - self.gap(x)

@@ -13,7 +13,7 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 fo = pytest.importorskip("fastconv.onnx")
 
-from onnx_models import EveryLayer1d, EveryLayer2d  # noqa: E402
+from onnx_models import EveryLayer1d, EveryLayer2d, EveryLayer3d  # noqa: E402
 from torch_models import TorchEveryLayer1d, TorchEveryLayer2d, TorchLeNet5, torch  # noqa: E402
 
 needs_torch = pytest.mark.skipif(torch is None, reason="PyTorch not installed")
@@ -44,6 +44,7 @@ MODELS = {
     "mnist1d-wide": (models.MNIST1DWideNet, (2, 1, 40)),
     "every-layer-2d": (EveryLayer2d, (2, 2, 12, 12)),
     "every-layer-1d": (EveryLayer1d, (3, 40)),
+    "every-layer-3d": (EveryLayer3d, (2, 2, 6, 8, 8)),
 }
 
 
@@ -74,6 +75,11 @@ POOLS = [  # (op, kwargs) on inputs whose sizes the strides do not divide
     ("avg_pool1d", dict(kernel_size=3, stride=2, padding=1, ceil_mode=False, count_include_pad=False)),
     ("lp_pool2d", dict(norm_type=2, kernel_size=3, stride=2, ceil_mode=True)),
     ("lp_pool1d", dict(norm_type=1, kernel_size=2, ceil_mode=False)),
+    ("max_pool2d", dict(kernel_size=3, stride=2, padding=(1, 0))),       # padding differing per axis
+    ("avg_pool2d", dict(kernel_size=(3, 2), stride=1, padding=(0, 1), count_include_pad=False)),
+    ("max_pool3d", dict(kernel_size=(2, 3, 2), stride=(1, 2, 2), padding=(1, 1, 0), ceil_mode=True)),
+    ("avg_pool3d", dict(kernel_size=2, stride=2, padding=(1, 0, 1), count_include_pad=False)),
+    ("lp_pool3d", dict(norm_type=2, kernel_size=2, stride=(1, 2, 2))),
 ]
 RESIZES = [
     dict(scale_factor=2, mode="nearest"), dict(scale_factor=1.5, mode="nearest"),
@@ -96,7 +102,7 @@ class _Fn(nn.Module):
 @pytest.mark.parametrize("op, kwargs", POOLS, ids=[f"{op}-{i}" for i, (op, _) in enumerate(POOLS)])
 def test_pooling_edge_cases_match_onnxruntime(op, kwargs):
     dims = int(op[-2])
-    x = np.abs(_input((2, 3, 9, 11)[:2 + dims]))  # L_p pooling agrees with ONNX's |x|**p for x >= 0
+    x = np.abs(_input((2, 3, 5, 9, 11)[:2] + (5, 9, 11)[3 - dims:]))  # L_p pooling: ONNX's |x|**p, x >= 0
     model = _Fn(op, **kwargs)
     _assert_close(_run_onnx(fo.export(model, x), x), model(x).numpy(), f"{op} {kwargs}")
 
