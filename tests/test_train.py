@@ -496,3 +496,19 @@ def test_mnist1d_paper_recipe_reaches_the_paper(tmp_path):
 def test_lenet5_reaches_99_percent(tmp_path, data_root):
     log = train.train(TrainConfig(task="lenet5", data_dir=data_root, out=str(tmp_path / "lenet"), progress=False))
     assert log["final"]["test_acc"] >= 0.99
+
+
+def test_training_runs_with_the_heap_frozen_and_leaves_it_as_it_was(tmp_path, monkeypatch):
+    """Objects alive when a run starts stay out of the collector's full passes during it, and are back in
+    afterwards, also when the run fails."""
+    import gc
+    seen = []
+
+    def spy(*args):
+        seen.append(gc.get_freeze_count())
+        raise RuntimeError("stop here")
+    monkeypatch.setattr(train, "_run", spy)
+    with pytest.raises(RuntimeError, match="stop here"):
+        train.train(task="mnist1d", steps=1, out=str(tmp_path))
+    assert seen and seen[0] > 0
+    assert gc.get_freeze_count() == 0
