@@ -92,6 +92,27 @@ def test_depth_paths_match_reference(name, xs, ws, kwargs):
         pytest.skip(f"{name} does not run this case")
 
 
+TRANSPOSED_DEPTH_PATHS = [  # conv_transpose3d: (x shape, weight shape, keyword arguments)
+    ((1, 2, 2, 3, 3), (2, 3, 1, 1, 1), dict(output_padding=(0, 1, 0), dilation=(1, 2, 1))),  # rows no output
+    ((1, 2, 3, 2, 4), (2, 2, 1, 1, 3), dict(stride=(2, 1, 1), output_padding=(1, 0, 0))),     # ... depths too
+    ((1, 4, 3, 4, 4), (4, 2, 2, 2, 2), dict(stride=2)),                 # disjoint depth windows: written once
+    ((1, 2, 3, 3, 3), (2, 2, 2, 1, 1), dict(stride=(3, 1, 1), output_padding=(2, 0, 0))),  # ... with gaps
+]
+
+
+@pytest.mark.parametrize("name", cases.cpu_plans())
+@pytest.mark.parametrize("xs, ws, kwargs", TRANSPOSED_DEPTH_PATHS)
+def test_transposed_depth_paths_match_reference(name, xs, ws, kwargs):
+    rng = np.random.default_rng(0)
+    arrays = [rng.standard_normal(xs).astype(np.float32), rng.standard_normal(ws).astype(np.float32)]
+    ran = cases.runs_here(name, lambda: check_against(
+        lambda *t: F.conv_transpose3d(*t, backend=name, **kwargs),
+        lambda *t: F.conv_transpose3d(*t, backend="numpy", **kwargs), arrays,
+        what=f"{name} conv_transpose3d {xs} {ws} {kwargs}") or True)
+    if ran is None:
+        pytest.skip(f"{name} does not run this case")
+
+
 @pytest.mark.parametrize("name", ["numba", "cython"])
 def test_max_pool3d_nan_and_minus_inf_windows(name):
     x = np.full((1, 2, 4, 3, 3), -np.inf)
