@@ -7,8 +7,8 @@ and :func:`out_range` the outputs a tap reaches inside the input (tabulated once
 nests over these two ranges, with the output column ``ox`` innermost so that LLVM vectorises the row
 (every kernel skips the padding instead of testing each pixel). Average pooling has no dilation.
 
-Kernels write into arrays the caller allocates (outputs, gradients, workspaces), so the wrappers in
-``numba_cpu`` choose the memory and the algorithm. Nothing is compiled at import: each kernel compiles on
+Kernels write into arrays the caller allocates (outputs, gradients, workspaces): the wrappers in
+``numba_cpu`` own the memory and run the algorithm the planner hands them. Nothing is compiled at import: each kernel compiles on
 its first call (per dtype) and is then loaded from Numba's cache. ``prange`` runs over independent
 outputs only (``n*c`` planes, or weight entries for the weight gradient), so no two threads write the same
 element. Reductions may be reordered (``reassoc``) but NaN and inf propagate (no ``nnan``/``ninf``).
