@@ -100,6 +100,21 @@ def test_disjoint_windows_run_their_input_gradient_per_task():
     assert plan.plan("conv2d_grad_input", overlapping, np.float32).name == "cython:gemm"
 
 
+def test_max_pooling_of_many_planes_runs_on_numba_and_its_gradient_on_cython():
+    _need("numba", "cython")
+    many, few = shapes.pool_spec((128, 6, 28, 28), 2), shapes.pool_spec((2, 64, 56, 56), 2)
+    assert plan.plan("max_pool2d", many, np.float32).backend == "numba"
+    assert plan.plan("max_pool2d", few, np.float32).backend == "cython"
+    assert plan.plan("max_pool2d_grad", many, np.float32).backend == "cython"
+    x = np.random.default_rng(0).standard_normal((128, 6, 28, 28)).astype(np.float32)
+    xt = fc.tensor(x, requires_grad=True)
+    y, idx = F.max_pool2d(xt, 2, return_indices=True)  # Numba's indices feed Cython's scatter
+    y.sum().backward()
+    ref_y, ref_idx = F.max_pool2d(x, 2, return_indices=True, backend="numpy")
+    np.testing.assert_array_equal(idx.numpy(), ref_idx.numpy())
+    np.testing.assert_array_equal(xt.grad.numpy().sum(axis=(2, 3)), np.full((128, 6), 14 * 14, np.float32))
+
+
 def test_thin_layers_run_the_direct_loops():
     _need("cython")
     thin = shapes.conv_spec((64, 4, 28, 28), (2, 4, 3, 3), padding=1)      # 8 channel pairs, 3x3
@@ -261,13 +276,21 @@ def test_autotune_times_once_writes_the_cache_and_keeps_results(monkeypatch, tmp
     assert plan.plan("conv2d", spec, np.float64).fallback.reason.startswith("measured earlier")
 
 
-def test_measurements_time_fresh_inputs():
-    """Each timed call gets new arrays: kernels that cache by content (FFT spectra) cannot win by it."""
-    seen = []
+def test_measurements_time_fresh_inputs_back_to_back(monkeypatch):
+    """Each call gets new arrays (kernels that cache by content, FFT spectra, cannot win by it), made before
+    its block: the timed calls follow each other with nothing in between."""
+    seen, made = [], []
     spec = shapes.conv_spec((1, 2, 8, 8), (2, 2, 3, 3))
+    real = tune.example_args
+    monkeypatch.setattr(tune, "example_args", lambda *a: made.append(len(seen)) or real(*a))
+    monkeypatch.setattr(tune, "MAX_CALLS", 5)
     tune.time_kernel(lambda x, w, b, s: seen.append(x.copy()), "conv2d", spec, np.float32,
                      np.random.default_rng(0), repeat=3)
-    assert len(seen) == 4 and all(not np.array_equal(a, b) for a, b in zip(seen, seen[1:]))
+    assert len(seen) == 2 + 3 * (1 + 5)  # compile, size the block; per block: a wake-up call, 5 timed
+    assert all(not np.array_equal(a, b) for i, a in enumerate(seen) for b in seen[i + 1:])
+    for block in range(3):  # the block's inputs and its wake-up call's are made before any of its calls
+        first = 2 + block * 6
+        assert made.count(first) == 6
 
 
 def test_autotune_cache_is_read_back_by_a_new_process(tmp_path):
