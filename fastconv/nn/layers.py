@@ -43,7 +43,8 @@ def _window_args(layer, kernel_size, stride, padding, dilation):
 
 # ----------------------------------------------------------------------------- convolutions
 class _ConvNd(Module):
-    """Shared body of Conv1d/2d and ConvTranspose1d/2d: arguments, parameters, initialisation."""
+    """Shared body of the convolution layers (1-, 2- and 3-D, transposed or not): arguments, parameters,
+    initialisation."""
     dims = 2
     transposed = False
     takes_activation = "after"  # Sequential runs a following ReLU/Tanh/Sigmoid inside it (see Sequential)
@@ -76,9 +77,8 @@ class _ConvNd(Module):
         return s + ("" if self.bias is not None else ", bias=False")
 
 
-class Conv1d(_ConvNd):
-    """1-D convolution of ``(N, C_in, L)``; weight ``(C_out, C_in/groups, K)``."""
-    dims = 1
+class _Conv(_ConvNd):
+    """A convolution layer of ``dims`` spatial axes: ``F.conv{dims}d`` with its parameters."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
                  bias=True, dtype=np.float32, backend="auto"):
@@ -86,39 +86,13 @@ class Conv1d(_ConvNd):
                          dtype=dtype, backend=backend)
 
     def forward(self, x, activation=None):
-        return F.conv1d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
-                        backend=self.backend, activation=activation)
+        return getattr(F, f"conv{self.dims}d")(x, self.weight, self.bias, self.stride, self.padding,
+                                               self.dilation, self.groups, backend=self.backend,
+                                               activation=activation)
 
 
-class Conv2d(_ConvNd):
-    """2-D convolution of ``(N, C_in, H, W)``; weight ``(C_out, C_in/groups, KH, KW)``."""
-
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
-                 bias=True, dtype=np.float32, backend="auto"):
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-                         dtype=dtype, backend=backend)
-
-    def forward(self, x, activation=None):
-        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
-                        backend=self.backend, activation=activation)
-
-
-class ConvTranspose1d(_ConvNd):
-    """Transposed 1-D convolution; weight ``(C_in, C_out/groups, K)``."""
-    dims, transposed, takes_activation = 1, True, None
-
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, output_padding=0,
-                 groups=1, bias=True, dilation=1, dtype=np.float32, backend="auto"):
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-                         output_padding, dtype, backend)
-
-    def forward(self, x):
-        return F.conv_transpose1d(x, self.weight, self.bias, self.stride, self.padding, self.output_padding,
-                                  self.groups, self.dilation, backend=self.backend)
-
-
-class ConvTranspose2d(_ConvNd):
-    """Transposed 2-D convolution; weight ``(C_in, C_out/groups, KH, KW)``."""
+class _ConvTranspose(_ConvNd):
+    """A transposed convolution layer of ``dims`` spatial axes: ``F.conv_transpose{dims}d``."""
     transposed, takes_activation = True, None
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, output_padding=0,
@@ -127,8 +101,37 @@ class ConvTranspose2d(_ConvNd):
                          output_padding, dtype, backend)
 
     def forward(self, x):
-        return F.conv_transpose2d(x, self.weight, self.bias, self.stride, self.padding, self.output_padding,
-                                  self.groups, self.dilation, backend=self.backend)
+        return getattr(F, f"conv_transpose{self.dims}d")(x, self.weight, self.bias, self.stride, self.padding,
+                                                         self.output_padding, self.groups, self.dilation,
+                                                         backend=self.backend)
+
+
+class Conv1d(_Conv):
+    """1-D convolution of ``(N, C_in, L)``; weight ``(C_out, C_in/groups, K)``."""
+    dims = 1
+
+
+class Conv2d(_Conv):
+    """2-D convolution of ``(N, C_in, H, W)``; weight ``(C_out, C_in/groups, KH, KW)``."""
+
+
+class Conv3d(_Conv):
+    """3-D convolution of ``(N, C_in, D, H, W)``; weight ``(C_out, C_in/groups, KD, KH, KW)``."""
+    dims = 3
+
+
+class ConvTranspose1d(_ConvTranspose):
+    """Transposed 1-D convolution; weight ``(C_in, C_out/groups, K)``."""
+    dims = 1
+
+
+class ConvTranspose2d(_ConvTranspose):
+    """Transposed 2-D convolution; weight ``(C_in, C_out/groups, KH, KW)``."""
+
+
+class ConvTranspose3d(_ConvTranspose):
+    """Transposed 3-D convolution; weight ``(C_in, C_out/groups, KD, KH, KW)``."""
+    dims = 3
 
 
 class Linear(Module):
@@ -379,34 +382,6 @@ class MSELoss(Module):
 
 
 # ------------------------------------------------------------------------------------ volumes
-class Conv3d(_ConvNd):
-    """3-D convolution of ``(N, C_in, D, H, W)``; weight ``(C_out, C_in/groups, KD, KH, KW)``."""
-    dims = 3
-
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
-                 bias=True, dtype=np.float32, backend="auto"):
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-                         dtype=dtype, backend=backend)
-
-    def forward(self, x, activation=None):
-        return F.conv3d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
-                        backend=self.backend, activation=activation)
-
-
-class ConvTranspose3d(_ConvNd):
-    """Transposed 3-D convolution; weight ``(C_in, C_out/groups, KD, KH, KW)``."""
-    dims, transposed, takes_activation = 3, True, None
-
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, output_padding=0,
-                 groups=1, bias=True, dilation=1, dtype=np.float32, backend="auto"):
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-                         output_padding, dtype, backend)
-
-    def forward(self, x):
-        return F.conv_transpose3d(x, self.weight, self.bias, self.stride, self.padding, self.output_padding,
-                                  self.groups, self.dilation, backend=self.backend)
-
-
 class MaxPool3d(_MaxPool):
     op, dims = "max_pool3d", 3
 
