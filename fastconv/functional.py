@@ -152,25 +152,27 @@ def _pool_input(input, dims, **spec_args):
     return x, spec, _as4(x.data, spec.x_shape)
 
 
-def _pool(kind, input, dims, backend, activation, **spec_args):
-    """``kind`` ("max", "avg") pooling of ``activation(input)``: ``(output, indices or None)``."""
+def _pool(kind, input, dims, backend, activation, indices=False, **spec_args):
+    """``kind`` ("max", "avg") pooling of ``activation(input)``: ``(output, indices or None)``;
+    ``indices``: whether the caller returns the max pool's."""
     x, spec, x4 = _pool_input(input, dims, **spec_args)
     act = fusion.check_activation(activation)
     op = f"{kind}_pool2d"
     run = _planned(f"{kind}_pool{dims}d", spec, x, backend, op, **{f"{op}_grad": x})
-    y, saved = fusion.pool(run, x.xp, kind, x4, spec, act)
-    y, indices = y if kind == "max" else (y, None)
+    y, saved = fusion.pool(run, x.xp, kind, x4, spec, act, indices)
+    y, where = y if kind == "max" else (y, None)
 
     def backward(g):
-        return (fusion.pool_grad(run, x.xp, kind, _as4(g, spec.y_shape), indices, spec, act, saved).reshape(x.shape),)
-    return _result(y, spec.user_shape(spec.y_shape), (x,), backward), indices
+        gx = fusion.pool_grad(run, x.xp, kind, _as4(g, spec.y_shape), where, spec, act, saved, indices)
+        return (gx.reshape(x.shape),)
+    return _result(y, spec.user_shape(spec.y_shape), (x,), backward), where
 
 
 def _max_pool(input, dims, kernel_size, stride, padding, dilation, ceil_mode, return_indices, backend,
               activation):
     return_indices = shapes.flag("return_indices", return_indices)
-    out, indices = _pool("max", input, dims, backend, activation, kernel_size=kernel_size, stride=stride,
-                         padding=padding, dilation=dilation, ceil_mode=ceil_mode)
+    out, indices = _pool("max", input, dims, backend, activation, return_indices, kernel_size=kernel_size,
+                         stride=stride, padding=padding, dilation=dilation, ceil_mode=ceil_mode)
     if return_indices:
         return out, Tensor(indices.reshape(out.shape))
     return out

@@ -5,7 +5,10 @@ Where a layer's plan runs on a backend that fuses them (``FUSES_EPILOGUES``: the
 the activation and run layer and activation in one launch (and the gradients in two: the activation's
 gradient is taken as the incoming gradient is loaded, the bias gradient comes with the weight gradient);
 elsewhere the planned kernel and the activation (``xp.activation``) run one after the other, the same
-operations as when the user writes them out, so that fusing changes the numbers nowhere.
+operations as when the user writes them out, so that fusing changes the numbers nowhere. One exception
+in order, not in numbers: ReLU before a max pool runs after it (``relu(max(x)) == max(relu(x))``, and the
+gradient reaches the same pixel), on a quarter of the pixels of a 2x2 pool, unless the caller wants the
+indices (where every value of a window is negative they would differ).
 """
 from .backends import registry
 
@@ -67,23 +70,36 @@ def conv2d_grads(run, xp, g4, x4, w4, y4, spec, act, need):
     return gx, gw, gb
 
 
-def pool(run, xp, kind, x4, spec, act):
-    """``(kind_pool2d(act(x4)), saved)``; ``saved`` is what :func:`pool_grad` needs besides the pool's."""
+def relu_after(kind, act, indices):
+    """Whether the max pool runs before the ReLU it was given (see the module's docstring)."""
+    return kind == "max" and act == "relu" and not indices
+
+
+def pool(run, xp, kind, x4, spec, act, indices=False):
+    """``(kind_pool2d(act(x4)), saved)``; ``saved`` is what :func:`pool_grad` needs besides the pool's;
+    ``indices``: whether the caller returns the max pool's indices."""
     plan = getattr(run, f"{kind}_pool2d")
     if not act:
         return plan(x4, spec), None
     if fusing(plan):
         return plan.kernel(x4, spec, act=act), x4
+    if relu_after(kind, act, indices):
+        y4, where = plan(x4, spec)
+        y4 = xp.activation(y4, act)
+        return (y4, where), y4
     a4 = xp.activation(x4, act)
     return plan(a4, spec), a4
 
 
-def pool_grad(run, xp, kind, g4, indices, spec, act, saved):
-    """The input gradient of :func:`pool` (``indices``: the max pool's, else None)."""
+def pool_grad(run, xp, kind, g4, indices, spec, act, saved, returned=False):
+    """The input gradient of :func:`pool` (``indices``: the max pool's, else None; ``returned``: what
+    :func:`pool` was told of them)."""
     plan = getattr(run, f"{kind}_pool2d_grad")
     args = (g4, indices, spec) if kind == "max" else (g4, spec)
     if not act:
         return plan(*args)
     if fusing(plan):
         return plan.kernel(*args, act=act, x=saved)
+    if relu_after(kind, act, returned):
+        return plan(xp.activation_grad(g4, saved, act), indices, spec)
     return xp.activation_grad(plan(*args), saved, act)

@@ -7,7 +7,7 @@
 # output ``(oy, ox)``; the tap holds the block of outputs for which that pixel lies inside the input, so
 # no kernel tests bounds per pixel, and one ``blk_*`` call does the tap's work over its whole block.
 
-from libc.stdint cimport int64_t
+from libc.stdint cimport int32_t, int64_t
 
 ctypedef fused real:
     float
@@ -131,6 +131,16 @@ cdef extern from *:
             for (Py_ssize_t k = 0; k < n; k++) { \
                 Py_ssize_t off = start + k * sx; T v = x[off], best = y[k]; \
                 if (idx[k] < 0 || v > best || (v != v && best == best)) { y[k] = v; idx[k] = off; } } } \
+    FC_BLK void fc_maxwin_##S(T *restrict y, int64_t *restrict idx, const T *restrict x, \
+                              const int32_t *restrict outs, Py_ssize_t n, const int32_t *restrict taps, \
+                              Py_ssize_t ntaps) { \
+        for (Py_ssize_t k = 0; k < n; k++) { int32_t at = outs[k] + taps[0]; y[k] = x[at]; idx[k] = at; } \
+        for (Py_ssize_t t = 1; t < ntaps; t++) { \
+            int32_t tap = taps[t]; \
+            for (Py_ssize_t k = 0; k < n; k++) { \
+                int32_t at = outs[k] + tap; T v = x[at], best = y[k]; \
+                int take = v > best || (v != v && best == best); \
+                y[k] = take ? v : best; idx[k] = take ? at : idx[k]; } } } \
     FC_BLK void fc_fill_##S(T *restrict y, T v, Py_ssize_t n) { \
         for (Py_ssize_t k = 0; k < n; k++) y[k] = v; }
     FC_BLOCK_OPS(float, f)
@@ -156,6 +166,10 @@ cdef extern from *:
                   Py_ssize_t, Py_ssize_t) noexcept nogil
     void fc_max_d(double*, int64_t*, Py_ssize_t, const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                   Py_ssize_t, Py_ssize_t) noexcept nogil
+    void fc_maxwin_f(float*, int64_t*, const float*, const int32_t*, Py_ssize_t, const int32_t*,
+                     Py_ssize_t) noexcept nogil
+    void fc_maxwin_d(double*, int64_t*, const double*, const int32_t*, Py_ssize_t, const int32_t*,
+                     Py_ssize_t) noexcept nogil
     void fc_fill_f(float*, float, Py_ssize_t) noexcept nogil
     void fc_fill_d(double*, double, Py_ssize_t) noexcept nogil
 
@@ -212,6 +226,18 @@ cdef inline void blk_max(real* y, int64_t* idx, Py_ssize_t ys, const real* xp, P
             fc_max_f(y, idx, ys, xp, start, xs, rows, n, sx)
         else:
             fc_max_d(y, idx, ys, xp, start, xs, rows, n, sx)
+
+
+cdef inline void blk_maxwin(real* y, int64_t* idx, const real* xp, const int32_t* outs, Py_ssize_t n,
+                            const int32_t* taps, Py_ssize_t ntaps) noexcept nogil:
+    """Whole windows inside the plane ``xp``: ``y[k]`` is the max over ``xp[outs[k] + taps[t]]``, ``idx[k]``
+    the offset of its first maximum in tap order (a NaN beats any number, as in ``blk_max``). Tap by tap
+    over the plane's outputs, so that the loop vectorises (gathers) whatever the row width."""
+    if n > 0:
+        if real is float:
+            fc_maxwin_f(y, idx, xp, outs, n, taps, ntaps)
+        else:
+            fc_maxwin_d(y, idx, xp, outs, n, taps, ntaps)
 
 
 cdef inline void fill(real* y, real v, Py_ssize_t n) noexcept nogil:

@@ -8,6 +8,7 @@ same taps (average) or through the recorded flat indices (max).
 """
 from cython.parallel cimport parallel, prange, threadid
 from libc.math cimport INFINITY
+from libc.stdlib cimport free, malloc
 
 include "_loops.pxi"
 
@@ -25,14 +26,52 @@ cdef void divide(const real* src, const real* divisors, real* dst, Py_ssize_t co
         dst[k] = src[k] / divisors[k]
 
 
+cdef inline bint windows_inside(Geo* g) noexcept nogil:
+    """Whether every window lies inside the input (no padding reached, nothing past the edges)."""
+    return (g.pt == 0 and g.pl == 0 and (g.oh - 1) * g.sh + (g.kh - 1) * g.dh < g.h
+            and (g.ow - 1) * g.sw + (g.kw - 1) * g.dw < g.w)
+
+
+# Output planes up to this many pixels go window by window (through a table of offsets); larger ones tap
+# by tap. 2x2 stride-2 pooling, float32, 2 threads, ms (windows / taps): (128, 6, 28, 28) 0.12 / 0.73,
+# (64, 64, 14, 14) 0.17 / 2.15, (8, 64, 56, 56) 0.35 / 0.91, (16, 128, 56, 56) 3.6 / 4.2; with 56x56
+# outputs (3,136) (8, 64, 112, 112) 4.1 / 3.2, (8, 16, 112, 112) 0.35 / 0.37; (1, 64, 224, 224) 0.80 / 0.56.
+cdef enum:
+    WINDOW_TABLE_MAX = 2048
+
+
 def max_pool2d(const real[:, :, :, ::1] x, real[:, :, :, ::1] y, int64_t[:, :, :, ::1] idx, tuple geo):
+    """Max of every window and the flat index of its first maximum. Where every window lies inside the
+    input, window by window over a table of the windows' and the taps' offsets; else tap by tap over
+    blocks of outputs (no bounds tested per pixel either way)."""
     cdef Geo g = make_geo(geo)
     cdef Py_ssize_t p, i, j
     cdef Tap t
     cdef const real* xp
     cdef real* yp
     cdef int64_t* ip
+    cdef int32_t* outs
+    cdef int32_t* taps
     if y.size == 0:
+        return
+    if windows_inside(&g) and g.ohw <= WINDOW_TABLE_MAX and g.hw < 2 ** 31:
+        outs = <int32_t*>malloc(g.ohw * sizeof(int32_t))
+        taps = <int32_t*>malloc(g.kh * g.kw * sizeof(int32_t))
+        if outs == NULL or taps == NULL:
+            free(outs)
+            free(taps)
+            raise MemoryError()
+        for i in range(g.oh):
+            for j in range(g.ow):
+                outs[i * g.ow + j] = <int32_t>(i * g.sh * g.w + j * g.sw)
+        for i in range(g.kh):
+            for j in range(g.kw):
+                taps[i * g.kw + j] = <int32_t>(i * g.dh * g.w + j * g.dw)
+        for p in prange(g.n * g.c_in, nogil=True, schedule="static"):
+            blk_maxwin(&y[0, 0, 0, 0] + p * g.ohw, &idx[0, 0, 0, 0] + p * g.ohw, &x[0, 0, 0, 0] + p * g.hw,
+                       outs, g.ohw, taps, g.kh * g.kw)
+        free(outs)
+        free(taps)
         return
     for p in prange(g.n * g.c_in, nogil=True, schedule="static"):
         xp = &x[0, 0, 0, 0] + p * g.hw

@@ -65,6 +65,23 @@ def test_cross_entropy_is_nll_of_log_softmax(reduction):
                 lambda x, t: F.nll_loss(F.log_softmax(x, 1), t, reduction), [x, labels])
 
 
+@pytest.mark.parametrize("backend", ["auto", "numpy", "cython", "numba"])
+@pytest.mark.parametrize("window", [(2, 2, 0), (3, 1, 1), (3, 2, 0)])
+def test_relu_after_max_pooling_is_relu_before_it(backend, window):
+    """A max pool given a ReLU runs it on its output: the same values and gradients as the ReLU first,
+    where windows hold ties, only negatives, zeros of both signs, NaN and overlap; with return_indices
+    the ReLU runs first (indices of all-negative windows would differ)."""
+    k, s, p = window
+    x = np.round(_rand(2, 3, 9, 8) * 2) / 2  # many ties
+    x[0, 0, :4, :4] = -np.abs(x[0, 0, :4, :4]) - 1
+    x[0, 1, 2, 2], x[1, 0, 3, 3], x[1, 1, 0, 0] = np.nan, -0.0, 0.0
+    kw = dict(kernel_size=k, stride=s, padding=p, backend=backend)
+    assert_same(lambda x: F.max_pool2d(x, activation="relu", **kw), lambda x: F.max_pool2d(F.relu(x), **kw), [x])
+    _, fused = F.max_pool2d(fc.tensor(x), activation="relu", return_indices=True, **kw)
+    _, plain = F.max_pool2d(F.relu(fc.tensor(x)), return_indices=True, **kw)
+    np.testing.assert_array_equal(fused.numpy(), plain.numpy())
+
+
 def test_fused_layers_have_exact_gradients():
     rng = np.random.default_rng(4)
     x, w, b = rng.standard_normal((1, 2, 5, 4)), rng.standard_normal((3, 2, 2, 2)), rng.standard_normal(3)
@@ -76,7 +93,7 @@ def test_fused_layers_have_exact_gradients():
 
 def test_sequential_runs_activations_inside_their_neighbours():
     fc.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),   # conv takes the ReLU
+    model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),   # the max pool takes the ReLU
                           nn.Tanh(), nn.AvgPool2d(2),                                   # the pool takes the Tanh
                           nn.Flatten(), nn.Linear(6, 5), nn.Sigmoid(), nn.Linear(5, 2), nn.ReLU())
     calls = []
@@ -85,7 +102,7 @@ def test_sequential_runs_activations_inside_their_neighbours():
                           or type(m).forward(m, *a, **k))(module)
     x = _rand(2, 1, 8, 6)
     fused = _run(lambda x: model(x), [x])
-    assert calls == [("Conv2d", "relu"), ("MaxPool2d", None), ("AvgPool2d", "tanh"), ("Flatten", None),
+    assert calls == [("Conv2d", None), ("MaxPool2d", "relu"), ("AvgPool2d", "tanh"), ("Flatten", None),
                      ("Linear", "sigmoid"), ("Linear", "relu")]
     plain = _run(lambda x: _one_by_one(model, x), [x])
     for i, (a, b) in enumerate(zip(fused, plain)):

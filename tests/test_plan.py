@@ -100,19 +100,25 @@ def test_disjoint_windows_run_their_input_gradient_per_task():
     assert plan.plan("conv2d_grad_input", overlapping, np.float32).name == "cython:gemm"
 
 
-def test_max_pooling_of_many_planes_runs_on_numba_and_its_gradient_on_cython():
-    _need("numba", "cython")
-    many, few = shapes.pool_spec((128, 6, 28, 28), 2), shapes.pool_spec((2, 64, 56, 56), 2)
-    assert plan.plan("max_pool2d", many, np.float32).backend == "numba"
-    assert plan.plan("max_pool2d", few, np.float32).backend == "cython"
-    assert plan.plan("max_pool2d_grad", many, np.float32).backend == "cython"
-    x = np.random.default_rng(0).standard_normal((128, 6, 28, 28)).astype(np.float32)
-    xt = fc.tensor(x, requires_grad=True)
-    y, idx = F.max_pool2d(xt, 2, return_indices=True)  # Numba's indices feed Cython's scatter
-    y.sum().backward()
-    ref_y, ref_idx = F.max_pool2d(x, 2, return_indices=True, backend="numpy")
-    np.testing.assert_array_equal(idx.numpy(), ref_idx.numpy())
-    np.testing.assert_array_equal(xt.grad.numpy().sum(axis=(2, 3)), np.full((128, 6), 14 * 14, np.float32))
+def test_max_pooling_runs_on_cython_window_by_window_or_tap_by_tap():
+    """Cython's max pool reduces small output planes window by window and large ones tap by tap (see
+    ``_pool.pyx``); both agree with the reference, indices of ties included, and so does the gradient."""
+    _need("cython")
+    rng = np.random.default_rng(0)
+    for x_shape in [(128, 6, 28, 28), (2, 64, 56, 56), (1, 2, 100, 100)]:  # 196, 784, 2500 outputs per plane
+        spec = shapes.pool_spec(x_shape, 2)
+        assert plan.plan("max_pool2d", spec, np.float32).backend == "cython"
+        assert plan.plan("max_pool2d_grad", spec, np.float32).backend == "cython"
+        x = np.round(rng.standard_normal(x_shape) * 2).astype(np.float32)  # many ties
+        xt = fc.tensor(x, requires_grad=True)
+        y, idx = F.max_pool2d(xt, 2, return_indices=True)
+        y.sum().backward()
+        ref_y, ref_idx = F.max_pool2d(x, 2, return_indices=True, backend="numpy")
+        np.testing.assert_array_equal(y.numpy(), ref_y.numpy())
+        np.testing.assert_array_equal(idx.numpy(), ref_idx.numpy())
+        ones = np.zeros(x.size, np.float32)
+        ones[(idx.numpy() + np.arange(x_shape[0] * x_shape[1]).reshape(x_shape[:2] + (1, 1)) * x[0, 0].size).ravel()] = 1
+        np.testing.assert_array_equal(xt.grad.numpy().ravel(), ones)
 
 
 def test_thin_layers_run_the_direct_loops():

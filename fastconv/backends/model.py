@@ -33,11 +33,9 @@ from . import registry
 #: average pooling by a little.
 DEFAULT_PREFERENCE = ("cython", "numba", "numpy")
 PREFERENCE = {"avg_pool2d": ("numba", "cython", "numpy")}
-#: Max pooling over many planes runs faster on Numba's loops (2x2 windows, ms, Numba against Cython:
-#: (128, 6, 28, 28) 0.48 against 0.72, (128, 16, 10, 10) 0.26 against 0.51, (32, 128, 28, 28) 2.6 against
-#: 4.3); over few, Cython's ((2, 64, 56, 56): 0.27 against 0.12), and they tie between ((64, 6, 28, 28),
-#: (8, 64, 112, 112)). The gradient (a scatter) stays on Cython, which ties or wins everywhere.
-MAX_POOL_NUMBA_PLANES = 768
+#: (Max pooling: Cython's window-by-window kernel beats Numba's two passes on small and large maps, 2x2
+#: windows, ms, Cython against Numba: (128, 6, 28, 28) 0.14 against 0.51, (32, 128, 28, 28) 0.79 against
+#: 2.7, (2, 64, 56, 56) 0.11 against 0.29; (8, 64, 112, 112) 4.7 against 4.2 is within the run's noise.)
 #: Wide float64 GEMMs (>= 128 output channels per group over a reduction of >= 256) run faster on Numba's
 #: per-task GEMM path than on Cython's im2col + GEMM (resnet_s2 forward / input / weight gradient 9.3 / 9.5
 #: / 10.2 against 16.5 / 17.9 / 17.4, pointwise 17.0 / 8.7 / 11.4 against 19.1 / 14.0 / 16.0); in float32
@@ -139,8 +137,6 @@ def preference(op, spec, dtype):
             and spec.kh <= spec.stride[0] and spec.kw <= spec.stride[1] and registry.usable("numba")
             and numba_algorithm(op, spec, dtype)[0] == "per_task"):
         return DISJOINT_WINDOWS_PREFERENCE
-    if op == "max_pool2d" and spec is not None and spec.n * spec.c >= MAX_POOL_NUMBA_PLANES:
-        return ("numba", "cython", "numpy")
     if (op in registry.CONV_OPS and spec is not None and np.dtype(dtype) != np.float32
             and spec.c_out // spec.groups >= WIDE_GEMM_OUT
             and (spec.c_in // spec.groups) * spec.kh * spec.kw >= WIDE_GEMM_REDUCTION):

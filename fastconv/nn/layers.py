@@ -164,6 +164,12 @@ class _MaxPool(Module):
     op, dims = None, 2
     takes_activation = "before"  # Sequential runs a preceding ReLU/Tanh/Sigmoid inside it
 
+    @property
+    def relu_after(self):
+        """Whether a ReLU given to this pool runs on its output (fewer pixels, the same numbers: see
+        ``fastconv.fusion``), so that Sequential should give it one over the layer before."""
+        return not self.return_indices
+
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False,
                  backend="auto"):
         shapes.pool_args(kernel_size, stride, padding, dilation, self.dims)
@@ -317,7 +323,8 @@ class Sequential(Module):
     def forward(self, x):
         """Run the modules in order. An activation module right after a layer that takes it after
         (``takes_activation = "after"``: convolutions, linear) or right before one that takes it before
-        (pooling) runs inside that layer: one GPU launch where there were two, the same numbers."""
+        (pooling) runs inside that layer: one GPU launch where there were two, the same numbers. A ReLU
+        between a layer and a max pool goes to the pool, which runs it on its output (``relu_after``)."""
         modules = list(self.children())
         if not self.fuses:
             for module in modules:
@@ -325,9 +332,11 @@ class Sequential(Module):
             return x
         i = 0
         while i < len(modules):
-            first, second = modules[i], modules[i + 1] if i + 1 < len(modules) else None
+            first, second, third = (modules[i:i + 3] + [None, None])[:3]
             after, before = getattr(second, "activation", None), getattr(first, "activation", None)
-            if after and getattr(first, "takes_activation", None) == "after":
+            if after and getattr(third, "relu_after", False) and after == "relu":
+                x, i = third(first(x), activation=after), i + 3
+            elif after and getattr(first, "takes_activation", None) == "after":
                 x, i = first(x, activation=after), i + 2
             elif before and getattr(second, "takes_activation", None) == "before":
                 x, i = second(x, activation=before), i + 2
