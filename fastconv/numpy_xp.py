@@ -48,7 +48,7 @@ def activation_grad(g, y, act):
 
 def linear(x, w, b=None, act=None):
     """``act(x @ w.T + b)`` for ``x (M, K)``, ``w (N, K)``."""
-    y = _matmul(x, w.T)
+    y = gemm(x, w.T)
     if b is not None:
         y += b
     return activation(y, act)
@@ -58,13 +58,13 @@ def linear_grad(g, x, w, y, act=None, need=(True, True, True)):
     """Gradients ``(gx, gw, gb)`` of :func:`linear` given its output ``y`` (None where ``need`` says no)."""
     need_x, need_w, need_b = need
     g = activation_grad(g, y, act)
-    gx = _matmul(g, w) if need_x else None
-    gw = _matmul(g.T, x) if need_w else None
+    gx = gemm(g, w) if need_x else None
+    gw = gemm(g.T, x) if need_w else None
     gb = np.sum(g, axis=0) if need_b else None
     return gx, gw, gb
 
 
-def _matmul(a, b):
+def gemm(a, b):
     """``a @ b`` for 2-D ``a``, ``b``, small products on one BLAS thread (``SMALL_GEMM``)."""
     if a.shape[0] * a.shape[1] * b.shape[1] > SMALL_GEMM:
         return np.matmul(a, b)

@@ -447,3 +447,25 @@ def test_blocked_forward_task_plans(plan):
     y = np.full(spec.y_shape, np.nan, np.float32)
     assert cy._blocked.conv2d(x, None, packed, False, False, None, y, scratch, geo, rows, chunk, threads) == 0
     assert_close(y, ref.conv2d(x, w, None, spec), np.float32, f"rows {rows} chunk {chunk}")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_window_over_the_whole_input_is_one_product(dtype):
+    """The GEMM path's shortcut for a convolution whose one window is its input (LeNet-5's C5): every
+    pass equals the reference; with padding, groups or a smaller kernel the shortcut must not apply."""
+    cython_cpu = backend_or_skip("cython")
+    rng = np.random.default_rng(0)
+    cases = [((6, 4, 5, 5), (7, 4, 5, 5), {}), ((3, 2, 4, 6), (5, 2, 4, 6), {"stride": 2}),
+             ((3, 4, 5, 5), (6, 2, 5, 5), {"groups": 2}), ((3, 2, 3, 3), (4, 2, 3, 3), {"padding": 1}),
+             ((3, 2, 5, 5), (4, 2, 3, 3), {})]
+    for x_shape, w_shape, kw in cases:
+        spec = shapes.conv_spec(x_shape, w_shape, (w_shape[0],), **kw)
+        assert cython_cpu._whole_input(spec) == ((not kw or kw == {"stride": 2}) and w_shape[2:] == x_shape[2:])
+        x, w, b = (rng.standard_normal(s).astype(dtype) for s in (x_shape, w_shape, (w_shape[0],)))
+        gy = rng.standard_normal(spec.y_shape).astype(dtype)
+        tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(cython_cpu.conv2d(x, w, b, spec, "gemm"), ref.conv2d(x, w, b, spec), **tol)
+        np.testing.assert_allclose(cython_cpu.conv2d_grad_input(gy, w, spec, "gemm"),
+                                   ref.conv2d_grad_input(gy, w, spec), **tol)
+        np.testing.assert_allclose(cython_cpu.conv2d_grad_weight(gy, x, spec, "gemm"),
+                                   ref.conv2d_grad_weight(gy, x, spec), **tol)

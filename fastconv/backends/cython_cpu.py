@@ -8,7 +8,8 @@ see ``model.cython_algorithm`` for where each wins):
   unfolding the input. A stride-1 tap is one long vector operation over a zero-padded copy of the plane;
 - ``"gemm"``: im2col of a tile of outputs at a time (rows of a large plane, or several small planes)
   into a per-thread workspace that stays in cache, then BLAS ``?gemm`` (``_cy._im2col``); a 1x1,
-  stride-1, unpadded convolution multiplies the input planes directly;
+  stride-1, unpadded convolution multiplies the input planes directly, and one whose single window is
+  the whole input (LeNet-5's C5) is one product of the flattened batch (:func:`_whole_input`);
 - ``"blocked"`` (float32): register-blocked direct convolution (``_cy._blocked``): a tile of a few
   output pixels by one or two vectors of output channels stays in registers through the whole
   reduction, reading the input in place, so nothing is unfolded. It runs forward passes, weight
@@ -34,6 +35,7 @@ import threading
 import numpy as np
 
 from .. import runtime
+from ..numpy_xp import gemm
 from .._cy import not_built
 from ..shapes import adjoint_spec
 from .workspaces import clear_workspaces, workspace  # noqa: F401 (part of this module's API)
@@ -250,9 +252,22 @@ def _blocked_conv2d(x, w, b, y, spec, adjoint=None):
 
 
 # ----------------------------------------------------------------------------- convolution
+def _whole_input(spec):
+    """Whether the convolution's one window is its whole input (no padding, no groups): its column matrix
+    is then the input itself, ``(N, C*H*W)``, and each pass one product (a fully connected layer; LeNet-5's
+    C5 at batch 128, forward / input / weight gradient: 0.10 ms each against 0.19 through im2col)."""
+    return (spec.groups == 1 and spec.oh == spec.ow == 1 and spec.kh == spec.h and spec.kw == spec.w
+            and spec.dilation == (1, 1) and spec.padding[0] == spec.padding[2] == 0)
+
+
 def conv2d(x, w, b, spec, algorithm):
-    y = np.empty(spec.y_shape, x.dtype)
     b = None if b is None else np.ascontiguousarray(b, x.dtype)
+    if algorithm == "gemm" and _whole_input(spec):
+        y = gemm(x.reshape(spec.n, -1), w.reshape(spec.c_out, -1).T)
+        if b is not None:
+            y += b
+        return y.reshape(spec.y_shape)
+    y = np.empty(spec.y_shape, x.dtype)
     if algorithm == "blocked":
         return _blocked_conv2d(x, w, b, y, spec)
     if algorithm == "direct":
@@ -266,6 +281,8 @@ def conv2d(x, w, b, spec, algorithm):
 
 
 def conv2d_grad_input(gy, w, spec, algorithm):
+    if algorithm == "gemm" and _whole_input(spec):
+        return gemm(gy.reshape(spec.n, spec.c_out), w.reshape(spec.c_out, -1)).reshape(spec.x_shape)
     gx = np.empty(spec.x_shape, gy.dtype)
     if algorithm == "blocked":
         return _blocked_conv2d(gy, w, None, gx, adjoint_spec(spec), adjoint=spec)
@@ -328,6 +345,8 @@ def _blocked_grad_weight(gy, x, spec):
 def conv2d_grad_weight(gy, x, spec, algorithm):
     if algorithm == "blocked":
         return _blocked_grad_weight(gy, x, spec)
+    if algorithm == "gemm" and _whole_input(spec):
+        return gemm(gy.reshape(spec.n, spec.c_out).T, x.reshape(spec.n, -1)).reshape(spec.w_shape)
     if algorithm == "direct":
         gw = np.empty(spec.w_shape, gy.dtype)
         acc = workspace("tap_sums", (num_threads(), spec.kh * spec.kw), np.float64)
