@@ -221,7 +221,7 @@ def tune_heap():
     global _heap
     if _heap is not None:
         return _heap
-    chosen = [name for name in _USER_HEAP if name in os.environ]
+    chosen = [name for name in _USER_HEAP if name in _startup_environment()]
     if chosen:
         _heap = f"malloc as the environment sets it ({', '.join(chosen)})"
         return _heap
@@ -238,6 +238,17 @@ def tune_heap():
     else:
         _heap = "glibc malloc's default (mallopt refused)"
     return _heap
+
+
+def _startup_environment():
+    """The names of the environment this process started with, which glibc read (``/proc/self/environ``;
+    libraries set variables later for their child processes: dask.distributed sets
+    ``MALLOC_TRIM_THRESHOLD_``), else ``os.environ``'s."""
+    try:
+        with open("/proc/self/environ", "rb") as f:
+            return {item.split(b"=", 1)[0].decode(errors="replace") for item in f.read().split(b"\0") if item}
+    except OSError:
+        return set(os.environ)
 
 
 def heap_policy():

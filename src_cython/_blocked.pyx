@@ -4,7 +4,8 @@ gradient.
 
 The micro-kernel in ``blocked_conv.h`` keeps a tile of outputs (up to 14 pixels of one row by 16
 output channels with AVX-512, 6 by 16 with AVX2) in vector registers while it runs the whole reduction,
-so no column matrix is built and each weight is loaded once per tile. Here: the weights are packed per
+so no column matrix is built and each weight is loaded once per tile; layers with at most 8 output
+channels per group turn the tile (pixels in the lanes, channels in registers: ``pixel_tiles``). Here: the weights are packed per
 block of output channels (and checked against the caller's weights on every call, in the same parallel
 region), and the work is cut into tasks (one sample, a band of output rows, a chunk of channel blocks)
 run in parallel over OpenMP; a task runs each block of its chunk over every row of its band, so the
@@ -49,6 +50,10 @@ cdef extern from "blocked_conv.h" nogil:
     int fc_tile_width(Py_ssize_t n)
     int fc_pack_block(const float* src, Py_ssize_t so, int runs, Py_ssize_t srun, int len, int rev, int nc,
                       int width, float* out, int fresh)
+    int FC_PIX_MAX_NC
+    int fc_ptile_rows(int nc)
+    void fc_ptile_any(const float* x, const Py_ssize_t* taps, int ntaps, Py_ssize_t xr, const float* w, int nc,
+                      int nr, int npix, float* y, Py_ssize_t yc, Py_ssize_t yr, const float* bias)
 
 
 def isa():
@@ -64,6 +69,12 @@ def tile_shape():
 cdef inline int vectors(Py_ssize_t cog) noexcept nogil:
     """Vectors per weight block for ``cog`` output channels per group."""
     return 1 if cog <= FC_LANES else FC_MAX_NV
+
+
+def runs_pixel_tiles(tuple geo):
+    """Whether the forward pass of ``geo`` runs the tile of pixel vectors (few output channels)."""
+    cdef Geo g = make_geo(geo)
+    return pixel_tiles(&g)
 
 
 def address(cnp.ndarray a not None):
@@ -123,6 +134,18 @@ cdef inline bint padded(Geo* g) noexcept nogil:
             or (g.ow - 1) * g.sw + (g.kw - 1) * g.dw >= g.w)
 
 
+cdef inline bint pixel_tiles(Geo* g) noexcept nogil:
+    """Whether the forward pass runs the tile of pixel vectors (``fc_ptile``): few output channels per
+    group, stride 1, and more pixels to a row's vector than channels (else the channel tile wastes fewer
+    lanes). Its tasks always copy their band (with slack for the vectors' tails)."""
+    return g.cog <= FC_PIX_MAX_NC and g.sw == 1 and min(g.ow, FC_LANES) > g.cog
+
+
+cdef inline bint copies(Geo* g) noexcept nogil:
+    """Whether forward tasks read a zero-padded copy of their band rather than the input."""
+    return padded(g) or pixel_tiles(g)
+
+
 cdef inline Py_ssize_t band_rows(Geo* g, Py_ssize_t rows) noexcept nogil:
     """Input rows a band of ``rows`` output rows reads."""
     return (rows - 1) * g.sh + (g.kh - 1) * g.dh + 1
@@ -132,10 +155,10 @@ cdef inline Py_ssize_t band_width(Geo* g) noexcept nogil:
     return (g.ow - 1) * g.sw + (g.kw - 1) * g.dw + 1
 
 
-cdef (Py_ssize_t, Py_ssize_t) strides(Geo* g, Py_ssize_t rows) noexcept nogil:
-    """Channel and row strides of the input the kernels read: the padded copy of bands of ``rows``
-    output rows, or the input itself."""
-    if padded(g):
+cdef (Py_ssize_t, Py_ssize_t) strides(Geo* g, Py_ssize_t rows, bint copy) noexcept nogil:
+    """Channel and row strides of the input the kernels read: with ``copy`` the padded copy of bands of
+    ``rows`` output rows, else the input itself."""
+    if copy:
         return band_rows(g, rows) * band_width(g), band_width(g)
     return g.hw, g.w
 
@@ -155,9 +178,12 @@ cdef Py_ssize_t* tap_offsets(Geo* g, Py_ssize_t xc, Py_ssize_t xr, bint rows) no
 
 
 def scratch_size(tuple geo, Py_ssize_t rows):
-    """Elements of scratch per thread for bands of ``rows`` output rows (0 when nothing is padded)."""
+    """Elements of scratch per thread for bands of ``rows`` output rows (0 when nothing is copied), with
+    one vector of slack after a band of pixel tiles."""
     cdef Geo g = make_geo(geo)
-    return g.cig * band_rows(&g, rows) * band_width(&g) if padded(&g) else 0
+    if not copies(&g):
+        return 0
+    return g.cig * band_rows(&g, rows) * band_width(&g) + (FC_LANES if pixel_tiles(&g) else 0)
 
 
 cdef void copy_band(const float* x, float* buf, Geo* g, Py_ssize_t n, Py_ssize_t grp, Py_ssize_t r0,
@@ -186,8 +212,26 @@ cdef void conv_task(const float* x, const float* wp, const float* b, float* y, f
     ``grp``: each block's weights stay in cache while it runs every row of the band."""
     cdef int nv = vectors(g.cog)
     cdef Py_ssize_t width = FC_LANES * nv, blocks = (g.cog + width - 1) // width, blk, r, oc
+    cdef Py_ssize_t o0, nr, npix
     cdef fc_src s
     cdef const float* base
+    if pixel_tiles(g):
+        copy_band(x, buf, g, n, grp, r0, rows, xc)
+        for blk in range(blk0, blk1):
+            oc = grp * g.cog + blk * width
+            r = 0
+            while r < rows:
+                nr = min(fc_ptile_rows(<int>g.cog), rows - r)
+                o0 = 0
+                while o0 < g.ow:
+                    npix = min(FC_LANES, g.ow - o0)
+                    fc_ptile_any(buf + r * g.sh * xr + o0, taps, <int>g.taps, g.sh * xr,
+                                 wp + (grp * blocks + blk) * g.taps * width, <int>g.cog, <int>nr, <int>npix,
+                                 y + ((n * g.c_out + oc) * g.oh + r0 + r) * g.ow + o0, g.ohw, g.ow,
+                                 b + oc if b != NULL else NULL)
+                    o0 += npix
+                r += nr
+        return
     s.taps, s.sw, s.cols, s.ekw, s.edw = taps, g.sw, NULL, 1, 0
     if FC_ROW_SHAPE(g.sw, g.kw, g.dw):
         s.ntaps, s.kw, s.dw = g.cig * g.kh, g.kw, g.dw
@@ -225,8 +269,8 @@ def conv2d(const float[:, :, :, ::1] x, const float[:, :, :, ::1] w, float[::1] 
         packs = g.groups * blocks
     if b is not None:
         bp = &b[0]
-    xc, xr = strides(&g, rows)
-    taps = tap_offsets(&g, xc, xr, FC_ROW_SHAPE(g.sw, g.kw, g.dw))
+    xc, xr = strides(&g, rows, copies(&g))
+    taps = tap_offsets(&g, xc, xr, FC_ROW_SHAPE(g.sw, g.kw, g.dw) and not pixel_tiles(&g))
     if taps == NULL:
         raise MemoryError()
     if y.size == 0:
@@ -318,7 +362,7 @@ def grad_weight(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x, float
     if gy.size == 0 or x.size == 0 or g.taps == 0:
         out[...] = 0
         return
-    xc, xr = strides(&g, g.oh)
+    xc, xr = strides(&g, g.oh, padded(&g))
     taps = tap_offsets(&g, xc, xr, row_tiles(&g))
     rows = <Py_ssize_t*>malloc(g.oh * sizeof(Py_ssize_t))
     if taps == NULL or rows == NULL:

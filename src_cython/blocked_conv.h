@@ -312,6 +312,72 @@ static void fc_conv_row(const fc_src *s, const float *w, int nv, int ow, float *
         fc_tile_any(&t, w, ow - o0 < nj ? ow - o0 : nj, nv, &d);
 }
 
+/* The tile for few output channels (at most FC_PIX_MAX_NC): nr output rows of FC_LANES consecutive
+ * pixels (npix of them valid) by nc channels, the pixels in the vector lanes. Each tap loads one input
+ * vector per row (x + taps[t] + r*xr) and broadcasts one weight per channel (the first nc of the tap's
+ * FC_LANES packed weights), so no lane holds a missing channel. Stride 1 only; the input must stay
+ * readable FC_LANES - npix floats past each vector (a padded band with slack). */
+#if FC_LANES == 16
+#define FC_PIX_MAX_ACC 24  /* 32 registers: 24 accumulators, 3 input vectors, 1 broadcast */
+#else
+#define FC_PIX_MAX_ACC 12
+#endif
+#define FC_PIX_MAX_NC 8
+#define FC_PIX_MAX_NR 3
+static inline __attribute__((always_inline)) void fc_ptile(const float *x, const ptrdiff_t *taps, int ntaps,
+                                                           ptrdiff_t xr, const float *w, int nc, int nr, int npix,
+                                                           float *y, ptrdiff_t yc, ptrdiff_t yr,
+                                                           const float *bias)
+{
+    fc_vec acc[FC_PIX_MAX_NR][FC_PIX_MAX_NC], v[FC_PIX_MAX_NR];
+    for (int r = 0; r < nr; r++)
+        for (int c = 0; c < nc; c++)
+            acc[r][c] = (fc_vec){0};
+    for (int t = 0; t < ntaps; t++, w += FC_LANES) {
+        for (int r = 0; r < nr; r++)
+            v[r] = *(const fc_uvec *)(x + taps[t] + r * xr);
+        for (int c = 0; c < nc; c++) {
+            fc_vec b = (fc_vec){0} + w[c];
+            for (int r = 0; r < nr; r++)
+                acc[r][c] += v[r] * b;
+        }
+    }
+    for (int r = 0; r < nr; r++)
+        for (int c = 0; c < nc; c++) {
+            fc_vec out = acc[r][c] + (bias ? bias[c] : 0.0f);
+            float *dst = y + c * yc + r * yr;
+#if defined(__AVX512F__)
+            _mm512_mask_storeu_ps(dst, (__mmask16)((1u << npix) - 1), (__m512)out);
+#else
+            if (npix == FC_LANES)
+                *(fc_uvec *)dst = out;
+            else
+                memcpy(dst, &out, sizeof(float) * npix);
+#endif
+        }
+}
+
+/* Rows that fit beside nc channels' accumulators. */
+static inline int fc_ptile_rows(int nc)
+{
+    int nr = FC_PIX_MAX_ACC / nc;
+    return nr < FC_PIX_MAX_NR ? nr : FC_PIX_MAX_NR;
+}
+
+#define FC_PCASE(NC) case NC:                                                                          \
+    switch (nr) {                                                                                      \
+    case 1: fc_ptile(x, taps, ntaps, xr, w, NC, 1, npix, y, yc, yr, bias); return;                     \
+    case 2: if (2 * NC <= FC_PIX_MAX_ACC) fc_ptile(x, taps, ntaps, xr, w, NC, 2, npix, y, yc, yr, bias); return; \
+    case 3: if (3 * NC <= FC_PIX_MAX_ACC) fc_ptile(x, taps, ntaps, xr, w, NC, 3, npix, y, yc, yr, bias); return; \
+    } return;
+
+/* fc_ptile specialised for each nc <= FC_PIX_MAX_NC and nr <= fc_ptile_rows(nc). */
+static void fc_ptile_any(const float *x, const ptrdiff_t *taps, int ntaps, ptrdiff_t xr, const float *w, int nc,
+                         int nr, int npix, float *y, ptrdiff_t yc, ptrdiff_t yr, const float *bias)
+{
+    switch (nc) { FC_PCASE(1) FC_PCASE(2) FC_PCASE(3) FC_PCASE(4) FC_PCASE(5) FC_PCASE(6) FC_PCASE(7) FC_PCASE(8) }
+}
+
 /* Packs one block of weights in the order the tile reads them, or checks that it is packed: row
  * t = run*len + k of out holds, in lane l < nc, src[l*so + run*srun + (rev ? len-1-k : k)] (zero for
  * lanes past nc). Each source row is a run of consecutive taps, so AVX-512 moves 16 x 16 pieces with one

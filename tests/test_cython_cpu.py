@@ -149,8 +149,8 @@ def test_where_blocked_runs():
         return [model.cython_algorithm(op, s, np.float32)[0] for s in specs]
     assert algorithms("conv2d", c1, c3, c5, vgg, strided, small, pointwise, depthwise, one_channel, tiny) == \
         ["blocked", "blocked", "gemm", "blocked", "blocked", "blocked", "blocked", "direct", "gemm", "blocked"]
-    assert algorithms("conv2d_grad_input", c3, c5, vgg, strided, small, pointwise) == \
-        ["gemm", "gemm", "blocked", "gemm", "blocked", "blocked"]
+    assert algorithms("conv2d_grad_input", c3, c5, vgg, strided, small, pointwise, depthwise) == \
+        ["blocked", "gemm", "blocked", "gemm", "blocked", "blocked", "direct"]  # C3: pixel tiles
     assert algorithms("conv2d_grad_weight", c3, c5, vgg, strided, small, pointwise) == \
         ["blocked", "gemm", "blocked", "blocked", "blocked", "blocked"]
     assert [model.cython_algorithm("conv2d", s, np.float64)[0] for s in (c3, vgg, pointwise)] == ["gemm"] * 3

@@ -125,7 +125,8 @@ def test_thin_layers_run_the_direct_loops():
     _need("cython")
     thin = shapes.conv_spec((64, 4, 28, 28), (2, 4, 3, 3), padding=1)      # 8 channel pairs, 3x3
     taps3 = shapes.conv_spec((100, 1, 40), (15, 1, 3), stride=2, dims=1)    # 15 pairs, but 3 taps
-    assert plan.plan("conv2d", thin, np.float32).name == "cython:direct"
+    assert plan.plan("conv2d", thin, np.float64).name == "cython:direct"
+    assert plan.plan("conv2d", thin, np.float32).name == "cython:blocked"  # its tile of pixel vectors
     assert plan.plan("conv2d_grad_weight", thin, np.float64).name == "cython:direct"
     assert plan.plan("conv2d_grad_input", thin, np.float64).name == "cython:gemm"
     assert plan.plan("conv2d", taps3, np.float64).name == "cython:gemm"

@@ -128,12 +128,16 @@ print(json.dumps({"policy": runtime.heap_policy(),
 
 @pytest.mark.skipif(not LINUX or not (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc"),
                     reason="glibc malloc")
-def test_the_heap_keeps_arrays_that_a_step_frees_and_allocates_again(tmp_path):
+def test_the_heap_keeps_arrays_that_a_step_frees_and_allocates_again(tmp_path, monkeypatch):
+    for name in runtime._USER_HEAP:  # dask.distributed, imported by other tests, sets one for its workers
+        monkeypatch.delenv(name, raising=False)
     facts = json.loads(_python(HEAP, tmp_path).stdout)
     assert "fastconv's choice" in facts["policy"]
     assert facts["faults"] < 600, facts  # one array's pages: fresh pages every time would be ~60,000
     user = json.loads(_python(HEAP, tmp_path, {"MALLOC_TRIM_THRESHOLD_": "131072"}).stdout)
     assert "environment" in user["policy"] and "MALLOC_TRIM_THRESHOLD_" in user["policy"]
+    late = json.loads(_python("import os; os.environ['MALLOC_TRIM_THRESHOLD_'] = '65536'\n" + HEAP, tmp_path).stdout)
+    assert "fastconv's choice" in late["policy"]  # set after start: glibc never read it
 
 
 def test_spin_count_is_short_where_other_tasks_want_the_cores():

@@ -105,6 +105,14 @@ def supports(op, spec, dtype, algorithm):
     return op != "conv2d_grad_input" or adjoint_spec(spec) is not None
 
 
+def pixel_tiles(op, spec):
+    """Whether the blocked kernel runs ``op`` (forward pass or input gradient) on ``spec`` with its tile of
+    pixel vectors, made for few channels (the input gradient: the adjoint's few output channels)."""
+    if op == "conv2d_grad_input":
+        spec = adjoint_spec(spec)
+    return spec is not None and _blocked.runs_pixel_tiles(spec.geometry())
+
+
 #: Seconds per multiply-add of the convolution kernels on one core (the cost model's constant; only its
 #: ratio to the FFT's constants matters).
 SECONDS_PER_MAC = 6e-11

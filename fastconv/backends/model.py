@@ -62,6 +62,7 @@ SEPARABLE_MAX_PAIRS = 16
 #: Below these Cython's register-blocked kernel loses to its GEMM path (see :func:`cython_algorithm`).
 BLOCKED_MIN_CHANNELS = 4     # output channels per group of the tile (forward pass and weight gradient)
 BLOCKED_MIN_INPUT_CHANNELS = 8  # input channels per group (the input gradient's tile)
+# (neither applies where the tile of pixel vectors runs instead: see :func:`cython_algorithm`)
 BLOCKED_MAX_PADDING = 0.9    # share of the adjoint's input that is padding (input gradient)
 BLOCKED_MIN_TAPS = 16        # reduction length of a forward tile (input channels per group x kernel taps)
 #: Cython's direct loops, where the register-blocked kernel does not run, for at most this many channel
@@ -174,7 +175,9 @@ def cython_algorithm(op, spec, dtype):
     input gradient at stride 1) and was measured faster (2 threads, ms, blocked against GEMM):
 
     - forward passes with 4 or more output channels per group (4 channels from 3 by 5x5 at batch 64:
-      0.30 against 0.91; LeNet's C1, 6: 0.15 against 0.35), pointwise and strided too (pointwise 3.0
+      0.30 against 0.91), or fewer where its tile of pixel vectors runs (stride 1, more pixels to a row
+      than channels: 2 channels from 3 by 3x3 at batch 64, 0.043 against direct 0.095; LeNet's C1, 6:
+      0.056 against direct 0.21), pointwise and strided too (pointwise 3.0
       against 5.1, resnet_s2 2.1 against 5.4, AlexNet's conv1 (11x11, stride 4) 3.2 against 7.2), the
       smallest too (MNIST-1D's third layer, 0.5 MFLOP: 0.014 against 0.024), except one-pixel outputs
       (LeNet's C5: 0.13 against 0.11) and reductions of fewer than 16 taps (MNIST-1D's first layer, one
@@ -182,8 +185,10 @@ def cython_algorithm(op, spec, dtype):
     - weight gradients with 4 or more output channels per group (the same 4-channel layer 0.32 against
       0.97; pointwise 2.6 against 4.9, resnet_s2 3.3 against 5.3; 4x4 outputs 0.21 against 0.54, MNIST-1D's
       first layer 0.02 against 0.03), except one-pixel outputs (LeNet's C5: 0.53 against 0.13);
-    - input gradients with 8 or more input channels per group (lenet_c3's 6: 0.36 against 0.33; odd's
-      37: 1.2 against 2.5; pointwise 2.8 against 3.9) whose adjoint reads at most 90% padding (4x4
+    - input gradients with 8 or more input channels per group (odd's 37: 1.2 against 2.5; pointwise 2.8
+      against 3.9), or fewer where the adjoint runs the tile of pixel vectors (LeNet's C3, 6, at batch
+      128: 0.35 against 0.61; 2 at 28x28: 0.19 against 0.32) and sums at least 16 taps per output
+      (depthwise 3x3: direct 1.0 against 1.7), whose adjoint reads at most 90% padding (4x4
       outputs padded to 12x12, 89%: 0.30 against 0.45; LeNet's C5, 1x1 padded to 9x9: 0.58 against 0.11).
 
     Elsewhere the direct loops for thin GEMMs (:func:`direct_wins`) and im2col + GEMM for the rest.
@@ -191,12 +196,15 @@ def cython_algorithm(op, spec, dtype):
     cig, cog = spec.c_in // spec.groups, spec.c_out // spec.groups
     pixels = spec.oh * spec.ow
     losing = {  # the first measured limit of the register-blocked kernel this pass is outside of, if any
-        "conv2d": [(cog < BLOCKED_MIN_CHANNELS, f"{cog} < {BLOCKED_MIN_CHANNELS} output channels per group"),
+        "conv2d": [(cog < BLOCKED_MIN_CHANNELS and not pixels_in_lanes(op, spec),
+                    f"{cog} < {BLOCKED_MIN_CHANNELS} output channels per group"),
                    (pixels == 1, "one output pixel"),
                    (cig * spec.kh * spec.kw < BLOCKED_MIN_TAPS,
                     f"{cig * spec.kh * spec.kw} < {BLOCKED_MIN_TAPS} taps per output")],
-        "conv2d_grad_input": [(cig < BLOCKED_MIN_INPUT_CHANNELS,
+        "conv2d_grad_input": [(cig < BLOCKED_MIN_INPUT_CHANNELS and not pixels_in_lanes(op, spec),
                                f"{cig} < {BLOCKED_MIN_INPUT_CHANNELS} input channels per group"),
+                              (cog * spec.kh * spec.kw < BLOCKED_MIN_TAPS,
+                               f"{cog * spec.kh * spec.kw} < {BLOCKED_MIN_TAPS} taps per output of the adjoint"),
                               (shapes.adjoint_padding(spec) > BLOCKED_MAX_PADDING,
                                f"the adjoint reads {shapes.adjoint_padding(spec):.0%} > "
                                f"{BLOCKED_MAX_PADDING:.0%} padding")],
@@ -215,6 +223,12 @@ def cython_algorithm(op, spec, dtype):
     if pairs:
         return "direct", f"cython:direct: {why}; at most {pairs} channel pairs per group"
     return "gemm", f"cython:gemm: {why}"
+
+
+def pixels_in_lanes(op, spec):
+    """Whether Cython's blocked kernel would run ``op`` on ``spec`` with its tile of pixel vectors."""
+    cython = registry.usable("cython")
+    return cython is not None and cython.pixel_tiles(op, spec)
 
 
 def direct_wins(op, spec):
