@@ -242,11 +242,12 @@ static void fc_tile_any(const fc_src *s, const float *w, int nj, int nv, const f
 }
 
 #if defined(__AVX512F__) && (defined(__GNUC__) || defined(__clang__))
-/* The weight gradient's tile for nr kernel rows of 3 taps (dilation 1) at stride 1, one vector of
- * channels: element (k, e) of output pixel j reads x + taps[r] + cols[k] + j + e. Consecutive pixels
- * share two of a kernel row's three inputs, so each pixel broadcasts one new input per kernel row (and
- * loads one vector of output gradient) for 3 * nr multiply-adds. */
-static inline __attribute__((always_inline)) void fc_wgrad3(const fc_src *s, const float *w, int nr,
+/* The weight gradient's tile for nr kernel rows of 3 taps (dilation 1) at stride st (1 or 2), one vector
+ * of channels: element (k, e) of output pixel j reads x + taps[r] + cols[k] + st*j + e. Consecutive
+ * pixels share inputs (two of a kernel row's three at stride 1, one at stride 2), so each pixel
+ * broadcasts st new inputs per kernel row (and loads one vector of output gradient) for 3 * nr
+ * multiply-adds. */
+static inline __attribute__((always_inline)) void fc_wgrad3(const fc_src *s, const float *w, int nr, int st,
                                                             const fc_dst *d)
 {
     fc_vec acc[FC_MAX_NJ][FC_MAX_NV], b[4][3];
@@ -257,32 +258,45 @@ static inline __attribute__((always_inline)) void fc_wgrad3(const fc_src *s, con
         for (int k = 0; k < nr; k++) {
             q[k] = p + s->cols[k];
             b[k][0] = (fc_vec){0} + q[k][0];
-            b[k][1] = (fc_vec){0} + q[k][1];
+            if (st == 1)
+                b[k][1] = (fc_vec){0} + q[k][1];
         }
         for (int j = 0, ow = s->kw; j < ow; j++, w += FC_LANES) {
             fc_vec g = *(const fc_uvec *)w;
             for (int k = 0; k < nr; k++) {
-                b[k][2] = (fc_vec){0} + q[k][j + 2];
+                if (st == 2)
+                    b[k][1] = (fc_vec){0} + q[k][2 * j + 1];
+                b[k][2] = (fc_vec){0} + q[k][st * j + 2];
                 for (int e = 0; e < 3; e++)
                     acc[3 * k + e][0] += b[k][e] * g;
-                b[k][0] = b[k][1];
-                b[k][1] = b[k][2];
+                b[k][0] = st == 1 ? b[k][1] : b[k][2];
+                if (st == 1)
+                    b[k][1] = b[k][2];
             }
         }
     }
     fc_store(acc, 3 * nr, 1, d);
 }
 
-/* fc_wgrad3 for 1 to 4 kernel rows; returns 0 where it does not apply (then use fc_tile_any). */
+/* fc_wgrad3 for 1 to 4 kernel rows at stride 1 or 2 (the tile's pixel spacing s->dw); returns 0 where it
+ * does not apply (then use fc_tile_any). */
 static int fc_wgrad3_any(const fc_src *s, const float *w, int nr, int nv, const fc_dst *d)
 {
-    if (nv != 1 || s->ekw != 3 || s->edw != 1 || s->dw != 1)
+    if (nv != 1 || s->ekw != 3 || s->edw != 1 || (s->dw != 1 && s->dw != 2) || nr < 1 || nr > 4)
         return 0;
+    if (s->dw == 1) {
+        switch (nr) {
+        case 1: fc_wgrad3(s, w, 1, 1, d); return 1;
+        case 2: fc_wgrad3(s, w, 2, 1, d); return 1;
+        case 3: fc_wgrad3(s, w, 3, 1, d); return 1;
+        case 4: fc_wgrad3(s, w, 4, 1, d); return 1;
+        }
+    }
     switch (nr) {
-    case 1: fc_wgrad3(s, w, 1, d); return 1;
-    case 2: fc_wgrad3(s, w, 2, d); return 1;
-    case 3: fc_wgrad3(s, w, 3, d); return 1;
-    case 4: fc_wgrad3(s, w, 4, d); return 1;
+    case 1: fc_wgrad3(s, w, 1, 2, d); return 1;
+    case 2: fc_wgrad3(s, w, 2, 2, d); return 1;
+    case 3: fc_wgrad3(s, w, 3, 2, d); return 1;
+    case 4: fc_wgrad3(s, w, 4, 2, d); return 1;
     }
     return 0;
 }
