@@ -36,6 +36,8 @@ def bias_grad(xp, g4):
     planes = 1
     for size in g4.shape[2:]:  # explicit sizes: reshape with -1 fails for an empty batch
         planes *= size
+    if n == 1:  # nothing to add over the batch (a sum over it would copy the whole gradient)
+        return xp.sum(g4.reshape(c, planes), axis=1)
     return xp.sum(xp.sum(g4.reshape(n, c, planes), axis=0), axis=1)
 
 
