@@ -503,6 +503,59 @@ def adjoint_spec(spec):
                     (1, 1), (pt, pb, pl, pr), spec.dilation, spec.groups, spec.dims)
 
 
+@dataclass(frozen=True)
+class Phase:
+    """One phase of a strided convolution's input gradient: the input pixels ``(ph + a*sh, pw + b*sw)``,
+    ``a < rows``, ``b < cols``, are the stride-1 convolution ``spec`` (``rows x cols`` outputs at least) of
+    the output gradient with the kernel taps ``kh_taps x kw_taps`` (slices of the kernel, reversed:
+    ``w[:, :, kh_taps, kw_taps]``, in and out channels swapped), the only taps that reach them."""
+    ph: int
+    pw: int
+    rows: int
+    cols: int
+    kh_taps: slice
+    kw_taps: slice
+    spec: "ConvSpec | None"  # None: no tap reaches these pixels (their gradient is zero)
+
+
+def _phase_taps(p, pad, k, s, d):
+    """``(taps, first offset)``: the kernel taps of one axis that reach input phase ``p`` (in reverse
+    order) and the output offset the first of them reads, or None where none does."""
+    taps = [t for t in range(k - 1, -1, -1) if (p + pad - t * d) % s == 0]
+    if not taps:
+        return None
+    step = s // math.gcd(s, d)
+    return slice(taps[0], taps[-1] - 1 if taps[-1] else None, -step), (p + pad - taps[0] * d) // s, len(taps)
+
+
+@functools.lru_cache(maxsize=256)
+def input_phases(spec):
+    """The input gradient of strided ``spec`` as ``sh * sw`` stride-1 convolutions (:class:`Phase`), one per
+    input phase, or None where a phase would read output rows before the first (padding beyond the
+    kernel's reach: no adjoint exists for it either)."""
+    (sh, sw), (dh, dw) = spec.stride, spec.dilation
+    phases = []
+    for ph in range(sh):
+        for pw in range(sw):
+            rows, cols = len(range(ph, spec.h, sh)), len(range(pw, spec.w, sw))
+            th, tw = _phase_taps(ph, spec.padding[0], spec.kh, sh, dh), _phase_taps(pw, spec.padding[2], spec.kw, sw, dw)
+            if th is None or tw is None or not rows or not cols:
+                phases.append(Phase(ph, pw, rows, cols, slice(0, 0), slice(0, 0), None))
+                continue
+            (kh_taps, top, nh), (kw_taps, left, nw) = th, tw
+            if top > 0 or left > 0:
+                return None
+            top, left = -top, -left
+            dil = (dh // math.gcd(sh, dh), dw // math.gcd(sw, dw))  # taps of a phase: this far apart
+            bottom = max(0, rows - 1 + (nh - 1) * dil[0] - top - (spec.oh - 1))
+            right = max(0, cols - 1 + (nw - 1) * dil[1] - left - (spec.ow - 1))
+            phase = ConvSpec(spec.n, spec.c_out, spec.oh, spec.ow, spec.c_in, nh, nw,
+                             spec.oh + top + bottom - (nh - 1) * dil[0], spec.ow + left + right - (nw - 1) * dil[1],
+                             (1, 1), (top, bottom, left, right), dil, spec.groups, spec.dims)
+            phases.append(Phase(ph, pw, rows, cols, kh_taps, kw_taps, phase))
+    return tuple(phases)
+
+
 def adjoint_weight(w, spec):
     """``w`` flipped in space with in and out channels swapped per group: the weights of
     :func:`adjoint_spec`."""

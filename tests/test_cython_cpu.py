@@ -176,6 +176,27 @@ def test_blocked_forward_in_bands(monkeypatch, case, seed, band_bytes, more_thre
     assert_close(cy.conv2d(x, w, b, spec, algorithm="blocked"), want, np.float32, f"blocked {spec}")
 
 
+@settings(max_examples=80, deadline=None)
+@given(case=st.one_of(cases.conv_cases(2, stride=(2, 2)), cases.conv_cases(2), cases.conv_cases(1, stride=(3,)),
+                      cases.conv_transpose_cases(2, stride=(2, 3))), seed=st.integers(0, 2**16))
+def test_blocked_strided_input_gradient_by_input_phases(case, seed):
+    """A strided input gradient as one stride-1 pass per input phase (``shapes.input_phases``): the taps
+    that reach each phase, phases no tap reaches zero; where a phase's first pixel is reached from the
+    second output row on (padding as wide as the kernel) the blocked kernel does not run it."""
+    spec = _spec(case)
+    if spec.stride == (1, 1):
+        return
+    if shapes.input_phases(spec) is None:
+        assert not cy.supports("conv2d_grad_input", spec, np.float32, "blocked")
+        return
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal(spec.w_shape).astype(np.float32)
+    gy = rng.standard_normal(spec.y_shape).astype(np.float32)
+    want = ref.conv2d_grad_input(gy.astype(np.float64), w.astype(np.float64), spec)
+    assert_close(cy.conv2d_grad_input(gy, w, spec, algorithm="blocked"), want, np.float32,
+                 f"blocked strided grad input {spec}")
+
+
 @settings(max_examples=60, deadline=None)
 @given(case=st.one_of(cases.conv_cases(2), cases.conv_cases(1), cases.conv_transpose_cases(2),
                       cases.conv_transpose_cases(1)), seed=st.integers(0, 2**16))

@@ -81,13 +81,11 @@ def test_wide_float64_gemms_prefer_numba_and_lenet_layers_cython():
     assert plan.plan("conv2d", resnet, np.float64).backend == "numba"
     assert plan.plan("conv2d", pointwise, np.float64).backend == "numba"
     assert plan.plan("conv2d", lenet, np.float64).backend == "cython"
-    # float32 passes run Cython's register-blocked kernel, wide or not, strided or not; where it does not
-    # run (the strided input gradient), Cython's GEMM
-    for op in ("conv2d", "conv2d_grad_weight"):
-        assert plan.plan(op, resnet, np.float32).name == "cython:blocked"
+    # float32 passes run Cython's register-blocked kernel, wide or not, strided or not (the strided input
+    # gradient one input phase at a time)
     for op in CONV_OPS:
+        assert plan.plan(op, resnet, np.float32).name == "cython:blocked"
         assert plan.plan(op, pointwise, np.float32).name == "cython:blocked"
-    assert plan.plan("conv2d_grad_input", resnet, np.float32).name == "cython:gemm"
 
 
 def test_disjoint_windows_run_their_input_gradient_per_task():
@@ -96,8 +94,10 @@ def test_disjoint_windows_run_their_input_gradient_per_task():
     assert plan.plan("conv2d_grad_input", patchify, np.float32).name == "numba:per_task"
     one_sample = shapes.conv_spec((1, 64, 64, 64), (64, 64, 2, 2), stride=2)  # Numba would not run per task
     overlapping = shapes.conv_spec((16, 64, 64, 64), (64, 64, 3, 3), stride=2)
-    assert plan.plan("conv2d_grad_input", one_sample, np.float32).name == "cython:gemm"
-    assert plan.plan("conv2d_grad_input", overlapping, np.float32).name == "cython:gemm"
+    small = shapes.conv_spec((64, 16, 14, 14), (32, 16, 3, 3), stride=2, padding=1)  # 7 MFLOP per phase
+    assert plan.plan("conv2d_grad_input", one_sample, np.float32).backend == "cython"
+    assert plan.plan("conv2d_grad_input", overlapping, np.float32).name == "cython:blocked"  # by phases
+    assert plan.plan("conv2d_grad_input", small, np.float32).name == "cython:gemm"
 
 
 def test_max_pooling_runs_on_cython_window_by_window_or_tap_by_tap():

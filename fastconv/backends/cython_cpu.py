@@ -37,7 +37,7 @@ import numpy as np
 from .. import runtime
 from ..numpy_xp import gemm
 from .._cy import not_built
-from ..shapes import adjoint_spec
+from ..shapes import adjoint_spec, input_phases
 from .workspaces import clear_workspaces, workspace  # noqa: F401 (part of this module's API)
 
 runtime.start_pools()  # before the extension loads OpenMP, which reads its wait policy only then
@@ -97,12 +97,14 @@ def num_threads():
 def supports(op, spec, dtype, algorithm):
     """``"direct"`` and ``"gemm"`` run every convolution; ``"blocked"`` float32 forward passes and weight
     gradients, and the input gradients of stride-1 convolutions (as the forward pass of their adjoint,
-    which must exist: ``shapes.adjoint_spec``)."""
+    which must exist: ``shapes.adjoint_spec``), or of strided ones as one such pass per input phase
+    (``shapes.input_phases``)."""
     if algorithm != "blocked":
         return algorithm in ALGORITHMS
     if dtype is None or np.dtype(dtype) != np.float32:
         return False
-    return op != "conv2d_grad_input" or adjoint_spec(spec) is not None
+    return op != "conv2d_grad_input" or adjoint_spec(spec) is not None or (
+        spec.stride != (1, 1) and input_phases(spec) is not None)
 
 
 def pixel_tiles(op, spec):
@@ -288,10 +290,33 @@ def conv2d(x, w, b, spec, algorithm):
     return y
 
 
+def _blocked_grad_input_phases(gy, w, spec):
+    """The input gradient of strided ``spec``, one input phase (pixels ``ph::sh, pw::sw``) at a time: each is
+    the stride-1 blocked forward pass of the output gradient with the kernel taps that reach that phase
+    (``shapes.input_phases``), so no multiply-add meets a zero of a dilated gradient."""
+    gx = np.empty(spec.x_shape, np.float32)
+    g, cog, cig = spec.groups, spec.c_out // spec.groups, spec.c_in // spec.groups
+    kernels = w.reshape(g, cog, cig, spec.kh, spec.kw)
+    for k, phase in enumerate(input_phases(spec)):
+        out = gx[:, :, phase.ph::spec.stride[0], phase.pw::spec.stride[1]]
+        if phase.spec is None:
+            out[...] = 0
+            continue
+        s = phase.spec
+        wp = workspace(f"phase_weight{k}", s.w_shape, np.float32)  # one address: packed once, then checked
+        np.copyto(wp.reshape(g, cig, cog, s.kh, s.kw),
+                  kernels[:, :, :, phase.kh_taps, phase.kw_taps].transpose(0, 2, 1, 3, 4))
+        y = _blocked_conv2d(gy, wp, None, np.empty(s.y_shape, np.float32), s)
+        out[...] = y[:, :, :phase.rows, :phase.cols]
+    return gx
+
+
 def conv2d_grad_input(gy, w, spec, algorithm):
     if algorithm == "gemm" and _whole_input(spec):
         return gemm(gy.reshape(spec.n, spec.c_out), w.reshape(spec.c_out, -1)).reshape(spec.x_shape)
     gx = np.empty(spec.x_shape, gy.dtype)
+    if algorithm == "blocked" and spec.stride != (1, 1):
+        return _blocked_grad_input_phases(gy, w, spec)
     if algorithm == "blocked":
         return _blocked_conv2d(gy, w, None, gx, adjoint_spec(spec), adjoint=spec)
     if algorithm == "direct":

@@ -65,6 +65,7 @@ BLOCKED_MIN_INPUT_CHANNELS = 8  # input channels per group (the input gradient's
 # (neither applies where the tile of pixel vectors runs instead: see :func:`cython_algorithm`)
 BLOCKED_MAX_PADDING = 0.9    # share of the adjoint's input that is padding (input gradient)
 BLOCKED_MIN_TAPS = 16        # reduction length of a forward tile (input channels per group x kernel taps)
+BLOCKED_MIN_PHASE_FLOPS = 8e6  # a strided input gradient's flops per input phase (one blocked pass each)
 #: Cython's direct loops, where the register-blocked kernel does not run, for at most this many channel
 #: pairs per group (input x output channels): GEMMs that thin lose to the loops; forward passes and weight
 #: gradients of kernels with ``DIRECT_WIDE_TAPS`` or more taps up to ``DIRECT_MAX_PAIRS_WIDE`` pairs
@@ -171,8 +172,8 @@ def winograd_wins(op, spec, dtype):
 
 
 def cython_algorithm(op, spec, dtype):
-    """Cython's algorithm for ``op`` on ``spec``: the register-blocked kernel where it runs (float32; the
-    input gradient at stride 1) and was measured faster (2 threads, ms, blocked against GEMM):
+    """Cython's algorithm for ``op`` on ``spec``: the register-blocked kernel where it runs (float32) and
+    was measured faster (2 threads, ms, blocked against GEMM):
 
     - forward passes with 4 or more output channels per group (4 channels from 3 by 5x5 at batch 64:
       0.30 against 0.91), or fewer where its tile of pixel vectors runs (stride 1, more pixels to a row
@@ -183,18 +184,22 @@ def cython_algorithm(op, spec, dtype):
       (LeNet's C5: 0.13 against 0.11) and reductions of fewer than 16 taps (MNIST-1D's first layer, one
       input channel and 3 taps: 0.02 against 0.01);
     - weight gradients with 4 or more output channels per group (the same 4-channel layer 0.32 against
-      0.97; pointwise 2.6 against 4.9, resnet_s2 3.3 against 5.3; 4x4 outputs 0.21 against 0.54, MNIST-1D's
+      0.97; pointwise 2.6 against 4.9, resnet_s2 2.9 against 5.1; 4x4 outputs 0.21 against 0.54, MNIST-1D's
       first layer 0.02 against 0.03), except one-pixel outputs (LeNet's C5: 0.53 against 0.13);
     - input gradients with 8 or more input channels per group (odd's 37: 1.2 against 2.5; pointwise 2.8
       against 3.9), or fewer where the adjoint runs the tile of pixel vectors (LeNet's C3, 6, at batch
       128: 0.35 against 0.61; 2 at 28x28: 0.19 against 0.32) and sums at least 16 taps per output
-      (depthwise 3x3: direct 1.0 against 1.7), whose adjoint reads at most 90% padding (4x4
+      (depthwise 3x3: direct 1.0 against 1.7); strided ones one input phase at a time (``input_phases``)
+      from 8 MFLOP per phase (resnet_s2 4.0 against 4.9; 5x5 stride 2, 32 -> 64 channels at 28x28: 1.2
+      against 2.1; 1-D, 32 channels, stride 2, 10 MFLOP per phase: 0.15 against 0.18; 16 -> 32 channels
+      at 14x14, 7 MFLOP per phase: 0.32 against 0.30; MNIST-1D's second layer: 0.05 against 0.02),
+      whose adjoint reads at most 90% padding (4x4
       outputs padded to 12x12, 89%: 0.30 against 0.45; LeNet's C5, 1x1 padded to 9x9: 0.58 against 0.11).
 
     Elsewhere the direct loops for thin GEMMs (:func:`direct_wins`) and im2col + GEMM for the rest.
     """
     cig, cog = spec.c_in // spec.groups, spec.c_out // spec.groups
-    pixels = spec.oh * spec.ow
+    pixels, phases = spec.oh * spec.ow, spec.stride[0] * spec.stride[1]
     losing = {  # the first measured limit of the register-blocked kernel this pass is outside of, if any
         "conv2d": [(cog < BLOCKED_MIN_CHANNELS and not pixels_in_lanes(op, spec),
                     f"{cog} < {BLOCKED_MIN_CHANNELS} output channels per group"),
@@ -205,6 +210,9 @@ def cython_algorithm(op, spec, dtype):
                                f"{cig} < {BLOCKED_MIN_INPUT_CHANNELS} input channels per group"),
                               (cog * spec.kh * spec.kw < BLOCKED_MIN_TAPS,
                                f"{cog * spec.kh * spec.kw} < {BLOCKED_MIN_TAPS} taps per output of the adjoint"),
+                              (phases > 1 and spec.flops / phases < BLOCKED_MIN_PHASE_FLOPS,
+                               f"{spec.flops / phases / 1e6:.1f} < {BLOCKED_MIN_PHASE_FLOPS / 1e6:.0f} MFLOP per "
+                               f"input phase"),
                               (shapes.adjoint_padding(spec) > BLOCKED_MAX_PADDING,
                                f"the adjoint reads {shapes.adjoint_padding(spec):.0%} > "
                                f"{BLOCKED_MAX_PADDING:.0%} padding")],
