@@ -290,22 +290,31 @@ def conv2d(x, w, b, spec, algorithm):
     return y
 
 
+@functools.lru_cache(maxsize=64)
+def _phase_kernels(spec):
+    """Per input phase of strided ``spec``, the flat indices into its weight of the phase's kernels (taps
+    that reach the phase, in and out channels swapped per group), or None: ``w.ravel()[index]`` is one
+    gather, twice as fast as slicing and transposing the weight."""
+    g, cog, cig = spec.groups, spec.c_out // spec.groups, spec.c_in // spec.groups
+    flat = np.arange(int(np.prod(spec.w_shape)), dtype=np.intp).reshape(g, cog, cig, spec.kh, spec.kw)
+    return tuple(None if phase.spec is None else
+                 np.ascontiguousarray(flat[:, :, :, phase.kh_taps, phase.kw_taps].transpose(0, 2, 1, 3, 4)).ravel()
+                 for phase in input_phases(spec))
+
+
 def _blocked_grad_input_phases(gy, w, spec):
     """The input gradient of strided ``spec``, one input phase (pixels ``ph::sh, pw::sw``) at a time: each is
     the stride-1 blocked forward pass of the output gradient with the kernel taps that reach that phase
     (``shapes.input_phases``), so no multiply-add meets a zero of a dilated gradient."""
     gx = np.empty(spec.x_shape, np.float32)
-    g, cog, cig = spec.groups, spec.c_out // spec.groups, spec.c_in // spec.groups
-    kernels = w.reshape(g, cog, cig, spec.kh, spec.kw)
-    for k, phase in enumerate(input_phases(spec)):
+    for k, (phase, index) in enumerate(zip(input_phases(spec), _phase_kernels(spec))):
         out = gx[:, :, phase.ph::spec.stride[0], phase.pw::spec.stride[1]]
         if phase.spec is None:
             out[...] = 0
             continue
         s = phase.spec
         wp = workspace(f"phase_weight{k}", s.w_shape, np.float32)  # one address: packed once, then checked
-        np.copyto(wp.reshape(g, cig, cog, s.kh, s.kw),
-                  kernels[:, :, :, phase.kh_taps, phase.kw_taps].transpose(0, 2, 1, 3, 4))
+        np.take(w.reshape(-1), index, out=wp.reshape(-1))
         y = _blocked_conv2d(gy, wp, None, np.empty(s.y_shape, np.float32), s)
         out[...] = y[:, :, :phase.rows, :phase.cols]
     return gx
