@@ -39,7 +39,8 @@ cdef extern from "blocked_conv.h" nogil:
         const float* bias
         int add
     int FC_LANES
-    int FC_MAX_NV
+    int FC_NV
+    int FC_WIDE_NV
     int FC_MAX_NJ
     const char* FC_ISA
     bint FC_ROW_SHAPE(Py_ssize_t sw, Py_ssize_t kw, Py_ssize_t dw)
@@ -63,12 +64,22 @@ def isa():
 
 def tile_shape():
     """``(pixels, channels)`` of this build's largest register tile: (14, 16) with AVX-512, else (6, 16)."""
-    return FC_MAX_NJ, FC_LANES * FC_MAX_NV
+    return FC_MAX_NJ, FC_LANES * FC_NV
 
 
 cdef inline int vectors(Py_ssize_t cog) noexcept nogil:
-    """Vectors per weight block for ``cog`` output channels per group."""
-    return 1 if cog <= FC_LANES else FC_MAX_NV
+    """Vectors per weight block of the weight gradient's tile for ``cog`` output channels per group."""
+    return 1 if cog <= FC_LANES else FC_NV
+
+
+cdef inline int fwd_vectors(Geo* g) noexcept nogil:
+    """Vectors per weight block of the forward pass: the wide tile (``FC_WIDE_NV``) where it has the
+    channels and no input pixel serves two taps of a tile (1x1 kernels, flat tables of taps), else as
+    ``vectors``."""
+    if (FC_WIDE_NV > FC_NV and g.cog >= FC_LANES * FC_WIDE_NV
+            and (g.kw == 1 or not FC_ROW_SHAPE(g.sw, g.kw, g.dw))):
+        return FC_WIDE_NV
+    return vectors(g.cog)
 
 
 def runs_pixel_tiles(tuple geo):
@@ -82,23 +93,25 @@ def address(cnp.ndarray a not None):
     return <size_t>cnp.PyArray_DATA(a)
 
 
-def block_width(Py_ssize_t cog):
-    """Output channels per weight block (a tile's channels) for ``cog`` output channels per group."""
-    return FC_LANES * vectors(cog)
+def block_width(tuple geo, bint forward=True):
+    """Output channels per weight block (a tile's channels) of the forward pass, or of the weight
+    gradient."""
+    cdef Geo g = make_geo(geo)
+    return FC_LANES * (fwd_vectors(&g) if forward else vectors(g.cog))
 
 
 def packed_size(tuple geo):
     """Elements of the packed weights: per group and block of ``lanes * nv`` output channels, a
     ``(taps, lanes * nv)`` matrix (channels past the group's end are zero)."""
     cdef Geo g = make_geo(geo)
-    cdef Py_ssize_t width = FC_LANES * vectors(g.cog)
+    cdef Py_ssize_t width = FC_LANES * fwd_vectors(&g)
     return g.groups * ((g.cog + width - 1) // width) * g.taps * width
 
 
 cdef int pack_task(const float* w, float* out, Geo* g, bint adjoint, Py_ssize_t task, bint fresh) noexcept nogil:
     """Packs (or checks) block ``task`` (group ``task // blocks``, block ``task % blocks``) of
     ``pack_weights``; returns whether it wrote."""
-    cdef Py_ssize_t width = FC_LANES * vectors(g.cog), blocks = (g.cog + width - 1) // width
+    cdef Py_ssize_t width = FC_LANES * fwd_vectors(g), blocks = (g.cog + width - 1) // width
     cdef Py_ssize_t khw = g.kh * g.kw, so, srun
     cdef int runs, length
     if adjoint:  # lane oc, tap (c, r) reads w[group * cig + c, oc, flipped r]: a reversed run per c
@@ -118,7 +131,7 @@ def pack_weights(const float[:, :, :, ::1] w, float[::1] out, tuple geo, bint ad
     out channels swapped, on the way. Unless ``fresh``, ``out`` holds an earlier packing and only what
     differs (bit for bit) is written. Returns the number of blocks written."""
     cdef Geo g = make_geo(geo)
-    cdef Py_ssize_t width = FC_LANES * vectors(g.cog), tasks = g.groups * ((g.cog + width - 1) // width), task
+    cdef Py_ssize_t width = FC_LANES * fwd_vectors(&g), tasks = g.groups * ((g.cog + width - 1) // width), task
     cdef Py_ssize_t written = 0
     if g.taps == 0 or g.cog == 0:
         return 0
@@ -210,7 +223,7 @@ cdef void conv_task(const float* x, const float* wp, const float* b, float* y, f
                     Py_ssize_t rows, Py_ssize_t blk0, Py_ssize_t blk1, Py_ssize_t xc, Py_ssize_t xr) noexcept nogil:
     """Output rows ``[r0, r0 + rows)`` of sample ``n``, the channels of blocks ``[blk0, blk1)`` of group
     ``grp``: each block's weights stay in cache while it runs every row of the band."""
-    cdef int nv = vectors(g.cog)
+    cdef int nv = fwd_vectors(g)
     cdef Py_ssize_t width = FC_LANES * nv, blocks = (g.cog + width - 1) // width, blk, r, oc
     cdef Py_ssize_t o0, nr, npix
     cdef fc_src s
@@ -261,7 +274,7 @@ def conv2d(const float[:, :, :, ::1] x, const float[:, :, :, ::1] w, float[::1] 
     packing, then the convolution. Returns the number of weight blocks written."""
     cdef Geo g = make_geo(geo)
     cdef const float* bp = NULL
-    cdef Py_ssize_t width = FC_LANES * vectors(g.cog), blocks = (g.cog + width - 1) // width
+    cdef Py_ssize_t width = FC_LANES * fwd_vectors(&g), blocks = (g.cog + width - 1) // width
     cdef Py_ssize_t bands = (g.oh + rows - 1) // rows, chunks = (blocks + chunk - 1) // chunk
     cdef Py_ssize_t packs = 0, tasks = 0, written = 0, t, k, r0, xc, xr
     cdef Py_ssize_t* taps

@@ -22,22 +22,32 @@
 #endif
 
 /* Floats per vector, vectors per weight block, output pixels per tile. Measured on AVX-512 (Zen 4 and
- * Zen 5): 14 x 1 accumulators beat 14 x 2 (which spill), 12 x 2, 6 x 4 and wider tiles (20 to 28). */
+ * Zen 5): 14 x 1 accumulators beat 14 x 2 (which spill), 12 x 2, 6 x 4 and wider tiles (20 to 28) on
+ * kernel rows that share pixels (3x3, 5x5); elsewhere the wide tile below wins. */
 #if defined(__AVX512F__)
 #define FC_LANES 16
-#define FC_MAX_NV 1
+#define FC_NV 1
 #define FC_MAX_NJ 14  /* 32 registers: 14 accumulators, 1 weight vector, 1 broadcast */
+/* The wide tile: where no input pixel serves two taps of a row (1x1 kernels, flat tables of taps), a tile
+ * of 12 pixels by 2 vectors loads 14 values per 24 multiply-adds where 14 x 1 loads 15 per 14 (Zen 5, 2
+ * threads, ms, 12 x 2 against 14 x 1: pointwise 2.2-2.4 against 2.9-3.1, AlexNet's conv1 2.5-2.6 against
+ * 3.2-3.3; 14 x 2 and 10 x 2 were no better, 6 x 4 slower: its 64-channel weight blocks leave L1). */
+#define FC_WIDE_NV 2
+#define FC_WIDE_NJ 12
 #define FC_ISA "AVX-512"
 #else
 #define FC_LANES 8
-#define FC_MAX_NV 2
+#define FC_NV 2
 #define FC_MAX_NJ 6   /* 16 registers: 6 x 2 accumulators, 2 weight vectors, 1 broadcast */
+#define FC_WIDE_NV 1  /* no wide tile */
+#define FC_WIDE_NJ FC_MAX_NJ
 #if defined(__AVX2__) && defined(__FMA__)
 #define FC_ISA "AVX2+FMA"
 #else
 #define FC_ISA "no FMA vectors (a portable build)"
 #endif
 #endif
+#define FC_MAX_NV (FC_WIDE_NV > FC_NV ? FC_WIDE_NV : FC_NV)  /* vectors of any tile */
 
 /* Where one tile reads its input. The reduction runs over ntaps rows of kw taps each: tap j of row r
  * reads x + taps[r] + j*dw, and tile element o (an output pixel of the forward pass, a kernel tap of
@@ -104,23 +114,24 @@ static inline __attribute__((always_inline)) void fc_store(fc_vec acc[][FC_MAX_N
                                                            const fc_dst *d)
 {
 #if defined(__AVX512F__)
-    if (nv == 1) {
+    __mmask16 mask = (__mmask16)((1u << nj) - 1);
+    for (int k = 0; k < nv; k++) {  /* each vector of 16 channels in turn */
         __m512 r[16];
-        __mmask16 mask = (__mmask16)((1u << nj) - 1);
+        int nc = d->nc - 16 * k < 16 ? d->nc - 16 * k : 16;
         for (int o = 0; o < 16; o++)
-            r[o] = o < nj ? (__m512)acc[o][0] : _mm512_setzero_ps();
+            r[o] = o < nj ? (__m512)acc[o][k] : _mm512_setzero_ps();
         fc_transpose16(r);
-        for (int c = 0; c < d->nc; c++) {
-            float *y = d->y + c * d->yc;
+        for (int c = 0; c < nc; c++) {
+            float *y = d->y + (16 * k + c) * d->yc;
             __m512 v = r[c];
             if (d->bias)
-                v = _mm512_add_ps(v, _mm512_set1_ps(d->bias[c]));
+                v = _mm512_add_ps(v, _mm512_set1_ps(d->bias[16 * k + c]));
             if (d->add)
                 v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, y));
             _mm512_mask_storeu_ps(y, mask, v);
         }
-        return;
     }
+    return;
 #endif
     int width = FC_LANES * nv;
     float tile[FC_MAX_NJ * FC_MAX_NV * FC_LANES];
@@ -237,7 +248,9 @@ static void fc_tile_any(const fc_src *s, const float *w, int nj, int nv, const f
         switch (nj) { FC_CASES(1) }
     }
 #if FC_MAX_NV > 1
-    switch (nj) { FC_CASES(2) }
+    if (nv == 2) {
+        switch (nj) { FC_CASES(2) }
+    }
 #endif
 }
 
@@ -308,18 +321,23 @@ static int fc_wgrad3_any(const fc_src *s, const float *w, int nr, int nv, const 
 }
 #endif
 
-/* Tiles of nearly equal width (at most FC_MAX_NJ elements) covering n elements: returns the width. */
+/* Tiles of nearly equal width (at most most elements) covering n elements: returns the width. */
+static inline int fc_tile_width_max(ptrdiff_t n, int most)
+{
+    ptrdiff_t tiles = (n + most - 1) / most;
+    return tiles ? (int)((n + tiles - 1) / tiles) : 0;
+}
+
 static inline int fc_tile_width(ptrdiff_t n)
 {
-    ptrdiff_t tiles = (n + FC_MAX_NJ - 1) / FC_MAX_NJ;
-    return tiles ? (int)((n + tiles - 1) / tiles) : 0;
+    return fc_tile_width_max(n, FC_MAX_NJ);
 }
 
 /* One output row of one weight block: y[c * yc + o] (+ bias[c]) for c < nc channels, o < ow pixels. */
 static void fc_conv_row(const fc_src *s, const float *w, int nv, int ow, float *y, ptrdiff_t yc, int nc,
                         const float *bias)
 {
-    int nj = fc_tile_width(ow);
+    int nj = fc_tile_width_max(ow, nv > FC_NV ? FC_WIDE_NJ : FC_MAX_NJ);
     fc_src t = *s;
     fc_dst d = {y, yc, nc, bias, 0};
     for (int o0 = 0; o0 < ow; o0 += nj, t.x += (ptrdiff_t)nj * s->sw, d.y += nj)

@@ -490,3 +490,25 @@ def test_a_window_over_the_whole_input_is_one_product(dtype):
                                    ref.conv2d_grad_input(gy, w, spec), **tol)
         np.testing.assert_allclose(cython_cpu.conv2d_grad_weight(gy, x, spec, "gemm"),
                                    ref.conv2d_grad_weight(gy, x, spec), **tol)
+
+
+@pytest.mark.parametrize("x_shape, w_shape, kw", [
+    ((2, 24, 5, 29), (32, 24, 1, 1), {}),                       # pointwise: two vectors of channels
+    ((3, 8, 7, 13), (40, 8, 1, 1), {"stride": 2}),              # a part-filled second vector
+    ((2, 3, 30, 31), (48, 3, 11, 11), {"stride": 4, "padding": 2}),  # AlexNet-like: a flat table of taps
+    ((2, 4, 17, 25), (64, 4, 5, 5), {"stride": 2, "padding": 1}),
+    ((1, 64, 6, 6), (96, 32, 1, 1), {"groups": 2}),
+])
+def test_the_wide_tile(x_shape, w_shape, kw):
+    """The blocked kernel's 12-pixel by 2-vector tile (forward passes whose taps share no pixels, 32 or
+    more output channels per group), its input gradient through the adjoint where there is one."""
+    spec = shapes.conv_spec(x_shape, w_shape, (w_shape[0],), **kw)
+    rng = np.random.default_rng(1)
+    x, w, b = (rng.standard_normal(s).astype(np.float32) for s in (x_shape, w_shape, (w_shape[0],)))
+    gy = rng.standard_normal(spec.y_shape).astype(np.float32)
+    as64 = lambda a: a.astype(np.float64)  # noqa: E731
+    assert_close(cy.conv2d(x, w, b, spec, algorithm="blocked"), ref.conv2d(as64(x), as64(w), as64(b), spec),
+                 np.float32, f"wide tile {spec}")
+    if cy.supports("conv2d_grad_input", spec, np.float32, "blocked"):
+        assert_close(cy.conv2d_grad_input(gy, w, spec, algorithm="blocked"),
+                     ref.conv2d_grad_input(as64(gy), as64(w), spec), np.float32, f"wide tile's adjoint {spec}")

@@ -189,7 +189,7 @@ def _blocked_plan(spec, threads, band_bytes):
     """
     geo = spec.geometry()
     cig, cog = spec.c_in // spec.groups, spec.c_out // spec.groups
-    width = _blocked.block_width(cog)
+    width = _blocked.block_width(geo)
     blocks = max(1, -(-cog // width))
     block_bytes = 4 * width * cig * spec.kh * spec.kw
     best = None
@@ -351,7 +351,7 @@ def _grad_weight_plan(spec, threads):
     """
     geo = spec.geometry()
     cig, cog = spec.c_in // spec.groups, spec.c_out // spec.groups
-    width = _blocked.block_width(cog)
+    width = _blocked.block_width(geo, forward=False)
     blocks = max(1, -(-cog // width))
     taps, pixels = cig * spec.kh * spec.kw, spec.oh * spec.ow
     sample_bytes = 4 * max(_blocked.scratch_size(geo, spec.oh), 0)

@@ -178,8 +178,8 @@ def cython_algorithm(op, spec, dtype):
     - forward passes with 4 or more output channels per group (4 channels from 3 by 5x5 at batch 64:
       0.30 against 0.91), or fewer where its tile of pixel vectors runs (stride 1, more pixels to a row
       than channels: 2 channels from 3 by 3x3 at batch 64, 0.043 against direct 0.095; LeNet's C1, 6:
-      0.056 against direct 0.21), pointwise and strided too (pointwise 3.0
-      against 5.1, resnet_s2 2.1 against 5.4, AlexNet's conv1 (11x11, stride 4) 3.2 against 7.2), the
+      0.056 against direct 0.21), pointwise and strided too (pointwise 2.3
+      against 4.8, resnet_s2 2.1 against 5.4, AlexNet's conv1 (11x11, stride 4) 2.5 against 7.2), the
       smallest too (MNIST-1D's third layer, 0.5 MFLOP: 0.014 against 0.024), except one-pixel outputs
       (LeNet's C5: 0.13 against 0.11) and reductions of fewer than 16 taps (MNIST-1D's first layer, one
       input channel and 3 taps: 0.02 against 0.01);
