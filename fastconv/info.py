@@ -84,7 +84,6 @@ def config():
         "numba threads": numba.get_num_threads(),
         "numba threading layer": _numba_layer(),
         "openmp wait policy": runtime.wait_policy() or "not set (no compiled backend loaded)",
-        "heap": runtime.heap_policy() or "not set (no compiled backend loaded)",
         "blas": _blas(),
         "blas threads": _blas_threads(),
         "cuda": (f"available ({cuda.device_name()})" if cuda.is_available() else "not available"),

@@ -14,9 +14,6 @@ that sets them:
   ``GOMP_SPINCOUNT`` only when it loads, so :func:`start_pools` sets it then, from the load it sees
   (:func:`spin_count`), unless the user chose a policy (``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT``);
   the variable is removed again afterwards.
-- The heap (glibc): :func:`start_pools` raises malloc's mmap and trim thresholds (:func:`tune_heap`), so
-  that the arrays of a training step, freed and allocated again every step, come back from the heap
-  instead of from fresh zeroed pages; unless the user tuned malloc (``MALLOC_*_`` or ``GLIBC_TUNABLES``).
 - :func:`blas_threads`: the BLAS that the compiled kernels call (SciPy's) held to ``n`` threads for a
   block, :func:`numpy_blas_threads` NumPy's (its ``matmul``: the linear layers); :func:`set_blas_threads`:
   every BLAS the process loaded.
@@ -44,17 +41,6 @@ SPIN_COUNT = 10000
 SPIN_COUNT_LOADED = 1000
 """``GOMP_SPINCOUNT`` where other processes' tasks already wait for the cores."""
 
-# glibc malloc: arrays below ``HEAP_MMAP_THRESHOLD`` come from the heap, and the heap gives memory back to
-# the system only when more than ``HEAP_TRIM_THRESHOLD`` is free at its top. With glibc's defaults a
-# process that frees and allocates arrays of a few MB each step (every training loop) kept getting fresh
-# pages from the kernel, each one zeroed on first touch: two ReLUs in a row on a (128, 6, 28, 28) float32
-# map took 2.0 ms instead of 0.36 (2-core AMD EPYC, AVX-512), a LeNet-5 training step 4.5 -> 4.0 ms.
-HEAP_MMAP_THRESHOLD = 32 << 20   # glibc's largest (64-bit)
-HEAP_TRIM_THRESHOLD = 128 << 20
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3   # mallopt's parameters (malloc.h)
-_USER_HEAP = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_",
-              "GLIBC_TUNABLES")
-
 _BLAS_API = [(f"{prefix}_get_num_threads{suffix}", f"{prefix}_set_num_threads{suffix}")
              for prefix in ("scipy_openblas", "openblas") for suffix in ("64_", "")]
 _BLAS_API.append(("MKL_Get_Max_Threads", "MKL_Set_Num_Threads"))
@@ -65,7 +51,6 @@ _lock = threading.RLock()
 _requested = None   # set_num_threads' count, None for the default
 _started = False    # start_pools has run
 _policy = None      # what start_pools found or set, for wait_policy()
-_heap = None        # what tune_heap did, for heap_policy()
 
 
 # ----------------------------------------------------------------------------------- the machine
@@ -214,54 +199,12 @@ def _wait_policy():
             os.environ.pop("GOMP_SPINCOUNT", None)
 
 
-# ------------------------------------------------------------------------------------ the heap
-def tune_heap():
-    """Set glibc malloc's mmap and trim thresholds (``HEAP_MMAP_THRESHOLD``, ``HEAP_TRIM_THRESHOLD``), once,
-    unless the user tuned malloc or the C library is not glibc; returns :func:`heap_policy`."""
-    global _heap
-    if _heap is not None:
-        return _heap
-    chosen = [name for name in _USER_HEAP if name in _startup_environment()]
-    if chosen:
-        _heap = f"malloc as the environment sets it ({', '.join(chosen)})"
-        return _heap
-    libc = os.confstr("CS_GNU_LIBC_VERSION") if hasattr(os, "confstr") else None
-    try:
-        mallopt = ctypes.CDLL(None).mallopt if libc and libc.startswith("glibc") else None
-    except (OSError, AttributeError):
-        mallopt = None
-    if mallopt is None:
-        _heap = "the C library's default (not glibc)"
-    elif mallopt(_M_MMAP_THRESHOLD, HEAP_MMAP_THRESHOLD) and mallopt(_M_TRIM_THRESHOLD, HEAP_TRIM_THRESHOLD):
-        _heap = (f"glibc malloc: mmap threshold {HEAP_MMAP_THRESHOLD >> 20} MiB, trim threshold "
-                 f"{HEAP_TRIM_THRESHOLD >> 20} MiB (fastconv's choice)")
-    else:
-        _heap = "glibc malloc's default (mallopt refused)"
-    return _heap
-
-
-def _startup_environment():
-    """The names of the environment this process started with, which glibc read (``/proc/self/environ``;
-    libraries set variables later for their child processes: dask.distributed sets
-    ``MALLOC_TRIM_THRESHOLD_``), else ``os.environ``'s."""
-    try:
-        with open("/proc/self/environ", "rb") as f:
-            return {item.split(b"=", 1)[0].decode(errors="replace") for item in f.read().split(b"\0") if item}
-    except OSError:
-        return set(os.environ)
-
-
-def heap_policy():
-    """What :func:`tune_heap` did, in words (None before the pools start)."""
-    return _heap
-
-
 def start_pools():
     """Load OpenMP under the wait policy, start Numba's pool and give both :func:`threads`, once.
 
     The compiled backends call it before they load their kernels: libgomp reads its wait policy when it
     loads, and the Cython extension loads it. Nothing else starts threads early: OpenMP starts its own at
-    the first parallel loop. It also tunes the heap (:func:`tune_heap`)."""
+    the first parallel loop."""
     global _started
     if _started:
         return
@@ -269,7 +212,6 @@ def start_pools():
         if _started:
             return
         import numba
-        tune_heap()
         with _wait_policy():
             openmp()
             numba.get_num_threads()  # launches Numba's threading layer (libgomp for "omp")

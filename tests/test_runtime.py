@@ -111,35 +111,6 @@ def test_backends_start_openmp_under_the_wait_policy(tmp_path, case, env, spins,
         case, "OMP_NUM_THREADS" if "OMP_NUM_THREADS" in env else "usable cores")
 
 
-HEAP = """
-import json, resource, numpy as np
-from fastconv import runtime
-from fastconv.backends import cython_cpu
-y = np.ones((128, 6, 28, 28), np.float32)
-for _ in range(5):
-    np.maximum(np.maximum(y, 0), 0)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(50):  # two arrays of 2.4 MB alive at once, freed, allocated again: a training step's pattern
-    np.maximum(np.maximum(y, 0), 0)
-print(json.dumps({"policy": runtime.heap_policy(),
-                  "faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before}))
-"""
-
-
-@pytest.mark.skipif(not LINUX or not (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc"),
-                    reason="glibc malloc")
-def test_the_heap_keeps_arrays_that_a_step_frees_and_allocates_again(tmp_path, monkeypatch):
-    for name in runtime._USER_HEAP:  # dask.distributed, imported by other tests, sets one for its workers
-        monkeypatch.delenv(name, raising=False)
-    facts = json.loads(_python(HEAP, tmp_path).stdout)
-    assert "fastconv's choice" in facts["policy"]
-    assert facts["faults"] < 600, facts  # one array's pages: fresh pages every time would be ~60,000
-    user = json.loads(_python(HEAP, tmp_path, {"MALLOC_TRIM_THRESHOLD_": "131072"}).stdout)
-    assert "environment" in user["policy"] and "MALLOC_TRIM_THRESHOLD_" in user["policy"]
-    late = json.loads(_python("import os; os.environ['MALLOC_TRIM_THRESHOLD_'] = '65536'\n" + HEAP, tmp_path).stdout)
-    assert "fastconv's choice" in late["policy"]  # set after start: glibc never read it
-
-
 def test_spin_count_is_short_where_other_tasks_want_the_cores():
     assert runtime.spin_count(0, 2, 2) == runtime.SPIN_COUNT
     assert runtime.spin_count(1, 2, 2) == runtime.spin_count(3, 1, 2) == runtime.SPIN_COUNT_LOADED
