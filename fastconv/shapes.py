@@ -519,8 +519,9 @@ class Phase:
 
 
 def _phase_taps(p, pad, k, s, d):
-    """``(taps, first offset)``: the kernel taps of one axis that reach input phase ``p`` (in reverse
-    order) and the output offset the first of them reads, or None where none does."""
+    """``(taps, offset, count)``: the kernel taps of one axis that reach input phase ``p`` (a slice, in
+    reverse order), the output offset the first of them reads and how many there are, or None where
+    none does."""
     taps = [t for t in range(k - 1, -1, -1) if (p + pad - t * d) % s == 0]
     if not taps:
         return None
@@ -538,7 +539,8 @@ def input_phases(spec):
     for ph in range(sh):
         for pw in range(sw):
             rows, cols = len(range(ph, spec.h, sh)), len(range(pw, spec.w, sw))
-            th, tw = _phase_taps(ph, spec.padding[0], spec.kh, sh, dh), _phase_taps(pw, spec.padding[2], spec.kw, sw, dw)
+            th = _phase_taps(ph, spec.padding[0], spec.kh, sh, dh)
+            tw = _phase_taps(pw, spec.padding[2], spec.kw, sw, dw)
             if th is None or tw is None or not rows or not cols:
                 phases.append(Phase(ph, pw, rows, cols, slice(0, 0), slice(0, 0), None))
                 continue

@@ -5,7 +5,8 @@ gradient.
 The micro-kernel in ``blocked_conv.h`` keeps a tile of outputs (up to 14 pixels of one row by 16
 output channels with AVX-512, 6 by 16 with AVX2) in vector registers while it runs the whole reduction,
 so no column matrix is built and each weight is loaded once per tile; layers with at most 8 output
-channels per group turn the tile (pixels in the lanes, channels in registers: ``pixel_tiles``). Here: the weights are packed per
+channels per group turn the tile (pixels in the lanes, channels in registers: ``pixel_tiles``), and
+forward passes whose taps share no input pixel widen it (``fwd_vectors``). Here: the weights are packed per
 block of output channels (and checked against the caller's weights on every call, in the same parallel
 region), and the work is cut into tasks (one sample, a band of output rows, a chunk of channel blocks)
 run in parallel over OpenMP; a task runs each block of its chunk over every row of its band, so the

@@ -323,9 +323,9 @@ def _blocked_grad_input_phases(gy, w, spec):
 def conv2d_grad_input(gy, w, spec, algorithm):
     if algorithm == "gemm" and _whole_input(spec):
         return gemm(gy.reshape(spec.n, spec.c_out), w.reshape(spec.c_out, -1)).reshape(spec.x_shape)
-    gx = np.empty(spec.x_shape, gy.dtype)
     if algorithm == "blocked" and spec.stride != (1, 1):
         return _blocked_grad_input_phases(gy, w, spec)
+    gx = np.empty(spec.x_shape, gy.dtype)
     if algorithm == "blocked":
         return _blocked_conv2d(gy, w, None, gx, adjoint_spec(spec), adjoint=spec)
     if algorithm == "direct":
