@@ -399,6 +399,19 @@ class ConvSpec:
         return _geometry3(self, self.c_in, self.c_out, self.groups)
 
     @property
+    def windows_read_input(self):
+        """Whether every output's window reads at least one input pixel (none lies wholly in the padding):
+        then any input value a window reads, times any output's gradient, reaches the weight gradient."""
+        axes = ((self.d, self.od, self.kd, self.depth_stride, self.depth_padding[0], self.depth_dilation),
+                (self.h, self.oh, self.kh, self.stride[0], self.padding[0], self.dilation[0]),
+                (self.w, self.ow, self.kw, self.stride[1], self.padding[2], self.dilation[1]))
+        for size, out, taps, stride, pad, dilation in axes:
+            read = np.arange(out)[:, None] * stride - pad + np.arange(taps) * dilation
+            if not ((read >= 0) & (read < size)).any(axis=1).all():
+                return False
+        return True
+
+    @property
     def window(self):
         """``(sh, sw, pt, pl, dh, dw)``: where each output's window starts and how it steps."""
         return self.geometry()[WINDOW]

@@ -3,7 +3,8 @@ kernel, a non-finite value in each operand (next to padding too, where the refer
 padded zero).
 
 Through the planner every algorithm must match the reference; a kernel on its own must match for every
-operand its backend does not list in ``NONFINITE_CHECKS`` (those the planner checks)."""
+operand its backend does not list in ``NONFINITE_CHECKS`` (those the planner checks), unless the
+planner checks the kernel's result instead."""
 import dataclasses
 
 import numpy as np
@@ -18,6 +19,7 @@ SPECS = {  # name: (x shape, w shape, conv arguments)
     "dilated": ((1, 3, 9, 9), (4, 3, 3, 3), dict(padding=2, dilation=2)),
     "big kernel": ((1, 2, 16, 16), (2, 2, 5, 5), dict(padding=2)),
     "long signal": ((1, 2, 1, 1500), (2, 2, 1, 9), dict(padding=(0, 4))),
+    "windows wholly in the padding": ((1, 2, 3, 4), (3, 2, 2, 2), dict(padding=2)),
 }
 #: Where the non-finite value goes: an operand and an index (corner: its window reads padding).
 PLACES = [("x", (0, 1, 0, 0)), ("x", (0, 0, 3, 4)), ("w", (1, 0, 0, 0)), ("w", (0, 1, 1, 2)),
@@ -82,7 +84,8 @@ def test_nonfinite_outputs_are_the_references(name, spec_name):
                     what = f"{name} {op} {np.dtype(dtype).name} {value} in {place}"
                     _same_pattern(planned(*args), want, what)
                     position = registry.OPERANDS[op].index(place[0])
-                    if position not in registry.nonfinite_checks(backend, op, algorithm):
+                    checks = registry.nonfinite_checks(backend, op, algorithm, spec)
+                    if position not in checks and registry.RESULT not in checks:
                         _same_pattern(registry.kernel(backend, op, algorithm)(*args), want, what + " (kernel)")
 
 
@@ -112,3 +115,14 @@ def test_finite_inputs_run_the_planned_kernel():
     x[0, 0, 0, 0] = np.inf
     with pytest.raises(AssertionError, match="reference ran"):
         p(x, w, None, spec)
+
+
+def test_the_result_check_is_used_only_where_every_window_reads_input():
+    """A weight gradient's result shows its operands' NaN and inf unless a window lies wholly in the
+    padding: there the gradient at that output meets only padded zeros, so the operands are checked."""
+    inside = shapes.conv_spec((1, 2, 8, 8), (3, 2, 3, 3), None, padding=1)
+    outside = shapes.conv_spec((1, 2, 3, 4), (3, 2, 2, 2), None, padding=2)
+    dilated = shapes.conv_spec((1, 1, 2, 2), (1, 1, 2, 2), None, padding=3, dilation=5)
+    assert inside.windows_read_input and not outside.windows_read_input and not dilated.windows_read_input
+    assert registry.nonfinite_checks("cython", "conv2d_grad_weight", "direct", inside) == (registry.RESULT,)
+    assert registry.nonfinite_checks("cython", "conv2d_grad_weight", "direct", outside) == (0, 1)

@@ -38,6 +38,7 @@ from .. import runtime
 from ..numpy_xp import gemm
 from .._cy import not_built
 from ..shapes import adjoint_spec, input_phases
+from .registry import RESULT
 from .workspaces import clear_workspaces, workspace  # noqa: F401 (part of this module's API)
 
 runtime.start_pools()  # before the extension loads OpenMP, which reads its wait policy only then
@@ -74,7 +75,7 @@ if _IMPORT_ERROR is None:
 ALGORITHMS = ("direct", "gemm", "blocked")
 #: Operands whose NaN or inf an algorithm does not propagate as the reference does (it skips the padding
 #: that the reference multiplies): the planner checks them (see ``registry.nonfinite_checks``).
-NONFINITE_CHECKS = {"direct": {"conv2d": ("w",), "conv2d_grad_input": ("w",), "conv2d_grad_weight": ("gy", "x")},
+NONFINITE_CHECKS = {"direct": {"conv2d": ("w",), "conv2d_grad_input": ("w",), "conv2d_grad_weight": (RESULT,)},
                     "blocked": {"conv2d_grad_input": ("w",)}}
 _TILE_BYTES = 1 << 20  # im2col tile per thread: stays in a core's L2
 _BAND_BYTES = 1 << 19  # padded input rows of one "blocked" task: stay in L2 beside the weights

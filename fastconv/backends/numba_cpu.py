@@ -25,6 +25,7 @@ import numpy as np
 from .. import runtime
 from ..shapes import is_pointwise
 from . import _numba_loops as loops
+from .registry import RESULT
 from .workspaces import clear_workspaces, workspace  # noqa: F401 (part of this module's API)
 
 runtime.start_pools()  # before Numba's first parallel loop loads OpenMP: the runtime's wait policy and threads
@@ -35,7 +36,7 @@ ALGORITHMS = ("direct", "gemm", "per_task")
 DEPTH_OPS = ("max_pool2d", "max_pool2d_grad")
 #: Operands whose NaN or inf an algorithm does not propagate as the reference does (the direct loops skip
 #: the padding that the reference multiplies): the planner checks them (``registry.nonfinite_checks``).
-NONFINITE_CHECKS = {"direct": {"conv2d": ("w",), "conv2d_grad_weight": ("gy",)}}
+NONFINITE_CHECKS = {"direct": {"conv2d": ("w",), "conv2d_grad_weight": (RESULT,)}}
 MAX_COLUMN_BYTES = 8 << 20    # one sample's columns above this are cut into bands of output rows
 MERGE_BYTES = 2 << 20         # samples' columns are put side by side up to this (about the L2 cache)
 POINTWISE_MERGE_BELOW = 1024  # ... for a 1x1 conv only when a sample has fewer output pixels than this

@@ -71,7 +71,12 @@ class Plan:
         return self.backend if self.algorithm is None else f"{self.backend}:{self.algorithm}"
 
     def __call__(self, *args):
-        if self.guard is not None and not _finite(args[i] for i in self.checked):
+        if self.guard is None:
+            return self.kernel(*args)
+        if self.checked == (registry.RESULT,):
+            out = self.kernel(*args)
+            return out if _finite((out,)) else self.guard(*args)
+        if not _finite(args[i] for i in self.checked):
             return self.guard(*args)
         return self.kernel(*args)
 
@@ -234,7 +239,7 @@ def _forced(op, spec, dtype, name):
 
 
 def _plan(backend, op, algorithm, reason, spec, dtype, seconds=None, guard=True):
-    checked = registry.nonfinite_checks(backend, op, algorithm) if guard else ()
+    checked = registry.nonfinite_checks(backend, op, algorithm, spec) if guard else ()
     return Plan(op, backend, algorithm, reason, registry.kernel(backend, op, algorithm), seconds,
                 guard=registry.kernel("numpy", op) if checked else None, checked=checked)
 

@@ -133,10 +133,23 @@ def supports(name, op, spec, dtype, algorithm=None):
     return bool(check(op, spec, dtype, algorithm))
 
 
-def nonfinite_checks(name, op, algorithm):
+#: In ``NONFINITE_CHECKS``: the kernel's result is checked after the call instead of its operands before.
+RESULT = "result"
+
+
+def nonfinite_checks(name, op, algorithm, spec=None):
     """Positions of the arguments of ``op`` whose NaN or inf ``name:algorithm`` would not turn into the
-    reference's outputs (empty: it always gives the reference's)."""
+    reference's outputs (empty: it always gives the reference's), or ``(RESULT,)``.
+
+    A backend lists ``RESULT`` for a weight gradient that sums every product of a read input value and an
+    output's gradient: where no window lies wholly in the padding (``spec.windows_read_input``), any NaN
+    or inf among them makes the small result non-finite, which is cheaper to read than both large
+    operands; elsewhere both operands are checked."""
     checks = getattr(load(name), "NONFINITE_CHECKS", {}).get(algorithm, {}).get(op, ())
+    if RESULT in checks:
+        if spec is not None and spec.windows_read_input:
+            return (RESULT,)
+        checks = OPERANDS[op]
     return tuple(OPERANDS[op].index(operand) for operand in checks)
 
 
