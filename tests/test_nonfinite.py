@@ -126,3 +126,20 @@ def test_the_result_check_is_used_only_where_every_window_reads_input():
     assert inside.windows_read_input and not outside.windows_read_input and not dilated.windows_read_input
     assert registry.nonfinite_checks("cython", "conv2d_grad_weight", "direct", inside) == (registry.RESULT,)
     assert registry.nonfinite_checks("cython", "conv2d_grad_weight", "direct", outside) == (0, 1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_finite_check_finds_every_nan_and_inf(dtype):
+    """The guard's check, compiled or not, on arrays long enough to be split among threads and short ones,
+    with the extreme finite values (largest, subnormal, negative zero) that must pass."""
+    rng = np.random.default_rng(3)
+    info = np.finfo(dtype)
+    for size in (1, 7, 1000, 200_003):
+        a = rng.standard_normal(size).astype(dtype)
+        a[rng.integers(size, size=3)] = [info.max, -info.tiny / 2, -0.0]
+        assert plan._finite([a, a.reshape(1, -1)[:, ::2]])
+        for value in VALUES:
+            b = a.copy()
+            b[rng.integers(size)] = value
+            assert not plan._finite([b]) and not plan._finite([a, b[::-1]]), (size, value)
+    assert plan._finite([np.zeros((0, 3), dtype)])

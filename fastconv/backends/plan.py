@@ -40,6 +40,12 @@ import numpy as np
 from .. import runtime
 from . import depth, model, registry, separable, tune
 
+try:
+    from .._cy._finite import all_finite
+except ImportError:  # the extension is not built: NumPy's reductions check instead
+    def all_finite(a):
+        return None
+
 #: Backends the automatic choice considers on the CPU (the model orders them).
 AUTO = ("numpy", "numba", "cython", "fft", "winograd")
 #: Every kernel the ops plan.
@@ -82,10 +88,16 @@ class Plan:
 
 
 def _finite(arrays):
-    """Whether the arrays are free of NaN and inf: their largest and smallest values are finite (a NaN
-    anywhere makes both NaN). Two reductions that make no temporary: half the time of a sum, which
-    also overflowed on large finite values."""
-    return all(a.size == 0 or (np.isfinite(a.max()) and np.isfinite(a.min())) for a in arrays)
+    """Whether the arrays are free of NaN and inf: the compiled check (one parallel pass over the bits),
+    else each array's largest and smallest value (a NaN anywhere makes both NaN)."""
+    return all(_finite_one(a) for a in arrays)
+
+
+def _finite_one(a):
+    found = all_finite(a)
+    if found is None:
+        return a.size == 0 or bool(np.isfinite(a.max()) and np.isfinite(a.min()))
+    return found
 
 
 # ------------------------------------------------------------------------------------ settings
