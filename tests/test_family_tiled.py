@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 import fastconv as fc
 import fastconv.functional as F
 from fastconv import shapes
+from fastconv.backends import tiled_numba
 
 import cases
 from helpers import check_against, run_torch, torch
@@ -24,10 +25,10 @@ def _divisors(size):
 
 
 @st.composite
-def tiled_cases(draw, dims=2):
+def tiled_cases(draw, dims=2, kernel=None):
     """A convolution case of ``cases.conv_cases`` made tiled (tiles dividing the output) or local, with a
     bias per channel, per position or none."""
-    case = draw(cases.conv_cases(dims, max_size=6))
+    case = draw(cases.conv_cases(dims, max_size=6, kernel=kernel))
     spec = shapes.conv_spec((case["n"], case["c_in"]) + case["size"],
                             (case["c_out"], case["c_in"] // case["groups"]) + case["kernel"], None,
                             case["stride"], case["padding"], case["dilation"], case["groups"], dims)
@@ -97,9 +98,18 @@ def test_plan_matches_definition(plan, case, seed):
                   make_args(case, np.random.default_rng(seed)), what=f"{plan} {case['op']}")
 
 
+@pytest.mark.parametrize("size", tiled_numba.CONSTANT_SIZES)
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), seed=st.integers(0, 2**16))
+def test_kernels_compiled_for_one_size_match_definition(size, data, seed):
+    """The kernels with the kernel size as a constant (strides, padding, dilation, groups, both dtypes)."""
+    case = data.draw(tiled_cases(2, kernel=size))
+    check_against(lambda *t: call(case, t, backend="numba"), lambda *t: call(case, t, backend="numpy"),
+                  make_args(case, np.random.default_rng(seed)), what=f"{size} {case['op']}")
+
+
 def test_blocks_smaller_than_a_row_match_definition(monkeypatch):
     """Blocks that split rows, samples and runs of positions (tiny ``TASK_BYTES``) change nothing."""
-    from fastconv.backends import tiled_numba
     rng = np.random.default_rng(3)
     x, w, b = rng.standard_normal((5, 4, 10, 13)), rng.standard_normal((2, 11, 6, 2, 3, 3)), rng.standard_normal(6)
     for task_bytes in (1, 200, 2000):
