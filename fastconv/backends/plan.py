@@ -31,6 +31,7 @@ reference for non-finite ones, so that the semantics never depend on the plan.
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from dataclasses import dataclass, field
 from typing import Callable
@@ -39,12 +40,6 @@ import numpy as np
 
 from .. import runtime
 from . import depth, model, registry, separable, tune
-
-try:
-    from .._cy._finite import all_finite
-except ImportError:  # the extension is not built: NumPy's reductions check instead
-    def all_finite(a):
-        return None
 
 #: Backends the automatic choice considers on the CPU (the model orders them).
 AUTO = ("numpy", "numba", "cython", "fft", "winograd")
@@ -94,10 +89,21 @@ def _finite(arrays):
 
 
 def _finite_one(a):
-    found = all_finite(a)
+    found = _compiled_check()(a)
     if found is None:
         return a.size == 0 or bool(np.isfinite(a.max()) and np.isfinite(a.min()))
     return found
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_check():
+    """The compiled check, loaded on the first call (importing fastconv loads no extension and no
+    OpenMP), or a stand-in that declines every array where it is not built."""
+    try:
+        from .._cy._finite import all_finite
+    except ImportError:
+        return lambda a: None
+    return all_finite
 
 
 # ------------------------------------------------------------------------------------ settings
