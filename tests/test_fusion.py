@@ -144,13 +144,13 @@ def test_fused_activations_export_to_onnx_as_their_own_nodes():
     np.testing.assert_allclose(session.run(None, {"input": x})[0], model(x).numpy(), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("blas_from", [1 << 20, 1])
+@pytest.mark.parametrize("einsum_from", [1 << 20, 1])
 @pytest.mark.parametrize("shape", [(3, 5, 7, 9), (1, 4, 3, 6, 5), (0, 3, 4, 4), (2, 3, 1, 1), (300, 7, 33, 17)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_bias_grad_is_the_sum_over_all_but_the_channels(monkeypatch, blas_from, shape, dtype):
-    """Both ways (NumPy's sums for small gradients, a product with ones from ``BLAS_BIAS_GRAD_FROM``
-    elements) against an exact sum, with an empty batch and a single sample among the shapes."""
-    monkeypatch.setattr(fusion, "BLAS_BIAS_GRAD_FROM", blas_from)
+def test_bias_grad_is_the_sum_over_all_but_the_channels(monkeypatch, einsum_from, shape, dtype):
+    """Both ways (NumPy's sums for small gradients, ``einsum`` from ``EINSUM_BIAS_GRAD_FROM`` elements)
+    against an exact sum, with an empty batch and a single sample among the shapes."""
+    monkeypatch.setattr(fusion, "EINSUM_BIAS_GRAD_FROM", einsum_from)
     g = np.random.default_rng(0).standard_normal(shape).astype(dtype)
     want = g.astype(np.float64).sum(axis=(0,) + tuple(range(2, g.ndim)))
     got = fusion.bias_grad(np, g)
