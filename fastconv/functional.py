@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import fusion, shapes
-from .backends import plan, separable
+from .backends import depth, plan, separable
 from .random import generator
 from .tensor import Tensor, as_tensor, is_grad_enabled, make
 
@@ -126,9 +126,10 @@ def _conv_transpose(input, weight, bias, dims, stride, padding, output_padding, 
 
     def backward(g):
         g4 = _as4(g, spec.x_shape)
-        return (_grad(x, lambda: run.conv2d(g4, w4, None, spec).reshape(x.shape)),
-                _grad(w, lambda: run.conv2d_grad_weight(x4, g4, spec).reshape(w.shape)),
-                _grad(b, lambda: fusion.bias_grad(x.xp, g4)))
+        with depth.one_backward():  # a volume's two gradients fold g4 once
+            return (_grad(x, lambda: run.conv2d(g4, w4, None, spec).reshape(x.shape)),
+                    _grad(w, lambda: run.conv2d_grad_weight(x4, g4, spec).reshape(w.shape)),
+                    _grad(b, lambda: fusion.bias_grad(x.xp, g4)))
     return _result(y, spec.user_shape(spec.x_shape), (x, w, b), backward)
 
 

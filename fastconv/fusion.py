@@ -12,7 +12,7 @@ indices (where every value of a window is negative they would differ).
 """
 import numpy as np
 
-from .backends import registry
+from .backends import depth, registry
 
 ACTIVATIONS = ("relu", "tanh", "sigmoid")
 
@@ -72,10 +72,11 @@ def conv2d_grads(run, xp, g4, x4, w4, y4, spec, act, need):
             gb = bias_grad(xp, xp.activation_grad(g4, y4, act))
         return gx, gw, gb
     g4 = xp.activation_grad(g4, y4, act)
-    if need_x:
-        gx = run.conv2d_grad_input(g4, w4, spec)
-    if need_w:
-        gw = run.conv2d_grad_weight(g4, x4, spec)
+    with depth.one_backward():  # a volume's two gradients lay out g4 once
+        if need_x:
+            gx = run.conv2d_grad_input(g4, w4, spec)
+        if need_w:
+            gw = run.conv2d_grad_weight(g4, x4, spec)
     if need_b:
         gb = bias_grad(xp, g4)
     return gx, gw, gb

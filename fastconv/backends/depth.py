@@ -24,7 +24,9 @@ or GPU arrays (only slicing, transposes, ``where`` and arithmetic are used here)
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import threading
 
 import numpy as np
 
@@ -48,6 +50,36 @@ def _scratch(name, shape, like):
     if isinstance(like, np.ndarray):
         return workspace(name, shape, like.dtype)
     return _xp(like).empty(shape, like.dtype)
+
+
+# --------------------------------------------------------------------------- shared layouts
+_made = threading.local()
+
+
+@contextlib.contextmanager
+def one_backward():
+    """Inside the block each array's depth layouts (:func:`_folded`, :func:`_to_samples`) are made once
+    per spec: the two gradients of a layer read the same output gradient (a transposed convolution's both
+    fold it), which is tens of MB for a volume. The caller promises that no array changes inside."""
+    outer = getattr(_made, "layouts", None)
+    if outer is None:
+        _made.layouts = {}
+    try:
+        yield
+    finally:
+        if outer is None:
+            _made.layouts = None
+
+
+def _once(make, a, spec):
+    """``make(a, spec)``, or inside :func:`one_backward` what it returned for this array and spec."""
+    layouts = getattr(_made, "layouts", None)
+    if layouts is None:
+        return make(a, spec)
+    key = (make.__name__, id(a), spec)
+    if key not in layouts:
+        layouts[key] = (a, make(a, spec))  # holds ``a``, so that its id names no other array meanwhile
+    return layouts[key][1]
 
 
 # ------------------------------------------------------------------------------ depth taps
@@ -157,21 +189,21 @@ def conv2d(x, w, b, spec, inner):
     s = inner_spec(spec)
     if stacks_planes(spec):
         return inner(x.reshape(s.x_shape), w.reshape(s.w_shape), b, s).reshape(spec.y_shape)
-    return _from_samples(inner(_folded(x, spec), w.reshape(s.w_shape), b, s), spec)
+    return _from_samples(inner(_once(_folded, x, spec), w.reshape(s.w_shape), b, s), spec)
 
 
 def conv2d_grad_input(gy, w, spec, inner):
     s = inner_spec(spec)
     if stacks_planes(spec):
         return inner(gy.reshape(s.y_shape), w.reshape(s.w_shape), s).reshape(spec.x_shape)
-    return _unfolded(inner(_to_samples(gy, spec), w.reshape(s.w_shape), s), spec)
+    return _unfolded(inner(_once(_to_samples, gy, spec), w.reshape(s.w_shape), s), spec)
 
 
 def conv2d_grad_weight(gy, x, spec, inner):
     s = inner_spec(spec)
     if stacks_planes(spec):
         return inner(gy.reshape(s.y_shape), x.reshape(s.x_shape), s).reshape(spec.w_shape)
-    return inner(_to_samples(gy, spec), _folded(x, spec), s).reshape(spec.w_shape)
+    return inner(_once(_to_samples, gy, spec), _once(_folded, x, spec), s).reshape(spec.w_shape)
 
 
 # ---------------------------------------------------------------------------------- pooling
