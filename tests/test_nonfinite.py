@@ -20,6 +20,8 @@ SPECS = {  # name: (x shape, w shape, conv arguments)
     "big kernel": ((1, 2, 16, 16), (2, 2, 5, 5), dict(padding=2)),
     "long signal": ((1, 2, 1, 1500), (2, 2, 1, 9), dict(padding=(0, 4))),
     "windows wholly in the padding": ((1, 2, 3, 4), (3, 2, 2, 2), dict(padding=2)),
+    "3x3 same": ((2, 3, 9, 7), (4, 3, 3, 3), dict(padding=1)),
+    "3x3 valid, tiles past the edge": ((1, 2, 11, 10), (3, 2, 3, 3), {}),
 }
 #: Where the non-finite value goes: an operand and an index (corner: its window reads padding).
 PLACES = [("x", (0, 1, 0, 0)), ("x", (0, 0, 3, 4)), ("w", (1, 0, 0, 0)), ("w", (0, 1, 1, 2)),

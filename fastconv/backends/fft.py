@@ -52,6 +52,7 @@ import scipy.fft as sfft
 
 from .. import runtime
 from ..shapes import ConvSpec
+from .registry import RESULT
 from .workspaces import workspace
 
 #: The blocked (overlap-add / overlap-save) path runs when a 1-D signal is longer than both of these:
@@ -292,8 +293,9 @@ def _kernel_dft(w, rows, cols):
 # --------------------------------------------------------------------------------- the kernels
 ALGORITHMS = ("whole", "overlap")
 #: Every operand: each output mixes every input of its plane, so one NaN or inf reaches them all (the
-#: planner checks the operands and runs non-finite ones on the reference).
-_EVERY_OPERAND = {"conv2d": ("x", "w"), "conv2d_grad_input": ("gy", "w"), "conv2d_grad_weight": ("gy", "x")}
+#: planner checks the operands, the weight gradient's by its small result, and runs non-finite ones on the
+#: reference).
+_EVERY_OPERAND = {"conv2d": ("x", "w"), "conv2d_grad_input": ("gy", "w"), "conv2d_grad_weight": (RESULT,)}
 NONFINITE_CHECKS = {"whole": _EVERY_OPERAND, "overlap": _EVERY_OPERAND}
 
 

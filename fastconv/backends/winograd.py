@@ -52,6 +52,7 @@ from functools import lru_cache
 import numpy as np
 
 from .. import runtime
+from .registry import RESULT
 from .workspaces import workspace
 
 runtime.start_pools()  # before the extension loads OpenMP, which reads its wait policy only then
@@ -68,8 +69,10 @@ ALGORITHMS = ("f4", "f2")
 TILE_OF = {"f4": 4, "f2": 2}
 OPS = ("conv2d", "conv2d_grad_input", "conv2d_grad_weight")
 #: A NaN or inf in a tile's input patch reaches all of its outputs through the transforms (and the
-#: neighbouring tiles, whose patches overlap): every operand is checked (``registry.nonfinite_checks``).
-_EVERY_OPERAND = {"conv2d": ("x", "w"), "conv2d_grad_input": ("gy", "w"), "conv2d_grad_weight": ("gy", "x")}
+#: neighbouring tiles, whose patches overlap): every operand is checked (``registry.nonfinite_checks``),
+#: the weight gradient's by its result, which every transformed value reaches (each row of A, B and G
+#: has a non-zero entry, and padded zeros are multiplied, as the reference multiplies them).
+_EVERY_OPERAND = {"conv2d": ("x", "w"), "conv2d_grad_input": ("gy", "w"), "conv2d_grad_weight": (RESULT,)}
 NONFINITE_CHECKS = {"f4": _EVERY_OPERAND, "f2": _EVERY_OPERAND}
 #: Seconds per multiply-add of the transformed-domain products on one core (the cost model's constant,
 #: as the direct backends'), and what the transforms add to them: measured on one thread, vgg_3x3 ran
