@@ -512,3 +512,21 @@ def test_the_wide_tile(x_shape, w_shape, kw):
     if cy.supports("conv2d_grad_input", spec, np.float32, "blocked"):
         assert_close(cy.conv2d_grad_input(gy, w, spec, algorithm="blocked"),
                      ref.conv2d_grad_input(as64(gy), as64(w), spec), np.float32, f"wide tile's adjoint {spec}")
+
+
+@pytest.mark.parametrize("x_shape, w_shape, kw", [
+    ((3, 12, 32, 32), (20, 12, 2, 2), {"stride": 2}),           # 4 KB planes: bands copied
+    ((2, 9, 16, 64), (16, 9, 3, 3), {"stride": 3}),             # a window per stride, rows past the last one
+    ((2, 24, 32, 32), (16, 12, 2, 2), {"stride": (2, 3), "groups": 2}),
+    ((2, 6, 32, 32), (8, 6, 2, 2), {"stride": 2}),              # too few rows per window to copy
+    ((2, 12, 30, 30), (8, 12, 2, 2), {"stride": 2}),            # planes of no multiple of 4 KB
+])
+def test_blocked_forward_on_planes_of_4_kb(x_shape, w_shape, kw):
+    """Unpadded windows with no input row shared by two output rows read a copy of their band where the
+    planes are a multiple of 4 KB (``aliased`` in ``_blocked.pyx``), in place elsewhere: same results."""
+    spec = shapes.conv_spec(x_shape, w_shape, (w_shape[0],), **kw)
+    rng = np.random.default_rng(2)
+    x, w, b = (rng.standard_normal(s).astype(np.float32) for s in (x_shape, w_shape, (w_shape[0],)))
+    as64 = lambda a: a.astype(np.float64)  # noqa: E731
+    assert_close(cy.conv2d(x, w, b, spec, algorithm="blocked"), ref.conv2d(as64(x), as64(w), as64(b), spec),
+                 np.float32, f"blocked {spec}")
