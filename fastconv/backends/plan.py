@@ -25,8 +25,10 @@ Rank-1 kernels: where ``model.separable_worthwhile`` holds, the plan runs the we
 when its values are rank 1 (``separable``), else as planned. ``set_exact(True)`` leaves out the
 algorithms with larger rounding error (``model.INEXACT``). Where an algorithm's NaN and inf outputs
 could differ from the reference's (an FFT spreads one NaN over a whole plane; direct loops skip the
-padding the reference multiplies), the plan checks those operands (one cheap sum each) and runs the
-reference for non-finite ones, so that the semantics never depend on the plan.
+padding the reference multiplies), the plan checks those operands (one compiled pass over their bits) and
+runs the reference for non-finite ones, so that the semantics never depend on the plan; a weight
+gradient that every operand value reaches is checked by its small result instead
+(``registry.RESULT``).
 """
 from __future__ import annotations
 
