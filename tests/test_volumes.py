@@ -272,15 +272,18 @@ def test_bad_input(call, error, match):
 
 def test_one_backward_lays_out_each_array_once():
     """Inside ``depth.one_backward`` an array's fold is made once per spec (the gradients of one layer
-    share it); outside, every call makes its own, so later contents are seen."""
+    share it) unless another fold has overwritten the workspace since; outside, every call makes its own."""
     from fastconv.backends import depth
-    spec = shapes.conv_spec((1, 2, 6, 5, 5), (3, 2, 2, 3, 3), None, stride=(2, 1, 1), padding=1, dims=3)
-    other = shapes.conv_spec((1, 2, 6, 5, 5), (3, 2, 3, 3, 3), None, padding=1, dims=3)
+    spec = shapes.conv_spec((1, 2, 6, 5, 5), (3, 2, 3, 3, 3), None, padding=1, dims=3)
+    smaller = shapes.conv_spec((1, 2, 6, 5, 5), (3, 2, 2, 3, 3), None, stride=(2, 1, 1), padding=1, dims=3)
     x = np.random.default_rng(0).standard_normal(spec.x_shape)
+    want, want_smaller = depth._folded(x, spec).copy(), depth._folded(x, smaller).copy()
     with depth.one_backward():
         first = depth._once(depth._folded, x, spec)
         assert depth._once(depth._folded, x, spec) is first
-        assert depth._once(depth._folded, x.copy(), spec) is not first
-        np.testing.assert_array_equal(depth._once(depth._folded, x, other), depth._folded(x, other))
+        np.testing.assert_array_equal(depth._once(depth._folded, x, smaller), want_smaller)  # same workspace
+        np.testing.assert_array_equal(depth._once(depth._folded, x, spec), want)  # made again
+        np.testing.assert_array_equal(depth._once(depth._folded, -x, spec), -want)
     x += 1
-    np.testing.assert_array_equal(depth._once(depth._folded, x, spec), depth._folded(x.copy(), spec))
+    expected = depth._folded(x, spec).copy()
+    np.testing.assert_array_equal(depth._once(depth._folded, x, spec), expected)

@@ -72,14 +72,15 @@ def one_backward():
 
 
 def _once(make, a, spec):
-    """``make(a, spec)``, or inside :func:`one_backward` what it returned for this array and spec."""
+    """``make(a, spec)``, or inside :func:`one_backward` the layout it made last if that was of this very
+    array and spec (each layout is a workspace that the next one of its kind overwrites)."""
     layouts = getattr(_made, "layouts", None)
     if layouts is None:
         return make(a, spec)
-    key = (make.__name__, id(a), spec)
-    if key not in layouts:
-        layouts[key] = (a, make(a, spec))  # holds ``a``, so that its id names no other array meanwhile
-    return layouts[key][1]
+    last = layouts.get(make.__name__)
+    if last is None or last[0] is not a or last[1] != spec:
+        last = layouts[make.__name__] = (a, spec, make(a, spec))
+    return last[2]
 
 
 # ------------------------------------------------------------------------------ depth taps
