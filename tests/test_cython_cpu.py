@@ -176,6 +176,14 @@ def test_blocked_forward_in_bands(monkeypatch, case, seed, band_bytes, more_thre
     assert_close(cy.conv2d(x, w, b, spec, algorithm="blocked"), want, np.float32, f"blocked {spec}")
 
 
+def _grad_input_case(spec, seed):
+    """``(gy, w, want)``: float32 operands of ``spec``'s input gradient and the float64 reference's."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal(spec.w_shape).astype(np.float32)
+    gy = rng.standard_normal(spec.y_shape).astype(np.float32)
+    return gy, w, ref.conv2d_grad_input(gy.astype(np.float64), w.astype(np.float64), spec)
+
+
 @settings(max_examples=80, deadline=None)
 @given(case=st.one_of(cases.conv_cases(2, stride=(2, 2)), cases.conv_cases(2), cases.conv_cases(1, stride=(3,)),
                       cases.conv_transpose_cases(2, stride=(2, 3))), seed=st.integers(0, 2**16))
@@ -189,10 +197,7 @@ def test_blocked_strided_input_gradient_by_input_phases(case, seed):
     if shapes.input_phases(spec) is None:
         assert not cy.supports("conv2d_grad_input", spec, np.float32, "blocked")
         return
-    rng = np.random.default_rng(seed)
-    w = rng.standard_normal(spec.w_shape).astype(np.float32)
-    gy = rng.standard_normal(spec.y_shape).astype(np.float32)
-    want = ref.conv2d_grad_input(gy.astype(np.float64), w.astype(np.float64), spec)
+    gy, w, want = _grad_input_case(spec, seed)
     assert_close(cy.conv2d_grad_input(gy, w, spec, algorithm="blocked"), want, np.float32,
                  f"blocked strided grad input {spec}")
 
@@ -211,10 +216,7 @@ def test_blocked_input_gradient_through_the_adjoint(case, seed):
         reach = (spec.dilation[0] * (spec.kh - 1), spec.dilation[1] * (spec.kw - 1))
         assert spec.stride != (1, 1) or max(pt, pb) > reach[0] or max(pl, pr) > reach[1]
         return
-    rng = np.random.default_rng(seed)
-    w = rng.standard_normal(spec.w_shape).astype(np.float32)
-    gy = rng.standard_normal(spec.y_shape).astype(np.float32)
-    want = ref.conv2d_grad_input(gy.astype(np.float64), w.astype(np.float64), spec)
+    gy, w, want = _grad_input_case(spec, seed)
     assert_close(ref.conv2d(gy, shapes.adjoint_weight(w, spec), None, adjoint), want, np.float32,
                  f"adjoint {spec}")
     assert_close(cy.conv2d_grad_input(gy, w, spec, algorithm="blocked"), want, np.float32,

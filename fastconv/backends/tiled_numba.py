@@ -157,7 +157,7 @@ def _kernels_for(KH, KW):  # noqa: N803 (constants of the compiled code)
         if KH:
             kh, kw = KH, KW
         n, oh, ow = x.shape[0], y.shape[2], y.shape[3]
-        th, tw, groups, cog = w5.shape[0], w5.shape[1], w5.shape[2], w5.shape[3]
+        th, tw, groups, cog = w5.shape[:4]
         nb, cq, cb = tiling
         nq = ow // tw
         per_row = _blocks(n, nb, nq, cq, tw, cb)
@@ -177,7 +177,7 @@ def _kernels_for(KH, KW):  # noqa: N803 (constants of the compiled code)
         if KH:
             kh, kw = KH, KW
         n, oh, ow = gy.shape[0], gy.shape[2], gy.shape[3]
-        th, tw, groups, cog = w5.shape[0], w5.shape[1], w5.shape[2], w5.shape[3]
+        th, tw, groups, cog = w5.shape[:4]
         nb, cq, cb = tiling
         nq = ow // tw
         per_row = _blocks(n, nb, nq, cq, tw, cb)
