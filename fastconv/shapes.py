@@ -519,7 +519,8 @@ def adjoint_spec(spec):
 @dataclass(frozen=True)
 class Phase:
     """One phase of a strided convolution's input gradient: the input pixels ``(ph + a*sh, pw + b*sw)``,
-    ``a < rows``, ``b < cols``, are the stride-1 convolution ``spec`` (``rows x cols`` outputs at least) of
+    ``a < rows``, ``b < cols``, are the stride-1 convolution ``spec`` (``rows x cols`` outputs: its bottom
+    or right padding is negative where the phase leaves the gradient's last rows or columns unread) of
     the output gradient with the kernel taps ``kh_taps x kw_taps`` (slices of the kernel, reversed:
     ``w[:, :, kh_taps, kw_taps]``, in and out channels swapped), the only taps that reach them."""
     ph: int
@@ -562,10 +563,9 @@ def input_phases(spec):
                 return None
             top, left = -top, -left
             dil = (dh // math.gcd(sh, dh), dw // math.gcd(sw, dw))  # taps of a phase: this far apart
-            bottom = max(0, rows - 1 + (nh - 1) * dil[0] - top - (spec.oh - 1))
-            right = max(0, cols - 1 + (nw - 1) * dil[1] - left - (spec.ow - 1))
-            phase = ConvSpec(spec.n, spec.c_out, spec.oh, spec.ow, spec.c_in, nh, nw,
-                             spec.oh + top + bottom - (nh - 1) * dil[0], spec.ow + left + right - (nw - 1) * dil[1],
+            bottom = rows - 1 + (nh - 1) * dil[0] - top - (spec.oh - 1)
+            right = cols - 1 + (nw - 1) * dil[1] - left - (spec.ow - 1)
+            phase = ConvSpec(spec.n, spec.c_out, spec.oh, spec.ow, spec.c_in, nh, nw, rows, cols,
                              (1, 1), (top, bottom, left, right), dil, spec.groups, spec.dims)
             phases.append(Phase(ph, pw, rows, cols, kh_taps, kw_taps, phase))
     return tuple(phases)

@@ -35,7 +35,7 @@ cdef extern from "blocked_conv.h" nogil:
         int ekw, edw
     ctypedef struct fc_dst:
         float* y
-        Py_ssize_t yc
+        Py_ssize_t yc, ys
         int nc
         const float* bias
         int add
@@ -45,8 +45,8 @@ cdef extern from "blocked_conv.h" nogil:
     int FC_MAX_NJ
     const char* FC_ISA
     bint FC_ROW_SHAPE(Py_ssize_t sw, Py_ssize_t kw, Py_ssize_t dw)
-    void fc_conv_row(const fc_src* s, const float* w, int nv, int ow, float* y, Py_ssize_t yc, int nc,
-                     const float* bias)
+    void fc_conv_row(const fc_src* s, const float* w, int nv, int ow, float* y, Py_ssize_t yc, Py_ssize_t ys,
+                     int nc, const float* bias)
     void fc_tile_any(const fc_src* s, const float* w, int nj, int nv, const fc_dst* d)
     int fc_wgrad3_any(const fc_src* s, const float* w, int nr, int nv, const fc_dst* d)
     int fc_tile_width(Py_ssize_t n)
@@ -55,7 +55,8 @@ cdef extern from "blocked_conv.h" nogil:
     int FC_PIX_MAX_NC
     int fc_ptile_rows(int nc)
     void fc_ptile_any(const float* x, const Py_ssize_t* taps, int ntaps, Py_ssize_t xr, const float* w, int nc,
-                      int nr, int npix, float* y, Py_ssize_t yc, Py_ssize_t yr, const float* bias)
+                      int nr, int npix, float* y, Py_ssize_t yc, Py_ssize_t yr, Py_ssize_t ys,
+                      const float* bias)
 
 
 def isa():
@@ -230,11 +231,12 @@ cdef void copy_band(const float* x, float* buf, Geo* g, Py_ssize_t n, Py_ssize_t
         fill(dst + (top + valid) * wp, <float>0, (nr - top - valid) * wp)
 
 
-cdef void conv_task(const float* x, const float* wp, const float* b, float* y, float* buf,
-                    const Py_ssize_t* taps, Geo* g, Py_ssize_t n, Py_ssize_t grp, Py_ssize_t r0,
+cdef void conv_task(const float* x, const float* wp, const float* b, float* y, const Py_ssize_t* ys,
+                    float* buf, const Py_ssize_t* taps, Geo* g, Py_ssize_t n, Py_ssize_t grp, Py_ssize_t r0,
                     Py_ssize_t rows, Py_ssize_t blk0, Py_ssize_t blk1, Py_ssize_t xc, Py_ssize_t xr) noexcept nogil:
     """Output rows ``[r0, r0 + rows)`` of sample ``n``, the channels of blocks ``[blk0, blk1)`` of group
-    ``grp``: each block's weights stay in cache while it runs every row of the band."""
+    ``grp``: each block's weights stay in cache while it runs every row of the band. ``ys``: the strides
+    of ``y``'s four axes, in floats."""
     cdef int nv = fwd_vectors(g)
     cdef Py_ssize_t width = FC_LANES * nv, blocks = (g.cog + width - 1) // width, blk, r, oc
     cdef Py_ssize_t o0, nr, npix
@@ -252,7 +254,7 @@ cdef void conv_task(const float* x, const float* wp, const float* b, float* y, f
                     npix = min(FC_LANES, g.ow - o0)
                     fc_ptile_any(buf + r * g.sh * xr + o0, taps, <int>g.taps, g.sh * xr,
                                  wp + (grp * blocks + blk) * g.taps * width, <int>g.cog, <int>nr, <int>npix,
-                                 y + ((n * g.c_out + oc) * g.oh + r0 + r) * g.ow + o0, g.ohw, g.ow,
+                                 y + n * ys[0] + oc * ys[1] + (r0 + r) * ys[2] + o0 * ys[3], ys[1], ys[2], ys[3],
                                  b + oc if b != NULL else NULL)
                     o0 += npix
                 r += nr
@@ -272,28 +274,32 @@ cdef void conv_task(const float* x, const float* wp, const float* b, float* y, f
         for r in range(rows):
             s.x = base + r * g.sh * xr
             fc_conv_row(&s, wp + (grp * blocks + blk) * g.taps * width, nv, g.ow,
-                        y + ((n * g.c_out + oc) * g.oh + r0 + r) * g.ow, g.ohw,
+                        y + n * ys[0] + oc * ys[1] + (r0 + r) * ys[2], ys[1], ys[3],
                         min(width, g.cog - blk * width), b + oc if b != NULL else NULL)
 
 
 def conv2d(const float[:, :, :, ::1] x, const float[:, :, :, ::1] w, float[::1] packed, bint adjoint,
-           bint fresh, const float[::1] b, float[:, :, :, ::1] y, float[:, ::1] scratch, tuple geo,
+           bint fresh, const float[::1] b, float[:, :, :, :] y, float[:, ::1] scratch, tuple geo,
            Py_ssize_t rows, Py_ssize_t chunk, int threads):
     """``y = conv(x, w) + b`` (``b`` may be None) with the weights packed in ``packed`` (packed there
     first, as ``pack_weights(w, packed, geo, adjoint, fresh)`` does, unless ``w`` is None), in tasks of
     ``rows`` output rows of one sample by ``chunk`` blocks of output channels of one group; ``scratch``:
     ``scratch_size(geo, rows)`` elements per thread. One parallel region of ``threads`` threads runs the
-    packing, then the convolution. Returns the number of weight blocks written."""
+    packing, then the convolution. ``y`` may be a strided view (one input phase of a strided input
+    gradient, written in place). Returns the number of weight blocks written."""
     cdef Geo g = make_geo(geo)
     cdef const float* bp = NULL
     cdef Py_ssize_t width = FC_LANES * fwd_vectors(&g), blocks = (g.cog + width - 1) // width
     cdef Py_ssize_t bands = (g.oh + rows - 1) // rows, chunks = (blocks + chunk - 1) // chunk
     cdef Py_ssize_t packs = 0, tasks = 0, written = 0, t, k, r0, xc, xr
+    cdef Py_ssize_t ys[4]
     cdef Py_ssize_t* taps
     if w is not None and g.taps > 0:
         packs = g.groups * blocks
     if b is not None:
         bp = &b[0]
+    for k in range(4):
+        ys[k] = y.strides[k] // <Py_ssize_t>sizeof(float)
     xc, xr = strides(&g, rows, copies(&g))
     taps = tap_offsets(&g, xc, xr, FC_ROW_SHAPE(g.sw, g.kw, g.dw) and not pixel_tiles(&g))
     if taps == NULL:
@@ -308,7 +314,7 @@ def conv2d(const float[:, :, :, ::1] x, const float[:, :, :, ::1] w, float[::1] 
         for t in prange(tasks, schedule="dynamic"):
             k = t % chunks
             r0 = (t // chunks % bands) * rows
-            conv_task(&x[0, 0, 0, 0], &packed[0], bp, &y[0, 0, 0, 0], &scratch[threadid(), 0], taps, &g,
+            conv_task(&x[0, 0, 0, 0], &packed[0], bp, &y[0, 0, 0, 0], ys, &scratch[threadid(), 0], taps, &g,
                       t // (chunks * bands * g.groups), t // (chunks * bands) % g.groups, r0,
                       min(rows, g.oh - r0), k * chunk, min(blocks, (k + 1) * chunk), xc, xr)
     free(taps)
@@ -358,7 +364,7 @@ cdef void weight_task(const float* gy, const float* x, float* out, float* scratc
             # the block's output gradient, pixel-major: the micro-kernel's "weights"
             fc_pack_block(gy + (n * g.c_out + oc0) * g.ohw, g.ohw, 1, 0, <int>g.ohw, 0, <int>nc, <int>width,
                           packed, 1)
-            d.yc, d.nc, d.bias, d.add = g.taps, nc, NULL, n > n0
+            d.yc, d.ys, d.nc, d.bias, d.add = g.taps, 1, nc, NULL, n > n0
             for tile in range((count + step - 1) // step):
                 t0 = tile * step
                 s.cols = taps + t0

@@ -66,11 +66,12 @@ typedef struct {
     int ekw, edw;
 } fc_src;
 
-/* Where one tile's results go: y[c * yc + o] = tile(o, c) (+ bias[c]), for channels c < nc; with add,
- * y[c * yc + o] += tile(o, c). */
+/* Where one tile's results go: y[c * yc + o * ys] = tile(o, c) (+ bias[c]), for channels c < nc; with
+ * add, y[c * yc + o * ys] += tile(o, c). A pixel stride ys of 2 writes one input phase of a stride-2
+ * input gradient in place. */
 typedef struct {
     float *y;
-    ptrdiff_t yc;
+    ptrdiff_t yc, ys;
     int nc;
     const float *bias;
     int add;
@@ -109,12 +110,42 @@ static inline __attribute__((always_inline)) void fc_transpose16(__m512 *r)
 }
 #endif
 
+#if defined(__AVX512F__)
+/* y[o * ys] = v[o] (+= with add) for o < nj: one masked store (ys = 1), or the lanes spread to every other
+ * float of two vectors, which masked stores write without touching the floats between (ys = 2), or one
+ * float at a time. */
+static inline __attribute__((always_inline)) void fc_store_pixels(float *y, __m512 v, int nj, ptrdiff_t ys,
+                                                                  int add)
+{
+    if (ys == 1) {
+        __mmask16 mask = (__mmask16)((1u << nj) - 1);
+        if (add)
+            v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, y));
+        _mm512_mask_storeu_ps(y, mask, v);
+    } else if (ys == 2) {
+        const __m512i spread = _mm512_set_epi32(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0);
+        for (int h = 0; h < 2 && 8 * h < nj; h++, y += 16) {
+            int m = nj - 8 * h < 8 ? nj - 8 * h : 8;  /* pixels 8h.. land in lanes 0, 2, .. 2m - 2 */
+            __mmask16 mask = (__mmask16)(0x5555u & ((1u << (2 * m)) - 1));
+            __m512 u = _mm512_permutexvar_ps(_mm512_add_epi32(spread, _mm512_set1_epi32(8 * h)), v);
+            if (add)
+                u = _mm512_add_ps(u, _mm512_maskz_loadu_ps(mask, y));
+            _mm512_mask_storeu_ps(y, mask, u);
+        }
+    } else {
+        float t[16];
+        _mm512_storeu_ps(t, v);
+        for (int o = 0; o < nj; o++)
+            y[o * ys] = add ? y[o * ys] + t[o] : t[o];
+    }
+}
+#endif
+
 /* Writes a finished tile: acc[o][v] holds channels v*FC_LANES.. of tile element o. */
 static inline __attribute__((always_inline)) void fc_store(fc_vec acc[][FC_MAX_NV], int nj, int nv,
                                                            const fc_dst *d)
 {
 #if defined(__AVX512F__)
-    __mmask16 mask = (__mmask16)((1u << nj) - 1);
     for (int k = 0; k < nv; k++) {  /* each vector of 16 channels in turn */
         __m512 r[16];
         int nc = d->nc - 16 * k < 16 ? d->nc - 16 * k : 16;
@@ -122,13 +153,10 @@ static inline __attribute__((always_inline)) void fc_store(fc_vec acc[][FC_MAX_N
             r[o] = o < nj ? (__m512)acc[o][k] : _mm512_setzero_ps();
         fc_transpose16(r);
         for (int c = 0; c < nc; c++) {
-            float *y = d->y + (16 * k + c) * d->yc;
             __m512 v = r[c];
             if (d->bias)
                 v = _mm512_add_ps(v, _mm512_set1_ps(d->bias[16 * k + c]));
-            if (d->add)
-                v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, y));
-            _mm512_mask_storeu_ps(y, mask, v);
+            fc_store_pixels(d->y + (16 * k + c) * d->yc, v, nj, d->ys, d->add);
         }
     }
     return;
@@ -141,10 +169,10 @@ static inline __attribute__((always_inline)) void fc_store(fc_vec acc[][FC_MAX_N
         float *y = d->y + c * d->yc, b = d->bias ? d->bias[c] : 0.0f;
         if (d->add)
             for (int o = 0; o < nj; o++)
-                y[o] += tile[o * width + c];
+                y[o * d->ys] += tile[o * width + c];
         else
             for (int o = 0; o < nj; o++)
-                y[o] = tile[o * width + c] + b;
+                y[o * d->ys] = tile[o * width + c] + b;
     }
 }
 
@@ -196,7 +224,7 @@ static void fc_tile(const fc_src *s, const float *w, int nj, int nv, int sw, int
             }
     for (int c = 0; c < d->nc; c++)
         for (int o = 0; o < nj; o++) {
-            float *y = d->y + c * d->yc + o;
+            float *y = d->y + c * d->yc + o * d->ys;
             *y = (d->add ? *y : (d->bias ? d->bias[c] : 0.0f)) + out[o * width + c];
         }
 }
@@ -333,22 +361,22 @@ static inline int fc_tile_width(ptrdiff_t n)
     return fc_tile_width_max(n, FC_MAX_NJ);
 }
 
-/* One output row of one weight block: y[c * yc + o] (+ bias[c]) for c < nc channels, o < ow pixels. */
-static void fc_conv_row(const fc_src *s, const float *w, int nv, int ow, float *y, ptrdiff_t yc, int nc,
-                        const float *bias)
+/* One output row of one weight block: y[c * yc + o * ys] (+ bias[c]) for c < nc channels, o < ow pixels. */
+static void fc_conv_row(const fc_src *s, const float *w, int nv, int ow, float *y, ptrdiff_t yc, ptrdiff_t ys,
+                        int nc, const float *bias)
 {
     int nj = fc_tile_width_max(ow, nv > FC_NV ? FC_WIDE_NJ : FC_MAX_NJ);
     fc_src t = *s;
-    fc_dst d = {y, yc, nc, bias, 0};
-    for (int o0 = 0; o0 < ow; o0 += nj, t.x += (ptrdiff_t)nj * s->sw, d.y += nj)
+    fc_dst d = {y, yc, ys, nc, bias, 0};
+    for (int o0 = 0; o0 < ow; o0 += nj, t.x += (ptrdiff_t)nj * s->sw, d.y += nj * ys)
         fc_tile_any(&t, w, ow - o0 < nj ? ow - o0 : nj, nv, &d);
 }
 
 /* The tile for few output channels (at most FC_PIX_MAX_NC): nr output rows of FC_LANES consecutive
  * pixels (npix of them valid) by nc channels, the pixels in the vector lanes. Each tap loads one input
  * vector per row (x + taps[t] + r*xr) and broadcasts one weight per channel (the first nc of the tap's
- * FC_LANES packed weights), so no lane holds a missing channel. Stride 1 only; the input must stay
- * readable FC_LANES - npix floats past each vector (a padded band with slack). */
+ * FC_LANES packed weights), so no lane holds a missing channel; output pixels lie ys apart. Stride 1
+ * only; the input must stay readable FC_LANES - npix floats past each vector (a padded band with slack). */
 #if FC_LANES == 16
 #define FC_PIX_MAX_ACC 24  /* 32 registers: 24 accumulators, 3 input vectors, 1 broadcast */
 #else
@@ -359,7 +387,7 @@ static void fc_conv_row(const fc_src *s, const float *w, int nv, int ow, float *
 static inline __attribute__((always_inline)) void fc_ptile(const float *x, const ptrdiff_t *taps, int ntaps,
                                                            ptrdiff_t xr, const float *w, int nc, int nr, int npix,
                                                            float *y, ptrdiff_t yc, ptrdiff_t yr,
-                                                           const float *bias)
+                                                           ptrdiff_t ys, const float *bias)
 {
     fc_vec acc[FC_PIX_MAX_NR][FC_PIX_MAX_NC], v[FC_PIX_MAX_NR];
     for (int r = 0; r < nr; r++)
@@ -379,12 +407,13 @@ static inline __attribute__((always_inline)) void fc_ptile(const float *x, const
             fc_vec out = acc[r][c] + (bias ? bias[c] : 0.0f);
             float *dst = y + c * yc + r * yr;
 #if defined(__AVX512F__)
-            _mm512_mask_storeu_ps(dst, (__mmask16)((1u << npix) - 1), (__m512)out);
+            fc_store_pixels(dst, (__m512)out, npix, ys, 0);
 #else
-            if (npix == FC_LANES)
+            if (npix == FC_LANES && ys == 1)
                 *(fc_uvec *)dst = out;
             else
-                memcpy(dst, &out, sizeof(float) * npix);
+                for (int o = 0; o < npix; o++)
+                    dst[o * ys] = out[o];
 #endif
         }
 }
@@ -398,14 +427,14 @@ static inline int fc_ptile_rows(int nc)
 
 #define FC_PCASE(NC) case NC:                                                                          \
     switch (nr) {                                                                                      \
-    case 1: fc_ptile(x, taps, ntaps, xr, w, NC, 1, npix, y, yc, yr, bias); return;                     \
-    case 2: if (2 * NC <= FC_PIX_MAX_ACC) fc_ptile(x, taps, ntaps, xr, w, NC, 2, npix, y, yc, yr, bias); return; \
-    case 3: if (3 * NC <= FC_PIX_MAX_ACC) fc_ptile(x, taps, ntaps, xr, w, NC, 3, npix, y, yc, yr, bias); return; \
+    case 1: fc_ptile(x, taps, ntaps, xr, w, NC, 1, npix, y, yc, yr, ys, bias); return;                     \
+    case 2: if (2 * NC <= FC_PIX_MAX_ACC) fc_ptile(x, taps, ntaps, xr, w, NC, 2, npix, y, yc, yr, ys, bias); return; \
+    case 3: if (3 * NC <= FC_PIX_MAX_ACC) fc_ptile(x, taps, ntaps, xr, w, NC, 3, npix, y, yc, yr, ys, bias); return; \
     } return;
 
 /* fc_ptile specialised for each nc <= FC_PIX_MAX_NC and nr <= fc_ptile_rows(nc). */
 static void fc_ptile_any(const float *x, const ptrdiff_t *taps, int ntaps, ptrdiff_t xr, const float *w, int nc,
-                         int nr, int npix, float *y, ptrdiff_t yc, ptrdiff_t yr, const float *bias)
+                         int nr, int npix, float *y, ptrdiff_t yc, ptrdiff_t yr, ptrdiff_t ys, const float *bias)
 {
     switch (nc) { FC_PCASE(1) FC_PCASE(2) FC_PCASE(3) FC_PCASE(4) FC_PCASE(5) FC_PCASE(6) FC_PCASE(7) FC_PCASE(8) }
 }

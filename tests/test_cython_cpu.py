@@ -202,6 +202,23 @@ def test_blocked_strided_input_gradient_by_input_phases(case, seed):
                  f"blocked strided grad input {spec}")
 
 
+@pytest.mark.parametrize("c_in", [3, 20])  # pixel tiles (few channels per phase); channel tiles, a part block
+@pytest.mark.parametrize("x_shape, kernel, stride, padding", [
+    ((2, 45, 37), (3, 3), (2, 2), 1),   # phases 23 and 22 (then 19 and 18) wide: tiles of two halves
+    ((2, 20, 50), (5, 4), (3, 3), 1),   # every third pixel: one float at a time
+    ((1, 9, 40), (3, 3), (1, 2), 0),    # one axis strided
+])
+def test_blocked_input_phases_written_in_place(c_in, x_shape, kernel, stride, padding):
+    """Each input phase's pass writes its pixels straight into the input gradient, ``stride`` floats
+    apart: rows wider than one vector's pixels, strides of 2 and 3, pixel and channel tiles."""
+    n, h, w_ = x_shape
+    spec = shapes.conv_spec((n, c_in, h, w_), (17, c_in) + kernel, None, stride, padding, 1, 1, 2)
+    assert all(p.spec is None or p.spec.y_shape[2:] == (p.rows, p.cols) for p in shapes.input_phases(spec))
+    gy, w, want = _grad_input_case(spec, 3)
+    assert_close(cy.conv2d_grad_input(gy, w, spec, algorithm="blocked"), want, np.float32,
+                 f"blocked strided grad input {spec}")
+
+
 @settings(max_examples=60, deadline=None)
 @given(case=st.one_of(cases.conv_cases(2), cases.conv_cases(1), cases.conv_transpose_cases(2),
                       cases.conv_transpose_cases(1)), seed=st.integers(0, 2**16))

@@ -306,7 +306,8 @@ def _phase_kernels(spec):
 def _blocked_grad_input_phases(gy, w, spec):
     """The input gradient of strided ``spec``, one input phase (pixels ``ph::sh, pw::sw``) at a time: each is
     the stride-1 blocked forward pass of the output gradient with the kernel taps that reach that phase
-    (``shapes.input_phases``), so no multiply-add meets a zero of a dilated gradient."""
+    (``shapes.input_phases``), so no multiply-add meets a zero of a dilated gradient. Each pass writes
+    its phase's pixels in place."""
     gx = np.empty(spec.x_shape, np.float32)
     for k, (phase, index) in enumerate(zip(input_phases(spec), _phase_kernels(spec))):
         out = gx[:, :, phase.ph::spec.stride[0], phase.pw::spec.stride[1]]
@@ -316,8 +317,7 @@ def _blocked_grad_input_phases(gy, w, spec):
         s = phase.spec
         wp = workspace(f"phase_weight{k}", s.w_shape, np.float32)  # one address: packed once, then checked
         np.take(w.reshape(-1), index, out=wp.reshape(-1))
-        y = _blocked_conv2d(gy, wp, None, np.empty(s.y_shape, np.float32), s)
-        out[...] = y[:, :, :phase.rows, :phase.cols]
+        _blocked_conv2d(gy, wp, None, out, s)
     return gx
 
 
