@@ -42,6 +42,7 @@ cdef extern from "blocked_conv.h" nogil:
     int FC_LANES
     int FC_NV
     int FC_WIDE_NV
+    int FC_MAX_NV
     int FC_MAX_NJ
     const char* FC_ISA
     bint FC_ROW_SHAPE(Py_ssize_t sw, Py_ssize_t kw, Py_ssize_t dw)
@@ -49,6 +50,8 @@ cdef extern from "blocked_conv.h" nogil:
                      int nc, const float* bias)
     void fc_tile_any(const fc_src* s, const float* w, int nj, int nv, const fc_dst* d)
     int fc_wgrad3_any(const fc_src* s, const float* w, int nr, int nv, const fc_dst* d)
+    int fc_wgrad3_rows(int nv)
+    int fc_tile_width_max(Py_ssize_t n, int most)
     int fc_tile_width(Py_ssize_t n)
     int fc_pack_block(const float* src, Py_ssize_t so, int runs, Py_ssize_t srun, int len, int rev, int nc,
                       int width, float* out, int fresh)
@@ -84,6 +87,21 @@ cdef inline int fwd_vectors(Geo* g) noexcept nogil:
     return vectors(g.cog)
 
 
+cdef inline bint wgrad3_tiles(Geo* g) noexcept nogil:
+    """Whether the weight gradient's tiles are kernel rows of 3 taps at stride 1 or 2 (``fc_wgrad3``)."""
+    return g.kw == 3 and g.dw == 1 and g.sw <= 2 and fc_wgrad3_rows(1) > 0
+
+
+cdef inline int grad_vectors(Geo* g) noexcept nogil:
+    """Vectors per weight block of the weight gradient: two where ``fc_wgrad3`` runs and the group has
+    their channels (half the broadcasts per multiply-add; Zen 5, 2 threads: 256 channels at stride 2,
+    resnet_s2, 340 -> 390 GFLOP/s; 64 at 56 x 56 410-440 -> 450-470; 512 at 14 x 14 370-400 -> 400-410),
+    else as ``vectors``."""
+    if wgrad3_tiles(g) and g.cog >= 2 * FC_LANES and FC_MAX_NV >= 2:
+        return 2
+    return vectors(g.cog)
+
+
 def runs_pixel_tiles(tuple geo):
     """Whether the forward pass of ``geo`` runs the tile of pixel vectors (few output channels)."""
     cdef Geo g = make_geo(geo)
@@ -99,7 +117,7 @@ def block_width(tuple geo, bint forward=True):
     """Output channels per weight block (a tile's channels) of the forward pass, or of the weight
     gradient."""
     cdef Geo g = make_geo(geo)
-    return FC_LANES * (fwd_vectors(&g) if forward else vectors(g.cog))
+    return FC_LANES * (fwd_vectors(&g) if forward else grad_vectors(&g))
 
 
 def packed_size(tuple geo):
@@ -324,7 +342,7 @@ def conv2d(const float[:, :, :, ::1] x, const float[:, :, :, ::1] w, float[::1] 
 def grad_weight_scratch(tuple geo):
     """``(padded input, packed gradient)`` elements per thread that ``grad_weight`` needs."""
     cdef Geo g = make_geo(geo)
-    cdef Py_ssize_t width = FC_LANES * vectors(g.cog)
+    cdef Py_ssize_t width = FC_LANES * grad_vectors(&g)
     return scratch_size(geo, g.oh), g.ohw * width
 
 
@@ -338,14 +356,15 @@ cdef void weight_task(const float* gy, const float* x, float* out, float* scratc
                       Py_ssize_t n1, Py_ssize_t grp, Py_ssize_t blk0, Py_ssize_t blk1) noexcept nogil:
     """One task of ``grad_weight``: ``out[oc, tap]`` for the output channels of blocks ``[blk0, blk1)``
     of group ``grp``, summed over samples ``[n0, n1)``."""
-    cdef int nv = vectors(g.cog)
+    cdef int nv = grad_vectors(g)
     cdef Py_ssize_t width = FC_LANES * nv, oc0, nc, step, count, t0, tile, n, blk
     cdef fc_src s
     cdef fc_dst d
     s.taps, s.ntaps, s.kw, s.dw, s.sw = rows, g.oh, <int>g.ow, <int>g.sw, 0  # reduce over output rows
     if row_tiles(g):  # tiles of whole kernel rows (c, i): nearly equal numbers of rows
         s.ekw, s.edw, count = g.kw, g.dw, g.cig * g.kh
-        step = max(1, fc_tile_width(count * g.kw) // g.kw)
+        step = max(1, fc_tile_width_max(count * g.kw, 3 * fc_wgrad3_rows(nv) if wgrad3_tiles(g) else FC_MAX_NJ)
+                   // g.kw)
     else:             # tiles of nearly equal numbers of taps
         s.ekw, s.edw, count = 1, 0, g.taps
         step = fc_tile_width(count)
@@ -385,7 +404,7 @@ def grad_weight(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x, float
     ``grad_weight_scratch``. ``threads``: of the parallel region.
     """
     cdef Geo g = make_geo(geo)
-    cdef Py_ssize_t width = FC_LANES * vectors(g.cog), blocks = (g.cog + width - 1) // width
+    cdef Py_ssize_t width = FC_LANES * grad_vectors(&g), blocks = (g.cog + width - 1) // width
     cdef Py_ssize_t runs = out.shape[0], per_run = (g.n + runs - 1) // runs
     cdef Py_ssize_t chunks = (blocks + chunk - 1) // chunk, task, run, k, oy, xc, xr
     cdef Py_ssize_t* rows

@@ -283,65 +283,81 @@ static void fc_tile_any(const fc_src *s, const float *w, int nj, int nv, const f
 }
 
 #if defined(__AVX512F__) && (defined(__GNUC__) || defined(__clang__))
-/* The weight gradient's tile for nr kernel rows of 3 taps (dilation 1) at stride st (1 or 2), one vector
+/* The weight gradient's tile for nr kernel rows of 3 taps (dilation 1) at stride st (1 or 2), nv vectors
  * of channels: element (k, e) of output pixel j reads x + taps[r] + cols[k] + st*j + e. Consecutive
  * pixels share inputs (two of a kernel row's three at stride 1, one at stride 2), so each pixel
- * broadcasts st new inputs per kernel row (and loads one vector of output gradient) for 3 * nr
- * multiply-adds. */
+ * broadcasts st new inputs per kernel row (and loads nv vectors of output gradient) for 3 * nr * nv
+ * multiply-adds: two vectors halve the broadcasts per multiply-add. */
+#define FC_WG_MAX_NR 4
 static inline __attribute__((always_inline)) void fc_wgrad3(const fc_src *s, const float *w, int nr, int st,
-                                                            const fc_dst *d)
+                                                            int nv, const fc_dst *d)
 {
-    fc_vec acc[FC_MAX_NJ][FC_MAX_NV], b[4][3];
+    fc_vec acc[3 * FC_WG_MAX_NR][FC_MAX_NV], b[FC_WG_MAX_NR][3], g[FC_MAX_NV];
     for (int o = 0; o < 3 * nr; o++)
-        acc[o][0] = (fc_vec){0};
+        for (int v = 0; v < nv; v++)
+            acc[o][v] = (fc_vec){0};
     for (int r = 0, n = s->ntaps; r < n; r++) {
-        const float *p = s->x + s->taps[r], *q[4];
+        const float *p = s->x + s->taps[r], *q[FC_WG_MAX_NR];
         for (int k = 0; k < nr; k++) {
             q[k] = p + s->cols[k];
             b[k][0] = (fc_vec){0} + q[k][0];
             if (st == 1)
                 b[k][1] = (fc_vec){0} + q[k][1];
         }
-        for (int j = 0, ow = s->kw; j < ow; j++, w += FC_LANES) {
-            fc_vec g = *(const fc_uvec *)w;
+        for (int j = 0, ow = s->kw; j < ow; j++, w += FC_LANES * nv) {
+            for (int v = 0; v < nv; v++)
+                g[v] = ((const fc_uvec *)w)[v];
             for (int k = 0; k < nr; k++) {
                 if (st == 2)
                     b[k][1] = (fc_vec){0} + q[k][2 * j + 1];
                 b[k][2] = (fc_vec){0} + q[k][st * j + 2];
                 for (int e = 0; e < 3; e++)
-                    acc[3 * k + e][0] += b[k][e] * g;
+                    for (int v = 0; v < nv; v++)
+                        acc[3 * k + e][v] += b[k][e] * g[v];
                 b[k][0] = st == 1 ? b[k][1] : b[k][2];
                 if (st == 1)
                     b[k][1] = b[k][2];
             }
         }
     }
-    fc_store(acc, 3 * nr, 1, d);
+    fc_store(acc, 3 * nr, nv, d);
 }
 
-/* fc_wgrad3 for 1 to 4 kernel rows at stride 1 or 2 (the tile's pixel spacing s->dw); returns 0 where it
- * does not apply (then use fc_tile_any). */
+/* Kernel rows per tile of fc_wgrad3 that fit in the 32 registers: 4 with one vector (12 accumulators,
+ * 12 inputs), 3 with two (18 and 9). */
+static inline int fc_wgrad3_rows(int nv)
+{
+    return nv == 1 ? 4 : 3;
+}
+
+#define FC_WG_CASES(NV) switch (nr) {                                            \
+    case 1: if (s->dw == 1) fc_wgrad3(s, w, 1, 1, NV, d); else fc_wgrad3(s, w, 1, 2, NV, d); return 1; \
+    case 2: if (s->dw == 1) fc_wgrad3(s, w, 2, 1, NV, d); else fc_wgrad3(s, w, 2, 2, NV, d); return 1; \
+    case 3: if (s->dw == 1) fc_wgrad3(s, w, 3, 1, NV, d); else fc_wgrad3(s, w, 3, 2, NV, d); return 1; \
+    case 4: if (NV == 1) { if (s->dw == 1) fc_wgrad3(s, w, 4, 1, NV, d); else fc_wgrad3(s, w, 4, 2, NV, d); return 1; } \
+    } return 0;
+
+/* fc_wgrad3 for 1 to fc_wgrad3_rows(nv) kernel rows at stride 1 or 2 (the tile's pixel spacing s->dw);
+ * returns 0 where it does not apply (then use fc_tile_any). */
 static int fc_wgrad3_any(const fc_src *s, const float *w, int nr, int nv, const fc_dst *d)
 {
-    if (nv != 1 || s->ekw != 3 || s->edw != 1 || (s->dw != 1 && s->dw != 2) || nr < 1 || nr > 4)
+    if (s->ekw != 3 || s->edw != 1 || (s->dw != 1 && s->dw != 2) || nr < 1 || nr > fc_wgrad3_rows(nv))
         return 0;
-    if (s->dw == 1) {
-        switch (nr) {
-        case 1: fc_wgrad3(s, w, 1, 1, d); return 1;
-        case 2: fc_wgrad3(s, w, 2, 1, d); return 1;
-        case 3: fc_wgrad3(s, w, 3, 1, d); return 1;
-        case 4: fc_wgrad3(s, w, 4, 1, d); return 1;
-        }
+    if (nv == 1) {
+        FC_WG_CASES(1)
     }
-    switch (nr) {
-    case 1: fc_wgrad3(s, w, 1, 2, d); return 1;
-    case 2: fc_wgrad3(s, w, 2, 2, d); return 1;
-    case 3: fc_wgrad3(s, w, 3, 2, d); return 1;
-    case 4: fc_wgrad3(s, w, 4, 2, d); return 1;
+    if (nv == 2) {
+        FC_WG_CASES(2)
     }
     return 0;
 }
 #else
+static inline int fc_wgrad3_rows(int nv)
+{
+    (void)nv;
+    return 0;
+}
+
 static int fc_wgrad3_any(const fc_src *s, const float *w, int nr, int nv, const fc_dst *d)
 {
     (void)s; (void)w; (void)nr; (void)nv; (void)d;
@@ -452,22 +468,23 @@ static int fc_pack_block(const float *src, ptrdiff_t so, int runs, ptrdiff_t sru
 {
     int changed = 0;
 #if defined(__AVX512F__) && (defined(__GNUC__) || defined(__clang__))
-    if (width == 16) {
-        for (int run = 0; run < runs; run++) {
-            const float *base = src + run * srun;
-            float *dst = out + (ptrdiff_t)run * len * 16;
+    if (width % 16 == 0) {  /* 16 lanes at a time */
+        for (int run = 0; run < runs; run++)
+        for (int h = 0; h < width; h += 16) {
+            const float *base = src + run * srun + h * so;
+            float *dst = out + (ptrdiff_t)run * len * width + h;
             for (int k0 = 0; k0 < len; k0 += 16) {
                 int m = len - k0 < 16 ? len - k0 : 16, first = rev ? len - k0 - m : k0;
                 __mmask16 mask = (__mmask16)((1u << m) - 1);
                 __m512 r[16];
                 for (int l = 0; l < 16; l++) {
                     _mm_prefetch((const char *)(base + l * so + first + FC_PACK_AHEAD), _MM_HINT_T0);
-                    r[l] = l < nc ? _mm512_maskz_loadu_ps(mask, base + l * so + first) : _mm512_setzero_ps();
+                    r[l] = h + l < nc ? _mm512_maskz_loadu_ps(mask, base + l * so + first) : _mm512_setzero_ps();
                 }
-                _mm_prefetch((const char *)(dst + (ptrdiff_t)(rev ? len - first - 16 : first) * 16 + 16 * FC_PACK_AHEAD), _MM_HINT_T0);
+                _mm_prefetch((const char *)(dst + (ptrdiff_t)(rev ? len - first - 16 : first) * width + width * FC_PACK_AHEAD), _MM_HINT_T0);
                 fc_transpose16(r);  /* r[q]: source tap first + q of every lane */
                 for (int q = 0; q < m; q++) {
-                    float *row = dst + (ptrdiff_t)(rev ? len - 1 - first - q : first + q) * 16;
+                    float *row = dst + (ptrdiff_t)(rev ? len - 1 - first - q : first + q) * width;
                     if (fresh || _mm512_cmpneq_epi32_mask(_mm512_castps_si512(r[q]), _mm512_loadu_si512(row))) {
                         _mm512_storeu_ps(row, r[q]);
                         changed = 1;

@@ -240,6 +240,20 @@ def test_blocked_input_gradient_through_the_adjoint(case, seed):
                  f"blocked grad input {spec}")
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("c_in, c_out, groups", [(5, 32, 1), (7, 40, 1), (4, 96, 2), (2, 64, 1)])
+def test_blocked_weight_gradient_two_vector_tiles(stride, c_in, c_out, groups):
+    """3-tap kernel rows with 32 or more output channels per group run tiles of two vectors of channels
+    (a part block past a multiple of 32, kernel rows not a multiple of the tile's 3, odd widths)."""
+    spec = shapes.conv_spec((3, c_in, 13, 29), (c_out, c_in // groups, 3, 3), None, stride, 1, 1, groups, 2)
+    rng = np.random.default_rng(c_in + stride)
+    x = rng.standard_normal(spec.x_shape).astype(np.float32)
+    gy = rng.standard_normal(spec.y_shape).astype(np.float32)
+    want = ref.conv2d_grad_weight(gy.astype(np.float64), x.astype(np.float64), spec)
+    assert_close(cy.conv2d_grad_weight(gy, x, spec, algorithm="blocked"), want, np.float32,
+                 f"blocked grad weight {spec}")
+
+
 @settings(max_examples=60, deadline=None)
 @given(case=st.one_of(cases.conv_cases(2), cases.conv_cases(1), cases.conv_transpose_cases(2)),
        seed=st.integers(0, 2**16), c_out_per_group=st.sampled_from([None, 9, 17, 33]))
