@@ -20,8 +20,6 @@ their columns within ``TASK_BYTES``, holding as many samples as fit first (:func
 
 Nothing compiles at import; each kernel compiles on its first call per dtype and is cached.
 """
-import functools
-
 import numba
 import numpy as np
 from numba import get_thread_id, njit, prange
@@ -36,7 +34,7 @@ TASK_BYTES = 512 << 10
 # ---------------------------------------------------------------------------- block helpers
 # Loops run position by position (no division per element) and read the window of a position from the
 # few input rows it spans; windows wholly inside the input skip the bounds checks. ``_columns`` is inlined
-# into functions compiled for one kernel size (``_kernels_for``), so that its loops unroll.
+# with constant kernel sizes into ``_gather`` and ``_add_back``, so that its loops unroll.
 @njit(inline="always")
 def _columns(a, n0, oy, q0, b0, tw, g, cols, adjoint, kh, kw, sh, sw, pt, pl, dh, dw):
     """Gather a block's columns, ``cols[bb, qq, m, (c, i, j)] = a[n0 + m, g*cig + c, oy*sh - pt + i*dh,
@@ -136,103 +134,103 @@ def _rows_of(rows, bb, cq, count, cog):
 
 
 # ---------------------------------------------------------------------------------- kernels
-#: Kernel sizes whose kernels are compiled with the size as a constant: the window loops unroll (LeNet-5's
-#: 5x5 locally-connected C1, forward: the column gathers 1.2 -> 0.4 ms on one thread). Other sizes share
-#: kernels that read it at run time, so that each new size costs no compilation.
+#: Kernel sizes whose column loops are compiled with the size as a constant: the window loops unroll
+#: (LeNet-5's 5x5 locally-connected C1, forward: the column gathers 1.2 -> 0.4 ms on one thread). Other
+#: sizes share loops that read it at run time.
 CONSTANT_SIZES = ((3, 3), (5, 5))
 
 
-def _compiled(kh, kw):
-    """``(forward, grad_input, grad_weight)`` for ``kh x kw`` kernels: compiled for that size if it is one
-    of ``CONSTANT_SIZES``, else the kernels of any size (each compiles on its first call, then is cached
-    on disk: the cache's key holds the constants)."""
-    return _kernels_for(*((kh, kw) if (kh, kw) in CONSTANT_SIZES else (0, 0)))
-
-
-@functools.lru_cache(maxsize=None)
-def _kernels_for(KH, KW):  # noqa: N803 (constants of the compiled code)
-    """The three kernels with the kernel size ``KH x KW`` as a constant (0: read at run time).
-
-    The column loops are functions of their own, called from the parallel loops: inlined into a
-    parallel loop they ran 2-3x slower whenever the kernel came from Numba's disk cache rather than a
-    fresh compilation (LeNet-5's C3, locally connected, weight gradient: 0.47 ms fresh, 0.6-0.9 from the
-    cache; as functions of their own, 0.47 either way)."""
-    @njit(cache=True)
-    def gather(a, n0, oy, q0, b0, tw, g, cols, kh, kw, sh, sw, pt, pl, dh, dw):
-        if KH:
-            kh, kw = KH, KW
+# The column loops are functions of their own, called from the parallel loops: inlined into a parallel loop
+# they ran 2-3x slower whenever the kernel came from Numba's disk cache rather than a fresh compilation
+# (LeNet-5's C3, locally connected, weight gradient: 0.47 ms fresh, 0.8-1.2 from the cache; called, 0.47
+# either way). Each holds a copy of ``_columns`` per size of ``CONSTANT_SIZES`` (keep the two in step).
+@njit(cache=True)
+def _gather(a, n0, oy, q0, b0, tw, g, cols, kh, kw, sh, sw, pt, pl, dh, dw):
+    """The block's columns from ``a`` (``_columns``)."""
+    if kh == 3 and kw == 3:
+        _columns(a, n0, oy, q0, b0, tw, g, cols, False, 3, 3, sh, sw, pt, pl, dh, dw)
+    elif kh == 5 and kw == 5:
+        _columns(a, n0, oy, q0, b0, tw, g, cols, False, 5, 5, sh, sw, pt, pl, dh, dw)
+    else:
         _columns(a, n0, oy, q0, b0, tw, g, cols, False, kh, kw, sh, sw, pt, pl, dh, dw)
 
-    @njit(cache=True)
-    def add_back(a, n0, oy, q0, b0, tw, g, cols, kh, kw, sh, sw, pt, pl, dh, dw):
-        if KH:
-            kh, kw = KH, KW
+
+@njit(cache=True)
+def _add_back(a, n0, oy, q0, b0, tw, g, cols, kh, kw, sh, sw, pt, pl, dh, dw):
+    """The block's columns added back into ``a`` (``_columns`` with ``adjoint``)."""
+    if kh == 3 and kw == 3:
+        _columns(a, n0, oy, q0, b0, tw, g, cols, True, 3, 3, sh, sw, pt, pl, dh, dw)
+    elif kh == 5 and kw == 5:
+        _columns(a, n0, oy, q0, b0, tw, g, cols, True, 5, 5, sh, sw, pt, pl, dh, dw)
+    else:
         _columns(a, n0, oy, q0, b0, tw, g, cols, True, kh, kw, sh, sw, pt, pl, dh, dw)
 
-    @njit(parallel=True, cache=True)
-    def forward(x, w5, bias, y, tiling, cols_ws, rows_ws, kh, kw, sh, sw, pt, pl, dh, dw):
-        n, oh, ow = x.shape[0], y.shape[2], y.shape[3]
-        th, tw, groups, cog = w5.shape[:4]
-        nb, cq, cb = tiling
-        nq = ow // tw
-        per_row = _blocks(n, nb, nq, cq, tw, cb)
-        for task in prange(oh * per_row):
-            oy = task // per_row
-            n0, count, q0, nqc, b0, nbc = _block(task % per_row, n, nb, nq, cq, tw, cb)
-            cols, rows = _views(cols_ws, rows_ws, nbc, nqc, count)
-            for g in range(groups):
-                gather(x, n0, oy, q0, b0, tw, g, cols, kh, kw, sh, sw, pt, pl, dh, dw)
-                for bb in range(nbc):
-                    np.dot(cols[bb].reshape(-1, cols.shape[3]), w5[oy % th, b0 + bb, g].T,
-                           _rows_of(rows, bb, nqc, count, cog))
-                _scatter_rows(rows, n0, oy, q0, b0, tw, g, bias, y, nqc, count, cog)
 
-    @njit(parallel=True, cache=True)
-    def grad_input(gy, w5, gx, band, parity, tiling, cols_ws, rows_ws, kh, kw, sh, sw, pt, pl, dh, dw):
-        n, oh, ow = gy.shape[0], gy.shape[2], gy.shape[3]
-        th, tw, groups, cog = w5.shape[:4]
-        nb, cq, cb = tiling
-        nq = ow // tw
-        per_row = _blocks(n, nb, nq, cq, tw, cb)
-        sample_blocks = (n + nb - 1) // nb
-        per_block = per_row // sample_blocks  # blocks of a row that share one run of samples
-        bands = ((oh + band - 1) // band - parity + 1) // 2  # bands parity, parity + 2, ...
-        for task in prange(bands * sample_blocks):
-            oy0 = (2 * (task // sample_blocks) + parity) * band
-            first = (task % sample_blocks) * per_block
-            for oy in range(oy0, min(oy0 + band, oh)):
-                for item in range(first, first + per_block):  # one run of samples: no task shares a pixel
-                    n0, count, q0, nqc, b0, nbc = _block(item, n, nb, nq, cq, tw, cb)
-                    cols, rows = _views(cols_ws, rows_ws, nbc, nqc, count)
-                    for g in range(groups):
-                        _gather_rows(gy, n0, oy, q0, b0, tw, g, rows, nqc, count, cog)
-                        for bb in range(nbc):
-                            np.dot(_rows_of(rows, bb, nqc, count, cog), w5[oy % th, b0 + bb, g],
-                                   cols[bb].reshape(-1, cols.shape[3]))
-                        add_back(gx, n0, oy, q0, b0, tw, g, cols, kh, kw, sh, sw, pt, pl, dh, dw)
+@njit(parallel=True, cache=True)
+def _forward(x, w5, bias, y, tiling, cols_ws, rows_ws, kh, kw, sh, sw, pt, pl, dh, dw):
+    n, oh, ow = x.shape[0], y.shape[2], y.shape[3]
+    th, tw, groups, cog = w5.shape[:4]
+    nb, cq, cb = tiling
+    nq = ow // tw
+    per_row = _blocks(n, nb, nq, cq, tw, cb)
+    for task in prange(oh * per_row):
+        oy = task // per_row
+        n0, count, q0, nqc, b0, nbc = _block(task % per_row, n, nb, nq, cq, tw, cb)
+        cols, rows = _views(cols_ws, rows_ws, nbc, nqc, count)
+        for g in range(groups):
+            _gather(x, n0, oy, q0, b0, tw, g, cols, kh, kw, sh, sw, pt, pl, dh, dw)
+            for bb in range(nbc):
+                np.dot(cols[bb].reshape(-1, cols.shape[3]), w5[oy % th, b0 + bb, g].T,
+                       _rows_of(rows, bb, nqc, count, cog))
+            _scatter_rows(rows, n0, oy, q0, b0, tw, g, bias, y, nqc, count, cog)
 
-    @njit(parallel=True, cache=True)
-    def grad_weight(gy, x, parts, tiling, cols_ws, rows_ws, prod_ws, kh, kw, sh, sw, pt, pl, dh, dw):
-        n, oh, ow = x.shape[0], gy.shape[2], gy.shape[3]
-        n_parts, th, tw, groups, cog = parts.shape[:5]
-        nb, cq, cb = tiling
-        nq = ow // tw
-        per_row = _blocks(n, nb, nq, cq, tw, cb)
-        for task in prange(th * n_parts):
-            a, part = task // n_parts, task % n_parts
-            prod = prod_ws[get_thread_id()]
-            for item in range(part, (oh // th) * per_row, n_parts):  # the blocks of the rows of kernel row a
-                oy = (item // per_row) * th + a
-                n0, count, q0, nqc, b0, nbc = _block(item % per_row, n, nb, nq, cq, tw, cb)
+
+@njit(parallel=True, cache=True)
+def _grad_input(gy, w5, gx, band, parity, tiling, cols_ws, rows_ws, kh, kw, sh, sw, pt, pl, dh, dw):
+    n, oh, ow = gy.shape[0], gy.shape[2], gy.shape[3]
+    th, tw, groups, cog = w5.shape[:4]
+    nb, cq, cb = tiling
+    nq = ow // tw
+    per_row = _blocks(n, nb, nq, cq, tw, cb)
+    sample_blocks = (n + nb - 1) // nb
+    per_block = per_row // sample_blocks  # blocks of a row that share one run of samples
+    bands = ((oh + band - 1) // band - parity + 1) // 2  # bands parity, parity + 2, ...
+    for task in prange(bands * sample_blocks):
+        oy0 = (2 * (task // sample_blocks) + parity) * band
+        first = (task % sample_blocks) * per_block
+        for oy in range(oy0, min(oy0 + band, oh)):
+            for item in range(first, first + per_block):  # one run of samples: no task shares a pixel
+                n0, count, q0, nqc, b0, nbc = _block(item, n, nb, nq, cq, tw, cb)
                 cols, rows = _views(cols_ws, rows_ws, nbc, nqc, count)
                 for g in range(groups):
-                    gather(x, n0, oy, q0, b0, tw, g, cols, kh, kw, sh, sw, pt, pl, dh, dw)
                     _gather_rows(gy, n0, oy, q0, b0, tw, g, rows, nqc, count, cog)
                     for bb in range(nbc):
-                        np.dot(_rows_of(rows, bb, nqc, count, cog).T, cols[bb].reshape(-1, cols.shape[3]),
-                               prod)
-                        parts[part, a, b0 + bb, g] += prod
-    return forward, grad_input, grad_weight
+                        np.dot(_rows_of(rows, bb, nqc, count, cog), w5[oy % th, b0 + bb, g],
+                               cols[bb].reshape(-1, cols.shape[3]))
+                    _add_back(gx, n0, oy, q0, b0, tw, g, cols, kh, kw, sh, sw, pt, pl, dh, dw)
+
+
+@njit(parallel=True, cache=True)
+def _grad_weight(gy, x, parts, tiling, cols_ws, rows_ws, prod_ws, kh, kw, sh, sw, pt, pl, dh, dw):
+    n, oh, ow = x.shape[0], gy.shape[2], gy.shape[3]
+    n_parts, th, tw, groups, cog = parts.shape[:5]
+    nb, cq, cb = tiling
+    nq = ow // tw
+    per_row = _blocks(n, nb, nq, cq, tw, cb)
+    for task in prange(th * n_parts):
+        a, part = task // n_parts, task % n_parts
+        prod = prod_ws[get_thread_id()]
+        for item in range(part, (oh // th) * per_row, n_parts):  # the blocks of the rows of kernel row a
+            oy = (item // per_row) * th + a
+            n0, count, q0, nqc, b0, nbc = _block(item % per_row, n, nb, nq, cq, tw, cb)
+            cols, rows = _views(cols_ws, rows_ws, nbc, nqc, count)
+            for g in range(groups):
+                _gather(x, n0, oy, q0, b0, tw, g, cols, kh, kw, sh, sw, pt, pl, dh, dw)
+                _gather_rows(gy, n0, oy, q0, b0, tw, g, rows, nqc, count, cog)
+                for bb in range(nbc):
+                    np.dot(_rows_of(rows, bb, nqc, count, cog).T, cols[bb].reshape(-1, cols.shape[3]),
+                           prod)
+                    parts[part, a, b0 + bb, g] += prod
 
 
 # ------------------------------------------------------------------------------ the kernels
@@ -274,8 +272,7 @@ def tiled_conv2d(x, w, b, spec):
     if spec.n == 0:
         return y
     bias = np.zeros((spec.c_out, 1, 1), x.dtype) if b is None else b
-    forward = _compiled(spec.kh, spec.kw)[0]
-    _on_one_blas_thread(forward, x, _kernels(w, spec), bias, y, *_setup(spec, x.dtype), *_window(spec))
+    _on_one_blas_thread(_forward, x, _kernels(w, spec), bias, y, *_setup(spec, x.dtype), *_window(spec))
     return y
 
 
@@ -289,7 +286,7 @@ def tiled_conv2d_grad_input(gy, w, spec):
     else:  # bands two apart never overlap: the even ones, then the odd ones
         band, parities, most_samples = max(1, spec.dilation[0] * (spec.kh - 1) // spec.stride[0]), (0, 1), None
     for parity in parities:
-        _on_one_blas_thread(_compiled(spec.kh, spec.kw)[1], gy, _kernels(w, spec), gx, band, parity,
+        _on_one_blas_thread(_grad_input, gy, _kernels(w, spec), gx, band, parity,
                             *_setup(spec, gy.dtype, most_samples), *_window(spec))
     return gx
 
@@ -301,6 +298,6 @@ def tiled_conv2d_grad_weight(gy, x, spec):
     parts = np.zeros((n_parts,) + spec.tiles + (spec.groups, spec.c_out // spec.groups, k), gy.dtype)
     if spec.n:
         prod = workspace("tiled_prod", (numba.config.NUMBA_NUM_THREADS, spec.c_out // spec.groups, k), gy.dtype)
-        _on_one_blas_thread(_compiled(spec.kh, spec.kw)[2], gy, x, parts, *_setup(spec, gy.dtype), prod,
+        _on_one_blas_thread(_grad_weight, gy, x, parts, *_setup(spec, gy.dtype), prod,
                             *_window(spec))
     return (parts[0] if n_parts == 1 else parts.sum(axis=0)).reshape(spec.w_shape)
