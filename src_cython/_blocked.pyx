@@ -339,11 +339,23 @@ def conv2d(const float[:, :, :, ::1] x, const float[:, :, :, ::1] w, float[::1] 
     return written
 
 
+cdef enum:
+    GRAD_PIXELS = 256  # output pixels a weight-gradient tile reduces over before it stores, at least
+
+
+cdef inline Py_ssize_t grad_samples(Geo* g) noexcept nogil:
+    """Samples whose output pixels one weight-gradient tile reduces over before it stores its sums: a
+    tile's store (a transpose, a load and a store per channel) costs as much as a reduction over some
+    dozens of pixels, and 1-D layers have ten or twenty per sample (the MNIST-1D nets' layers at batch
+    100: 19-24 -> 10-15 us; the paper net's backward pass 0.40-0.41 -> 0.34-0.35 ms a step)."""
+    return max(1, min(g.n, GRAD_PIXELS // max(1, g.ohw)))
+
+
 def grad_weight_scratch(tuple geo):
     """``(padded input, packed gradient)`` elements per thread that ``grad_weight`` needs."""
     cdef Geo g = make_geo(geo)
-    cdef Py_ssize_t width = FC_LANES * grad_vectors(&g)
-    return scratch_size(geo, g.oh), g.ohw * width
+    cdef Py_ssize_t width = FC_LANES * grad_vectors(&g), samples = grad_samples(&g)
+    return samples * scratch_size(geo, g.oh), samples * g.ohw * width
 
 
 cdef inline bint row_tiles(Geo* g) noexcept nogil:
@@ -351,16 +363,18 @@ cdef inline bint row_tiles(Geo* g) noexcept nogil:
     return (g.kw == 3 or g.kw == 5) and (g.dw == 1 or (g.kw == 3 and g.dw == 2))
 
 
-cdef void weight_task(const float* gy, const float* x, float* out, float* scratch, float* packed,
-                      const Py_ssize_t* rows, const Py_ssize_t* taps, Geo* g, Py_ssize_t xc, Py_ssize_t n0,
-                      Py_ssize_t n1, Py_ssize_t grp, Py_ssize_t blk0, Py_ssize_t blk1) noexcept nogil:
+cdef void weight_task(const float* gy, const float* x, float* out, float* scratch, Py_ssize_t sample,
+                      float* packed, const Py_ssize_t* rows, const Py_ssize_t* taps, Geo* g, Py_ssize_t xc,
+                      Py_ssize_t n0, Py_ssize_t n1, Py_ssize_t grp, Py_ssize_t blk0, Py_ssize_t blk1) noexcept nogil:
     """One task of ``grad_weight``: ``out[oc, tap]`` for the output channels of blocks ``[blk0, blk1)``
-    of group ``grp``, summed over samples ``[n0, n1)``."""
+    of group ``grp``, summed over samples ``[n0, n1)``, ``grad_samples`` of them at a time (``rows``
+    lists the output rows of that many, a padded copy of each ``sample`` floats apart in ``scratch``)."""
     cdef int nv = grad_vectors(g)
-    cdef Py_ssize_t width = FC_LANES * nv, oc0, nc, step, count, t0, tile, n, blk
+    cdef Py_ssize_t width = FC_LANES * nv, oc0, nc, step, count, t0, tile, n, blk, k, ns
+    cdef Py_ssize_t group = grad_samples(g)
     cdef fc_src s
     cdef fc_dst d
-    s.taps, s.ntaps, s.kw, s.dw, s.sw = rows, g.oh, <int>g.ow, <int>g.sw, 0  # reduce over output rows
+    s.taps, s.kw, s.dw, s.sw = rows, <int>g.ow, <int>g.sw, 0  # reduce over output rows
     if row_tiles(g):  # tiles of whole kernel rows (c, i): nearly equal numbers of rows
         s.ekw, s.edw, count = g.kw, g.dw, g.cig * g.kh
         step = max(1, fc_tile_width_max(count * g.kw, 3 * fc_wgrad3_rows(nv) if wgrad3_tiles(g) else FC_MAX_NJ)
@@ -371,18 +385,22 @@ cdef void weight_task(const float* gy, const float* x, float* out, float* scratc
     if n0 == n1:  # a run without samples (the first sample's tiles write, later ones add)
         oc0 = grp * g.cog + blk0 * width
         fill(out + oc0 * g.taps, <float>0, (min(g.cog, blk1 * width) - blk0 * width) * g.taps)
-    for n in range(n0, n1):
+    n = n0
+    while n < n1:
+        ns = min(group, n1 - n)
+        s.ntaps = <int>(ns * g.oh)
         if padded(g):
-            copy_band(x, scratch, g, n, grp, 0, g.oh, xc)
+            for k in range(ns):
+                copy_band(x, scratch + k * sample, g, n + k, grp, 0, g.oh, xc)
             s.x = scratch
         else:
             s.x = x + (n * g.c_in + grp * g.cig) * g.hw
         for blk in range(blk0, blk1):
             oc0 = grp * g.cog + blk * width
             nc = min(width, g.cog - blk * width)
-            # the block's output gradient, pixel-major: the micro-kernel's "weights"
-            fc_pack_block(gy + (n * g.c_out + oc0) * g.ohw, g.ohw, 1, 0, <int>g.ohw, 0, <int>nc, <int>width,
-                          packed, 1)
+            # the block's output gradient, pixel-major (sample by sample): the micro-kernel's "weights"
+            fc_pack_block(gy + (n * g.c_out + oc0) * g.ohw, g.ohw, <int>ns, g.c_out * g.ohw, <int>g.ohw, 0,
+                          <int>nc, <int>width, packed, 1)
             d.yc, d.ys, d.nc, d.bias, d.add = g.taps, 1, nc, NULL, n > n0
             for tile in range((count + step - 1) // step):
                 t0 = tile * step
@@ -390,6 +408,7 @@ cdef void weight_task(const float* gy, const float* x, float* out, float* scratc
                 d.y = out + oc0 * g.taps + t0 * s.ekw
                 if not fc_wgrad3_any(&s, packed, <int>min(step, count - t0), nv, &d):
                     fc_tile_any(&s, packed, min(step, count - t0) * s.ekw, nv, &d)
+        n += ns
 
 
 def grad_weight(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x, float[:, :, ::1] out,
@@ -407,6 +426,7 @@ def grad_weight(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x, float
     cdef Py_ssize_t width = FC_LANES * grad_vectors(&g), blocks = (g.cog + width - 1) // width
     cdef Py_ssize_t runs = out.shape[0], per_run = (g.n + runs - 1) // runs
     cdef Py_ssize_t chunks = (blocks + chunk - 1) // chunk, task, run, k, oy, xc, xr
+    cdef Py_ssize_t group = grad_samples(&g), sample = scratch_size(geo, g.oh)
     cdef Py_ssize_t* rows
     cdef Py_ssize_t* taps
     if gy.size == 0 or x.size == 0 or g.taps == 0:
@@ -414,18 +434,19 @@ def grad_weight(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x, float
         return
     xc, xr = strides(&g, g.oh, padded(&g))
     taps = tap_offsets(&g, xc, xr, row_tiles(&g))
-    rows = <Py_ssize_t*>malloc(g.oh * sizeof(Py_ssize_t))
+    rows = <Py_ssize_t*>malloc(group * g.oh * sizeof(Py_ssize_t))
     if taps == NULL or rows == NULL:
         free(taps)
         free(rows)
         raise MemoryError()
-    for oy in range(g.oh):
-        rows[oy] = oy * g.sh * xr
+    for k in range(group):  # output row oy of the group's k-th sample: in its padded copy, or in x
+        for oy in range(g.oh):
+            rows[k * g.oh + oy] = (k * sample if padded(&g) else k * g.c_in * g.hw) + oy * g.sh * xr
     with nogil, parallel(num_threads=threads):
         for task in prange(runs * g.groups * chunks, schedule="dynamic"):
             k = task % chunks
             run = task // (chunks * g.groups)
-            weight_task(&gy[0, 0, 0, 0], &x[0, 0, 0, 0], &out[run, 0, 0], &scratch[threadid(), 0],
+            weight_task(&gy[0, 0, 0, 0], &x[0, 0, 0, 0], &out[run, 0, 0], &scratch[threadid(), 0], sample,
                         &packed[threadid(), 0], rows, taps, &g, xc, min(g.n, run * per_run),
                         min(g.n, (run + 1) * per_run), task // chunks % g.groups, k * chunk,
                         min(blocks, (k + 1) * chunk))

@@ -485,6 +485,30 @@ def test_blocked_weight_gradient_runs_of_samples(n, threads, monkeypatch):
                  f"runs {runs} chunk {chunk}")
 
 
+@pytest.mark.parametrize("x_shape, w_shape, kw", [
+    ((53, 7, 19), (25, 7, 3), dict(stride=2, padding=1)),    # 1-D, padded: 10 pixels a sample, 25 at once
+    ((41, 4, 23), (20, 4, 5), dict(stride=1, padding=0)),    # 1-D, read in place: 19 pixels, 13 at once
+    ((9, 3, 9, 7), (17, 3, 3, 3), dict(padding=1)),          # 63 pixels a sample, 4 at once
+])
+def test_blocked_weight_gradient_reduces_over_several_samples(x_shape, w_shape, kw, monkeypatch):
+    """Layers with few output pixels per sample reduce over several samples per tile (their padded copies
+    side by side, the last group shorter), in one run of samples or several."""
+    spec = shapes.conv_spec(x_shape, w_shape, None, dims=len(x_shape) - 2, **kw)
+    group = cy._blocked.grad_weight_scratch(spec.geometry())[1] // (spec.oh * spec.ow *
+                                                                    cy._blocked.block_width(spec.geometry(), False))
+    assert 1 < group < spec.n and spec.n % group
+    rng = np.random.default_rng(spec.n)
+    x, gy = rng.standard_normal(spec.x_shape, np.float32), rng.standard_normal(spec.y_shape, np.float32)
+    want = ref.conv2d_grad_weight(gy.astype(np.float64), x.astype(np.float64), spec)
+    for threads in (1, 8):  # one run of samples; runs that start inside a group
+        monkeypatch.setattr(cy, "num_threads", lambda: max(threads, cy._omp.max_threads()))
+        monkeypatch.setattr(cy, "BLOCKED_PARALLEL_FLOPS", 0)
+        cy._grad_weight_plan.cache_clear()
+        assert_close(cy.conv2d_grad_weight(gy, x, spec, algorithm="blocked"), want, np.float32,
+                     f"{spec} threads {threads}")
+    cy._grad_weight_plan.cache_clear()
+
+
 @pytest.mark.parametrize("plan", [(1, 1), (2, 1), (3, 2), (100, 100)])
 def test_blocked_forward_task_plans(plan):
     """Forward tasks of any (rows, chunk of channel blocks), the last band and chunk shorter."""
