@@ -416,11 +416,12 @@ def grad_weight(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x, float
     """The weight gradient: ``out[k, oc, tap]`` sums it over the ``k``-th of ``out.shape[0]`` equal
     runs of samples (the caller sums over ``k``), in tasks of ``chunk`` blocks of output channels.
 
-    The same micro-kernel with the roles turned: the reduction runs over output pixels, the tile holds
-    up to ``FC_MAX_NJ`` kernel taps by a block of output channels. A task (run of samples, group, blocks)
-    reads each sample's zero-padded input from ``scratch[thread]`` and transposes each block's output
-    gradient to pixel-major rows in ``packed[thread]`` (they play the weights); sizes:
-    ``grad_weight_scratch``. ``threads``: of the parallel region.
+    The same micro-kernel with the roles turned: the reduction runs over output pixels (of
+    ``grad_samples`` samples at a time), the tile holds up to ``FC_MAX_NJ`` kernel taps by a block of
+    output channels. A task (run of samples, group, blocks) copies those samples' zero-padded inputs to
+    ``scratch[thread]`` and transposes each block's output gradient to pixel-major rows in
+    ``packed[thread]`` (they play the weights); sizes: ``grad_weight_scratch``. ``threads``: of the
+    parallel region.
     """
     cdef Geo g = make_geo(geo)
     cdef Py_ssize_t width = FC_LANES * grad_vectors(&g), blocks = (g.cog + width - 1) // width

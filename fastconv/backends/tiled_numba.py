@@ -140,30 +140,25 @@ def _rows_of(rows, bb, cq, count, cog):
 CONSTANT_SIZES = ((3, 3), (5, 5))
 
 
-# The column loops are functions of their own, called from the parallel loops: inlined into a parallel loop
-# they ran 2-3x slower whenever the kernel came from Numba's disk cache rather than a fresh compilation
-# (LeNet-5's C3, locally connected, weight gradient: 0.47 ms fresh, 0.8-1.2 from the cache; called, 0.47
-# either way). Each holds a copy of ``_columns`` per size of ``CONSTANT_SIZES`` (keep the two in step).
-@njit(cache=True)
-def _gather(a, n0, oy, q0, b0, tw, g, cols, kh, kw, sh, sw, pt, pl, dh, dw):
-    """The block's columns from ``a`` (``_columns``)."""
-    if kh == 3 and kw == 3:
-        _columns(a, n0, oy, q0, b0, tw, g, cols, False, 3, 3, sh, sw, pt, pl, dh, dw)
-    elif kh == 5 and kw == 5:
-        _columns(a, n0, oy, q0, b0, tw, g, cols, False, 5, 5, sh, sw, pt, pl, dh, dw)
-    else:
-        _columns(a, n0, oy, q0, b0, tw, g, cols, False, kh, kw, sh, sw, pt, pl, dh, dw)
+def _sized_columns(adjoint):
+    """``_columns`` with ``adjoint`` fixed, as a function of its own with a copy of the loops per size of
+    ``CONSTANT_SIZES`` (keep the two in step), called from the parallel loops: inlined into a parallel
+    loop, the loops ran 2-3x slower whenever the kernel came from Numba's disk cache rather than a fresh
+    compilation (LeNet-5's C3, locally connected, weight gradient: 0.47 ms fresh, 0.8-1.2 from the cache;
+    called, 0.47 either way)."""
+    @njit(cache=True)
+    def columns(a, n0, oy, q0, b0, tw, g, cols, kh, kw, sh, sw, pt, pl, dh, dw):
+        if kh == 3 and kw == 3:
+            _columns(a, n0, oy, q0, b0, tw, g, cols, adjoint, 3, 3, sh, sw, pt, pl, dh, dw)
+        elif kh == 5 and kw == 5:
+            _columns(a, n0, oy, q0, b0, tw, g, cols, adjoint, 5, 5, sh, sw, pt, pl, dh, dw)
+        else:
+            _columns(a, n0, oy, q0, b0, tw, g, cols, adjoint, kh, kw, sh, sw, pt, pl, dh, dw)
+    return columns
 
 
-@njit(cache=True)
-def _add_back(a, n0, oy, q0, b0, tw, g, cols, kh, kw, sh, sw, pt, pl, dh, dw):
-    """The block's columns added back into ``a`` (``_columns`` with ``adjoint``)."""
-    if kh == 3 and kw == 3:
-        _columns(a, n0, oy, q0, b0, tw, g, cols, True, 3, 3, sh, sw, pt, pl, dh, dw)
-    elif kh == 5 and kw == 5:
-        _columns(a, n0, oy, q0, b0, tw, g, cols, True, 5, 5, sh, sw, pt, pl, dh, dw)
-    else:
-        _columns(a, n0, oy, q0, b0, tw, g, cols, True, kh, kw, sh, sw, pt, pl, dh, dw)
+_gather = _sized_columns(False)    # a block's columns from the input
+_add_back = _sized_columns(True)   # a block's columns added back into the input gradient
 
 
 @njit(parallel=True, cache=True)
