@@ -119,6 +119,7 @@ cdef void grad_weight_plane(const real* gy, const real* x, real* gw, double* acc
     """``gw[oc, c]``, summed over the batch in ``acc`` (``kh * kw`` doubles: float32 sums over the whole
     batch keep their precision); a sample's planes stay in cache while all taps read them."""
     cdef Py_ssize_t ic = (oc // g.cog) * g.cig + c, n, i, j
+    cdef Py_ssize_t off[9]
     cdef const real* gyp
     cdef const real* xp
     cdef Tap t
@@ -126,14 +127,21 @@ cdef void grad_weight_plane(const real* gy, const real* x, real* gw, double* acc
     cdef real* xpad
     cdef real* ywide
     cdef bint wide = wide_scratch(g, ws, &v, &xpad, &ywide)
+    cdef bint nine = wide and g.kh == 3 and g.kw == 3  # the nine taps in one pass over the planes
     for i in range(g.kh * g.kw):
         acc[i] = 0
+    if nine:
+        for i in range(9):
+            off[i] = wide_shift(g, &v, i // 3, i % 3)
     for n in range(g.n):
         gyp = gy + (n * g.c_out + oc) * g.ohw
         xp = x + (n * g.c_in + ic) * g.hw
         if wide:
             pad_plane(xp, xpad, g.h, g.w, v.hp, v.wp, g.pt, g.pl)
             pad_plane(gyp, ywide, g.oh, g.ow, g.oh, v.wp, 0, 0)
+            if nine:
+                blk_dot9(ywide, xpad, off, v.span, acc)
+                continue
         for i in range(g.kh):
             for j in range(g.kw):
                 if wide:

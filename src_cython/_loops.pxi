@@ -118,6 +118,21 @@ cdef extern from *:
             for (int l = 0; l < 16; l++) acc += part[l]; \
             total += acc; } \
         return total; } \
+    FC_BLK void fc_dot9_##S(const T *restrict y, const T *restrict x, const Py_ssize_t *restrict off, \
+                            Py_ssize_t n, double *restrict out) { \
+        typedef T vec __attribute__((vector_size(64))); \
+        typedef T uvec __attribute__((vector_size(64), aligned(sizeof(T)))); \
+        enum { L = 64 / sizeof(T) }; \
+        vec p[9]; Py_ssize_t k = 0; \
+        for (int t = 0; t < 9; t++) p[t] = (vec){0}; \
+        for (; k + L <= n; k += L) { \
+            vec yv = *(const uvec *)(y + k); \
+            _Pragma("GCC unroll 9") for (int t = 0; t < 9; t++) p[t] += yv * *(const uvec *)(x + off[t] + k); } \
+        for (int t = 0; t < 9; t++) { \
+            double acc = 0; \
+            for (Py_ssize_t m = k; m < n; m++) acc += y[m] * x[off[t] + m]; \
+            for (int l = 0; l < L; l++) acc += p[t][l]; \
+            out[t] += acc; } } \
     FC_BLK void fc_copy_##S(T *restrict y, Py_ssize_t ys, const T *restrict x, Py_ssize_t xs, \
                             Py_ssize_t rows, Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t width, Py_ssize_t sx) { \
         FC_ROWS { \
@@ -158,6 +173,8 @@ cdef extern from *:
                     Py_ssize_t) noexcept nogil
     double fc_dot_d(const double*, Py_ssize_t, const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                     Py_ssize_t) noexcept nogil
+    void fc_dot9_f(const float*, const float*, const Py_ssize_t*, Py_ssize_t, double*) noexcept nogil
+    void fc_dot9_d(const double*, const double*, const Py_ssize_t*, Py_ssize_t, double*) noexcept nogil
     void fc_copy_f(float*, Py_ssize_t, const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                    Py_ssize_t, Py_ssize_t) noexcept nogil
     void fc_copy_d(double*, Py_ssize_t, const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
@@ -203,6 +220,17 @@ cdef inline double blk_dot(const real* y, Py_ssize_t ys, const real* x, Py_ssize
         return fc_dot_f(y, ys, x, xs, rows, n, sx)
     else:
         return fc_dot_d(y, ys, x, xs, rows, n, sx)
+
+
+cdef inline void blk_dot9(const real* y, const real* x, const Py_ssize_t* off, Py_ssize_t n,
+                          double* out) noexcept nogil:
+    """``out[t] += sum y[k] * x[off[t] + k]``, ``k < n``, for nine taps at once (a 3x3 kernel's weight
+    gradient on a padded plane: ``y`` is read once, not nine times)."""
+    if n > 0:
+        if real is float:
+            fc_dot9_f(y, x, off, n, out)
+        else:
+            fc_dot9_d(y, x, off, n, out)
 
 
 cdef inline void blk_copy(real* y, Py_ssize_t ys, const real* x, Py_ssize_t xs, Py_ssize_t rows,
