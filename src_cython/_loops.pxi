@@ -118,21 +118,6 @@ cdef extern from *:
             for (int l = 0; l < 16; l++) acc += part[l]; \
             total += acc; } \
         return total; } \
-    FC_BLK void fc_dot9_##S(const T *restrict y, const T *restrict x, const Py_ssize_t *restrict off, \
-                            Py_ssize_t n, double *restrict out) { \
-        typedef T vec __attribute__((vector_size(64))); \
-        typedef T uvec __attribute__((vector_size(64), aligned(sizeof(T)))); \
-        enum { L = 64 / sizeof(T) }; \
-        vec p[9]; Py_ssize_t k = 0; \
-        for (int t = 0; t < 9; t++) p[t] = (vec){0}; \
-        for (; k + L <= n; k += L) { \
-            vec yv = *(const uvec *)(y + k); \
-            _Pragma("GCC unroll 9") for (int t = 0; t < 9; t++) p[t] += yv * *(const uvec *)(x + off[t] + k); } \
-        for (int t = 0; t < 9; t++) { \
-            double acc = 0; \
-            for (Py_ssize_t m = k; m < n; m++) acc += y[m] * x[off[t] + m]; \
-            for (int l = 0; l < L; l++) acc += p[t][l]; \
-            out[t] += acc; } } \
     FC_BLK void fc_copy_##S(T *restrict y, Py_ssize_t ys, const T *restrict x, Py_ssize_t xs, \
                             Py_ssize_t rows, Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t width, Py_ssize_t sx) { \
         FC_ROWS { \
@@ -160,6 +145,35 @@ cdef extern from *:
         for (Py_ssize_t k = 0; k < n; k++) y[k] = v; }
     FC_BLOCK_OPS(float, f)
     FC_BLOCK_OPS(double, d)
+    /* out[t] += sum y[k] * x[off[t] + k] for nine taps (a 3x3 weight gradient): one vector accumulator
+     * per tap where the compiler has vector types, y read once. */
+    #if defined(__GNUC__) || defined(__clang__)
+    #define FC_DOT9(T, S) \
+    FC_BLK void fc_dot9_##S(const T *restrict y, const T *restrict x, const Py_ssize_t *restrict off, \
+                            Py_ssize_t n, double *restrict out) { \
+        typedef T vec __attribute__((vector_size(64))); \
+        typedef T uvec __attribute__((vector_size(64), aligned(sizeof(T)))); \
+        enum { L = 64 / sizeof(T) }; \
+        vec p[9]; Py_ssize_t k = 0; \
+        for (int t = 0; t < 9; t++) p[t] = (vec){0}; \
+        for (; k + L <= n; k += L) { \
+            vec yv = *(const uvec *)(y + k); \
+            _Pragma("GCC unroll 9") for (int t = 0; t < 9; t++) p[t] += yv * *(const uvec *)(x + off[t] + k); } \
+        for (int t = 0; t < 9; t++) { \
+            double acc = 0; \
+            for (Py_ssize_t m = k; m < n; m++) acc += y[m] * x[off[t] + m]; \
+            for (int l = 0; l < L; l++) acc += p[t][l]; \
+            out[t] += acc; } }
+    #else
+    #define FC_DOT9(T, S) \
+    FC_BLK void fc_dot9_##S(const T *y, const T *x, const Py_ssize_t *off, Py_ssize_t n, double *out) { \
+        for (int t = 0; t < 9; t++) { \
+            double acc = 0; \
+            for (Py_ssize_t m = 0; m < n; m++) acc += y[m] * x[off[t] + m]; \
+            out[t] += acc; } }
+    #endif
+    FC_DOT9(float, f)
+    FC_DOT9(double, d)
     """
     void fc_axpy_f(float*, Py_ssize_t, const float*, Py_ssize_t, float, Py_ssize_t, Py_ssize_t,
                    Py_ssize_t) noexcept nogil
