@@ -61,6 +61,19 @@ def _check_conv(spec, dtype, algorithm, seed=0, bias=True):
         assert_close(getattr(cy, op)(*args, spec, algorithm=algorithm), want, dtype, f"{what} {op}")
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kw", [dict(padding=1), dict(padding=(2, 0), dilation=(1, 2)), dict(groups=6)])
+def test_direct_weight_gradient_of_3x3_kernels_in_one_pass(dtype, kw):
+    """The direct weight gradient of 3x3 stride-1 kernels sums the nine taps in one pass over each padded
+    plane (``blk_dot9``): padding, dilation, groups, planes whose length is no multiple of a vector."""
+    spec = shapes.conv_spec((3, 6, 11, 23), (12, 6 // kw.get("groups", 1), 3, 3), None, **kw)
+    rng = np.random.default_rng(7)
+    x, gy = rng.standard_normal(spec.x_shape).astype(dtype), rng.standard_normal(spec.y_shape).astype(dtype)
+    assert_close(cy.conv2d_grad_weight(gy, x, spec, algorithm="direct"),
+                 ref.conv2d_grad_weight(gy.astype(np.float64), x.astype(np.float64), spec), dtype,
+                 f"direct grad weight {spec}")
+
+
 @pytest.mark.parametrize("algorithm", ["direct", "gemm", "blocked"])
 @settings(max_examples=40, deadline=None)
 @given(case=st.one_of(cases.conv_cases(2), cases.conv_cases(1), cases.conv_transpose_cases(2),
