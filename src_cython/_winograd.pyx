@@ -31,6 +31,7 @@ cdef extern from "winograd.h" nogil:
     int WG_LANES
     Py_ssize_t wg_round(Py_ssize_t n)
     Py_ssize_t wg_skew(Py_ssize_t n)
+    Py_ssize_t wg_line_floats(int m, Py_ssize_t widest)
     void wg_input_channel(int m, const float* x, const wg_row* rows, Py_ssize_t nrows, Py_ssize_t t0,
                           float* line, float* s, float* v, Py_ssize_t vt, Py_ssize_t vx)
     void wg_gy_block(int m, const float* gy, Py_ssize_t yk, Py_ssize_t nk, const wg_row* rows,
@@ -62,6 +63,12 @@ def round_tiles(Py_ssize_t n):
 def skew(Py_ssize_t n):
     """The stride of a buffer's transform coordinates that hold ``n`` floats each (``wg_skew``)."""
     return wg_skew(n)
+
+
+def line_floats(int m, Py_ssize_t widest):
+    """Floats of the line scratch the staging and scattering of tile rows of at most ``widest`` tiles
+    take (``wg_line_floats``)."""
+    return wg_line_floats(m, widest)
 
 
 cdef inline const wg_row* row_ptr(const Py_ssize_t[:, ::1] rows, Py_ssize_t r) noexcept nogil:
@@ -159,15 +166,15 @@ def forward(const float[:, :, :, ::1] x, const float[:, :, :, ::1] w, const floa
             float[:, :, :, ::1] y, const Py_ssize_t[:, ::1] rows, const Py_ssize_t[:, ::1] chunks, int m,
             Py_ssize_t groups, bint flip, Py_ssize_t nkb, Py_ssize_t span, Py_ssize_t tsub, float[:, ::1] v,
             float[:, ::1] stage, Py_ssize_t line, float[:, ::1] ubuf, float[:, ::1] mbuf, float[:, ::1] obuf,
-            int threads):
+            bint private, int threads):
     """``y = conv(x, w) + b`` (``b`` may be None) for a stride-1 3x3 convolution whose tiles ``rows``
     lists, in ``chunks`` (row ranges). With ``flip`` the kernels are ``w`` flipped in space with in and
     out channels swapped (the adjoint convolution: ``w`` is then ``(C_in, C_out/groups, 3, 3)`` of
     this convolution's channels). Output channels run in blocks of ``nkb``, tiles in ranges of at most
     ``span`` per task and ``tsub`` per product (both multiples of ``lanes()``), on ``threads`` threads.
 
-    With one row of ``v`` the chunks run one after the other, each in the two phases (``v`` shared);
-    with a row per thread each thread runs whole chunks (``private_forward``). Scratch otherwise per
+    Without ``private`` the chunks run one after the other, each in the two phases (``v`` shared);
+    with it each thread runs whole chunks (``private_forward``; a row of ``v`` per thread). Scratch otherwise per
     thread; ``stage[thread, line:]`` holds one zero-padded input row (sizes:
     ``fastconv.backends.winograd``)."""
     cdef Py_ssize_t c_in = x.shape[1], c_out = y.shape[1], cin = c_in // groups, cout = c_out // groups
@@ -180,7 +187,7 @@ def forward(const float[:, :, :, ::1] x, const float[:, :, :, ::1] w, const floa
         return
     if b is not None:
         bp = &b[0]
-    if v.shape[0] > 1:
+    if private:
         private_forward(m, x, w, bp, y, rows, chunks, groups, flip, nkb, tsub, v, stage, line, ubuf, mbuf,
                         obuf, threads)
         return
@@ -227,15 +234,15 @@ cdef void weight_task(int m, float[:, ::1] gw, Py_ssize_t part, Py_ssize_t group
 def grad_weight(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x, float[:, ::1] gw,
                 const Py_ssize_t[:, ::1] rows, const Py_ssize_t[:, ::1] chunks, int m, Py_ssize_t groups,
                 Py_ssize_t cb, Py_ssize_t kb, float[:, ::1] v, float[:, ::1] z, float[:, ::1] stage,
-                Py_ssize_t line, float[:, ::1] mbuf, int threads):
+                Py_ssize_t line, float[:, ::1] mbuf, bint private, int threads):
     """The weight gradient of the stride-1 3x3 convolution whose tiles ``rows`` lists, summed over
     ``chunks``, in ``gw`` (flat weights per row); tasks own blocks of ``cb`` input by ``kb`` output
     channels (``kb`` a multiple of ``lanes()``), on ``threads`` threads.
 
-    With one row of ``v``, ``z`` and ``gw`` the chunks run one after the other, each in the two phases;
-    with a row of ``v`` and ``z`` per thread each thread runs whole chunks in one parallel region, chunk
-    ``i``'s gradient in row ``i`` of ``gw`` (the caller sums the rows in order: the result does not
-    depend on which thread ran which chunk). Scratch otherwise per thread (``stage[thread, line:]``: one
+    Without ``private`` the chunks run one after the other, each in the two phases, into row 0 of
+    ``gw``; with it each thread runs whole chunks in one parallel region (a row of ``v`` and ``z`` per
+    thread), chunk ``i``'s gradient in row ``i`` of ``gw`` (the caller sums the rows in order: the result
+    depends neither on which thread ran which chunk nor on the thread count). Scratch otherwise per thread (``stage[thread, line:]``: one
     zero-padded row)."""
     cdef Py_ssize_t c_in = x.shape[1], c_out = gy.shape[1], cin = c_in // groups, cout = c_out // groups
     cdef Py_ssize_t panels = groups * ((cout + WG_LANES - 1) // WG_LANES)
@@ -246,7 +253,7 @@ def grad_weight(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x, float
     if rows.shape[0] == 0:
         gw[...] = 0
         return
-    if v.shape[0] > 1:
+    if private:
         with nogil, parallel(num_threads=threads):
             for ci in prange(chunks.shape[0], schedule="dynamic"):
                 tid = threadid()

@@ -310,6 +310,18 @@ WG_INLINE void wg_pad_row(const float *row, ptrdiff_t col0, ptrdiff_t len, ptrdi
     memset(line + hi, 0, sizeof(float) * (len - hi));
 }
 
+/* Rows of fewer tiles than a vector (maps under 4 * WG_LANES columns) are staged and written back
+ * several at a time, their tiles side by side in full vectors, at most WG_GROUP tiles a group: one row
+ * at a time, a 14 x 14 map's rows of 4 tiles would fill a quarter of each vector. */
+#define WG_GROUP (4 * WG_LANES)
+
+/* Floats of the line scratch that wg_stage and wg_scatter take, for rows of at most widest tiles: one
+ * zero-padded row, or two lines of a group (wg_gather_group). */
+static ptrdiff_t wg_line_floats(int m, ptrdiff_t widest)
+{
+    return wg_max(wg_round(widest) * m + 2 + WG_LANES, 2 * (WG_GROUP + WG_LANES) * m);
+}
+
 #if WG_LANES == 16 && defined(__AVX512F__) && defined(__GNUC__) && !defined(__clang__)
 /* AVX-512: rows of tiles move between planes and tile-major buffers through masked loads and stores
  * (lanes outside the plane read as zero and are not written) and in-register permutes, 16 tiles at a
@@ -391,6 +403,69 @@ WG_INLINE void wg_split_row(int m, int n, const float *row, ptrdiff_t col0, ptrd
     }
 }
 
+/* wg_split_row from a group's lines (wg_gather_group): phases j < m of a, phases m, m + 1 (n > m)
+ * from b. */
+WG_INLINE void wg_split_lines(int m, int n, const float *a, const float *b, float *s, ptrdiff_t sp,
+                              ptrdiff_t count)
+{
+    for (ptrdiff_t t = 0; t < count; t += 16) {
+        const float *p0 = a + t * m, *q0 = b + t * m;
+        wg_vec p[6];
+        if (m == 4) {
+            wg_phases4(wg_load(p0), wg_load(p0 + 16), wg_load(p0 + 32), wg_load(p0 + 48), 4, p);
+            if (n > 4)
+                wg_phases4(wg_load(q0), wg_load(q0 + 16), wg_load(q0 + 32), wg_load(q0 + 48), 2, p + 4);
+        } else {
+            wg_phases2(wg_load(p0), wg_load(p0 + 16), p);
+            if (n > 2)
+                wg_phases2(wg_load(q0), wg_load(q0 + 16), p + 2);
+        }
+        for (int j = 0; j < n; j++)
+            wg_store(s + j * sp + t, p[j]);
+    }
+}
+
+/* Lanes 0-7 (8-15) of a mask, each moved to the even lane of its pair: the floats of 8 columns of a
+ * row whose columns are two floats apart. */
+WG_INLINE __mmask16 wg_even_lanes(__mmask16 m, int high)
+{
+    unsigned bits = high ? (unsigned)m >> 8 : (unsigned)m & 0xffu, out = 0;
+    for (int l = 0; l < 8; l++)
+        out |= (bits >> l & 1u) << (2 * l);
+    return (__mmask16)out;
+}
+
+/* The 16 floats of a row of w columns two floats apart (a dilation sub-grid) from column c on, zero
+ * outside [0, w): two masked loads (only the columns' own floats are read) and the even lanes. */
+WG_INLINE wg_vec wg_load_cols2(const float *row, ptrdiff_t c, ptrdiff_t w)
+{
+    __mmask16 m = wg_lanes(-c, w - c);
+    wg_vec a = (wg_vec)_mm512_maskz_loadu_ps(wg_even_lanes(m, 0), row + 2 * c);
+    wg_vec b = (wg_vec)_mm512_maskz_loadu_ps(wg_even_lanes(m, 1), row + 2 * c + 16);
+    return WG_SHUF(a, b, WG_EVEN);
+}
+
+/* line[k] = row[(col0 + k) * xc] for k < len (xc = 1 or 2), zero outside [0, w); writes up to a
+ * vector past len. */
+WG_INLINE void wg_copy_cols(const float *row, ptrdiff_t col0, ptrdiff_t len, ptrdiff_t w, ptrdiff_t xc,
+                            float *line)
+{
+    for (ptrdiff_t k = 0; k < len; k += 16)
+        wg_store(line + k, xc == 1 ? wg_load_cols(row, col0 + k, w) : wg_load_cols2(row, col0 + k, w));
+}
+
+/* row[2k] = src[k] for k < len: the columns of a dilation sub-grid, two floats apart (the floats
+ * between are another sub-grid's and are not written). */
+WG_INLINE void wg_store_cols2(float *row, const float *src, ptrdiff_t len)
+{
+    for (ptrdiff_t k = 0; k < len; k += 16) {
+        wg_vec v = wg_load(src + k);
+        __mmask16 m = wg_lanes(0, len - k);
+        _mm512_mask_storeu_ps(row + 2 * k, wg_even_lanes(m, 0), (__m512)WG_SHUF(v, v, WG_ZIP_LOW));
+        _mm512_mask_storeu_ps(row + 2 * k + 16, wg_even_lanes(m, 1), (__m512)WG_SHUF(v, v, WG_ZIP_HIGH));
+    }
+}
+
 /* The inverse for output rows: row[tx * m + j] = s[j * sp + tx] for the columns in [0, w), tx < count
  * (a multiple of 16); other columns are not written. */
 WG_INLINE void wg_merge_row(int m, const float *s, ptrdiff_t sp, float *row, ptrdiff_t w, ptrdiff_t count)
@@ -448,31 +523,107 @@ WG_INLINE void wg_gather(int m, int n, const float *plane, ptrdiff_t tiles, ptrd
             wg_split_row(m, n, plane + u * xr, col0, w, si, sp, count);
             continue;
         }
+        if (xc == 2)
+            wg_copy_cols(plane + u * xr, col0, count * m + n - m, w, 2, line);
+        else
 #endif
-        wg_pad_row(plane + u * xr, col0, count * m + n - m, w, xc, line);
+            wg_pad_row(plane + u * xr, col0, count * m + n - m, w, xc, line);
         wg_split(m, m, line, si, sp, count);
         if (n > m)  /* the two columns past a tile's m are the next tile's first two */
             wg_split(m, 2, line + m, si + m * sp, sp, count);
     }
 }
 
+/* The plane a row of tiles reads: its input plane (patches), or with gy its output plane (output-
+ * gradient tiles). */
+typedef struct {
+    const float *plane;
+    ptrdiff_t row0, col0, h, w, xr, xc;
+} wg_plane;
+
+WG_INLINE wg_plane wg_plane_of(int gy, const float *x, const wg_row *r)
+{
+    if (gy)
+        return (wg_plane){x + r->y, r->oy, 0, r->oh, r->ow, r->yr, r->yc};
+    return (wg_plane){x + r->x, r->top, r->left, r->h, r->w, r->xr, r->xc};
+}
+
+/* line[k] = plane row u at column col0 + k, k < len, zero outside the plane; may write up to a vector
+ * past len. */
+WG_INLINE void wg_plane_cols(const wg_plane *p, ptrdiff_t u, ptrdiff_t col0, ptrdiff_t len, float *line)
+{
+    if (u < 0 || u >= p->h) {
+        memset(line, 0, sizeof(float) * len);
+        return;
+    }
+#ifdef WG_MASKED
+    if (p->xc <= 2) {
+        wg_copy_cols(p->plane + u * p->xr, col0, len, p->w, p->xc, line);
+        return;
+    }
+#endif
+    wg_pad_row(p->plane + u * p->xr, col0, len, p->w, p->xc, line);
+}
+
+/* Stage the narrow rows r0..r1 (consecutive, at most WG_GROUP tiles in all) as wg_gather stages one
+ * row, their tiles side by side: each patch row of every tile row goes into line a (the m columns
+ * of its tiles) and, for input patches (n > m), line b (the two columns past each tile's m: the next
+ * tile's first two), and the lines are split into s as one row of tiles. */
+WG_INLINE void wg_gather_group(int m, int n, int gy, const float *x, const wg_row *r0, const wg_row *r1,
+                               float *line, float *s, ptrdiff_t sp)
+{
+    ptrdiff_t count = wg_round(r1->t + r1->tiles - r0->t);
+    float *a = line, *b = line + (WG_GROUP + WG_LANES) * m;
+    for (int i = 0; i < n; i++) {
+        for (const wg_row *r = r0; r <= r1; r++) {
+            wg_plane p = wg_plane_of(gy, x, r);
+            ptrdiff_t at = (r->t - r0->t) * m, len = r->tiles * m;
+            wg_plane_cols(&p, p.row0 + i, p.col0, len, a + at);
+            if (n > m)
+                wg_plane_cols(&p, p.row0 + i, p.col0 + m, len, b + at);
+        }
+        float *si = s + (ptrdiff_t)i * n * sp;
+#ifdef WG_MASKED
+        wg_split_lines(m, n, a, b, si, sp, count);
+#else
+        wg_split(m, m, a, si, sp, count);
+        if (n > m)
+            wg_split(m, 2, b, si + m * sp, sp, count);
+#endif
+    }
+}
+
+/* The last row of the group of narrow rows that starts at r (r itself when it is wide), rows up to
+ * last: consecutive narrow rows whose tiles, from lo on, number at most WG_GROUP. */
+WG_INLINE const wg_row *wg_group_end(const wg_row *r, const wg_row *last, ptrdiff_t lo)
+{
+    if (r->tiles >= WG_LANES)
+        return r;
+    while (r < last && r[1].tiles < WG_LANES && r[1].t + r[1].tiles - lo <= WG_GROUP)
+        r++;
+    return r;
+}
+
 /* Stage the patches of every tile of rows[0, nrows) of one plane-0 pointer x (input patches from
  * the rows' input planes, or with gy the output-gradient tiles from their output planes), entry e of
  * tile t at s[e * wg_skew(sp) + t]; tiles are counted from t0 and zero from the last one up to
- * sp = wg_round(tiles). Returns sp. */
+ * sp = wg_round(tiles). Returns sp. line: wg_line_floats(m, the widest row) floats. */
 WG_INLINE ptrdiff_t wg_stage(int m, int gy, const float *x, const wg_row *rows, ptrdiff_t nrows, ptrdiff_t t0,
                              float *line, float *s)
 {
     int n = gy ? m : m + 2;
     const wg_row *last = rows + nrows - 1;
     ptrdiff_t count = last->t + last->tiles - t0, sp = wg_round(count), ss = wg_skew(sp);
-    for (const wg_row *r = rows; r <= last; r++)
-        if (gy)
-            wg_gather(m, n, x + r->y, r->tiles, r->oy, 0, r->oh, r->ow, r->yr, r->yc, line, s + (r->t - t0),
-                      ss);
-        else
-            wg_gather(m, n, x + r->x, r->tiles, r->top, r->left, r->h, r->w, r->xr, r->xc, line,
-                      s + (r->t - t0), ss);
+    for (const wg_row *r = rows; r <= last; r++) {
+        const wg_row *end = wg_group_end(r, last, r->t);
+        if (end > r) {
+            wg_gather_group(m, n, gy, x, r, end, line, s + (r->t - t0), ss);
+            r = end;
+            continue;
+        }
+        wg_plane p = wg_plane_of(gy, x, r);
+        wg_gather(m, n, p.plane, r->tiles, p.row0, p.col0, p.h, p.w, p.xr, p.xc, line, s + (r->t - t0), ss);
+    }
     for (int k = 0; k < n * n; k++)
         memset(s + k * ss + count, 0, sizeof(float) * (sp - count));
     return sp;
@@ -496,16 +647,56 @@ static void wg_input_channel(int m, const float *x, const wg_row *rows, ptrdiff_
         wg_input_channel_m(2, x, rows, nrows, t0, line, s, v, vt, vx);
 }
 
+/* wg_scatter's tiles [lo, hi) of the narrow rows r0..r1 (o at tile lo): every output row of the
+ * group merged at once into line, then each tile row's part copied to its plane. */
+WG_INLINE void wg_scatter_group(int m, const float *o, ptrdiff_t os, ptrdiff_t lo, ptrdiff_t hi,
+                                const wg_row *r0, const wg_row *r1, ptrdiff_t t0, float *y, float *line)
+{
+    ptrdiff_t count = wg_round(hi - lo);
+    for (int i = 0; i < m; i++) {
+#ifdef WG_MASKED
+        wg_merge_row(m, o + i * m * os, os, line, count * m, count);
+#else
+        wg_merge(m, o + i * m * os, os, line, count);
+#endif
+        for (const wg_row *r = r0; r <= r1; r++) {
+            ptrdiff_t first = r->t - t0, a = wg_max(lo, first), e = wg_min(hi, first + r->tiles);
+            if (a >= e || r->oy + i >= r->oh)
+                continue;
+            ptrdiff_t tx0 = a - first, len = wg_min((e - first) * m, r->ow) - tx0 * m;
+            float *row = y + r->y + (r->oy + i) * r->yr + tx0 * m * r->yc;
+            const float *src = line + (a - lo) * m;
+            if (r->yc == 1)
+                memcpy(row, src, sizeof(float) * len);
+#ifdef WG_MASKED
+            else if (r->yc == 2)
+                wg_store_cols2(row, src, len);
+#endif
+            else
+                for (ptrdiff_t k = 0; k < len; k++)
+                    row[k * r->yc] = src[k];
+        }
+    }
+}
+
 /* Write output tiles [t_lo, t_hi) (counted from t0) of one channel: o[(i * m + j) * os + t - t_lo]
  * holds output (i, j) of tile t (o readable a vector of tiles past t_hi); y points at the channel's
  * sample-0 plane. Each output row goes through line (wg_round(tiles) * m floats). */
 WG_INLINE void wg_scatter(int m, const float *o, ptrdiff_t os, ptrdiff_t t_lo, ptrdiff_t t_hi,
                           const wg_row *rows, ptrdiff_t nrows, ptrdiff_t t0, float *y, float *line)
 {
-    for (const wg_row *r = rows; r < rows + nrows; r++) {
+    const wg_row *last = rows + nrows - 1;
+    for (const wg_row *r = rows; r <= last; r++) {
         ptrdiff_t first = r->t - t0, lo = wg_max(t_lo, first), hi = wg_min(t_hi, first + r->tiles);
         if (lo >= hi)
             continue;
+        const wg_row *end = wg_group_end(r, last, lo + t0);
+        if (end > r) {  /* narrow rows: merged together into line, then copied row by row */
+            ptrdiff_t ghi = wg_min(t_hi, end->t + end->tiles - t0);
+            wg_scatter_group(m, o + (lo - t_lo), os, lo, ghi, r, end, t0, y, line);
+            r = end;
+            continue;
+        }
         ptrdiff_t tx0 = lo - first, len = wg_min((hi - first) * m, r->ow) - tx0 * m;
         for (int i = 0; i < m && r->oy + i < r->oh; i++) {
             float *row = y + r->y + (r->oy + i) * r->yr + tx0 * m * r->yc;
@@ -518,6 +709,10 @@ WG_INLINE void wg_scatter(int m, const float *o, ptrdiff_t os, ptrdiff_t t_lo, p
             wg_merge(m, o + i * m * os + (lo - t_lo), os, line, wg_round(hi - lo));
             if (r->yc == 1)
                 memcpy(row, line, sizeof(float) * len);
+#ifdef WG_MASKED
+            else if (r->yc == 2)
+                wg_store_cols2(row, line, len);
+#endif
             else
                 for (ptrdiff_t k = 0; k < len; k++)
                     row[k * r->yc] = line[k];

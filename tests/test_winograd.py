@@ -303,9 +303,19 @@ def test_autograd_through_the_backend():
 @pytest.mark.parametrize("private", [False, True])
 def test_same_result_on_any_thread_count(private, monkeypatch, plans):
     """Every output and gradient is summed in an order fixed by the shape alone: thread counts change
-    nothing, whether the threads share chunks or run their own."""
+    nothing, whether the threads share chunks or run their own (one thread too), and nothing depends on
+    what the scratch held before (NaN here)."""
     _small_chunks(monkeypatch, private)
-    spec = _spec(3, 20, (15, 18), 30)
+    scratch = wg.workspace
+
+    def poisoned(name, shape, dtype):
+        out = scratch(name, shape, dtype)
+        out[...] = np.nan
+        return out
+    monkeypatch.setattr(wg, "workspace", poisoned)
+    spec = _spec(3, 20, (19, 18), 30)
+    for weight_grad in (False, True):
+        assert wg._plan(wg._geo(spec), wg.default_tile(spec), weight_grad)[3] == private
     x, w, b, gy = _arrays(spec, 5)
     threads = fc.get_num_threads()
     runs = []

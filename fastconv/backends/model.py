@@ -80,14 +80,20 @@ NUMBA_DIRECT_BELOW = 4
 #: --volumes, maxpool3d: see the README's table).
 NATIVE_VOLUMES = {"max_pool2d": ("numba",), "max_pool2d_grad": ("numba",)}
 #: Winograd (stride-1 3x3, float32) where the harmonic mean of the input and output channels per group
-#: is at least this: its transforms cost in proportion to each channel count, its products to both.
-#: Against the register-blocked kernel, forward / input gradient / weight gradient ms: 48 channels at
-#: 28x28 (batch 8) 0.48 / 0.51 / 0.58 against 0.57 / 0.58 / 0.64, vgg_3x3 (64) 2.2 / 2.1 / 2.4 against 4.2 /
-#: 4.1 / 4.3, dilation 2 with 64 channels 3.3 / 3.9 / 4.1 against 4.2 / 4.4 / 4.4, the 3-D U-Net level
-#: folded (96 in, 32 out: harmonic mean 48) forward 17.7 against 23.6; with 32 and 32 it loses: dilated
-#: (dilation 2) 3.5 / 4.0 / 3.5 against 1.6 / 1.5 / 1.6, grouped_3x3 (32 per group) 2.1 / 1.1 / 2.6 against
-#: 1.0 / 1.1 / 1.2.
-WINOGRAD_MIN_CHANNELS = 48
+#: is at least this (twice this for dilated layers, whose sub-grids are narrow and read strided) and the
+#: layer has at least ``WINOGRAD_MIN_FLOPS`` direct flops: its transforms cost in proportion to each
+#: channel count, its products to both, and each call pays for its weights' transform. Against the
+#: register-blocked kernel, forward / input gradient / weight gradient ms, batch 8 unless said: 24
+#: channels at 56x56 0.49 / 0.49 / 0.58 against 0.78 / 0.78 / 0.80, at 28x28 0.18 / 0.18 / 0.20 against
+#: 0.20 / 0.21 / 0.22; 32 at 28x28 in 4 groups (grouped_3x3) 0.80 / 0.81 / 0.93 against 1.05 / 1.06 / 1.07;
+#: 64 at 14x14 0.21 / 0.21 / 0.20 against 0.26 / 0.26 / 0.31; batch 1, 24 at 56x56 (32 MFLOP) 0.094 /
+#: 0.096 / 0.101 against 0.101 / 0.106 / 0.113; dilation 2 with 48 channels 0.70 / 0.70 / 0.67 against
+#: 0.79 / 0.80 / 0.83. It loses with 16 channels (56x56: 0.31 / 0.31 / 0.34 against 0.29 / 0.29 / 0.29),
+#: dilation 2 with 32 (the dilated shape: 0.42 / 0.42 / 0.40 against 0.37 / 0.37 / 0.38) and on small
+#: layers (batch 1, 64 at 14x14, 15 MFLOP: 0.056 / 0.056 / 0.050 against 0.042 / 0.045 / 0.044; 32 at
+#: 14x14, 29 MFLOP: 0.091 / 0.091 / 0.099 against 0.076 / 0.079 / 0.089).
+WINOGRAD_MIN_CHANNELS = 24
+WINOGRAD_MIN_FLOPS = 32e6
 #: Backends whose float32 results carry more rounding error than a direct sum; ``exact`` plans skip them.
 INEXACT = ("fft", "winograd")
 
@@ -123,7 +129,8 @@ def choose(op, spec, dtype, backends):
     if "winograd" in backends and winograd_wins(op, spec, dtype):
         tile = _winograd_algorithm(spec)
         return Choice("winograd", tile, f"winograd:{tile}: stride-1 3x3 float32, channels per group in and "
-                      f"out of harmonic mean >= {WINOGRAD_MIN_CHANNELS}", seconds("winograd", op, spec, dtype, tile))
+                      f"out of harmonic mean >= {WINOGRAD_MIN_CHANNELS} (x2 dilated), >= "
+                      f"{WINOGRAD_MIN_FLOPS / 1e6:.0f} MFLOP", seconds("winograd", op, spec, dtype, tile))
     if "fft" in backends and op in registry.CONV_OPS and spec.kh * spec.kw >= FFT_MIN_TAPS:
         fft_algorithm = _fft_algorithm(spec)
         fft_s = seconds("fft", op, spec, dtype, fft_algorithm)
@@ -164,11 +171,13 @@ def _winograd_algorithm(spec):
 
 
 def winograd_wins(op, spec, dtype):
-    """Whether Winograd runs ``op`` on ``spec`` and has the channels to win (``WINOGRAD_MIN_CHANNELS``)."""
+    """Whether Winograd runs ``op`` on ``spec`` and has the channels and the work to win
+    (``WINOGRAD_MIN_CHANNELS``, ``WINOGRAD_MIN_FLOPS``)."""
     if op not in registry.CONV_OPS or spec is None or not registry.supports("winograd", op, spec, dtype):
         return False
     cig, cog = spec.c_in // spec.groups, spec.c_out // spec.groups
-    return 2 * cig * cog >= WINOGRAD_MIN_CHANNELS * (cig + cog)
+    channels = WINOGRAD_MIN_CHANNELS * (2 if spec.dilation != (1, 1) else 1)
+    return 2 * cig * cog >= channels * (cig + cog) and spec.flops >= WINOGRAD_MIN_FLOPS
 
 
 def cython_algorithm(op, spec, dtype):

@@ -232,14 +232,21 @@ def _threads(spec):
 
 
 def _line(m, rows):
-    """Floats of one zero-padded row of tiles: the widest row, rounded up to vectors of tiles."""
-    return _winograd.round_tiles(int(rows[:, 13].max()) if len(rows) else 0) * m + 2
+    """Floats of the line scratch for staging and writing rows of tiles: one zero-padded row (the widest,
+    rounded up to vectors of tiles) or two lines of a group of narrow rows (``wg_line_floats``)."""
+    return _winograd.line_floats(m, int(rows[:, 13].max()) if len(rows) else 0)
 
 
 def _stage(threads, m, longest, rows, per_tile):
     """Per-thread stage of ``per_tile`` rows of tiles, then room for one zero-padded row."""
     line = per_tile * _winograd.skew(longest)
-    return workspace("winograd_stage", (threads, line + _line(m, rows)), np.float32), line
+    return workspace("winograd_stage", (threads, _cache_lines(line + _line(m, rows))), np.float32), line
+
+
+def _cache_lines(floats):
+    """``floats`` rounded up to whole cache lines: the length of a per-thread row of scratch, so that
+    every thread's row starts on a line as the workspace does."""
+    return -(-floats // 16) * 16
 
 
 def _tile_span(tiles, blocks, threads, lanes):
@@ -266,16 +273,18 @@ def _forward(x, w, b, y, geo, m, flip, threads):
     us = _winograd.round_tiles(nkb)
     kblocks = -(-cout // nkb)
     span = _tile_span(longest, groups * kblocks, threads, lanes)
-    tsub = max(lanes, min(span, PRODUCT_BYTES // (4 * a2 * us) // lanes * lanes))
+    # whole pairs of vectors: the register tile's two (c512_14 forward: 112 tiles, 7 vectors, 7.7 ms;
+    # 96 or 128, 7.3)
+    tsub = max(lanes, min(span, PRODUCT_BYTES // (4 * a2 * us) // (2 * lanes) * (2 * lanes)))
     copies = threads if private else 1
     v = workspace("winograd_v", (copies, max(1, _v_size(m, cin, groups, longest))), np.float32)
     stage, line = _stage(threads, m, longest, rows, a2)
     blocks = groups * kblocks if private else 1
     ubuf = workspace("winograd_u", (threads, blocks * a2 * _winograd.skew(cin * us)), np.float32)
     mbuf = workspace("winograd_m", (threads, a2 * _winograd.skew(us * tsub)), np.float32)
-    obuf = workspace("winograd_o", (threads, m * m * tsub + lanes + _line(m, rows)), np.float32)
+    obuf = workspace("winograd_o", (threads, _cache_lines(m * m * tsub + lanes + _line(m, rows))), np.float32)
     _winograd.forward(x, w, b, y, rows, chunks, m, groups, flip, nkb, span, tsub, v, stage, line, ubuf, mbuf,
-                      obuf, threads)
+                      obuf, private, threads)
     return y
 
 
@@ -335,5 +344,5 @@ def conv2d_grad_weight(gy, x, spec, algorithm=None, tile=None):
     else:
         parts = np.empty((1, size), np.float32)
     _winograd.grad_weight(np.ascontiguousarray(gy), np.ascontiguousarray(x), parts, rows, chunks, m,
-                          spec.groups, cb, kb, v, z, stage, line, mbuf, threads)
+                          spec.groups, cb, kb, v, z, stage, line, mbuf, private, threads)
     return (parts.sum(axis=0) if private else parts[0]).reshape(spec.w_shape)
