@@ -750,24 +750,16 @@ WG_INLINE void wg_mul_tile(const float *b, ptrdiff_t bi, ptrdiff_t bj, int bo, c
 }
 
 #define WG_MUL_CASE(NK) case NK: wg_mul_tile(b, bi, bj, ROW, v, vi, vj, vq, ni, nj, NK, NT, out, os); return;
-#define WG_MUL_6 WG_MUL_CASE(1) WG_MUL_CASE(2) WG_MUL_CASE(3) WG_MUL_CASE(4) WG_MUL_CASE(5) WG_MUL_CASE(6)
-#define WG_MUL_14 WG_MUL_6 WG_MUL_CASE(7) WG_MUL_CASE(8) WG_MUL_CASE(9) WG_MUL_CASE(10) WG_MUL_CASE(11) \
-                  WG_MUL_CASE(12) WG_MUL_CASE(13) WG_MUL_CASE(14)
-#define WG_MUL_28 WG_MUL_14 WG_MUL_CASE(15) WG_MUL_CASE(16) WG_MUL_CASE(17) WG_MUL_CASE(18) WG_MUL_CASE(19) \
-                  WG_MUL_CASE(20) WG_MUL_CASE(21) WG_MUL_CASE(22) WG_MUL_CASE(23) WG_MUL_CASE(24)          \
-                  WG_MUL_CASE(25) WG_MUL_CASE(26) WG_MUL_CASE(27) WG_MUL_CASE(28)
-#if WG_NK2 >= 14
-#define WG_MUL_NK2 WG_MUL_14
-#else
-#define WG_MUL_NK2 WG_MUL_6
-#endif
-#if WG_NK1 >= 28
-#define WG_MUL_NK1 WG_MUL_28
-#elif WG_NK1 >= 12
-#define WG_MUL_NK1 WG_MUL_14
-#else
-#define WG_MUL_NK1 WG_MUL_6
-#endif
+/* The cases 1..N of a switch on nk, for N = WG_NK1 and WG_NK2 (each register tile its own code). */
+#define WG_MUL_4 WG_MUL_CASE(1) WG_MUL_CASE(2) WG_MUL_CASE(3) WG_MUL_CASE(4)
+#define WG_MUL_6 WG_MUL_4 WG_MUL_CASE(5) WG_MUL_CASE(6)
+#define WG_MUL_8 WG_MUL_6 WG_MUL_CASE(7) WG_MUL_CASE(8)
+#define WG_MUL_12 WG_MUL_8 WG_MUL_CASE(9) WG_MUL_CASE(10) WG_MUL_CASE(11) WG_MUL_CASE(12)
+#define WG_MUL_14 WG_MUL_12 WG_MUL_CASE(13) WG_MUL_CASE(14)
+#define WG_CAT_(a, b) a##b
+#define WG_CAT(a, b) WG_CAT_(a, b)
+#define WG_MUL_NK2 WG_CAT(WG_MUL_, WG_NK2)
+#define WG_MUL_NK1 WG_CAT(WG_MUL_, WG_NK1)
 
 /* wg_mul_tile with constant nk and row stride bo (1, or WG_LANES): nk <= WG_NK2 for nt = 2 vectors,
  * nk <= WG_NK1 for one. */

@@ -147,6 +147,21 @@ def test_chunks_blocks_and_splits(tile, private, monkeypatch, plans):
     _check(spec, tile)
 
 
+@TILES
+@pytest.mark.parametrize("width", [1, 5, 13, 15, 16, 17, 30])
+@pytest.mark.parametrize("dilation", [1, 2, 3])
+def test_narrow_rows(width, dilation, tile, monkeypatch, plans):
+    """Rows of fewer tiles than a vector are staged and written back several at a time (groups of at
+    most 4 vectors of tiles), wider rows one by one: rows of 1 to 30 tiles in every sub-grid of a
+    dilation, many samples (groups cut by their cap and by chunk ends; with 30, small chunks and tasks
+    that split rows), sub-grids read and written with a column stride of 1, 2 or 3 floats."""
+    if width == 30:
+        _small_chunks(monkeypatch, private=False)
+    cols = width * tile * dilation - dilation + 1  # ``width`` tiles per row of each sub-grid
+    spec = _spec(5, 3, (2 * tile * dilation + 1, cols), 4, padding=dilation, dilation=dilation)
+    _check(spec, tile)
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(n=st.integers(1, 3), groups=st.sampled_from([1, 1, 2]), c_in=st.integers(1, 6),
        c_out=st.integers(1, 6), h=st.integers(1, 12), w=st.integers(1, 12), padding=st.integers(0, 2),
