@@ -570,10 +570,19 @@ WG_INLINE void wg_plane_cols(const wg_plane *p, ptrdiff_t u, ptrdiff_t col0, ptr
  * of its tiles) and, for input patches (n > m), line b (the two columns past each tile's m: the next
  * tile's first two), and the lines are split into s as one row of tiles. */
 WG_INLINE void wg_gather_group(int m, int n, int gy, const float *x, const wg_row *r0, const wg_row *r1,
-                               float *line, float *s, ptrdiff_t sp)
+                               const wg_row *last, float *line, float *s, ptrdiff_t sp)
 {
     ptrdiff_t count = wg_round(r1->t + r1->tiles - r0->t);
     float *a = line, *b = line + (WG_GROUP + WG_LANES) * m;
+    /* the next group's rows, on their way from memory: narrow rows of many planes (samples, channels)
+     * are too short for the hardware prefetcher */
+    for (const wg_row *r = r1 + 1; r <= last && r <= r1 + (r1 - r0) + 1; r++) {
+        wg_plane p = wg_plane_of(gy, x, r);
+        for (int i = 0; i < n; i++)
+            if (p.row0 + i >= 0 && p.row0 + i < p.h)
+                for (ptrdiff_t c = 0; c < (r->tiles * m + n - m) * p.xc; c += 64 / sizeof(float))
+                    __builtin_prefetch(p.plane + (p.row0 + i) * p.xr + wg_max(p.col0, 0) * p.xc + c);
+    }
     for (int i = 0; i < n; i++) {
         for (const wg_row *r = r0; r <= r1; r++) {
             wg_plane p = wg_plane_of(gy, x, r);
@@ -617,7 +626,7 @@ WG_INLINE ptrdiff_t wg_stage(int m, int gy, const float *x, const wg_row *rows, 
     for (const wg_row *r = rows; r <= last; r++) {
         const wg_row *end = wg_group_end(r, last, r->t);
         if (end > r) {
-            wg_gather_group(m, n, gy, x, r, end, line, s + (r->t - t0), ss);
+            wg_gather_group(m, n, gy, x, r, end, last, line, s + (r->t - t0), ss);
             r = end;
             continue;
         }
