@@ -13,7 +13,7 @@ import numpy as np
 
 from . import cuda, runtime
 from ._version import __version__
-from .backends import plan, registry, tune
+from .backends import plan, registry, tune, workspaces
 
 
 def _blas():
@@ -90,7 +90,14 @@ def config():
         "backends": ", ".join(backends),
         "default backend": plan.get_backend(),
         "planner cache": _measured(),
+        "memory reuse": _reuse(),
     }
+
+
+def _reuse():
+    """How much memory of freed results fastconv keeps for the next ones (``set_memory_reuse``)."""
+    limit, held = workspaces.get_memory_reuse()
+    return f"up to {limit / 2**20:.0f} MB of freed results ({held / 2**20:.1f} MB held now)"
 
 
 def _measured():

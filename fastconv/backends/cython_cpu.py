@@ -39,7 +39,7 @@ from ..numpy_xp import gemm
 from .._cy import not_built
 from ..shapes import adjoint_spec, input_phases
 from .registry import RESULT
-from .workspaces import clear_workspaces, workspace  # noqa: F401 (part of this module's API)
+from .workspaces import clear_workspaces, result, workspace  # noqa: F401 (part of this module's API)
 
 runtime.start_pools()  # before the extension loads OpenMP, which reads its wait policy only then
 try:
@@ -278,7 +278,7 @@ def conv2d(x, w, b, spec, algorithm):
         if b is not None:
             y += b
         return y.reshape(spec.y_shape)
-    y = np.empty(spec.y_shape, x.dtype)
+    y = result(spec.y_shape, x.dtype)
     if algorithm == "blocked":
         return _blocked_conv2d(x, w, b, y, spec)
     if algorithm == "direct":
@@ -308,7 +308,7 @@ def _blocked_grad_input_phases(gy, w, spec):
     the stride-1 blocked forward pass of the output gradient with the kernel taps that reach that phase
     (``shapes.input_phases``), so no multiply-add meets a zero of a dilated gradient. Each pass writes
     its phase's pixels in place."""
-    gx = np.empty(spec.x_shape, np.float32)
+    gx = result(spec.x_shape, np.float32)
     for k, (phase, index) in enumerate(zip(input_phases(spec), _phase_kernels(spec))):
         out = gx[:, :, phase.ph::spec.stride[0], phase.pw::spec.stride[1]]
         if phase.spec is None:
@@ -326,7 +326,7 @@ def conv2d_grad_input(gy, w, spec, algorithm):
         return gemm(gy.reshape(spec.n, spec.c_out), w.reshape(spec.c_out, -1)).reshape(spec.x_shape)
     if algorithm == "blocked" and spec.stride != (1, 1):
         return _blocked_grad_input_phases(gy, w, spec)
-    gx = np.empty(spec.x_shape, gy.dtype)
+    gx = result(spec.x_shape, gy.dtype)
     if algorithm == "blocked":
         return _blocked_conv2d(gy, w, None, gx, adjoint_spec(spec), adjoint=spec)
     if algorithm == "direct":
@@ -376,7 +376,7 @@ def _blocked_grad_weight(gy, x, spec):
     geo, runs, chunk = _grad_weight_plan(spec, threads)
     scratch_size, packed_size = _blocked.grad_weight_scratch(geo)
     if runs == 1:
-        gw = np.empty(spec.w_shape, np.float32)
+        gw = result(spec.w_shape, np.float32)
         out = gw.reshape(1, spec.c_out, -1)
     else:
         out = workspace("grad_weight", (runs, spec.c_out, int(np.prod(spec.w_shape[1:]))), np.float32)
@@ -391,7 +391,7 @@ def conv2d_grad_weight(gy, x, spec, algorithm):
     if algorithm == "gemm" and _whole_input(spec):
         return gemm(gy.reshape(spec.n, spec.c_out).T, x.reshape(spec.n, -1)).reshape(spec.w_shape)
     if algorithm == "direct":
-        gw = np.empty(spec.w_shape, gy.dtype)
+        gw = result(spec.w_shape, gy.dtype)
         acc = workspace("tap_sums", (num_threads(), spec.kh * spec.kw), np.float64)
         _conv.conv2d_grad_weight(gy, x, gw, acc, _wide_workspace(spec, gy.dtype), spec.geometry())
         return gw
@@ -406,38 +406,38 @@ def conv2d_grad_weight(gy, x, spec, algorithm):
 
 # -------------------------------------------------------------------------------- pooling
 def max_pool2d(x, spec):
-    y = np.empty(spec.y_shape, x.dtype)
-    indices = np.empty(spec.y_shape, np.int64)
+    y = result(spec.y_shape, x.dtype)
+    indices = result(spec.y_shape, np.int64)
     _pool.max_pool2d(x, y, indices, spec.geometry())
     return y, indices
 
 
 def max_pool2d_grad(gy, indices, spec):
-    gx = np.empty(spec.x_shape, gy.dtype)
+    gx = result(spec.x_shape, gy.dtype)
     _pool.scatter(gy, np.ascontiguousarray(indices, np.int64), gx, True)
     return gx
 
 
 def avg_pool2d(x, spec):
-    y = np.empty(spec.y_shape, x.dtype)
+    y = result(spec.y_shape, x.dtype)
     _pool.avg_pool2d(x, y, spec.divisors(x.dtype), spec.geometry())
     return y
 
 
 def avg_pool2d_grad(gy, spec):
-    gx = np.empty(spec.x_shape, gy.dtype)
+    gx = result(spec.x_shape, gy.dtype)
     scratch = workspace("avg_grad", (num_threads(), max(1, spec.oh * spec.ow)), gy.dtype)
     _pool.avg_pool2d_grad(gy, gx, scratch, spec.divisors(gy.dtype), spec.geometry())
     return gx
 
 
 def max_unpool2d(x, indices, out_hw):
-    y = np.empty(x.shape[:2] + tuple(out_hw), x.dtype)
+    y = result(x.shape[:2] + tuple(out_hw), x.dtype)
     _pool.scatter(x, np.ascontiguousarray(indices, np.int64), y, False)
     return y
 
 
 def max_unpool2d_grad(gy, indices):
-    gx = np.empty(indices.shape, gy.dtype)
+    gx = result(indices.shape, gy.dtype)
     _pool.gather(gy, np.ascontiguousarray(indices, np.int64), gx)
     return gx

@@ -26,7 +26,7 @@ from .. import runtime
 from ..shapes import is_pointwise
 from . import _numba_loops as loops
 from .registry import RESULT
-from .workspaces import clear_workspaces, workspace  # noqa: F401 (part of this module's API)
+from .workspaces import clear_workspaces, result, workspace  # noqa: F401 (part of this module's API)
 
 runtime.start_pools()  # before Numba's first parallel loop loads OpenMP: the runtime's wait policy and threads
 
@@ -164,7 +164,7 @@ def _bias(b, c_out, dtype):
 
 
 def conv2d(x, w, b, spec, algorithm):
-    y = np.empty(spec.y_shape, x.dtype)
+    y = result(spec.y_shape, x.dtype)
     if spec.n == 0:  # empty batch: nothing to compute (and the reshapes below would be ambiguous)
         return y
     if algorithm == "direct":
@@ -193,7 +193,7 @@ def conv2d(x, w, b, spec, algorithm):
 
 
 def conv2d_grad_input(gy, w, spec, algorithm):
-    gx = np.empty(spec.x_shape, gy.dtype)
+    gx = result(spec.x_shape, gy.dtype)
     if spec.n == 0:
         return gx
     if algorithm == "direct":
@@ -247,8 +247,8 @@ def conv2d_grad_weight(gy, x, spec, algorithm):
 
 # ---------------------------------------------------------------------------------- pooling
 def max_pool2d(x, spec):
-    y = np.empty(spec.y_shape, x.dtype)
-    indices = np.empty(spec.y_shape, np.int64)
+    y = result(spec.y_shape, x.dtype)
+    indices = result(spec.y_shape, np.int64)
     if spec.dims == 3:
         loops.max_pool3d(x, y, indices, spec.kd, spec.kh, spec.kw, *spec.window3)
     else:
@@ -264,32 +264,32 @@ def _planes(a):
 
 
 def max_pool2d_grad(gy, indices, spec):
-    gx = np.empty(spec.x_shape, gy.dtype)
+    gx = result(spec.x_shape, gy.dtype)
     loops.scatter(_planes(gy), _planes(indices), _planes(gx), True)
     return gx
 
 
 def avg_pool2d(x, spec):
-    y = np.empty(spec.y_shape, x.dtype)
+    y = result(spec.y_shape, x.dtype)
     loops.avg_pool(x, y, spec.divisors(x.dtype), spec.kh, spec.kw, *spec.window[:4])
     return y
 
 
 def avg_pool2d_grad(gy, spec):
-    gx = np.empty(spec.x_shape, gy.dtype)
+    gx = result(spec.x_shape, gy.dtype)
     loops.avg_pool_grad(gy, gx, spec.divisors(gy.dtype), spec.kh, spec.kw, *spec.window[:4])
     return gx
 
 
 def max_unpool2d(x, indices, out_hw):
     n, c = x.shape[:2]
-    y = np.empty((n, c) + tuple(out_hw), x.dtype)
+    y = result((n, c) + tuple(out_hw), x.dtype)
     loops.scatter(_planes(x), _planes(indices), _planes(y), False)
     return y
 
 
 def max_unpool2d_grad(gy, indices):
     n, c = gy.shape[:2]
-    gx = np.empty(indices.shape, gy.dtype)
+    gx = result(indices.shape, gy.dtype)
     loops.gather(_planes(gy), _planes(indices), _planes(gx))
     return gx

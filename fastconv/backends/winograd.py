@@ -53,7 +53,7 @@ import numpy as np
 
 from .. import runtime
 from .registry import RESULT
-from .workspaces import workspace
+from .workspaces import result, workspace
 
 runtime.start_pools()  # before the extension loads OpenMP, which reads its wait policy only then
 try:
@@ -298,7 +298,7 @@ def conv2d(x, w, b, spec, algorithm=None, tile=None):
     """``conv(x, w) + b`` by F(tile x tile, 3 x 3) (``algorithm="f4"``/``"f2"`` or ``tile``; neither:
     ``default_tile``)."""
     m = _tile(algorithm, tile) or default_tile(spec)
-    y = np.empty(spec.y_shape, np.float32)
+    y = result(spec.y_shape, np.float32)
     b = None if b is None else np.ascontiguousarray(b, np.float32)
     return _forward(np.ascontiguousarray(x), np.ascontiguousarray(w), b, y, _geo(spec), m, False,
                     _threads(spec))
@@ -307,7 +307,7 @@ def conv2d(x, w, b, spec, algorithm=None, tile=None):
 def conv2d_grad_input(gy, w, spec, algorithm=None, tile=None):
     """The input gradient: the forward pass of the adjoint convolution (``_adjoint_geo``)."""
     m = _tile(algorithm, tile) or default_tile(spec)
-    gx = np.empty(spec.x_shape, np.float32)
+    gx = result(spec.x_shape, np.float32)
     return _forward(np.ascontiguousarray(gy), np.ascontiguousarray(w), None, gx, _adjoint_geo(spec), m, True,
                     _threads(spec))
 
@@ -342,7 +342,7 @@ def conv2d_grad_weight(gy, x, spec, algorithm=None, tile=None):
     if private:  # one gradient per chunk, summed below
         parts = workspace("winograd_gw", (len(chunks), size), np.float32)
     else:
-        parts = np.empty((1, size), np.float32)
+        parts = result((1, size), np.float32)
     _winograd.grad_weight(np.ascontiguousarray(gy), np.ascontiguousarray(x), parts, rows, chunks, m,
                           spec.groups, cb, kb, v, z, stage, line, mbuf, private, threads)
     return (parts.sum(axis=0) if private else parts[0]).reshape(spec.w_shape)
