@@ -193,3 +193,38 @@ def test_average_pool_divisors_count_the_window_as_pytorch_does(count_include_pa
                     want[oy, ox] += inside or (count_include_pad and in_padding)
     np.testing.assert_array_equal(spec.divisors(), want)
     assert spec.divisors(np.float32).dtype == np.float32
+
+
+def test_conv_spec_cache_keeps_validation():
+    """Plain arguments are answered from a cache; a bool that hashes like the cached int is still
+    refused, NumPy integers and lists still validated and converted, and the memory rule still applies."""
+    x, w = (2, 4, 9, 9), (6, 2, 3, 3)
+    spec = shapes.conv_spec(x, w, None, 1, 1, 1, 2)
+    assert shapes.conv_spec(x, w, None, 1, 1, 1, 2) is spec  # cached
+    assert shapes.conv_spec(x, w, None, np.int64(1), [1, 1], (1, 1), np.int32(2)) == spec
+    with pytest.raises(TypeError, match="stride"):
+        shapes.conv_spec(x, w, None, True, 1, 1, 2)
+    with pytest.raises(TypeError, match="padding"):
+        shapes.conv_spec(x, w, None, 1, (True, 1), 1, 2)
+    with pytest.raises(ValueError, match="groups"):
+        shapes.conv_spec(x, w, None, 1, 1, 1, 3)
+
+
+def test_conv_spec_cache_follows_the_memory_rule(monkeypatch):
+    x, w = (64, 64, 64, 64), (64, 64, 3, 3)
+    shapes.conv_spec(x, w, padding=1)
+    monkeypatch.setattr(shapes, "memory_limit", lambda: 2 ** 20)
+    with pytest.raises(ValueError, match="memory"):
+        shapes.conv_spec(x, w, padding=1)
+
+
+def test_pool_spec_cache_keeps_validation():
+    x = (2, 3, 8, 8)
+    spec = shapes.pool_spec(x, 2)
+    assert shapes.pool_spec(x, 2) is spec
+    assert shapes.pool_spec(x, np.int64(2), [2, 2]) == spec
+    with pytest.raises(TypeError, match="kernel_size"):
+        shapes.pool_spec(x, True)
+    assert shapes.pool_spec(x, 3, ceil_mode=1) == shapes.pool_spec(x, 3, ceil_mode=True)
+    with pytest.raises(TypeError, match="ceil_mode"):
+        shapes.pool_spec(x, 2, ceil_mode=2)
