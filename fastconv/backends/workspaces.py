@@ -61,20 +61,21 @@ def result(shape, dtype):
     """An uninitialised array for a kernel's result. From ``RECYCLE_BYTES`` on, its memory comes from the
     free list of ``fastconv._cy._memory`` and goes back there when the array and its views die: the next
     result of that size (the same layer's, a training step later) writes to pages already mapped instead
-    of faulting each one in again. Else (and without the compiled extension) from NumPy."""
+    of faulting each one in again. Else (and without the compiled extension, or with reuse off) from
+    NumPy."""
     dtype = np.dtype(dtype)
     count = 1
     for s in shape:
         count *= s
     memory = _memory()
-    if memory is None or count * dtype.itemsize < RECYCLE_BYTES:
+    if memory is None or count * dtype.itemsize < RECYCLE_BYTES or memory.limit() == 0:
         return np.empty(shape, dtype)
     return np.frombuffer(memory.take(count * dtype.itemsize), dtype, count).reshape(shape)
 
 
 def set_memory_reuse(nbytes):
-    """Keep at most ``nbytes`` of freed results for reuse (default 256 MB; 0: none, every result's memory
-    goes back to the system when its arrays die)."""
+    """Keep at most ``nbytes`` of freed results for reuse (default 256 MB; 0: none, results come from
+    NumPy as other arrays do)."""
     if _memory() is None:
         raise RuntimeError("fastconv's compiled extension is not built: results are not recycled")
     _memory().set_limit(int(nbytes))
