@@ -174,8 +174,8 @@ def forward(const float[:, :, :, ::1] x, const float[:, :, :, ::1] w, const floa
     ``span`` per task and ``tsub`` per product (both multiples of ``lanes()``), on ``threads`` threads.
 
     Without ``private`` the chunks run one after the other, each in the two phases (``v`` shared);
-    with it each thread runs whole chunks (``private_forward``; a row of ``v`` per thread). Scratch otherwise per
-    thread; ``stage[thread, line:]`` holds one zero-padded input row (sizes:
+    with it each thread runs whole chunks (``private_forward``; a row of ``v`` per thread). Scratch
+    otherwise per thread; ``stage[thread, line:]`` holds the line scratch (sizes:
     ``fastconv.backends.winograd``)."""
     cdef Py_ssize_t c_in = x.shape[1], c_out = y.shape[1], cin = c_in // groups, cout = c_out // groups
     cdef Py_ssize_t ohw = y.shape[2] * y.shape[3], kblocks = (cout + nkb - 1) // nkb, us = wg_round(nkb)
@@ -242,8 +242,8 @@ def grad_weight(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x, float
     Without ``private`` the chunks run one after the other, each in the two phases, into row 0 of
     ``gw``; with it each thread runs whole chunks in one parallel region (a row of ``v`` and ``z`` per
     thread), chunk ``i``'s gradient in row ``i`` of ``gw`` (the caller sums the rows in order: the result
-    depends neither on which thread ran which chunk nor on the thread count). Scratch otherwise per thread (``stage[thread, line:]``: one
-    zero-padded row)."""
+    depends neither on which thread ran which chunk nor on the thread count). Scratch otherwise per
+    thread (``stage[thread, line:]``: the line scratch)."""
     cdef Py_ssize_t c_in = x.shape[1], c_out = gy.shape[1], cin = c_in // groups, cout = c_out // groups
     cdef Py_ssize_t panels = groups * ((cout + WG_LANES - 1) // WG_LANES)
     cdef Py_ssize_t tasks = groups * ((cin + cb - 1) // cb) * ((cout + kb - 1) // kb)

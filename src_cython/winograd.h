@@ -656,6 +656,20 @@ static void wg_input_channel(int m, const float *x, const wg_row *rows, ptrdiff_
         wg_input_channel_m(2, x, rows, nrows, t0, line, s, v, vt, vx);
 }
 
+/* row[k * yc] = src[k] for k < len: an output row's columns, yc floats apart. */
+WG_INLINE void wg_put_row(float *row, ptrdiff_t yc, const float *src, ptrdiff_t len)
+{
+    if (yc == 1)
+        memcpy(row, src, sizeof(float) * len);
+#ifdef WG_MASKED
+    else if (yc == 2)
+        wg_store_cols2(row, src, len);
+#endif
+    else
+        for (ptrdiff_t k = 0; k < len; k++)
+            row[k * yc] = src[k];
+}
+
 /* wg_scatter's tiles [lo, hi) of the narrow rows r0..r1 (o at tile lo): every output row of the
  * group merged at once into line, then each tile row's part copied to its plane. */
 WG_INLINE void wg_scatter_group(int m, const float *o, ptrdiff_t os, ptrdiff_t lo, ptrdiff_t hi,
@@ -674,23 +688,14 @@ WG_INLINE void wg_scatter_group(int m, const float *o, ptrdiff_t os, ptrdiff_t l
                 continue;
             ptrdiff_t tx0 = a - first, len = wg_min((e - first) * m, r->ow) - tx0 * m;
             float *row = y + r->y + (r->oy + i) * r->yr + tx0 * m * r->yc;
-            const float *src = line + (a - lo) * m;
-            if (r->yc == 1)
-                memcpy(row, src, sizeof(float) * len);
-#ifdef WG_MASKED
-            else if (r->yc == 2)
-                wg_store_cols2(row, src, len);
-#endif
-            else
-                for (ptrdiff_t k = 0; k < len; k++)
-                    row[k * r->yc] = src[k];
+            wg_put_row(row, r->yc, line + (a - lo) * m, len);
         }
     }
 }
 
 /* Write output tiles [t_lo, t_hi) (counted from t0) of one channel: o[(i * m + j) * os + t - t_lo]
  * holds output (i, j) of tile t (o readable a vector of tiles past t_hi); y points at the channel's
- * sample-0 plane. Each output row goes through line (wg_round(tiles) * m floats). */
+ * sample-0 plane. Output rows go through line (wg_line_floats floats) unless written straight. */
 WG_INLINE void wg_scatter(int m, const float *o, ptrdiff_t os, ptrdiff_t t_lo, ptrdiff_t t_hi,
                           const wg_row *rows, ptrdiff_t nrows, ptrdiff_t t0, float *y, float *line)
 {
@@ -716,15 +721,7 @@ WG_INLINE void wg_scatter(int m, const float *o, ptrdiff_t os, ptrdiff_t t_lo, p
             }
 #endif
             wg_merge(m, o + i * m * os + (lo - t_lo), os, line, wg_round(hi - lo));
-            if (r->yc == 1)
-                memcpy(row, line, sizeof(float) * len);
-#ifdef WG_MASKED
-            else if (r->yc == 2)
-                wg_store_cols2(row, line, len);
-#endif
-            else
-                for (ptrdiff_t k = 0; k < len; k++)
-                    row[k * r->yc] = line[k];
+            wg_put_row(row, r->yc, line, len);
         }
     }
 }

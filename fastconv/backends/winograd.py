@@ -238,7 +238,7 @@ def _line(m, rows):
 
 
 def _stage(threads, m, longest, rows, per_tile):
-    """Per-thread stage of ``per_tile`` rows of tiles, then room for one zero-padded row."""
+    """Per-thread stage of ``per_tile`` rows of tiles, then the line scratch (``_line``)."""
     line = per_tile * _winograd.skew(longest)
     return workspace("winograd_stage", (threads, _cache_lines(line + _line(m, rows))), np.float32), line
 
