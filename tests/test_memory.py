@@ -58,8 +58,10 @@ def test_limit_and_release(reuse):
     assert ws.get_memory_reuse()[1] == 4 * np.prod(BIG)
     ws.clear_workspaces()
     assert ws.get_memory_reuse()[1] == 0
-    with pytest.raises(ValueError, match="limit"):
-        ws.set_memory_reuse(-1)
+    with pytest.raises(ValueError, match="nbytes"):
+        fc.set_memory_reuse(-1)
+    with pytest.raises(TypeError, match="nbytes"):
+        fc.set_memory_reuse(1.5e8)
 
 
 def test_small_results_come_from_numpy():

@@ -15,6 +15,8 @@ import threading
 
 import numpy as np
 
+from ..shapes import integer
+
 
 class _Buffers(threading.local):
     def __init__(self):
@@ -76,9 +78,10 @@ def result(shape, dtype):
 def set_memory_reuse(nbytes):
     """Keep at most ``nbytes`` of freed results for reuse (default 256 MB; 0: none, results come from
     NumPy as other arrays do)."""
+    nbytes = integer("nbytes", nbytes, 0)
     if _memory() is None:
         raise RuntimeError("fastconv's compiled extension is not built: results are not recycled")
-    _memory().set_limit(int(nbytes))
+    _memory().set_limit(nbytes)
 
 
 def get_memory_reuse():
