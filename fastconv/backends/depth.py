@@ -141,12 +141,14 @@ def describe(spec):
 def _folded(x, spec):
     """``xf (N*od, C_in*kd, H, W)``: the input slice every (sample, output depth, depth tap) reads."""
     xf = _scratch("depth_folded", (spec.n, spec.od, spec.c_in, spec.kd, spec.h, spec.w), x)
-    read = taps(spec)
-    if sum(hi - lo for _, lo, hi, _ in read) < spec.od * spec.kd:  # some (oz, k) read only padding
-        xf.fill(0)
-    for k, lo, hi, z0 in read:
-        outs, ins = _slices(spec, lo, hi, z0)
-        xf[:, outs, :, k] = x[:, :, ins].transpose(0, 2, 1, 3, 4)
+    read = {k: (lo, hi, z0) for k, lo, hi, z0 in taps(spec)}
+    for k in range(spec.kd):
+        lo, hi, z0 = read.get(k, (0, 0, 0))
+        xf[:, :lo, :, k] = 0  # the (output depth, tap) slices that read depth padding, and only those
+        xf[:, hi:, :, k] = 0  # (zeroing all 50 MB: the U-Net level forward 15.0-15.3 ms, now 13.7-14.1)
+        if lo < hi:
+            outs, ins = _slices(spec, lo, hi, z0)
+            xf[:, outs, :, k] = x[:, :, ins].transpose(0, 2, 1, 3, 4)
     return xf.reshape(inner_spec(spec).x_shape)
 
 
