@@ -310,10 +310,16 @@ WG_INLINE void wg_pad_row(const float *row, ptrdiff_t col0, ptrdiff_t len, ptrdi
     memset(line + hi, 0, sizeof(float) * (len - hi));
 }
 
-/* Rows of fewer tiles than a vector (maps under 4 * WG_LANES columns) are staged and written back
- * several at a time, their tiles side by side in full vectors, at most WG_GROUP tiles a group: one row
- * at a time, a 14 x 14 map's rows of 4 tiles would fill a quarter of each vector. */
+/* Rows of fewer than WG_NARROW tiles are staged and written back several at a time, their tiles side
+ * by side in full vectors, at most WG_GROUP tiles a group: one row at a time, a 14 x 14 map's rows of
+ * 4 tiles would fill a quarter of each vector. Wider rows pay less for their empty lanes than groups
+ * pay for copying their rows (AVX-512, 64 channels, batch 8, forward ms, one row at a time against
+ * grouped: 56x56, 14 tiles a row, 2.2 against 2.6; 40x40, 10 tiles, 1.1-1.2 against 1.2-1.5; 14x14, 4
+ * tiles, 0.23 against 0.21; dilation 2 at 32x32, 4 tiles, 0.56 against 0.41). */
 #define WG_GROUP (4 * WG_LANES)
+#ifndef WG_NARROW
+#define WG_NARROW (WG_LANES / 2)
+#endif
 
 /* Floats of the line scratch that wg_stage and wg_scatter take, for rows of at most widest tiles: one
  * zero-padded row, or two lines of a group (wg_gather_group). */
@@ -606,9 +612,9 @@ WG_INLINE void wg_gather_group(int m, int n, int gy, const float *x, const wg_ro
  * last: consecutive narrow rows whose tiles, from lo on, number at most WG_GROUP. */
 WG_INLINE const wg_row *wg_group_end(const wg_row *r, const wg_row *last, ptrdiff_t lo)
 {
-    if (r->tiles >= WG_LANES)
+    if (r->tiles >= WG_NARROW)
         return r;
-    while (r < last && r[1].tiles < WG_LANES && r[1].t + r[1].tiles - lo <= WG_GROUP)
+    while (r < last && r[1].tiles < WG_NARROW && r[1].t + r[1].tiles - lo <= WG_GROUP)
         r++;
     return r;
 }

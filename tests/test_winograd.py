@@ -148,11 +148,11 @@ def test_chunks_blocks_and_splits(tile, private, monkeypatch, plans):
 
 
 @TILES
-@pytest.mark.parametrize("width", [1, 5, 13, 15, 16, 17, 30])
+@pytest.mark.parametrize("width", [1, 3, 4, 5, 7, 8, 13, 16, 17, 30])
 @pytest.mark.parametrize("dilation", [1, 2, 3])
 def test_narrow_rows(width, dilation, tile, monkeypatch, plans):
-    """Rows of fewer tiles than a vector are staged and written back several at a time (groups of at
-    most 4 vectors of tiles), wider rows one by one: rows of 1 to 30 tiles in every sub-grid of a
+    """Rows of fewer tiles than half a vector are staged and written back several at a time (groups of
+    at most 4 vectors of tiles), wider rows one by one: rows of 1 to 30 tiles in every sub-grid of a
     dilation, many samples (groups cut by their cap and by chunk ends; with 30, small chunks and tasks
     that split rows), sub-grids read and written with a column stride of 1, 2 or 3 floats."""
     if width == 30:
