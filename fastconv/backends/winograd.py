@@ -174,6 +174,8 @@ def _plan(geo, m, weight_grad=False):
     if not private:
         per_chunk = max(CHUNK_TILES, CHUNK_BYTES // per_tile)
     count = -(-total // per_chunk)
+    if private and count > 1:  # an even count: two threads end together (vgg_3x3, 13 -> 14 chunks:
+        count += count % 2     # forward + backward 7.0-7.2 -> 6.7-6.8 ms, forward 1.90-1.99 -> 1.86-1.90)
     # chunk i ends at the first row whose end passes i/count of the tiles
     ends = np.searchsorted(rows[:, 14] + rows[:, 13], np.arange(1, count + 1) * total / count, "left") + 1
     bounds = np.unique(np.concatenate([[0], np.minimum(ends, len(rows))]))
