@@ -317,9 +317,7 @@ WG_INLINE void wg_pad_row(const float *row, ptrdiff_t col0, ptrdiff_t len, ptrdi
  * grouped: 56x56, 14 tiles a row, 2.2 against 2.6; 40x40, 10 tiles, 1.1-1.2 against 1.2-1.5; 14x14, 4
  * tiles, 0.23 against 0.21; dilation 2 at 32x32, 4 tiles, 0.56 against 0.41). */
 #define WG_GROUP (4 * WG_LANES)
-#ifndef WG_NARROW
 #define WG_NARROW (WG_LANES / 2)
-#endif
 
 /* Floats of the line scratch that wg_stage and wg_scatter take, for rows of at most widest tiles: one
  * zero-padded row, or two lines of a group (wg_gather_group). */
@@ -502,44 +500,6 @@ WG_INLINE void wg_merge_row(int m, const float *s, ptrdiff_t sp, float *row, ptr
 }
 #endif
 
-/* Stage the n x n patches of one row of tiles (n = m + 2: input patches; n = m: output-gradient
- * tiles): s[(i * n + j) * sp + tx] = plane[row0 + i][col0 + tx * m + j], zero outside the h x w plane
- * (row and column strides xr, xc), for tx < wg_round(tiles): up to a vector past the row's tiles, which
- * the next row overwrites (or the stage's zero tail, or its skew). Each plane row is first copied,
- * zero-padded, into line (wg_round(tiles) * m + 2 floats). */
-WG_INLINE void wg_gather(int m, int n, const float *plane, ptrdiff_t tiles, ptrdiff_t row0, ptrdiff_t col0,
-                         ptrdiff_t h, ptrdiff_t w, ptrdiff_t xr, ptrdiff_t xc, float *line, float *s,
-                         ptrdiff_t sp)
-{
-    ptrdiff_t count = wg_round(tiles), width = wg_min(w, count * m + n - m) * xc;
-    for (int k = 0; k < m; k++)  /* the rows the next row of tiles adds, on their way from memory */
-        if (row0 + n + k < h)
-            for (ptrdiff_t b = 0; b < width; b += 64 / sizeof(float))
-                __builtin_prefetch(plane + (row0 + n + k) * xr + b);
-    for (int i = 0; i < n; i++) {
-        float *si = s + (ptrdiff_t)i * n * sp;
-        ptrdiff_t u = row0 + i;
-        if (u < 0 || u >= h) {
-            for (int j = 0; j < n; j++)
-                memset(si + j * sp, 0, sizeof(float) * tiles);
-            continue;
-        }
-#ifdef WG_MASKED
-        if (xc == 1) {
-            wg_split_row(m, n, plane + u * xr, col0, w, si, sp, count);
-            continue;
-        }
-        if (xc == 2)
-            wg_copy_cols(plane + u * xr, col0, count * m + n - m, w, 2, line);
-        else
-#endif
-            wg_pad_row(plane + u * xr, col0, count * m + n - m, w, xc, line);
-        wg_split(m, m, line, si, sp, count);
-        if (n > m)  /* the two columns past a tile's m are the next tile's first two */
-            wg_split(m, 2, line + m, si + m * sp, sp, count);
-    }
-}
-
 /* The plane a row of tiles reads: its input plane (patches), or with gy its output plane (output-
  * gradient tiles). */
 typedef struct {
@@ -569,6 +529,39 @@ WG_INLINE void wg_plane_cols(const wg_plane *p, ptrdiff_t u, ptrdiff_t col0, ptr
     }
 #endif
     wg_pad_row(p->plane + u * p->xr, col0, len, p->w, p->xc, line);
+}
+
+/* Stage the n x n patches of one row of tiles tiles long (n = m + 2: input patches; n = m: output-
+ * gradient tiles) of plane p: s[(i * n + j) * sp + tx] = plane[row0 + i][col0 + tx * m + j], zero outside
+ * the plane, for tx < wg_round(tiles): up to a vector past the row's tiles, which the next row
+ * overwrites (or the stage's zero tail, or its skew). Unless AVX-512 splits it in place, each plane row
+ * is first copied, zero-padded, into line (wg_line_floats). */
+WG_INLINE void wg_gather(int m, int n, const wg_plane *p, ptrdiff_t tiles, float *line, float *s, ptrdiff_t sp)
+{
+    ptrdiff_t count = wg_round(tiles), width = wg_min(p->w, count * m + n - m) * p->xc;
+    for (int k = 0; k < m; k++)  /* the rows the next row of tiles adds, on their way from memory */
+        if (p->row0 + n + k < p->h)
+            for (ptrdiff_t b = 0; b < width; b += 64 / sizeof(float))
+                __builtin_prefetch(p->plane + (p->row0 + n + k) * p->xr + b);
+    for (int i = 0; i < n; i++) {
+        float *si = s + (ptrdiff_t)i * n * sp;
+        ptrdiff_t u = p->row0 + i;
+        if (u < 0 || u >= p->h) {
+            for (int j = 0; j < n; j++)
+                memset(si + j * sp, 0, sizeof(float) * tiles);
+            continue;
+        }
+#ifdef WG_MASKED
+        if (p->xc == 1) {
+            wg_split_row(m, n, p->plane + u * p->xr, p->col0, p->w, si, sp, count);
+            continue;
+        }
+#endif
+        wg_plane_cols(p, u, p->col0, count * m + n - m, line);
+        wg_split(m, m, line, si, sp, count);
+        if (n > m)  /* the two columns past a tile's m are the next tile's first two */
+            wg_split(m, 2, line + m, si + m * sp, sp, count);
+    }
 }
 
 /* Stage the narrow rows r0..r1 (consecutive, at most WG_GROUP tiles in all) as wg_gather stages one
@@ -637,7 +630,7 @@ WG_INLINE ptrdiff_t wg_stage(int m, int gy, const float *x, const wg_row *rows, 
             continue;
         }
         wg_plane p = wg_plane_of(gy, x, r);
-        wg_gather(m, n, p.plane, r->tiles, p.row0, p.col0, p.h, p.w, p.xr, p.xc, line, s + (r->t - t0), ss);
+        wg_gather(m, n, &p, r->tiles, line, s + (r->t - t0), ss);
     }
     for (int k = 0; k < n * n; k++)
         memset(s + k * ss + count, 0, sizeof(float) * (sp - count));
