@@ -459,8 +459,7 @@ def conv_spec(x_shape, w_shape, bias_shape=None, stride=1, padding=0, dilation=1
     strings are answered from a cache (7 us of validation a call, a fifth of a small 1-D layer's time),
     others (NumPy integers, lists, bools: whose errors or conversions depend on their type) validated
     each time."""
-    args = (tuple(x_shape), tuple(w_shape), None if bias_shape is None else tuple(bias_shape), stride,
-            padding, dilation, groups, dims)
+    args = (x_shape, w_shape, bias_shape, stride, padding, dilation, groups, dims)  # shapes: tuples of ints
     if all(_plain(a) for a in args):
         return _cached_conv_spec(memory_limit(), *args)  # (the limit in the key: its check is part of it)
     return _conv_spec(*args)
@@ -871,7 +870,7 @@ def pool_spec(x_shape, kernel_size, stride=None, padding=0, dilation=1, ceil_mod
               count_include_pad=True, dims=2):
     """Validate the arguments of a pooling op and return its :class:`PoolSpec` (plain arguments from a
     cache, as :func:`conv_spec`; the two flags must then be bools)."""
-    args = (tuple(x_shape), kernel_size, stride, padding, dilation, ceil_mode, count_include_pad, dims)
+    args = (x_shape, kernel_size, stride, padding, dilation, ceil_mode, count_include_pad, dims)
     if (all(_plain(a) for a in args[:5] + args[7:]) and type(ceil_mode) is bool
             and type(count_include_pad) is bool):
         return _cached_pool_spec(memory_limit(), *args)

@@ -208,6 +208,8 @@ def test_conv_spec_cache_keeps_validation():
         shapes.conv_spec(x, w, None, 1, (True, 1), 1, 2)
     with pytest.raises(ValueError, match="groups"):
         shapes.conv_spec(x, w, None, 1, 1, 1, 3)
+    with pytest.raises(TypeError, match="input shape"):  # not taken apart on the way to the cache
+        shapes.conv_spec(5, w)
 
 
 def test_conv_spec_cache_follows_the_memory_rule(monkeypatch):
