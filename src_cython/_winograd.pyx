@@ -32,7 +32,8 @@ cdef extern from "winograd.h" nogil:
     Py_ssize_t wg_round(Py_ssize_t n)
     Py_ssize_t wg_skew(Py_ssize_t n)
     Py_ssize_t wg_line_floats(int m, Py_ssize_t widest)
-    void wg_input_channel(int m, const float* x, const wg_row* rows, Py_ssize_t nrows, Py_ssize_t t0,
+    void wg_input_channel(int m, const float* x, const float* next, const wg_row* rows, Py_ssize_t nrows,
+                          Py_ssize_t t0,
                           float* line, float* s, float* v, Py_ssize_t vt, Py_ssize_t vx)
     void wg_gy_block(int m, const float* gy, Py_ssize_t yk, Py_ssize_t nk, const wg_row* rows,
                      Py_ssize_t nrows, Py_ssize_t t0, float* line, float* s, float* z, Py_ssize_t zx)
@@ -94,9 +95,12 @@ cdef inline Py_ssize_t v_group(int m, Py_ssize_t cin, Py_ssize_t sp) noexcept no
 cdef void transform_inputs(int m, const float[:, :, :, ::1] x, Py_ssize_t groups,
                            const Py_ssize_t[:, ::1] rows, Py_ssize_t ra, Py_ssize_t rb, Py_ssize_t sp,
                            float* v, float[:, ::1] stage, Py_ssize_t line, Py_ssize_t channel) noexcept nogil:
-    """Phase 1 for one input channel: its transformed tiles in ``v``."""
+    """Phase 1 for one input channel: its transformed tiles in ``v`` (the next channel's first rows
+    prefetched)."""
     cdef Py_ssize_t cin = x.shape[1] // groups, tid = threadid(), vx = v_coordinate(cin)
-    wg_input_channel(m, &x[0, channel, 0, 0], row_ptr(rows, ra), rb - ra, rows[ra, 14], &stage[tid, line],
+    cdef const float* plane = &x[0, channel, 0, 0]
+    wg_input_channel(m, plane, plane + x.shape[2] * x.shape[3] if channel + 1 < x.shape[1] else NULL,
+                     row_ptr(rows, ra), rb - ra, rows[ra, 14], &stage[tid, line],
                      &stage[tid, 0], v + channel // cin * v_group(m, cin, sp) + channel % cin * WG_LANES,
                      (m + 2) * (m + 2) * vx, vx)
 

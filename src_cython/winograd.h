@@ -606,11 +606,7 @@ WG_INLINE void wg_merge_narrow(int m, const float *s, ptrdiff_t sp, float *row, 
  * is first copied, zero-padded, into line (wg_line_floats). */
 WG_INLINE void wg_gather(int m, int n, const wg_plane *p, ptrdiff_t tiles, float *line, float *s, ptrdiff_t sp)
 {
-    ptrdiff_t count = wg_round(tiles), width = wg_min(p->w, count * m + n - m) * p->xc;
-    for (int k = 0; k < m; k++)  /* the rows the next row of tiles adds, on their way from memory */
-        if (p->row0 + n + k < p->h)
-            for (ptrdiff_t b = 0; b < width; b += 64 / sizeof(float))
-                __builtin_prefetch(p->plane + (p->row0 + n + k) * p->xr + b);
+    ptrdiff_t count = wg_round(tiles);
     for (int i = 0; i < n; i++) {
         float *si = s + (ptrdiff_t)i * n * sp;
         ptrdiff_t u = p->row0 + i;
@@ -688,18 +684,39 @@ WG_INLINE const wg_row *wg_group_end(const wg_row *r, const wg_row *last, ptrdif
     return r;
 }
 
+/* Prefetch plane rows row0 + first .. row0 + n - 1 of row r of tiles (n = m + 2: input patches; m:
+ * output-gradient tiles), the columns it reads: rows on their way from memory, which the hardware
+ * prefetcher does not see coming where rows of tiles move to another plane (sample, channel). */
+WG_INLINE void wg_prefetch(int m, int n, const wg_plane *p, ptrdiff_t tiles, int first)
+{
+    ptrdiff_t c0 = wg_max(p->col0, 0), c1 = wg_min(p->w, p->col0 + tiles * m + n - m);
+    for (int i = first; i < n; i++) {
+        ptrdiff_t u = p->row0 + i;
+        if (u >= 0 && u < p->h)
+            for (ptrdiff_t c = c0 * p->xc; c < c1 * p->xc; c += 64 / sizeof(float))
+                __builtin_prefetch(p->plane + u * p->xr + c);
+    }
+}
+
 /* Stage the patches of every tile of rows[0, nrows) of one plane-0 pointer x (input patches from
  * the rows' input planes, or with gy the output-gradient tiles from their output planes), entry e of
  * tile t at s[e * wg_skew(sp) + t]; tiles are counted from t0 and zero from the last one up to
  * sp = wg_round(tiles). Returns sp. line: wg_line_floats(m, the widest row) floats. */
-WG_INLINE ptrdiff_t wg_stage(int m, int gy, const float *x, const wg_row *rows, ptrdiff_t nrows, ptrdiff_t t0,
-                             float *line, float *s)
+WG_INLINE ptrdiff_t wg_stage(int m, int gy, const float *x, const float *next, const wg_row *rows,
+                             ptrdiff_t nrows, ptrdiff_t t0, float *line, float *s)
 {
     int n = gy ? m : m + 2;
     const wg_row *last = rows + nrows - 1;
     ptrdiff_t count = last->t + last->tiles - t0, sp = wg_round(count), ss = wg_skew(sp);
     for (const wg_row *r = rows; r <= last; r++) {
         wg_plane p = wg_plane_of(gy, x, r);
+        if (r < last) {  /* the next row's new plane rows (all of them on another plane) */
+            wg_plane q = wg_plane_of(gy, x, r + 1);
+            wg_prefetch(m, n, &q, r[1].tiles, q.plane == p.plane && q.row0 == p.row0 + m ? n - m : 0);
+        } else if (next) {  /* the first row of the channel staged next */
+            wg_plane q = wg_plane_of(gy, next, rows);
+            wg_prefetch(m, n, &q, rows->tiles, 0);
+        }
 #ifdef WG_MASKED
         if (r->tiles < WG_NARROW && WG_STRAIGHT(r)) {
             wg_gather_narrow(m, n, &p, s + (r->t - t0), ss);
@@ -721,20 +738,21 @@ WG_INLINE ptrdiff_t wg_stage(int m, int gy, const float *x, const wg_row *rows, 
 
 /* Transformed input tiles of one channel: v[(t / L) * vt + xi * vx + t % L] = (B^T d_t B)[xi] (L =
  * WG_LANES; tiles past the last are zero). s: stage of alpha^2 * wg_skew(wg_round(tiles)) floats. */
-WG_INLINE void wg_input_channel_m(int m, const float *x, const wg_row *rows, ptrdiff_t nrows, ptrdiff_t t0,
-                             float *line, float *s, float *v, ptrdiff_t vt, ptrdiff_t vx)
+WG_INLINE void wg_input_channel_m(int m, const float *x, const float *next, const wg_row *rows,
+                                  ptrdiff_t nrows, ptrdiff_t t0, float *line, float *s, float *v, ptrdiff_t vt,
+                                  ptrdiff_t vx)
 {
-    ptrdiff_t sp = wg_stage(m, 0, x, rows, nrows, t0, line, s);
+    ptrdiff_t sp = wg_stage(m, 0, x, next, rows, nrows, t0, line, s);
     for (ptrdiff_t t = 0; t < sp; t += WG_LANES)
         wg_input_tile(m, s + t, wg_skew(sp), v + t / WG_LANES * vt, vx);
 }
-static void wg_input_channel(int m, const float *x, const wg_row *rows, ptrdiff_t nrows, ptrdiff_t t0,
-                             float *line, float *s, float *v, ptrdiff_t vt, ptrdiff_t vx)
+static void wg_input_channel(int m, const float *x, const float *next, const wg_row *rows, ptrdiff_t nrows,
+                             ptrdiff_t t0, float *line, float *s, float *v, ptrdiff_t vt, ptrdiff_t vx)
 {
     if (m == 4)
-        wg_input_channel_m(4, x, rows, nrows, t0, line, s, v, vt, vx);
+        wg_input_channel_m(4, x, next, rows, nrows, t0, line, s, v, vt, vx);
     else
-        wg_input_channel_m(2, x, rows, nrows, t0, line, s, v, vt, vx);
+        wg_input_channel_m(2, x, next, rows, nrows, t0, line, s, v, vt, vx);
 }
 
 /* row[k * yc] = src[k] for k < len: an output row's columns, yc floats apart. */
@@ -993,7 +1011,7 @@ WG_INLINE void wg_gy_block_m(int m, const float *gy, ptrdiff_t yk, ptrdiff_t nk,
     ptrdiff_t sp = wg_round(last->t + last->tiles - t0), ss = wg_skew(sp);
     float tile[WG_LANES * 16 * WG_LANES];  /* m^2 entries of WG_LANES tiles, channels in lanes */
     for (ptrdiff_t k = 0; k < nk; k++)
-        wg_stage(m, 1, gy + k * yk, rows, nrows, t0, line, s + k * m2 * ss);
+        wg_stage(m, 1, gy + k * yk, k + 1 < nk ? gy + (k + 1) * yk : NULL, rows, nrows, t0, line, s + k * m2 * ss);
     for (ptrdiff_t t = 0; t < sp; t += WG_LANES) {
         for (int e = 0; e < m2; e++) {  /* e-th entry of WG_LANES tiles: to tiles of channel lanes */
             wg_vec r[WG_LANES];
