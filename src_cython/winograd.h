@@ -170,9 +170,10 @@ WG_INLINE void wg_gt(int m, const wg_vec *p, int s, wg_vec *q, int r)
 
 /* The 2-D transforms, one vector of tiles at a time: an n x n tile (entry (i, j) at src[(i * n + j) * ss])
  * to the n' x n' transformed tile (entry (xi, nu) at dst[(xi * n' + nu) * ds]): the 1-D transform of
- * every column, then of every row. */
+ * every column, then of every row; NAME_add adds a to every output entry as it is stored (NAME adds
+ * -0.0f, which leaves every float as it is, and which the compiler drops). */
 #define WG_2D(NAME, ONE_D, N_IN, N_OUT)                                                          \
-    WG_INLINE void NAME(int m, const float *src, ptrdiff_t ss, float *dst, ptrdiff_t ds)          \
+    WG_INLINE void NAME##_add(int m, const float *src, ptrdiff_t ss, float *dst, ptrdiff_t ds, wg_vec a) \
     {                                                                                            \
         const int ni = N_IN, no = N_OUT;                                                         \
         wg_vec t[36];                                                                            \
@@ -186,8 +187,12 @@ WG_INLINE void wg_gt(int m, const wg_vec *p, int s, wg_vec *q, int r)
             wg_vec row[6];                                                                       \
             ONE_D(m, t + i * ni, 1, row, 1);                                                     \
             for (int k = 0; k < no; k++)                                                         \
-                wg_store(dst + (i * no + k) * ds, row[k]);                                       \
+                wg_store(dst + (i * no + k) * ds, row[k] + a);                                   \
         }                                                                                        \
+    }                                                                                            \
+    WG_INLINE void NAME(int m, const float *src, ptrdiff_t ss, float *dst, ptrdiff_t ds)          \
+    {                                                                                            \
+        NAME##_add(m, src, ss, dst, ds, -(wg_vec){0});                                           \
     }
 WG_2D(wg_input_tile, wg_bt, m + 2, m + 2)    /* B^T d B */
 WG_2D(wg_output_tile, wg_at, m + 2, m)       /* A^T M A */
@@ -978,12 +983,9 @@ WG_INLINE void wg_output_m(int m, const float *m_, ptrdiff_t us, ptrdiff_t ms, p
                             ptrdiff_t nrows, ptrdiff_t t0, float *o, float *y, ptrdiff_t yk)
 {
     for (ptrdiff_t k = 0; k < nk; k++) {
-        for (ptrdiff_t t = 0; t < n; t += WG_LANES) {
-            wg_output_tile(m, m_ + k * ms + t, wg_skew(us * ms), o + t, ms);
-            if (bias)
-                for (int e = 0; e < m * m; e++)
-                    wg_store(o + e * ms + t, wg_load(o + e * ms + t) + bias[k]);
-        }
+        wg_vec b = -(wg_vec){0} + (bias ? bias[k] : -0.0f);  /* -0.0f: adds nothing */
+        for (ptrdiff_t t = 0; t < n; t += WG_LANES)
+            wg_output_tile_add(m, m_ + k * ms + t, wg_skew(us * ms), o + t, ms, b);
         wg_scatter(m, o, ms, t_lo, t_lo + n, rows, nrows, t0, y + k * yk, o + m * m * ms + WG_LANES);
     }
 }
