@@ -128,6 +128,9 @@ def test_the_result_check_is_used_only_where_every_window_reads_input():
     assert inside.windows_read_input and not outside.windows_read_input and not dilated.windows_read_input
     assert registry.nonfinite_checks("cython", "conv2d_grad_weight", "direct", inside) == (registry.RESULT,)
     assert registry.nonfinite_checks("cython", "conv2d_grad_weight", "direct", outside) == (0, 1)
+    # Winograd's forward pass checks its result too, else the operands it lists (not the bias)
+    assert registry.nonfinite_checks("winograd", "conv2d", "f4", inside) == (registry.RESULT,)
+    assert registry.nonfinite_checks("winograd", "conv2d", "f4", outside) == (0, 1)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -141,15 +141,18 @@ def nonfinite_checks(name, op, algorithm, spec=None):
     """Positions of the arguments of ``op`` whose NaN or inf ``name:algorithm`` would not turn into the
     reference's outputs (empty: it always gives the reference's), or ``(RESULT,)``.
 
-    A backend lists ``RESULT`` for a weight gradient that sums every product of a read input value and an
-    output's gradient: where no window lies wholly in the padding (``spec.windows_read_input``), any NaN
-    or inf among them makes the small result non-finite, which is cheaper to read than both large
-    operands; elsewhere both operands are checked."""
+    A backend lists ``RESULT`` where every NaN or inf the reference would give makes its own result
+    non-finite: a weight gradient that sums every product of a read input value and an output's
+    gradient (its result is small, cheaper to read than both large operands), or Winograd's transforms,
+    which carry each value to every output that depends on it (the result, just written, is cheaper to
+    read than operands that come from memory). That holds where no window lies wholly in the padding
+    (``spec.windows_read_input``); elsewhere the operands listed beside ``RESULT`` are checked (none
+    listed: all of them)."""
     checks = getattr(load(name), "NONFINITE_CHECKS", {}).get(algorithm, {}).get(op, ())
     if RESULT in checks:
         if spec is not None and spec.windows_read_input:
             return (RESULT,)
-        checks = OPERANDS[op]
+        checks = tuple(c for c in checks if c != RESULT) or OPERANDS[op]
     return tuple(OPERANDS[op].index(operand) for operand in checks)
 
 
