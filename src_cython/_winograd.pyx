@@ -43,7 +43,7 @@ cdef extern from "winograd.h" nogil:
                      Py_ssize_t vt, Py_ssize_t vx, Py_ssize_t n, float* m_, Py_ssize_t ms)
     void wg_output(int m, const float* m_, Py_ssize_t us, Py_ssize_t ms, Py_ssize_t nk, const float* bias,
                    Py_ssize_t t_lo, Py_ssize_t n, const wg_row* rows, Py_ssize_t nrows, Py_ssize_t t0,
-                   float* o, float* y, Py_ssize_t yk)
+                   float* o, float* y, Py_ssize_t yk, float* chk)
     void wg_weight_grad(int m, const float* v, Py_ssize_t vt, Py_ssize_t vx, const float* z, Py_ssize_t zx,
                         Py_ssize_t sp, Py_ssize_t nc, Py_ssize_t nk, float* mt, float* gw, Py_ssize_t cin,
                         int acc)
@@ -121,12 +121,13 @@ cdef void transform_output_gradients(int m, const float[:, :, :, ::1] gy, Py_ssi
 cdef void products(int m, const float* u, Py_ssize_t us, Py_ssize_t nk, Py_ssize_t cin, const float* v,
                    Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t tsub, const float* bias, const wg_row* rows,
                    Py_ssize_t nrows, Py_ssize_t t0, float* mbuf, float* obuf, float* y,
-                   Py_ssize_t ohw) noexcept nogil:
-    """Output tiles [lo, hi) of one block of ``nk`` output channels, ``tsub`` tiles at a time."""
+                   Py_ssize_t ohw, float* chk) noexcept nogil:
+    """Output tiles [lo, hi) of one block of ``nk`` output channels, ``tsub`` tiles at a time (``chk``:
+    the thread's check of them, ``wg_output``)."""
     cdef Py_ssize_t s0 = lo, vx = v_coordinate(cin), vt = (m + 2) * (m + 2) * vx
     while s0 < hi:
         wg_multiply(m, u, us, nk, cin, v + s0 // WG_LANES * vt, vt, vx, min(tsub, hi - s0), mbuf, tsub)
-        wg_output(m, mbuf, us, tsub, nk, bias, s0, min(tsub, hi - s0), rows, nrows, t0, obuf, y, ohw)
+        wg_output(m, mbuf, us, tsub, nk, bias, s0, min(tsub, hi - s0), rows, nrows, t0, obuf, y, ohw, chk)
         s0 += tsub
 
 
@@ -134,7 +135,8 @@ cdef void private_forward(int m, const float[:, :, :, ::1] x, const float[:, :, 
                           float[:, :, :, ::1] y, const Py_ssize_t[:, ::1] rows,
                           const Py_ssize_t[:, ::1] chunks, Py_ssize_t groups, bint flip, Py_ssize_t nkb,
                           Py_ssize_t tsub, float[:, ::1] v, float[:, ::1] stage, Py_ssize_t line,
-                          float[:, ::1] ubuf, float[:, ::1] mbuf, float[:, ::1] obuf, int threads):
+                          float[:, ::1] ubuf, float[:, ::1] mbuf, float[:, ::1] obuf, float[:, ::1] chk,
+                          int threads):
     """``forward`` with each thread running whole chunks, both phases, in one parallel region: its
     tiles stay in its cache, and no thread waits for another. Each thread transforms every block's
     weights once (``ubuf[thread]`` holds them all): for layers with few channels."""
@@ -163,14 +165,15 @@ cdef void private_forward(int m, const float[:, :, :, ::1] x, const float[:, :, 
                 products(m, &ubuf[tid, key * block], us, min(nkb, cout - k0), cin,
                          &v[tid, g * v_group(m, cin, sp)], 0, tiles, tsub,
                          bp + g * cout + k0 if bp != NULL else NULL, row_ptr(rows, ra), rb - ra, rows[ra, 14],
-                         &mbuf[tid, 0], &obuf[tid, 0], &y[0, 0, 0, 0] + (g * cout + k0) * ohw, ohw)
+                         &mbuf[tid, 0], &obuf[tid, 0], &y[0, 0, 0, 0] + (g * cout + k0) * ohw, ohw,
+                         &chk[tid, 0])
 
 
 def forward(const float[:, :, :, ::1] x, const float[:, :, :, ::1] w, const float[::1] b,
             float[:, :, :, ::1] y, const Py_ssize_t[:, ::1] rows, const Py_ssize_t[:, ::1] chunks, int m,
             Py_ssize_t groups, bint flip, Py_ssize_t nkb, Py_ssize_t span, Py_ssize_t tsub, float[:, ::1] v,
             float[:, ::1] stage, Py_ssize_t line, float[:, ::1] ubuf, float[:, ::1] mbuf, float[:, ::1] obuf,
-            bint private, int threads):
+            float[:, ::1] chk, bint private, int threads):
     """``y = conv(x, w) + b`` (``b`` may be None) for a stride-1 3x3 convolution whose tiles ``rows``
     lists, in ``chunks`` (row ranges). With ``flip`` the kernels are ``w`` flipped in space with in and
     out channels swapped (the adjoint convolution: ``w`` is then ``(C_in, C_out/groups, 3, 3)`` of
@@ -180,7 +183,8 @@ def forward(const float[:, :, :, ::1] x, const float[:, :, :, ::1] w, const floa
     Without ``private`` the chunks run one after the other, each in the two phases (``v`` shared);
     with it each thread runs whole chunks (``private_forward``; a row of ``v`` per thread). Scratch
     otherwise per thread; ``stage[thread, line:]`` holds the line scratch (sizes:
-    ``fastconv.backends.winograd``)."""
+    ``fastconv.backends.winograd``). Each thread adds every output it computes, times 0, to its row of
+    ``chk`` (``lanes()`` floats of a zeroed row): NaN there where one is not finite."""
     cdef Py_ssize_t c_in = x.shape[1], c_out = y.shape[1], cin = c_in // groups, cout = c_out // groups
     cdef Py_ssize_t ohw = y.shape[2] * y.shape[3], kblocks = (cout + nkb - 1) // nkb, us = wg_round(nkb)
     cdef Py_ssize_t ks = 9 if flip else cin * 9, cs = cout * 9 if flip else 9
@@ -193,7 +197,7 @@ def forward(const float[:, :, :, ::1] x, const float[:, :, :, ::1] w, const floa
         bp = &b[0]
     if private:
         private_forward(m, x, w, bp, y, rows, chunks, groups, flip, nkb, tsub, v, stage, line, ubuf, mbuf,
-                        obuf, threads)
+                        obuf, chk, threads)
         return
     for ci in range(chunks.shape[0]):
         ra, rb = chunks[ci, 0], chunks[ci, 1]
@@ -218,7 +222,8 @@ def forward(const float[:, :, :, ::1] x, const float[:, :, :, ::1] w, const floa
                 products(m, &ubuf[tid, 0], us, nk, cin, &v[0, g * v_group(m, cin, sp)], lo,
                          min(lo + span, tiles), tsub, bp + g * cout + k0 if bp != NULL else NULL,
                          row_ptr(rows, ra), rb - ra, t0,
-                         &mbuf[tid, 0], &obuf[tid, 0], &y[0, 0, 0, 0] + (g * cout + k0) * ohw, ohw)
+                         &mbuf[tid, 0], &obuf[tid, 0], &y[0, 0, 0, 0] + (g * cout + k0) * ohw, ohw,
+                         &chk[tid, 0])
 
 
 cdef void weight_task(int m, float[:, ::1] gw, Py_ssize_t part, Py_ssize_t groups, Py_ssize_t cin,

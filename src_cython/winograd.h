@@ -170,10 +170,12 @@ WG_INLINE void wg_gt(int m, const wg_vec *p, int s, wg_vec *q, int r)
 
 /* The 2-D transforms, one vector of tiles at a time: an n x n tile (entry (i, j) at src[(i * n + j) * ss])
  * to the n' x n' transformed tile (entry (xi, nu) at dst[(xi * n' + nu) * ds]): the 1-D transform of
- * every column, then of every row; NAME_add adds a to every output entry as it is stored (NAME adds
- * -0.0f, which leaves every float as it is, and which the compiler drops). */
+ * every column, then of every row. NAME_add adds a to every output entry as it is stored, and each
+ * stored value times 0 to *chk (NaN from a NaN or inf: finite values leave it zero); NAME adds -0.0f,
+ * which leaves every float as it is and which the compiler drops, and checks nothing. */
 #define WG_2D(NAME, ONE_D, N_IN, N_OUT)                                                          \
-    WG_INLINE void NAME##_add(int m, const float *src, ptrdiff_t ss, float *dst, ptrdiff_t ds, wg_vec a) \
+    WG_INLINE void NAME##_add(int m, const float *src, ptrdiff_t ss, float *dst, ptrdiff_t ds, wg_vec a, \
+                              wg_vec *chk)                                                       \
     {                                                                                            \
         const int ni = N_IN, no = N_OUT;                                                         \
         wg_vec t[36];                                                                            \
@@ -186,13 +188,16 @@ WG_INLINE void wg_gt(int m, const wg_vec *p, int s, wg_vec *q, int r)
         for (int i = 0; i < no; i++) {                                                           \
             wg_vec row[6];                                                                       \
             ONE_D(m, t + i * ni, 1, row, 1);                                                     \
-            for (int k = 0; k < no; k++)                                                         \
+            for (int k = 0; k < no; k++) {                                                       \
                 wg_store(dst + (i * no + k) * ds, row[k] + a);                                   \
+                if (chk)                                                                         \
+                    *chk += row[k] * 0.0f;                                                       \
+            }                                                                                    \
         }                                                                                        \
     }                                                                                            \
     WG_INLINE void NAME(int m, const float *src, ptrdiff_t ss, float *dst, ptrdiff_t ds)          \
     {                                                                                            \
-        NAME##_add(m, src, ss, dst, ds, -(wg_vec){0});                                           \
+        NAME##_add(m, src, ss, dst, ds, -(wg_vec){0}, NULL);                                     \
     }
 WG_2D(wg_input_tile, wg_bt, m + 2, m + 2)    /* B^T d B */
 WG_2D(wg_output_tile, wg_at, m + 2, m)       /* A^T M A */
@@ -977,26 +982,29 @@ static void wg_multiply(int m, const float *u, ptrdiff_t us, ptrdiff_t nk, ptrdi
 
 /* Output tiles [t_lo, t_lo + n) of channels k < nk from m_ (as wg_multiply writes it), plus bias,
  * into y (channel k's sample-0 plane at y + k * yk); o: a stage of m * m * ms floats, a vector, then a
- * line of wg_round(tiles) * m floats (wg_scatter). */
+ * line of wg_round(tiles) * m floats (wg_scatter). Every output (before the bias, the cropped ones of
+ * edge tiles too) times 0 is added to chk[0, WG_LANES): NaN there where one is not finite. */
 WG_INLINE void wg_output_m(int m, const float *m_, ptrdiff_t us, ptrdiff_t ms, ptrdiff_t nk,
                             const float *bias, ptrdiff_t t_lo, ptrdiff_t n, const wg_row *rows,
-                            ptrdiff_t nrows, ptrdiff_t t0, float *o, float *y, ptrdiff_t yk)
+                            ptrdiff_t nrows, ptrdiff_t t0, float *o, float *y, ptrdiff_t yk, float *chk)
 {
+    wg_vec seen = wg_load(chk);
     for (ptrdiff_t k = 0; k < nk; k++) {
         wg_vec b = -(wg_vec){0} + (bias ? bias[k] : -0.0f);  /* -0.0f: adds nothing */
         for (ptrdiff_t t = 0; t < n; t += WG_LANES)
-            wg_output_tile_add(m, m_ + k * ms + t, wg_skew(us * ms), o + t, ms, b);
+            wg_output_tile_add(m, m_ + k * ms + t, wg_skew(us * ms), o + t, ms, b, &seen);
         wg_scatter(m, o, ms, t_lo, t_lo + n, rows, nrows, t0, y + k * yk, o + m * m * ms + WG_LANES);
     }
+    wg_store(chk, seen);
 }
 static void wg_output(int m, const float *m_, ptrdiff_t us, ptrdiff_t ms, ptrdiff_t nk, const float *bias,
                       ptrdiff_t t_lo, ptrdiff_t n, const wg_row *rows, ptrdiff_t nrows, ptrdiff_t t0,
-                      float *o, float *y, ptrdiff_t yk)
+                      float *o, float *y, ptrdiff_t yk, float *chk)
 {
     if (m == 4)
-        wg_output_m(4, m_, us, ms, nk, bias, t_lo, n, rows, nrows, t0, o, y, yk);
+        wg_output_m(4, m_, us, ms, nk, bias, t_lo, n, rows, nrows, t0, o, y, yk, chk);
     else
-        wg_output_m(2, m_, us, ms, nk, bias, t_lo, n, rows, nrows, t0, o, y, yk);
+        wg_output_m(2, m_, us, ms, nk, bias, t_lo, n, rows, nrows, t0, o, y, yk, chk);
 }
 
 /* --------------------------------------------------------------------- weight gradient */

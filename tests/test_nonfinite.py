@@ -87,7 +87,7 @@ def test_nonfinite_outputs_are_the_references(name, spec_name):
                     _same_pattern(planned(*args), want, what)
                     position = registry.OPERANDS[op].index(place[0])
                     checks = registry.nonfinite_checks(backend, op, algorithm, spec)
-                    if position not in checks and registry.RESULT not in checks:
+                    if position not in checks and not {registry.RESULT, registry.CHECKED} & set(checks):
                         _same_pattern(registry.kernel(backend, op, algorithm)(*args), want, what + " (kernel)")
 
 
@@ -119,6 +119,31 @@ def test_finite_inputs_run_the_planned_kernel():
         p(x, w, None, spec)
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_a_kernel_that_checks_itself_raises_once_and_runs_again():
+    """Winograd checks its outputs as it writes them: non-finite ones raise ``NonFinite`` (the plan runs
+    the reference), and the next call, on finite operands, runs the kernel again."""
+    if registry.usable("winograd") is None:
+        pytest.skip("the Winograd kernels are not built here")
+    spec = shapes.conv_spec((2, 3, 12, 11), (4, 3, 3, 3), None, padding=1)
+    kernel = registry.kernel("winograd", "conv2d", "f4")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(spec.x_shape).astype(np.float32)
+    w = rng.standard_normal(spec.w_shape).astype(np.float32)
+    bad = x.copy()
+    bad[1, 2, 11, 10] = np.inf
+    with pytest.raises(registry.NonFinite):
+        kernel(bad, w, None, spec)
+    p = plan.plan("conv2d", spec, np.float32, backend="winograd:f4")
+    assert p.checked == (registry.CHECKED,)
+    _same_pattern(p(bad, w, None, spec), reference.conv2d(bad, w, None, spec), "planned")
+
+    def fail(*args):
+        raise AssertionError("the reference ran on finite input")
+    np.testing.assert_allclose(dataclasses.replace(p, guard=fail)(x, w, None, spec),
+                               reference.conv2d(x, w, None, spec), rtol=1e-3, atol=1e-4)
+
+
 def test_the_result_check_is_used_only_where_every_window_reads_input():
     """A weight gradient's result shows its operands' NaN and inf unless a window lies wholly in the
     padding: there the gradient at that output meets only padded zeros, so the operands are checked."""
@@ -128,8 +153,8 @@ def test_the_result_check_is_used_only_where_every_window_reads_input():
     assert inside.windows_read_input and not outside.windows_read_input and not dilated.windows_read_input
     assert registry.nonfinite_checks("cython", "conv2d_grad_weight", "direct", inside) == (registry.RESULT,)
     assert registry.nonfinite_checks("cython", "conv2d_grad_weight", "direct", outside) == (0, 1)
-    # Winograd's forward pass checks its result too, else the operands it lists (not the bias)
-    assert registry.nonfinite_checks("winograd", "conv2d", "f4", inside) == (registry.RESULT,)
+    # Winograd's forward pass checks its result itself, else the operands it lists (not the bias)
+    assert registry.nonfinite_checks("winograd", "conv2d", "f4", inside) == (registry.CHECKED,)
     assert registry.nonfinite_checks("winograd", "conv2d", "f4", outside) == (0, 1)
 
 

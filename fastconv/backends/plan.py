@@ -28,7 +28,7 @@ could differ from the reference's (an FFT spreads one NaN over a whole plane; di
 padding the reference multiplies), the plan checks those operands (one compiled pass over their bits) and
 runs the reference for non-finite ones, so that the semantics never depend on the plan; a weight
 gradient that every operand value reaches is checked by its small result instead
-(``registry.RESULT``).
+(``registry.RESULT``), and Winograd's results by the kernel as it writes them (``registry.CHECKED``).
 """
 from __future__ import annotations
 
@@ -76,6 +76,11 @@ class Plan:
     def __call__(self, *args):
         if self.guard is None:
             return self.kernel(*args)
+        if self.checked == (registry.CHECKED,):
+            try:
+                return self.kernel(*args)
+            except registry.NonFinite:
+                return self.guard(*args)
         if self.checked == (registry.RESULT,):
             out = self.kernel(*args)
             return out if _finite((out,)) else self.guard(*args)

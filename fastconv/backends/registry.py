@@ -135,24 +135,33 @@ def supports(name, op, spec, dtype, algorithm=None):
 
 #: In ``NONFINITE_CHECKS``: the kernel's result is checked after the call instead of its operands before.
 RESULT = "result"
+#: In ``NONFINITE_CHECKS``: the kernel checks its result itself as it writes it and raises ``NonFinite``
+#: where it is not finite (as ``RESULT``, without a pass over the result).
+CHECKED = "checked"
+
+
+class NonFinite(ArithmeticError):
+    """A kernel's result holds a NaN or inf, which its algorithm may have spread differently from the
+    reference's (the plan then runs the reference)."""
 
 
 def nonfinite_checks(name, op, algorithm, spec=None):
     """Positions of the arguments of ``op`` whose NaN or inf ``name:algorithm`` would not turn into the
-    reference's outputs (empty: it always gives the reference's), or ``(RESULT,)``.
+    reference's outputs (empty: it always gives the reference's), or ``(RESULT,)`` or ``(CHECKED,)``.
 
     A backend lists ``RESULT`` where every NaN or inf the reference would give makes its own result
     non-finite: a weight gradient that sums every product of a read input value and an output's
     gradient (its result is small, cheaper to read than both large operands), or Winograd's transforms,
     which carry each value to every output that depends on it (the result, just written, is cheaper to
-    read than operands that come from memory). That holds where no window lies wholly in the padding
-    (``spec.windows_read_input``); elsewhere the operands listed beside ``RESULT`` are checked (none
-    listed: all of them)."""
+    read than operands that come from memory; ``CHECKED``: the kernel checks it as it writes it). That
+    holds where no window lies wholly in the padding (``spec.windows_read_input``); elsewhere the
+    operands listed beside the mark are checked (none listed: all of them)."""
     checks = getattr(load(name), "NONFINITE_CHECKS", {}).get(algorithm, {}).get(op, ())
-    if RESULT in checks:
-        if spec is not None and spec.windows_read_input:
-            return (RESULT,)
-        checks = tuple(c for c in checks if c != RESULT) or OPERANDS[op]
+    for mark in (RESULT, CHECKED):
+        if mark in checks:
+            if spec is not None and spec.windows_read_input:
+                return (mark,)
+            checks = tuple(c for c in checks if c != mark) or OPERANDS[op]
     return tuple(OPERANDS[op].index(operand) for operand in checks)
 
 

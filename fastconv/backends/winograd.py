@@ -52,7 +52,7 @@ from functools import lru_cache
 import numpy as np
 
 from .. import runtime
-from .registry import RESULT
+from .registry import CHECKED, RESULT, NonFinite
 from .workspaces import result, workspace
 
 runtime.start_pools()  # before the extension loads OpenMP, which reads its wait policy only then
@@ -74,10 +74,12 @@ OPS = ("conv2d", "conv2d_grad_input", "conv2d_grad_weight")
 #: NaN and inf the reference would give: where an output depends on an input value or a weight, the
 #: dependence is a sum over transform coordinates of products of entries of A, B and G, so some
 #: coordinate carries the value to that output, and a NaN or inf stays one there (padded zeros are
-#: multiplied, as the reference multiplies them, and 0 * inf is NaN). Reading the result, which the
-#: kernel has just written, costs less than reading the operands: vgg_3x3 forward + backward 7.5-9.1 ->
-#: 7.4-7.6 ms (alternating processes).
-_RESULTS = {"conv2d": (RESULT, "x", "w"), "conv2d_grad_input": (RESULT, "gy", "w"),
+#: multiplied, as the reference multiplies them, and 0 * inf is NaN). The forward pass checks its
+#: outputs as it computes them (``_winograd.forward``'s ``chk``): reading the result after the call
+#: instead took vgg_3x3's forward 2.44 -> 2.71 ms and forward + backward 6.96 -> 7.49 (medians,
+#: alternating in one process), and reading the operands cost more still. The weight gradient's small
+#: result is read after the call.
+_RESULTS = {"conv2d": (CHECKED, "x", "w"), "conv2d_grad_input": (CHECKED, "gy", "w"),
             "conv2d_grad_weight": (RESULT,)}
 NONFINITE_CHECKS = {"f4": _RESULTS, "f2": _RESULTS}
 #: Seconds per multiply-add of the transformed-domain products on one core (the cost model's constant,
@@ -291,8 +293,12 @@ def _forward(x, w, b, y, geo, m, flip, threads):
     ubuf = workspace("winograd_u", (threads, blocks * a2 * _winograd.skew(cin * us)), np.float32)
     mbuf = workspace("winograd_m", (threads, a2 * _winograd.skew(us * tsub)), np.float32)
     obuf = workspace("winograd_o", (threads, _cache_lines(m * m * tsub + lanes + _line(m, rows))), np.float32)
+    chk = workspace("winograd_chk", (threads, _cache_lines(lanes)), np.float32)
+    chk[...] = 0
     _winograd.forward(x, w, b, y, rows, chunks, m, groups, flip, nkb, span, tsub, v, stage, line, ubuf, mbuf,
-                      obuf, private, threads)
+                      obuf, chk, private, threads)
+    if not np.isfinite(chk).all():
+        raise NonFinite("a Winograd result is not finite (NaN or inf in its operands, or overflow)")
     return y
 
 
@@ -304,7 +310,8 @@ def _tile(algorithm, tile):
 
 def conv2d(x, w, b, spec, algorithm=None, tile=None):
     """``conv(x, w) + b`` by F(tile x tile, 3 x 3) (``algorithm="f4"``/``"f2"`` or ``tile``; neither:
-    ``default_tile``)."""
+    ``default_tile``). Raises ``registry.NonFinite`` where an output is not finite (plans then run the
+    reference)."""
     m = _tile(algorithm, tile) or default_tile(spec)
     y = result(spec.y_shape, np.float32)
     b = None if b is None else np.ascontiguousarray(b, np.float32)
@@ -313,7 +320,8 @@ def conv2d(x, w, b, spec, algorithm=None, tile=None):
 
 
 def conv2d_grad_input(gy, w, spec, algorithm=None, tile=None):
-    """The input gradient: the forward pass of the adjoint convolution (``_adjoint_geo``)."""
+    """The input gradient: the forward pass of the adjoint convolution (``_adjoint_geo``; ``NonFinite``
+    as ``conv2d``)."""
     m = _tile(algorithm, tile) or default_tile(spec)
     gx = result(spec.x_shape, np.float32)
     return _forward(np.ascontiguousarray(gy), np.ascontiguousarray(w), None, gx, _adjoint_geo(spec), m, True,
