@@ -174,6 +174,19 @@ cdef extern from *:
     #endif
     FC_DOT9(float, f)
     FC_DOT9(double, d)
+    /* y[m] = (add ? y[m] : base) + sum k[t] * x[off[t] + m], taps t < 9 in order (a 3x3 kernel's forward
+     * pass on a padded plane: y written once, not nine times). */
+    #define FC_AXPY9(T, S) \
+    FC_BLK void fc_axpy9_##S(T *restrict y, const T *restrict x, const Py_ssize_t *restrict off, \
+                             const T *restrict k, Py_ssize_t n, T base, int add) { \
+        const T *restrict p[9]; T w[9]; \
+        for (int t = 0; t < 9; t++) { p[t] = x + off[t]; w[t] = k[t]; } \
+        for (Py_ssize_t m = 0; m < n; m++) { \
+            T acc = add ? y[m] : base; \
+            _Pragma("GCC unroll 9") for (int t = 0; t < 9; t++) acc += w[t] * p[t][m]; \
+            y[m] = acc; } }
+    FC_AXPY9(float, f)
+    FC_AXPY9(double, d)
     """
     void fc_axpy_f(float*, Py_ssize_t, const float*, Py_ssize_t, float, Py_ssize_t, Py_ssize_t,
                    Py_ssize_t) noexcept nogil
@@ -189,6 +202,9 @@ cdef extern from *:
                     Py_ssize_t) noexcept nogil
     void fc_dot9_f(const float*, const float*, const Py_ssize_t*, Py_ssize_t, double*) noexcept nogil
     void fc_dot9_d(const double*, const double*, const Py_ssize_t*, Py_ssize_t, double*) noexcept nogil
+    void fc_axpy9_f(float*, const float*, const Py_ssize_t*, const float*, Py_ssize_t, float, int) noexcept nogil
+    void fc_axpy9_d(double*, const double*, const Py_ssize_t*, const double*, Py_ssize_t, double,
+                    int) noexcept nogil
     void fc_copy_f(float*, Py_ssize_t, const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                    Py_ssize_t, Py_ssize_t) noexcept nogil
     void fc_copy_d(double*, Py_ssize_t, const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
@@ -245,6 +261,17 @@ cdef inline void blk_dot9(const real* y, const real* x, const Py_ssize_t* off, P
             fc_dot9_f(y, x, off, n, out)
         else:
             fc_dot9_d(y, x, off, n, out)
+
+
+cdef inline void blk_axpy9(real* y, const real* x, const Py_ssize_t* off, const real* k, Py_ssize_t n,
+                           real base, bint add) noexcept nogil:
+    """``y[m] = (y[m] if add else base) + sum k[t] * x[off[t] + m]``, ``m < n``, nine taps at once (a 3x3
+    kernel's forward pass on a padded plane: ``y`` is written once, not nine times)."""
+    if n > 0:
+        if real is float:
+            fc_axpy9_f(y, x, off, k, n, base, add)
+        else:
+            fc_axpy9_d(y, x, off, k, n, base, add)
 
 
 cdef inline void blk_copy(real* y, Py_ssize_t ys, const real* x, Py_ssize_t xs, Py_ssize_t rows,
