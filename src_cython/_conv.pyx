@@ -20,8 +20,9 @@ include "_loops.pxi"
 cdef struct Wide:
     # Padded-plane layout of a stride-1 convolution (see _loops.pxi): input planes padded to hp x wp,
     # outputs on rows of wp, ``span`` = (oh - 1) * wp + ow wide outputs per plane. A thread's scratch
-    # holds its padded input plane (hp * wp elements) followed by its wide output plane (oh * wp).
-    Py_ssize_t hp, wp, span
+    # holds its padded input plane (hp * wp elements) followed by its wide output plane (oh * wp) with
+    # ``margin`` elements on either side (the largest tap offset: zeros for the input gradient's gather).
+    Py_ssize_t hp, wp, span, margin
 
 
 cdef inline bint use_wide(Geo* g) noexcept nogil:
@@ -34,6 +35,7 @@ cdef inline Wide make_wide(Geo* g) noexcept nogil:
     v.hp = max(g.oh + (g.kh - 1) * g.dh, g.pt + g.h)
     v.wp = max(g.ow + (g.kw - 1) * g.dw, g.pl + g.w)
     v.span = (g.oh - 1) * v.wp + g.ow
+    v.margin = (g.kh - 1) * g.dh * v.wp + (g.kw - 1) * g.dw
     return v
 
 
@@ -43,7 +45,7 @@ cdef inline bint wide_scratch(Geo* g, real* ws, Wide* v, real** xpad, real** ywi
     if not use_wide(g):
         return False
     v[0] = make_wide(g)
-    xpad[0], ywide[0] = ws, ws + v.hp * v.wp
+    xpad[0], ywide[0] = ws, ws + v.hp * v.wp + v.margin
     return True
 
 
@@ -93,6 +95,7 @@ cdef void forward_plane(const real* x, const real* w, const real* b, real* y, re
 cdef void grad_input_plane(const real* gy, const real* w, real* gx, real* ws, Geo* g, Py_ssize_t n,
                            Py_ssize_t ic) noexcept nogil:
     cdef Py_ssize_t grp = ic // g.cig, c = ic % g.cig, o, oc, i, j
+    cdef Py_ssize_t off[9]
     cdef real* gxp = gx + (n * g.c_in + ic) * g.hw
     cdef const real* gyp
     cdef const real* wc
@@ -101,6 +104,19 @@ cdef void grad_input_plane(const real* gy, const real* w, real* gx, real* ws, Ge
     cdef real* xpad
     cdef real* ywide
     cdef bint wide = wide_scratch(g, ws, &v, &xpad, &ywide)
+    if wide and g.kh == 3 and g.kw == 3 and v.hp == g.oh + 2 * g.dh and v.wp == g.ow + 2 * g.dw:
+        # the adjoint of the forward's nine taps as a gather: gx_pad[q] = sum w[t] * gy_wide[q - off[t]],
+        # one pass over the padded gradient (the wide plane's margins read as zeros)
+        for i in range(9):
+            off[i] = -wide_shift(g, &v, i // 3, i % 3)
+        fill(ywide - v.margin, <real>0, v.margin)
+        fill(ywide + g.oh * v.wp, <real>0, v.margin)
+        for o in range(g.cog):
+            oc = grp * g.cog + o
+            pad_plane(gy + (n * g.c_out + oc) * g.ohw, ywide, g.oh, g.ow, g.oh, v.wp, 0, 0)
+            blk_axpy9(xpad, ywide, off, w + oc * g.taps + c * 9, v.hp * v.wp, <real>0, o > 0)
+        crop_plane(xpad, gxp, g.h, g.w, v.wp, g.pt, g.pl)
+        return
     if wide:
         fill(xpad, <real>0, v.hp * v.wp)
     else:
@@ -167,7 +183,7 @@ def wide_size(tuple geo):
     """Scratch elements per thread the kernels below need (padded input + wide output plane)."""
     cdef Geo g = make_geo(geo)
     cdef Wide v = make_wide(&g)
-    return (v.hp + g.oh) * v.wp if use_wide(&g) else 1
+    return (v.hp + g.oh) * v.wp + 2 * v.margin if use_wide(&g) else 1
 
 
 def conv2d(const real[:, :, :, ::1] x, const real[:, :, :, ::1] w, const real[::1] b,
