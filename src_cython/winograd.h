@@ -323,8 +323,8 @@ WG_INLINE void wg_pad_row(const float *row, ptrdiff_t col0, ptrdiff_t len, ptrdi
 /* Rows of fewer than WG_NARROW tiles are staged and written back several at a time, their tiles side
  * by side in full vectors, at most WG_GROUP tiles a group: one row at a time, a 14 x 14 map's rows of
  * 4 tiles would fill a quarter of each vector. (AVX-512 moves them straight, wg_gather_narrow: 128
- * channels at 28x28 in 4 groups, batch 8, ms, grouped against straight: forward 1.34-1.43 against
- * 0.97-1.04, input gradient 1.32-1.39 against 0.90-1.01, weight gradient 2.51-2.57 against 2.35-2.39.) Wider rows pay less for their empty lanes than groups
+ * channels at 28x28 in 4 groups, batch 8, ms, grouped against straight: forward 1.14-1.43 against
+ * 0.97-1.04, input gradient 1.32-1.39 against 0.90-1.01, weight gradient median 2.55 against 2.35.) Wider rows pay less for their empty lanes than groups
  * pay for copying their rows (AVX-512, 64 channels, batch 8, forward ms, one row at a time against
  * grouped: 56x56, 14 tiles a row, 2.2 against 2.6; 40x40, 10 tiles, 1.1-1.2 against 1.2-1.5; 14x14, 4
  * tiles, 0.23 against 0.21; dilation 2 at 32x32, 4 tiles, 0.56 against 0.41). */
