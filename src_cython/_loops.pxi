@@ -202,7 +202,8 @@ cdef extern from *:
                     Py_ssize_t) noexcept nogil
     void fc_dot9_f(const float*, const float*, const Py_ssize_t*, Py_ssize_t, double*) noexcept nogil
     void fc_dot9_d(const double*, const double*, const Py_ssize_t*, Py_ssize_t, double*) noexcept nogil
-    void fc_axpy9_f(float*, const float*, const Py_ssize_t*, const float*, Py_ssize_t, float, int) noexcept nogil
+    void fc_axpy9_f(float*, const float*, const Py_ssize_t*, const float*, Py_ssize_t, float,
+                    int) noexcept nogil
     void fc_axpy9_d(double*, const double*, const Py_ssize_t*, const double*, Py_ssize_t, double,
                     int) noexcept nogil
     void fc_copy_f(float*, Py_ssize_t, const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,

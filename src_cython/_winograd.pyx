@@ -33,8 +33,7 @@ cdef extern from "winograd.h" nogil:
     Py_ssize_t wg_skew(Py_ssize_t n)
     Py_ssize_t wg_line_floats(int m, Py_ssize_t widest)
     void wg_input_channel(int m, const float* x, const float* next, const wg_row* rows, Py_ssize_t nrows,
-                          Py_ssize_t t0,
-                          float* line, float* s, float* v, Py_ssize_t vt, Py_ssize_t vx)
+                          Py_ssize_t t0, float* line, float* s, float* v, Py_ssize_t vt, Py_ssize_t vx)
     void wg_gy_block(int m, const float* gy, Py_ssize_t yk, Py_ssize_t nk, const wg_row* rows,
                      Py_ssize_t nrows, Py_ssize_t t0, float* line, float* s, float* z, Py_ssize_t zx)
     void wg_weights(int m, const float* w, Py_ssize_t ks, Py_ssize_t cs, int flip, Py_ssize_t k0,

@@ -324,8 +324,8 @@ WG_INLINE void wg_pad_row(const float *row, ptrdiff_t col0, ptrdiff_t len, ptrdi
  * by side in full vectors, at most WG_GROUP tiles a group: one row at a time, a 14 x 14 map's rows of
  * 4 tiles would fill a quarter of each vector. (AVX-512 moves them straight, wg_gather_narrow: 128
  * channels at 28x28 in 4 groups, batch 8, ms, grouped against straight: forward 1.14-1.43 against
- * 0.97-1.04, input gradient 1.32-1.39 against 0.90-1.01, weight gradient median 2.55 against 2.35.) Wider rows pay less for their empty lanes than groups
- * pay for copying their rows (AVX-512, 64 channels, batch 8, forward ms, one row at a time against
+ * 0.97-1.04, input gradient 1.32-1.39 against 0.90-1.01, weight gradient median 2.55 against 2.35.)
+ * Wider rows pay less for their empty lanes than groups pay for copying their rows (AVX-512, 64 channels, batch 8, forward ms, one row at a time against
  * grouped: 56x56, 14 tiles a row, 2.2 against 2.6; 40x40, 10 tiles, 1.1-1.2 against 1.2-1.5; 14x14, 4
  * tiles, 0.23 against 0.21; dilation 2 at 32x32, 4 tiles, 0.56 against 0.41). */
 #define WG_GROUP (4 * WG_LANES)
@@ -567,9 +567,10 @@ WG_INLINE void wg_gather_narrow(int m, int n, const wg_plane *p, float *s, ptrdi
         wg_vec a = {0}, b = {0}, q[6];
         if (u >= 0 && u < p->h) {
             const float *row = p->plane + u * p->xr;
-            a = p->xc == 1 ? wg_load_cols(row, p->col0, p->w) : wg_load_cols2(row, p->col0, p->w);
+            ptrdiff_t c = p->col0;
+            a = p->xc == 1 ? wg_load_cols(row, c, p->w) : wg_load_cols2(row, c, p->w);
             if (m == 4)
-                b = p->xc == 1 ? wg_load_cols(row, p->col0 + 16, p->w) : wg_load_cols2(row, p->col0 + 16, p->w);
+                b = p->xc == 1 ? wg_load_cols(row, c + 16, p->w) : wg_load_cols2(row, c + 16, p->w);
         }
         if (m == 4) {
             q[0] = WG_SHUF(a, b, WG_PHASE(4, 0));
@@ -1021,7 +1022,8 @@ WG_INLINE void wg_gy_block_m(int m, const float *gy, ptrdiff_t yk, ptrdiff_t nk,
     ptrdiff_t sp = wg_round(last->t + last->tiles - t0), ss = wg_skew(sp);
     float tile[WG_LANES * 16 * WG_LANES];  /* m^2 entries of WG_LANES tiles, channels in lanes */
     for (ptrdiff_t k = 0; k < nk; k++)
-        wg_stage(m, 1, gy + k * yk, k + 1 < nk ? gy + (k + 1) * yk : NULL, rows, nrows, t0, line, s + k * m2 * ss);
+        wg_stage(m, 1, gy + k * yk, k + 1 < nk ? gy + (k + 1) * yk : NULL, rows, nrows, t0, line,
+                 s + k * m2 * ss);
     for (ptrdiff_t t = 0; t < sp; t += WG_LANES) {
         for (int e = 0; e < m2; e++) {  /* e-th entry of WG_LANES tiles: to tiles of channel lanes */
             wg_vec r[WG_LANES];

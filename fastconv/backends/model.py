@@ -198,12 +198,12 @@ def cython_algorithm(op, spec, dtype):
     - input gradients with 8 or more input channels per group (odd's 37: 1.2 against 2.5; pointwise 2.8
       against 3.9), or fewer where the adjoint runs the tile of pixel vectors (LeNet's C3, 6, at batch
       128: 0.35 against 0.61; 2 at 28x28: 0.19 against 0.32) and sums at least 16 taps per output
-      (depthwise 3x3: direct 0.79-0.84 against 2.1-2.2); strided ones one input phase at a time (``input_phases``)
-      from 8 MFLOP per phase (resnet_s2 4.0 against 4.9; 5x5 stride 2, 32 -> 64 channels at 28x28: 1.2
-      against 2.1; 1-D, 32 channels, stride 2, 10 MFLOP per phase: 0.15 against 0.18; 16 -> 32 channels
-      at 14x14, 7 MFLOP per phase: 0.32 against 0.30; MNIST-1D's second layer: 0.05 against 0.02),
-      whose adjoint reads at most 90% padding (4x4
-      outputs padded to 12x12, 89%: 0.30 against 0.45; LeNet's C5, 1x1 padded to 9x9: 0.58 against 0.11).
+      (depthwise 3x3: direct 0.79-0.84 against 2.1-2.2); strided ones one input phase at a time
+      (``input_phases``) from 8 MFLOP per phase (resnet_s2 4.0 against 4.9; 5x5 stride 2, 32 -> 64
+      channels at 28x28: 1.2 against 2.1; 1-D, 32 channels, stride 2, 10 MFLOP per phase: 0.15 against
+      0.18; 16 -> 32 channels at 14x14, 7 MFLOP per phase: 0.32 against 0.30; MNIST-1D's second layer:
+      0.05 against 0.02), whose adjoint reads at most 90% padding (4x4 outputs padded to 12x12, 89%: 0.30
+      against 0.45; LeNet's C5, 1x1 padded to 9x9: 0.58 against 0.11).
 
     Elsewhere the direct loops for thin GEMMs (:func:`direct_wins`) and im2col + GEMM for the rest.
     """
