@@ -419,28 +419,6 @@ WG_INLINE void wg_split_row(int m, int n, const float *row, ptrdiff_t col0, ptrd
     }
 }
 
-/* wg_split_row from a group's lines (wg_gather_group): phases j < m of a, phases m, m + 1 (n > m)
- * from b. */
-WG_INLINE void wg_split_lines(int m, int n, const float *a, const float *b, float *s, ptrdiff_t sp,
-                              ptrdiff_t count)
-{
-    for (ptrdiff_t t = 0; t < count; t += 16) {
-        const float *p0 = a + t * m, *q0 = b + t * m;
-        wg_vec p[6];
-        if (m == 4) {
-            wg_phases4(wg_load(p0), wg_load(p0 + 16), wg_load(p0 + 32), wg_load(p0 + 48), 4, p);
-            if (n > 4)
-                wg_phases4(wg_load(q0), wg_load(q0 + 16), wg_load(q0 + 32), wg_load(q0 + 48), 2, p + 4);
-        } else {
-            wg_phases2(wg_load(p0), wg_load(p0 + 16), p);
-            if (n > 2)
-                wg_phases2(wg_load(q0), wg_load(q0 + 16), p + 2);
-        }
-        for (int j = 0; j < n; j++)
-            wg_store(s + j * sp + t, p[j]);
-    }
-}
-
 /* Lanes 0-7 (8-15) of a mask, each moved to the even lane of its pair: the floats of 8 columns of a
  * row whose columns are two floats apart. */
 WG_INLINE __mmask16 wg_even_lanes(__mmask16 m, int high)
@@ -666,13 +644,9 @@ WG_INLINE void wg_gather_group(int m, int n, int gy, const float *x, const wg_ro
                 wg_plane_cols(&p, p.row0 + i, p.col0 + m, len, b + at);
         }
         float *si = s + (ptrdiff_t)i * n * sp;
-#ifdef WG_MASKED
-        wg_split_lines(m, n, a, b, si, sp, count);
-#else
         wg_split(m, m, a, si, sp, count);
         if (n > m)
             wg_split(m, 2, b, si + m * sp, sp, count);
-#endif
     }
 }
 
@@ -720,6 +694,12 @@ WG_INLINE ptrdiff_t wg_stage(int m, int gy, const float *x, const float *next, c
     const wg_row *last = rows + nrows - 1;
     ptrdiff_t count = last->t + last->tiles - t0, sp = wg_round(count), ss = wg_skew(sp);
     for (const wg_row *r = rows; r <= last; r++) {
+        const wg_row *end = wg_group_end(r, last, r->t);
+        if (end > r) {  /* (which prefetches the next group's rows) */
+            wg_gather_group(m, n, gy, x, r, end, last, line, s + (r->t - t0), ss);
+            r = end;
+            continue;
+        }
         wg_plane p = wg_plane_of(gy, x, r);
         if (r < last) {  /* the next row's new plane rows (all of them on another plane) */
             wg_plane q = wg_plane_of(gy, x, r + 1);
@@ -734,12 +714,6 @@ WG_INLINE ptrdiff_t wg_stage(int m, int gy, const float *x, const float *next, c
             continue;
         }
 #endif
-        const wg_row *end = wg_group_end(r, last, r->t);
-        if (end > r) {
-            wg_gather_group(m, n, gy, x, r, end, last, line, s + (r->t - t0), ss);
-            r = end;
-            continue;
-        }
         wg_gather(m, n, &p, r->tiles, line, s + (r->t - t0), ss);
     }
     for (int k = 0; k < n * n; k++)
@@ -787,11 +761,7 @@ WG_INLINE void wg_scatter_group(int m, const float *o, ptrdiff_t os, ptrdiff_t l
 {
     ptrdiff_t count = wg_round(hi - lo);
     for (int i = 0; i < m; i++) {
-#ifdef WG_MASKED
-        wg_merge_row(m, o + i * m * os, os, line, count * m, count);
-#else
         wg_merge(m, o + i * m * os, os, line, count);
-#endif
         for (const wg_row *r = r0; r <= r1; r++) {
             ptrdiff_t first = r->t - t0, a = wg_max(lo, first), e = wg_min(hi, first + r->tiles);
             if (a >= e || r->oy + i >= r->oh)
