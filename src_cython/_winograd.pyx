@@ -14,8 +14,9 @@ and processed in chunks of whole tile rows, each chunk in two phases:
    transformed-back gradient added to ``gw``.
 
 Large layers share each chunk among the threads: each phase is a parallel loop (over channels, then
-over blocks and ranges of tiles), ``v`` and ``z`` are shared. Layers with few channels run privately:
-each thread runs whole chunks, both phases, with its own ``v`` and ``z``, in one parallel region.
+over blocks and ranges of tiles), ``v`` and ``z`` are shared. Layers with few channels per group run
+privately: each thread runs whole items, one group of one chunk each, both phases, with its own ``v``
+and ``z`` (one group's tiles), in one parallel region.
 
 Buffer layouts (per group; ``L = lanes()``, ``a2 = (m + 2)^2``, ``sp`` a chunk's tiles rounded up to
 ``L``): ``v[t // L][xi][c][t % L]``, ``z[xi][k // L][t][k % L]`` (panels of ``L`` output channels);
@@ -93,28 +94,30 @@ cdef inline Py_ssize_t v_group(int m, Py_ssize_t cin, Py_ssize_t sp) noexcept no
 
 cdef void transform_inputs(int m, const float[:, :, :, ::1] x, Py_ssize_t groups,
                            const Py_ssize_t[:, ::1] rows, Py_ssize_t ra, Py_ssize_t rb, Py_ssize_t sp,
-                           float* v, float[:, ::1] stage, Py_ssize_t line, Py_ssize_t channel) noexcept nogil:
-    """Phase 1 for one input channel: its transformed tiles in ``v`` (the next channel's first rows
-    prefetched)."""
+                           float* v, Py_ssize_t g0, float[:, ::1] stage, Py_ssize_t line,
+                           Py_ssize_t channel) noexcept nogil:
+    """Phase 1 for one input channel: its transformed tiles in ``v``, which holds groups ``g0`` on (the
+    next channel's first rows prefetched)."""
     cdef Py_ssize_t cin = x.shape[1] // groups, tid = threadid(), vx = v_coordinate(cin)
     cdef const float* plane = &x[0, channel, 0, 0]
     wg_input_channel(m, plane, plane + x.shape[2] * x.shape[3] if channel + 1 < x.shape[1] else NULL,
-                     row_ptr(rows, ra), rb - ra, rows[ra, 14], &stage[tid, line],
-                     &stage[tid, 0], v + channel // cin * v_group(m, cin, sp) + channel % cin * WG_LANES,
+                     row_ptr(rows, ra), rb - ra, rows[ra, 14], &stage[tid, line], &stage[tid, 0],
+                     v + (channel // cin - g0) * v_group(m, cin, sp) + channel % cin * WG_LANES,
                      (m + 2) * (m + 2) * vx, vx)
 
 
 cdef void transform_output_gradients(int m, const float[:, :, :, ::1] gy, Py_ssize_t groups,
                                      const Py_ssize_t[:, ::1] rows, Py_ssize_t ra, Py_ssize_t rb,
-                                     Py_ssize_t sp, float* z, float[:, ::1] stage, Py_ssize_t line,
-                                     Py_ssize_t panel) noexcept nogil:
-    """Phase 1 for one panel of ``lanes()`` output channels: their transformed tiles in ``z``."""
+                                     Py_ssize_t sp, float* z, Py_ssize_t g0, float[:, ::1] stage,
+                                     Py_ssize_t line, Py_ssize_t panel) noexcept nogil:
+    """Phase 1 for one panel of ``lanes()`` output channels: their transformed tiles in ``z``, which
+    holds groups ``g0`` on."""
     cdef Py_ssize_t cout = gy.shape[1] // groups, panels = (cout + WG_LANES - 1) // WG_LANES
     cdef Py_ssize_t g = panel // panels, k0 = panel % panels * WG_LANES, tid = threadid()
     cdef Py_ssize_t zx = wg_skew(panels * sp * WG_LANES)
     wg_gy_block(m, &gy[0, g * cout + k0, 0, 0], gy.shape[2] * gy.shape[3], min(WG_LANES, cout - k0),
                 row_ptr(rows, ra), rb - ra, rows[ra, 14], &stage[tid, line], &stage[tid, 0],
-                z + g * (m + 2) * (m + 2) * zx + k0 * sp, zx)
+                z + (g - g0) * (m + 2) * (m + 2) * zx + k0 * sp, zx)
 
 
 cdef void products(int m, const float* u, Py_ssize_t us, Py_ssize_t nk, Py_ssize_t cin, const float* v,
@@ -136,33 +139,34 @@ cdef void private_forward(int m, const float[:, :, :, ::1] x, const float[:, :, 
                           Py_ssize_t tsub, float[:, ::1] v, float[:, ::1] stage, Py_ssize_t line,
                           float[:, ::1] ubuf, float[:, ::1] mbuf, float[:, ::1] obuf, float[:, ::1] chk,
                           int threads):
-    """``forward`` with each thread running whole chunks, both phases, in one parallel region: its
-    tiles stay in its cache, and no thread waits for another. Each thread transforms every block's
-    weights once (``ubuf[thread]`` holds them all): for layers with few channels."""
+    """``forward`` with each thread running whole items (one group's channels of one chunk), both
+    phases, in one parallel region: its tiles stay in its cache, and no thread waits for another. Each
+    thread transforms a block's weights the first time it meets the block (``ubuf[thread]`` holds them
+    all): for layers with few channels per group."""
     cdef Py_ssize_t c_in = x.shape[1], c_out = y.shape[1], cin = c_in // groups, cout = c_out // groups
     cdef Py_ssize_t ohw = y.shape[2] * y.shape[3], kblocks = (cout + nkb - 1) // nkb, us = wg_round(nkb)
     cdef Py_ssize_t ks = 9 if flip else cin * 9, cs = cout * 9 if flip else 9
     cdef Py_ssize_t block = (m + 2) * (m + 2) * wg_skew(cin * us)
-    cdef Py_ssize_t ci, ra, rb, sp, tiles, tid, c, key, g, k0
-    cdef Py_ssize_t[::1] done = np.zeros(ubuf.shape[0], np.intp)  # blocks transformed, per thread
+    cdef Py_ssize_t item, ci, ra, rb, sp, tiles, tid, c, key, g, k0
+    cdef unsigned char[:, ::1] done = np.zeros((ubuf.shape[0], groups * kblocks), np.uint8)  # per thread
     with nogil, parallel(num_threads=threads):
-        for ci in prange(chunks.shape[0], schedule="dynamic"):
+        for item in prange(chunks.shape[0] * groups, schedule="dynamic"):
             tid = threadid()
+            ci = item // groups
+            g = item % groups
             ra = chunks[ci, 0]
             rb = chunks[ci, 1]
             tiles = chunk_tiles(rows, ra, rb)
             sp = wg_round(tiles)
-            for c in range(c_in):
-                transform_inputs(m, x, groups, rows, ra, rb, sp, &v[tid, 0], stage, line, c)
-            for key in range(groups * kblocks):
-                g = key // kblocks
+            for c in range(g * cin, (g + 1) * cin):
+                transform_inputs(m, x, groups, rows, ra, rb, sp, &v[tid, 0], g, stage, line, c)
+            for key in range(g * kblocks, (g + 1) * kblocks):
                 k0 = key % kblocks * nkb
-                if done[tid] == key:
+                if not done[tid, key]:
                     wg_weights(m, &w[0, 0, 0, 0] + g * cout * cin * 9, ks, cs, flip, k0, min(nkb, cout - k0),
                                cin, &ubuf[tid, key * block], us)
-                    done[tid] = key + 1
-                products(m, &ubuf[tid, key * block], us, min(nkb, cout - k0), cin,
-                         &v[tid, g * v_group(m, cin, sp)], 0, tiles, tsub,
+                    done[tid, key] = 1
+                products(m, &ubuf[tid, key * block], us, min(nkb, cout - k0), cin, &v[tid, 0], 0, tiles, tsub,
                          bp + g * cout + k0 if bp != NULL else NULL, row_ptr(rows, ra), rb - ra, rows[ra, 14],
                          &mbuf[tid, 0], &obuf[tid, 0], &y[0, 0, 0, 0] + (g * cout + k0) * ohw, ohw,
                          &chk[tid, 0])
@@ -180,7 +184,7 @@ def forward(const float[:, :, :, ::1] x, const float[:, :, :, ::1] w, const floa
     ``span`` per task and ``tsub`` per product (both multiples of ``lanes()``), on ``threads`` threads.
 
     Without ``private`` the chunks run one after the other, each in the two phases (``v`` shared);
-    with it each thread runs whole chunks (``private_forward``; a row of ``v`` per thread). Scratch
+    with it each thread runs whole items (``private_forward``; a row of ``v`` per thread). Scratch
     otherwise per thread; ``stage[thread, line:]`` holds the line scratch (sizes:
     ``fastconv.backends.winograd``). Each thread adds every output it computes, times 0, to its row of
     ``chk`` (``lanes()`` floats of a zeroed row): NaN there where one is not finite."""
@@ -204,7 +208,7 @@ def forward(const float[:, :, :, ::1] x, const float[:, :, :, ::1] w, const floa
         sp = wg_round(tiles)
         with nogil, parallel(num_threads=threads):
             for task in prange(c_in, schedule="dynamic"):
-                transform_inputs(m, x, groups, rows, ra, rb, sp, &v[0, 0], stage, line, task)
+                transform_inputs(m, x, groups, rows, ra, rb, sp, &v[0, 0], 0, stage, line, task)
         splits = (sp + span - 1) // span
         with nogil, parallel(num_threads=threads):
             for task in prange(groups * kblocks * splits, schedule="static"):
@@ -227,15 +231,17 @@ def forward(const float[:, :, :, ::1] x, const float[:, :, :, ::1] w, const floa
 
 cdef void weight_task(int m, float[:, ::1] gw, Py_ssize_t part, Py_ssize_t groups, Py_ssize_t cin,
                       Py_ssize_t cout, Py_ssize_t cb, Py_ssize_t kb, const float* v, const float* z,
-                      Py_ssize_t sp, float[:, ::1] mbuf, Py_ssize_t task, int acc) noexcept nogil:
-    """Phase 2 of the weight gradient for one block of input by output channels, into ``gw[part]``."""
+                      Py_ssize_t g0, Py_ssize_t sp, float[:, ::1] mbuf, Py_ssize_t task,
+                      int acc) noexcept nogil:
+    """Phase 2 of the weight gradient for one block of input by output channels, into ``gw[part]``
+    (``v`` and ``z`` hold groups ``g0`` on)."""
     cdef Py_ssize_t kblocks = (cout + kb - 1) // kb, cblocks = (cin + cb - 1) // cb
     cdef Py_ssize_t g = task // (cblocks * kblocks), c0 = task // kblocks % cblocks * cb
     cdef Py_ssize_t k0 = task % kblocks * kb
     cdef Py_ssize_t a2 = (m + 2) * (m + 2), vx = v_coordinate(cin)
     cdef Py_ssize_t zx = wg_skew((cout + WG_LANES - 1) // WG_LANES * sp * WG_LANES)
-    wg_weight_grad(m, v + g * v_group(m, cin, sp) + c0 * WG_LANES, a2 * vx, vx, z + g * a2 * zx + k0 * sp, zx,
-                   sp, min(cb, cin - c0), min(kb, cout - k0), &mbuf[threadid(), 0],
+    wg_weight_grad(m, v + (g - g0) * v_group(m, cin, sp) + c0 * WG_LANES, a2 * vx, vx,
+                   z + (g - g0) * a2 * zx + k0 * sp, zx, sp, min(cb, cin - c0), min(kb, cout - k0), &mbuf[threadid(), 0],
                    &gw[part, ((g * cout + k0) * cin + c0) * 9], cin, acc)
 
 
@@ -249,13 +255,13 @@ def grad_weight(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x, float
 
     Without ``private`` the chunks run one after the other, each in the two phases, into row 0 of
     ``gw``; with it each thread runs whole chunks in one parallel region (a row of ``v`` and ``z`` per
-    thread), chunk ``i``'s gradient in row ``i`` of ``gw`` (the caller sums the rows in order: the result
-    depends neither on which thread ran which chunk nor on the thread count). Scratch otherwise per
-    thread (``stage[thread, line:]``: the line scratch)."""
+    thread, one group of one chunk at a time), chunk ``i``'s gradient in row ``i`` of ``gw`` (the caller
+    sums the rows in order: the result depends neither on which thread ran which chunk nor on the thread
+    count). Scratch otherwise per thread (``stage[thread, line:]``: the line scratch)."""
     cdef Py_ssize_t c_in = x.shape[1], c_out = gy.shape[1], cin = c_in // groups, cout = c_out // groups
-    cdef Py_ssize_t panels = groups * ((cout + WG_LANES - 1) // WG_LANES)
-    cdef Py_ssize_t tasks = groups * ((cin + cb - 1) // cb) * ((cout + kb - 1) // kb)
-    cdef Py_ssize_t ci, ra, rb, sp, task, tid
+    cdef Py_ssize_t gpanels = (cout + WG_LANES - 1) // WG_LANES, panels = groups * gpanels
+    cdef Py_ssize_t gtasks = ((cin + cb - 1) // cb) * ((cout + kb - 1) // kb), tasks = groups * gtasks
+    cdef Py_ssize_t item, ci, g, ra, rb, sp, task, tid
     if gw.size == 0:
         return
     if rows.shape[0] == 0:
@@ -263,18 +269,21 @@ def grad_weight(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x, float
         return
     if private:
         with nogil, parallel(num_threads=threads):
-            for ci in prange(chunks.shape[0], schedule="dynamic"):
+            for item in prange(chunks.shape[0] * groups, schedule="dynamic"):
                 tid = threadid()
+                ci = item // groups
+                g = item % groups
                 ra = chunks[ci, 0]
                 rb = chunks[ci, 1]
                 sp = wg_round(chunk_tiles(rows, ra, rb))
-                for task in range(c_in):
-                    transform_inputs(m, x, groups, rows, ra, rb, sp, &v[tid, 0], stage, line, task)
-                for task in range(panels):
-                    transform_output_gradients(m, gy, groups, rows, ra, rb, sp, &z[tid, 0], stage, line, task)
-                for task in range(tasks):
-                    weight_task(m, gw, ci, groups, cin, cout, cb, kb, &v[tid, 0], &z[tid, 0], sp, mbuf, task,
-                                0)
+                for task in range(g * cin, (g + 1) * cin):
+                    transform_inputs(m, x, groups, rows, ra, rb, sp, &v[tid, 0], g, stage, line, task)
+                for task in range(g * gpanels, (g + 1) * gpanels):
+                    transform_output_gradients(m, gy, groups, rows, ra, rb, sp, &z[tid, 0], g, stage, line,
+                                               task)
+                for task in range(g * gtasks, (g + 1) * gtasks):
+                    weight_task(m, gw, ci, groups, cin, cout, cb, kb, &v[tid, 0], &z[tid, 0], g, sp, mbuf,
+                                task, 0)
         return
     for ci in range(chunks.shape[0]):
         ra, rb = chunks[ci, 0], chunks[ci, 1]
@@ -282,10 +291,11 @@ def grad_weight(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x, float
         with nogil, parallel(num_threads=threads):
             for task in prange(c_in + panels, schedule="dynamic"):
                 if task < c_in:
-                    transform_inputs(m, x, groups, rows, ra, rb, sp, &v[0, 0], stage, line, task)
+                    transform_inputs(m, x, groups, rows, ra, rb, sp, &v[0, 0], 0, stage, line, task)
                 else:
-                    transform_output_gradients(m, gy, groups, rows, ra, rb, sp, &z[0, 0], stage, line,
+                    transform_output_gradients(m, gy, groups, rows, ra, rb, sp, &z[0, 0], 0, stage, line,
                                                task - c_in)
         with nogil, parallel(num_threads=threads):
             for task in prange(tasks, schedule="dynamic"):
-                weight_task(m, gw, 0, groups, cin, cout, cb, kb, &v[0, 0], &z[0, 0], sp, mbuf, task, ci > 0)
+                weight_task(m, gw, 0, groups, cin, cout, cb, kb, &v[0, 0], &z[0, 0], 0, sp, mbuf, task,
+                            ci > 0)

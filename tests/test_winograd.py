@@ -136,11 +136,13 @@ def plans():
 
 @TILES
 @pytest.mark.parametrize("private", [False, True])
-def test_chunks_blocks_and_splits(tile, private, monkeypatch, plans):
+@pytest.mark.parametrize("groups", [1, 3])
+def test_chunks_blocks_and_splits(tile, private, groups, monkeypatch, plans):
     """Tiles in several chunks (the weight gradient adds them up), shared by the threads or each run by
-    one; output channels in several blocks, tiles of a chunk split over tasks."""
+    one (a group of a chunk at a time); output channels in several blocks, tiles of a chunk split over
+    tasks."""
     _small_chunks(monkeypatch, private)
-    spec = _spec(3, 6, (17, 23), 11, dilation=2, padding=2)
+    spec = _spec(3, 6 * groups, (17, 23), 11 * groups, dilation=2, padding=2, groups=groups)
     for weight_grad in (False, True):
         _, chunks, _, runs_private = wg._plan(wg._geo(spec), tile, weight_grad)
         assert runs_private == private and len(chunks) >= 4
@@ -328,7 +330,11 @@ def test_same_result_on_any_thread_count(private, monkeypatch, plans):
         out[...] = np.nan
         return out
     monkeypatch.setattr(wg, "workspace", poisoned)
-    spec = _spec(3, 20, (19, 18), 30)
+    for spec in (_spec(3, 20, (19, 18), 30), _spec(2, 12, (19, 18), 18, groups=3)):
+        _same_on_any_thread_count(spec, private)
+
+
+def _same_on_any_thread_count(spec, private):
     for weight_grad in (False, True):
         assert wg._plan(wg._geo(spec), wg.default_tile(spec), weight_grad)[3] == private
     x, w, b, gy = _arrays(spec, 5)

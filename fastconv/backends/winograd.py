@@ -95,10 +95,14 @@ NORM_BOUND = {4: 2e-5, 2: 5e-6}
 #: many tiles.
 CHUNK_BYTES = 4 << 20
 CHUNK_TILES = 128
-#: Layers whose transformed weights fit in this many bytes, with tiles for ``PRIVATE_CHUNKS`` chunks,
-#: run privately: each thread runs whole chunks of ``PRIVATE_CHUNK_BYTES`` (its tiles stay in its L2)
-#: in a single parallel region, transforming all the weights once itself. Larger layers share each
-#: chunk among the threads: two parallel regions per chunk, each thread transforming some weights.
+#: Layers whose transformed weights fit in this many bytes, with tiles for ``PRIVATE_CHUNKS`` items,
+#: run privately: each thread runs whole items, one group's channels of a chunk of
+#: ``PRIVATE_CHUNK_BYTES`` (its tiles stay in its L2), in a single parallel region, transforming the
+#: weights it needs once itself. Larger layers share each chunk among the threads: two parallel regions
+#: per chunk, each thread transforming some weights. (grouped_3x3, 32 channels in 4 groups, ran shared
+#: chunks of all groups until items took one group: weight gradient 0.84 -> 0.74 ms, forward + both
+#: gradients 2.49 -> 2.34, medians of 10 rounds alternating in one process; it held in slower spells
+#: of the machine too, 0.91 -> 0.76 and 3.03 -> 2.72 over 40.)
 PRIVATE_WEIGHT_BYTES = 1 << 20
 PRIVATE_CHUNK_BYTES = 1 << 20
 PRIVATE_CHUNKS = 4
@@ -169,21 +173,22 @@ def _plan(geo, m, weight_grad=False):
     """``(rows, chunks, longest, private)`` for the convolution ``geo = (n, c_in, h, w, c_out, oh, ow, pt,
     pl, dh, dw, groups)`` (stride 1, 3x3; negative padding crops) and tile ``m``: the tile rows, the
     chunks (row ranges of nearly equal tile counts), the longest chunk's tiles rounded up to vectors,
-    and whether each thread runs whole chunks (see ``PRIVATE_WEIGHT_BYTES``). The thread count decides
+    and whether each thread runs whole items (see ``PRIVATE_WEIGHT_BYTES``). The thread count decides
     nothing here, so that results do not depend on it."""
     rows = _tile_rows(geo, m)
     n, c_in, _, _, c_out, *_, groups = geo
     a2 = (m + 2) ** 2
-    per_tile = 4 * a2 * max(1, c_in + c_out if weight_grad else c_in)
+    per_tile = 4 * a2 * max(1, (c_in + c_out if weight_grad else c_in) // groups)  # of one group
     total = int(rows[:, 13].sum())
     per_chunk = max(CHUNK_TILES, PRIVATE_CHUNK_BYTES // per_tile)
     private = (4 * a2 * c_in // groups * c_out <= PRIVATE_WEIGHT_BYTES
-               and total >= PRIVATE_CHUNKS * per_chunk)
+               and total * groups >= PRIVATE_CHUNKS * per_chunk)
     if not private:
-        per_chunk = max(CHUNK_TILES, CHUNK_BYTES // per_tile)
+        per_chunk = max(CHUNK_TILES, CHUNK_BYTES // (per_tile * groups))
     count = -(-total // per_chunk)
-    if private and count > 1:  # an even count: two threads end together (vgg_3x3, 13 -> 14 chunks:
-        count += count % 2     # forward + backward 7.0-7.2 -> 6.7-6.8 ms, forward 1.90-1.99 -> 1.86-1.90)
+    if private and count > 1 and count * groups % 2:  # an even count of items (chunks x groups): two
+        count += 1  # threads end together (vgg_3x3, 13 -> 14 chunks: forward + backward 7.0-7.2 -> 6.7-6.8
+                    # ms, forward 1.90-1.99 -> 1.86-1.90)
     # chunk i ends at the first row whose end passes i/count of the tiles
     ends = np.searchsorted(rows[:, 14] + rows[:, 13], np.arange(1, count + 1) * total / count, "left") + 1
     bounds = np.unique(np.concatenate([[0], np.minimum(ends, len(rows))]))
@@ -286,8 +291,8 @@ def _forward(x, w, b, y, geo, m, flip, threads):
     # whole pairs of vectors: the register tile's two (c512_14 forward: 112 tiles, 7 vectors, 7.7 ms;
     # 96 or 128, 7.3)
     tsub = max(lanes, min(span, PRODUCT_BYTES // (4 * a2 * us) // (2 * lanes) * (2 * lanes)))
-    copies = threads if private else 1
-    v = workspace("winograd_v", (copies, max(1, _v_size(m, cin, groups, longest))), np.float32)
+    copies, held = (threads, 1) if private else (1, groups)  # private: a group per thread
+    v = workspace("winograd_v", (copies, max(1, _v_size(m, cin, held, longest))), np.float32)
     stage, line = _stage(threads, m, longest, rows, a2)
     blocks = groups * kblocks if private else 1
     ubuf = workspace("winograd_u", (threads, blocks * a2 * _winograd.skew(cin * us)), np.float32)
@@ -349,9 +354,9 @@ def conv2d_grad_weight(gy, x, spec, algorithm=None, tile=None):
     cin, cout = spec.c_in // spec.groups, spec.c_out // spec.groups
     cb, kb = _grad_weight_blocks(cin, cout, spec.groups, 1 if private else threads, lanes)
     kz = _winograd.round_tiles(cout)
-    copies = threads if private else 1
-    v = workspace("winograd_v", (copies, max(1, _v_size(m, cin, spec.groups, longest))), np.float32)
-    z = workspace("winograd_z", (copies, max(1, spec.groups * a2 * _winograd.skew(longest * kz))), np.float32)
+    copies, held = (threads, 1) if private else (1, spec.groups)  # private: a group per thread
+    v = workspace("winograd_v", (copies, max(1, _v_size(m, cin, held, longest))), np.float32)
+    z = workspace("winograd_z", (copies, max(1, held * a2 * _winograd.skew(longest * kz))), np.float32)
     stage, line = _stage(threads, m, longest, rows, max(a2, lanes * m * m))
     mbuf = workspace("winograd_m", (threads, a2 * _winograd.skew(cb * kb)), np.float32)
     size = int(np.prod(spec.w_shape))
