@@ -97,7 +97,7 @@ cdef void transform_inputs(int m, const float[:, :, :, ::1] x, Py_ssize_t groups
                            float* v, Py_ssize_t g0, float[:, ::1] stage, Py_ssize_t line,
                            Py_ssize_t channel) noexcept nogil:
     """Phase 1 for one input channel: its transformed tiles in ``v``, which holds groups ``g0`` on (the
-    next channel's first rows prefetched)."""
+    next channel's rows prefetched as this one's are staged)."""
     cdef Py_ssize_t cin = x.shape[1] // groups, tid = threadid(), vx = v_coordinate(cin)
     cdef const float* plane = &x[0, channel, 0, 0]
     wg_input_channel(m, plane, plane + x.shape[2] * x.shape[3] if channel + 1 < x.shape[1] else NULL,
