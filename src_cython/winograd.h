@@ -322,9 +322,12 @@ WG_INLINE void wg_pad_row(const float *row, ptrdiff_t col0, ptrdiff_t len, ptrdi
 
 /* Rows of fewer than WG_NARROW tiles are staged and written back several at a time, their tiles side
  * by side in full vectors, at most WG_GROUP tiles a group: one row at a time, a 14 x 14 map's rows of
- * 4 tiles would fill a quarter of each vector. (AVX-512 moves them straight, wg_gather_narrow: 128
- * channels at 28x28 in 4 groups, batch 8, ms, grouped against straight: forward 1.14-1.43 against
- * 0.97-1.04, input gradient 1.32-1.39 against 0.90-1.01, weight gradient median 2.55 against 2.35.)
+ * 4 tiles would fill a quarter of each vector. (AVX-512 moves rows of up to WG_NARROW tiles straight,
+ * wg_gather_narrow: 128 channels at 28x28 in 4 groups, batch 8, ms, grouped against straight: forward
+ * 1.14-1.43 against 0.97-1.04, input gradient 1.32-1.39 against 0.90-1.01, weight gradient median 2.55
+ * against 2.35; rows of 8 tiles, 32 channels at 64x64 with dilation 2, staged straight and not as
+ * wide rows, with wg_even_lanes computed from bounds: forward 1.63 -> 0.87, weight gradient 1.69 ->
+ * 0.91.)
  * Wider rows pay less for their empty lanes than groups pay for copying their rows (AVX-512, 64 channels, batch 8, forward ms, one row at a time against
  * grouped: 56x56, 14 tiles a row, 2.2 against 2.6; 40x40, 10 tiles, 1.1-1.2 against 1.2-1.5; 14x14, 4
  * tiles, 0.23 against 0.21; dilation 2 at 32x32, 4 tiles, 0.56 against 0.41). */
@@ -395,48 +398,55 @@ WG_INLINE void wg_phases2(wg_vec a, wg_vec b, wg_vec *p)
     p[1] = WG_SHUF(a, b, WG_ODD);
 }
 
-/* Stage one plane row (unit column stride) of count tiles (a multiple of 16) as wg_split does, from
- * column col0 on, zero outside [0, w). */
-WG_INLINE void wg_split_row(int m, int n, const float *row, ptrdiff_t col0, ptrdiff_t w, float *s,
-                            ptrdiff_t sp, ptrdiff_t count)
+/* The even lanes 2l for l in [lo, hi) (clamped to [0, 8)): the floats of up to 8 columns of a row whose
+ * columns are two floats apart. (Computed from the bounds: moving a mask's bits one by one cost the
+ * dilated layers' staging more than their loads.) */
+WG_INLINE __mmask16 wg_even_lanes(ptrdiff_t lo, ptrdiff_t hi)
 {
-    for (ptrdiff_t t = 0; t < count; t += 16) {
-        ptrdiff_t c = col0 + t * m;
-        wg_vec p[6];
-        if (m == 4) {
-            wg_phases4(wg_load_cols(row, c, w), wg_load_cols(row, c + 16, w), wg_load_cols(row, c + 32, w),
-                       wg_load_cols(row, c + 48, w), 4, p);
-            if (n > 4)  /* the next tile's first two columns: phases 0, 1 four columns on */
-                wg_phases4(wg_load_cols(row, c + 4, w), wg_load_cols(row, c + 20, w),
-                           wg_load_cols(row, c + 36, w), wg_load_cols(row, c + 52, w), 2, p + 4);
-        } else {
-            wg_phases2(wg_load_cols(row, c, w), wg_load_cols(row, c + 16, w), p);
-            if (n > 2)
-                wg_phases2(wg_load_cols(row, c + 2, w), wg_load_cols(row, c + 18, w), p + 2);
-        }
-        for (int j = 0; j < n; j++)
-            wg_store(s + j * sp + t, p[j]);
-    }
-}
-
-/* Lanes 0-7 (8-15) of a mask, each moved to the even lane of its pair: the floats of 8 columns of a
- * row whose columns are two floats apart. */
-WG_INLINE __mmask16 wg_even_lanes(__mmask16 m, int high)
-{
-    unsigned bits = high ? (unsigned)m >> 8 : (unsigned)m & 0xffu, out = 0;
-    for (int l = 0; l < 8; l++)
-        out |= (bits >> l & 1u) << (2 * l);
-    return (__mmask16)out;
+    lo = wg_max(lo, 0);
+    hi = wg_min(hi, 8);
+    return hi > lo ? (__mmask16)(((1u << 2 * hi) - 1) & ~((1u << 2 * lo) - 1) & 0x5555u) : 0;
 }
 
 /* The 16 floats of a row of w columns two floats apart (a dilation sub-grid) from column c on, zero
  * outside [0, w): two masked loads (only the columns' own floats are read) and the even lanes. */
 WG_INLINE wg_vec wg_load_cols2(const float *row, ptrdiff_t c, ptrdiff_t w)
 {
-    __mmask16 m = wg_lanes(-c, w - c);
-    wg_vec a = (wg_vec)_mm512_maskz_loadu_ps(wg_even_lanes(m, 0), row + 2 * c);
-    wg_vec b = (wg_vec)_mm512_maskz_loadu_ps(wg_even_lanes(m, 1), row + 2 * c + 16);
+    int inside = c >= 0 && c + 16 <= w;
+    wg_vec a = (wg_vec)_mm512_maskz_loadu_ps(inside ? 0x5555 : wg_even_lanes(-c, w - c), row + 2 * c);
+    wg_vec b = (wg_vec)_mm512_maskz_loadu_ps(inside ? 0x5555 : wg_even_lanes(-c - 8, w - c - 8),
+                                             row + 2 * c + 16);
     return WG_SHUF(a, b, WG_EVEN);
+}
+
+/* The 16 floats of a row of w columns xc = 1 or 2 floats apart from column c on, zero outside [0, w). */
+WG_INLINE wg_vec wg_load_colsx(const float *row, ptrdiff_t c, ptrdiff_t w, ptrdiff_t xc)
+{
+    return xc == 1 ? wg_load_cols(row, c, w) : wg_load_cols2(row, c, w);
+}
+
+/* Stage one plane row (columns xc = 1 or 2 floats apart) of count tiles (a multiple of 16) as wg_split
+ * does, from column col0 on, zero outside [0, w). */
+WG_INLINE void wg_split_row(int m, int n, const float *row, ptrdiff_t col0, ptrdiff_t w, ptrdiff_t xc,
+                            float *s, ptrdiff_t sp, ptrdiff_t count)
+{
+    for (ptrdiff_t t = 0; t < count; t += 16) {
+        ptrdiff_t c = col0 + t * m;
+        wg_vec p[6];
+        if (m == 4) {
+            wg_phases4(wg_load_colsx(row, c, w, xc), wg_load_colsx(row, c + 16, w, xc),
+                       wg_load_colsx(row, c + 32, w, xc), wg_load_colsx(row, c + 48, w, xc), 4, p);
+            if (n > 4)  /* the next tile's first two columns: phases 0, 1 four columns on */
+                wg_phases4(wg_load_colsx(row, c + 4, w, xc), wg_load_colsx(row, c + 20, w, xc),
+                           wg_load_colsx(row, c + 36, w, xc), wg_load_colsx(row, c + 52, w, xc), 2, p + 4);
+        } else {
+            wg_phases2(wg_load_colsx(row, c, w, xc), wg_load_colsx(row, c + 16, w, xc), p);
+            if (n > 2)
+                wg_phases2(wg_load_colsx(row, c + 2, w, xc), wg_load_colsx(row, c + 18, w, xc), p + 2);
+        }
+        for (int j = 0; j < n; j++)
+            wg_store(s + j * sp + t, p[j]);
+    }
 }
 
 /* line[k] = row[(col0 + k) * xc] for k < len (xc = 1 or 2), zero outside [0, w); writes up to a
@@ -445,20 +455,20 @@ WG_INLINE void wg_copy_cols(const float *row, ptrdiff_t col0, ptrdiff_t len, ptr
                             float *line)
 {
     for (ptrdiff_t k = 0; k < len; k += 16)
-        wg_store(line + k, xc == 1 ? wg_load_cols(row, col0 + k, w) : wg_load_cols2(row, col0 + k, w));
+        wg_store(line + k, wg_load_colsx(row, col0 + k, w, xc));
 }
 
 /* row[l * yc] = lane l of v for l < k (yc = 1, or 2: the columns of a dilation sub-grid, two floats
  * apart; the floats between are another sub-grid's and are not written). */
 WG_INLINE void wg_put_cols(float *row, ptrdiff_t yc, wg_vec v, ptrdiff_t k)
 {
-    __mmask16 m = wg_lanes(0, k);
     if (yc == 1) {
-        _mm512_mask_storeu_ps(row, m, (__m512)v);
+        _mm512_mask_storeu_ps(row, wg_lanes(0, k), (__m512)v);
         return;
     }
-    _mm512_mask_storeu_ps(row, wg_even_lanes(m, 0), (__m512)WG_SHUF(v, v, WG_ZIP_LOW));
-    _mm512_mask_storeu_ps(row + 16, wg_even_lanes(m, 1), (__m512)WG_SHUF(v, v, WG_ZIP_HIGH));
+    _mm512_mask_storeu_ps(row, k >= 16 ? 0x5555 : wg_even_lanes(0, k), (__m512)WG_SHUF(v, v, WG_ZIP_LOW));
+    _mm512_mask_storeu_ps(row + 16, k >= 16 ? 0x5555 : wg_even_lanes(0, k - 8),
+                          (__m512)WG_SHUF(v, v, WG_ZIP_HIGH));
 }
 
 /* row[2k] = src[k] for k < len. */
@@ -468,9 +478,10 @@ WG_INLINE void wg_store_cols2(float *row, const float *src, ptrdiff_t len)
         wg_put_cols(row + 2 * k, 2, wg_load(src + k), len - k);
 }
 
-/* The inverse for output rows: row[tx * m + j] = s[j * sp + tx] for the columns in [0, w), tx < count
- * (a multiple of 16); other columns are not written. */
-WG_INLINE void wg_merge_row(int m, const float *s, ptrdiff_t sp, float *row, ptrdiff_t w, ptrdiff_t count)
+/* The inverse for output rows: row[(tx * m + j) * yc] = s[j * sp + tx] for the columns in [0, w), tx <
+ * count (a multiple of 16), yc = 1 or 2; other columns (and the floats between them) are not written. */
+WG_INLINE void wg_merge_row(int m, const float *s, ptrdiff_t sp, float *row, ptrdiff_t yc, ptrdiff_t w,
+                            ptrdiff_t count)
 {
     for (ptrdiff_t t = 0; t < count; t += 16) {
         ptrdiff_t c = t * m;
@@ -489,10 +500,10 @@ WG_INLINE void wg_merge_row(int m, const float *s, ptrdiff_t sp, float *row, ptr
         }
         for (int v = 0; v < m; v++) {
             ptrdiff_t k = w - c - 16 * v;  /* columns of this vector inside the row */
-            if (k >= 16)
+            if (k >= 16 && yc == 1)
                 wg_store(row + c + 16 * v, out[v]);
             else if (k > 0)
-                wg_put_cols(row + c + 16 * v, 1, out[v], k);
+                wg_put_cols(row + (c + 16 * v) * yc, yc, out[v], wg_min(k, 16));
         }
     }
 }
@@ -535,29 +546,40 @@ WG_INLINE void wg_plane_cols(const wg_plane *p, ptrdiff_t u, ptrdiff_t col0, ptr
 #define WG_PHASE(M, J) (J), (M) + (J), 2 * (M) + (J), 3 * (M) + (J), 4 * (M) + (J), 5 * (M) + (J),       \
                        6 * (M) + (J), 7 * (M) + (J), 0, 0, 0, 0, 0, 0, 0, 0
 
-/* Stage one narrow row (fewer than 8 tiles: a patch row is at most 30 columns) of plane p as wg_gather
+/* v with lane 7 set to f. */
+WG_INLINE wg_vec wg_lane7(wg_vec v, float f)
+{
+    return (wg_vec)_mm512_mask_mov_ps((__m512)v, 0x80, _mm512_set1_ps(f));
+}
+
+/* Stage one narrow row (at most 8 tiles: a patch row is at most 34 columns) of plane p as wg_gather
  * does, straight from the plane: per patch row, two masked loads and a permute per entry, each stored
- * as a whole vector (its lanes past the row's tiles belong to the rows staged after it). */
-WG_INLINE void wg_gather_narrow(int m, int n, const wg_plane *p, float *s, ptrdiff_t sp)
+ * as a whole vector (its lanes past the row's tiles belong to the rows staged after it); the last
+ * columns of a row of 8 patches of 6 (32 and 33) go in as scalars. */
+WG_INLINE void wg_gather_narrow(int m, int n, const wg_plane *p, ptrdiff_t tiles, float *s, ptrdiff_t sp)
 {
     for (int i = 0; i < n; i++) {
         ptrdiff_t u = p->row0 + i;
         wg_vec a = {0}, b = {0}, q[6];
+        float e[2] = {0, 0};
         if (u >= 0 && u < p->h) {
             const float *row = p->plane + u * p->xr;
             ptrdiff_t c = p->col0;
-            a = p->xc == 1 ? wg_load_cols(row, c, p->w) : wg_load_cols2(row, c, p->w);
-            if (m == 4)
-                b = p->xc == 1 ? wg_load_cols(row, c + 16, p->w) : wg_load_cols2(row, c + 16, p->w);
+            a = wg_load_colsx(row, c, p->w, p->xc);
+            if (m == 4 || tiles * m + n - m > 16)
+                b = wg_load_colsx(row, c + 16, p->w, p->xc);
+            for (int k = 0; k < 2; k++)
+                if (tiles * m + n - m > 32 + k && c + 32 + k >= 0 && c + 32 + k < p->w)
+                    e[k] = row[(c + 32 + k) * p->xc];
         }
         if (m == 4) {
             q[0] = WG_SHUF(a, b, WG_PHASE(4, 0));
             q[1] = WG_SHUF(a, b, WG_PHASE(4, 1));
             q[2] = WG_SHUF(a, b, WG_PHASE(4, 2));
             q[3] = WG_SHUF(a, b, WG_PHASE(4, 3));
-            if (n > 4) {
-                q[4] = WG_SHUF(a, b, WG_PHASE(4, 4));
-                q[5] = WG_SHUF(a, b, WG_PHASE(4, 5));
+            if (n > 4) {  /* the eighth tile's phases 4 and 5 (lane 7) are columns 32 and 33 */
+                q[4] = wg_lane7(WG_SHUF(a, b, WG_PHASE(4, 4)), e[0]);
+                q[5] = wg_lane7(WG_SHUF(a, b, WG_PHASE(4, 5)), e[1]);
             }
         } else {
             q[0] = WG_SHUF(a, b, WG_PHASE(2, 0));
@@ -605,8 +627,8 @@ WG_INLINE void wg_gather(int m, int n, const wg_plane *p, ptrdiff_t tiles, float
             continue;
         }
 #ifdef WG_MASKED
-        if (p->xc == 1) {
-            wg_split_row(m, n, p->plane + u * p->xr, p->col0, p->w, si, sp, count);
+        if (p->xc <= 2) {
+            wg_split_row(m, n, p->plane + u * p->xr, p->col0, p->w, p->xc, si, sp, count);
             continue;
         }
 #endif
@@ -651,8 +673,8 @@ WG_INLINE void wg_gather_group(int m, int n, int gy, const float *x, const wg_ro
 }
 
 #ifdef WG_MASKED
-/* Narrow rows of column stride 1 or 2 go straight between their planes and the tiles, not in groups
- * (wg_gather_narrow, wg_merge_narrow; xc = yc). */
+/* Rows of at most WG_NARROW tiles and column stride 1 or 2 go straight between their planes and the
+ * tiles, not in groups (wg_gather_narrow, wg_merge_narrow; xc = yc). */
 #define WG_STRAIGHT(r) ((r)->xc <= 2)
 #else
 #define WG_STRAIGHT(r) 0
@@ -712,8 +734,8 @@ WG_INLINE ptrdiff_t wg_stage(int m, int gy, const float *x, const float *next, c
             wg_prefetch(m, n, &q, r[1].tiles, q.plane == p.plane && q.row0 == p.row0 + m ? n - m : 0);
         }
 #ifdef WG_MASKED
-        if (r->tiles < WG_NARROW && WG_STRAIGHT(r)) {
-            wg_gather_narrow(m, n, &p, s + (r->t - t0), ss);
+        if (r->tiles <= WG_NARROW && WG_STRAIGHT(r)) {
+            wg_gather_narrow(m, n, &p, r->tiles, s + (r->t - t0), ss);
             continue;
         }
 #endif
@@ -798,12 +820,12 @@ WG_INLINE void wg_scatter(int m, const float *o, ptrdiff_t os, ptrdiff_t t_lo, p
         for (int i = 0; i < m && r->oy + i < r->oh; i++) {
             float *row = y + r->y + (r->oy + i) * r->yr + tx0 * m * r->yc;
 #ifdef WG_MASKED
-            if (r->tiles < WG_NARROW && WG_STRAIGHT(r)) {
+            if (r->tiles <= WG_NARROW && WG_STRAIGHT(r)) {
                 wg_merge_narrow(m, o + i * m * os + (lo - t_lo), os, row, r->yc, len);
                 continue;
             }
-            if (r->yc == 1) {
-                wg_merge_row(m, o + i * m * os + (lo - t_lo), os, row, len, wg_round(hi - lo));
+            if (r->yc <= 2) {
+                wg_merge_row(m, o + i * m * os + (lo - t_lo), os, row, r->yc, len, wg_round(hi - lo));
                 continue;
             }
 #endif

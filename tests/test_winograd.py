@@ -285,16 +285,20 @@ def test_unsupported_convolutions_are_a_clear_error(dtype, stride, kernel):
 
 
 def test_the_planner_weighs_winograd():
-    """Auto runs Winograd on wide stride-1 3x3 float32 layers, not on narrow ones, never in exact mode."""
+    """Auto runs Winograd on wide stride-1 3x3 float32 layers (dilation 2 too, larger ones from 3 on),
+    not on narrow ones, never in exact mode."""
     from fastconv import shapes
     from fastconv.backends import plan
     wide = shapes.conv_spec((2, 64, 16, 16), (64, 64, 3, 3), padding=1)
     narrow = shapes.conv_spec((2, 16, 16, 16), (16, 16, 3, 3), padding=1)
+    dilated = {d: shapes.conv_spec((2, 32, 32, 32), (32, 32, 3, 3), padding=d, dilation=d) for d in (2, 3)}
     plan.reset()
     try:
         assert plan.plan("conv2d", wide, np.float32).backend == "winograd"
         assert plan.plan("conv2d", wide, np.float64).backend != "winograd"
         assert plan.plan("conv2d", narrow, np.float32).backend != "winograd"
+        assert plan.plan("conv2d", dilated[2], np.float32).backend == "winograd"
+        assert plan.plan("conv2d", dilated[3], np.float32).backend != "winograd"
         fc.set_exact(True)
         assert plan.plan("conv2d", wide, np.float32).backend != "winograd"
     finally:

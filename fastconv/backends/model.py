@@ -80,18 +80,20 @@ NUMBA_DIRECT_BELOW = 4
 #: --volumes, maxpool3d: see the README's table).
 NATIVE_VOLUMES = {"max_pool2d": ("numba",), "max_pool2d_grad": ("numba",)}
 #: Winograd (stride-1 3x3, float32) where the harmonic mean of the input and output channels per group
-#: is at least this (twice this for dilated layers, whose sub-grids are narrow and read strided) and the
+#: is at least this (twice this for dilations over 2, whose sub-grids go through scratch lines) and the
 #: layer has at least ``WINOGRAD_MIN_FLOPS`` direct flops: its transforms cost in proportion to each
 #: channel count, its products to both, and each call pays for its weights' transform. Against the
 #: register-blocked kernel, forward / input gradient / weight gradient ms, batch 8 unless said: 24
 #: channels at 56x56 0.49 / 0.49 / 0.58 against 0.78 / 0.78 / 0.80, at 28x28 0.18 / 0.18 / 0.20 against
 #: 0.20 / 0.21 / 0.22; 32 at 28x28 in 4 groups (grouped_3x3) 0.80 / 0.81 / 0.93 against 1.05 / 1.06 / 1.07;
 #: 64 at 14x14 0.21 / 0.21 / 0.20 against 0.26 / 0.26 / 0.31; batch 1, 24 at 56x56 (32 MFLOP) 0.094 /
-#: 0.096 / 0.101 against 0.101 / 0.106 / 0.113; dilation 2 with 48 channels 0.70 / 0.70 / 0.67 against
-#: 0.79 / 0.80 / 0.83. It loses with 16 channels (56x56: 0.31 / 0.31 / 0.34 against 0.29 / 0.29 / 0.29),
-#: dilation 2 with 32 (the dilated shape: 0.42 / 0.42 / 0.40 against 0.37 / 0.37 / 0.38) and on small
-#: layers (batch 1, 64 at 14x14, 15 MFLOP: 0.056 / 0.056 / 0.050 against 0.042 / 0.045 / 0.044; 32 at
-#: 14x14, 29 MFLOP: 0.091 / 0.091 / 0.099 against 0.076 / 0.079 / 0.089).
+#: 0.096 / 0.101 against 0.101 / 0.106 / 0.113; dilation 2 at 64x64 with 20 channels 0.48 / 0.48 / 0.60
+#: against 0.84 / 0.85 / 0.88, with 32 (the dilated shape) 0.85 / 0.83 / 0.88 against 1.34 / 1.33 / 1.40;
+#: dilation 3 with 64 channels at 48x48 2.6 / 2.6 / 2.8 against 3.3 / 3.2 / 3.8, with 48 at 64x64 3.8 / 3.7
+#: / 4.2 against 4.4 / 4.4 / 3.9. It loses with 16 channels (56x56: 0.31 / 0.31 / 0.34 against 0.29 / 0.29
+#: / 0.29), dilation 3 with 32 (2.0 / 2.0 / 2.2 against 1.5 / 1.5 / 1.7) and on small layers (batch 1,
+#: 64 at 14x14, 15 MFLOP: 0.056 / 0.056 / 0.050 against 0.042 / 0.045 / 0.044; 32 at 14x14, 29 MFLOP:
+#: 0.091 / 0.091 / 0.099 against 0.076 / 0.079 / 0.089).
 WINOGRAD_MIN_CHANNELS = 24
 WINOGRAD_MIN_FLOPS = 32e6
 #: Backends whose float32 results carry more rounding error than a direct sum; ``exact`` plans skip them.
@@ -129,7 +131,7 @@ def choose(op, spec, dtype, backends):
     if "winograd" in backends and winograd_wins(op, spec, dtype):
         tile = _winograd_algorithm(spec)
         return Choice("winograd", tile, f"winograd:{tile}: stride-1 3x3 float32, channels per group in and "
-                      f"out of harmonic mean >= {WINOGRAD_MIN_CHANNELS} (x2 dilated), >= "
+                      f"out of harmonic mean >= {WINOGRAD_MIN_CHANNELS} (x2 dilated over 2), >= "
                       f"{WINOGRAD_MIN_FLOPS / 1e6:.0f} MFLOP", seconds("winograd", op, spec, dtype, tile))
     if "fft" in backends and op in registry.CONV_OPS and spec.kh * spec.kw >= FFT_MIN_TAPS:
         fft_algorithm = _fft_algorithm(spec)
@@ -176,7 +178,7 @@ def winograd_wins(op, spec, dtype):
     if op not in registry.CONV_OPS or spec is None or not registry.supports("winograd", op, spec, dtype):
         return False
     cig, cog = spec.c_in // spec.groups, spec.c_out // spec.groups
-    channels = WINOGRAD_MIN_CHANNELS * (2 if spec.dilation != (1, 1) else 1)
+    channels = WINOGRAD_MIN_CHANNELS * (2 if max(spec.dilation) > 2 else 1)
     return 2 * cig * cog >= channels * (cig + cog) and spec.flops >= WINOGRAD_MIN_FLOPS
 
 
