@@ -241,8 +241,8 @@ cdef void weight_task(int m, float[:, ::1] gw, Py_ssize_t part, Py_ssize_t group
     cdef Py_ssize_t a2 = (m + 2) * (m + 2), vx = v_coordinate(cin)
     cdef Py_ssize_t zx = wg_skew((cout + WG_LANES - 1) // WG_LANES * sp * WG_LANES)
     wg_weight_grad(m, v + (g - g0) * v_group(m, cin, sp) + c0 * WG_LANES, a2 * vx, vx,
-                   z + (g - g0) * a2 * zx + k0 * sp, zx, sp, min(cb, cin - c0), min(kb, cout - k0), &mbuf[threadid(), 0],
-                   &gw[part, ((g * cout + k0) * cin + c0) * 9], cin, acc)
+                   z + (g - g0) * a2 * zx + k0 * sp, zx, sp, min(cb, cin - c0), min(kb, cout - k0),
+                   &mbuf[threadid(), 0], &gw[part, ((g * cout + k0) * cin + c0) * 9], cin, acc)
 
 
 def grad_weight(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x, float[:, ::1] gw,

@@ -22,13 +22,14 @@ kernels, ``_winograd.pyx`` the parallel driver).
 
 Any padding, groups (depthwise included), batch and channel counts. ``supports(op, spec, dtype,
 algorithm)`` says what runs here (strides, other kernels and float64, which exact paths keep, do not);
-the two tiles are the algorithms ``"winograd:f4"`` and ``"winograd:f2"``. Where it pays (one thread, CPU ms, Winograd ``tile=4`` against the kernel ``"auto"``
-runs, forward / input gradient / weight gradient, AMD EPYC Zen 5): with 32 or more channels per group
-it wins (vgg_3x3 5.4 / 5.3 / 5.9 against 10.6 / 11.0 / 12.3; 512 channels at 7x7, batch 8:
-4.8 / 6.4 / 7.7 against 13 / 23 / 21; the dilated shape 3.3 / 3.5 / 3.6 against 4.0 / 4.2 / 4.7; 128
-channels in 4 groups at 28x28 2.8 / 2.6 / 2.7 against 3.0 / 2.8 / 3.7), and it loses on few channels
-(LeNet's 6 to 16: 0.50 / 0.74 / 0.55 against 0.22 / 0.44 / 0.24; 3 input channels at 224x224) and
-badly on depthwise layers (8.7 / 9.0 / 42 against 2.3 / 2.4 / 3.4): the planner's to weigh.
+the two tiles are the algorithms ``"winograd:f4"`` and ``"winograd:f2"``. Where it pays (one thread, CPU
+ms, Winograd ``tile=4`` against the kernel ``"auto"`` runs otherwise, forward / input gradient / weight
+gradient, AMD EPYC Zen 5): with 32 or more channels per group it wins (vgg_3x3 5.4 / 5.3 / 5.9 against
+10.6 / 11.0 / 12.3; 512 channels at 7x7, batch 8: 4.8 / 6.4 / 7.7 against 13 / 23 / 21; the dilated
+shape 1.6 / 1.6 / 1.7 against 3.0 / 2.8 / 2.8; 128 channels in 4 groups at 28x28 1.2 / 1.2 / 1.4 against
+2.2 / 2.2 / 2.2), and it loses on few channels (LeNet's 6 to 16: 0.50 / 0.74 / 0.55 against 0.22 /
+0.44 / 0.24; 3 input channels at 224x224) and badly on depthwise layers (8.7 / 9.0 / 42 against 2.3 /
+2.4 / 3.4): the planner's to weigh.
 
 Error. The transforms' constants (up to 8 in A, 5 in B, 1/24 in G for ``tile=4``) amplify float32
 rounding. The bound, for every output (``x``, ``w``: the operands; the reduction ``R = C_in/groups * 9``
