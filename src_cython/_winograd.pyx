@@ -254,10 +254,10 @@ def grad_weight(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x, float
     channels (``kb`` a multiple of ``lanes()``), on ``threads`` threads.
 
     Without ``private`` the chunks run one after the other, each in the two phases, into row 0 of
-    ``gw``; with it each thread runs whole chunks in one parallel region (a row of ``v`` and ``z`` per
-    thread, one group of one chunk at a time), chunk ``i``'s gradient in row ``i`` of ``gw`` (the caller
-    sums the rows in order: the result depends neither on which thread ran which chunk nor on the thread
-    count). Scratch otherwise per thread (``stage[thread, line:]``: the line scratch)."""
+    ``gw``; with it each thread runs whole items, one group of one chunk each, in one parallel region (a
+    row of ``v`` and ``z`` per thread), chunk ``i``'s gradient in row ``i`` of ``gw`` (the caller sums the
+    rows in order: the result depends neither on which thread ran which item nor on the thread count).
+    Scratch otherwise per thread (``stage[thread, line:]``: the line scratch)."""
     cdef Py_ssize_t c_in = x.shape[1], c_out = gy.shape[1], cin = c_in // groups, cout = c_out // groups
     cdef Py_ssize_t gpanels = (cout + WG_LANES - 1) // WG_LANES, panels = groups * gpanels
     cdef Py_ssize_t gtasks = ((cin + cb - 1) // cb) * ((cout + kb - 1) // kb), tasks = groups * gtasks

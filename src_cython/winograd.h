@@ -320,17 +320,18 @@ WG_INLINE void wg_pad_row(const float *row, ptrdiff_t col0, ptrdiff_t len, ptrdi
     memset(line + hi, 0, sizeof(float) * (len - hi));
 }
 
-/* Rows of fewer than WG_NARROW tiles are staged and written back several at a time, their tiles side
- * by side in full vectors, at most WG_GROUP tiles a group: one row at a time, a 14 x 14 map's rows of
- * 4 tiles would fill a quarter of each vector. (AVX-512 moves rows of up to WG_NARROW tiles straight,
- * wg_gather_narrow: 128 channels at 28x28 in 4 groups, batch 8, ms, grouped against straight: forward
- * 1.14-1.43 against 0.97-1.04, input gradient 1.32-1.39 against 0.90-1.01, weight gradient median 2.55
- * against 2.35; rows of 8 tiles, 32 channels at 64x64 with dilation 2, staged straight and not as
+/* AVX2 and scalar builds stage rows of fewer than WG_NARROW tiles, and write them back, several at a
+ * time, their tiles side by side in full vectors, at most WG_GROUP tiles a group: one row at a time, a
+ * 14 x 14 map's rows of 4 tiles would fill a quarter of each vector. Wider rows pay less for their
+ * empty lanes than groups pay for copying their rows (64 channels, batch 8, forward ms, one row at a
+ * time against grouped: 56x56, 14 tiles a row, 2.2 against 2.6; 40x40, 10 tiles, 1.1-1.2 against
+ * 1.2-1.5; 14x14, 4 tiles, 0.23 against 0.21; dilation 2 at 32x32, 4 tiles, 0.56 against 0.41).
+ * AVX-512 moves rows of up to WG_NARROW tiles straight between their planes and the tiles, any column
+ * stride (wg_gather_narrow): 128 channels at 28x28 in 4 groups, batch 8, ms, grouped against straight:
+ * forward 1.14-1.43 against 0.97-1.04, input gradient 1.32-1.39 against 0.90-1.01, weight gradient
+ * median 2.55 against 2.35; rows of 8 tiles, 32 channels at 64x64 with dilation 2, straight and not as
  * wide rows, with wg_even_lanes computed from bounds: forward 1.63 -> 0.87, weight gradient 1.69 ->
- * 0.91.)
- * Wider rows pay less for their empty lanes than groups pay for copying their rows (AVX-512, 64 channels, batch 8, forward ms, one row at a time against
- * grouped: 56x56, 14 tiles a row, 2.2 against 2.6; 40x40, 10 tiles, 1.1-1.2 against 1.2-1.5; 14x14, 4
- * tiles, 0.23 against 0.21; dilation 2 at 32x32, 4 tiles, 0.56 against 0.41). */
+ * 0.91. */
 #define WG_GROUP (4 * WG_LANES)
 #define WG_NARROW (WG_LANES / 2)
 
@@ -419,10 +420,23 @@ WG_INLINE wg_vec wg_load_cols2(const float *row, ptrdiff_t c, ptrdiff_t w)
     return WG_SHUF(a, b, WG_EVEN);
 }
 
-/* The 16 floats of a row of w columns xc = 1 or 2 floats apart from column c on, zero outside [0, w). */
+/* Lane l: l * step. */
+WG_INLINE __m512i wg_strides(ptrdiff_t step)
+{
+    return _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                              _mm512_set1_epi32((int)step));
+}
+
+/* The 16 floats of a row of w columns xc floats apart from column c on, zero outside [0, w): one
+ * masked load (xc = 1), two and a permute (xc = 2), a masked gather (wider dilation sub-grids). */
 WG_INLINE wg_vec wg_load_colsx(const float *row, ptrdiff_t c, ptrdiff_t w, ptrdiff_t xc)
 {
-    return xc == 1 ? wg_load_cols(row, c, w) : wg_load_cols2(row, c, w);
+    if (xc == 1)
+        return wg_load_cols(row, c, w);
+    if (xc == 2)
+        return wg_load_cols2(row, c, w);
+    return (wg_vec)_mm512_mask_i32gather_ps(_mm512_setzero_ps(), wg_lanes(-c, w - c), wg_strides(xc),
+                                            row + c * xc, 4);
 }
 
 /* Stage one plane row (columns xc = 1 or 2 floats apart) of count tiles (a multiple of 16) as wg_split
@@ -449,33 +463,19 @@ WG_INLINE void wg_split_row(int m, int n, const float *row, ptrdiff_t col0, ptrd
     }
 }
 
-/* line[k] = row[(col0 + k) * xc] for k < len (xc = 1 or 2), zero outside [0, w); writes up to a
- * vector past len. */
-WG_INLINE void wg_copy_cols(const float *row, ptrdiff_t col0, ptrdiff_t len, ptrdiff_t w, ptrdiff_t xc,
-                            float *line)
-{
-    for (ptrdiff_t k = 0; k < len; k += 16)
-        wg_store(line + k, wg_load_colsx(row, col0 + k, w, xc));
-}
-
-/* row[l * yc] = lane l of v for l < k (yc = 1, or 2: the columns of a dilation sub-grid, two floats
- * apart; the floats between are another sub-grid's and are not written). */
+/* row[l * yc] = lane l of v for l < k (yc > 1: the columns of a dilation sub-grid; the floats between
+ * are other sub-grids' and are not written). */
 WG_INLINE void wg_put_cols(float *row, ptrdiff_t yc, wg_vec v, ptrdiff_t k)
 {
     if (yc == 1) {
         _mm512_mask_storeu_ps(row, wg_lanes(0, k), (__m512)v);
-        return;
+    } else if (yc == 2) {
+        _mm512_mask_storeu_ps(row, k >= 16 ? 0x5555 : wg_even_lanes(0, k), (__m512)WG_SHUF(v, v, WG_ZIP_LOW));
+        _mm512_mask_storeu_ps(row + 16, k >= 16 ? 0x5555 : wg_even_lanes(0, k - 8),
+                              (__m512)WG_SHUF(v, v, WG_ZIP_HIGH));
+    } else {
+        _mm512_mask_i32scatter_ps(row, wg_lanes(0, k), wg_strides(yc), (__m512)v, 4);
     }
-    _mm512_mask_storeu_ps(row, k >= 16 ? 0x5555 : wg_even_lanes(0, k), (__m512)WG_SHUF(v, v, WG_ZIP_LOW));
-    _mm512_mask_storeu_ps(row + 16, k >= 16 ? 0x5555 : wg_even_lanes(0, k - 8),
-                          (__m512)WG_SHUF(v, v, WG_ZIP_HIGH));
-}
-
-/* row[2k] = src[k] for k < len. */
-WG_INLINE void wg_store_cols2(float *row, const float *src, ptrdiff_t len)
-{
-    for (ptrdiff_t k = 0; k < len; k += 16)
-        wg_put_cols(row + 2 * k, 2, wg_load(src + k), len - k);
 }
 
 /* The inverse for output rows: row[(tx * m + j) * yc] = s[j * sp + tx] for the columns in [0, w), tx <
@@ -531,12 +531,6 @@ WG_INLINE void wg_plane_cols(const wg_plane *p, ptrdiff_t u, ptrdiff_t col0, ptr
         memset(line, 0, sizeof(float) * len);
         return;
     }
-#ifdef WG_MASKED
-    if (p->xc <= 2) {
-        wg_copy_cols(p->plane + u * p->xr, col0, len, p->w, p->xc, line);
-        return;
-    }
-#endif
     wg_pad_row(p->plane + u * p->xr, col0, len, p->w, p->xc, line);
 }
 
@@ -627,15 +621,13 @@ WG_INLINE void wg_gather(int m, int n, const wg_plane *p, ptrdiff_t tiles, float
             continue;
         }
 #ifdef WG_MASKED
-        if (p->xc <= 2) {
-            wg_split_row(m, n, p->plane + u * p->xr, p->col0, p->w, p->xc, si, sp, count);
-            continue;
-        }
-#endif
+        wg_split_row(m, n, p->plane + u * p->xr, p->col0, p->w, p->xc, si, sp, count);
+#else
         wg_plane_cols(p, u, p->col0, count * m + n - m, line);
         wg_split(m, m, line, si, sp, count);
         if (n > m)  /* the two columns past a tile's m are the next tile's first two */
             wg_split(m, 2, line + m, si + m * sp, sp, count);
+#endif
     }
 }
 
@@ -673,9 +665,9 @@ WG_INLINE void wg_gather_group(int m, int n, int gy, const float *x, const wg_ro
 }
 
 #ifdef WG_MASKED
-/* Rows of at most WG_NARROW tiles and column stride 1 or 2 go straight between their planes and the
- * tiles, not in groups (wg_gather_narrow, wg_merge_narrow; xc = yc). */
-#define WG_STRAIGHT(r) ((r)->xc <= 2)
+/* Rows of at most WG_NARROW tiles go straight between their planes and the tiles, not in groups
+ * (wg_gather_narrow, wg_merge_narrow). */
+#define WG_STRAIGHT(r) 1
 #else
 #define WG_STRAIGHT(r) 0
 #endif
@@ -770,10 +762,6 @@ WG_INLINE void wg_put_row(float *row, ptrdiff_t yc, const float *src, ptrdiff_t 
 {
     if (yc == 1)
         memcpy(row, src, sizeof(float) * len);
-#ifdef WG_MASKED
-    else if (yc == 2)
-        wg_store_cols2(row, src, len);
-#endif
     else
         for (ptrdiff_t k = 0; k < len; k++)
             row[k * yc] = src[k];
@@ -820,17 +808,14 @@ WG_INLINE void wg_scatter(int m, const float *o, ptrdiff_t os, ptrdiff_t t_lo, p
         for (int i = 0; i < m && r->oy + i < r->oh; i++) {
             float *row = y + r->y + (r->oy + i) * r->yr + tx0 * m * r->yc;
 #ifdef WG_MASKED
-            if (r->tiles <= WG_NARROW && WG_STRAIGHT(r)) {
+            if (r->tiles <= WG_NARROW)
                 wg_merge_narrow(m, o + i * m * os + (lo - t_lo), os, row, r->yc, len);
-                continue;
-            }
-            if (r->yc <= 2) {
+            else
                 wg_merge_row(m, o + i * m * os + (lo - t_lo), os, row, r->yc, len, wg_round(hi - lo));
-                continue;
-            }
-#endif
+#else
             wg_merge(m, o + i * m * os + (lo - t_lo), os, line, wg_round(hi - lo));
             wg_put_row(row, r->yc, line, len);
+#endif
         }
     }
 }

@@ -151,12 +151,13 @@ def test_chunks_blocks_and_splits(tile, private, groups, monkeypatch, plans):
 
 @TILES
 @pytest.mark.parametrize("width", [1, 3, 4, 5, 7, 8, 13, 16, 17, 30])
-@pytest.mark.parametrize("dilation", [1, 2, 3])
+@pytest.mark.parametrize("dilation", [1, 2, 3, 5])
 def test_narrow_rows(width, dilation, tile, monkeypatch, plans):
-    """Rows of fewer tiles than half a vector are staged and written back several at a time (groups of
-    at most 4 vectors of tiles), wider rows one by one: rows of 1 to 30 tiles in every sub-grid of a
-    dilation, many samples (groups cut by their cap and by chunk ends; with 30, small chunks and tasks
-    that split rows), sub-grids read and written with a column stride of 1, 2 or 3 floats."""
+    """Rows of at most half a vector of tiles are staged and written back straight (AVX-512) or several
+    at a time (groups of at most 4 vectors of tiles), wider rows one by one: rows of 1 to 30 tiles in
+    every sub-grid of a dilation, many samples (groups cut by their cap and by chunk ends; with 30, small
+    chunks and tasks that split rows), sub-grids read and written with a column stride of 1, 2, 3 or 5
+    floats."""
     if width == 30:
         _small_chunks(monkeypatch, private=False)
     cols = width * tile * dilation - dilation + 1  # ``width`` tiles per row of each sub-grid

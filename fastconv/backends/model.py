@@ -80,7 +80,7 @@ NUMBA_DIRECT_BELOW = 4
 #: --volumes, maxpool3d: see the README's table).
 NATIVE_VOLUMES = {"max_pool2d": ("numba",), "max_pool2d_grad": ("numba",)}
 #: Winograd (stride-1 3x3, float32) where the harmonic mean of the input and output channels per group
-#: is at least this (twice this for dilations over 2, whose sub-grids go through scratch lines) and the
+#: is at least this (twice this for dilations over 2, whose sub-grids' columns are gathered) and the
 #: layer has at least ``WINOGRAD_MIN_FLOPS`` direct flops: its transforms cost in proportion to each
 #: channel count, its products to both, and each call pays for its weights' transform. Against the
 #: register-blocked kernel, forward / input gradient / weight gradient ms, batch 8 unless said: 24
@@ -91,7 +91,7 @@ NATIVE_VOLUMES = {"max_pool2d": ("numba",), "max_pool2d_grad": ("numba",)}
 #: against 0.84 / 0.85 / 0.88, with 32 (the dilated shape) 0.85 / 0.83 / 0.88 against 1.34 / 1.33 / 1.40;
 #: dilation 3 with 64 channels at 48x48 2.6 / 2.6 / 2.8 against 3.3 / 3.2 / 3.8, with 48 at 64x64 3.8 / 3.7
 #: / 4.2 against 4.4 / 4.4 / 3.9. It loses with 16 channels (56x56: 0.31 / 0.31 / 0.34 against 0.29 / 0.29
-#: / 0.29), dilation 3 with 32 (2.0 / 2.0 / 2.2 against 1.5 / 1.5 / 1.7) and on small layers (batch 1,
+#: / 0.29), dilation 3 with 32 (2.0 / 2.0 / 2.3-2.4 against 1.5 / 1.5 / 1.7) and on small layers (batch 1,
 #: 64 at 14x14, 15 MFLOP: 0.056 / 0.056 / 0.050 against 0.042 / 0.045 / 0.044; 32 at 14x14, 29 MFLOP:
 #: 0.091 / 0.091 / 0.099 against 0.076 / 0.079 / 0.089).
 WINOGRAD_MIN_CHANNELS = 24
