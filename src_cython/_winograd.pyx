@@ -30,6 +30,7 @@ cdef extern from "winograd.h" nogil:
     ctypedef struct wg_row:
         pass
     int WG_LANES
+    int WG_STRAIGHT
     Py_ssize_t wg_round(Py_ssize_t n)
     Py_ssize_t wg_skew(Py_ssize_t n)
     Py_ssize_t wg_line_floats(int m, Py_ssize_t widest)
@@ -54,6 +55,12 @@ ROW_FIELDS = 16  # int64 fields of one tile row (wg_row)
 def lanes():
     """Tiles per vector of this build (16 with AVX-512, 8 with AVX2)."""
     return WG_LANES
+
+
+def straight():
+    """Whether this build moves every row of tiles straight between its plane and the tiles, any column
+    stride (AVX-512); else narrow rows go in groups and dilation sub-grids through scratch lines."""
+    return bool(WG_STRAIGHT)
 
 
 def round_tiles(Py_ssize_t n):

@@ -664,19 +664,20 @@ WG_INLINE void wg_gather_group(int m, int n, int gy, const float *x, const wg_ro
     }
 }
 
+/* Whether rows of at most WG_NARROW tiles go straight between their planes and the tiles, not in
+ * groups (wg_gather_narrow, wg_merge_narrow), and strided rows split in registers, not through scratch
+ * lines: AVX-512. */
 #ifdef WG_MASKED
-/* Rows of at most WG_NARROW tiles go straight between their planes and the tiles, not in groups
- * (wg_gather_narrow, wg_merge_narrow). */
-#define WG_STRAIGHT(r) 1
+#define WG_STRAIGHT 1
 #else
-#define WG_STRAIGHT(r) 0
+#define WG_STRAIGHT 0
 #endif
 
 /* The last row of the group of narrow rows that starts at r (r itself when it is wide), rows up to
  * last: consecutive narrow rows whose tiles, from lo on, number at most WG_GROUP. */
 WG_INLINE const wg_row *wg_group_end(const wg_row *r, const wg_row *last, ptrdiff_t lo)
 {
-    if (r->tiles >= WG_NARROW || WG_STRAIGHT(r))
+    if (r->tiles >= WG_NARROW || WG_STRAIGHT)
         return r;
     while (r < last && r[1].tiles < WG_NARROW && r[1].t + r[1].tiles - lo <= WG_GROUP)
         r++;
@@ -726,7 +727,7 @@ WG_INLINE ptrdiff_t wg_stage(int m, int gy, const float *x, const float *next, c
             wg_prefetch(m, n, &q, r[1].tiles, q.plane == p.plane && q.row0 == p.row0 + m ? n - m : 0);
         }
 #ifdef WG_MASKED
-        if (r->tiles <= WG_NARROW && WG_STRAIGHT(r)) {
+        if (r->tiles <= WG_NARROW && WG_STRAIGHT) {
             wg_gather_narrow(m, n, &p, r->tiles, s + (r->t - t0), ss);
             continue;
         }

@@ -286,8 +286,8 @@ def test_unsupported_convolutions_are_a_clear_error(dtype, stride, kernel):
 
 
 def test_the_planner_weighs_winograd():
-    """Auto runs Winograd on wide stride-1 3x3 float32 layers (dilation 2 too, larger ones from 3 on),
-    not on narrow ones, never in exact mode."""
+    """Auto runs Winograd on wide stride-1 3x3 float32 layers (dilated ones as wide where the build
+    stages their sub-grids fast, wider ones beyond), not on narrow ones, never in exact mode."""
     from fastconv import shapes
     from fastconv.backends import plan
     wide = shapes.conv_spec((2, 64, 16, 16), (64, 64, 3, 3), padding=1)
@@ -298,8 +298,11 @@ def test_the_planner_weighs_winograd():
         assert plan.plan("conv2d", wide, np.float32).backend == "winograd"
         assert plan.plan("conv2d", wide, np.float64).backend != "winograd"
         assert plan.plan("conv2d", narrow, np.float32).backend != "winograd"
-        assert plan.plan("conv2d", dilated[2], np.float32).backend == "winograd"
+        chosen = plan.plan("conv2d", dilated[2], np.float32).backend
+        assert (chosen == "winograd") == (wg.dense_dilation() == 2)
         assert plan.plan("conv2d", dilated[3], np.float32).backend != "winograd"
+        wide_dilated = shapes.conv_spec((2, 48, 32, 32), (48, 48, 3, 3), padding=3, dilation=3)
+        assert plan.plan("conv2d", wide_dilated, np.float32).backend == "winograd"
         fc.set_exact(True)
         assert plan.plan("conv2d", wide, np.float32).backend != "winograd"
     finally:

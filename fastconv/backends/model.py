@@ -80,7 +80,7 @@ NUMBA_DIRECT_BELOW = 4
 #: --volumes, maxpool3d: see the README's table).
 NATIVE_VOLUMES = {"max_pool2d": ("numba",), "max_pool2d_grad": ("numba",)}
 #: Winograd (stride-1 3x3, float32) where the harmonic mean of the input and output channels per group
-#: is at least this (twice this for dilations over 2, whose sub-grids' columns are gathered) and the
+#: is at least this (twice this for dilations over ``winograd.dense_dilation()``: 2 with AVX-512) and the
 #: layer has at least ``WINOGRAD_MIN_FLOPS`` direct flops: its transforms cost in proportion to each
 #: channel count, its products to both, and each call pays for its weights' transform. Against the
 #: register-blocked kernel, forward / input gradient / weight gradient ms, batch 8 unless said: 24
@@ -131,7 +131,7 @@ def choose(op, spec, dtype, backends):
     if "winograd" in backends and winograd_wins(op, spec, dtype):
         tile = _winograd_algorithm(spec)
         return Choice("winograd", tile, f"winograd:{tile}: stride-1 3x3 float32, channels per group in and "
-                      f"out of harmonic mean >= {WINOGRAD_MIN_CHANNELS} (x2 dilated over 2), >= "
+                      f"out of harmonic mean >= {WINOGRAD_MIN_CHANNELS} (x2 dilated), >= "
                       f"{WINOGRAD_MIN_FLOPS / 1e6:.0f} MFLOP", seconds("winograd", op, spec, dtype, tile))
     if "fft" in backends and op in registry.CONV_OPS and spec.kh * spec.kw >= FFT_MIN_TAPS:
         fft_algorithm = _fft_algorithm(spec)
@@ -178,7 +178,8 @@ def winograd_wins(op, spec, dtype):
     if op not in registry.CONV_OPS or spec is None or not registry.supports("winograd", op, spec, dtype):
         return False
     cig, cog = spec.c_in // spec.groups, spec.c_out // spec.groups
-    channels = WINOGRAD_MIN_CHANNELS * (2 if max(spec.dilation) > 2 else 1)
+    dense = registry.load("winograd").dense_dilation()
+    channels = WINOGRAD_MIN_CHANNELS * (2 if max(spec.dilation) > dense else 1)
     return 2 * cig * cog >= channels * (cig + cog) and spec.flops >= WINOGRAD_MIN_FLOPS
 
 
