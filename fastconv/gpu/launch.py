@@ -23,6 +23,9 @@ import numba
 import numpy as np
 from numba import cuda
 
+if not hasattr(np, "row_stack"):  # numba-cuda 0.2x overloads np.row_stack as its typing loads, on a
+    np.row_stack = np.vstack      # kernel's first compile; NumPy 2.5 removed that alias of vstack
+
 # ------------------------------------------------------------------------------ configuration
 Config = namedtuple("Config", "threads max_blocks red_threads gemm direct")
 Config.__doc__ = """Launch shapes. ``gemm`` is ``(BM, BN, BK, TM, TN)``: a block computes a BM x BN output tile
