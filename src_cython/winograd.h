@@ -439,8 +439,8 @@ WG_INLINE wg_vec wg_load_colsx(const float *row, ptrdiff_t c, ptrdiff_t w, ptrdi
                                             row + c * xc, 4);
 }
 
-/* Stage one plane row (columns xc = 1 or 2 floats apart) of count tiles (a multiple of 16) as wg_split
- * does, from column col0 on, zero outside [0, w). */
+/* Stage one plane row (columns xc floats apart) of count tiles (a multiple of 16) as wg_split does, from
+ * column col0 on, zero outside [0, w). */
 WG_INLINE void wg_split_row(int m, int n, const float *row, ptrdiff_t col0, ptrdiff_t w, ptrdiff_t xc,
                             float *s, ptrdiff_t sp, ptrdiff_t count)
 {
@@ -479,7 +479,7 @@ WG_INLINE void wg_put_cols(float *row, ptrdiff_t yc, wg_vec v, ptrdiff_t k)
 }
 
 /* The inverse for output rows: row[(tx * m + j) * yc] = s[j * sp + tx] for the columns in [0, w), tx <
- * count (a multiple of 16), yc = 1 or 2; other columns (and the floats between them) are not written. */
+ * count (a multiple of 16); other columns (and the floats between them) are not written. */
 WG_INLINE void wg_merge_row(int m, const float *s, ptrdiff_t sp, float *row, ptrdiff_t yc, ptrdiff_t w,
                             ptrdiff_t count)
 {
@@ -547,9 +547,9 @@ WG_INLINE wg_vec wg_lane7(wg_vec v, float f)
 }
 
 /* Stage one narrow row (at most 8 tiles: a patch row is at most 34 columns) of plane p as wg_gather
- * does, straight from the plane: per patch row, two masked loads and a permute per entry, each stored
- * as a whole vector (its lanes past the row's tiles belong to the rows staged after it); the last
- * columns of a row of 8 patches of 6 (32 and 33) go in as scalars. */
+ * does, straight from the plane: per patch row, two vectors of columns and a permute per entry, each
+ * stored as a whole vector (its lanes past the row's tiles belong to the rows staged after it); the
+ * last columns of a row of 8 patches of 6 (32 and 33) go in as scalars. */
 WG_INLINE void wg_gather_narrow(int m, int n, const wg_plane *p, ptrdiff_t tiles, float *s, ptrdiff_t sp)
 {
     for (int i = 0; i < n; i++) {
@@ -631,6 +631,20 @@ WG_INLINE void wg_gather(int m, int n, const wg_plane *p, ptrdiff_t tiles, float
     }
 }
 
+/* Prefetch plane rows row0 + first .. row0 + n - 1 of row r of tiles (n = m + 2: input patches; m:
+ * output-gradient tiles), the columns it reads: rows on their way from memory, which the hardware
+ * prefetcher does not see coming where rows of tiles move to another plane (sample, channel). */
+WG_INLINE void wg_prefetch(int m, int n, const wg_plane *p, ptrdiff_t tiles, int first)
+{
+    ptrdiff_t c0 = wg_max(p->col0, 0), c1 = wg_min(p->w, p->col0 + tiles * m + n - m);
+    for (int i = first; i < n; i++) {
+        ptrdiff_t u = p->row0 + i;
+        if (u >= 0 && u < p->h)
+            for (ptrdiff_t c = c0 * p->xc; c < c1 * p->xc; c += 64 / sizeof(float))
+                __builtin_prefetch(p->plane + u * p->xr + c);
+    }
+}
+
 /* Stage the narrow rows r0..r1 (consecutive, at most WG_GROUP tiles in all) as wg_gather stages one
  * row, their tiles side by side: each patch row of every tile row goes into line a (the m columns
  * of its tiles) and, for input patches (n > m), line b (the two columns past each tile's m: the next
@@ -644,10 +658,7 @@ WG_INLINE void wg_gather_group(int m, int n, int gy, const float *x, const wg_ro
      * are too short for the hardware prefetcher */
     for (const wg_row *r = r1 + 1; r <= last && r <= r1 + (r1 - r0) + 1; r++) {
         wg_plane p = wg_plane_of(gy, x, r);
-        for (int i = 0; i < n; i++)
-            if (p.row0 + i >= 0 && p.row0 + i < p.h)
-                for (ptrdiff_t c = 0; c < (r->tiles * m + n - m) * p.xc; c += 64 / sizeof(float))
-                    __builtin_prefetch(p.plane + (p.row0 + i) * p.xr + wg_max(p.col0, 0) * p.xc + c);
+        wg_prefetch(m, n, &p, r->tiles, 0);
     }
     for (int i = 0; i < n; i++) {
         for (const wg_row *r = r0; r <= r1; r++) {
@@ -684,20 +695,6 @@ WG_INLINE const wg_row *wg_group_end(const wg_row *r, const wg_row *last, ptrdif
     return r;
 }
 
-/* Prefetch plane rows row0 + first .. row0 + n - 1 of row r of tiles (n = m + 2: input patches; m:
- * output-gradient tiles), the columns it reads: rows on their way from memory, which the hardware
- * prefetcher does not see coming where rows of tiles move to another plane (sample, channel). */
-WG_INLINE void wg_prefetch(int m, int n, const wg_plane *p, ptrdiff_t tiles, int first)
-{
-    ptrdiff_t c0 = wg_max(p->col0, 0), c1 = wg_min(p->w, p->col0 + tiles * m + n - m);
-    for (int i = first; i < n; i++) {
-        ptrdiff_t u = p->row0 + i;
-        if (u >= 0 && u < p->h)
-            for (ptrdiff_t c = c0 * p->xc; c < c1 * p->xc; c += 64 / sizeof(float))
-                __builtin_prefetch(p->plane + u * p->xr + c);
-    }
-}
-
 /* Stage the patches of every tile of rows[0, nrows) of one plane-0 pointer x (input patches from
  * the rows' input planes, or with gy the output-gradient tiles from their output planes), entry e of
  * tile t at s[e * wg_skew(sp) + t]; tiles are counted from t0 and zero from the last one up to
@@ -727,7 +724,7 @@ WG_INLINE ptrdiff_t wg_stage(int m, int gy, const float *x, const float *next, c
             wg_prefetch(m, n, &q, r[1].tiles, q.plane == p.plane && q.row0 == p.row0 + m ? n - m : 0);
         }
 #ifdef WG_MASKED
-        if (r->tiles <= WG_NARROW && WG_STRAIGHT) {
+        if (r->tiles <= WG_NARROW) {
             wg_gather_narrow(m, n, &p, r->tiles, s + (r->t - t0), ss);
             continue;
         }
