@@ -144,15 +144,41 @@ def test_fused_activations_export_to_onnx_as_their_own_nodes():
     np.testing.assert_allclose(session.run(None, {"input": x})[0], model(x).numpy(), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("einsum_from", [1 << 20, 1])
+@pytest.mark.parametrize("way", ["pairwise", "einsum", "compiled"])
 @pytest.mark.parametrize("shape", [(3, 5, 7, 9), (1, 4, 3, 6, 5), (0, 3, 4, 4), (2, 3, 1, 1), (300, 7, 33, 17)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_bias_grad_is_the_sum_over_all_but_the_channels(monkeypatch, einsum_from, shape, dtype):
-    """Both ways (NumPy's sums for small gradients, ``einsum`` from ``EINSUM_BIAS_GRAD_FROM`` elements)
-    against an exact sum, with an empty batch and a single sample among the shapes."""
-    monkeypatch.setattr(fusion, "EINSUM_BIAS_GRAD_FROM", einsum_from)
+def test_bias_grad_is_the_sum_over_all_but_the_channels(monkeypatch, way, shape, dtype):
+    """Every way (NumPy's sums for small gradients, ``einsum`` from ``EINSUM_BIAS_GRAD_FROM`` elements,
+    the compiled sums from ``COMPILED_BIAS_GRAD_FROM``) against an exact sum, with an empty batch and a
+    single sample among the shapes."""
+    if way == "compiled":
+        pytest.importorskip("fastconv._cy._reduce")
+    big = 1 << 60
+    monkeypatch.setattr(fusion, "COMPILED_BIAS_GRAD_FROM", 1 if way == "compiled" else big)
+    monkeypatch.setattr(fusion, "EINSUM_BIAS_GRAD_FROM", 1 if way == "einsum" else big)
     g = np.random.default_rng(0).standard_normal(shape).astype(dtype)
     want = g.astype(np.float64).sum(axis=(0,) + tuple(range(2, g.ndim)))
     got = fusion.bias_grad(np, g)
     assert got.shape == (shape[1],) and got.dtype == dtype
     np.testing.assert_allclose(got, want, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(8, 5, 40, 41), (3, 2), (2, 7, 1), (1, 300, 17, 3, 2)])
+def test_channel_sums_do_not_depend_on_the_threads(shape):
+    """The compiled sums: float64 inside (within a few float32 roundings of the exact sum), the same bits
+    on one thread and on two, and None for what they do not take (another dtype, a strided view)."""
+    reduce = pytest.importorskip("fastconv._cy._reduce")
+    g = np.random.default_rng(1).standard_normal(shape).astype(np.float32) + 0.5
+    want = g.astype(np.float64).sum(axis=(0,) + tuple(range(2, g.ndim)))
+    before = fc.get_num_threads()
+    try:
+        fc.set_num_threads(1)
+        one = reduce.channel_sums(g)
+        fc.set_num_threads(2)
+        two = reduce.channel_sums(g)
+    finally:
+        fc.set_num_threads(before)
+    np.testing.assert_allclose(one, want, rtol=1e-6)
+    np.testing.assert_array_equal(one, two)
+    assert reduce.channel_sums(g.astype(np.float16)) is None
+    assert reduce.channel_sums(g[:, ::2]) is None
