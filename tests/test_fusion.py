@@ -144,17 +144,19 @@ def test_fused_activations_export_to_onnx_as_their_own_nodes():
     np.testing.assert_allclose(session.run(None, {"input": x})[0], model(x).numpy(), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("way", ["pairwise", "einsum", "compiled"])
+@pytest.mark.parametrize("way", ["pairwise", "einsum", "compiled", "not built"])
 @pytest.mark.parametrize("shape", [(3, 5, 7, 9), (1, 4, 3, 6, 5), (0, 3, 4, 4), (2, 3, 1, 1), (300, 7, 33, 17)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_bias_grad_is_the_sum_over_all_but_the_channels(monkeypatch, way, shape, dtype):
     """Every way (NumPy's sums for small gradients, ``einsum`` from ``EINSUM_BIAS_GRAD_FROM`` elements,
-    the compiled sums from ``COMPILED_BIAS_GRAD_FROM``) against an exact sum, with an empty batch and a
-    single sample among the shapes."""
+    the compiled sums from ``COMPILED_BIAS_GRAD_FROM``, NumPy's where they are not built) against an exact
+    sum, with an empty batch and a single sample among the shapes."""
     if way == "compiled":
         pytest.importorskip("fastconv._cy._reduce")
+    if way == "not built":
+        monkeypatch.setattr(fusion, "_channel_sums", lambda: lambda g: None)
     big = 1 << 60
-    monkeypatch.setattr(fusion, "COMPILED_BIAS_GRAD_FROM", 1 if way == "compiled" else big)
+    monkeypatch.setattr(fusion, "COMPILED_BIAS_GRAD_FROM", 1 if way in ("compiled", "not built") else big)
     monkeypatch.setattr(fusion, "EINSUM_BIAS_GRAD_FROM", 1 if way == "einsum" else big)
     g = np.random.default_rng(0).standard_normal(shape).astype(dtype)
     want = g.astype(np.float64).sum(axis=(0,) + tuple(range(2, g.ndim)))
