@@ -552,29 +552,19 @@ WG_INLINE wg_vec wg_lane7(wg_vec v, float f)
  * last columns of a row of 8 patches of 6 (32 and 33) go in as scalars. */
 WG_INLINE void wg_gather_narrow(int m, int n, const wg_plane *p, ptrdiff_t tiles, float *s, ptrdiff_t sp)
 {
-    ptrdiff_t c = p->col0, len = tiles * m + n - m;  /* the row's columns: c .. c + len - 1 */
-    int two = m == 4 || len > 16, last = len > 32;  /* a second vector; columns 32, 33 */
-    /* dense rows (xc = 1): the loads' masks, the same for every patch row */
-    __mmask16 ka = wg_lanes(-c, p->w - c), kb = wg_lanes(-c - 16, p->w - c - 16);
     for (int i = 0; i < n; i++) {
         ptrdiff_t u = p->row0 + i;
         wg_vec a = {0}, b = {0}, q[6];
         float e[2] = {0, 0};
         if (u >= 0 && u < p->h) {
             const float *row = p->plane + u * p->xr;
-            if (p->xc == 1) {
-                a = (wg_vec)_mm512_maskz_loadu_ps(ka, row + c);
-                if (two)
-                    b = (wg_vec)_mm512_maskz_loadu_ps(kb, row + c + 16);
-            } else {
-                a = wg_load_colsx(row, c, p->w, p->xc);
-                if (two)
-                    b = wg_load_colsx(row, c + 16, p->w, p->xc);
-            }
-            if (last)
-                for (int k = 0; k < 2; k++)
-                    if (len > 32 + k && c + 32 + k >= 0 && c + 32 + k < p->w)
-                        e[k] = row[(c + 32 + k) * p->xc];
+            ptrdiff_t c = p->col0;
+            a = wg_load_colsx(row, c, p->w, p->xc);
+            if (m == 4 || tiles * m + n - m > 16)
+                b = wg_load_colsx(row, c + 16, p->w, p->xc);
+            for (int k = 0; k < 2; k++)
+                if (tiles * m + n - m > 32 + k && c + 32 + k >= 0 && c + 32 + k < p->w)
+                    e[k] = row[(c + 32 + k) * p->xc];
         }
         if (m == 4) {
             q[0] = WG_SHUF(a, b, WG_PHASE(4, 0));
@@ -582,12 +572,8 @@ WG_INLINE void wg_gather_narrow(int m, int n, const wg_plane *p, ptrdiff_t tiles
             q[2] = WG_SHUF(a, b, WG_PHASE(4, 2));
             q[3] = WG_SHUF(a, b, WG_PHASE(4, 3));
             if (n > 4) {  /* the eighth tile's phases 4 and 5 (lane 7) are columns 32 and 33 */
-                q[4] = WG_SHUF(a, b, WG_PHASE(4, 4));
-                q[5] = WG_SHUF(a, b, WG_PHASE(4, 5));
-                if (last) {
-                    q[4] = wg_lane7(q[4], e[0]);
-                    q[5] = wg_lane7(q[5], e[1]);
-                }
+                q[4] = wg_lane7(WG_SHUF(a, b, WG_PHASE(4, 4)), e[0]);
+                q[5] = wg_lane7(WG_SHUF(a, b, WG_PHASE(4, 5)), e[1]);
             }
         } else {
             q[0] = WG_SHUF(a, b, WG_PHASE(2, 0));
