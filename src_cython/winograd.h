@@ -959,6 +959,22 @@ static void wg_multiply(int m, const float *u, ptrdiff_t us, ptrdiff_t nk, ptrdi
         wg_multiply_m(2, u, us, nk, cin, v, vt, vx, n, m_, ms);
 }
 
+/* Prefetch the output rows of the rows of tiles among rows[0, nrows) that tiles [t_lo, t_hi) (counted
+ * from t0) touch, in the channel whose sample-0 plane is y: in a training step results land on memory
+ * no kernel touched for a while, and each output row's first store would wait for its lines. Forward +
+ * backward steps, alternating in one process, ms: grouped_3x3 3.11 -> 2.98 (faster in 14 of 14 rounds),
+ * vgg_3x3 8.36 -> 7.93, the dilated layer 3.21 -> 3.01; a pass alone, repeated (its output in cache
+ * from the call before), within 2% either way. */
+WG_INLINE void wg_prefetch_output(int m, const wg_row *rows, ptrdiff_t nrows, ptrdiff_t t0, ptrdiff_t t_lo,
+                                  ptrdiff_t t_hi, float *y)
+{
+    for (const wg_row *r = rows; r < rows + nrows; r++)
+        if (r->t - t0 < t_hi && r->t - t0 + r->tiles > t_lo) {
+            wg_plane q = wg_plane_of(1, y, r);
+            wg_prefetch(m, m, &q, r->tiles, 0);
+        }
+}
+
 /* Output tiles [t_lo, t_lo + n) of channels k < nk from m_ (as wg_multiply writes it), plus bias,
  * into y (channel k's sample-0 plane at y + k * yk); o: a stage of m * m * ms floats, a vector, then a
  * line of wg_round(tiles) * m floats (wg_scatter). Every output (before the bias, the cropped ones of
@@ -970,6 +986,8 @@ WG_INLINE void wg_output_m(int m, const float *m_, ptrdiff_t us, ptrdiff_t ms, p
     wg_vec seen = wg_load(chk);
     for (ptrdiff_t k = 0; k < nk; k++) {
         wg_vec b = -(wg_vec){0} + (bias ? bias[k] : -0.0f);  /* -0.0f: adds nothing */
+        if (k + 1 < nk)  /* the next channel's rows, a channel ahead */
+            wg_prefetch_output(m, rows, nrows, t0, t_lo, t_lo + n, y + (k + 1) * yk);
         for (ptrdiff_t t = 0; t < n; t += WG_LANES)
             wg_output_tile_add(m, m_ + k * ms + t, wg_skew(us * ms), o + t, ms, b, &seen);
         wg_scatter(m, o, ms, t_lo, t_lo + n, rows, nrows, t0, y + k * yk, o + m * m * ms + WG_LANES);
