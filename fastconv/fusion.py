@@ -33,8 +33,8 @@ def fusing(plan):
 
 #: Elements of a gradient from which its bias gradient is the compiled sums (``_reduce.channel_sums``:
 #: float64 sums of each plane on every thread), where built: on two threads, ms against NumPy's pairwise
-#: sums and ``einsum``, 8x128x28x28 (grouped_3x3) 0.024 against 0.081 and 0.036, 8x64x56x56 (vgg_3x3)
-#: 0.045 against 0.16 and 0.069, 128x6x28x28 (LeNet-5's C1) 0.017 against 0.040 and 0.028; below this
+#: sums and ``einsum``, 8x128x28x28 (grouped_3x3) 0.023 against 0.083 and 0.038, 8x64x56x56 (vgg_3x3)
+#: 0.040 against 0.16 and 0.071, 128x6x28x28 (LeNet-5's C1) 0.018 against 0.043 and 0.028; below this
 #: size (100x32x40, MNIST-1D's, 0.015 against 0.011) the parallel region costs more than it saves.
 COMPILED_BIAS_GRAD_FROM = 1 << 17
 #: Without it, elements from which the bias gradient is NumPy's ``einsum`` (one pass of vector adds, 2-4x
