@@ -108,6 +108,16 @@ def runs_pixel_tiles(tuple geo):
     return pixel_tiles(&g)
 
 
+def gather(const float[::1] src, const int[::1] index, float[::1] out, int threads):
+    """``out[i] = src[index[i]]`` on ``threads`` threads: the kernels of a strided input gradient's input
+    phases, picked from the weights on every call (one thread: resnet_s2's 0.21 ms, 0.34 with the weights
+    out of cache). ``index`` must hold valid positions of ``src`` (nothing is checked)."""
+    cdef Py_ssize_t i, n = min(index.shape[0], out.shape[0])
+    with nogil:
+        for i in prange(n, num_threads=threads, schedule="static"):
+            out[i] = src[index[i]]
+
+
 def address(cnp.ndarray a not None):
     """The address of ``a``'s first element (``a.ctypes.data``, without building a ctypes object)."""
     return <size_t>cnp.PyArray_DATA(a)
