@@ -131,7 +131,8 @@ def choose(op, spec, dtype, backends):
     if "winograd" in backends and winograd_wins(op, spec, dtype):
         tile = _winograd_algorithm(spec)
         return Choice("winograd", tile, f"winograd:{tile}: stride-1 3x3 float32, channels per group in and "
-                      f"out of harmonic mean >= {WINOGRAD_MIN_CHANNELS} (x2 dilated), >= "
+                      f"out of harmonic mean >= {WINOGRAD_MIN_CHANNELS} (x2 dilated over "
+                      f"{registry.load('winograd').dense_dilation()}), >= "
                       f"{WINOGRAD_MIN_FLOPS / 1e6:.0f} MFLOP", seconds("winograd", op, spec, dtype, tile))
     if "fft" in backends and op in registry.CONV_OPS and spec.kh * spec.kw >= FFT_MIN_TAPS:
         fft_algorithm = _fft_algorithm(spec)
